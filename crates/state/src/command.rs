@@ -1,0 +1,141 @@
+//! The changes the state machine applies: each one is the payload of one Raft log entry.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{CheckDefinition, CheckStatus};
+
+/// One change to the replicated state. Validated at the edge, re-checked by `apply`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Upsert a node and, optionally, one service instance and checks on it.
+    Register(Registration),
+    /// Remove a check, a service instance (with its checks) or a whole node.
+    Deregister(Deregistration),
+    /// Change the status/output of an existing check.
+    UpdateCheck {
+        /// Node holding the check.
+        node: String,
+        /// The check.
+        check_id: String,
+        /// New status.
+        status: CheckStatus,
+        /// New output.
+        output: String,
+    },
+    /// Write a KV entry, optionally only if its modify index matches (`cas`).
+    KvSet {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Vec<u8>,
+        /// Client flags.
+        flags: u64,
+        /// Check-and-set index: 0 = only if absent.
+        cas: Option<u64>,
+    },
+    /// Delete a key, or every key under a prefix.
+    KvDelete {
+        /// The key or prefix.
+        key: String,
+        /// Delete every key starting with `key`.
+        recurse: bool,
+        /// Check-and-set index for a single key.
+        cas: Option<u64>,
+    },
+}
+
+/// Catalog registration, shaped after Consul's `/v1/catalog/register`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// Node name.
+    pub node: String,
+    /// Node address.
+    pub address: String,
+    /// Datacenter of the node.
+    pub datacenter: String,
+    /// Tagged addresses of the node.
+    pub tagged_addresses: BTreeMap<String, String>,
+    /// Node metadata.
+    pub node_meta: BTreeMap<String, String>,
+    /// Leave an existing node row untouched.
+    pub skip_node_update: bool,
+    /// Service instance to upsert.
+    pub service: Option<ServiceSpec>,
+    /// Checks to upsert.
+    pub checks: Vec<CheckSpec>,
+    /// Remove the service's checks that are not in `checks` (agent re-registration).
+    pub replace_service_checks: bool,
+}
+
+/// A service instance as submitted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// Instance id.
+    pub id: String,
+    /// Service name.
+    pub name: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Address; empty = node's.
+    pub address: String,
+    /// Port.
+    pub port: u16,
+    /// Metadata.
+    pub meta: BTreeMap<String, String>,
+    /// Consul's tag-override flag.
+    pub enable_tag_override: bool,
+}
+
+/// A check as submitted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckSpec {
+    /// Check id.
+    pub check_id: String,
+    /// Name.
+    pub name: String,
+    /// Initial status; `None` keeps an existing check's status, new checks start critical.
+    pub status: Option<CheckStatus>,
+    /// Notes.
+    pub notes: String,
+    /// Output.
+    pub output: String,
+    /// Service instance guarded, empty for a node check.
+    pub service_id: String,
+    /// How to run it.
+    pub definition: CheckDefinition,
+}
+
+/// What to remove.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deregistration {
+    /// Node.
+    pub node: String,
+    /// Remove only this service instance (and its checks).
+    pub service_id: Option<String>,
+    /// Remove only this check.
+    pub check_id: Option<String>,
+}
+
+/// What applying a command returned to the proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The change was applied (or was a no-op).
+    Done,
+    /// A conditional write: whether its condition held.
+    Condition(bool),
+    /// The command was rejected against current state; nothing changed.
+    Rejected(Rejection),
+}
+
+/// Why `apply` refused a command. The edge maps these to status codes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    /// The named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The command contradicts current state.
+    #[error("{0}")]
+    Invalid(String),
+}

@@ -1,0 +1,183 @@
+//! The rows of the state store: nodes, service instances, checks and KV entries.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The id of the node-level health check every node carries (Consul's name for it).
+pub const NODE_HEALTH_CHECK_ID: &str = "serfHealth";
+
+/// Health of a check, ordered from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    /// The check succeeds.
+    Passing,
+    /// The check reports a degraded but usable instance.
+    Warning,
+    /// The check fails; the instance must not receive traffic.
+    Critical,
+}
+
+impl CheckStatus {
+    /// The lowercase name Consul uses on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Passing => "passing",
+            CheckStatus::Warning => "warning",
+            CheckStatus::Critical => "critical",
+        }
+    }
+
+    /// Parses Consul's lowercase status names.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "passing" => Some(CheckStatus::Passing),
+            "warning" => Some(CheckStatus::Warning),
+            "critical" => Some(CheckStatus::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// A machine in the datacenter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Unique node name.
+    pub name: String,
+    /// Address other nodes and DNS answers use for it.
+    pub address: String,
+    /// Datacenter the node belongs to.
+    pub datacenter: String,
+    /// Extra addresses by purpose (`lan`, `wan`).
+    pub tagged_addresses: BTreeMap<String, String>,
+    /// Free-form metadata.
+    pub meta: BTreeMap<String, String>,
+    /// Raft index that created the row.
+    pub create_index: u64,
+    /// Raft index that last changed the row.
+    pub modify_index: u64,
+}
+
+/// One registered instance of a service on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInstance {
+    /// Node the instance runs on.
+    pub node: String,
+    /// Instance id, unique per node.
+    pub id: String,
+    /// Service name, shared by all instances.
+    pub name: String,
+    /// Tags used for filtering (DNS and `?tag=`).
+    pub tags: Vec<String>,
+    /// Address of the instance; empty means "the node's address".
+    pub address: String,
+    /// Port of the instance.
+    pub port: u16,
+    /// Free-form metadata.
+    pub meta: BTreeMap<String, String>,
+    /// Consul's anti-entropy flag, kept for compatibility.
+    pub enable_tag_override: bool,
+    /// Raft index that created the row.
+    pub create_index: u64,
+    /// Raft index that last changed the row.
+    pub modify_index: u64,
+}
+
+impl ServiceInstance {
+    /// The address traffic goes to: the instance's own, or its node's.
+    pub fn effective_address<'a>(&'a self, node: &'a Node) -> &'a str {
+        if self.address.is_empty() {
+            &node.address
+        } else {
+            &self.address
+        }
+    }
+}
+
+/// What the agent runs to decide a check's status. Stored with the check so that
+/// the definition survives restarts and is the same on every server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckDefinition {
+    /// HTTP URL to GET (2xx passing, 429 warning, anything else critical).
+    pub http: Option<String>,
+    /// HTTP method, default GET.
+    pub method: Option<String>,
+    /// Extra request headers.
+    pub header: BTreeMap<String, Vec<String>>,
+    /// `host:port` to open a TCP connection to.
+    pub tcp: Option<String>,
+    /// Time to live for a TTL check, in milliseconds.
+    pub ttl_ms: Option<u64>,
+    /// Run interval for HTTP and TCP checks, in milliseconds.
+    pub interval_ms: Option<u64>,
+    /// Per-run timeout, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Deregister the service once the check has been critical this long, in milliseconds.
+    pub deregister_critical_after_ms: Option<u64>,
+    /// The original text of the durations, echoed back by the agent API.
+    pub interval_text: String,
+    /// The original TTL text.
+    pub ttl_text: String,
+    /// The original timeout text.
+    pub timeout_text: String,
+}
+
+impl CheckDefinition {
+    /// The kind of check, as Consul names it in `Type`.
+    pub fn kind(&self) -> &'static str {
+        if self.ttl_ms.is_some() {
+            "ttl"
+        } else if self.http.is_some() {
+            "http"
+        } else if self.tcp.is_some() {
+            "tcp"
+        } else {
+            ""
+        }
+    }
+}
+
+/// A health check on a node or on one service instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// Node the check belongs to.
+    pub node: String,
+    /// Check id, unique per node.
+    pub check_id: String,
+    /// Human-readable name.
+    pub name: String,
+    /// Current status.
+    pub status: CheckStatus,
+    /// Operator notes.
+    pub notes: String,
+    /// Output of the last run.
+    pub output: String,
+    /// Service instance the check guards; empty for node-level checks.
+    pub service_id: String,
+    /// Name of that service, denormalised as Consul does.
+    pub service_name: String,
+    /// Tags of that service, denormalised as Consul does.
+    pub service_tags: Vec<String>,
+    /// How the agent runs the check.
+    pub definition: CheckDefinition,
+    /// Raft index that created the row.
+    pub create_index: u64,
+    /// Raft index that last changed the row.
+    pub modify_index: u64,
+}
+
+/// A key/value entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    /// The key.
+    pub key: String,
+    /// Raw value bytes.
+    pub value: Vec<u8>,
+    /// Opaque client flags.
+    pub flags: u64,
+    /// Raft index that created the row.
+    pub create_index: u64,
+    /// Raft index that last changed the row.
+    pub modify_index: u64,
+}

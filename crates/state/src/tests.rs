@@ -1,0 +1,345 @@
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use crate::*;
+
+fn register(node: &str, id: &str, name: &str, port: u16) -> Command {
+    Command::Register(Registration {
+        node: node.into(),
+        address: "10.0.0.1".into(),
+        datacenter: "dc1".into(),
+        service: Some(ServiceSpec {
+            id: id.into(),
+            name: name.into(),
+            port,
+            tags: vec!["v1".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn ttl_check(node: &str, service_id: &str) -> Command {
+    Command::Register(Registration {
+        node: node.into(),
+        skip_node_update: true,
+        checks: vec![CheckSpec {
+            check_id: format!("service:{service_id}"),
+            name: "ttl".into(),
+            service_id: service_id.into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+}
+
+#[test]
+fn register_sets_row_and_table_indexes() {
+    let mut state = State::default();
+    state.apply(5, &register("n1", "web1", "web", 80));
+    let instance = state.service("n1", "web1").cloned().unwrap();
+    assert_eq!((instance.create_index, instance.modify_index), (5, 5));
+    assert_eq!(state.indexes.services, 5);
+    assert_eq!(state.indexes.nodes, 5);
+    assert_eq!(state.service_index("web"), 5);
+
+    // Re-registering the same thing changes nothing, so watchers are not woken.
+    let (_, touched) = state.apply(6, &register("n1", "web1", "web", 80));
+    assert!(touched.catalog);
+    assert_eq!(state.indexes.services, 5);
+    assert_eq!(state.service_index("web"), 5);
+
+    state.apply(7, &register("n1", "web1", "web", 81));
+    let instance = state.service("n1", "web1").unwrap();
+    assert_eq!((instance.create_index, instance.modify_index), (5, 7));
+    assert_eq!(state.service_index("web"), 7);
+}
+
+#[test]
+fn new_checks_start_critical_and_decide_health() {
+    let mut state = State::default();
+    state.apply(1, &register("n1", "web1", "web", 80));
+    state.apply(2, &ttl_check("n1", "web1"));
+    let instance = state.service("n1", "web1").unwrap();
+    assert_eq!(
+        aggregate_status(state.checks_for_instance(instance)),
+        CheckStatus::Critical
+    );
+    let (outcome, _) = state.apply(
+        3,
+        &Command::UpdateCheck {
+            node: "n1".into(),
+            check_id: "service:web1".into(),
+            status: CheckStatus::Passing,
+            output: "ok".into(),
+        },
+    );
+    assert_eq!(outcome, Outcome::Done);
+    let instance = state.service("n1", "web1").unwrap();
+    assert_eq!(
+        aggregate_status(state.checks_for_instance(instance)),
+        CheckStatus::Passing
+    );
+    assert_eq!(state.service_index("web"), 3);
+}
+
+#[test]
+fn unchanged_check_update_touches_nothing() {
+    let mut state = State::default();
+    state.apply(1, &register("n1", "web1", "web", 80));
+    state.apply(2, &ttl_check("n1", "web1"));
+    let update = Command::UpdateCheck {
+        node: "n1".into(),
+        check_id: "service:web1".into(),
+        status: CheckStatus::Passing,
+        output: String::new(),
+    };
+    state.apply(3, &update);
+    let (_, touched) = state.apply(4, &update);
+    assert_eq!(touched, Touched::default());
+    assert_eq!(state.indexes.checks, 3);
+}
+
+#[test]
+fn update_of_unknown_check_is_rejected_without_change() {
+    let mut state = State::default();
+    state.apply(1, &register("n1", "web1", "web", 80));
+    let before = state.clone();
+    let (outcome, touched) = state.apply(
+        2,
+        &Command::UpdateCheck {
+            node: "n1".into(),
+            check_id: "nope".into(),
+            status: CheckStatus::Passing,
+            output: String::new(),
+        },
+    );
+    assert!(matches!(outcome, Outcome::Rejected(Rejection::NotFound(_))));
+    assert_eq!(touched, Touched::default());
+    assert_eq!(state, before);
+}
+
+#[test]
+fn check_for_unknown_service_rejects_whole_registration() {
+    let mut state = State::default();
+    let before = state.clone();
+    let command = Command::Register(Registration {
+        node: "n1".into(),
+        address: "10.0.0.1".into(),
+        checks: vec![CheckSpec {
+            check_id: "c".into(),
+            service_id: "ghost".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let (outcome, _) = state.apply(1, &command);
+    assert!(matches!(outcome, Outcome::Rejected(_)));
+    assert_eq!(state, before);
+}
+
+#[test]
+fn deregistering_service_removes_its_checks_and_bumps_name_index() {
+    let mut state = State::default();
+    state.apply(1, &register("n1", "web1", "web", 80));
+    state.apply(2, &ttl_check("n1", "web1"));
+    state.apply(
+        3,
+        &Command::Deregister(Deregistration {
+            node: "n1".into(),
+            service_id: Some("web1".into()),
+            check_id: None,
+        }),
+    );
+    assert!(state.service("n1", "web1").is_none());
+    assert_eq!(state.checks_on_node("n1").count(), 0);
+    assert!(state.instances_of("web").is_empty());
+    assert_eq!(state.service_index("web"), 3);
+    assert_eq!(state.indexes.checks, 3);
+}
+
+#[test]
+fn node_check_counts_against_every_service_on_node() {
+    let mut state = State::default();
+    state.apply(1, &register("n1", "web1", "web", 80));
+    state.apply(2, &register("n1", "db1", "db", 5432));
+    state.apply(
+        3,
+        &Command::Register(Registration {
+            node: "n1".into(),
+            skip_node_update: true,
+            checks: vec![CheckSpec {
+                check_id: NODE_HEALTH_CHECK_ID.into(),
+                status: Some(CheckStatus::Critical),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    );
+    assert_eq!(state.service_index("web"), 3);
+    assert_eq!(state.service_index("db"), 3);
+    let db = state.service("n1", "db1").unwrap();
+    assert_eq!(
+        aggregate_status(state.checks_for_instance(db)),
+        CheckStatus::Critical
+    );
+}
+
+#[test]
+fn kv_cas_and_tombstones() {
+    let mut state = State::default();
+    let set = |cas| Command::KvSet {
+        key: "a/b".into(),
+        value: b"x".to_vec(),
+        flags: 0,
+        cas,
+    };
+    assert_eq!(state.apply(1, &set(Some(0))).0, Outcome::Condition(true));
+    assert_eq!(state.apply(2, &set(Some(0))).0, Outcome::Condition(false));
+    assert_eq!(state.apply(3, &set(Some(1))).0, Outcome::Condition(true));
+    assert_eq!(state.kv["a/b"].create_index, 1);
+    assert_eq!(state.kv["a/b"].modify_index, 3);
+    assert_eq!(state.kv_index("a/", false), 3);
+    state.apply(
+        4,
+        &Command::KvDelete {
+            key: "a/".into(),
+            recurse: true,
+            cas: None,
+        },
+    );
+    assert!(state.kv.is_empty());
+    // The deletion is visible to a watcher of the prefix and of the key.
+    assert_eq!(state.kv_index("a/", false), 4);
+    assert_eq!(state.kv_index("a/b", true), 4);
+    assert_eq!(state.kv_index("other", false), 0);
+}
+
+#[test]
+fn snapshot_round_trip_restores_derived_index() {
+    let mut state = State::default();
+    state.apply(1, &register("n1", "web1", "web", 80));
+    state.apply(2, &register("n2", "web2", "web", 80));
+    let restored = snapshot::decode_state(&snapshot::encode_state(&state)).unwrap();
+    assert_eq!(restored, state);
+    assert_eq!(restored.instances_of("web").len(), 2);
+}
+
+#[test]
+fn snapshot_from_newer_release_is_refused() {
+    let mut bytes = snapshot::encode_state(&State::default());
+    bytes[0] = snapshot::FORMAT_VERSION + 1;
+    assert!(matches!(
+        snapshot::decode_state(&bytes),
+        Err(snapshot::DecodeError::UnknownVersion(_))
+    ));
+}
+
+#[tokio::test]
+async fn watch_wakes_only_for_touched_table() {
+    let store = Store::default();
+    let mut catalog = store.watch(Table::Catalog);
+    let mut kv = store.watch(Table::Kv);
+    catalog.borrow_and_update();
+    kv.borrow_and_update();
+    store.apply(
+        1,
+        &Command::KvSet {
+            key: "k".into(),
+            value: vec![],
+            flags: 0,
+            cas: None,
+        },
+    );
+    tokio::time::timeout(Duration::from_secs(1), kv.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*kv.borrow(), 1);
+    assert!(!catalog.has_changed().unwrap());
+    store.apply(2, &register("n1", "web1", "web", 80));
+    tokio::time::timeout(Duration::from_secs(1), catalog.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*catalog.borrow(), 2);
+}
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    let node = prop::sample::select(vec!["n1", "n2", "n3"]);
+    let id = prop::sample::select(vec!["a", "b", "c", "d"]);
+    let name = prop::sample::select(vec!["web", "db"]);
+    let status = prop::sample::select(vec![
+        CheckStatus::Passing,
+        CheckStatus::Warning,
+        CheckStatus::Critical,
+    ]);
+    prop_oneof![
+        (node.clone(), id.clone(), name, 1u16..4).prop_map(|(n, i, s, p)| register(n, i, s, p)),
+        (node.clone(), id.clone()).prop_map(|(n, i)| ttl_check(n, i)),
+        (node.clone(), id.clone(), status).prop_map(|(n, i, s)| Command::UpdateCheck {
+            node: n.into(),
+            check_id: format!("service:{i}"),
+            status: s,
+            output: String::new(),
+        }),
+        (node.clone(), prop::option::of(id)).prop_map(|(n, i)| Command::Deregister(
+            Deregistration {
+                node: n.into(),
+                service_id: i.map(Into::into),
+                check_id: None,
+            }
+        )),
+        (prop::sample::select(vec!["k/a", "k/b", "j"]), prop::option::of(0u64..5)).prop_map(
+            |(k, cas)| Command::KvSet {
+                key: k.into(),
+                value: vec![1],
+                flags: 0,
+                cas,
+            }
+        ),
+        (prop::sample::select(vec!["k/", "k/a", "j"]), any::<bool>()).prop_map(|(k, r)| {
+            Command::KvDelete {
+                key: k.into(),
+                recurse: r,
+                cas: None,
+            }
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn apply_is_deterministic_and_indexes_are_consistent(commands in prop::collection::vec(arb_command(), 1..60)) {
+        let mut first = State::default();
+        let mut second = State::default();
+        for (i, command) in commands.iter().enumerate() {
+            let index = i as u64 + 1;
+            let a = first.apply(index, command);
+            let b = second.apply(index, command);
+            prop_assert_eq!(a, b);
+        }
+        prop_assert_eq!(&first, &second);
+        let last = commands.len() as u64;
+        // No row or table index is ever ahead of the log.
+        prop_assert!(first.indexes.catalog() <= last && first.indexes.kv <= last);
+        for services in first.services.values() {
+            for s in services.values() {
+                prop_assert!(s.create_index <= s.modify_index);
+                prop_assert!(s.modify_index <= first.indexes.services);
+                prop_assert!(s.modify_index <= first.service_index(&s.name));
+                prop_assert!(first.nodes.contains_key(&s.node));
+            }
+        }
+        for check in first.all_checks() {
+            prop_assert!(check.modify_index <= first.indexes.checks);
+            if !check.service_id.is_empty() {
+                prop_assert!(first.service(&check.node, &check.service_id).is_some());
+            }
+        }
+        // The derived name index agrees with the tables, also after a snapshot round trip.
+        let restored = snapshot::decode_state(&snapshot::encode_state(&first)).unwrap();
+        prop_assert_eq!(&restored, &first);
+    }
+}
