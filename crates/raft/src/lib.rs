@@ -1,1 +1,31 @@
-//! placeholder
+//! Consensus for atoll: openraft over a redb-backed log and the atoll state machine.
+//!
+//! openraft stays behind [`Consensus`] so that an upgrade of its API touches this crate only.
+#![forbid(unsafe_code)]
+
+mod consensus;
+mod log_store;
+mod network;
+mod state_machine;
+mod storage;
+
+pub use consensus::{Consensus, ConsensusConfig, ConsensusError};
+
+use std::io::Cursor;
+
+use atoll_state::{Command, Outcome};
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for atoll.
+    pub TypeConfig:
+        D = Command,
+        R = Outcome,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+#[cfg(test)]
+mod tests;

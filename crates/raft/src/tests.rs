@@ -1,0 +1,80 @@
+use atoll_state::{Command, Outcome};
+
+use crate::{Consensus, ConsensusConfig};
+
+fn config(dir: &std::path::Path, snapshot_after_entries: u64) -> ConsensusConfig {
+    ConsensusConfig {
+        data_dir: dir.to_path_buf(),
+        advertise_addr: "127.0.0.1:8300".into(),
+        snapshot_after_entries,
+    }
+}
+
+fn put(key: &str, value: &str) -> Command {
+    Command::KvSet {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+        flags: 0,
+        cas: None,
+    }
+}
+
+#[tokio::test]
+async fn writes_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let consensus = Consensus::start(config(dir.path(), 10_000)).await.unwrap();
+        for i in 0..20 {
+            let (outcome, _) = consensus.write(put(&format!("k{i}"), "v")).await.unwrap();
+            assert_eq!(outcome, Outcome::Done);
+        }
+        consensus.shutdown().await;
+    }
+    let consensus = Consensus::start(config(dir.path(), 10_000)).await.unwrap();
+    // The committed log is re-applied on start.
+    let mut applied = consensus.store().watch_applied();
+    let count = loop {
+        let count = consensus.store().read(|s| s.kv.len());
+        if count == 20 {
+            break count;
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(5), applied.changed())
+            .await
+            .unwrap()
+            .unwrap();
+    };
+    assert_eq!(count, 20);
+    // A later write still succeeds (same single-voter cluster, not a new one).
+    consensus.write(put("after", "v")).await.unwrap();
+    assert_eq!(consensus.peers().len(), 1);
+}
+
+#[tokio::test]
+async fn snapshots_compact_the_log_and_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let consensus = Consensus::start(config(dir.path(), 50)).await.unwrap();
+        for i in 0..300 {
+            consensus.write(put(&format!("k{}", i % 7), &i.to_string())).await.unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while consensus.snapshot_index().unwrap_or(0) < 200 {
+            assert!(tokio::time::Instant::now() < deadline, "no snapshot taken");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        consensus.shutdown().await;
+    }
+    let consensus = Consensus::start(config(dir.path(), 50)).await.unwrap();
+    let mut applied = consensus.store().watch_applied();
+    loop {
+        let value = consensus.store().read(|s| s.kv.get("k5").map(|e| e.value.clone()));
+        if value.as_deref() == Some(b"299".as_slice()) {
+            break;
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(5), applied.changed())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(consensus.store().read(|s| s.kv.len()), 7);
+}
