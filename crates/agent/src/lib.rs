@@ -1,1 +1,8 @@
-//! placeholder
+//! The node agent: registers its node and runs the health checks defined on it
+//! (TTL, HTTP, TCP), writing only status changes through Raft.
+#![forbid(unsafe_code)]
+
+mod checks;
+mod runner;
+
+pub use runner::{Agent, AgentConfig, AgentError};

@@ -1,1 +1,110 @@
-//! placeholder
+//! atoll's HTTP API: Consul's `/v1` endpoints, answered from the local state store and
+//! written through Raft.
+#![forbid(unsafe_code)]
+
+pub mod consul;
+pub mod decode;
+pub mod error;
+pub mod query;
+
+use std::sync::Arc;
+
+use atoll_agent::Agent;
+use atoll_raft::Consensus;
+use atoll_state::Store;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+
+/// Largest request body accepted; KV values have their own, smaller limit.
+const BODY_LIMIT: usize = 1024 * 1024;
+
+/// What every handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiContext {
+    inner: Arc<ContextInner>,
+}
+
+struct ContextInner {
+    agent: Agent,
+    version: String,
+}
+
+impl ApiContext {
+    /// A context over the local agent.
+    pub fn new(agent: Agent, version: impl Into<String>) -> Self {
+        ApiContext {
+            inner: Arc::new(ContextInner {
+                agent,
+                version: version.into(),
+            }),
+        }
+    }
+
+    /// The local agent.
+    pub fn agent(&self) -> &Agent {
+        &self.inner.agent
+    }
+
+    /// Consensus handle.
+    pub fn consensus(&self) -> &Consensus {
+        self.inner.agent.consensus()
+    }
+
+    /// The replicated state.
+    pub fn store(&self) -> &Store {
+        self.consensus().store()
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.inner.agent.config().node
+    }
+
+    /// This node's datacenter.
+    pub fn datacenter(&self) -> &str {
+        &self.inner.agent.config().datacenter
+    }
+
+    /// atoll's version.
+    pub fn version(&self) -> &str {
+        &self.inner.version
+    }
+}
+
+/// The whole HTTP API.
+pub fn router(context: ApiContext) -> Router {
+    consul::routes()
+        .layer(axum::middleware::from_fn_with_state(
+            context.clone(),
+            consul_headers,
+        ))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(context)
+}
+
+/// Adds the headers Consul's clients require on every `/v1` answer, errors included.
+async fn consul_headers(
+    State(context): State<ApiContext>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    let known_leader = context.consensus().leader_addr().is_some();
+    headers.insert(
+        "x-consul-knownleader",
+        HeaderValue::from_static(if known_leader { "true" } else { "false" }),
+    );
+    // Reads are served by the leader itself, which is always in contact with itself.
+    headers.insert("x-consul-lastcontact", HeaderValue::from_static("0"));
+    if !headers.contains_key("x-consul-index") {
+        query::set_index(headers, context.store().applied());
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,10 @@
-//! placeholder
+//! atoll's DNS interface, answering as Consul's does: name parsing and answer building are
+//! pure functions over the state; the server module owns the sockets.
+#![forbid(unsafe_code)]
+
+pub mod answer;
+pub mod name;
+mod server;
+
+pub use answer::DnsConfig;
+pub use server::{DnsServer, DnsServerError};

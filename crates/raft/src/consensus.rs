@@ -61,12 +61,14 @@ pub struct Consensus {
 }
 
 impl Consensus {
-    /// Opens the data dir, restores state from snapshot and log, bootstraps a one-voter
+    /// Opens the data dir, restores state (into `store`, which should be fresh) from snapshot and log, bootstraps a one-voter
     /// cluster the first time only, and waits until this node leads.
-    pub async fn start(config: ConsensusConfig) -> Result<Self, ConsensusError> {
+    pub async fn start(config: ConsensusConfig, store: Store) -> Result<Self, ConsensusError> {
         let db = storage::open(&config.data_dir)?;
         let node_id = match storage::get_meta(&db, KEY_NODE_ID)? {
-            Some(bytes) => decode::<u64>(&bytes).map_err(|e| ConsensusError::Storage(e.to_string()))?,
+            Some(bytes) => {
+                decode::<u64>(&bytes).map_err(|e| ConsensusError::Storage(e.to_string()))?
+            }
             None => {
                 // Drawn once per data dir and stored, never inside apply.
                 let id = rand::random::<u64>() >> 1;
@@ -74,7 +76,6 @@ impl Consensus {
                 id
             }
         };
-        let store = Store::default();
         let state_machine = StateMachine::restore(store.clone(), db.clone())?;
         let raft_config = Config {
             cluster_name: "atoll".to_string(),
@@ -91,9 +92,15 @@ impl Consensus {
                 .validate()
                 .map_err(|e| ConsensusError::Stopped(e.to_string()))?,
         );
-        let raft = Raft::new(node_id, raft_config, Network, LogStore::new(db), state_machine)
-            .await
-            .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
+        let raft = Raft::new(
+            node_id,
+            raft_config,
+            Network,
+            LogStore::new(db),
+            state_machine,
+        )
+        .await
+        .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
         let initialized = raft
             .is_initialized()
             .await

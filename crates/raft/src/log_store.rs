@@ -28,7 +28,11 @@ impl LogStore {
         LogStore { db }
     }
 
-    fn read_range(&self, start: u64, end: Bound<u64>) -> Result<Vec<Entry<TypeConfig>>, StorageFailure> {
+    fn read_range(
+        &self,
+        start: u64,
+        end: Bound<u64>,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageFailure> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(LOG)?;
         let mut entries = Vec::new();
@@ -71,7 +75,12 @@ impl LogStore {
         Ok(())
     }
 
-    fn remove_range(&self, from: Bound<u64>, to: Bound<u64>, purged: Option<&LogId<NodeId>>) -> Result<(), StorageFailure> {
+    fn remove_range(
+        &self,
+        from: Bound<u64>,
+        to: Bound<u64>,
+        purged: Option<&LogId<NodeId>>,
+    ) -> Result<(), StorageFailure> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(LOG)?;
@@ -114,7 +123,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let last_purged_log_id: Option<LogId<NodeId>> = self.meta(KEY_PURGED).map_err(read_err)?;
-        let last_log_id = self.last_entry_log_id().map_err(read_err)?.or(last_purged_log_id);
+        let last_log_id = self
+            .last_entry_log_id()
+            .map_err(read_err)?
+            .or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -135,7 +147,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
         put_meta(&self.db, &[(KEY_COMMITTED, &encode(&committed))]).map_err(write_err)
     }
 
@@ -146,7 +161,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
@@ -170,7 +189,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.remove_range(Bound::Unbounded, Bound::Included(log_id.index), Some(&log_id))
-            .map_err(write_err)
+        self.remove_range(
+            Bound::Unbounded,
+            Bound::Included(log_id.index),
+            Some(&log_id),
+        )
+        .map_err(write_err)
     }
 }

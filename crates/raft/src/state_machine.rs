@@ -41,14 +41,18 @@ impl StateMachine {
         };
         if let Some((meta, data)) = machine.stored_snapshot()? {
             let state = decode_state(&data)?;
-            machine.store.replace(state, meta.last_log_id.map(|l| l.index).unwrap_or(0));
+            machine
+                .store
+                .replace(state, meta.last_log_id.map(|l| l.index).unwrap_or(0));
             machine.last_applied = meta.last_log_id;
             machine.membership = meta.last_membership;
         }
         Ok(machine)
     }
 
-    fn stored_snapshot(&self) -> Result<Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>, StorageFailure> {
+    fn stored_snapshot(
+        &self,
+    ) -> Result<Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>, StorageFailure> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(SNAPSHOT)?;
         let meta = table.get(KEY_SNAPSHOT_META)?.map(|v| v.value().to_vec());
@@ -60,7 +64,11 @@ impl StateMachine {
     }
 }
 
-fn save_snapshot(db: &Database, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> Result<(), StorageFailure> {
+fn save_snapshot(
+    db: &Database,
+    meta: &SnapshotMeta<NodeId, BasicNode>,
+    data: &[u8],
+) -> Result<(), StorageFailure> {
     let txn = db.begin_write()?;
     {
         let mut table = txn.open_table(SNAPSHOT)?;
@@ -93,7 +101,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, Membership), StorageError<NodeId>> {
         Ok((self.last_applied, self.membership.clone()))
     }
 
@@ -139,7 +149,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -153,13 +165,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         save_snapshot(&self.db, meta, &data)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        self.store.replace(state, meta.last_log_id.map(|l| l.index).unwrap_or(0));
+        self.store
+            .replace(state, meta.last_log_id.map(|l| l.index).unwrap_or(0));
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
         let stored = self
             .stored_snapshot()
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?;

@@ -56,7 +56,10 @@ pub(crate) fn open(dir: &Path) -> Result<Arc<Database>, StorageFailure> {
         let stored = meta.get(KEY_FORMAT)?.map(|v| v.value().to_vec());
         match stored.as_deref() {
             None => {
-                meta.insert(KEY_FORMAT, [atoll_state::snapshot::FORMAT_VERSION].as_slice())?;
+                meta.insert(
+                    KEY_FORMAT,
+                    [atoll_state::snapshot::FORMAT_VERSION].as_slice(),
+                )?;
             }
             Some([v]) if *v <= atoll_state::snapshot::FORMAT_VERSION => {}
             Some(other) => {

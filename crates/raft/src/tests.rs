@@ -23,14 +23,18 @@ fn put(key: &str, value: &str) -> Command {
 async fn writes_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let consensus = Consensus::start(config(dir.path(), 10_000)).await.unwrap();
+        let consensus = Consensus::start(config(dir.path(), 10_000), Default::default())
+            .await
+            .unwrap();
         for i in 0..20 {
             let (outcome, _) = consensus.write(put(&format!("k{i}"), "v")).await.unwrap();
             assert_eq!(outcome, Outcome::Done);
         }
         consensus.shutdown().await;
     }
-    let consensus = Consensus::start(config(dir.path(), 10_000)).await.unwrap();
+    let consensus = Consensus::start(config(dir.path(), 10_000), Default::default())
+        .await
+        .unwrap();
     // The committed log is re-applied on start.
     let mut applied = consensus.store().watch_applied();
     let count = loop {
@@ -53,9 +57,14 @@ async fn writes_survive_restart() {
 async fn snapshots_compact_the_log_and_restore() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let consensus = Consensus::start(config(dir.path(), 50)).await.unwrap();
+        let consensus = Consensus::start(config(dir.path(), 50), Default::default())
+            .await
+            .unwrap();
         for i in 0..300 {
-            consensus.write(put(&format!("k{}", i % 7), &i.to_string())).await.unwrap();
+            consensus
+                .write(put(&format!("k{}", i % 7), &i.to_string()))
+                .await
+                .unwrap();
         }
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         while consensus.snapshot_index().unwrap_or(0) < 200 {
@@ -64,10 +73,14 @@ async fn snapshots_compact_the_log_and_restore() {
         }
         consensus.shutdown().await;
     }
-    let consensus = Consensus::start(config(dir.path(), 50)).await.unwrap();
+    let consensus = Consensus::start(config(dir.path(), 50), Default::default())
+        .await
+        .unwrap();
     let mut applied = consensus.store().watch_applied();
     loop {
-        let value = consensus.store().read(|s| s.kv.get("k5").map(|e| e.value.clone()));
+        let value = consensus
+            .store()
+            .read(|s| s.kv.get("k5").map(|e| e.value.clone()));
         if value.as_deref() == Some(b"299".as_slice()) {
             break;
         }

@@ -119,7 +119,9 @@ impl State {
             }
             if !check.service_id.is_empty()
                 && Some(check.service_id.as_str()) != service_id
-                && self.service(&registration.node, &check.service_id).is_none()
+                && self
+                    .service(&registration.node, &check.service_id)
+                    .is_none()
             {
                 return (
                     Outcome::Rejected(Rejection::NotFound(format!(
@@ -645,7 +647,12 @@ impl State {
                 .max(self.kv.get(prefix).map(|e| e.modify_index).unwrap_or(0))
                 .max(self.kv_tombstones.get(prefix).copied().unwrap_or(0));
         } else {
-            index = index.max(self.kv_prefix(prefix).map(|e| e.modify_index).max().unwrap_or(0));
+            index = index.max(
+                self.kv_prefix(prefix)
+                    .map(|e| e.modify_index)
+                    .max()
+                    .unwrap_or(0),
+            );
             index = index.max(
                 self.kv_tombstones
                     .range(prefix.to_string()..)

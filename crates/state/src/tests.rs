@@ -291,14 +291,16 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 check_id: None,
             }
         )),
-        (prop::sample::select(vec!["k/a", "k/b", "j"]), prop::option::of(0u64..5)).prop_map(
-            |(k, cas)| Command::KvSet {
+        (
+            prop::sample::select(vec!["k/a", "k/b", "j"]),
+            prop::option::of(0u64..5)
+        )
+            .prop_map(|(k, cas)| Command::KvSet {
                 key: k.into(),
                 value: vec![1],
                 flags: 0,
                 cas,
-            }
-        ),
+            }),
         (prop::sample::select(vec!["k/", "k/a", "j"]), any::<bool>()).prop_map(|(k, r)| {
             Command::KvDelete {
                 key: k.into(),

@@ -1,0 +1,394 @@
+//! The agent's check runner: one task owns every timer and probe of this node's checks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use atoll_raft::{Consensus, ConsensusError};
+use atoll_state::{
+    Check, CheckDefinition, CheckSpec, CheckStatus, Command, Deregistration, Outcome, Registration,
+    Rejection, Table, NODE_HEALTH_CHECK_ID,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::checks::{http_client, probe_http, probe_tcp, HttpClient};
+
+/// Default run interval when a check gives none.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// Default per-run timeout, as Consul's.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retry delay after a failed write.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Identity of this node.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Node name.
+    pub node: String,
+    /// Node address.
+    pub address: String,
+    /// Datacenter.
+    pub datacenter: String,
+}
+
+/// Errors of agent operations.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No such check on this node.
+    #[error("Unknown check ID {0:?}")]
+    UnknownCheck(String),
+    /// The check is not a TTL check, so it cannot be updated by hand.
+    #[error("CheckID {0:?} does not have associated TTL")]
+    NotTtl(String),
+    /// Raft refused or failed the write.
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
+    /// The state machine rejected the write.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+}
+
+/// Handle on the local agent. Cloning shares it.
+#[derive(Clone)]
+pub struct Agent {
+    consensus: Consensus,
+    config: Arc<AgentConfig>,
+    ttl_resets: mpsc::UnboundedSender<String>,
+}
+
+impl Agent {
+    /// Registers this node (with its node health check) and starts the check runner.
+    pub async fn start(consensus: Consensus, config: AgentConfig) -> Result<Agent, AgentError> {
+        let registration = Registration {
+            node: config.node.clone(),
+            address: config.address.clone(),
+            datacenter: config.datacenter.clone(),
+            checks: vec![CheckSpec {
+                check_id: NODE_HEALTH_CHECK_ID.to_string(),
+                name: "Serf Health Status".to_string(),
+                status: Some(CheckStatus::Passing),
+                output: "Agent alive and reachable".to_string(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        if let (Outcome::Rejected(rejection), _) =
+            consensus.write(Command::Register(registration)).await?
+        {
+            return Err(rejection.into());
+        }
+        let (ttl_resets, resets) = mpsc::unbounded_channel();
+        let config = Arc::new(config);
+        let runner = Runner {
+            consensus: consensus.clone(),
+            node: config.node.clone(),
+            client: http_client(),
+            probes: HashMap::new(),
+            ttl_deadlines: HashMap::new(),
+            critical_since: HashMap::new(),
+            generation: 0,
+        };
+        tokio::spawn(runner.run(resets));
+        Ok(Agent {
+            consensus,
+            config,
+            ttl_resets,
+        })
+    }
+
+    /// This node's identity.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// The consensus handle this agent writes through.
+    pub fn consensus(&self) -> &Consensus {
+        &self.consensus
+    }
+
+    /// Sets a TTL check's status (Consul's `/v1/agent/check/{pass,warn,fail,update}`): resets
+    /// its timer, and writes through Raft only if status or output changed.
+    pub async fn update_ttl(
+        &self,
+        check_id: &str,
+        status: CheckStatus,
+        output: String,
+    ) -> Result<(), AgentError> {
+        let current = self.consensus.store().read(|s| {
+            s.checks_on_node(&self.config.node)
+                .find(|c| c.check_id == check_id)
+                .map(|c| (c.definition.ttl_ms.is_some(), c.status, c.output.clone()))
+        });
+        let Some((is_ttl, current_status, current_output)) = current else {
+            return Err(AgentError::UnknownCheck(check_id.to_string()));
+        };
+        if !is_ttl {
+            return Err(AgentError::NotTtl(check_id.to_string()));
+        }
+        // The runner task owns the timers; it outlives every handle, so a closed channel
+        // only happens during shutdown, when the reset no longer matters.
+        let _ = self.ttl_resets.send(check_id.to_string());
+        if current_status == status && current_output == output {
+            return Ok(());
+        }
+        let command = Command::UpdateCheck {
+            node: self.config.node.clone(),
+            check_id: check_id.to_string(),
+            status,
+            output,
+        };
+        match self.consensus.write(command).await? {
+            (Outcome::Rejected(rejection), _) => Err(rejection.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+struct ProbeResult {
+    check_id: String,
+    generation: u64,
+    status: CheckStatus,
+    output: String,
+}
+
+struct Probe {
+    definition: CheckDefinition,
+    generation: u64,
+    task: JoinHandle<()>,
+}
+
+struct Runner {
+    consensus: Consensus,
+    node: String,
+    client: HttpClient,
+    probes: HashMap<String, Probe>,
+    ttl_deadlines: HashMap<String, (CheckDefinition, Instant)>,
+    critical_since: HashMap<String, Instant>,
+    generation: u64,
+}
+
+fn millis(ms: Option<u64>, default: Duration) -> Duration {
+    ms.filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .unwrap_or(default)
+}
+
+impl Runner {
+    async fn run(mut self, mut ttl_resets: mpsc::UnboundedReceiver<String>) {
+        let store = self.consensus.store().clone();
+        let mut catalog = store.watch(Table::Catalog);
+        let (results_tx, mut results) = mpsc::channel::<ProbeResult>(256);
+        loop {
+            catalog.borrow_and_update();
+            let checks: Vec<Check> =
+                store.read(|s| s.checks_on_node(&self.node).cloned().collect());
+            self.reconcile(&checks, &results_tx);
+            let wake = self.next_wake(&checks);
+            tokio::select! {
+                changed = catalog.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                Some(check_id) = ttl_resets.recv() => {
+                    if let Some((definition, deadline)) = self.ttl_deadlines.get_mut(&check_id) {
+                        *deadline = Instant::now() + millis(definition.ttl_ms, DEFAULT_INTERVAL);
+                    }
+                }
+                Some(result) = results.recv() => self.record(&checks, result).await,
+                _ = sleep_until_opt(wake) => self.expire(&checks).await,
+            }
+        }
+    }
+
+    /// Starts, restarts or stops probes and timers to match the checks now stored.
+    fn reconcile(&mut self, checks: &[Check], results: &mpsc::Sender<ProbeResult>) {
+        let now = Instant::now();
+        self.probes.retain(|id, probe| {
+            let keep = checks
+                .iter()
+                .any(|c| &c.check_id == id && c.definition == probe.definition);
+            if !keep {
+                probe.task.abort();
+            }
+            keep
+        });
+        self.ttl_deadlines.retain(|id, (definition, _)| {
+            checks
+                .iter()
+                .any(|c| &c.check_id == id && &c.definition == definition)
+        });
+        self.critical_since.retain(|id, _| {
+            checks
+                .iter()
+                .any(|c| &c.check_id == id && c.status == CheckStatus::Critical)
+        });
+        for check in checks {
+            let definition = &check.definition;
+            if check.status == CheckStatus::Critical
+                && definition.deregister_critical_after_ms.is_some()
+            {
+                self.critical_since
+                    .entry(check.check_id.clone())
+                    .or_insert(now);
+            }
+            if let Some(ttl) = definition.ttl_ms {
+                self.ttl_deadlines
+                    .entry(check.check_id.clone())
+                    .or_insert_with(|| (definition.clone(), now + Duration::from_millis(ttl)));
+            } else if (definition.http.is_some() || definition.tcp.is_some())
+                && !self.probes.contains_key(&check.check_id)
+            {
+                self.generation += 1;
+                let task = tokio::spawn(probe_loop(
+                    self.client.clone(),
+                    check.check_id.clone(),
+                    definition.clone(),
+                    self.generation,
+                    results.clone(),
+                ));
+                self.probes.insert(
+                    check.check_id.clone(),
+                    Probe {
+                        definition: definition.clone(),
+                        generation: self.generation,
+                        task,
+                    },
+                );
+            }
+        }
+    }
+
+    fn next_wake(&self, checks: &[Check]) -> Option<Instant> {
+        let ttl = checks
+            .iter()
+            .filter(|c| c.status != CheckStatus::Critical)
+            .filter_map(|c| self.ttl_deadlines.get(&c.check_id).map(|(_, d)| *d));
+        let deregister = checks.iter().filter_map(|c| {
+            let since = self.critical_since.get(&c.check_id)?;
+            Some(*since + Duration::from_millis(c.definition.deregister_critical_after_ms?))
+        });
+        ttl.chain(deregister).min()
+    }
+
+    async fn record(&mut self, checks: &[Check], result: ProbeResult) {
+        let current = self.probes.get(&result.check_id).map(|p| p.generation);
+        if current != Some(result.generation) {
+            return;
+        }
+        let Some(check) = checks.iter().find(|c| c.check_id == result.check_id) else {
+            return;
+        };
+        // Only a status change goes through Raft; a new output alone does not.
+        if check.status == result.status {
+            return;
+        }
+        self.write_status(&result.check_id, result.status, result.output)
+            .await;
+    }
+
+    async fn expire(&mut self, checks: &[Check]) {
+        let now = Instant::now();
+        for check in checks {
+            if check.status != CheckStatus::Critical {
+                if let Some((_, deadline)) = self.ttl_deadlines.get(&check.check_id) {
+                    if *deadline <= now {
+                        let written = self
+                            .write_status(
+                                &check.check_id,
+                                CheckStatus::Critical,
+                                "TTL expired".to_string(),
+                            )
+                            .await;
+                        if !written {
+                            if let Some((_, deadline)) = self.ttl_deadlines.get_mut(&check.check_id)
+                            {
+                                *deadline = now + RETRY;
+                            }
+                        }
+                    }
+                }
+            }
+            let Some(after) = check.definition.deregister_critical_after_ms else {
+                continue;
+            };
+            let Some(since) = self.critical_since.get(&check.check_id).copied() else {
+                continue;
+            };
+            if since + Duration::from_millis(after) > now || check.service_id.is_empty() {
+                continue;
+            }
+            tracing::info!(service = %check.service_id, check = %check.check_id, "deregistering service critical for too long");
+            let command = Command::Deregister(Deregistration {
+                node: self.node.clone(),
+                service_id: Some(check.service_id.clone()),
+                check_id: None,
+            });
+            if let Err(e) = self.consensus.write(command).await {
+                tracing::warn!(error = %e, "deregistering critical service failed");
+                self.critical_since.insert(
+                    check.check_id.clone(),
+                    now + RETRY - Duration::from_millis(after),
+                );
+            }
+        }
+    }
+
+    async fn write_status(&self, check_id: &str, status: CheckStatus, output: String) -> bool {
+        let command = Command::UpdateCheck {
+            node: self.node.clone(),
+            check_id: check_id.to_string(),
+            status,
+            output,
+        };
+        match self.consensus.write(command).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(check = check_id, error = %e, "check status write failed");
+                false
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn probe_loop(
+    client: HttpClient,
+    check_id: String,
+    definition: CheckDefinition,
+    generation: u64,
+    results: mpsc::Sender<ProbeResult>,
+) {
+    let interval = millis(definition.interval_ms, DEFAULT_INTERVAL);
+    let timeout = millis(definition.timeout_ms, DEFAULT_TIMEOUT);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let (status, output) = if let Some(url) = &definition.http {
+            let method = definition.method.as_deref().unwrap_or("GET");
+            probe_http(&client, url, method, &definition.header, timeout).await
+        } else if let Some(address) = &definition.tcp {
+            probe_tcp(address, timeout).await
+        } else {
+            return;
+        };
+        let result = ProbeResult {
+            check_id: check_id.clone(),
+            generation,
+            status,
+            output,
+        };
+        if results.send(result).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! `/v1/agent/*`: the local node's view and its registrations.
+
+use std::collections::BTreeMap;
+
+use atoll_state::{CheckStatus, Command, Deregistration, Outcome, Registration, Table};
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::input::{validate_name, AgentServiceIn, CheckIn};
+use super::wire::{CheckJson, ServiceJson};
+use crate::decode::decode_body;
+use crate::error::ApiError;
+use crate::query::{blocking, check_datacenter, json_with_index, Query, ReadOptions};
+use crate::ApiContext;
+
+/// Port Consul's LAN gossip uses, reported in member listings.
+const SERF_LAN_PORT: u16 = 8301;
+
+fn member_json(context: &ApiContext) -> serde_json::Value {
+    let address = context.agent().config().address.clone();
+    json!({
+        "Name": context.node(),
+        "Addr": address,
+        "Port": SERF_LAN_PORT,
+        "Tags": {
+            "dc": context.datacenter(),
+            "role": "consul",
+            "build": context.version(),
+            "port": "8300",
+            "vsn": "2",
+        },
+        "Status": 1,
+        "ProtocolMin": 1,
+        "ProtocolMax": 5,
+        "ProtocolCur": 2,
+        "DelegateMin": 2,
+        "DelegateMax": 5,
+        "DelegateCur": 4,
+    })
+}
+
+/// `GET /v1/agent/self`.
+pub async fn self_info(State(context): State<ApiContext>) -> Response {
+    let body = json!({
+        "Config": {
+            "Datacenter": context.datacenter(),
+            "PrimaryDatacenter": context.datacenter(),
+            "NodeName": context.node(),
+            "NodeID": "",
+            "Server": true,
+            "Revision": "",
+            "Version": context.version(),
+        },
+        "Member": member_json(&context),
+        "Meta": {},
+    });
+    json_with_index(context.store().applied(), &body)
+}
+
+/// `GET /v1/agent/members`.
+pub async fn members(State(context): State<ApiContext>) -> Response {
+    json_with_index(context.store().applied(), &vec![member_json(&context)])
+}
+
+/// `GET /v1/agent/services`.
+pub async fn services(
+    State(context): State<ApiContext>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let options = ReadOptions::parse(&Query::parse(raw.as_deref()), &context)?;
+    let node = context.node().to_string();
+    let datacenter = context.datacenter().to_string();
+    let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
+        let services: BTreeMap<&str, ServiceJson> = state
+            .services_on_node(&node)
+            .map(|s| (s.id.as_str(), ServiceJson::new(s, &datacenter)))
+            .collect();
+        (
+            state.indexes.catalog(),
+            serde_json::to_value(services).unwrap_or_default(),
+        )
+    })
+    .await?;
+    Ok(json_with_index(index, &body))
+}
+
+/// `GET /v1/agent/service/:id`.
+pub async fn service(
+    State(context): State<ApiContext>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let datacenter = context.datacenter().to_string();
+    let found = context.store().read(|state| {
+        state.service(context.node(), &id).map(|s| {
+            (
+                s.modify_index,
+                serde_json::to_value(ServiceJson::new(s, &datacenter)).unwrap_or_default(),
+            )
+        })
+    });
+    match found {
+        Some((index, body)) => Ok(json_with_index(index, &body)),
+        None => Err(ApiError::not_found(format!("unknown service ID: {id}"))),
+    }
+}
+
+/// `GET /v1/agent/checks`.
+pub async fn checks(
+    State(context): State<ApiContext>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let options = ReadOptions::parse(&Query::parse(raw.as_deref()), &context)?;
+    let node = context.node().to_string();
+    let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
+        let checks: BTreeMap<&str, CheckJson> = state
+            .checks_on_node(&node)
+            .map(|c| (c.check_id.as_str(), CheckJson::new(c)))
+            .collect();
+        (
+            state.indexes.catalog(),
+            serde_json::to_value(checks).unwrap_or_default(),
+        )
+    })
+    .await?;
+    Ok(json_with_index(index, &body))
+}
+
+/// Writes a command and turns a rejection into an error.
+pub(crate) async fn write(context: &ApiContext, command: Command) -> Result<Outcome, ApiError> {
+    match context.consensus().write(command).await? {
+        (Outcome::Rejected(rejection), _) => Err(rejection.into()),
+        (outcome, _) => Ok(outcome),
+    }
+}
+
+fn local_registration(context: &ApiContext) -> Registration {
+    Registration {
+        node: context.node().to_string(),
+        datacenter: context.datacenter().to_string(),
+        skip_node_update: true,
+        ..Default::default()
+    }
+}
+
+/// `PUT /v1/agent/service/register`.
+pub async fn register_service(
+    State(context): State<ApiContext>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref());
+    check_datacenter(&query, &context)?;
+    let input: AgentServiceIn = decode_body(&body)?;
+    let (service, checks) = input.into_specs()?;
+    let registration = Registration {
+        service: Some(service),
+        checks,
+        replace_service_checks: query.flag("replace-existing-checks"),
+        ..local_registration(&context)
+    };
+    write(&context, Command::Register(registration)).await?;
+    Ok(json_with_index(
+        context.store().applied(),
+        &serde_json::Value::Null,
+    ))
+}
+
+/// `PUT /v1/agent/service/deregister/:id`.
+pub async fn deregister_service(
+    State(context): State<ApiContext>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let exists = context
+        .store()
+        .read(|s| s.service(context.node(), &id).is_some());
+    if !exists {
+        return Err(ApiError::not_found(format!(
+            "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
+        )));
+    }
+    let command = Command::Deregister(Deregistration {
+        node: context.node().to_string(),
+        service_id: Some(id),
+        check_id: None,
+    });
+    write(&context, command).await?;
+    Ok(json_with_index(
+        context.store().applied(),
+        &serde_json::Value::Null,
+    ))
+}
+
+/// `PUT /v1/agent/check/register`.
+pub async fn register_check(
+    State(context): State<ApiContext>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let input: CheckIn = decode_body(&body)?;
+    let name = input.name.clone().unwrap_or_default();
+    if name.trim().is_empty() {
+        return Err(ApiError::field("Name", "Missing check name"));
+    }
+    let default_id = input
+        .id
+        .clone()
+        .or(input.checkid.clone())
+        .unwrap_or_else(|| name.clone());
+    validate_name("ID", &default_id)?;
+    let spec = input.into_spec("Check", default_id, name, None)?;
+    if !spec.service_id.is_empty() {
+        let exists = context
+            .store()
+            .read(|s| s.service(context.node(), &spec.service_id).is_some());
+        if !exists {
+            return Err(ApiError::field(
+                "ServiceID",
+                format!("ServiceID {:?} does not exist", spec.service_id),
+            ));
+        }
+    }
+    let registration = Registration {
+        checks: vec![spec],
+        ..local_registration(&context)
+    };
+    write(&context, Command::Register(registration)).await?;
+    Ok(json_with_index(
+        context.store().applied(),
+        &serde_json::Value::Null,
+    ))
+}
+
+/// `PUT /v1/agent/check/deregister/:id`.
+pub async fn deregister_check(
+    State(context): State<ApiContext>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let exists = context
+        .store()
+        .read(|s| s.checks_on_node(context.node()).any(|c| c.check_id == id));
+    if !exists {
+        return Err(ApiError::not_found(format!("Unknown check ID {id:?}")));
+    }
+    let command = Command::Deregister(Deregistration {
+        node: context.node().to_string(),
+        service_id: None,
+        check_id: Some(id),
+    });
+    write(&context, command).await?;
+    Ok(json_with_index(
+        context.store().applied(),
+        &serde_json::Value::Null,
+    ))
+}
+
+async fn set_ttl(
+    context: ApiContext,
+    id: String,
+    status: CheckStatus,
+    raw: Option<String>,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref());
+    let note = query.get("note").unwrap_or_default().to_string();
+    context.agent().update_ttl(&id, status, note).await?;
+    Ok(json_with_index(
+        context.store().applied(),
+        &serde_json::Value::Null,
+    ))
+}
+
+/// `PUT /v1/agent/check/pass/:id`.
+pub async fn pass(
+    State(context): State<ApiContext>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    set_ttl(context, id, CheckStatus::Passing, raw).await
+}
+
+/// `PUT /v1/agent/check/warn/:id`.
+pub async fn warn(
+    State(context): State<ApiContext>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    set_ttl(context, id, CheckStatus::Warning, raw).await
+}
+
+/// `PUT /v1/agent/check/fail/:id`.
+pub async fn fail(
+    State(context): State<ApiContext>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    set_ttl(context, id, CheckStatus::Critical, raw).await
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+#[derive(Default)]
+struct CheckUpdateIn {
+    status: Option<String>,
+    output: Option<String>,
+}
+
+/// `PUT /v1/agent/check/update/:id` with `{"Status", "Output"}`.
+pub async fn update(
+    State(context): State<ApiContext>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let input: CheckUpdateIn = decode_body(&body)?;
+    let text = input.status.unwrap_or_default();
+    let status = CheckStatus::parse(&text).ok_or_else(|| {
+        ApiError::field(
+            "Status",
+            format!("Invalid check status {text:?}: expected passing, warning or critical"),
+        )
+    })?;
+    context
+        .agent()
+        .update_ttl(&id, status, input.output.unwrap_or_default())
+        .await?;
+    Ok(json_with_index(
+        context.store().applied(),
+        &serde_json::Value::Null,
+    ))
+}

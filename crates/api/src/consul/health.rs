@@ -1,0 +1,129 @@
+//! `/v1/health/*`: instances with their health.
+
+use atoll_state::{aggregate_status, CheckStatus, Table};
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+
+use super::catalog::{has_tags, node_matches, node_meta_filter};
+use super::wire::{CheckJson, HealthEntryJson, NodeJson, ServiceJson};
+use crate::error::ApiError;
+use crate::query::{blocking, json_with_index, Query, ReadOptions};
+use crate::ApiContext;
+
+/// `GET /v1/health/service/:name` (`?passing`, `?tag=` repeatable, `?node-meta=`).
+pub async fn service(
+    State(context): State<ApiContext>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref());
+    let options = ReadOptions::parse(&query, &context)?;
+    let passing_only = query.flag("passing");
+    let tags = query.all("tag");
+    let filter = node_meta_filter(&query)?;
+    let datacenter = context.datacenter().to_string();
+    let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
+        let mut entries = Vec::new();
+        for instance in state.instances_of(&name) {
+            if !has_tags(instance, &tags) || !node_matches(state, &instance.node, &filter) {
+                continue;
+            }
+            let Some(node) = state.nodes.get(&instance.node) else {
+                continue;
+            };
+            let checks = state.checks_for_instance(instance);
+            if passing_only && aggregate_status(checks.iter().copied()) != CheckStatus::Passing {
+                continue;
+            }
+            entries.push(HealthEntryJson {
+                node: NodeJson::new(node),
+                service: ServiceJson::new(instance, &datacenter),
+                checks: checks.into_iter().map(CheckJson::new).collect(),
+            });
+        }
+        (
+            state.service_index(&name),
+            serde_json::to_value(entries).unwrap_or_default(),
+        )
+    })
+    .await?;
+    Ok(json_with_index(index, &body))
+}
+
+/// `GET /v1/health/checks/:service`.
+pub async fn service_checks(
+    State(context): State<ApiContext>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let options = ReadOptions::parse(&Query::parse(raw.as_deref()), &context)?;
+    let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
+        let checks: Vec<CheckJson> = state
+            .instances_of(&name)
+            .into_iter()
+            .flat_map(|instance| {
+                state
+                    .checks_on_node(&instance.node)
+                    .filter(move |c| c.service_id == instance.id)
+            })
+            .map(CheckJson::new)
+            .collect();
+        (
+            state.service_index(&name),
+            serde_json::to_value(checks).unwrap_or_default(),
+        )
+    })
+    .await?;
+    Ok(json_with_index(index, &body))
+}
+
+/// `GET /v1/health/node/:node`.
+pub async fn node(
+    State(context): State<ApiContext>,
+    Path(node): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let options = ReadOptions::parse(&Query::parse(raw.as_deref()), &context)?;
+    let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
+        let checks: Vec<CheckJson> = state.checks_on_node(&node).map(CheckJson::new).collect();
+        (
+            state.indexes.checks,
+            serde_json::to_value(checks).unwrap_or_default(),
+        )
+    })
+    .await?;
+    Ok(json_with_index(index, &body))
+}
+
+/// `GET /v1/health/state/:state` (`any`, `passing`, `warning`, `critical`).
+pub async fn state(
+    State(context): State<ApiContext>,
+    Path(wanted): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let filter = match wanted.as_str() {
+        "any" => None,
+        other => Some(CheckStatus::parse(other).ok_or_else(|| {
+            ApiError::field(
+                "state",
+                format!(
+                    "Invalid check state {other:?}: expected any, passing, warning or critical"
+                ),
+            )
+        })?),
+    };
+    let options = ReadOptions::parse(&Query::parse(raw.as_deref()), &context)?;
+    let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
+        let checks: Vec<CheckJson> = state
+            .all_checks()
+            .filter(|c| filter.is_none_or(|f| c.status == f))
+            .map(CheckJson::new)
+            .collect();
+        (
+            state.indexes.checks,
+            serde_json::to_value(checks).unwrap_or_default(),
+        )
+    })
+    .await?;
+    Ok(json_with_index(index, &body))
+}

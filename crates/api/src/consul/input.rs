@@ -1,0 +1,284 @@
+//! Request bodies of the registration endpoints, parsed (see [`crate::decode`]) and then
+//! validated into domain specs. Nothing here has side effects.
+
+use std::collections::BTreeMap;
+
+use atoll_state::{CheckDefinition, CheckSpec, CheckStatus, ServiceSpec};
+use serde::Deserialize;
+
+use crate::decode::parse_duration;
+use crate::error::ApiError;
+
+/// A duration as Consul accepts it: Go text (`"10s"`) or nanoseconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum DurationIn {
+    /// `"10s"`.
+    Text(String),
+    /// Nanoseconds.
+    Nanos(u64),
+}
+
+impl DurationIn {
+    fn millis(&self, field: &str) -> Result<(u64, String), ApiError> {
+        match self {
+            DurationIn::Text(text) => parse_duration(text)
+                .map(|d| (d.as_millis() as u64, text.clone()))
+                .ok_or_else(|| {
+                    ApiError::field(field, format!("Invalid duration {text:?} for {field}"))
+                }),
+            DurationIn::Nanos(nanos) => Ok((nanos / 1_000_000, format!("{}ms", nanos / 1_000_000))),
+        }
+    }
+}
+
+/// A check as submitted to the agent or inside a service definition.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CheckIn {
+    /// Id (`ID` or `CheckID`).
+    pub id: Option<String>,
+    /// Alias of `id`.
+    pub checkid: Option<String>,
+    /// Name.
+    pub name: Option<String>,
+    /// Notes.
+    pub notes: Option<String>,
+    /// Initial status.
+    pub status: Option<String>,
+    /// Guarded service.
+    pub serviceid: Option<String>,
+    /// TTL.
+    pub ttl: Option<DurationIn>,
+    /// HTTP URL.
+    pub http: Option<String>,
+    /// HTTP method.
+    pub method: Option<String>,
+    /// HTTP headers.
+    pub header: Option<BTreeMap<String, Vec<String>>>,
+    /// TCP address.
+    pub tcp: Option<String>,
+    /// Interval.
+    pub interval: Option<DurationIn>,
+    /// Timeout.
+    pub timeout: Option<DurationIn>,
+    /// Deregister after critical this long.
+    pub deregistercriticalserviceafter: Option<DurationIn>,
+    /// Script checks (not supported).
+    pub args: Option<Vec<String>>,
+    /// Script checks (not supported).
+    pub script: Option<String>,
+    /// gRPC checks (not supported).
+    pub grpc: Option<String>,
+    /// Output.
+    pub output: Option<String>,
+}
+
+impl CheckIn {
+    /// Validates into a spec; `field` names this check in error messages.
+    pub fn into_spec(
+        self,
+        field: &str,
+        default_id: String,
+        default_name: String,
+        service_id: Option<&str>,
+    ) -> Result<CheckSpec, ApiError> {
+        if self.args.is_some() || self.script.is_some() || self.grpc.is_some() {
+            return Err(ApiError::field(
+                field,
+                format!("{field}: script and gRPC checks are not supported; use TTL, HTTP or TCP"),
+            ));
+        }
+        let kinds = [self.ttl.is_some(), self.http.is_some(), self.tcp.is_some()];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            return Err(ApiError::field(
+                field,
+                format!("{field}: exactly one of TTL, HTTP or TCP is required"),
+            ));
+        }
+        let mut definition = CheckDefinition::default();
+        if let Some(ttl) = &self.ttl {
+            let (ms, text) = ttl.millis(&format!("{field}.TTL"))?;
+            if ms == 0 {
+                return Err(ApiError::field(
+                    &format!("{field}.TTL"),
+                    "TTL must be greater than zero",
+                ));
+            }
+            definition.ttl_ms = Some(ms);
+            definition.ttl_text = text;
+        } else {
+            let Some(interval) = &self.interval else {
+                return Err(ApiError::field(
+                    &format!("{field}.Interval"),
+                    format!("{field}: Interval is required for HTTP and TCP checks"),
+                ));
+            };
+            let (ms, text) = interval.millis(&format!("{field}.Interval"))?;
+            if ms == 0 {
+                return Err(ApiError::field(
+                    &format!("{field}.Interval"),
+                    "Interval must be greater than zero",
+                ));
+            }
+            definition.interval_ms = Some(ms);
+            definition.interval_text = text;
+        }
+        if let Some(http) = &self.http {
+            if !(http.starts_with("http://") || http.starts_with("https://"))
+                || http.parse::<axum::http::Uri>().is_err()
+            {
+                return Err(ApiError::field(
+                    &format!("{field}.HTTP"),
+                    format!("Invalid HTTP check URL {http:?}"),
+                ));
+            }
+            definition.http = Some(http.clone());
+            definition.method = self.method.clone().filter(|m| !m.is_empty());
+            definition.header = self.header.clone().unwrap_or_default();
+        }
+        if let Some(tcp) = &self.tcp {
+            if tcp
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(ApiError::field(
+                    &format!("{field}.TCP"),
+                    format!("Invalid TCP check address {tcp:?}: expected host:port"),
+                ));
+            }
+            definition.tcp = Some(tcp.clone());
+        }
+        if let Some(timeout) = &self.timeout {
+            let (ms, text) = timeout.millis(&format!("{field}.Timeout"))?;
+            definition.timeout_ms = Some(ms);
+            definition.timeout_text = text;
+        }
+        if let Some(after) = &self.deregistercriticalserviceafter {
+            definition.deregister_critical_after_ms = Some(
+                after
+                    .millis(&format!("{field}.DeregisterCriticalServiceAfter"))?
+                    .0,
+            );
+        }
+        let status = match self.status.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(CheckStatus::parse(text).ok_or_else(|| {
+                ApiError::field(
+                    &format!("{field}.Status"),
+                    format!("Invalid check status {text:?}: expected passing, warning or critical"),
+                )
+            })?),
+        };
+        let check_id = self
+            .id
+            .or(self.checkid)
+            .filter(|id| !id.is_empty())
+            .unwrap_or(default_id);
+        let service_id = service_id
+            .map(str::to_string)
+            .or(self.serviceid)
+            .unwrap_or_default();
+        Ok(CheckSpec {
+            name: self.name.filter(|n| !n.is_empty()).unwrap_or(default_name),
+            check_id,
+            status,
+            notes: self.notes.unwrap_or_default(),
+            output: self.output.unwrap_or_default(),
+            service_id,
+            definition,
+        })
+    }
+}
+
+/// `PUT /v1/agent/service/register`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AgentServiceIn {
+    /// Instance id, defaults to the name.
+    pub id: Option<String>,
+    /// Service name.
+    pub name: Option<String>,
+    /// Tags.
+    pub tags: Option<Vec<String>>,
+    /// Address.
+    pub address: Option<String>,
+    /// Port.
+    pub port: Option<u16>,
+    /// Metadata.
+    pub meta: Option<BTreeMap<String, String>>,
+    /// Consul's flag.
+    pub enabletagoverride: Option<bool>,
+    /// One check.
+    pub check: Option<CheckIn>,
+    /// Several checks.
+    pub checks: Option<Vec<CheckIn>>,
+    /// Service kind (only plain services are supported).
+    pub kind: Option<String>,
+}
+
+/// Validates a service name or id used in DNS labels and URL paths.
+pub fn validate_name(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::field(field, format!("Missing service {field}")));
+    }
+    if value.chars().any(|c| c.is_control() || c == '/') {
+        return Err(ApiError::field(
+            field,
+            format!("Invalid {field} {value:?}: must not contain '/' or control characters"),
+        ));
+    }
+    Ok(())
+}
+
+impl AgentServiceIn {
+    /// Validates into a service spec and its checks (Consul's check ids `service:ID[:N]`).
+    pub fn into_specs(self) -> Result<(ServiceSpec, Vec<CheckSpec>), ApiError> {
+        if let Some(kind) = self.kind.as_deref().filter(|k| !k.is_empty()) {
+            return Err(ApiError::field(
+                "Kind",
+                format!("Service kind {kind:?} is not supported"),
+            ));
+        }
+        let name = self.name.unwrap_or_default();
+        validate_name("Name", &name)?;
+        let id = self
+            .id
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| name.clone());
+        validate_name("ID", &id)?;
+        let mut checks_in: Vec<CheckIn> = self.check.into_iter().collect();
+        checks_in.extend(self.checks.unwrap_or_default());
+        let several = checks_in.len() > 1;
+        let mut checks = Vec::new();
+        for (i, check) in checks_in.into_iter().enumerate() {
+            let default_id = if several {
+                format!("service:{id}:{}", i + 1)
+            } else {
+                format!("service:{id}")
+            };
+            let field = if several {
+                format!("Checks[{i}]")
+            } else {
+                "Check".to_string()
+            };
+            checks.push(check.into_spec(
+                &field,
+                default_id,
+                format!("Service '{name}' check"),
+                Some(&id),
+            )?);
+        }
+        let spec = ServiceSpec {
+            id,
+            name,
+            tags: self.tags.unwrap_or_default(),
+            address: self.address.unwrap_or_default(),
+            port: self.port.unwrap_or(0),
+            meta: self.meta.unwrap_or_default(),
+            enable_tag_override: self.enabletagoverride.unwrap_or(false),
+        };
+        Ok((spec, checks))
+    }
+}

@@ -1,0 +1,185 @@
+//! `/v1/kv/*`: the key/value store.
+
+use std::collections::BTreeSet;
+
+use atoll_state::{Command, Outcome, Table};
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::agent::write;
+use super::wire::KvJson;
+use crate::error::ApiError;
+use crate::query::{blocking, check_datacenter, json_with_index, set_index, Query, ReadOptions};
+use crate::ApiContext;
+
+/// Largest value Consul accepts.
+pub const MAX_VALUE_BYTES: usize = 512 * 1024;
+
+enum KvRead {
+    Entries(serde_json::Value),
+    Keys(Vec<String>),
+    Raw(Vec<u8>),
+    Missing,
+}
+
+/// `GET /v1/kv/` (the root).
+pub async fn get_root(state: State<ApiContext>, raw: RawQuery) -> Result<Response, ApiError> {
+    read(state.0, String::new(), raw.0).await
+}
+
+/// `GET /v1/kv/:key`.
+pub async fn get(
+    state: State<ApiContext>,
+    Path(key): Path<String>,
+    raw: RawQuery,
+) -> Result<Response, ApiError> {
+    read(state.0, key, raw.0).await
+}
+
+async fn read(context: ApiContext, key: String, raw: Option<String>) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref());
+    let options = ReadOptions::parse(&query, &context)?;
+    let recurse = query.flag("recurse");
+    let keys = query.get("keys").is_some();
+    let raw_value = query.flag("raw");
+    let separator = query.get("separator").unwrap_or_default().to_string();
+    let exact = !(recurse || keys);
+    if exact && key.is_empty() {
+        return Err(ApiError::field("key", "Missing key name"));
+    }
+    let (index, result) = blocking(&context, &options, Table::Kv, |state| {
+        let index = state.kv_index(&key, exact).max(if exact { 0 } else { 1 });
+        let result = if keys {
+            let mut listed = BTreeSet::new();
+            for entry in state.kv_prefix(&key) {
+                let rest = &entry.key[key.len()..];
+                match (!separator.is_empty())
+                    .then(|| rest.find(&separator))
+                    .flatten()
+                {
+                    Some(at) => listed.insert(format!("{key}{}", &rest[..at + separator.len()])),
+                    None => listed.insert(entry.key.clone()),
+                };
+            }
+            if listed.is_empty() {
+                KvRead::Missing
+            } else {
+                KvRead::Keys(listed.into_iter().collect())
+            }
+        } else if recurse {
+            let entries: Vec<KvJson> = state.kv_prefix(&key).map(KvJson::new).collect();
+            if entries.is_empty() {
+                KvRead::Missing
+            } else {
+                KvRead::Entries(serde_json::to_value(entries).unwrap_or_default())
+            }
+        } else {
+            match state.kv.get(&key) {
+                None => KvRead::Missing,
+                Some(entry) if raw_value => KvRead::Raw(entry.value.clone()),
+                Some(entry) => KvRead::Entries(
+                    serde_json::to_value(vec![KvJson::new(entry)]).unwrap_or_default(),
+                ),
+            }
+        };
+        (index.max(state.indexes.kv.min(1)), result)
+    })
+    .await?;
+    Ok(match result {
+        KvRead::Entries(value) => json_with_index(index, &value),
+        KvRead::Keys(keys) => json_with_index(index, &keys),
+        KvRead::Raw(bytes) => {
+            let mut response =
+                ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response();
+            set_index(response.headers_mut(), index);
+            response
+        }
+        KvRead::Missing => {
+            let mut response = StatusCode::NOT_FOUND.into_response();
+            set_index(response.headers_mut(), index);
+            response
+        }
+    })
+}
+
+/// `PUT /v1/kv/` without a key.
+pub async fn put_root() -> Result<Response, ApiError> {
+    Err(ApiError::field("key", "Missing key name"))
+}
+
+/// `PUT /v1/kv/:key` (`?flags=`, `?cas=`); answers `true` or `false`.
+pub async fn put(
+    State(context): State<ApiContext>,
+    Path(key): Path<String>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref());
+    check_datacenter(&query, &context)?;
+    if body.len() > MAX_VALUE_BYTES {
+        return Err(ApiError::with_status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "Value exceeds {MAX_VALUE_BYTES} byte limit ({} bytes)",
+                body.len()
+            ),
+        ));
+    }
+    if query.get("acquire").is_some() || query.get("release").is_some() {
+        return Err(ApiError::bad_request(
+            "Sessions (acquire/release) are not supported",
+        ));
+    }
+    let command = Command::KvSet {
+        key,
+        value: body.to_vec(),
+        flags: query.u64("flags")?.unwrap_or(0),
+        cas: query.u64("cas")?,
+    };
+    let outcome = write(&context, command).await?;
+    Ok(json_with_index(
+        context.store().applied(),
+        &!matches!(outcome, Outcome::Condition(false)),
+    ))
+}
+
+/// `DELETE /v1/kv/` (only meaningful with `?recurse`).
+pub async fn delete_root(state: State<ApiContext>, raw: RawQuery) -> Result<Response, ApiError> {
+    delete_key(state.0, String::new(), raw.0).await
+}
+
+/// `DELETE /v1/kv/:key` (`?recurse`, `?cas=`); answers `true` or `false`.
+pub async fn delete(
+    state: State<ApiContext>,
+    Path(key): Path<String>,
+    raw: RawQuery,
+) -> Result<Response, ApiError> {
+    delete_key(state.0, key, raw.0).await
+}
+
+async fn delete_key(
+    context: ApiContext,
+    key: String,
+    raw: Option<String>,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref());
+    check_datacenter(&query, &context)?;
+    let recurse = query.flag("recurse");
+    if key.is_empty() && !recurse {
+        return Err(ApiError::field("key", "Missing key name"));
+    }
+    let cas = query.u64("cas")?;
+    if recurse && cas.is_some() {
+        return Err(ApiError::field(
+            "cas",
+            "cas cannot be combined with recurse",
+        ));
+    }
+    let outcome = write(&context, Command::KvDelete { key, recurse, cas }).await?;
+    Ok(json_with_index(
+        context.store().applied(),
+        &!matches!(outcome, Outcome::Condition(false)),
+    ))
+}

@@ -1,0 +1,63 @@
+//! Consul-compatible endpoints, grouped as Consul groups them.
+
+mod agent;
+mod catalog;
+mod health;
+mod input;
+mod kv;
+mod status;
+pub mod wire;
+
+use axum::routing::{get, put};
+use axum::Router;
+
+use crate::ApiContext;
+
+/// Routes of every `/v1` endpoint.
+pub fn routes() -> Router<ApiContext> {
+    Router::new()
+        .route("/v1/agent/self", get(agent::self_info))
+        .route("/v1/agent/members", get(agent::members))
+        .route("/v1/agent/services", get(agent::services))
+        .route("/v1/agent/service/{id}", get(agent::service))
+        .route("/v1/agent/checks", get(agent::checks))
+        .route("/v1/agent/service/register", put(agent::register_service))
+        .route(
+            "/v1/agent/service/deregister/{id}",
+            put(agent::deregister_service),
+        )
+        .route("/v1/agent/check/register", put(agent::register_check))
+        .route(
+            "/v1/agent/check/deregister/{id}",
+            put(agent::deregister_check),
+        )
+        .route("/v1/agent/check/pass/{id}", put(agent::pass))
+        .route("/v1/agent/check/warn/{id}", put(agent::warn))
+        .route("/v1/agent/check/fail/{id}", put(agent::fail))
+        .route("/v1/agent/check/update/{id}", put(agent::update))
+        .route("/v1/catalog/register", put(catalog::register))
+        .route("/v1/catalog/deregister", put(catalog::deregister))
+        .route("/v1/catalog/datacenters", get(catalog::datacenters))
+        .route("/v1/catalog/nodes", get(catalog::nodes))
+        .route("/v1/catalog/services", get(catalog::services))
+        .route("/v1/catalog/service/{name}", get(catalog::service))
+        .route("/v1/catalog/node/{node}", get(catalog::node))
+        .route("/v1/health/service/{name}", get(health::service))
+        .route("/v1/health/checks/{name}", get(health::service_checks))
+        .route("/v1/health/node/{node}", get(health::node))
+        .route("/v1/health/state/{state}", get(health::state))
+        .route(
+            "/v1/kv",
+            get(kv::get_root).put(kv::put_root).delete(kv::delete_root),
+        )
+        .route(
+            "/v1/kv/",
+            get(kv::get_root).put(kv::put_root).delete(kv::delete_root),
+        )
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/v1/status/leader", get(status::leader))
+        .route("/v1/status/peers", get(status::peers))
+}

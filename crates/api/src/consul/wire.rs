@@ -1,0 +1,252 @@
+//! Consul's JSON shapes, converted from the domain rows. Field names as Consul spells them.
+
+use std::collections::BTreeMap;
+
+use atoll_state::{Check, KvEntry, Node, ServiceInstance};
+use base64::Engine;
+use serde::Serialize;
+
+/// A node as `/v1/catalog/nodes` and `/v1/health/service` show it.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeJson<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    node: &'a str,
+    address: &'a str,
+    datacenter: &'a str,
+    tagged_addresses: BTreeMap<&'a str, &'a str>,
+    meta: &'a BTreeMap<String, String>,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl<'a> NodeJson<'a> {
+    /// Converts a node row.
+    pub fn new(node: &'a Node) -> Self {
+        let mut tagged_addresses: BTreeMap<&str, &str> = node
+            .tagged_addresses
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        tagged_addresses.entry("lan").or_insert(&node.address);
+        tagged_addresses.entry("wan").or_insert(&node.address);
+        NodeJson {
+            id: "",
+            node: &node.name,
+            address: &node.address,
+            datacenter: &node.datacenter,
+            tagged_addresses,
+            meta: &node.meta,
+            create_index: node.create_index,
+            modify_index: node.modify_index,
+        }
+    }
+}
+
+/// Consul's load-balancing weights; atoll does not weight, so these are the defaults.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Weights {
+    passing: u32,
+    warning: u32,
+}
+
+const DEFAULT_WEIGHTS: Weights = Weights {
+    passing: 1,
+    warning: 1,
+};
+
+/// A service instance as the agent and health endpoints show it.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceJson<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    service: &'a str,
+    tags: &'a [String],
+    address: &'a str,
+    meta: &'a BTreeMap<String, String>,
+    port: u16,
+    weights: Weights,
+    enable_tag_override: bool,
+    datacenter: &'a str,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl<'a> ServiceJson<'a> {
+    /// Converts an instance row.
+    pub fn new(service: &'a ServiceInstance, datacenter: &'a str) -> Self {
+        ServiceJson {
+            id: &service.id,
+            service: &service.name,
+            tags: &service.tags,
+            address: &service.address,
+            meta: &service.meta,
+            port: service.port,
+            weights: DEFAULT_WEIGHTS,
+            enable_tag_override: service.enable_tag_override,
+            datacenter,
+            create_index: service.create_index,
+            modify_index: service.modify_index,
+        }
+    }
+}
+
+/// One row of `/v1/catalog/service/NAME`: node and service flattened.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CatalogServiceJson<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    node: &'a str,
+    address: &'a str,
+    datacenter: &'a str,
+    tagged_addresses: BTreeMap<&'a str, &'a str>,
+    node_meta: &'a BTreeMap<String, String>,
+    #[serde(rename = "ServiceID")]
+    service_id: &'a str,
+    service_name: &'a str,
+    service_tags: &'a [String],
+    service_address: &'a str,
+    service_port: u16,
+    service_meta: &'a BTreeMap<String, String>,
+    service_weights: Weights,
+    service_enable_tag_override: bool,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl<'a> CatalogServiceJson<'a> {
+    /// Converts an instance and its node.
+    pub fn new(node: &'a Node, service: &'a ServiceInstance) -> Self {
+        let node_json = NodeJson::new(node);
+        CatalogServiceJson {
+            id: "",
+            node: &node.name,
+            address: &node.address,
+            datacenter: &node.datacenter,
+            tagged_addresses: node_json.tagged_addresses,
+            node_meta: &node.meta,
+            service_id: &service.id,
+            service_name: &service.name,
+            service_tags: &service.tags,
+            service_address: &service.address,
+            service_port: service.port,
+            service_meta: &service.meta,
+            service_weights: DEFAULT_WEIGHTS,
+            service_enable_tag_override: service.enable_tag_override,
+            create_index: service.create_index,
+            modify_index: service.modify_index,
+        }
+    }
+}
+
+/// The definition part of a check, as `/v1/agent/checks` echoes it.
+#[derive(Serialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct CheckDefinitionJson<'a> {
+    #[serde(rename = "HTTP", skip_serializing_if = "Option::is_none")]
+    http: Option<&'a str>,
+    #[serde(rename = "TCP", skip_serializing_if = "Option::is_none")]
+    tcp: Option<&'a str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    interval: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    timeout: &'a str,
+    #[serde(rename = "TTL", skip_serializing_if = "str::is_empty")]
+    ttl: &'a str,
+}
+
+/// A check as every endpoint shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CheckJson<'a> {
+    node: &'a str,
+    #[serde(rename = "CheckID")]
+    check_id: &'a str,
+    name: &'a str,
+    status: &'static str,
+    notes: &'a str,
+    output: &'a str,
+    #[serde(rename = "ServiceID")]
+    service_id: &'a str,
+    service_name: &'a str,
+    service_tags: &'a [String],
+    #[serde(rename = "Type")]
+    kind: &'static str,
+    definition: CheckDefinitionJson<'a>,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl<'a> CheckJson<'a> {
+    /// Converts a check row.
+    pub fn new(check: &'a Check) -> Self {
+        let definition = &check.definition;
+        CheckJson {
+            node: &check.node,
+            check_id: &check.check_id,
+            name: &check.name,
+            status: check.status.as_str(),
+            notes: &check.notes,
+            output: &check.output,
+            service_id: &check.service_id,
+            service_name: &check.service_name,
+            service_tags: &check.service_tags,
+            kind: definition.kind(),
+            definition: CheckDefinitionJson {
+                http: definition.http.as_deref(),
+                tcp: definition.tcp.as_deref(),
+                interval: &definition.interval_text,
+                timeout: &definition.timeout_text,
+                ttl: &definition.ttl_text,
+            },
+            create_index: check.create_index,
+            modify_index: check.modify_index,
+        }
+    }
+}
+
+/// One entry of `/v1/health/service/NAME`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthEntryJson<'a> {
+    /// The node.
+    pub node: NodeJson<'a>,
+    /// The instance.
+    pub service: ServiceJson<'a>,
+    /// Its checks and its node's.
+    pub checks: Vec<CheckJson<'a>>,
+}
+
+/// A KV entry.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KvJson<'a> {
+    key: &'a str,
+    value: Option<String>,
+    flags: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: Option<&'a str>,
+    lock_index: u64,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl<'a> KvJson<'a> {
+    /// Converts an entry; an empty value is `null`, as Consul shows it.
+    pub fn new(entry: &'a KvEntry) -> Self {
+        KvJson {
+            key: &entry.key,
+            value: (!entry.value.is_empty())
+                .then(|| base64::engine::general_purpose::STANDARD.encode(&entry.value)),
+            flags: entry.flags,
+            session: None,
+            lock_index: 0,
+            create_index: entry.create_index,
+            modify_index: entry.modify_index,
+        }
+    }
+}

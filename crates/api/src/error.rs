@@ -1,0 +1,93 @@
+//! The one place that maps failures to HTTP status codes and error bodies.
+
+use atoll_agent::AgentError;
+use atoll_raft::ConsensusError;
+use atoll_state::Rejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// An error answer: status code plus a message (and the offending field, when known).
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Human-readable message.
+    pub message: String,
+    /// The request field at fault, if one is.
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    /// 400 naming a field.
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            field: Some(field.to_string()),
+        }
+    }
+
+    /// 400 without a field.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::with_status(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::with_status(StatusCode::NOT_FOUND, message)
+    }
+
+    /// Any status.
+    pub fn with_status(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({ "error": self.message });
+        if let Some(field) = self.field {
+            body["field"] = serde_json::Value::String(field);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ConsensusError> for ApiError {
+    fn from(e: ConsensusError) -> Self {
+        let status = match e {
+            ConsensusError::NoLeader | ConsensusError::NotLeader(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ConsensusError::Storage(_) | ConsensusError::Stopped(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError::with_status(status, e.to_string())
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(e: Rejection) -> Self {
+        match e {
+            Rejection::NotFound(message) => ApiError::not_found(message),
+            Rejection::Invalid(message) => ApiError::bad_request(message),
+        }
+    }
+}
+
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> Self {
+        match e {
+            AgentError::UnknownCheck(_) => ApiError::not_found(e.to_string()),
+            AgentError::NotTtl(_) => ApiError::bad_request(e.to_string()),
+            AgentError::Consensus(inner) => inner.into(),
+            AgentError::Rejected(inner) => inner.into(),
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Consul's query options (`index`, `wait`, `stale`, `consistent`, `dc`, flags) and the
+//! blocking-query loop every read goes through.
+
+use std::time::Duration;
+
+use atoll_state::{State, Table};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::decode::parse_duration;
+use crate::error::ApiError;
+use crate::ApiContext;
+
+/// Default wait of a blocking query.
+const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+/// Longest wait a client may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// The parsed query string of a request.
+#[derive(Debug, Default)]
+pub struct Query {
+    pairs: Vec<(String, String)>,
+}
+
+impl Query {
+    /// Parses a raw query string.
+    pub fn parse(raw: Option<&str>) -> Self {
+        let pairs = raw
+            .map(|raw| {
+                form_urlencoded::parse(raw.as_bytes())
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Query { pairs }
+    }
+
+    /// First value of a parameter.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a repeated parameter.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// A flag such as `?recurse`: present without value, or with a true-ish value.
+    pub fn flag(&self, name: &str) -> bool {
+        match self.get(name) {
+            None => false,
+            Some(value) => !matches!(value, "false" | "0"),
+        }
+    }
+
+    /// An unsigned integer parameter; invalid text is a 400 naming it.
+    pub fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.get(name)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ApiError::field(
+                        name,
+                        format!("Invalid {name} value {v:?}: expected an unsigned integer"),
+                    )
+                })
+            })
+            .transpose()
+    }
+}
+
+/// Read options common to every `/v1` read.
+#[derive(Debug)]
+pub struct ReadOptions {
+    /// Block until the result's index exceeds this.
+    pub min_index: Option<u64>,
+    /// How long to block.
+    pub wait: Duration,
+    /// Confirm leadership first.
+    pub consistent: bool,
+}
+
+impl ReadOptions {
+    /// Parses and validates the read options, refusing a foreign `dc`.
+    pub fn parse(query: &Query, context: &ApiContext) -> Result<Self, ApiError> {
+        check_datacenter(query, context)?;
+        let min_index = query.u64("index")?;
+        let wait = match query.get("wait") {
+            None => DEFAULT_WAIT,
+            Some(text) => parse_duration(text)
+                .ok_or_else(|| ApiError::field("wait", format!("Invalid wait time {text:?}")))?,
+        };
+        let consistent = query.flag("consistent");
+        if consistent && query.flag("stale") {
+            return Err(ApiError::bad_request(
+                "Cannot specify ?stale with ?consistent, conflicting semantics.",
+            ));
+        }
+        Ok(ReadOptions {
+            min_index,
+            wait: wait.min(MAX_WAIT),
+            consistent,
+        })
+    }
+}
+
+/// Refuses requests for another datacenter: this build does not federate yet.
+pub fn check_datacenter(query: &Query, context: &ApiContext) -> Result<(), ApiError> {
+    match query.get("dc") {
+        Some(dc) if !dc.is_empty() && dc != context.datacenter() => Err(ApiError::with_status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("No path to datacenter {dc:?}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `compute` against the state, blocking while its index is not above `min_index`.
+/// Woken by the table's watch, never by polling.
+pub async fn blocking<T>(
+    context: &ApiContext,
+    options: &ReadOptions,
+    table: Table,
+    mut compute: impl FnMut(&State) -> (u64, T),
+) -> Result<(u64, T), ApiError> {
+    if options.consistent {
+        context.consensus().linearize().await?;
+    }
+    let store = context.store();
+    let mut changes = store.watch(table);
+    let deadline = Instant::now() + options.wait;
+    loop {
+        changes.borrow_and_update();
+        let (index, value) = store.read(&mut compute);
+        let must_wait = matches!(options.min_index, Some(min) if min > 0 && index <= min);
+        if !must_wait {
+            return Ok((index.max(1), value));
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            // Timed out (or the store is going away): answer with what is there now.
+            _ => {
+                let (index, value) = store.read(&mut compute);
+                return Ok((index.max(1), value));
+            }
+        }
+    }
+}
+
+/// A JSON answer carrying `X-Consul-Index`.
+pub fn json_with_index<T: Serialize>(index: u64, value: &T) -> Response {
+    let mut response = axum::Json(value).into_response();
+    set_index(response.headers_mut(), index);
+    response
+}
+
+/// Sets `X-Consul-Index`.
+pub fn set_index(headers: &mut HeaderMap, index: u64) {
+    headers.insert("x-consul-index", HeaderValue::from(index.max(1)));
+}

@@ -1,0 +1,284 @@
+//! Building answers: a pure function of the request, the state and the configuration.
+
+use std::net::IpAddr;
+
+use atoll_state::{aggregate_status, CheckStatus, ServiceInstance, State};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+use crate::name::{hex_ipv4, parse_lookup, Lookup};
+
+/// Payload size assumed for UDP clients that do not announce one (RFC 1035).
+pub const CLASSIC_UDP_PAYLOAD: usize = 512;
+
+/// How DNS answers are shaped.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// The domain served, lowercase and fully qualified (`consul.`).
+    pub domain: Name,
+    /// This datacenter.
+    pub datacenter: String,
+    /// TTL of service answers, seconds.
+    pub service_ttl: u32,
+    /// TTL of node answers, seconds.
+    pub node_ttl: u32,
+    /// Leave out instances in `warning` too, not only `critical` ones.
+    pub only_passing: bool,
+    /// Whether names outside the domain are forwarded.
+    pub has_recursors: bool,
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub enum Resolution {
+    /// Send this answer.
+    Answer(Box<Message>),
+    /// Forward the request to a recursor unchanged.
+    Forward,
+}
+
+fn reply(request: &Message, code: ResponseCode, config: &DnsConfig) -> Message {
+    let mut response = Message::new(
+        request.metadata.id,
+        MessageType::Response,
+        request.metadata.op_code,
+    );
+    response.metadata.response_code = code;
+    response.metadata.authoritative = code != ResponseCode::Refused;
+    response.metadata.recursion_desired = request.metadata.recursion_desired;
+    response.metadata.recursion_available = config.has_recursors;
+    response.add_queries(request.queries.iter().cloned());
+    if request.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(4096);
+        response.set_edns(edns);
+    }
+    response
+}
+
+/// Answers a request from `state`. `seed` shuffles the order of answers (load spreading).
+pub fn resolve(request: &Message, state: &State, config: &DnsConfig, seed: u64) -> Resolution {
+    if request.metadata.message_type != MessageType::Query
+        || request.metadata.op_code != OpCode::Query
+    {
+        return answer(reply(request, ResponseCode::NotImp, config));
+    }
+    let [query] = request.queries.as_slice() else {
+        return answer(reply(request, ResponseCode::FormErr, config));
+    };
+    let name = query.name.to_lowercase();
+    if !config.domain.zone_of(&name) {
+        if config.has_recursors {
+            return Resolution::Forward;
+        }
+        return answer(reply(request, ResponseCode::Refused, config));
+    }
+    let label_count = name.num_labels().saturating_sub(config.domain.num_labels()) as usize;
+    let owned: Vec<String> = name
+        .iter()
+        .take(label_count)
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect();
+    let labels: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let lookup = parse_lookup(&labels, &|dc| dc == config.datacenter);
+    let mut response = reply(request, ResponseCode::NoError, config);
+    let owner = query.name.clone();
+    let qtype = query.query_type;
+    let foreign = |dc: &Option<String>| dc.as_deref().is_some_and(|dc| dc != config.datacenter);
+    match lookup {
+        Lookup::Service { datacenter, .. } | Lookup::Node { datacenter, .. }
+            if foreign(&datacenter) =>
+        {
+            // No federation yet: another datacenter cannot be reached.
+            response.metadata.response_code = ResponseCode::ServFail;
+        }
+        Lookup::Service { name, tag, .. } => {
+            let mut instances: Vec<&ServiceInstance> = state
+                .instances_of(&name)
+                .into_iter()
+                .filter(|s| {
+                    tag.as_ref()
+                        .is_none_or(|t| s.tags.iter().any(|x| x.eq_ignore_ascii_case(t)))
+                })
+                .filter(|s| healthy(state, s, config.only_passing))
+                .collect();
+            if instances.is_empty() {
+                nxdomain(&mut response, config, state);
+                return answer(response);
+            }
+            shuffle(&mut instances, seed);
+            for instance in instances {
+                let Some(node) = state.nodes.get(&instance.node) else {
+                    continue;
+                };
+                let address = instance.effective_address(node);
+                let ip: Option<IpAddr> = address.parse().ok();
+                if qtype == RecordType::SRV {
+                    let target = srv_target(instance, &node.address, ip, config);
+                    response.add_answer(Record::from_rdata(
+                        owner.clone(),
+                        config.service_ttl,
+                        RData::SRV(SRV::new(1, 1, instance.port, target.clone())),
+                    ));
+                    if let Some(ip) = ip {
+                        response.add_additional(address_record(target, ip, config.service_ttl));
+                    }
+                } else if let Some(ip) = ip.filter(|ip| wants(qtype, ip)) {
+                    response.add_answer(address_record(owner.clone(), ip, config.service_ttl));
+                }
+            }
+        }
+        Lookup::Node { name, .. } => match state.nodes.get(&name) {
+            None => nxdomain(&mut response, config, state),
+            Some(node) => {
+                if let Some(ip) = node
+                    .address
+                    .parse::<IpAddr>()
+                    .ok()
+                    .filter(|ip| wants(qtype, ip))
+                {
+                    response.add_answer(address_record(owner, ip, config.node_ttl));
+                }
+            }
+        },
+        Lookup::Addr { address } => {
+            let ip = IpAddr::V4(address);
+            if wants(qtype, &ip) {
+                response.add_answer(address_record(owner, ip, config.node_ttl));
+            }
+        }
+        Lookup::Unknown => nxdomain(&mut response, config, state),
+    }
+    if response.answers.is_empty() && response.metadata.response_code == ResponseCode::NoError {
+        response.add_authority(soa(config, state));
+    }
+    answer(response)
+}
+
+fn answer(message: Message) -> Resolution {
+    Resolution::Answer(Box::new(message))
+}
+
+/// Whether DNS hands out an instance: never when critical; with `only_passing`, not when
+/// warning either. Health itself is decided by [`aggregate_status`].
+fn healthy(state: &State, instance: &ServiceInstance, only_passing: bool) -> bool {
+    match aggregate_status(state.checks_for_instance(instance)) {
+        CheckStatus::Passing => true,
+        CheckStatus::Warning => !only_passing,
+        CheckStatus::Critical => false,
+    }
+}
+
+fn wants(qtype: RecordType, ip: &IpAddr) -> bool {
+    match (qtype, ip) {
+        (RecordType::A, IpAddr::V4(_)) | (RecordType::AAAA, IpAddr::V6(_)) => true,
+        (RecordType::ANY, _) => true,
+        _ => false,
+    }
+}
+
+fn address_record(owner: Name, ip: IpAddr, ttl: u32) -> Record {
+    let data = match ip {
+        IpAddr::V4(v4) => RData::A(A(v4)),
+        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+    };
+    Record::from_rdata(owner, ttl, data)
+}
+
+/// The SRV target, as Consul names it: the node when the instance uses the node's address,
+/// else `HEXIP.addr.DC.DOMAIN`.
+fn srv_target(
+    instance: &ServiceInstance,
+    node_address: &str,
+    ip: Option<IpAddr>,
+    config: &DnsConfig,
+) -> Name {
+    let relative = if instance.address.is_empty() || instance.address == node_address {
+        format!("{}.node.{}", instance.node, config.datacenter)
+    } else if let Some(IpAddr::V4(v4)) = ip {
+        format!("{}.addr.{}", hex_ipv4(v4), config.datacenter)
+    } else {
+        format!("{}.node.{}", instance.node, config.datacenter)
+    };
+    Name::from_ascii(&relative)
+        .and_then(|n| n.append_domain(&config.domain))
+        .unwrap_or_else(|_| config.domain.clone())
+}
+
+fn soa(config: &DnsConfig, state: &State) -> Record {
+    let ns = Name::from_ascii("ns").and_then(|n| n.append_domain(&config.domain));
+    let postmaster = Name::from_ascii("postmaster").and_then(|n| n.append_domain(&config.domain));
+    let serial = (state.indexes.catalog() & 0xffff_ffff) as u32;
+    let data = SOA::new(
+        ns.unwrap_or_else(|_| config.domain.clone()),
+        postmaster.unwrap_or_else(|_| config.domain.clone()),
+        serial,
+        3600,
+        600,
+        86400,
+        0,
+    );
+    Record::from_rdata(config.domain.clone(), 0, RData::SOA(data))
+}
+
+fn nxdomain(response: &mut Message, config: &DnsConfig, state: &State) {
+    response.metadata.response_code = ResponseCode::NXDomain;
+    response.add_authority(soa(config, state));
+}
+
+/// A deterministic Fisher–Yates shuffle driven by `seed` (splitmix64).
+fn shuffle<T>(items: &mut [T], mut seed: u64) {
+    for i in (1..items.len()).rev() {
+        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        items.swap(i, (z % (i as u64 + 1)) as usize);
+    }
+}
+
+/// Largest UDP answer the client accepts.
+pub fn udp_limit(request: &Message) -> usize {
+    request
+        .edns
+        .as_ref()
+        .map(|e| (e.max_payload() as usize).max(CLASSIC_UDP_PAYLOAD))
+        .unwrap_or(CLASSIC_UDP_PAYLOAD)
+}
+
+/// Encodes a response within `limit` bytes: when it does not fit, drops the additional
+/// section, then answers from the end, and sets TC so the client retries over TCP.
+pub fn encode_within(mut response: Message, limit: usize) -> Option<Vec<u8>> {
+    let bytes = response.to_vec().ok()?;
+    if bytes.len() <= limit {
+        return Some(bytes);
+    }
+    response.metadata.truncation = true;
+    response.additionals.clear();
+    loop {
+        let bytes = response.to_vec().ok()?;
+        if bytes.len() <= limit || response.answers.is_empty() {
+            return Some(bytes);
+        }
+        // Drop roughly the overflow's share of answers at once, then one at a time.
+        let overflow = bytes.len() - limit;
+        let per_answer = bytes.len() / (response.answers.len() + 1);
+        let drop = (overflow / per_answer.max(1))
+            .max(1)
+            .min(response.answers.len());
+        let keep = response.answers.len() - drop;
+        response.answers.truncate(keep);
+    }
+}
+
+/// A FORMERR answer for a packet whose header could be read but whose body could not.
+pub fn format_error(id: u16) -> Vec<u8> {
+    let mut response = Message::new(id, MessageType::Response, OpCode::Query);
+    response.metadata.response_code = ResponseCode::FormErr;
+    response.to_vec().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

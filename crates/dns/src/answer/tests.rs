@@ -1,0 +1,179 @@
+use atoll_state::{CheckSpec, CheckStatus, Command, Registration, ServiceSpec, State};
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+
+use super::*;
+
+fn config() -> DnsConfig {
+    DnsConfig {
+        domain: Name::from_ascii("consul.").unwrap(),
+        datacenter: "dc1".into(),
+        service_ttl: 0,
+        node_ttl: 0,
+        only_passing: false,
+        has_recursors: false,
+    }
+}
+
+fn state_with(instances: &[(&str, &str, &str, Option<CheckStatus>)]) -> State {
+    let mut state = State::default();
+    let mut index = 0;
+    for (id, address, tag, status) in instances {
+        index += 1;
+        state.apply(
+            index,
+            &Command::Register(Registration {
+                node: "n1".into(),
+                address: "10.0.0.1".into(),
+                datacenter: "dc1".into(),
+                service: Some(ServiceSpec {
+                    id: (*id).into(),
+                    name: "web".into(),
+                    address: (*address).into(),
+                    port: 8080,
+                    tags: vec![(*tag).into()],
+                    ..Default::default()
+                }),
+                checks: status
+                    .map(|s| {
+                        vec![CheckSpec {
+                            check_id: format!("service:{id}"),
+                            service_id: (*id).into(),
+                            status: Some(s),
+                            ..Default::default()
+                        }]
+                    })
+                    .unwrap_or_default(),
+                ..Default::default()
+            }),
+        );
+    }
+    state
+}
+
+fn ask(state: &State, name: &str, qtype: RecordType) -> Message {
+    let mut request = Message::new(7, MessageType::Query, OpCode::Query);
+    request.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    match resolve(&request, state, &config(), 1) {
+        Resolution::Answer(message) => *message,
+        Resolution::Forward => panic!("unexpected forward"),
+    }
+}
+
+fn a_records(message: &Message) -> Vec<String> {
+    let mut out: Vec<String> = message
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn critical_instances_are_left_out() {
+    let state = state_with(&[
+        ("a", "10.0.0.2", "v1", Some(CheckStatus::Passing)),
+        ("b", "10.0.0.3", "v1", Some(CheckStatus::Critical)),
+        ("c", "10.0.0.4", "v2", Some(CheckStatus::Warning)),
+    ]);
+    let response = ask(&state, "web.service.consul.", RecordType::A);
+    assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(a_records(&response), vec!["10.0.0.2", "10.0.0.4"]);
+}
+
+#[test]
+fn tag_filter_and_case_insensitive_names() {
+    let state = state_with(&[("a", "10.0.0.2", "v1", None), ("b", "10.0.0.3", "v2", None)]);
+    assert_eq!(
+        a_records(&ask(&state, "V1.Web.Service.Consul.", RecordType::A)),
+        vec!["10.0.0.2"]
+    );
+    assert_eq!(
+        a_records(&ask(&state, "_web._v2.service.consul.", RecordType::A)),
+        vec!["10.0.0.3"]
+    );
+    assert_eq!(
+        a_records(&ask(&state, "web.service.dc1.consul.", RecordType::A)).len(),
+        2
+    );
+}
+
+#[test]
+fn srv_targets_have_additional_addresses() {
+    let state = state_with(&[("a", "10.0.0.2", "v1", None), ("b", "", "v1", None)]);
+    let response = ask(&state, "_web._tcp.service.consul.", RecordType::SRV);
+    assert_eq!(response.answers.len(), 2);
+    let mut targets: Vec<String> = response
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(srv) => Some(format!("{}:{}", srv.target, srv.port)),
+            _ => None,
+        })
+        .collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        vec!["0a000002.addr.dc1.consul.:8080", "n1.node.dc1.consul.:8080"]
+    );
+    assert_eq!(response.additionals.len(), 2);
+}
+
+#[test]
+fn unknown_names_are_nxdomain_with_soa() {
+    let state = state_with(&[("a", "10.0.0.2", "v1", Some(CheckStatus::Critical))]);
+    for name in [
+        "nope.service.consul.",
+        "web.service.consul.",
+        "what.consul.",
+    ] {
+        let response = ask(&state, name, RecordType::A);
+        assert_eq!(
+            response.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{name}"
+        );
+        assert!(matches!(response.authorities[0].data, RData::SOA(_)));
+    }
+}
+
+#[test]
+fn node_lookup_and_foreign_datacenter() {
+    let state = state_with(&[("a", "", "v1", None)]);
+    assert_eq!(
+        a_records(&ask(&state, "n1.node.consul.", RecordType::A)),
+        vec!["10.0.0.1"]
+    );
+    let response = ask(&state, "web.service.dc9.consul.", RecordType::A);
+    assert_eq!(response.metadata.response_code, ResponseCode::ServFail);
+}
+
+#[test]
+fn outside_domain_is_refused_without_recursor() {
+    let state = State::default();
+    let response = ask(&state, "example.com.", RecordType::A);
+    assert_eq!(response.metadata.response_code, ResponseCode::Refused);
+}
+
+#[test]
+fn oversized_answers_are_truncated_with_tc() {
+    let owned: Vec<(String, String)> = (0..40)
+        .map(|i| (format!("i{i}"), format!("10.0.1.{i}")))
+        .collect();
+    let instances: Vec<(&str, &str, &str, Option<CheckStatus>)> = owned
+        .iter()
+        .map(|(id, ip)| (id.as_str(), ip.as_str(), "v1", None))
+        .collect();
+    let state = state_with(&instances);
+    let response = ask(&state, "web.service.consul.", RecordType::SRV);
+    assert_eq!(response.answers.len(), 40);
+    let bytes = encode_within(response, CLASSIC_UDP_PAYLOAD).unwrap();
+    assert!(bytes.len() <= CLASSIC_UDP_PAYLOAD);
+    let decoded = Message::from_vec(&bytes).unwrap();
+    assert!(decoded.metadata.truncation);
+    assert!(!decoded.answers.is_empty() && decoded.answers.len() < 40);
+}

@@ -1,0 +1,348 @@
+//! The DNS sockets. UDP is served by one blocking thread per core, each with its own
+//! `SO_REUSEPORT` socket and its own answer cache; TCP by a tokio task per connection.
+//!
+//! The cache is keyed by the request bytes after the id, so a hit needs no parsing, and it
+//! is emptied whenever the catalog's index moves, so it never serves a stale answer.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use atoll_state::{Store, Table};
+use hickory_proto::op::{Message, ResponseCode};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
+
+use crate::answer::{encode_within, format_error, resolve, udp_limit, DnsConfig, Resolution};
+
+/// Largest message accepted or sent.
+const MAX_MESSAGE: usize = 65_535;
+/// Entries per thread before the cache is emptied (bounds memory under random names).
+const CACHE_ENTRIES: usize = 4096;
+/// Shuffled variants kept per cached answer, so repeated queries still rotate.
+const VARIANTS: u64 = 4;
+/// How long a recursor gets to answer.
+const RECURSOR_TIMEOUT: Duration = Duration::from_secs(2);
+/// Idle TCP connections are closed after this.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// Failure to start the DNS server.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsServerError {
+    /// The address could not be bound.
+    #[error("cannot listen for DNS on {address} ({protocol}): {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// `udp` or `tcp`.
+        protocol: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// A bound, not yet running, DNS server.
+pub struct DnsServer {
+    udp: Vec<UdpSocket>,
+    tcp: std::net::TcpListener,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: DnsConfig,
+    recursors: Vec<SocketAddr>,
+    store: Store,
+}
+
+impl DnsServer {
+    /// Binds TCP and one UDP socket per worker at `address`.
+    pub fn bind(
+        address: SocketAddr,
+        config: DnsConfig,
+        recursors: Vec<SocketAddr>,
+        store: Store,
+    ) -> Result<Self, DnsServerError> {
+        let bind_error = |protocol| {
+            move |source| DnsServerError::Bind {
+                address,
+                protocol,
+                source,
+            }
+        };
+        // TCP first and without SO_REUSEPORT: if anyone holds the port, this fails, so the
+        // UDP sockets below can never silently share a port with another server.
+        let tcp = std::net::TcpListener::bind(address).map_err(bind_error("tcp"))?;
+        tcp.set_nonblocking(true).map_err(bind_error("tcp"))?;
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let mut udp = Vec::new();
+        for _ in 0..workers {
+            udp.push(udp_socket(address).map_err(bind_error("udp"))?);
+        }
+        Ok(DnsServer {
+            udp,
+            tcp,
+            shared: Arc::new(Shared {
+                config: DnsConfig {
+                    has_recursors: !recursors.is_empty(),
+                    ..config
+                },
+                recursors,
+                store,
+            }),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// Starts the UDP threads and the TCP acceptor; runs until the process exits.
+    pub fn start(self, runtime: Handle) -> io::Result<()> {
+        for (i, socket) in self.udp.into_iter().enumerate() {
+            let shared = self.shared.clone();
+            let runtime = runtime.clone();
+            std::thread::Builder::new()
+                .name(format!("dns-udp-{i}"))
+                .spawn(move || serve_udp(socket, shared, runtime))?;
+        }
+        let _guard = runtime.enter();
+        let listener = TcpListener::from_std(self.tcp)?;
+        runtime.spawn(serve_tcp(listener, self.shared));
+        Ok(())
+    }
+}
+
+fn udp_socket(address: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket.into())
+}
+
+struct CacheEntry {
+    variants: Vec<Vec<u8>>,
+}
+
+fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: Handle) {
+    let mut buffer = vec![0u8; MAX_MESSAGE];
+    let mut out = Vec::with_capacity(4096);
+    let mut cache: HashMap<Vec<u8>, CacheEntry> = HashMap::new();
+    let mut catalog = shared.store.watch(Table::Catalog);
+    let mut cached_at = *catalog.borrow_and_update();
+    let mut counter: u64 = rand::random();
+    loop {
+        let (len, peer) = match socket.recv_from(&mut buffer) {
+            Ok(received) => received,
+            Err(e) => {
+                tracing::debug!(error = %e, "dns udp receive");
+                continue;
+            }
+        };
+        let packet = &buffer[..len];
+        if len < 12 {
+            // Too short to carry an id: nothing sensible to answer.
+            continue;
+        }
+        counter = counter.wrapping_add(1);
+        if catalog.has_changed().unwrap_or(false) {
+            let index = *catalog.borrow_and_update();
+            if index != cached_at {
+                cache.clear();
+                cached_at = index;
+            }
+        }
+        if let Some(entry) = cache.get(&packet[2..]) {
+            let variant = &entry.variants[(counter % entry.variants.len() as u64) as usize];
+            send_with_id(&socket, &mut out, variant, [packet[0], packet[1]], peer);
+            continue;
+        }
+        let id = u16::from_be_bytes([packet[0], packet[1]]);
+        let request = match Message::from_vec(packet) {
+            Ok(request) => request,
+            Err(_) => {
+                let _ = socket.send_to(&format_error(id), peer);
+                continue;
+            }
+        };
+        let limit = udp_limit(&request);
+        let mut variants = Vec::new();
+        for variant in 0..VARIANTS {
+            let resolution = shared.store.read(|state| {
+                resolve(
+                    &request,
+                    state,
+                    &shared.config,
+                    counter.wrapping_add(variant),
+                )
+            });
+            match resolution {
+                Resolution::Forward => {
+                    forward_udp(&socket, &shared, &runtime, packet.to_vec(), peer);
+                    break;
+                }
+                Resolution::Answer(response) => {
+                    let several = response.answers.len() > 1;
+                    if let Some(bytes) = encode_within(*response, limit) {
+                        variants.push(bytes);
+                    }
+                    if !several {
+                        break;
+                    }
+                }
+            }
+        }
+        let Some(first) = variants.first() else {
+            continue;
+        };
+        let _ = socket.send_to(first, peer);
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(packet[2..].to_vec(), CacheEntry { variants });
+    }
+}
+
+fn send_with_id(
+    socket: &UdpSocket,
+    out: &mut Vec<u8>,
+    response: &[u8],
+    id: [u8; 2],
+    peer: SocketAddr,
+) {
+    out.clear();
+    out.extend_from_slice(response);
+    out[0] = id[0];
+    out[1] = id[1];
+    let _ = socket.send_to(out, peer);
+}
+
+fn forward_udp(
+    socket: &UdpSocket,
+    shared: &Arc<Shared>,
+    runtime: &Handle,
+    packet: Vec<u8>,
+    peer: SocketAddr,
+) {
+    let Ok(reply_socket) = socket.try_clone() else {
+        return;
+    };
+    let shared = shared.clone();
+    runtime.spawn(async move {
+        let answer = match ask_recursors(&shared.recursors, &packet).await {
+            Some(answer) => answer,
+            None => servfail(&packet),
+        };
+        let _ = reply_socket.send_to(&answer, peer);
+    });
+}
+
+fn servfail(packet: &[u8]) -> Vec<u8> {
+    match Message::from_vec(packet) {
+        Ok(request) => {
+            let mut response = Message::new(
+                request.metadata.id,
+                hickory_proto::op::MessageType::Response,
+                request.metadata.op_code,
+            );
+            response.metadata.response_code = ResponseCode::ServFail;
+            response.metadata.recursion_desired = request.metadata.recursion_desired;
+            response.metadata.recursion_available = true;
+            response.add_queries(request.queries);
+            response.to_vec().unwrap_or_default()
+        }
+        Err(_) => format_error(u16::from_be_bytes([packet[0], packet[1]])),
+    }
+}
+
+async fn ask_recursors(recursors: &[SocketAddr], packet: &[u8]) -> Option<Vec<u8>> {
+    for recursor in recursors {
+        let local: SocketAddr = if recursor.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            ([0u16; 8], 0).into()
+        };
+        let Ok(socket) = tokio::net::UdpSocket::bind(local).await else {
+            continue;
+        };
+        if socket.send_to(packet, recursor).await.is_err() {
+            continue;
+        }
+        let mut buffer = vec![0u8; MAX_MESSAGE];
+        if let Ok(Ok((len, from))) =
+            tokio::time::timeout(RECURSOR_TIMEOUT, socket.recv_from(&mut buffer)).await
+        {
+            if from == *recursor && len >= 2 && buffer[..2] == packet[..2] {
+                buffer.truncate(len);
+                return Some(buffer);
+            }
+        }
+        tracing::debug!(%recursor, "recursor did not answer");
+    }
+    None
+}
+
+async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_tcp_connection(stream, shared.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "dns tcp accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_tcp_connection(mut stream: TcpStream, shared: Arc<Shared>) {
+    let mut seed: u64 = rand::random();
+    loop {
+        let mut length = [0u8; 2];
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut length)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let length = u16::from_be_bytes(length) as usize;
+        let mut packet = vec![0u8; length];
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut packet)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        if packet.len() < 12 {
+            return;
+        }
+        seed = seed.wrapping_add(1);
+        let answer = match Message::from_vec(&packet) {
+            Err(_) => format_error(u16::from_be_bytes([packet[0], packet[1]])),
+            Ok(request) => match shared
+                .store
+                .read(|state| resolve(&request, state, &shared.config, seed))
+            {
+                Resolution::Answer(response) => {
+                    encode_within(*response, MAX_MESSAGE).unwrap_or_default()
+                }
+                Resolution::Forward => ask_recursors(&shared.recursors, &packet)
+                    .await
+                    .unwrap_or_else(|| servfail(&packet)),
+            },
+        };
+        let mut framed = Vec::with_capacity(answer.len() + 2);
+        framed.extend_from_slice(&(answer.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&answer);
+        if stream.write_all(&framed).await.is_err() {
+            return;
+        }
+    }
+}
