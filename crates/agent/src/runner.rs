@@ -74,8 +74,9 @@ impl Agent {
             }],
             ..Default::default()
         };
-        if let (Outcome::Rejected(rejection), _) =
-            consensus.write(Command::Register(registration)).await?
+        if let (Outcome::Rejected(rejection), _) = consensus
+            .write(Command::Register(Box::new(registration)))
+            .await?
         {
             return Err(rejection.into());
         }

@@ -171,11 +171,10 @@ fn healthy(state: &State, instance: &ServiceInstance, only_passing: bool) -> boo
 }
 
 fn wants(qtype: RecordType, ip: &IpAddr) -> bool {
-    match (qtype, ip) {
-        (RecordType::A, IpAddr::V4(_)) | (RecordType::AAAA, IpAddr::V6(_)) => true,
-        (RecordType::ANY, _) => true,
-        _ => false,
-    }
+    matches!(
+        (qtype, ip),
+        (RecordType::A, IpAddr::V4(_)) | (RecordType::AAAA, IpAddr::V6(_)) | (RecordType::ANY, _)
+    )
 }
 
 fn address_record(owner: Name, ip: IpAddr, ttl: u32) -> Record {

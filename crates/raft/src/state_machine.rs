@@ -19,6 +19,7 @@ use crate::TypeConfig;
 
 type NodeId = u64;
 type Membership = StoredMembership<NodeId, BasicNode>;
+type StoredSnapshot = (SnapshotMeta<NodeId, BasicNode>, Vec<u8>);
 
 /// Applies entries to the store; one instance, owned by openraft's state-machine task.
 pub(crate) struct StateMachine {
@@ -50,9 +51,7 @@ impl StateMachine {
         Ok(machine)
     }
 
-    fn stored_snapshot(
-        &self,
-    ) -> Result<Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>, StorageFailure> {
+    fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageFailure> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(SNAPSHOT)?;
         let meta = table.get(KEY_SNAPSHOT_META)?.map(|v| v.value().to_vec());

@@ -10,7 +10,7 @@ use crate::model::{CheckDefinition, CheckStatus};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Upsert a node and, optionally, one service instance and checks on it.
-    Register(Registration),
+    Register(Box<Registration>),
     /// Remove a check, a service instance (with its checks) or a whole node.
     Deregister(Deregistration),
     /// Change the status/output of an existing check.

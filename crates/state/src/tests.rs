@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use crate::*;
 
 fn register(node: &str, id: &str, name: &str, port: u16) -> Command {
-    Command::Register(Registration {
+    Command::Register(Box::new(Registration {
         node: node.into(),
         address: "10.0.0.1".into(),
         datacenter: "dc1".into(),
@@ -17,11 +17,11 @@ fn register(node: &str, id: &str, name: &str, port: u16) -> Command {
             ..Default::default()
         }),
         ..Default::default()
-    })
+    }))
 }
 
 fn ttl_check(node: &str, service_id: &str) -> Command {
-    Command::Register(Registration {
+    Command::Register(Box::new(Registration {
         node: node.into(),
         skip_node_update: true,
         checks: vec![CheckSpec {
@@ -31,7 +31,7 @@ fn ttl_check(node: &str, service_id: &str) -> Command {
             ..Default::default()
         }],
         ..Default::default()
-    })
+    }))
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn update_of_unknown_check_is_rejected_without_change() {
 fn check_for_unknown_service_rejects_whole_registration() {
     let mut state = State::default();
     let before = state.clone();
-    let command = Command::Register(Registration {
+    let command = Command::Register(Box::new(Registration {
         node: "n1".into(),
         address: "10.0.0.1".into(),
         checks: vec![CheckSpec {
@@ -133,7 +133,7 @@ fn check_for_unknown_service_rejects_whole_registration() {
             ..Default::default()
         }],
         ..Default::default()
-    });
+    }));
     let (outcome, _) = state.apply(1, &command);
     assert!(matches!(outcome, Outcome::Rejected(_)));
     assert_eq!(state, before);
@@ -166,7 +166,7 @@ fn node_check_counts_against_every_service_on_node() {
     state.apply(2, &register("n1", "db1", "db", 5432));
     state.apply(
         3,
-        &Command::Register(Registration {
+        &Command::Register(Box::new(Registration {
             node: "n1".into(),
             skip_node_update: true,
             checks: vec![CheckSpec {
@@ -175,7 +175,7 @@ fn node_check_counts_against_every_service_on_node() {
                 ..Default::default()
             }],
             ..Default::default()
-        }),
+        })),
     );
     assert_eq!(state.service_index("web"), 3);
     assert_eq!(state.service_index("db"), 3);

@@ -161,7 +161,7 @@ pub async fn register_service(
         replace_service_checks: query.flag("replace-existing-checks"),
         ..local_registration(&context)
     };
-    write(&context, Command::Register(registration)).await?;
+    write(&context, Command::Register(Box::new(registration))).await?;
     Ok(json_with_index(
         context.store().applied(),
         &serde_json::Value::Null,
@@ -225,7 +225,7 @@ pub async fn register_check(
         checks: vec![spec],
         ..local_registration(&context)
     };
-    write(&context, Command::Register(registration)).await?;
+    write(&context, Command::Register(Box::new(registration))).await?;
     Ok(json_with_index(
         context.store().applied(),
         &serde_json::Value::Null,

@@ -156,7 +156,7 @@ pub async fn register(
         checks,
         replace_service_checks: false,
     };
-    write(&context, Command::Register(registration)).await?;
+    write(&context, Command::Register(Box::new(registration))).await?;
     Ok(json_with_index(context.store().applied(), &true))
 }
 

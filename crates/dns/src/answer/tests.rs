@@ -22,7 +22,7 @@ fn state_with(instances: &[(&str, &str, &str, Option<CheckStatus>)]) -> State {
         index += 1;
         state.apply(
             index,
-            &Command::Register(Registration {
+            &Command::Register(Box::new(Registration {
                 node: "n1".into(),
                 address: "10.0.0.1".into(),
                 datacenter: "dc1".into(),
@@ -45,7 +45,7 @@ fn state_with(instances: &[(&str, &str, &str, Option<CheckStatus>)]) -> State {
                     })
                     .unwrap_or_default(),
                 ..Default::default()
-            }),
+            })),
         );
     }
     state
