@@ -1,1 +1,198 @@
+use std::time::Duration;
 
+use atoll_agent::{Agent, AgentConfig};
+use atoll_raft::{Consensus, ConsensusConfig};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use crate::{router, ApiContext};
+
+async fn api() -> (Router, ApiContext, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let consensus = Consensus::start(
+        ConsensusConfig {
+            data_dir: dir.path().to_path_buf(),
+            advertise_addr: "127.0.0.1:8300".into(),
+            snapshot_after_entries: 1000,
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let agent = Agent::start(
+        consensus,
+        AgentConfig {
+            node: "n1".into(),
+            address: "127.0.0.1".into(),
+            datacenter: "dc1".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let context = ApiContext::new(agent, "test");
+    (router(context.clone()), context, dir)
+}
+
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    body: &str,
+) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, headers, value)
+}
+
+#[tokio::test]
+async fn every_answer_carries_consul_headers() {
+    let (app, _, _dir) = api().await;
+    for uri in [
+        "/v1/catalog/services",
+        "/v1/kv/missing",
+        "/v1/health/state/bogus",
+    ] {
+        let (_, headers, _) = call(&app, "GET", uri, "").await;
+        assert!(headers.contains_key("x-consul-index"), "{uri}");
+        assert_eq!(headers["x-consul-knownleader"], "true", "{uri}");
+        assert!(headers.contains_key("x-consul-lastcontact"), "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn rejected_registration_stores_nothing() {
+    let (app, context, _dir) = api().await;
+    let before = context.store().read(|s| s.clone());
+    let bad = [
+        r#"{"Name": ""}"#,
+        r#"{"Name": "web", "Port": "eighty"}"#,
+        r#"{"Name": "web", "Port": 70000}"#,
+        r#"{"Name": "web", "Check": {"HTTP": "http://x/", "Interval": "soon"}}"#,
+        r#"{"Name": "web", "Check": {"TTL": "1s", "TCP": "a:1"}}"#,
+        r#"{"Name": "web", "Tags": "not-a-list"}"#,
+        r#"[1, 2]"#,
+        r#"{"Name": "web""#,
+    ];
+    for body in bad {
+        let (status, _, error) = call(&app, "PUT", "/v1/agent/service/register", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            error["error"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+    assert_eq!(context.store().read(|s| s.clone()), before);
+}
+
+#[tokio::test]
+async fn blocking_query_returns_on_change_not_before() {
+    let (app, _, _dir) = api().await;
+    let (_, headers, _) = call(&app, "GET", "/v1/catalog/services", "").await;
+    let index: u64 = headers["x-consul-index"].to_str().unwrap().parse().unwrap();
+    let waiting = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            call(
+                &app,
+                "GET",
+                &format!("/v1/catalog/services?index={index}&wait=30s"),
+                "",
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "returned without a change");
+    let (status, _, _) = call(
+        &app,
+        "PUT",
+        "/v1/agent/service/register",
+        r#"{"Name":"web","Port":80}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, headers, body) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    let new_index: u64 = headers["x-consul-index"].to_str().unwrap().parse().unwrap();
+    assert!(new_index > index);
+    assert!(body.get("web").is_some());
+}
+
+#[tokio::test]
+async fn blocking_query_times_out_with_same_index() {
+    let (app, _, _dir) = api().await;
+    let (_, headers, _) = call(&app, "GET", "/v1/kv/a?recurse", "").await;
+    let index = headers["x-consul-index"].to_str().unwrap().to_string();
+    // A write elsewhere in KV must not wake a watcher of another prefix.
+    call(&app, "PUT", "/v1/kv/b", "x").await;
+    let (status, headers, _) = call(
+        &app,
+        "GET",
+        &format!("/v1/kv/a?recurse&index={index}&wait=300ms"),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(headers["x-consul-index"].to_str().unwrap(), index);
+}
+
+#[tokio::test]
+async fn ttl_check_updates_drive_passing_filter() {
+    let (app, _, _dir) = api().await;
+    call(
+        &app,
+        "PUT",
+        "/v1/agent/service/register",
+        r#"{"name":"api","id":"api1","check":{"ttl":"30s"}}"#,
+    )
+    .await;
+    let (_, _, body) = call(&app, "GET", "/v1/health/service/api?passing", "").await;
+    assert_eq!(
+        body.as_array().unwrap().len(),
+        0,
+        "new TTL checks start critical"
+    );
+    let (status, _, _) = call(&app, "PUT", "/v1/agent/check/pass/service:api1", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, body) = call(&app, "GET", "/v1/health/service/api?passing", "").await;
+    assert_eq!(body.as_array().unwrap().len(), 1);
+    let (status, _, _) = call(
+        &app,
+        "PUT",
+        "/v1/agent/check/update/service:api1",
+        r#"{"Status":"sideways"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = call(&app, "PUT", "/v1/agent/check/fail/nope", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn kv_cas_and_oversized_values() {
+    let (app, _, _dir) = api().await;
+    let (_, _, created) = call(&app, "PUT", "/v1/kv/k?cas=0", "1").await;
+    assert_eq!(created, serde_json::json!(true));
+    let (_, _, again) = call(&app, "PUT", "/v1/kv/k?cas=0", "2").await;
+    assert_eq!(again, serde_json::json!(false));
+    let big = "x".repeat(512 * 1024 + 1);
+    let (status, _, _) = call(&app, "PUT", "/v1/kv/big", &big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, _, _) = call(&app, "GET", "/v1/kv/big", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = call(&app, "PUT", "/v1/kv/k?cas=abc", "1").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

@@ -91,3 +91,37 @@ async fn snapshots_compact_the_log_and_restore() {
     }
     assert_eq!(consensus.store().read(|s| s.kv.len()), 7);
 }
+
+struct SuiteBuilder;
+
+impl
+    openraft::testing::StoreBuilder<
+        crate::TypeConfig,
+        crate::log_store::LogStore,
+        crate::state_machine::StateMachine,
+        tempfile::TempDir,
+    > for SuiteBuilder
+{
+    async fn build(
+        &self,
+    ) -> Result<
+        (
+            tempfile::TempDir,
+            crate::log_store::LogStore,
+            crate::state_machine::StateMachine,
+        ),
+        openraft::StorageError<u64>,
+    > {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::storage::open(dir.path()).unwrap();
+        let machine =
+            crate::state_machine::StateMachine::restore(Default::default(), db.clone()).unwrap();
+        Ok((dir, crate::log_store::LogStore::new(db), machine))
+    }
+}
+
+/// openraft's own conformance suite for log and state-machine storage.
+#[test]
+fn storage_passes_openraft_suite() {
+    openraft::testing::Suite::test_all(SuiteBuilder).unwrap();
+}
