@@ -13,7 +13,7 @@ use super::input::{validate_name, AgentServiceIn, CheckIn};
 use super::wire::{CheckJson, ServiceJson};
 use crate::decode::decode_body;
 use crate::error::ApiError;
-use crate::query::{blocking, check_datacenter, json_with_index, Query, ReadOptions};
+use crate::query::{blocking, check_datacenter, json_with_index, set_index, Query, ReadOptions};
 use crate::ApiContext;
 
 /// Port Consul's LAN gossip uses, reported in member listings.
@@ -136,6 +136,13 @@ pub(crate) async fn write(context: &ApiContext, command: Command) -> Result<Outc
     }
 }
 
+/// Consul answers agent writes with an empty 200.
+fn empty_ok(context: &ApiContext) -> Response {
+    let mut response = Response::new(axum::body::Body::empty());
+    set_index(response.headers_mut(), context.store().applied());
+    response
+}
+
 fn local_registration(context: &ApiContext) -> Registration {
     Registration {
         node: context.node().to_string(),
@@ -162,10 +169,7 @@ pub async fn register_service(
         ..local_registration(&context)
     };
     write(&context, Command::Register(Box::new(registration))).await?;
-    Ok(json_with_index(
-        context.store().applied(),
-        &serde_json::Value::Null,
-    ))
+    Ok(empty_ok(&context))
 }
 
 /// `PUT /v1/agent/service/deregister/:id`.
@@ -187,10 +191,7 @@ pub async fn deregister_service(
         check_id: None,
     });
     write(&context, command).await?;
-    Ok(json_with_index(
-        context.store().applied(),
-        &serde_json::Value::Null,
-    ))
+    Ok(empty_ok(&context))
 }
 
 /// `PUT /v1/agent/check/register`.
@@ -226,10 +227,7 @@ pub async fn register_check(
         ..local_registration(&context)
     };
     write(&context, Command::Register(Box::new(registration))).await?;
-    Ok(json_with_index(
-        context.store().applied(),
-        &serde_json::Value::Null,
-    ))
+    Ok(empty_ok(&context))
 }
 
 /// `PUT /v1/agent/check/deregister/:id`.
@@ -249,10 +247,7 @@ pub async fn deregister_check(
         check_id: Some(id),
     });
     write(&context, command).await?;
-    Ok(json_with_index(
-        context.store().applied(),
-        &serde_json::Value::Null,
-    ))
+    Ok(empty_ok(&context))
 }
 
 async fn set_ttl(
@@ -264,10 +259,7 @@ async fn set_ttl(
     let query = Query::parse(raw.as_deref());
     let note = query.get("note").unwrap_or_default().to_string();
     context.agent().update_ttl(&id, status, note).await?;
-    Ok(json_with_index(
-        context.store().applied(),
-        &serde_json::Value::Null,
-    ))
+    Ok(empty_ok(&context))
 }
 
 /// `PUT /v1/agent/check/pass/:id`.
@@ -323,8 +315,5 @@ pub async fn update(
         .agent()
         .update_ttl(&id, status, input.output.unwrap_or_default())
         .await?;
-    Ok(json_with_index(
-        context.store().applied(),
-        &serde_json::Value::Null,
-    ))
+    Ok(empty_ok(&context))
 }

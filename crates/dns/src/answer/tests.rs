@@ -177,3 +177,19 @@ fn oversized_answers_are_truncated_with_tc() {
     assert!(decoded.metadata.truncation);
     assert!(!decoded.answers.is_empty() && decoded.answers.len() < 40);
 }
+
+proptest::proptest! {
+    /// Whatever arrives on the wire, parsing plus answering never panics and any answer
+    /// fits the UDP limit.
+    #[test]
+    fn arbitrary_packets_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+        let state = state_with(&[("a", "10.0.0.2", "v1", None)]);
+        if let Ok(request) = Message::from_vec(&bytes) {
+            if let Resolution::Answer(response) = resolve(&request, &state, &config(), 3) {
+                let limit = udp_limit(&request);
+                let encoded = encode_within(*response, limit);
+                proptest::prop_assert!(encoded.is_none_or(|b| b.len() <= limit));
+            }
+        }
+    }
+}
