@@ -16,6 +16,9 @@ use clap::Parser;
 
 use crate::config::{Cli, CommandLine, DevArgs};
 
+/// How long open HTTP connections get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let CommandLine::Dev(args) = cli.command;
@@ -129,10 +132,20 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     }
     tracing::info!("atoll dev is ready");
 
-    axum::serve(http, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let server = axum::serve(http, router).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stopping_tx.send(true);
+    });
+    // Blocking queries may hold connections for minutes: give them a moment, then go.
+    let grace = async {
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served.context("HTTP server failed")?,
+        _ = grace => tracing::info!("closing connections still open"),
+    }
     tracing::info!("shutting down");
     consensus.shutdown().await;
     drop(temporary);
