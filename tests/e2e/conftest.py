@@ -78,6 +78,10 @@ def require_tool(name: str, *fallbacks: str) -> str:
 # polling helpers
 
 
+class GiveUp(Exception):
+    """Raised by a wait_for predicate to stop waiting at once."""
+
+
 def wait_for(
     predicate: Callable[[], Any],
     timeout: float = 10.0,
@@ -98,6 +102,8 @@ def wait_for(
             if last_value:
                 return last_value
             last_exc = None
+        except GiveUp:
+            raise
         except Exception as exc:  # noqa: BLE001 - retried until the deadline
             last_exc = exc
         if time.monotonic() >= deadline:
@@ -282,7 +288,7 @@ class Atoll:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         if self.running():
             assert self.proc is not None
             os.kill(self.proc.pid, sig)

@@ -5,4 +5,4 @@
 mod checks;
 mod runner;
 
-pub use runner::{Agent, AgentConfig, AgentError};
+pub use runner::{Agent, AgentConfig, AgentError, SERVER_SERVICE};

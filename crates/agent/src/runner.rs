@@ -7,7 +7,7 @@ use std::time::Duration;
 use atoll_raft::{Consensus, ConsensusError};
 use atoll_state::{
     Check, CheckDefinition, CheckSpec, CheckStatus, Command, Deregistration, Outcome, Registration,
-    Rejection, Table, NODE_HEALTH_CHECK_ID,
+    Rejection, ServiceSpec, Table, NODE_HEALTH_CHECK_ID,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -22,6 +22,10 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retry delay after a failed write.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// Service (name and id) under which servers register themselves. Like Consul's, it lives
+/// in the catalog only, not among the agent's own services.
+pub const SERVER_SERVICE: &str = "consul";
+
 /// Identity of this node.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -31,6 +35,9 @@ pub struct AgentConfig {
     pub address: String,
     /// Datacenter.
     pub datacenter: String,
+    /// On servers, the Raft port: the node then registers the `consul` service on it, as
+    /// Consul's servers do (clients look servers up as `consul.service.consul`).
+    pub server_port: Option<u16>,
 }
 
 /// Errors of agent operations.
@@ -72,6 +79,12 @@ impl Agent {
                 output: "Agent alive and reachable".to_string(),
                 ..Default::default()
             }],
+            service: config.server_port.map(|port| ServiceSpec {
+                id: SERVER_SERVICE.to_string(),
+                name: SERVER_SERVICE.to_string(),
+                port,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         if let (Outcome::Rejected(rejection), _) = consensus

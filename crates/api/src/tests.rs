@@ -28,6 +28,7 @@ async fn api() -> (Router, ApiContext, tempfile::TempDir) {
             node: "n1".into(),
             address: "127.0.0.1".into(),
             datacenter: "dc1".into(),
+            server_port: Some(8300),
         },
     )
     .await

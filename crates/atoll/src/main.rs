@@ -16,6 +16,9 @@ use clap::Parser;
 
 use crate::config::{Cli, CommandLine, DevArgs};
 
+/// The server RPC port Consul's clients expect in `/v1/status/leader` and the `consul` service.
+const RAFT_PORT: u16 = 8300;
+
 /// How long open HTTP connections get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -93,7 +96,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let consensus = Consensus::start(
         ConsensusConfig {
             data_dir: data_dir.clone(),
-            advertise_addr: SocketAddr::new(settings.bind, 8300).to_string(),
+            advertise_addr: SocketAddr::new(settings.bind, RAFT_PORT).to_string(),
             snapshot_after_entries: settings.snapshot_after_entries,
         },
         store,
@@ -106,6 +109,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
             node: settings.node.clone(),
             address: settings.bind.to_string(),
             datacenter: settings.datacenter.clone(),
+            server_port: Some(RAFT_PORT),
         },
     )
     .await

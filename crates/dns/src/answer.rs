@@ -7,7 +7,7 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use crate::name::{hex_ipv4, parse_lookup, Lookup};
+use crate::name::{hex_ip, parse_lookup, Lookup};
 
 /// Payload size assumed for UDP clients that do not announce one (RFC 1035).
 pub const CLASSIC_UDP_PAYLOAD: usize = 512;
@@ -143,9 +143,13 @@ pub fn resolve(request: &Message, state: &State, config: &DnsConfig, seed: u64) 
             }
         },
         Lookup::Addr { address } => {
-            let ip = IpAddr::V4(address);
-            if wants(qtype, &ip) {
-                response.add_answer(address_record(owner, ip, config.node_ttl));
+            if wants(qtype, &address) {
+                response.add_answer(address_record(owner, address, config.node_ttl));
+            }
+        }
+        Lookup::Apex => {
+            if matches!(qtype, RecordType::SOA | RecordType::ANY) {
+                response.add_answer(soa(config, state));
             }
         }
         Lookup::Unknown => nxdomain(&mut response, config, state),
@@ -195,8 +199,8 @@ fn srv_target(
 ) -> Name {
     let relative = if instance.address.is_empty() || instance.address == node_address {
         format!("{}.node.{}", instance.node, config.datacenter)
-    } else if let Some(IpAddr::V4(v4)) = ip {
-        format!("{}.addr.{}", hex_ipv4(v4), config.datacenter)
+    } else if let Some(ip) = ip {
+        format!("{}.addr.{}", hex_ip(ip), config.datacenter)
     } else {
         format!("{}.node.{}", instance.node, config.datacenter)
     };
@@ -207,11 +211,11 @@ fn srv_target(
 
 fn soa(config: &DnsConfig, state: &State) -> Record {
     let ns = Name::from_ascii("ns").and_then(|n| n.append_domain(&config.domain));
-    let postmaster = Name::from_ascii("postmaster").and_then(|n| n.append_domain(&config.domain));
+    let hostmaster = Name::from_ascii("hostmaster").and_then(|n| n.append_domain(&config.domain));
     let serial = (state.indexes.catalog() & 0xffff_ffff) as u32;
     let data = SOA::new(
         ns.unwrap_or_else(|_| config.domain.clone()),
-        postmaster.unwrap_or_else(|_| config.domain.clone()),
+        hostmaster.unwrap_or_else(|_| config.domain.clone()),
         serial,
         3600,
         600,

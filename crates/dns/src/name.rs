@@ -1,6 +1,6 @@
 //! Parsing query names under the atoll domain into what they ask for.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// What a query name asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,11 +21,13 @@ pub enum Lookup {
         /// Datacenter, if named.
         datacenter: Option<String>,
     },
-    /// `HEXIP.addr.DC`: an IPv4 address spelled in hex.
+    /// `HEXIP.addr.DC`: an IPv4 (8 hex digits) or IPv6 (32) address spelled in hex.
     Addr {
         /// The address.
-        address: Ipv4Addr,
+        address: IpAddr,
     },
+    /// The domain itself (`consul.`): its SOA.
+    Apex,
     /// Under the domain but not a form atoll knows.
     Unknown,
 }
@@ -34,6 +36,9 @@ pub enum Lookup {
 ///
 /// `labels` are in the order they appear in the name (`["web", "service"]`).
 pub fn parse_lookup(labels: &[&str], datacenters: &dyn Fn(&str) -> bool) -> Lookup {
+    if labels.is_empty() {
+        return Lookup::Apex;
+    }
     // An optional trailing datacenter label follows the kind label.
     let (kind_at, datacenter) = match labels {
         [.., kind, dc] if is_kind(kind) && !labels.is_empty() && labels.len() >= 3 => {
@@ -74,7 +79,7 @@ pub fn parse_lookup(labels: &[&str], datacenters: &dyn Fn(&str) -> bool) -> Look
             name: (*name).to_string(),
             datacenter,
         },
-        ("addr", [hex]) => parse_hex_ipv4(hex)
+        ("addr", [hex]) => parse_hex_ip(hex)
             .map(|address| Lookup::Addr { address })
             .unwrap_or(Lookup::Unknown),
         _ => Lookup::Unknown,
@@ -99,17 +104,28 @@ fn rfc2782(first: &str, second: &str, datacenter: Option<&str>) -> Option<Lookup
     })
 }
 
-/// `7f000001` → 127.0.0.1.
-pub fn parse_hex_ipv4(hex: &str) -> Option<Ipv4Addr> {
-    if hex.len() != 8 {
+/// `7f000001` → 127.0.0.1; 32 hex digits → an IPv6 address.
+pub fn parse_hex_ip(hex: &str) -> Option<IpAddr> {
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    u32::from_str_radix(hex, 16).ok().map(Ipv4Addr::from)
+    match hex.len() {
+        8 => u32::from_str_radix(hex, 16)
+            .ok()
+            .map(|v| IpAddr::V4(Ipv4Addr::from(v))),
+        32 => u128::from_str_radix(hex, 16)
+            .ok()
+            .map(|v| IpAddr::V6(Ipv6Addr::from(v))),
+        _ => None,
+    }
 }
 
-/// 127.0.0.1 → `7f000001`.
-pub fn hex_ipv4(address: Ipv4Addr) -> String {
-    format!("{:08x}", u32::from(address))
+/// 127.0.0.1 → `7f000001`; IPv6 → 32 hex digits.
+pub fn hex_ip(address: IpAddr) -> String {
+    match address {
+        IpAddr::V4(v4) => format!("{:08x}", u32::from(v4)),
+        IpAddr::V6(v6) => format!("{:032x}", u128::from(v6)),
+    }
 }
 
 #[cfg(test)]
@@ -176,7 +192,7 @@ mod tests {
         assert_eq!(
             parse("7f000002.addr.dc1"),
             Lookup::Addr {
-                address: Ipv4Addr::new(127, 0, 0, 2)
+                address: Ipv4Addr::new(127, 0, 0, 2).into()
             }
         );
         assert_eq!(parse("zz.addr.dc1"), Lookup::Unknown);
@@ -187,14 +203,15 @@ mod tests {
         assert_eq!(parse("service"), Lookup::Unknown);
         assert_eq!(parse("a.b.c.service"), Lookup::Unknown);
         assert_eq!(parse("web.bogus"), Lookup::Unknown);
-        assert_eq!(parse_lookup(&[], &|_| true), Lookup::Unknown);
+        assert_eq!(parse_lookup(&[], &|_| true), Lookup::Apex);
     }
 
     proptest! {
         #[test]
-        fn hex_round_trip(raw in any::<u32>()) {
-            let address = Ipv4Addr::from(raw);
-            prop_assert_eq!(parse_hex_ipv4(&hex_ipv4(address)), Some(address));
+        fn hex_round_trip(v4 in any::<u32>(), v6 in any::<u128>()) {
+            for address in [IpAddr::V4(Ipv4Addr::from(v4)), IpAddr::V6(Ipv6Addr::from(v6))] {
+                prop_assert_eq!(parse_hex_ip(&hex_ip(address)), Some(address));
+            }
         }
 
         #[test]

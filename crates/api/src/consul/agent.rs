@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use atoll_state::{CheckStatus, Command, Deregistration, Outcome, Registration, Table};
+use atoll_agent::SERVER_SERVICE;
+use atoll_state::{
+    CheckStatus, Command, Deregistration, Outcome, Registration, Table, NODE_HEALTH_CHECK_ID,
+};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
@@ -76,6 +79,7 @@ pub async fn services(
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
         let services: BTreeMap<&str, ServiceJson> = state
             .services_on_node(&node)
+            .filter(|s| s.id != SERVER_SERVICE)
             .map(|s| (s.id.as_str(), ServiceJson::new(s, &datacenter)))
             .collect();
         (
@@ -94,7 +98,8 @@ pub async fn service(
 ) -> Result<Response, ApiError> {
     let datacenter = context.datacenter().to_string();
     let found = context.store().read(|state| {
-        state.service(context.node(), &id).map(|s| {
+        let service = state.service(context.node(), &id);
+        service.filter(|s| s.id != SERVER_SERVICE).map(|s| {
             (
                 s.modify_index,
                 serde_json::to_value(ServiceJson::new(s, &datacenter)).unwrap_or_default(),
@@ -117,6 +122,8 @@ pub async fn checks(
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
         let checks: BTreeMap<&str, CheckJson> = state
             .checks_on_node(&node)
+            // The node-level check belongs to the catalog, not to the agent's own checks.
+            .filter(|c| c.check_id != NODE_HEALTH_CHECK_ID)
             .map(|c| (c.check_id.as_str(), CheckJson::new(c)))
             .collect();
         (

@@ -96,6 +96,12 @@ impl CheckIn {
                 format!("{field}: exactly one of TTL, HTTP or TCP is required"),
             ));
         }
+        if self.ttl.is_some() && self.interval.is_some() {
+            return Err(ApiError::field(
+                &format!("{field}.Interval"),
+                format!("{field}: Interval and TTL cannot both be specified"),
+            ));
+        }
         let mut definition = CheckDefinition::default();
         if let Some(ttl) = &self.ttl {
             let (ms, text) = ttl.millis(&format!("{field}.TTL"))?;

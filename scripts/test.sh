@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Build, lint and test atoll: the one command for developers and CI.
+#
+#   scripts/test.sh [extra pytest arguments]
+#
+# On a fresh Debian 12 machine it first installs what the tests need (only
+# what is missing), then runs rustfmt, clippy, the release build, the Rust
+# tests and the end-to-end suite in tests/e2e against target/release/atoll.
+#
+# With CI=true a prerequisite that cannot be installed is an error; locally
+# the script warns and the affected end-to-end tests skip.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+is_ci() {
+    case "${CI:-}" in
+    1 | true | TRUE | True | yes) return 0 ;;
+    *) return 1 ;;
+    esac
+}
+
+# A prerequisite is missing: fatal under CI, a warning otherwise.
+missing() {
+    if is_ci; then
+        die "$*"
+    fi
+    warn "$*"
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        sudo -n "$@"
+    else
+        return 1
+    fi
+}
+
+have_cmd() {
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
+}
+
+# ---------------------------------------------------------------------------
+# Debian packages: command -> package
+APT_NEEDS=(
+    "python3:python3"
+    "dig:bind9-dnsutils"
+    "dnsperf:dnsperf"
+    "dnsmasq:dnsmasq-base"
+    "prometheus:prometheus"
+    "busybox:busybox-static"
+)
+
+install_debian_packages() {
+    local want=() entry cmd pkg
+    for entry in "${APT_NEEDS[@]}"; do
+        cmd="${entry%%:*}"
+        pkg="${entry#*:}"
+        have_cmd "$cmd" || want+=("$pkg")
+    done
+    if have_cmd python3 && ! python3 -m pip --version >/dev/null 2>&1; then
+        want+=(python3-pip)
+    fi
+    if [ "${#want[@]}" -eq 0 ]; then
+        return 0
+    fi
+    log "installing Debian packages: ${want[*]}"
+    if ! command -v apt-get >/dev/null 2>&1; then
+        missing "apt-get not available; install by hand: ${want[*]}"
+        return 0
+    fi
+    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q ||
+        ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${want[@]}"; then
+        missing "could not install: ${want[*]} (need root or passwordless sudo)"
+        return 0
+    fi
+    for entry in "${APT_NEEDS[@]}"; do
+        cmd="${entry%%:*}"
+        have_cmd "$cmd" || missing "command '$cmd' still missing after installing ${entry#*:}"
+    done
+}
+
+# ---------------------------------------------------------------------------
+# Python packages (distribution names, as pip knows them)
+PIP_NEEDS=(py-consul dnspython pytest requests)
+
+install_python_packages() {
+    have_cmd python3 || {
+        missing "python3 not found"
+        return 0
+    }
+    local want=() dist
+    for dist in "${PIP_NEEDS[@]}"; do
+        if ! python3 -c 'import importlib.metadata as m, sys; m.version(sys.argv[1])' "$dist" >/dev/null 2>&1; then
+            want+=("$dist")
+        fi
+    done
+    if [ "${#want[@]}" -eq 0 ]; then
+        return 0
+    fi
+    log "installing Python packages: ${want[*]}"
+    local flags=(--quiet --disable-pip-version-check)
+    # Debian's own python3 refuses system-wide pip installs (PEP 668).
+    if python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["stdlib"], "EXTERNALLY-MANAGED")))'; then
+        flags+=(--break-system-packages)
+    fi
+    if ! python3 -m pip install "${flags[@]}" "${want[@]}"; then
+        missing "pip could not install: ${want[*]}"
+        return 0
+    fi
+    # The old python-consul also provides the "consul" module; make sure the
+    # one we import is py-consul.
+    python3 -c 'import importlib.metadata as m; m.version("py-consul"); import consul, dns.message, pytest, requests' ||
+        missing "Python packages still not importable: ${want[*]}"
+}
+
+# ---------------------------------------------------------------------------
+# Rust toolchain
+check_rust() {
+    command -v cargo >/dev/null 2>&1 || die "cargo not found (install Rust with rustup)"
+    if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+        if command -v rustup >/dev/null 2>&1; then
+            log "adding rustfmt and clippy"
+            rustup component add rustfmt clippy
+        fi
+    fi
+    cargo fmt --version >/dev/null 2>&1 || die "cargo fmt not available"
+    cargo clippy --version >/dev/null 2>&1 || die "cargo clippy not available"
+}
+
+log "checking prerequisites"
+install_debian_packages
+install_python_packages
+check_rust
+
+log "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+log "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+log "cargo build --release"
+cargo build --release
+
+log "cargo test --workspace --release"
+cargo test --workspace --release
+
+ATOLL_BIN="${ATOLL_BIN:-$REPO_ROOT/target/release/atoll}"
+[ -x "$ATOLL_BIN" ] || die "no atoll binary at $ATOLL_BIN after the build"
+export ATOLL_BIN
+
+log "end-to-end tests (tests/e2e)"
+python3 -m pytest -q -p no:cacheprovider tests/e2e "$@"
