@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod checks;
+mod liveness;
 mod runner;
 
 pub use runner::{Agent, AgentConfig, AgentError, SERVER_SERVICE};

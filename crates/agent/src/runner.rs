@@ -19,6 +19,8 @@ use crate::checks::{http_client, probe_http, probe_tcp, HttpClient};
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// Default per-run timeout, as Consul's.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long start-up keeps trying to register the node.
+const REGISTER_PATIENCE: Duration = Duration::from_secs(120);
 /// Retry delay after a failed write.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -38,6 +40,10 @@ pub struct AgentConfig {
     /// On servers, the Raft port: the node then registers the `consul` service on it, as
     /// Consul's servers do (clients look servers up as `consul.service.consul`).
     pub server_port: Option<u16>,
+    /// Node metadata (`--node-attr k=v`).
+    pub node_meta: std::collections::BTreeMap<String, String>,
+    /// A node whose heartbeats stop for this long is marked failed (servers enforce it).
+    pub heartbeat_ttl: Duration,
 }
 
 /// Errors of agent operations.
@@ -63,6 +69,7 @@ pub struct Agent {
     consensus: Consensus,
     config: Arc<AgentConfig>,
     ttl_resets: mpsc::UnboundedSender<String>,
+    stop: Arc<tokio::sync::Notify>,
 }
 
 impl Agent {
@@ -72,6 +79,7 @@ impl Agent {
             node: config.node.clone(),
             address: config.address.clone(),
             datacenter: config.datacenter.clone(),
+            node_meta: config.node_meta.clone(),
             checks: vec![CheckSpec {
                 check_id: NODE_HEALTH_CHECK_ID.to_string(),
                 name: "Serf Health Status".to_string(),
@@ -87,11 +95,21 @@ impl Agent {
             }),
             ..Default::default()
         };
-        if let (Outcome::Rejected(rejection), _) = consensus
-            .write(Command::Register(Box::new(registration)))
-            .await?
-        {
-            return Err(rejection.into());
+        // Right after an election or a restart the leader may not be reachable yet.
+        let deadline = Instant::now() + REGISTER_PATIENCE;
+        loop {
+            match consensus
+                .write(Command::Register(Box::new(registration.clone())))
+                .await
+            {
+                Ok((Outcome::Rejected(rejection), _)) => return Err(rejection.into()),
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::info!(error = %e, "waiting for the cluster to register this node");
+                    tokio::time::sleep(RETRY).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         let (ttl_resets, resets) = mpsc::unbounded_channel();
         let config = Arc::new(config);
@@ -105,11 +123,47 @@ impl Agent {
             generation: 0,
         };
         tokio::spawn(runner.run(resets));
+        tokio::spawn(crate::liveness::send_heartbeats(
+            consensus.clone(),
+            config.node.clone(),
+        ));
+        if config.server_port.is_some() {
+            tokio::spawn(crate::liveness::watch_heartbeats(
+                consensus.clone(),
+                config.heartbeat_ttl,
+            ));
+        }
         Ok(Agent {
             consensus,
             config,
             ttl_resets,
+            stop: Arc::new(tokio::sync::Notify::new()),
         })
+    }
+
+    /// Leaves the cluster gracefully: the node and its services leave the catalog, the node
+    /// leaves the Raft membership (unless it is the last server), and the agent stops.
+    pub async fn leave(&self) -> Result<(), AgentError> {
+        let command = Command::Deregister(Deregistration {
+            node: self.config.node.clone(),
+            service_id: None,
+            check_id: None,
+        });
+        self.consensus.write(command).await?;
+        let last_server = self.config.server_port.is_some() && self.consensus.peers().len() <= 1;
+        if !last_server {
+            self.consensus
+                .remove_member(self.consensus.node_id())
+                .await?;
+        }
+        tracing::info!("left the cluster");
+        self.stop.notify_one();
+        Ok(())
+    }
+
+    /// Resolves once the agent has left and the process should stop.
+    pub async fn stopped(&self) {
+        self.stop.notified().await
     }
 
     /// This node's identity.

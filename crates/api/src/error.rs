@@ -60,13 +60,14 @@ impl IntoResponse for ApiError {
 
 impl From<ConsensusError> for ApiError {
     fn from(e: ConsensusError) -> Self {
+        // Consul answers a missing leader with a 500, which its clients retry.
         let status = match e {
-            ConsensusError::NoLeader | ConsensusError::NotLeader(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ConsensusError::Storage(_) | ConsensusError::Stopped(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            ConsensusError::Refused(_) => StatusCode::BAD_REQUEST,
+            ConsensusError::NoLeader
+            | ConsensusError::NotLeader(_)
+            | ConsensusError::Timeout
+            | ConsensusError::Storage(_)
+            | ConsensusError::Stopped(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::with_status(status, e.to_string())
     }

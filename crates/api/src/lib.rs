@@ -98,8 +98,10 @@ async fn consul_headers(
         "x-consul-knownleader",
         HeaderValue::from_static(if known_leader { "true" } else { "false" }),
     );
-    // Reads are served by the leader itself, which is always in contact with itself.
-    headers.insert("x-consul-lastcontact", HeaderValue::from_static("0"));
+    headers.insert(
+        "x-consul-lastcontact",
+        HeaderValue::from(context.consensus().last_contact_ms()),
+    );
     if !headers.contains_key("x-consul-index") {
         query::set_index(headers, context.store().applied());
     }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use atoll_raft::ReadMode;
 use atoll_state::{State, Table};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -84,8 +85,8 @@ pub struct ReadOptions {
     pub min_index: Option<u64>,
     /// How long to block.
     pub wait: Duration,
-    /// Confirm leadership first.
-    pub consistent: bool,
+    /// How fresh the answer must be.
+    pub mode: Option<ReadMode>,
 }
 
 impl ReadOptions {
@@ -99,7 +100,8 @@ impl ReadOptions {
                 .ok_or_else(|| ApiError::field("wait", format!("Invalid wait time {text:?}")))?,
         };
         let consistent = query.flag("consistent");
-        if consistent && query.flag("stale") {
+        let stale = query.flag("stale");
+        if consistent && stale {
             return Err(ApiError::bad_request(
                 "Cannot specify ?stale with ?consistent, conflicting semantics.",
             ));
@@ -107,7 +109,11 @@ impl ReadOptions {
         Ok(ReadOptions {
             min_index,
             wait: wait.min(MAX_WAIT),
-            consistent,
+            mode: match (consistent, stale) {
+                (true, _) => Some(ReadMode::Consistent),
+                (false, true) => None,
+                (false, false) => Some(ReadMode::Default),
+            },
         })
     }
 }
@@ -131,8 +137,8 @@ pub async fn blocking<T>(
     table: Table,
     mut compute: impl FnMut(&State) -> (u64, T),
 ) -> Result<(u64, T), ApiError> {
-    if options.consistent {
-        context.consensus().linearize().await?;
+    if let Some(mode) = options.mode {
+        context.consensus().linearize(mode).await?;
     }
     let store = context.store();
     let mut changes = store.watch(table);

@@ -15,13 +15,20 @@ async fn api() -> (Router, ApiContext, tempfile::TempDir) {
     let consensus = Consensus::start(
         ConsensusConfig {
             data_dir: dir.path().to_path_buf(),
-            advertise_addr: "127.0.0.1:8300".into(),
+            member: atoll_raft::Member {
+                name: "n1".into(),
+                rpc_addr: "127.0.0.1:8300".into(),
+                http_addr: "127.0.0.1:8500".into(),
+                server: true,
+                datacenter: "dc1".into(),
+            },
             snapshot_after_entries: 1000,
         },
         Default::default(),
     )
     .await
     .unwrap();
+    consensus.bootstrap_single().await.unwrap();
     let agent = Agent::start(
         consensus,
         AgentConfig {
@@ -29,6 +36,8 @@ async fn api() -> (Router, ApiContext, tempfile::TempDir) {
             address: "127.0.0.1".into(),
             datacenter: "dc1".into(),
             server_port: Some(8300),
+            node_meta: Default::default(),
+            heartbeat_ttl: Duration::from_secs(5),
         },
     )
     .await

@@ -1,11 +1,16 @@
 //! Command-line configuration, parsed once and passed down.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use hickory_proto::rr::Name;
+
+/// The Raft/RPC port, as Consul's server RPC port.
+pub const DEFAULT_RPC_PORT: u16 = 8300;
 
 /// atoll: containers and service discovery in one binary.
 #[derive(Debug, Parser)]
@@ -21,20 +26,72 @@ pub struct Cli {
 pub enum CommandLine {
     /// Run a complete single-node platform (server and client in one process).
     Dev(DevArgs),
+    /// Run a server (`--server`) or a client node of a cluster.
+    Agent(AgentArgs),
+    /// List the nodes of the cluster.
+    Members(ClientArgs),
+    /// Operator commands.
+    Operator {
+        /// Operator subcommand.
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+    /// Make the local agent leave the cluster gracefully and stop.
+    Leave(ClientArgs),
+    /// Remove a failed node from the cluster.
+    ForceLeave {
+        /// The node's name.
+        node: String,
+        /// Common flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
-/// Flags of `atoll dev`.
+/// `atoll operator ...`.
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Raft operations.
+    Raft {
+        /// Raft subcommand.
+        #[command(subcommand)]
+        command: RaftCommand,
+    },
+}
+
+/// `atoll operator raft ...`.
+#[derive(Debug, Subcommand)]
+pub enum RaftCommand {
+    /// List the Raft peers (servers) and the leader.
+    ListPeers(ClientArgs),
+}
+
+/// Flags of commands that talk to a running agent.
 #[derive(Debug, Args)]
-pub struct DevArgs {
-    /// Keep state here (default: a temporary dir removed on exit).
+pub struct ClientArgs {
+    /// HTTP address of the agent.
+    #[arg(long, default_value = "127.0.0.1:8500", env = "ATOLL_HTTP_ADDR")]
+    pub http_addr: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags every node has.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Keep state here.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// HTTP API address.
-    #[arg(long, default_value = "127.0.0.1:8500")]
-    pub http_addr: SocketAddr,
-    /// DNS address (UDP and TCP).
-    #[arg(long, default_value = "127.0.0.1:8600")]
-    pub dns_addr: SocketAddr,
+    /// Address this node listens on and advertises.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+    /// HTTP API address (default: BIND:8500).
+    #[arg(long)]
+    pub http_addr: Option<SocketAddr>,
+    /// DNS address, UDP and TCP (default: BIND:8600).
+    #[arg(long)]
+    pub dns_addr: Option<SocketAddr>,
     /// Node name (default: the hostname).
     #[arg(long)]
     pub node: Option<String>,
@@ -44,9 +101,6 @@ pub struct DevArgs {
     /// DNS domain served.
     #[arg(long, default_value = "consul.")]
     pub domain: String,
-    /// Address this node advertises (catalog address, DNS answers).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub bind: IpAddr,
     /// DNS server for names outside the domain (repeatable; default: refuse them).
     #[arg(long = "recursor")]
     pub recursors: Vec<String>,
@@ -62,17 +116,52 @@ pub struct DevArgs {
     /// Snapshot the state and compact the Raft log after this many entries.
     #[arg(long, default_value_t = 8192)]
     pub snapshot_after_entries: u64,
+    /// Node attribute `key=value`, stored as node metadata (repeatable).
+    #[arg(long = "node-attr")]
+    pub node_attrs: Vec<String>,
+    /// Seconds without heartbeats after which a node is marked failed.
+    #[arg(long, default_value_t = 5.0)]
+    pub heartbeat_ttl: f64,
     /// Log level (also `ATOLL_LOG`).
     #[arg(long, default_value = "info,openraft=warn")]
     pub log_level: String,
 }
 
-/// Validated settings of a dev node.
+/// Flags of `atoll dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Node flags.
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// Flags of `atoll agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Node flags.
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Run as a server (control node): Raft voter, scheduler, API.
+    #[arg(long)]
+    pub server: bool,
+    /// Servers to wait for before bootstrapping the cluster (servers only).
+    #[arg(long)]
+    pub bootstrap_expect: Option<usize>,
+    /// Address of a node to join (`IP` or `IP:PORT`, repeatable).
+    #[arg(long = "retry-join")]
+    pub retry_join: Vec<String>,
+    /// Port of the Raft/RPC listener.
+    #[arg(long, default_value_t = DEFAULT_RPC_PORT)]
+    pub rpc_port: u16,
+}
+
+/// Validated settings of a node.
 #[derive(Debug, Clone)]
-pub struct DevSettings {
+pub struct NodeSettings {
     pub data_dir: Option<PathBuf>,
     pub http_addr: SocketAddr,
     pub dns_addr: SocketAddr,
+    pub rpc_addr: SocketAddr,
     pub node: String,
     pub datacenter: String,
     pub domain: Name,
@@ -82,6 +171,28 @@ pub struct DevSettings {
     pub dns_node_ttl: u32,
     pub dns_only_passing: bool,
     pub snapshot_after_entries: u64,
+    pub node_meta: BTreeMap<String, String>,
+    pub heartbeat_ttl: Duration,
+    pub role: Role,
+}
+
+/// What a node runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Server and client in one process, one-voter cluster, no RPC listener.
+    Dev,
+    /// A server of a cluster.
+    Server {
+        /// `--bootstrap-expect`.
+        bootstrap_expect: usize,
+        /// `--retry-join` addresses.
+        retry_join: Vec<String>,
+    },
+    /// A client (compute) node.
+    Client {
+        /// `--retry-join` addresses.
+        retry_join: Vec<String>,
+    },
 }
 
 fn valid_label(text: &str) -> bool {
@@ -100,9 +211,9 @@ fn hostname() -> String {
         .unwrap_or_else(|| "atoll".to_string())
 }
 
-impl DevArgs {
-    /// Validates the flags.
-    pub fn settings(&self) -> anyhow::Result<DevSettings> {
+impl NodeArgs {
+    /// Validates the flags for a node with `role`.
+    pub fn settings(&self, role: Role, rpc_port: u16) -> anyhow::Result<NodeSettings> {
         let node = self.node.clone().unwrap_or_else(hostname);
         // The node name is a DNS label (NODE.node.consul), so it must be one.
         let node = node.split('.').next().unwrap_or_default().to_string();
@@ -132,18 +243,31 @@ impl DevArgs {
             .recursors
             .iter()
             .map(|r| {
-                r.parse::<SocketAddr>()
-                    .or_else(|_| r.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                parse_addr(r, 53)
                     .map_err(|_| anyhow!("--recursor {r:?} is not an address (IP or IP:PORT)"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         if self.snapshot_after_entries == 0 {
             bail!("--snapshot-after-entries must be at least 1");
         }
-        Ok(DevSettings {
+        let mut node_meta = BTreeMap::new();
+        for attr in &self.node_attrs {
+            let Some((key, value)) = attr.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+                bail!("--node-attr {attr:?} must be key=value");
+            };
+            node_meta.insert(key.to_string(), value.to_string());
+        }
+        if !(self.heartbeat_ttl.is_finite() && self.heartbeat_ttl >= 0.5) {
+            bail!("--heartbeat-ttl must be at least 0.5 seconds");
+        }
+        if self.data_dir.is_none() && role != Role::Dev {
+            bail!("--data-dir is required for `atoll agent`");
+        }
+        Ok(NodeSettings {
             data_dir: self.data_dir.clone(),
-            http_addr: self.http_addr,
-            dns_addr: self.dns_addr,
+            http_addr: self.http_addr.unwrap_or(SocketAddr::new(self.bind, 8500)),
+            dns_addr: self.dns_addr.unwrap_or(SocketAddr::new(self.bind, 8600)),
+            rpc_addr: SocketAddr::new(self.bind, rpc_port),
             node,
             datacenter: self.datacenter.clone(),
             domain,
@@ -153,6 +277,55 @@ impl DevArgs {
             dns_node_ttl: self.dns_node_ttl,
             dns_only_passing: self.dns_only_passing,
             snapshot_after_entries: self.snapshot_after_entries,
+            node_meta,
+            heartbeat_ttl: Duration::from_secs_f64(self.heartbeat_ttl),
+            role,
         })
+    }
+}
+
+/// `IP` or `IP:PORT`.
+pub fn parse_addr(text: &str, default_port: u16) -> Result<SocketAddr, std::net::AddrParseError> {
+    text.parse::<SocketAddr>().or_else(|_| {
+        text.parse::<IpAddr>()
+            .map(|ip| SocketAddr::new(ip, default_port))
+    })
+}
+
+impl AgentArgs {
+    /// Validates the flags.
+    pub fn settings(&self) -> anyhow::Result<NodeSettings> {
+        let retry_join = self
+            .retry_join
+            .iter()
+            .map(|a| {
+                parse_addr(a, DEFAULT_RPC_PORT)
+                    .map(|a| a.to_string())
+                    .map_err(|_| anyhow!("--retry-join {a:?} is not an address (IP or IP:PORT)"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let role = match (self.server, self.bootstrap_expect) {
+            (true, Some(expect)) if (1..=7).contains(&expect) => Role::Server {
+                bootstrap_expect: expect,
+                retry_join,
+            },
+            (true, Some(expect)) => {
+                bail!("--bootstrap-expect {expect} is out of range: use 1, 3 or 5 (at most 7)")
+            }
+            (true, None) => bail!("--server needs --bootstrap-expect (1, 3 or 5)"),
+            (false, Some(_)) => bail!("--bootstrap-expect only applies to servers (add --server)"),
+            (false, None) if retry_join.is_empty() => {
+                bail!("a client needs at least one --retry-join server address")
+            }
+            (false, None) => Role::Client { retry_join },
+        };
+        self.node.settings(role, self.rpc_port)
+    }
+}
+
+impl DevArgs {
+    /// Validates the flags.
+    pub fn settings(&self) -> anyhow::Result<NodeSettings> {
+        self.node.settings(Role::Dev, DEFAULT_RPC_PORT)
     }
 }

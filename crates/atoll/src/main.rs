@@ -1,34 +1,37 @@
-//! The atoll binary: `atoll dev` runs a complete single-node platform.
+//! The atoll binary: `atoll dev` runs a complete single-node platform; `atoll agent` runs a
+//! server or client of a cluster; the other subcommands talk to a running agent.
 #![forbid(unsafe_code)]
 
+mod cli;
 mod config;
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use atoll_agent::{Agent, AgentConfig};
 use atoll_api::ApiContext;
 use atoll_dns::{DnsConfig, DnsServer};
-use atoll_raft::{Consensus, ConsensusConfig};
+use atoll_raft::{Consensus, ConsensusConfig, JoinPlan, Member};
 use atoll_state::Store;
 use clap::Parser;
 
-use crate::config::{Cli, CommandLine, DevArgs};
-
-/// The server RPC port Consul's clients expect in `/v1/status/leader` and the `consul` service.
-const RAFT_PORT: u16 = 8300;
+use crate::config::{Cli, CommandLine, NodeSettings, OperatorCommand, RaftCommand, Role};
 
 /// How long open HTTP connections get to finish after a shutdown signal.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let CommandLine::Dev(args) = cli.command;
+    let log_level = match &cli.command {
+        CommandLine::Dev(args) => args.node.log_level.clone(),
+        CommandLine::Agent(args) => args.node.log_level.clone(),
+        _ => "warn".to_string(),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ATOLL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level)),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log_level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -42,7 +45,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_dev(args)) {
+    let result = runtime.block_on(async move {
+        match cli.command {
+            CommandLine::Dev(args) => run_node(args.settings()?).await,
+            CommandLine::Agent(args) => run_node(args.settings()?).await,
+            CommandLine::Members(args) => cli::members(&args).await,
+            CommandLine::Operator {
+                command:
+                    OperatorCommand::Raft {
+                        command: RaftCommand::ListPeers(args),
+                    },
+            } => cli::list_peers(&args).await,
+            CommandLine::Leave(args) => cli::leave(&args).await,
+            CommandLine::ForceLeave { node, client } => cli::force_leave(&client, &node).await,
+        }
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("atoll: {e:#}");
@@ -51,8 +69,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
-    let settings = args.settings()?;
+async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     // Bind every socket before anything else so a busy port fails fast, with nothing written.
     let http = tokio::net::TcpListener::bind(settings.http_addr)
         .await
@@ -63,6 +80,20 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
                 settings.http_addr.port()
             )
         })?;
+    let rpc = match settings.role {
+        Role::Dev => None,
+        _ => Some(
+            tokio::net::TcpListener::bind(settings.rpc_addr)
+                .await
+                .map_err(|e| {
+                    anyhow!(
+                        "cannot listen for RPC on {} (port {}): {e}",
+                        settings.rpc_addr,
+                        settings.rpc_addr.port()
+                    )
+                })?,
+        ),
+    };
     let dns_config = DnsConfig {
         domain: settings.domain.clone(),
         datacenter: settings.datacenter.clone(),
@@ -71,6 +102,14 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         only_passing: settings.dns_only_passing,
         has_recursors: false,
     };
+    let store = Store::default();
+    let dns = DnsServer::bind(
+        settings.dns_addr,
+        dns_config,
+        settings.recursors.clone(),
+        store.clone(),
+    )
+    .map_err(|e| anyhow!("{e} (port {})", settings.dns_addr.port()))?;
     let temporary = match &settings.data_dir {
         Some(_) => None,
         None => Some(
@@ -85,41 +124,79 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         (None, Some(temp)) => temp.path().to_path_buf(),
         (None, None) => unreachable!("a temporary dir exists whenever no data dir was given"),
     };
-    let store = Store::default();
-    let dns = DnsServer::bind(
-        settings.dns_addr,
-        dns_config,
-        settings.recursors.clone(),
-        store.clone(),
-    )
-    .map_err(|e| anyhow!("{e} (port {})", settings.dns_addr.port()))?;
+    let server = !matches!(settings.role, Role::Client { .. });
     let consensus = Consensus::start(
         ConsensusConfig {
             data_dir: data_dir.clone(),
-            advertise_addr: SocketAddr::new(settings.bind, RAFT_PORT).to_string(),
+            member: Member {
+                name: settings.node.clone(),
+                rpc_addr: settings.rpc_addr.to_string(),
+                http_addr: settings.http_addr.to_string(),
+                server,
+                datacenter: settings.datacenter.clone(),
+            },
             snapshot_after_entries: settings.snapshot_after_entries,
         },
         store,
     )
     .await
     .context("cannot start consensus")?;
+    let plan = match &settings.role {
+        Role::Dev => JoinPlan {
+            retry_join: Vec::new(),
+            bootstrap_expect: 1,
+        },
+        Role::Server {
+            bootstrap_expect,
+            retry_join,
+        } => JoinPlan {
+            retry_join: retry_join.clone(),
+            bootstrap_expect: *bootstrap_expect,
+        },
+        Role::Client { retry_join } => JoinPlan {
+            retry_join: retry_join.clone(),
+            bootstrap_expect: 0,
+        },
+    };
+    if let Some(rpc) = rpc {
+        let router = consensus.rpc_router(plan.bootstrap_expect);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(rpc, router).await {
+                tracing::error!(error = %e, "RPC listener failed");
+            }
+        });
+    }
+    tokio::select! {
+        joined = consensus.find_cluster(&plan) => joined.context("cannot join the cluster")?,
+        _ = shutdown_signal() => {
+            consensus.shutdown().await;
+            return Ok(());
+        }
+    }
     let agent = Agent::start(
         consensus.clone(),
         AgentConfig {
             node: settings.node.clone(),
             address: settings.bind.to_string(),
             datacenter: settings.datacenter.clone(),
-            server_port: Some(RAFT_PORT),
+            server_port: server.then_some(settings.rpc_addr.port()),
+            node_meta: settings.node_meta.clone(),
+            heartbeat_ttl: settings.heartbeat_ttl,
         },
     )
     .await
     .context("cannot register this node")?;
     dns.start(tokio::runtime::Handle::current())
         .context("cannot start DNS")?;
-    let router = atoll_api::router(ApiContext::new(agent, env!("CARGO_PKG_VERSION")));
+    let router = atoll_api::router(ApiContext::new(agent.clone(), env!("CARGO_PKG_VERSION")));
 
+    let role = match settings.role {
+        Role::Dev => "atoll dev",
+        Role::Server { .. } => "atoll server",
+        Role::Client { .. } => "atoll client",
+    };
     println!(
-        "atoll dev: node {:?} in datacenter {:?}",
+        "{role}: node {:?} in datacenter {:?}",
         settings.node, settings.datacenter
     );
     println!("  HTTP API: http://{}", settings.http_addr);
@@ -127,6 +204,9 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         "  DNS:      {} (udp, tcp), domain {}",
         settings.dns_addr, settings.domain
     );
+    if settings.role != Role::Dev {
+        println!("  RPC:      {}", settings.rpc_addr);
+    }
     match &temporary {
         Some(_) => println!(
             "  data dir: {} (temporary, removed on exit)",
@@ -134,11 +214,15 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         ),
         None => println!("  data dir: {}", data_dir.display()),
     }
-    tracing::info!("atoll dev is ready");
+    tracing::info!("{role} is ready");
 
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let left = agent.clone();
     let server = axum::serve(http, router).with_graceful_shutdown(async move {
-        shutdown_signal().await;
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = left.stopped() => {}
+        }
         let _ = stopping_tx.send(true);
     });
     // Blocking queries may hold connections for minutes: give them a moment, then go.

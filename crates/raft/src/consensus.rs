@@ -1,7 +1,7 @@
-//! atoll's handle on Raft: start (restore + bootstrap once), write, linearizable reads,
-//! leader and peer information.
+//! atoll's handle on Raft: start and restore, bootstrap, write (forwarded to the leader from
+//! any node), reads that see the leader's view, leader and membership information.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,27 +9,39 @@ use std::time::Duration;
 use atoll_state::snapshot::{decode, encode};
 use atoll_state::{Command, Outcome, Store};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use crate::log_store::LogStore;
+use crate::member::Member;
 use crate::network::Network;
 use crate::state_machine::StateMachine;
 use crate::storage::{self, StorageFailure, KEY_NODE_ID};
+use crate::transport::RpcClient;
 use crate::TypeConfig;
+
+/// How long a write may wait for its commit before the caller gets an error.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a read waits to confirm the leader's view.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause between attempts while no leader is known.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// How a node's consensus is set up.
 #[derive(Debug, Clone)]
 pub struct ConsensusConfig {
     /// Directory holding the node's database.
     pub data_dir: PathBuf,
-    /// Address this server advertises for Raft (reported by `/v1/status/leader`).
-    pub advertise_addr: String,
+    /// This node as the membership records it.
+    pub member: Member,
     /// Take a snapshot (and compact the log) after this many entries.
     pub snapshot_after_entries: u64,
 }
 
 /// Failures of consensus operations, mapped to HTTP and DNS errors at the edge.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
 pub enum ConsensusError {
     /// No leader is known (election in progress, or quorum lost).
     #[error("No cluster leader")]
@@ -37,11 +49,17 @@ pub enum ConsensusError {
     /// This node is not the leader.
     #[error("not the leader; the leader is {0}")]
     NotLeader(String),
+    /// The write was sent but not confirmed in time; it may or may not be applied.
+    #[error("timed out waiting for the write to commit (no quorum?); it may still be applied")]
+    Timeout,
+    /// A membership request was refused.
+    #[error("{0}")]
+    Refused(String),
     /// The storage failed; the node cannot continue safely.
     #[error("storage failure: {0}")]
     Storage(String),
-    /// Raft stopped.
-    #[error("consensus stopped: {0}")]
+    /// Raft stopped or a peer failed.
+    #[error("consensus failure: {0}")]
     Stopped(String),
 }
 
@@ -51,18 +69,38 @@ impl From<StorageFailure> for ConsensusError {
     }
 }
 
+/// Read consistency, as Consul's query modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadMode {
+    /// The leader's applied state, without confirming leadership.
+    Default,
+    /// Confirmed with a quorum first (linearizable).
+    Consistent,
+}
+
 /// One node's Raft instance and the state it replicates.
 #[derive(Clone)]
 pub struct Consensus {
-    raft: Raft<TypeConfig>,
-    store: Store,
-    node_id: u64,
-    advertise_addr: Arc<str>,
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) store: Store,
+    pub(crate) node_id: u64,
+    pub(crate) member: Member,
+    pub(crate) client: RpcClient,
+    /// Leader only: when each node last sent a heartbeat.
+    pub(crate) liveness: Mutex<HashMap<String, Instant>>,
+    /// Servers this node has heard of while looking for its cluster.
+    pub(crate) known: Mutex<BTreeMap<u64, Member>>,
+    /// Follower only: when the leader last reached this node.
+    pub(crate) leader_contact: Mutex<Option<Instant>>,
 }
 
 impl Consensus {
-    /// Opens the data dir, restores state (into `store`, which should be fresh) from snapshot and log, bootstraps a one-voter
-    /// cluster the first time only, and waits until this node leads.
+    /// Opens the data dir and restores state (into `store`, which should be fresh) from
+    /// snapshot and log. The node takes part in Raft but bootstraps nothing by itself.
     pub async fn start(config: ConsensusConfig, store: Store) -> Result<Self, ConsensusError> {
         let db = storage::open(&config.data_dir)?;
         let node_id = match storage::get_meta(&db, KEY_NODE_ID)? {
@@ -80,8 +118,9 @@ impl Consensus {
         let raft_config = Config {
             cluster_name: "atoll".to_string(),
             heartbeat_interval: 100,
-            election_timeout_min: 200,
-            election_timeout_max: 400,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            install_snapshot_timeout: 2000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
             max_in_snapshot_log_to_keep: 256,
             purge_batch_size: 256,
@@ -92,58 +131,145 @@ impl Consensus {
                 .validate()
                 .map_err(|e| ConsensusError::Stopped(e.to_string()))?,
         );
+        let client = RpcClient::default();
+        let network = Network {
+            client: client.clone(),
+        };
         let raft = Raft::new(
             node_id,
             raft_config,
-            Network,
+            network,
             LogStore::new(db),
             state_machine,
         )
         .await
         .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
-        let initialized = raft
+        Ok(Consensus {
+            inner: Arc::new(Inner {
+                raft,
+                store,
+                node_id,
+                member: config.member,
+                client,
+                liveness: Mutex::new(HashMap::new()),
+                known: Mutex::new(BTreeMap::new()),
+                leader_contact: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Whether this node already belongs to a cluster (has a log or a vote).
+    pub async fn is_initialized(&self) -> Result<bool, ConsensusError> {
+        self.inner
+            .raft
             .is_initialized()
             .await
-            .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
-        if !initialized {
-            let mut members = BTreeMap::new();
-            members.insert(
-                node_id,
-                BasicNode {
-                    addr: config.advertise_addr.clone(),
-                },
-            );
-            raft.initialize(members)
-                .await
-                .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
+            .map_err(|e| ConsensusError::Stopped(e.to_string()))
+    }
+
+    /// Forms a cluster of `members` (this node must be one). Only ever called on a node with no
+    /// log and no vote, so a cluster is bootstrapped once.
+    pub async fn initialize(&self, members: BTreeMap<u64, Member>) -> Result<(), ConsensusError> {
+        if self.is_initialized().await? {
+            return Ok(());
         }
-        raft.wait(Some(Duration::from_secs(30)))
+        tracing::info!(servers = members.len(), "bootstrapping the cluster");
+        self.inner
+            .raft
+            .initialize(members)
+            .await
+            .map_err(|e| ConsensusError::Stopped(e.to_string()))
+    }
+
+    /// Single-server mode (`atoll dev`, `--bootstrap-expect 1`): bootstrap alone if needed and
+    /// wait until this node leads.
+    pub async fn bootstrap_single(&self) -> Result<(), ConsensusError> {
+        let mut members = BTreeMap::new();
+        members.insert(self.inner.node_id, self.inner.member.clone());
+        self.initialize(members).await?;
+        let node_id = self.inner.node_id;
+        self.inner
+            .raft
+            .wait(Some(Duration::from_secs(30)))
             .metrics(
                 |m| m.current_leader == Some(node_id) && m.state == ServerState::Leader,
                 "become leader",
             )
             .await
             .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
-        Ok(Consensus {
-            raft,
-            store,
-            node_id,
-            advertise_addr: config.advertise_addr.into(),
-        })
+        Ok(())
+    }
+
+    /// Waits until some leader is known, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<(), ConsensusError> {
+        self.inner
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .map(|_| ())
+            .map_err(|_| ConsensusError::NoLeader)
+    }
+
+    /// This node's Raft id.
+    pub fn node_id(&self) -> u64 {
+        self.inner.node_id
+    }
+
+    /// This node as the membership records it.
+    pub fn member(&self) -> &Member {
+        &self.inner.member
     }
 
     /// The replicated state.
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.inner.store
     }
 
-    /// Proposes a command; returns once it is committed and applied, with its outcome and index.
+    /// Commits a command (forwarding it to the leader when this node is not the leader) and
+    /// waits until it is applied locally, so the caller reads its own write. Returns the
+    /// outcome and the entry's index.
     pub async fn write(&self, command: Command) -> Result<(Outcome, u64), ConsensusError> {
-        match self.raft.client_write(command).await {
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        loop {
+            let attempt = match self.leader_member() {
+                Some(leader)
+                    if leader.rpc_addr != self.inner.member.rpc_addr && !self.is_leader() =>
+                {
+                    self.forward_write(&leader.rpc_addr, &command, deadline)
+                        .await
+                }
+                _ => self.local_write(command.clone(), deadline).await,
+            };
+            match attempt {
+                Ok((outcome, index)) => {
+                    self.wait_applied(index, deadline).await?;
+                    return Ok((outcome, index));
+                }
+                Err(ConsensusError::NoLeader) | Err(ConsensusError::NotLeader(_))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes through the local Raft instance; only the leader succeeds.
+    pub(crate) async fn local_write(
+        &self,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<(Outcome, u64), ConsensusError> {
+        let result = tokio::time::timeout_at(deadline, self.inner.raft.client_write(command))
+            .await
+            .map_err(|_| ConsensusError::Timeout)?;
+        match result {
             Ok(response) => Ok((response.data, response.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(match forward.leader_node {
-                    Some(node) => ConsensusError::NotLeader(node.addr),
+                    Some(node) => ConsensusError::NotLeader(node.rpc_addr),
                     None => ConsensusError::NoLeader,
                 })
             }
@@ -154,56 +280,254 @@ impl Consensus {
         }
     }
 
-    /// Confirms leadership with a quorum and waits until the local state has caught up,
-    /// so a read afterwards is linearizable.
-    pub async fn linearize(&self) -> Result<(), ConsensusError> {
-        self.raft
-            .ensure_linearizable()
-            .await
-            .map(|_| ())
-            .map_err(|e| match e {
-                RaftError::APIError(_) => ConsensusError::NoLeader,
-                RaftError::Fatal(fatal) => ConsensusError::Stopped(fatal.to_string()),
-            })
+    async fn forward_write(
+        &self,
+        leader: &str,
+        command: &Command,
+        deadline: Instant,
+    ) -> Result<(Outcome, u64), ConsensusError> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let reply: Result<Result<(Outcome, u64), ConsensusError>, _> = self
+            .inner
+            .client
+            .call(leader, crate::rpc::WRITE_PATH, command, timeout)
+            .await;
+        match reply {
+            Ok(result) => result,
+            // The leader may be gone; look for the next one until the deadline.
+            Err(e) if e.message.contains("no answer") => Err(ConsensusError::Timeout),
+            Err(_) => Err(ConsensusError::NoLeader),
+        }
     }
 
-    /// The Raft address of the current leader, if one is known.
-    pub fn leader_addr(&self) -> Option<String> {
-        let metrics = self.raft.metrics().borrow().clone();
-        let leader = metrics.current_leader?;
-        if leader == self.node_id {
-            return Some(self.advertise_addr.to_string());
+    /// Waits until the local state has applied `index`.
+    pub async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ConsensusError> {
+        let mut applied = self.inner.store.watch_applied();
+        let result =
+            tokio::time::timeout_at(deadline, applied.wait_for(|applied| *applied >= index))
+                .await
+                .map(|r| r.map(|_| ()));
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(ConsensusError::Stopped("state machine stopped".into())),
+            Err(_) => Err(ConsensusError::Timeout),
         }
+    }
+
+    /// Makes the local state at least as new as the leader's (`Default`) or confirmed by a
+    /// quorum (`Consistent`) before a read.
+    pub async fn linearize(&self, mode: ReadMode) -> Result<(), ConsensusError> {
+        let deadline = Instant::now() + READ_TIMEOUT;
+        let index = if self.is_leader() {
+            self.leader_read_index(mode, deadline).await?
+        } else {
+            let leader = self.leader_member().ok_or(ConsensusError::NoLeader)?;
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            let reply: Result<u64, ConsensusError> = self
+                .inner
+                .client
+                .call(
+                    &leader.rpc_addr,
+                    crate::rpc::READ_INDEX_PATH,
+                    &mode,
+                    timeout,
+                )
+                .await
+                .map_err(|_| ConsensusError::NoLeader)?;
+            reply?
+        };
+        self.wait_applied(index, deadline).await
+    }
+
+    /// On the leader: the index a read must see.
+    pub(crate) async fn leader_read_index(
+        &self,
+        mode: ReadMode,
+        deadline: Instant,
+    ) -> Result<u64, ConsensusError> {
+        match mode {
+            ReadMode::Default => Ok(self.inner.store.applied()),
+            ReadMode::Consistent => {
+                let confirmed =
+                    tokio::time::timeout_at(deadline, self.inner.raft.ensure_linearizable())
+                        .await
+                        .map_err(|_| ConsensusError::NoLeader)?;
+                match confirmed {
+                    Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
+                    Err(RaftError::APIError(_)) => Err(ConsensusError::NoLeader),
+                    Err(RaftError::Fatal(fatal)) => Err(ConsensusError::Stopped(fatal.to_string())),
+                }
+            }
+        }
+    }
+
+    /// The leader as the membership records it, if one is known.
+    pub fn leader_member(&self) -> Option<Member> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
         metrics
             .membership_config
             .membership()
             .get_node(&leader)
-            .map(|n| n.addr.clone())
+            .cloned()
+    }
+
+    /// The Raft address of the current leader, if one is known.
+    pub fn leader_addr(&self) -> Option<String> {
+        self.leader_member().map(|m| m.rpc_addr)
     }
 
     /// Whether this node is the leader.
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.node_id)
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        metrics.current_leader == Some(self.inner.node_id) && metrics.state == ServerState::Leader
+    }
+
+    /// Milliseconds since this node last heard from the leader (0 on the leader).
+    pub fn last_contact_ms(&self) -> u64 {
+        if self.is_leader() {
+            return 0;
+        }
+        match *self.inner.leader_contact.lock() {
+            Some(at) => at.elapsed().as_millis() as u64,
+            None => 0,
+        }
     }
 
     /// Raft addresses of the voters.
     pub fn peers(&self) -> Vec<String> {
-        let metrics = self.raft.metrics().borrow().clone();
+        self.members()
+            .into_iter()
+            .filter(|(_, _, voter)| *voter)
+            .map(|(_, m, _)| m.rpc_addr)
+            .collect()
+    }
+
+    /// Every node in the membership: id, record, and whether it votes.
+    pub fn members(&self) -> Vec<(u64, Member, bool)> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
         membership
-            .voter_ids()
-            .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+            .nodes()
+            .map(|(id, m)| (*id, m.clone(), voters.contains(id)))
             .collect()
     }
 
     /// Index of the last snapshot, if any (used to observe compaction).
     pub fn snapshot_index(&self) -> Option<u64> {
-        self.raft.metrics().borrow().snapshot.map(|l| l.index)
+        self.inner.raft.metrics().borrow().snapshot.map(|l| l.index)
+    }
+
+    /// Records that `node` is alive. On the leader this updates its liveness table; elsewhere
+    /// it is sent to the leader.
+    pub async fn heartbeat(&self, node: &str) -> Result<(), ConsensusError> {
+        if self.is_leader() {
+            self.inner
+                .liveness
+                .lock()
+                .insert(node.to_string(), Instant::now());
+            return Ok(());
+        }
+        let leader = self.leader_member().ok_or(ConsensusError::NoLeader)?;
+        let reply: Result<(), ConsensusError> = self
+            .inner
+            .client
+            .call(
+                &leader.rpc_addr,
+                crate::rpc::HEARTBEAT_PATH,
+                &node,
+                Duration::from_secs(1),
+            )
+            .await
+            .map_err(|_| ConsensusError::NoLeader)?;
+        reply
+    }
+
+    /// Leader only: when each node last sent a heartbeat.
+    pub fn liveness(&self) -> HashMap<String, Instant> {
+        self.inner.liveness.lock().clone()
+    }
+
+    /// Adds a node: a server as a voter (after it has caught up), a client as a learner.
+    /// Only the leader can; others answer `NotLeader`.
+    pub async fn add_member(&self, id: u64, member: Member) -> Result<(), ConsensusError> {
+        if !self.is_leader() {
+            return Err(match self.leader_addr() {
+                Some(addr) => ConsensusError::NotLeader(addr),
+                None => ConsensusError::NoLeader,
+            });
+        }
+        if member.datacenter != self.inner.member.datacenter {
+            return Err(ConsensusError::Refused(format!(
+                "node {:?} is in datacenter {:?}, this cluster is {:?}",
+                member.name, member.datacenter, self.inner.member.datacenter
+            )));
+        }
+        let existing = self.members().into_iter().find(|(i, _, _)| *i == id);
+        let server = member.server;
+        if existing
+            .as_ref()
+            .is_some_and(|(_, m, voter)| *m == member && *voter == server)
+        {
+            return Ok(());
+        }
+        let name = member.name.clone();
+        self.inner
+            .raft
+            .add_learner(id, member, server)
+            .await
+            .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
+        if server {
+            self.inner
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds([id].into()), true)
+                .await
+                .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
+        }
+        tracing::info!(node = %name, server, "node joined");
+        Ok(())
+    }
+
+    /// Removes a node from the membership (leave, force-leave, dead-server cleanup).
+    pub async fn remove_member(&self, id: u64) -> Result<(), ConsensusError> {
+        if !self.is_leader() {
+            let leader = self.leader_member().ok_or(ConsensusError::NoLeader)?;
+            let reply: Result<(), ConsensusError> = self
+                .inner
+                .client
+                .call(
+                    &leader.rpc_addr,
+                    crate::rpc::REMOVE_PATH,
+                    &id,
+                    WRITE_TIMEOUT,
+                )
+                .await
+                .map_err(|_| ConsensusError::NoLeader)?;
+            return reply;
+        }
+        let Some((_, member, voter)) = self.members().into_iter().find(|(i, _, _)| *i == id) else {
+            return Err(ConsensusError::Refused(format!(
+                "no Raft member with id {id}"
+            )));
+        };
+        let change = if voter {
+            ChangeMembers::RemoveVoters([id].into())
+        } else {
+            ChangeMembers::RemoveNodes([id].into())
+        };
+        self.inner
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| ConsensusError::Refused(e.to_string()))?;
+        tracing::info!(node = %member.name, "node removed from the cluster");
+        Ok(())
     }
 
     /// Stops Raft; pending writes fail.
     pub async fn shutdown(&self) {
-        if let Err(e) = self.raft.shutdown().await {
+        if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
     }

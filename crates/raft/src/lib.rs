@@ -3,13 +3,19 @@
 //! openraft stays behind [`Consensus`] so that an upgrade of its API touches this crate only.
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod consensus;
 mod log_store;
+mod member;
 mod network;
+mod rpc;
 mod state_machine;
 mod storage;
+mod transport;
 
-pub use consensus::{Consensus, ConsensusConfig, ConsensusError};
+pub use cluster::JoinPlan;
+pub use consensus::{Consensus, ConsensusConfig, ConsensusError, ReadMode};
+pub use member::Member;
 
 use std::io::Cursor;
 
@@ -21,7 +27,7 @@ openraft::declare_raft_types!(
         D = Command,
         R = Outcome,
         NodeId = u64,
-        Node = openraft::BasicNode,
+        Node = Member,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,

@@ -1,70 +1,105 @@
-//! The Raft transport. atoll's servers are single-voter clusters for now, so there is
-//! never a peer to reach: every RPC reports the target unreachable, which openraft treats
-//! as a transient failure. A multi-server transport replaces this module.
+//! The Raft network: openraft's RPCs as JSON over HTTP to each peer's RPC listener.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
+use crate::member::Member;
+use crate::transport::RpcClient;
 use crate::TypeConfig;
 
 type NodeId = u64;
 
-#[derive(Debug, thiserror::Error)]
-#[error("no transport to Raft peer {0}: this server runs as a single voter")]
-struct NoTransport(NodeId);
+/// Paths of the Raft RPCs on the RPC listener.
+pub(crate) const APPEND_PATH: &str = "/raft/append";
+pub(crate) const VOTE_PATH: &str = "/raft/vote";
+pub(crate) const SNAPSHOT_PATH: &str = "/raft/snapshot";
 
-/// Creates [`PeerClient`]s.
-pub(crate) struct Network;
-
-/// A client for one peer.
-pub(crate) struct PeerClient {
-    target: NodeId,
+/// Creates a [`PeerClient`] per peer, sharing one HTTP client.
+pub(crate) struct Network {
+    pub(crate) client: RpcClient,
 }
 
-impl PeerClient {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
-        RPCError::Unreachable(Unreachable::new(&NoTransport(self.target)))
-    }
+/// The client of one peer.
+pub(crate) struct PeerClient {
+    client: RpcClient,
+    target: NodeId,
+    address: String,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerClient {
-        PeerClient { target }
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+        PeerClient {
+            client: self.client.clone(),
+            target,
+            address: node.rpc_addr.clone(),
+        }
+    }
+}
+
+impl PeerClient {
+    async fn send<Req, Resp, E>(
+        &self,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<Resp, RaftError<NodeId, E>> = self
+            .client
+            .call(&self.address, path, request, timeout)
+            .await
+            .map_err(|e| {
+                if e.message.contains("no answer") {
+                    RPCError::Network(NetworkError::new(&e))
+                } else {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
+            })?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.send(APPEND_PATH, &rpc, option.hard_ttl()).await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        Err(self.unreachable())
+        self.send(SNAPSHOT_PATH, &rpc, option.hard_ttl()).await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.send(VOTE_PATH, &rpc, option.hard_ttl()).await
     }
 }

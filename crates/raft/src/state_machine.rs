@@ -9,17 +9,18 @@ use atoll_state::snapshot::{decode, decode_state, encode, encode_state};
 use atoll_state::{Outcome, Store};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
+    Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
 };
 use redb::{Database, ReadableDatabase};
 
+use crate::member::Member;
 use crate::storage::{StorageFailure, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, SNAPSHOT};
 use crate::TypeConfig;
 
 type NodeId = u64;
-type Membership = StoredMembership<NodeId, BasicNode>;
-type StoredSnapshot = (SnapshotMeta<NodeId, BasicNode>, Vec<u8>);
+type Membership = StoredMembership<NodeId, Member>;
+type StoredSnapshot = (SnapshotMeta<NodeId, Member>, Vec<u8>);
 
 /// Applies entries to the store; one instance, owned by openraft's state-machine task.
 pub(crate) struct StateMachine {
@@ -65,7 +66,7 @@ impl StateMachine {
 
 fn save_snapshot(
     db: &Database,
-    meta: &SnapshotMeta<NodeId, BasicNode>,
+    meta: &SnapshotMeta<NodeId, Member>,
     data: &[u8],
 ) -> Result<(), StorageFailure> {
     let txn = db.begin_write()?;
@@ -81,7 +82,7 @@ fn save_snapshot(
 /// A snapshot captured at one applied index, written out by openraft's builder task.
 pub(crate) struct SnapshotBuilder {
     db: Arc<Database>,
-    meta: SnapshotMeta<NodeId, BasicNode>,
+    meta: SnapshotMeta<NodeId, Member>,
     data: Vec<u8>,
 }
 
@@ -156,7 +157,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
+        meta: &SnapshotMeta<NodeId, Member>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let data = snapshot.into_inner();

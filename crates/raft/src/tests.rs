@@ -5,9 +5,21 @@ use crate::{Consensus, ConsensusConfig};
 fn config(dir: &std::path::Path, snapshot_after_entries: u64) -> ConsensusConfig {
     ConsensusConfig {
         data_dir: dir.to_path_buf(),
-        advertise_addr: "127.0.0.1:8300".into(),
+        member: crate::Member {
+            name: "n1".into(),
+            rpc_addr: "127.0.0.1:8300".into(),
+            http_addr: "127.0.0.1:8500".into(),
+            server: true,
+            datacenter: "dc1".into(),
+        },
         snapshot_after_entries,
     }
+}
+
+async fn started(config: ConsensusConfig) -> Consensus {
+    let consensus = Consensus::start(config, Default::default()).await.unwrap();
+    consensus.bootstrap_single().await.unwrap();
+    consensus
 }
 
 fn put(key: &str, value: &str) -> Command {
@@ -23,18 +35,14 @@ fn put(key: &str, value: &str) -> Command {
 async fn writes_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let consensus = Consensus::start(config(dir.path(), 10_000), Default::default())
-            .await
-            .unwrap();
+        let consensus = started(config(dir.path(), 10_000)).await;
         for i in 0..20 {
             let (outcome, _) = consensus.write(put(&format!("k{i}"), "v")).await.unwrap();
             assert_eq!(outcome, Outcome::Done);
         }
         consensus.shutdown().await;
     }
-    let consensus = Consensus::start(config(dir.path(), 10_000), Default::default())
-        .await
-        .unwrap();
+    let consensus = started(config(dir.path(), 10_000)).await;
     // The committed log is re-applied on start.
     let mut applied = consensus.store().watch_applied();
     let count = loop {
@@ -57,9 +65,7 @@ async fn writes_survive_restart() {
 async fn snapshots_compact_the_log_and_restore() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let consensus = Consensus::start(config(dir.path(), 50), Default::default())
-            .await
-            .unwrap();
+        let consensus = started(config(dir.path(), 50)).await;
         for i in 0..300 {
             consensus
                 .write(put(&format!("k{}", i % 7), &i.to_string()))
@@ -73,9 +79,7 @@ async fn snapshots_compact_the_log_and_restore() {
         }
         consensus.shutdown().await;
     }
-    let consensus = Consensus::start(config(dir.path(), 50), Default::default())
-        .await
-        .unwrap();
+    let consensus = started(config(dir.path(), 50)).await;
     let mut applied = consensus.store().watch_applied();
     loop {
         let value = consensus

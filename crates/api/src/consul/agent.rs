@@ -22,20 +22,35 @@ use crate::ApiContext;
 /// Port Consul's LAN gossip uses, reported in member listings.
 const SERF_LAN_PORT: u16 = 8301;
 
-fn member_json(context: &ApiContext) -> serde_json::Value {
-    let address = context.agent().config().address.clone();
+fn member_json(context: &ApiContext, id: u64, member: &atoll_raft::Member) -> serde_json::Value {
+    let (address, port) = member
+        .rpc_addr
+        .rsplit_once(':')
+        .unwrap_or((&member.rpc_addr, ""));
+    let status = context.store().read(|state| {
+        state
+            .checks_on_node(&member.name)
+            .find(|c| c.check_id == NODE_HEALTH_CHECK_ID)
+            .map(|c| c.status)
+    });
+    // Serf's codes: 1 alive, 3 left, 4 failed.
+    let code = match status {
+        Some(CheckStatus::Critical) => 4,
+        _ => 1,
+    };
     json!({
-        "Name": context.node(),
+        "Name": member.name,
         "Addr": address,
         "Port": SERF_LAN_PORT,
         "Tags": {
-            "dc": context.datacenter(),
-            "role": "consul",
+            "dc": member.datacenter,
+            "role": if member.server { "consul" } else { "node" },
             "build": context.version(),
-            "port": "8300",
+            "port": port,
+            "id": id.to_string(),
             "vsn": "2",
         },
-        "Status": 1,
+        "Status": code,
         "ProtocolMin": 1,
         "ProtocolMax": 5,
         "ProtocolCur": 2,
@@ -43,6 +58,11 @@ fn member_json(context: &ApiContext) -> serde_json::Value {
         "DelegateMax": 5,
         "DelegateCur": 4,
     })
+}
+
+fn own_member_json(context: &ApiContext) -> serde_json::Value {
+    let consensus = context.consensus();
+    member_json(context, consensus.node_id(), consensus.member())
 }
 
 /// `GET /v1/agent/self`.
@@ -53,11 +73,11 @@ pub async fn self_info(State(context): State<ApiContext>) -> Response {
             "PrimaryDatacenter": context.datacenter(),
             "NodeName": context.node(),
             "NodeID": "",
-            "Server": true,
+            "Server": context.consensus().member().server,
             "Revision": "",
             "Version": context.version(),
         },
-        "Member": member_json(&context),
+        "Member": own_member_json(&context),
         "Meta": {},
     });
     json_with_index(context.store().applied(), &body)
@@ -65,7 +85,13 @@ pub async fn self_info(State(context): State<ApiContext>) -> Response {
 
 /// `GET /v1/agent/members`.
 pub async fn members(State(context): State<ApiContext>) -> Response {
-    json_with_index(context.store().applied(), &vec![member_json(&context)])
+    let members: Vec<_> = context
+        .consensus()
+        .members()
+        .iter()
+        .map(|(id, member, _)| member_json(&context, *id, member))
+        .collect();
+    json_with_index(context.store().applied(), &members)
 }
 
 /// `GET /v1/agent/services`.
@@ -144,7 +170,7 @@ pub(crate) async fn write(context: &ApiContext, command: Command) -> Result<Outc
 }
 
 /// Consul answers agent writes with an empty 200.
-fn empty_ok(context: &ApiContext) -> Response {
+pub(crate) fn empty_ok(context: &ApiContext) -> Response {
     let mut response = Response::new(axum::body::Body::empty());
     set_index(response.headers_mut(), context.store().applied());
     response

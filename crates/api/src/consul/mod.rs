@@ -5,10 +5,11 @@ mod catalog;
 mod health;
 mod input;
 mod kv;
+mod operator;
 mod status;
 pub mod wire;
 
-use axum::routing::{get, put};
+use axum::routing::{delete, get, put};
 use axum::Router;
 
 use crate::ApiContext;
@@ -58,6 +59,13 @@ pub fn routes() -> Router<ApiContext> {
             "/v1/kv/{*key}",
             get(kv::get).put(kv::put).delete(kv::delete),
         )
+        .route("/v1/agent/leave", put(operator::leave))
+        .route("/v1/agent/force-leave/{node}", put(operator::force_leave))
+        .route(
+            "/v1/operator/raft/configuration",
+            get(operator::configuration),
+        )
+        .route("/v1/operator/raft/peer", delete(operator::remove_peer))
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
 }

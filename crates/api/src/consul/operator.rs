@@ -1,0 +1,86 @@
+//! `/v1/operator/raft/*` and membership changes (`leave`, `force-leave`).
+
+use atoll_state::{Command, Deregistration};
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use serde_json::json;
+
+use super::agent::{empty_ok, write};
+use crate::error::ApiError;
+use crate::query::{json_with_index, Query};
+use crate::ApiContext;
+
+/// `GET /v1/operator/raft/configuration`.
+pub async fn configuration(State(context): State<ApiContext>) -> Response {
+    let consensus = context.consensus();
+    let leader = consensus.leader_addr();
+    let servers: Vec<_> = consensus
+        .members()
+        .into_iter()
+        .filter(|(_, member, _)| member.server)
+        .map(|(id, member, voter)| {
+            json!({
+                "ID": id.to_string(),
+                "Node": member.name,
+                "Address": member.rpc_addr,
+                "Leader": leader.as_deref() == Some(member.rpc_addr.as_str()),
+                "Voter": voter,
+                "ProtocolVersion": "3",
+            })
+        })
+        .collect();
+    let index = context.store().applied();
+    json_with_index(index, &json!({ "Servers": servers, "Index": index }))
+}
+
+/// `DELETE /v1/operator/raft/peer?id=ID` or `?address=IP:PORT`.
+pub async fn remove_peer(
+    State(context): State<ApiContext>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref());
+    let members = context.consensus().members();
+    let found = match (query.get("id"), query.get("address")) {
+        (Some(id), _) => members.iter().find(|(i, _, _)| i.to_string() == id),
+        (None, Some(address)) => members.iter().find(|(_, m, _)| m.rpc_addr == address),
+        (None, None) => return Err(ApiError::field("id", "Must specify either ?id with the server's ID or ?address with IP:port of peer to remove")),
+    };
+    let Some((id, _, _)) = found else {
+        return Err(ApiError::not_found("No such Raft peer"));
+    };
+    context.consensus().remove_member(*id).await?;
+    Ok(empty_ok(&context))
+}
+
+/// `PUT /v1/agent/leave`: this node leaves gracefully (its services leave the catalog, a
+/// server leaves the Raft configuration) and the agent stops.
+pub async fn leave(State(context): State<ApiContext>) -> Result<Response, ApiError> {
+    context.agent().leave().await?;
+    Ok(empty_ok(&context))
+}
+
+/// `PUT /v1/agent/force-leave/:node`: removes a (failed) node from the cluster and the catalog.
+pub async fn force_leave(
+    State(context): State<ApiContext>,
+    Path(node): Path<String>,
+) -> Result<Response, ApiError> {
+    let member = context
+        .consensus()
+        .members()
+        .into_iter()
+        .find(|(_, m, _)| m.name == node);
+    let in_catalog = context.store().read(|s| s.nodes.contains_key(&node));
+    if member.is_none() && !in_catalog {
+        return Err(ApiError::not_found(format!("Unknown node {node:?}")));
+    }
+    if let Some((id, _, _)) = member {
+        context.consensus().remove_member(id).await?;
+    }
+    let command = Command::Deregister(Deregistration {
+        node,
+        service_id: None,
+        check_id: None,
+    });
+    write(&context, command).await?;
+    Ok(empty_ok(&context))
+}

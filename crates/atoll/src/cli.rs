@@ -1,0 +1,169 @@
+//! Subcommands that talk to a running agent over its HTTP API.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::config::ClientArgs;
+
+async fn request(args: &ClientArgs, method: &str, path: &str) -> anyhow::Result<Value> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let url = format!("http://{}{path}", args.http_addr);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(&url)
+        .body(Empty::new())
+        .map_err(|e| anyhow!("invalid address {:?}: {e}", args.http_addr))?;
+    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+        .await
+        .map_err(|_| anyhow!("{url}: no answer within 30s"))?
+        .with_context(|| {
+            format!(
+                "cannot reach the agent at {} (is it running? see --http-addr)",
+                args.http_addr
+            )
+        })?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .context("reading the answer")?
+        .to_bytes();
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        let message = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| text.trim().to_string());
+        bail!("{status}: {message}");
+    }
+    if body.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&body).context("the agent answered something that is not JSON")
+}
+
+fn print_table(rows: Vec<Vec<String>>) {
+    let columns = rows.first().map(Vec::len).unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+fn text(value: &Value, key: &str) -> String {
+    match value.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    }
+}
+
+/// `atoll members`.
+pub async fn members(args: &ClientArgs) -> anyhow::Result<()> {
+    let members = request(args, "GET", "/v1/agent/members").await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&members)?);
+        return Ok(());
+    }
+    let mut rows = vec![vec![
+        "Node".into(),
+        "Address".into(),
+        "Status".into(),
+        "Type".into(),
+        "DC".into(),
+    ]];
+    for member in members.as_array().into_iter().flatten() {
+        let tags = member.get("Tags").cloned().unwrap_or(Value::Null);
+        let status = match member.get("Status").and_then(Value::as_u64) {
+            Some(1) => "alive",
+            Some(3) => "left",
+            Some(4) => "failed",
+            _ => "unknown",
+        };
+        let kind = if text(&tags, "role") == "consul" {
+            "server"
+        } else {
+            "client"
+        };
+        rows.push(vec![
+            text(member, "Name"),
+            format!("{}:{}", text(member, "Addr"), text(&tags, "port")),
+            status.into(),
+            kind.into(),
+            text(&tags, "dc"),
+        ]);
+    }
+    print_table(rows);
+    Ok(())
+}
+
+/// `atoll operator raft list-peers`.
+pub async fn list_peers(args: &ClientArgs) -> anyhow::Result<()> {
+    let configuration = request(args, "GET", "/v1/operator/raft/configuration").await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&configuration)?);
+        return Ok(());
+    }
+    let mut rows = vec![vec![
+        "Node".into(),
+        "ID".into(),
+        "Address".into(),
+        "State".into(),
+        "Voter".into(),
+    ]];
+    for server in configuration
+        .get("Servers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let leader = server
+            .get("Leader")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        rows.push(vec![
+            text(server, "Node"),
+            text(server, "ID"),
+            text(server, "Address"),
+            if leader {
+                "leader".into()
+            } else {
+                "follower".into()
+            },
+            text(server, "Voter"),
+        ]);
+    }
+    print_table(rows);
+    Ok(())
+}
+
+/// `atoll leave`.
+pub async fn leave(args: &ClientArgs) -> anyhow::Result<()> {
+    request(args, "PUT", "/v1/agent/leave").await?;
+    println!("Graceful leave complete");
+    Ok(())
+}
+
+/// `atoll force-leave NODE`.
+pub async fn force_leave(args: &ClientArgs, node: &str) -> anyhow::Result<()> {
+    if node.is_empty() || node.contains('/') {
+        bail!("invalid node name {node:?}");
+    }
+    request(args, "PUT", &format!("/v1/agent/force-leave/{node}")).await?;
+    println!("Node {node} removed");
+    Ok(())
+}

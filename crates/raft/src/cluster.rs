@@ -1,0 +1,152 @@
+//! Finding and forming the cluster: `--bootstrap-expect` and `--retry-join`.
+//!
+//! A server with no log and no vote says hello to the addresses it was given. If any of them
+//! already belongs to a cluster, it asks to join it. Otherwise it waits until it knows of
+//! `bootstrap_expect` servers (itself included); the one with the lowest id then bootstraps
+//! them all, once. A node that has a log or a vote never bootstraps again, which is what
+//! makes a full-cluster restart recover by itself.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::consensus::{Consensus, ConsensusError};
+use crate::rpc::{Hello, JoinRequest, HELLO_PATH, JOIN_PATH};
+
+/// Pause between rounds of hellos.
+const ROUND: Duration = Duration::from_millis(300);
+/// Timeout of one hello.
+const HELLO_TIMEOUT: Duration = Duration::from_millis(700);
+
+/// How a node finds its cluster.
+#[derive(Debug, Clone)]
+pub struct JoinPlan {
+    /// RPC addresses to contact.
+    pub retry_join: Vec<String>,
+    /// Servers to wait for before bootstrapping (servers only; 0 for clients).
+    pub bootstrap_expect: usize,
+}
+
+impl Consensus {
+    /// Joins or forms the cluster, returning once this node belongs to one. Refuses (with
+    /// an error naming the problem) peers of another datacenter or with another
+    /// `bootstrap_expect`.
+    pub async fn find_cluster(&self, plan: &JoinPlan) -> Result<(), ConsensusError> {
+        let server = self.member().server;
+        if server && plan.bootstrap_expect == 1 {
+            return self.bootstrap_single().await;
+        }
+        let mut announced = false;
+        loop {
+            if self.is_initialized().await? {
+                if !announced {
+                    tracing::info!("member of a cluster");
+                }
+                return Ok(());
+            }
+            let mut contacted = 0usize;
+            let mut addresses: Vec<String> = plan.retry_join.clone();
+            addresses.extend(self.inner.known.lock().values().map(|m| m.rpc_addr.clone()));
+            addresses.retain(|a| *a != self.member().rpc_addr);
+            addresses.sort();
+            addresses.dedup();
+            let me = self.hello_message(plan.bootstrap_expect).await;
+            for address in &addresses {
+                let Ok(peer) = self
+                    .inner
+                    .client
+                    .call::<Hello, Hello>(address, HELLO_PATH, &me, HELLO_TIMEOUT)
+                    .await
+                else {
+                    continue;
+                };
+                contacted += 1;
+                self.check_peer(&peer, plan)?;
+                if peer.initialized || !server {
+                    if self.ask_to_join(address).await {
+                        announced = true;
+                        break;
+                    }
+                    continue;
+                }
+                let mut known = self.inner.known.lock();
+                known.insert(peer.id, peer.member.clone());
+                for (id, member) in peer.known {
+                    if member.datacenter == self.member().datacenter && member.server {
+                        known.insert(id, member);
+                    }
+                }
+            }
+            if server && !announced {
+                let mut servers: BTreeMap<u64, _> = self.inner.known.lock().clone();
+                servers.remove(&self.node_id());
+                servers.insert(self.node_id(), self.member().clone());
+                if servers.len() >= plan.bootstrap_expect {
+                    let chosen: BTreeMap<u64, _> =
+                        servers.into_iter().take(plan.bootstrap_expect).collect();
+                    if chosen.keys().next() == Some(&self.node_id()) {
+                        self.initialize(chosen).await?;
+                        continue;
+                    }
+                }
+            }
+            if contacted == 0 {
+                tracing::debug!(?addresses, "no peer answered yet");
+            }
+            tokio::time::sleep(ROUND).await;
+        }
+    }
+
+    fn check_peer(&self, peer: &Hello, plan: &JoinPlan) -> Result<(), ConsensusError> {
+        let mine = &self.member().datacenter;
+        if &peer.member.datacenter != mine {
+            return Err(ConsensusError::Refused(format!(
+                "{} ({}) is in datacenter {:?}, not {:?}: servers of another datacenter cannot join on the LAN",
+                peer.member.name, peer.member.rpc_addr, peer.member.datacenter, mine
+            )));
+        }
+        if self.member().server
+            && peer.member.server
+            && peer.bootstrap_expect != plan.bootstrap_expect
+            && !peer.initialized
+        {
+            return Err(ConsensusError::Refused(format!(
+                "{} ({}) expects {} servers, this server expects {}: every server needs the same --bootstrap-expect",
+                peer.member.name, peer.member.rpc_addr, peer.bootstrap_expect, plan.bootstrap_expect
+            )));
+        }
+        Ok(())
+    }
+
+    /// Asks `address` (or the leader it names) to add this node.
+    async fn ask_to_join(&self, address: &str) -> bool {
+        let request = JoinRequest {
+            id: self.node_id(),
+            member: self.member().clone(),
+        };
+        let mut target = address.to_string();
+        for _ in 0..3 {
+            let reply: Result<Result<(), ConsensusError>, _> = self
+                .inner
+                .client
+                .call(&target, JOIN_PATH, &request, Duration::from_secs(30))
+                .await;
+            match reply {
+                Ok(Ok(())) => return true,
+                Ok(Err(ConsensusError::NotLeader(leader))) => target = leader,
+                Ok(Err(ConsensusError::Refused(reason))) => {
+                    tracing::error!(%reason, "join refused");
+                    return false;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "join not possible yet");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "join request failed");
+                    return false;
+                }
+            }
+        }
+        false
+    }
+}

@@ -1,0 +1,165 @@
+//! The RPC listener of a node (`--bind IP`, port 8300): openraft's messages and the few
+//! cluster requests (hello, join, forwarded writes and reads, heartbeats, removal).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use atoll_state::{Command, Outcome};
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::consensus::{Consensus, ConsensusError, ReadMode};
+use crate::member::Member;
+use crate::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
+use crate::TypeConfig;
+
+pub(crate) const HELLO_PATH: &str = "/cluster/hello";
+pub(crate) const JOIN_PATH: &str = "/cluster/join";
+pub(crate) const WRITE_PATH: &str = "/cluster/write";
+pub(crate) const READ_INDEX_PATH: &str = "/cluster/read-index";
+pub(crate) const HEARTBEAT_PATH: &str = "/cluster/heartbeat";
+pub(crate) const REMOVE_PATH: &str = "/cluster/remove";
+
+type NodeId = u64;
+
+/// What nodes tell each other while finding their cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    /// Raft id.
+    pub id: NodeId,
+    /// The node.
+    pub member: Member,
+    /// Servers expected before bootstrapping (0 for clients).
+    pub bootstrap_expect: usize,
+    /// Whether the node already belongs to a cluster.
+    pub initialized: bool,
+    /// Servers it has heard of.
+    pub known: BTreeMap<NodeId, Member>,
+}
+
+/// A request to be added to the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Raft id.
+    pub id: NodeId,
+    /// The node.
+    pub member: Member,
+}
+
+impl Consensus {
+    /// The RPC router; served on the node's RPC address.
+    pub fn rpc_router(&self, bootstrap_expect: usize) -> Router {
+        Router::new()
+            .route(APPEND_PATH, post(append))
+            .route(VOTE_PATH, post(vote))
+            .route(SNAPSHOT_PATH, post(snapshot))
+            .route(WRITE_PATH, post(write))
+            .route(READ_INDEX_PATH, post(read_index))
+            .route(HEARTBEAT_PATH, post(heartbeat))
+            .route(REMOVE_PATH, post(remove))
+            .route(JOIN_PATH, post(join))
+            .route(HELLO_PATH, post(hello))
+            .with_state((self.clone(), bootstrap_expect))
+    }
+
+    /// This node's hello.
+    pub(crate) async fn hello_message(&self, bootstrap_expect: usize) -> Hello {
+        Hello {
+            id: self.node_id(),
+            member: self.member().clone(),
+            bootstrap_expect,
+            initialized: self.is_initialized().await.unwrap_or(false),
+            known: self.inner.known.lock().clone(),
+        }
+    }
+}
+
+type RpcState = State<(Consensus, usize)>;
+
+async fn append(
+    State((consensus, _)): RpcState,
+    Json(request): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+    *consensus.inner.leader_contact.lock() = Some(Instant::now());
+    Json(consensus.inner.raft.append_entries(request).await)
+}
+
+async fn vote(
+    State((consensus, _)): RpcState,
+    Json(request): Json<VoteRequest<NodeId>>,
+) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+    Json(consensus.inner.raft.vote(request).await)
+}
+
+async fn snapshot(
+    State((consensus, _)): RpcState,
+    Json(request): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
+    *consensus.inner.leader_contact.lock() = Some(Instant::now());
+    Json(consensus.inner.raft.install_snapshot(request).await)
+}
+
+async fn write(
+    State((consensus, _)): RpcState,
+    Json(command): Json<Command>,
+) -> Json<Result<(Outcome, u64), ConsensusError>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    Json(consensus.local_write(command, deadline).await)
+}
+
+async fn read_index(
+    State((consensus, _)): RpcState,
+    Json(mode): Json<ReadMode>,
+) -> Json<Result<u64, ConsensusError>> {
+    if !consensus.is_leader() {
+        return Json(Err(ConsensusError::NoLeader));
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    Json(consensus.leader_read_index(mode, deadline).await)
+}
+
+async fn heartbeat(
+    State((consensus, _)): RpcState,
+    Json(node): Json<String>,
+) -> Json<Result<(), ConsensusError>> {
+    if !consensus.is_leader() {
+        return Json(Err(ConsensusError::NoLeader));
+    }
+    Json(consensus.heartbeat(&node).await)
+}
+
+async fn remove(
+    State((consensus, _)): RpcState,
+    Json(id): Json<NodeId>,
+) -> Json<Result<(), ConsensusError>> {
+    if !consensus.is_leader() {
+        return Json(Err(ConsensusError::NoLeader));
+    }
+    Json(consensus.remove_member(id).await)
+}
+
+async fn join(
+    State((consensus, _)): RpcState,
+    Json(request): Json<JoinRequest>,
+) -> Json<Result<(), ConsensusError>> {
+    Json(consensus.add_member(request.id, request.member).await)
+}
+
+async fn hello(State((consensus, expect)): RpcState, Json(peer): Json<Hello>) -> Json<Hello> {
+    if peer.member.server && peer.member.datacenter == consensus.member().datacenter {
+        consensus
+            .inner
+            .known
+            .lock()
+            .insert(peer.id, peer.member.clone());
+    }
+    Json(consensus.hello_message(expect).await)
+}
