@@ -48,8 +48,10 @@ pub(crate) async fn watch_heartbeats(consensus: Consensus, ttl: Duration) {
         for (node, status) in nodes {
             let alive = match liveness.get(&node) {
                 Some(seen) => now.duration_since(*seen) < ttl,
-                // A new leader gives every node one TTL to report before judging it.
-                None => now.duration_since(since) < ttl,
+                // A new leader gives every node one TTL to report before judging it, and
+                // until then leaves its recorded health as it is.
+                None if now.duration_since(since) < ttl => continue,
+                None => false,
             };
             let (wanted, output) = if alive {
                 (CheckStatus::Passing, "Agent alive and reachable")
