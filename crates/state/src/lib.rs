@@ -10,6 +10,7 @@ pub mod model;
 pub mod snapshot;
 mod state;
 mod store;
+pub mod workload;
 
 pub use command::{
     CheckSpec, Command, Deregistration, Outcome, Registration, Rejection, ServiceSpec,
@@ -19,6 +20,10 @@ pub use model::{
 };
 pub use state::{aggregate_status, State, TableIndexes, Touched};
 pub use store::{Store, Table};
+pub use workload::{
+    Allocation, AppSpec, Constraint, ConstraintOperator, DockerNetwork, HealthCheckSpec,
+    HealthProtocol, PortSpec, Runtime, TaskState, UpgradeStrategy,
+};
 
 #[cfg(test)]
 mod tests;

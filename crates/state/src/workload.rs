@@ -1,0 +1,239 @@
+//! Workloads: app definitions (Marathon's model), their instances placed on nodes
+//! (allocations), and deployments.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How an app's instances run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Runtime {
+    /// A child process running `cmd` through `sh -c` (Marathon's default "mesos" container).
+    Exec {
+        /// Shell command.
+        cmd: String,
+    },
+    /// A Docker container.
+    Docker {
+        /// Image reference, which must be present locally or pullable.
+        image: String,
+        /// `BRIDGE` publishes `port_mappings`; `HOST` uses the host's network.
+        network: DockerNetwork,
+        /// Command override (`cmd`), run with `sh -c`.
+        cmd: Option<String>,
+        /// Argument override (`args`).
+        args: Vec<String>,
+        /// Pull even if present.
+        force_pull: bool,
+    },
+}
+
+/// Docker network mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DockerNetwork {
+    /// Own network namespace, ports published on the host.
+    Bridge,
+    /// The host's network namespace.
+    Host,
+}
+
+/// One port of an app: a host port (0 = pick one from the range), and for bridge
+/// containers the container port it maps to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    /// Requested host port; 0 means dynamic.
+    pub host_port: u16,
+    /// Port inside the container (bridge networking only).
+    pub container_port: Option<u16>,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Optional name.
+    pub name: Option<String>,
+}
+
+/// A placement constraint, Marathon's `[field, operator, value]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Constraint {
+    /// `hostname` or a node attribute name.
+    pub field: String,
+    /// The operator.
+    pub operator: ConstraintOperator,
+    /// Operand (regex for LIKE/UNLIKE, count for GROUP_BY/MAX_PER, value for CLUSTER).
+    pub value: Option<String>,
+}
+
+/// Marathon's constraint operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConstraintOperator {
+    /// At most one instance per distinct field value.
+    Unique,
+    /// All instances on nodes whose field equals the value (or one common value).
+    Cluster,
+    /// Spread evenly across the field's values.
+    GroupBy,
+    /// Field matches the regex.
+    Like,
+    /// Field does not match the regex.
+    Unlike,
+    /// At most N instances per field value.
+    MaxPer,
+}
+
+/// How an instance's health is checked (Marathon's `healthChecks`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheckSpec {
+    /// `HTTP`, `TCP` or `COMMAND`.
+    pub protocol: HealthProtocol,
+    /// HTTP path.
+    pub path: String,
+    /// Which of the app's ports to probe.
+    pub port_index: usize,
+    /// Command for `COMMAND` checks.
+    pub command: Option<String>,
+    /// Failures ignored after start.
+    pub grace_period_seconds: u64,
+    /// Seconds between probes.
+    pub interval_seconds: u64,
+    /// Seconds before a probe fails.
+    pub timeout_seconds: u64,
+    /// Consecutive failures before the instance is killed (0 = never).
+    pub max_consecutive_failures: u32,
+}
+
+/// Health check protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HealthProtocol {
+    /// HTTP GET, 200–399 passes.
+    Http,
+    /// TCP connect.
+    Tcp,
+    /// Shell command, exit 0 passes.
+    Command,
+}
+
+/// Rolling upgrade bounds, as fractions of `instances`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeStrategy {
+    /// Fraction of instances that must stay healthy during an upgrade.
+    pub minimum_health_capacity: f64,
+    /// Fraction of extra instances allowed during an upgrade.
+    pub maximum_over_capacity: f64,
+}
+
+/// One version of an app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppSpec {
+    /// Absolute id, `/group/name`.
+    pub id: String,
+    /// Version timestamp (RFC 3339), assigned when the definition was submitted.
+    pub version: String,
+    /// How it runs.
+    pub runtime: Runtime,
+    /// CPU shares.
+    pub cpus: f64,
+    /// Memory in MiB.
+    pub mem: f64,
+    /// Disk in MiB.
+    pub disk: f64,
+    /// Desired instance count.
+    pub instances: u32,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Labels (also drive service names and tags).
+    pub labels: BTreeMap<String, String>,
+    /// Ports.
+    pub ports: Vec<PortSpec>,
+    /// Requested host ports must be exactly those.
+    pub require_ports: bool,
+    /// Placement constraints.
+    pub constraints: Vec<Constraint>,
+    /// Health checks.
+    pub health_checks: Vec<HealthCheckSpec>,
+    /// Rolling upgrade bounds.
+    pub upgrade_strategy: UpgradeStrategy,
+    /// First restart delay, seconds.
+    pub backoff_seconds: f64,
+    /// Growth factor of the restart delay.
+    pub backoff_factor: f64,
+    /// Cap of the restart delay, seconds.
+    pub max_launch_delay_seconds: f64,
+    /// The definition as submitted (Marathon JSON with defaults), echoed by the API.
+    pub definition: serde_json::Value,
+}
+
+/// Where an allocation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Placed, not yet started by its node.
+    Staging,
+    /// The driver is starting it.
+    Starting,
+    /// Running.
+    Running,
+    /// Exited with success.
+    Finished,
+    /// Exited with failure or could not start.
+    Failed,
+    /// Stopped on request.
+    Killed,
+    /// Its node was lost.
+    Lost,
+}
+
+impl TaskState {
+    /// Whether the task has ended for good.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Finished | TaskState::Failed | TaskState::Killed | TaskState::Lost
+        )
+    }
+
+    /// Marathon's/Mesos's name for it.
+    pub fn mesos_name(self) -> &'static str {
+        match self {
+            TaskState::Staging => "TASK_STAGING",
+            TaskState::Starting => "TASK_STARTING",
+            TaskState::Running => "TASK_RUNNING",
+            TaskState::Finished => "TASK_FINISHED",
+            TaskState::Failed => "TASK_FAILED",
+            TaskState::Killed => "TASK_KILLED",
+            TaskState::Lost => "TASK_LOST",
+        }
+    }
+}
+
+/// One instance of an app placed on a node (Marathon's task).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// Task id, `app_id-with-underscores.instance-N-INDEX`.
+    pub id: String,
+    /// The app.
+    pub app_id: String,
+    /// The app version it runs.
+    pub app_version: String,
+    /// Node it is placed on.
+    pub node: String,
+    /// Host ports, one per app port.
+    pub ports: Vec<u16>,
+    /// CPU reserved.
+    pub cpus: f64,
+    /// Memory reserved (MiB).
+    pub mem: f64,
+    /// Whether it should run; `false` asks its node to stop it.
+    pub desired_running: bool,
+    /// Current state as its node reported it.
+    pub state: TaskState,
+    /// Why it is in that state (driver message).
+    pub message: String,
+    /// When it was placed (RFC 3339, from the proposer).
+    pub staged_at: String,
+    /// When it started running.
+    pub started_at: Option<String>,
+    /// Consecutive health-check failures reported by the node.
+    pub health_failures: u32,
+    /// Raft index that created the row.
+    pub create_index: u64,
+    /// Raft index that last changed the row.
+    pub modify_index: u64,
+}
