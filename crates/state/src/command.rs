@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{CheckDefinition, CheckStatus};
+use crate::workload::{Allocation, AppSpec, ComputeNode, Deployment, TaskState};
 
 /// One change to the replicated state. Validated at the edge, re-checked by `apply`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Upsert a node and, optionally, one service instance and checks on it.
     Register(Box<Registration>),
@@ -34,6 +35,56 @@ pub enum Command {
         flags: u64,
         /// Check-and-set index: 0 = only if absent.
         cas: Option<u64>,
+    },
+    /// Create or replace an app's current version (and start its deployment).
+    PutApp {
+        /// The new version.
+        app: Box<AppSpec>,
+        /// The deployment rolling it out, if any.
+        deployment: Option<Deployment>,
+    },
+    /// Remove an app; its tasks are asked to stop.
+    DeleteApp {
+        /// The app.
+        app_id: String,
+        /// The deployment stopping it.
+        deployment: Option<Deployment>,
+    },
+    /// Record what a compute node offers.
+    RegisterCompute(ComputeNode),
+    /// Place new tasks (a scheduler plan); each is re-checked against the node's free
+    /// resources and skipped if it no longer fits.
+    Place {
+        /// New allocations, in state `Staging`.
+        allocations: Vec<Allocation>,
+    },
+    /// Ask tasks to stop; with `scale`, the app's instance count drops by as many.
+    StopTasks {
+        /// Task ids.
+        ids: Vec<String>,
+        /// Also lower the app's `instances`.
+        scale: bool,
+        /// Why (kept as the failure message when relevant).
+        reason: String,
+    },
+    /// A node reports a task's state. `Running` registers its services (given here) in the
+    /// same entry; a terminal state deregisters them and removes the task.
+    UpdateTask {
+        /// Task id.
+        id: String,
+        /// New state.
+        state: TaskState,
+        /// Driver message.
+        message: String,
+        /// Timestamp from the reporter (RFC 3339).
+        at: String,
+        /// Services (and their checks) to register when it starts running.
+        services: Vec<(ServiceSpec, Vec<CheckSpec>)>,
+    },
+    /// A deployment has converged (or was cancelled).
+    FinishDeployment {
+        /// Deployment id.
+        id: String,
     },
     /// Delete a key, or every key under a prefix.
     KvDelete {

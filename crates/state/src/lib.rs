@@ -11,6 +11,7 @@ pub mod snapshot;
 mod state;
 mod store;
 pub mod workload;
+mod workload_apply;
 
 pub use command::{
     CheckSpec, Command, Deregistration, Outcome, Registration, Rejection, ServiceSpec,

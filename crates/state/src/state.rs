@@ -17,6 +17,8 @@ pub struct Touched {
     pub catalog: bool,
     /// KV changed.
     pub kv: bool,
+    /// Apps, tasks, deployments or compute nodes changed.
+    pub workload: bool,
 }
 
 /// Last-modified Raft index of each table.
@@ -30,6 +32,9 @@ pub struct TableIndexes {
     pub checks: u64,
     /// KV table.
     pub kv: u64,
+    /// Apps, tasks, deployments, compute nodes.
+    #[serde(default)]
+    pub workload: u64,
 }
 
 impl TableIndexes {
@@ -40,7 +45,7 @@ impl TableIndexes {
 }
 
 /// The replicated state. Equal logs give equal states.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// Nodes by name.
     pub nodes: BTreeMap<String, Node>,
@@ -59,6 +64,9 @@ pub struct State {
     /// Last index at which anything about a service name changed (instances, their checks,
     /// their node). Kept for deleted names too, so watchers see the removal.
     pub service_indexes: BTreeMap<String, u64>,
+    /// Workloads: apps, tasks, deployments, compute nodes.
+    #[serde(default)]
+    pub workload: crate::workload_apply::WorkloadTables,
     /// Derived: (node, id) of every instance of a service name. Rebuilt on restore.
     #[serde(skip)]
     by_name: HashMap<String, BTreeSet<(String, String)>>,
@@ -96,13 +104,20 @@ impl State {
                 cas,
             } => self.kv_set(index, key, value, *flags, *cas),
             Command::KvDelete { key, recurse, cas } => self.kv_delete(index, key, *recurse, *cas),
+            Command::PutApp { .. }
+            | Command::DeleteApp { .. }
+            | Command::RegisterCompute(_)
+            | Command::Place { .. }
+            | Command::StopTasks { .. }
+            | Command::UpdateTask { .. }
+            | Command::FinishDeployment { .. } => self.apply_workload(index, command),
         }
     }
 
     fn register(&mut self, index: u64, registration: &Registration) -> (Outcome, Touched) {
         let touched = Touched {
             catalog: true,
-            kv: false,
+            ..Touched::default()
         };
         if registration.node.is_empty() {
             return (rejected_invalid("Node name is missing"), Touched::default());
@@ -208,7 +223,7 @@ impl State {
         true
     }
 
-    fn upsert_service(&mut self, index: u64, mut instance: ServiceInstance) {
+    pub(crate) fn upsert_service(&mut self, index: u64, mut instance: ServiceInstance) {
         let services = self.services.entry(instance.node.clone()).or_default();
         if let Some(existing) = services.get(&instance.id) {
             instance.create_index = existing.create_index;
@@ -248,7 +263,7 @@ impl State {
         self.indexes.services = index;
     }
 
-    fn upsert_check(&mut self, index: u64, node: &str, spec: &CheckSpec) {
+    pub(crate) fn upsert_check(&mut self, index: u64, node: &str, spec: &CheckSpec) {
         let (service_name, service_tags) = if spec.service_id.is_empty() {
             (String::new(), Vec::new())
         } else {
@@ -306,7 +321,7 @@ impl State {
     fn deregister(&mut self, index: u64, request: &Deregistration) -> (Outcome, Touched) {
         let touched = Touched {
             catalog: true,
-            kv: false,
+            ..Touched::default()
         };
         if request.node.is_empty() {
             return (rejected_invalid("Node name is missing"), Touched::default());
@@ -338,7 +353,7 @@ impl State {
         (Outcome::Done, touched)
     }
 
-    fn remove_service(&mut self, index: u64, node: &str, service_id: &str) {
+    pub(crate) fn remove_service(&mut self, index: u64, node: &str, service_id: &str) {
         let Some(instance) = self
             .services
             .get_mut(node)
@@ -417,7 +432,7 @@ impl State {
             Outcome::Done,
             Touched {
                 catalog: true,
-                kv: false,
+                ..Touched::default()
             },
         )
     }
@@ -464,8 +479,8 @@ impl State {
         (
             outcome,
             Touched {
-                catalog: false,
                 kv: true,
+                ..Touched::default()
             },
         )
     }
@@ -478,8 +493,8 @@ impl State {
         cas: Option<u64>,
     ) -> (Outcome, Touched) {
         let touched = Touched {
-            catalog: false,
             kv: true,
+            ..Touched::default()
         };
         if recurse {
             let doomed: Vec<String> = self

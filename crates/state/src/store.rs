@@ -16,6 +16,8 @@ pub enum Table {
     Catalog,
     /// Key/value entries.
     Kv,
+    /// Apps, tasks, deployments, compute nodes.
+    Workload,
 }
 
 /// The state plus its watches. Cloning is cheap and shares the same state.
@@ -28,6 +30,7 @@ struct Inner {
     state: RwLock<State>,
     catalog: watch::Sender<u64>,
     kv: watch::Sender<u64>,
+    workload: watch::Sender<u64>,
     applied: watch::Sender<u64>,
 }
 
@@ -42,11 +45,13 @@ impl Store {
     pub fn new(state: State, applied: u64) -> Self {
         let catalog = watch::Sender::new(state.indexes.catalog());
         let kv = watch::Sender::new(state.indexes.kv);
+        let workload = watch::Sender::new(state.indexes.workload);
         Store {
             inner: Arc::new(Inner {
                 state: RwLock::new(state),
                 catalog,
                 kv,
+                workload,
                 applied: watch::Sender::new(applied),
             }),
         }
@@ -60,6 +65,9 @@ impl Store {
         }
         if touched.kv {
             self.inner.kv.send_replace(index);
+        }
+        if touched.workload {
+            self.inner.workload.send_replace(index);
         }
         outcome
     }
@@ -89,6 +97,7 @@ impl Store {
         *self.inner.state.write() = state;
         self.inner.catalog.send_replace(catalog.max(applied));
         self.inner.kv.send_replace(kv.max(applied));
+        self.inner.workload.send_replace(applied);
         self.inner.applied.send_replace(applied);
     }
 
@@ -102,6 +111,7 @@ impl Store {
         match table {
             Table::Catalog => self.inner.catalog.subscribe(),
             Table::Kv => self.inner.kv.subscribe(),
+            Table::Workload => self.inner.workload.subscribe(),
         }
     }
 

@@ -232,8 +232,59 @@ pub struct Allocation {
     pub started_at: Option<String>,
     /// Consecutive health-check failures reported by the node.
     pub health_failures: u32,
+    /// Service instance ids registered for it (on `node`), removed with it.
+    pub services: Vec<String>,
     /// Raft index that created the row.
     pub create_index: u64,
     /// Raft index that last changed the row.
     pub modify_index: u64,
+}
+
+/// What a compute node offers to the scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComputeNode {
+    /// Node name.
+    pub node: String,
+    /// CPU shares.
+    pub cpus: f64,
+    /// Memory in MiB.
+    pub mem: f64,
+    /// Inclusive range dynamic host ports come from.
+    pub port_range: (u16, u16),
+    /// Attributes for constraints (`--node-attr`).
+    pub attributes: BTreeMap<String, String>,
+    /// Drivers it offers (`exec`, `docker`).
+    pub drivers: Vec<String>,
+}
+
+/// A change being rolled out for one app (Marathon's deployment).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Deployment id (UUID-like).
+    pub id: String,
+    /// The app.
+    pub app_id: String,
+    /// Target version.
+    pub version: String,
+    /// `StartApplication`, `ScaleApplication`, `RestartApplication`, `StopApplication`.
+    pub action: String,
+    /// Raft index that created it.
+    pub create_index: u64,
+}
+
+/// The last task failure of an app, as Marathon reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskFailure {
+    /// The task.
+    pub task_id: String,
+    /// Its state.
+    pub state: TaskState,
+    /// Why.
+    pub message: String,
+    /// Node.
+    pub host: String,
+    /// When (RFC 3339, from the reporter).
+    pub timestamp: String,
+    /// App version.
+    pub version: String,
 }

@@ -1,0 +1,329 @@
+//! Applying workload commands: apps, task placement and lifecycle, deployments. Task state
+//! and service registration change in the same entry, so a task is in DNS exactly while it
+//! runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, Outcome, Rejection};
+use crate::model::CheckStatus;
+use crate::state::{State, Touched};
+use crate::workload::{Allocation, AppSpec, ComputeNode, Deployment, TaskFailure, TaskState};
+
+/// Old versions kept per app for `/v2/apps/{id}/versions`.
+const VERSIONS_KEPT: usize = 20;
+/// Slack for float resource sums.
+const EPSILON: f64 = 1e-9;
+
+/// The workload tables.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadTables {
+    /// Current version of each app.
+    pub apps: BTreeMap<String, AppSpec>,
+    /// Earlier versions of each app, oldest first (the current one included).
+    pub history: BTreeMap<String, Vec<AppSpec>>,
+    /// Live tasks by id (terminal tasks are removed when reported).
+    pub tasks: BTreeMap<String, Allocation>,
+    /// Deployments in progress.
+    pub deployments: BTreeMap<String, Deployment>,
+    /// Compute nodes and what they offer.
+    pub compute: BTreeMap<String, ComputeNode>,
+    /// Last task failure per app.
+    pub last_failures: BTreeMap<String, TaskFailure>,
+}
+
+impl WorkloadTables {
+    /// Tasks of one app.
+    pub fn tasks_of<'a>(&'a self, app_id: &'a str) -> impl Iterator<Item = &'a Allocation> + 'a {
+        self.tasks.values().filter(move |t| t.app_id == app_id)
+    }
+
+    /// Tasks placed on one node.
+    pub fn tasks_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Allocation> + 'a {
+        self.tasks.values().filter(move |t| t.node == node)
+    }
+}
+
+fn touched_workload(catalog: bool) -> Touched {
+    Touched {
+        catalog,
+        workload: true,
+        ..Touched::default()
+    }
+}
+
+impl State {
+    pub(crate) fn apply_workload(&mut self, index: u64, command: &Command) -> (Outcome, Touched) {
+        let (outcome, touched) = match command {
+            Command::PutApp { app, deployment } => self.put_app(index, app, deployment.as_ref()),
+            Command::DeleteApp { app_id, deployment } => {
+                self.delete_app(index, app_id, deployment.as_ref())
+            }
+            Command::RegisterCompute(node) => {
+                if self.workload.compute.get(&node.node) == Some(node) {
+                    (Outcome::Done, Touched::default())
+                } else {
+                    self.workload
+                        .compute
+                        .insert(node.node.clone(), node.clone());
+                    (Outcome::Done, touched_workload(false))
+                }
+            }
+            Command::Place { allocations } => self.place(index, allocations),
+            Command::StopTasks { ids, scale, reason } => self.stop_tasks(ids, *scale, reason),
+            Command::UpdateTask {
+                id,
+                state,
+                message,
+                at,
+                services,
+            } => self.update_task(index, id, *state, message, at, services),
+            Command::FinishDeployment { id } => {
+                if self.workload.deployments.remove(id).is_some() {
+                    (Outcome::Done, touched_workload(false))
+                } else {
+                    (Outcome::Done, Touched::default())
+                }
+            }
+            _ => (Outcome::Done, Touched::default()),
+        };
+        if touched.workload {
+            self.indexes.workload = index;
+        }
+        (outcome, touched)
+    }
+
+    fn put_app(
+        &mut self,
+        index: u64,
+        app: &AppSpec,
+        deployment: Option<&Deployment>,
+    ) -> (Outcome, Touched) {
+        if app.id.is_empty() || !app.id.starts_with('/') {
+            return (
+                Outcome::Rejected(Rejection::Invalid(format!("invalid app id {:?}", app.id))),
+                Touched::default(),
+            );
+        }
+        self.workload.apps.insert(app.id.clone(), app.clone());
+        let history = self.workload.history.entry(app.id.clone()).or_default();
+        history.retain(|old| old.version != app.version);
+        history.push(app.clone());
+        if history.len() > VERSIONS_KEPT {
+            let excess = history.len() - VERSIONS_KEPT;
+            history.drain(..excess);
+        }
+        // A new deployment of an app supersedes the one in progress.
+        self.workload.deployments.retain(|_, d| d.app_id != app.id);
+        if let Some(deployment) = deployment {
+            let mut deployment = deployment.clone();
+            deployment.create_index = index;
+            self.workload
+                .deployments
+                .insert(deployment.id.clone(), deployment);
+        }
+        (Outcome::Done, touched_workload(false))
+    }
+
+    fn delete_app(
+        &mut self,
+        index: u64,
+        app_id: &str,
+        deployment: Option<&Deployment>,
+    ) -> (Outcome, Touched) {
+        if self.workload.apps.remove(app_id).is_none() {
+            return (
+                Outcome::Rejected(Rejection::NotFound(format!(
+                    "App '{app_id}' does not exist"
+                ))),
+                Touched::default(),
+            );
+        }
+        self.workload.history.remove(app_id);
+        self.workload.last_failures.remove(app_id);
+        self.workload.deployments.retain(|_, d| d.app_id != app_id);
+        for task in self
+            .workload
+            .tasks
+            .values_mut()
+            .filter(|t| t.app_id == app_id)
+        {
+            task.desired_running = false;
+            task.modify_index = index;
+        }
+        if let Some(deployment) = deployment {
+            let mut deployment = deployment.clone();
+            deployment.create_index = index;
+            self.workload
+                .deployments
+                .insert(deployment.id.clone(), deployment);
+        }
+        (Outcome::Done, touched_workload(false))
+    }
+
+    /// Whether `allocation` still fits its node: the node offers compute, is not failed, and
+    /// has the cpus, memory and ports free.
+    fn fits(&self, allocation: &Allocation, pending: &[Allocation]) -> bool {
+        let Some(node) = self.workload.compute.get(&allocation.node) else {
+            return false;
+        };
+        let failed = self.checks_on_node(&allocation.node).any(|c| {
+            c.check_id == crate::model::NODE_HEALTH_CHECK_ID && c.status == CheckStatus::Critical
+        });
+        if failed {
+            return false;
+        }
+        let placed = self
+            .workload
+            .tasks_on(&allocation.node)
+            .chain(pending.iter().filter(|p| p.node == allocation.node));
+        let mut cpus = allocation.cpus;
+        let mut mem = allocation.mem;
+        let mut ports = BTreeSet::new();
+        for task in placed {
+            cpus += task.cpus;
+            mem += task.mem;
+            ports.extend(task.ports.iter().copied());
+        }
+        cpus <= node.cpus + EPSILON
+            && mem <= node.mem + EPSILON
+            && allocation.ports.iter().all(|p| !ports.contains(p))
+    }
+
+    fn place(&mut self, index: u64, allocations: &[Allocation]) -> (Outcome, Touched) {
+        let mut accepted: Vec<Allocation> = Vec::new();
+        for allocation in allocations {
+            let current = self
+                .workload
+                .apps
+                .get(&allocation.app_id)
+                .map(|a| a.version.as_str());
+            if current != Some(allocation.app_version.as_str())
+                || self.workload.tasks.contains_key(&allocation.id)
+            {
+                continue;
+            }
+            if self.fits(allocation, &accepted) {
+                accepted.push(allocation.clone());
+            }
+        }
+        if accepted.is_empty() {
+            return (Outcome::Done, Touched::default());
+        }
+        for mut allocation in accepted {
+            allocation.create_index = index;
+            allocation.modify_index = index;
+            allocation.state = TaskState::Staging;
+            allocation.desired_running = true;
+            allocation.services.clear();
+            self.workload
+                .tasks
+                .insert(allocation.id.clone(), allocation);
+        }
+        (Outcome::Done, touched_workload(false))
+    }
+
+    fn stop_tasks(&mut self, ids: &[String], scale: bool, reason: &str) -> (Outcome, Touched) {
+        let mut found = 0;
+        for id in ids {
+            let Some(task) = self.workload.tasks.get_mut(id) else {
+                continue;
+            };
+            found += 1;
+            if !task.desired_running {
+                continue;
+            }
+            task.desired_running = false;
+            task.message = reason.to_string();
+            if scale {
+                if let Some(app) = self.workload.apps.get_mut(&task.app_id) {
+                    app.instances = app.instances.saturating_sub(1);
+                    app.definition["instances"] = serde_json::Value::from(app.instances);
+                }
+            }
+        }
+        if found == 0 {
+            return (
+                Outcome::Rejected(Rejection::NotFound(format!("Task(s) {ids:?} not found"))),
+                Touched::default(),
+            );
+        }
+        (Outcome::Done, touched_workload(false))
+    }
+
+    fn update_task(
+        &mut self,
+        index: u64,
+        id: &str,
+        state: TaskState,
+        message: &str,
+        at: &str,
+        services: &[(crate::command::ServiceSpec, Vec<crate::command::CheckSpec>)],
+    ) -> (Outcome, Touched) {
+        let Some(task) = self.workload.tasks.get(id).cloned() else {
+            // A late report about a task already gone: nothing to do.
+            return (Outcome::Done, Touched::default());
+        };
+        if task.state == state && task.message == message {
+            return (Outcome::Done, Touched::default());
+        }
+        let mut catalog = false;
+        if state.is_terminal() {
+            for service_id in &task.services {
+                self.remove_service(index, &task.node, service_id);
+                catalog = true;
+            }
+            if matches!(state, TaskState::Failed | TaskState::Lost)
+                || (state == TaskState::Finished && task.desired_running)
+            {
+                self.workload.last_failures.insert(
+                    task.app_id.clone(),
+                    TaskFailure {
+                        task_id: task.id.clone(),
+                        state,
+                        message: message.to_string(),
+                        host: task.node.clone(),
+                        timestamp: at.to_string(),
+                        version: task.app_version.clone(),
+                    },
+                );
+            }
+            self.workload.tasks.remove(id);
+            return (Outcome::Done, touched_workload(catalog));
+        }
+        let mut updated = task.clone();
+        if state == TaskState::Running
+            && task.state != TaskState::Running
+            && task.desired_running
+            && self.nodes.contains_key(&task.node)
+        {
+            for (service, checks) in services {
+                let instance = crate::model::ServiceInstance {
+                    node: task.node.clone(),
+                    id: service.id.clone(),
+                    name: service.name.clone(),
+                    tags: service.tags.clone(),
+                    address: service.address.clone(),
+                    port: service.port,
+                    meta: service.meta.clone(),
+                    enable_tag_override: false,
+                    create_index: index,
+                    modify_index: index,
+                };
+                self.upsert_service(index, instance);
+                for check in checks {
+                    self.upsert_check(index, &task.node, check);
+                }
+                updated.services.push(service.id.clone());
+                catalog = true;
+            }
+            updated.started_at = Some(at.to_string());
+        }
+        updated.state = state;
+        updated.message = message.to_string();
+        updated.modify_index = index;
+        self.workload.tasks.insert(id.to_string(), updated);
+        (Outcome::Done, touched_workload(catalog))
+    }
+}
