@@ -20,6 +20,9 @@ pub(crate) const KEY_NODE_ID: &str = "node_id";
 pub(crate) const KEY_SNAPSHOT_META: &str = "snapshot_meta";
 pub(crate) const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
 
+/// redb page cache size.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
 /// Errors of the storage layer, with the redb error as text.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -47,7 +50,11 @@ from_redb!(
 pub(crate) fn open(dir: &Path) -> Result<Arc<Database>, StorageFailure> {
     std::fs::create_dir_all(dir)
         .map_err(|e| StorageFailure(format!("cannot create data dir {}: {e}", dir.display())))?;
-    let db = Database::create(dir.join("atoll.redb"))?;
+    // redb's default cache is sized for large databases; atoll's state lives in memory and
+    // the file is mostly log appends, so a small cache keeps the resident size small.
+    let db = redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(dir.join("atoll.redb"))?;
     let txn = db.begin_write()?;
     {
         txn.open_table(LOG)?;
