@@ -5,6 +5,7 @@
 pub mod consul;
 pub mod decode;
 pub mod error;
+pub mod marathon;
 pub mod query;
 
 use std::sync::Arc;
@@ -30,17 +31,39 @@ pub struct ApiContext {
 struct ContextInner {
     agent: Agent,
     version: String,
+    events: marathon::events::EventBus,
+    queue: PlacementQueue,
 }
+
+/// Instances the scheduler could not place, per app, with the reasons (filled on the leader).
+pub type PlacementQueue =
+    Arc<std::sync::Mutex<std::collections::BTreeMap<String, (u32, Vec<String>)>>>;
 
 impl ApiContext {
     /// A context over the local agent.
-    pub fn new(agent: Agent, version: impl Into<String>) -> Self {
+    pub fn new(agent: Agent, version: impl Into<String>, queue: PlacementQueue) -> Self {
         ApiContext {
             inner: Arc::new(ContextInner {
                 agent,
                 version: version.into(),
+                events: marathon::events::bus(),
+                queue,
             }),
         }
+    }
+
+    /// Marathon's event bus.
+    pub fn events(&self) -> &marathon::events::EventBus {
+        &self.inner.events
+    }
+
+    /// A copy of the current placement queue.
+    pub fn placement_queue(&self) -> std::collections::BTreeMap<String, (u32, Vec<String>)> {
+        self.inner
+            .queue
+            .lock()
+            .map(|q| q.clone())
+            .unwrap_or_default()
     }
 
     /// The local agent.
@@ -76,11 +99,13 @@ impl ApiContext {
 
 /// The whole HTTP API.
 pub fn router(context: ApiContext) -> Router {
+    tokio::spawn(marathon::events::feed(context.clone()));
     consul::routes()
         .layer(axum::middleware::from_fn_with_state(
             context.clone(),
             consul_headers,
         ))
+        .merge(marathon::routes::routes())
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(context)
 }

@@ -42,7 +42,7 @@ async fn api() -> (Router, ApiContext, tempfile::TempDir) {
     )
     .await
     .unwrap();
-    let context = ApiContext::new(agent, "test");
+    let context = ApiContext::new(agent, "test", Default::default());
     (router(context.clone()), context, dir)
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
@@ -12,12 +12,26 @@ use serde_json::Value;
 use crate::config::ClientArgs;
 
 async fn request(args: &ClientArgs, method: &str, path: &str) -> anyhow::Result<Value> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    request_with_body(args, method, path, None)
+        .await
+        .map(|(_, value)| value)
+}
+
+/// Sends a request (with an optional JSON body); answers the status and the JSON body, or an
+/// error carrying the server's message for 4xx/5xx.
+pub async fn request_with_body(
+    args: &ClientArgs,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<(u16, Value)> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let url = format!("http://{}{path}", args.http_addr);
     let request = hyper::Request::builder()
         .method(method)
         .uri(&url)
-        .body(Empty::new())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| anyhow!("invalid address {:?}: {e}", args.http_addr))?;
     let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
         .await
@@ -37,19 +51,64 @@ async fn request(args: &ClientArgs, method: &str, path: &str) -> anyhow::Result<
         .to_bytes();
     if !status.is_success() {
         let text = String::from_utf8_lossy(&body);
-        let message = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+        let parsed = serde_json::from_slice::<Value>(&body).ok();
+        let mut message = parsed
+            .as_ref()
+            .and_then(|v| {
+                v.get("error")
+                    .or_else(|| v.get("message"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
             .unwrap_or_else(|| text.trim().to_string());
-        bail!("{status}: {message}");
+        for detail in parsed
+            .as_ref()
+            .and_then(|v| v.get("details"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let path = detail
+                .get("path")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            for error in detail
+                .get("errors")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                message.push_str(&format!(
+                    "\n  {path}: {}",
+                    error.as_str().unwrap_or_default()
+                ));
+            }
+        }
+        return Err(HttpFailure {
+            status: status.as_u16(),
+            message,
+        }
+        .into());
     }
     if body.is_empty() {
-        return Ok(Value::Null);
+        return Ok((status.as_u16(), Value::Null));
     }
-    serde_json::from_slice(&body).context("the agent answered something that is not JSON")
+    let value = serde_json::from_slice(&body)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&body).into_owned()));
+    Ok((status.as_u16(), value))
 }
 
-fn print_table(rows: Vec<Vec<String>>) {
+/// A 4xx/5xx answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct HttpFailure {
+    /// HTTP status.
+    pub status: u16,
+    /// The server's message.
+    pub message: String,
+}
+
+pub fn print_table(rows: Vec<Vec<String>>) {
     let columns = rows.first().map(Vec::len).unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
@@ -64,7 +123,7 @@ fn print_table(rows: Vec<Vec<String>>) {
     }
 }
 
-fn text(value: &Value, key: &str) -> String {
+pub fn text(value: &Value, key: &str) -> String {
     match value.get(key) {
         Some(Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),

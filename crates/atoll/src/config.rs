@@ -38,10 +38,84 @@ pub enum CommandLine {
     },
     /// Make the local agent leave the cluster gracefully and stop.
     Leave(ClientArgs),
+    /// Deploy and manage apps (Marathon's model).
+    App {
+        /// App subcommand.
+        #[command(subcommand)]
+        command: AppCommand,
+    },
     /// Remove a failed node from the cluster.
     ForceLeave {
         /// The node's name.
         node: String,
+        /// Common flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Seconds a command follows a deployment before giving up.
+const DEFAULT_FOLLOW: u64 = 300;
+
+/// `atoll app ...`.
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Create or update an app from a Marathon JSON file and follow the deployment.
+    Deploy {
+        /// The app definition.
+        file: PathBuf,
+        /// Give up following after this many seconds.
+        #[arg(long, default_value_t = DEFAULT_FOLLOW)]
+        timeout: u64,
+        /// Common flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List apps.
+    List {
+        /// Common flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one app and its tasks.
+    Show {
+        /// App id.
+        id: String,
+        /// Common flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change the number of instances.
+    Scale {
+        /// App id.
+        id: String,
+        /// Wanted instances.
+        instances: u32,
+        /// Give up following after this many seconds.
+        #[arg(long, default_value_t = DEFAULT_FOLLOW)]
+        timeout: u64,
+        /// Common flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Replace every instance, honouring the upgrade strategy.
+    Restart {
+        /// App id.
+        id: String,
+        /// Give up following after this many seconds.
+        #[arg(long, default_value_t = DEFAULT_FOLLOW)]
+        timeout: u64,
+        /// Common flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop every instance and remove the app.
+    Destroy {
+        /// App id.
+        id: String,
+        /// Give up following after this many seconds.
+        #[arg(long, default_value_t = DEFAULT_FOLLOW)]
+        timeout: u64,
         /// Common flags.
         #[command(flatten)]
         client: ClientArgs,

@@ -2,6 +2,7 @@
 //! server or client of a cluster; the other subcommands talk to a running agent.
 #![forbid(unsafe_code)]
 
+mod app_cli;
 mod cli;
 mod config;
 
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
                     },
             } => cli::list_peers(&args).await,
             CommandLine::Leave(args) => cli::leave(&args).await,
+            CommandLine::App { command } => app_cli::run(command).await,
             CommandLine::ForceLeave { node, client } => cli::force_leave(&client, &node).await,
         }
     });
@@ -188,7 +190,32 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     .context("cannot register this node")?;
     dns.start(tokio::runtime::Handle::current())
         .context("cannot start DNS")?;
-    let router = atoll_api::router(ApiContext::new(agent.clone(), env!("CARGO_PKG_VERSION")));
+    let queue: atoll_api::PlacementQueue = Default::default();
+    if server {
+        tokio::spawn(atoll_workload::leader::run(
+            consensus.clone(),
+            queue.clone(),
+        ));
+    }
+    // Dev nodes and clients run workloads; servers only control them.
+    if !matches!(settings.role, Role::Server { .. }) {
+        let drivers = atoll_workload::Drivers::detect(&data_dir, &settings.node).await;
+        tokio::spawn(atoll_workload::node::run(
+            consensus.clone(),
+            atoll_workload::node::NodeRunnerConfig {
+                node: settings.node.clone(),
+                address: settings.bind.to_string(),
+                attributes: settings.node_meta.clone(),
+                port_range: atoll_workload::node::DEFAULT_PORT_RANGE,
+            },
+            drivers,
+        ));
+    }
+    let router = atoll_api::router(ApiContext::new(
+        agent.clone(),
+        env!("CARGO_PKG_VERSION"),
+        queue,
+    ));
 
     let role = match settings.role {
         Role::Dev => "atoll dev",

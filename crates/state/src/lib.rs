@@ -22,9 +22,10 @@ pub use model::{
 pub use state::{aggregate_status, State, TableIndexes, Touched};
 pub use store::{Store, Table};
 pub use workload::{
-    Allocation, AppSpec, Constraint, ConstraintOperator, DockerNetwork, HealthCheckSpec,
-    HealthProtocol, PortSpec, Runtime, TaskState, UpgradeStrategy,
+    Allocation, AppSpec, ComputeNode, Constraint, ConstraintOperator, Deployment, DockerNetwork,
+    HealthCheckSpec, HealthProtocol, PortSpec, Runtime, TaskFailure, TaskState, UpgradeStrategy,
 };
+pub use workload_apply::WorkloadTables;
 
 #[cfg(test)]
 mod tests;

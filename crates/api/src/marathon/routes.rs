@@ -1,0 +1,751 @@
+//! Marathon's REST API (`/v2/...`, `/ping`), over the workload tables.
+
+use std::collections::BTreeMap;
+
+use atoll_state::{Allocation, AppSpec, Command, Deployment, State as Tables};
+use atoll_workload::{now_rfc3339, task_healthy};
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::wire::{app_json, parse_app, task_json};
+use crate::query::Query;
+use crate::ApiContext;
+
+/// A Marathon-shaped error: `{"message": ...}` with a status.
+pub struct MarathonError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl MarathonError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        MarathonError {
+            status,
+            body: json!({ "message": message.into() }),
+        }
+    }
+
+    fn app_missing(id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("App '{id}' does not exist"))
+    }
+}
+
+impl IntoResponse for MarathonError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<atoll_raft::ConsensusError> for MarathonError {
+    fn from(e: atoll_raft::ConsensusError) -> Self {
+        MarathonError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, MarathonError>;
+
+/// Routes of the Marathon API.
+pub fn routes() -> Router<ApiContext> {
+    Router::new()
+        .route(
+            "/ping",
+            get(|| async { ([(header::CONTENT_TYPE, "text/plain")], "pong") }),
+        )
+        .route("/v2/info", get(info))
+        .route("/v2/leader", get(leader))
+        .route("/v2/apps", get(list_apps).post(create_app))
+        .route("/v2/apps/", get(list_apps).post(create_app))
+        .route(
+            "/v2/apps/{*rest}",
+            get(app_get).put(app_put).delete(app_delete).post(app_post),
+        )
+        .route("/v2/tasks", get(all_tasks))
+        .route("/v2/tasks/delete", post(delete_tasks))
+        .route("/v2/deployments", get(deployments))
+        .route(
+            "/v2/deployments/{id}",
+            get(deployment).delete(cancel_deployment),
+        )
+        .route("/v2/queue", get(queue))
+        .route("/v2/events", get(super::events::stream))
+}
+
+fn normalize_id(raw: &str) -> String {
+    format!("/{}", raw.trim_matches('/'))
+}
+
+/// Splits `/v2/apps/{rest}` into the app id and what follows it.
+enum AppPath {
+    App(String),
+    Versions(String),
+    Version(String, String),
+    Tasks(String),
+    Task(String, String),
+    Restart(String),
+}
+
+fn parse_app_path(rest: &str) -> AppPath {
+    let parts: Vec<&str> = rest.trim_matches('/').split('/').collect();
+    let n = parts.len();
+    let id = |upto: usize| normalize_id(&parts[..upto].join("/"));
+    if n >= 2 && parts[n - 1] == "versions" {
+        return AppPath::Versions(id(n - 1));
+    }
+    if n >= 3 && parts[n - 2] == "versions" {
+        return AppPath::Version(id(n - 2), parts[n - 1].to_string());
+    }
+    if n >= 2 && parts[n - 1] == "tasks" {
+        return AppPath::Tasks(id(n - 1));
+    }
+    if n >= 3 && parts[n - 2] == "tasks" {
+        return AppPath::Task(id(n - 2), parts[n - 1].to_string());
+    }
+    if n >= 2 && parts[n - 1] == "restart" {
+        return AppPath::Restart(id(n - 1));
+    }
+    AppPath::App(normalize_id(rest))
+}
+
+fn new_deployment_id() -> String {
+    let v: u128 = rand::random();
+    let hex = format!("{v:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+fn deployment_for(app_id: &str, version: &str, action: &str) -> Deployment {
+    Deployment {
+        id: new_deployment_id(),
+        app_id: app_id.to_string(),
+        version: version.to_string(),
+        action: action.to_string(),
+        create_index: 0,
+    }
+}
+
+/// Host address of a node, for task JSON.
+fn host_of(state: &Tables, node: &str) -> String {
+    state
+        .nodes
+        .get(node)
+        .map(|n| n.address.clone())
+        .unwrap_or_else(|| node.to_string())
+}
+
+fn health_of(state: &Tables, task: &Allocation, app: Option<&AppSpec>) -> Vec<bool> {
+    match app {
+        Some(app)
+            if !app.health_checks.is_empty() && task.state == atoll_state::TaskState::Running =>
+        {
+            vec![task_healthy(state, task)]
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn render_task(state: &Tables, task: &Allocation) -> Value {
+    let app = state.workload.apps.get(&task.app_id);
+    task_json(
+        task,
+        &host_of(state, &task.node),
+        &health_of(state, task, app),
+    )
+}
+
+fn render_app(state: &Tables, app: &AppSpec, embed_tasks: bool) -> Value {
+    let tasks: Vec<Allocation> = state.workload.tasks_of(&app.id).cloned().collect();
+    let deployments: Vec<Value> = state
+        .workload
+        .deployments
+        .values()
+        .filter(|d| d.app_id == app.id)
+        .map(|d| json!({ "id": d.id }))
+        .collect();
+    let failure = state.workload.last_failures.get(&app.id).map(|f| {
+        json!({
+            "appId": app.id,
+            "host": host_of(state, &f.host),
+            "message": f.message,
+            "state": f.state.mesos_name(),
+            "taskId": f.task_id,
+            "timestamp": f.timestamp,
+            "version": f.version,
+        })
+    });
+    let hosts = |node: &str| host_of(state, node);
+    let healthy = |task: &Allocation| -> Option<bool> {
+        if app.health_checks.is_empty() {
+            None
+        } else {
+            Some(task_healthy(state, task))
+        }
+    };
+    let mut rendered = app_json(app, &tasks, &hosts, &healthy, &deployments, failure, false);
+    if embed_tasks {
+        rendered["tasks"] = Value::Array(tasks.iter().map(|t| render_task(state, t)).collect());
+    }
+    rendered
+}
+
+async fn info(State(context): State<ApiContext>) -> Json<Value> {
+    let leader = leader_http(&context);
+    Json(json!({
+        "name": "marathon",
+        "version": "1.10.0",
+        "buildref": format!("atoll {}", context.version()),
+        "elected": context.consensus().is_leader(),
+        "leader": leader,
+        "frameworkId": format!("atoll-{}", context.datacenter()),
+        "marathon_config": {
+            "hostname": context.node(),
+            "framework_name": "marathon",
+            "local_port_min": atoll_workload::node::DEFAULT_PORT_RANGE.0,
+            "local_port_max": atoll_workload::node::DEFAULT_PORT_RANGE.1,
+        },
+        "http_config": { "http_port": 8080 },
+    }))
+}
+
+fn leader_http(context: &ApiContext) -> Option<String> {
+    context.consensus().leader_member().map(|m| m.http_addr)
+}
+
+async fn leader(State(context): State<ApiContext>) -> Result<Json<Value>> {
+    match leader_http(&context) {
+        Some(leader) => Ok(Json(json!({ "leader": leader }))),
+        None => Err(MarathonError::new(
+            StatusCode::NOT_FOUND,
+            "There is no leader",
+        )),
+    }
+}
+
+async fn list_apps(State(context): State<ApiContext>, RawQuery(raw): RawQuery) -> Json<Value> {
+    let query = Query::parse(raw.as_deref());
+    let embed = query.all("embed").iter().any(|e| e.contains("tasks"));
+    let filter_id = query.get("id").map(str::to_string);
+    let label = query.get("label").map(str::to_string);
+    let apps = context.store().read(|state| {
+        state
+            .workload
+            .apps
+            .values()
+            .filter(|a| filter_id.as_deref().is_none_or(|f| a.id.contains(f)))
+            .filter(|a| {
+                label.as_deref().is_none_or(|l| match l.split_once("==") {
+                    Some((k, v)) => a.labels.get(k.trim()).map(String::as_str) == Some(v.trim()),
+                    None => a.labels.contains_key(l.trim()),
+                })
+            })
+            .map(|a| render_app(state, a, embed))
+            .collect::<Vec<_>>()
+    });
+    Json(json!({ "apps": apps }))
+}
+
+fn validation_error(error: super::wire::ValidationError) -> MarathonError {
+    MarathonError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        body: error.to_json(),
+    }
+}
+
+async fn write(context: &ApiContext, command: Command) -> Result<()> {
+    match context.consensus().write(command).await? {
+        (atoll_state::Outcome::Rejected(atoll_state::Rejection::NotFound(m)), _) => {
+            Err(MarathonError::new(StatusCode::NOT_FOUND, m))
+        }
+        (atoll_state::Outcome::Rejected(atoll_state::Rejection::Invalid(m)), _) => {
+            Err(MarathonError::new(StatusCode::UNPROCESSABLE_ENTITY, m))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn create_app(State(context): State<ApiContext>, body: Bytes) -> Result<Response> {
+    let app = parse_app(&body, &now_rfc3339(), None).map_err(validation_error)?;
+    if context
+        .store()
+        .read(|s| s.workload.apps.contains_key(&app.id))
+    {
+        return Err(MarathonError::new(
+            StatusCode::CONFLICT,
+            format!("An app with id [{}] already exists.", app.id),
+        ));
+    }
+    let deployment = deployment_for(&app.id, &app.version, "StartApplication");
+    let id = app.id.clone();
+    write(
+        &context,
+        Command::PutApp {
+            app: Box::new(app),
+            deployment: Some(deployment),
+        },
+    )
+    .await?;
+    let rendered = context
+        .store()
+        .read(|s| s.workload.apps.get(&id).map(|a| render_app(s, a, false)))
+        .unwrap_or(Value::Null);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/v2/apps{id}"))],
+        Json(rendered),
+    )
+        .into_response())
+}
+
+async fn app_get(
+    State(context): State<ApiContext>,
+    Path(rest): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response> {
+    let _ = raw;
+    match parse_app_path(&rest) {
+        AppPath::App(id) => context
+            .store()
+            .read(|s| s.workload.apps.get(&id).map(|a| render_app(s, a, true)))
+            .map(|app| Json(json!({ "app": app })).into_response())
+            .ok_or_else(|| MarathonError::app_missing(&id)),
+        AppPath::Versions(id) => context
+            .store()
+            .read(|s| {
+                s.workload.history.get(&id).map(|h| {
+                    h.iter()
+                        .rev()
+                        .map(|a| a.version.clone())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .map(|versions| Json(json!({ "versions": versions })).into_response())
+            .ok_or_else(|| MarathonError::app_missing(&id)),
+        AppPath::Version(id, version) => context
+            .store()
+            .read(|s| {
+                s.workload.history.get(&id).and_then(|h| {
+                    h.iter()
+                        .find(|a| a.version == version)
+                        .map(|a| a.definition.clone())
+                })
+            })
+            .map(|definition| Json(definition).into_response())
+            .ok_or_else(|| {
+                MarathonError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("App '{id}' does not exist in version {version}"),
+                )
+            }),
+        AppPath::Tasks(id) => context
+            .store()
+            .read(|s| {
+                s.workload.apps.contains_key(&id).then(|| {
+                    s.workload
+                        .tasks_of(&id)
+                        .map(|t| render_task(s, t))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .map(|tasks| Json(json!({ "tasks": tasks })).into_response())
+            .ok_or_else(|| MarathonError::app_missing(&id)),
+        AppPath::Task(id, task) => context
+            .store()
+            .read(|s| {
+                s.workload
+                    .tasks
+                    .get(&task)
+                    .filter(|t| t.app_id == id)
+                    .map(|t| render_task(s, t))
+            })
+            .map(|task| Json(json!({ "task": task })).into_response())
+            .ok_or_else(|| {
+                MarathonError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("Task '{task}' does not exist"),
+                )
+            }),
+        AppPath::Restart(id) => Err(MarathonError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("use POST /v2/apps{id}/restart"),
+        )),
+    }
+}
+
+fn locked_by(state: &Tables, app_id: &str) -> Vec<String> {
+    state
+        .workload
+        .deployments
+        .values()
+        .filter(|d| d.app_id == app_id)
+        .map(|d| d.id.clone())
+        .collect()
+}
+
+fn locked_error(ids: Vec<String>) -> MarathonError {
+    let first = ids.first().cloned().unwrap_or_default();
+    MarathonError {
+        status: StatusCode::CONFLICT,
+        body: json!({
+            "message": format!("App is locked by one or more deployments. Override with the option '?force=true'. View details at '/v2/deployments/{first}'."),
+            "deployments": ids.iter().map(|id| json!({ "id": id })).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+fn deployment_answer(status: StatusCode, version: &str, deployment: &str) -> Response {
+    (
+        status,
+        Json(json!({ "version": version, "deploymentId": deployment })),
+    )
+        .into_response()
+}
+
+async fn app_put(
+    State(context): State<ApiContext>,
+    Path(rest): Path<String>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response> {
+    let AppPath::App(id) = parse_app_path(&rest) else {
+        return Err(MarathonError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "PUT is only for /v2/apps/{id}",
+        ));
+    };
+    let query = Query::parse(raw.as_deref());
+    let force = query.flag("force");
+    let (base, locks) = context
+        .store()
+        .read(|s| (s.workload.apps.get(&id).cloned(), locked_by(s, &id)));
+    if !locks.is_empty() && !force {
+        return Err(locked_error(locks));
+    }
+    // The path names the app; a body without an id updates that one.
+    let mut body_value: Value = serde_json::from_slice(&body).map_err(|e| MarathonError {
+        status: StatusCode::BAD_REQUEST,
+        body: json!({ "message": format!("Invalid JSON: {e}") }),
+    })?;
+    if let Some(object) = body_value.as_object_mut() {
+        object.insert("id".into(), Value::String(id.clone()));
+    }
+    let body = serde_json::to_vec(&body_value).unwrap_or_default();
+    let mut app = parse_app(&body, &now_rfc3339(), base.as_ref()).map_err(validation_error)?;
+    // A change of `instances` alone is a scale: same version, so no task restarts.
+    let scale_only = base.as_ref().is_some_and(|b| {
+        let mut same = app.clone();
+        same.instances = b.instances;
+        same.version = b.version.clone();
+        same.definition = b.definition.clone();
+        let mut base = b.clone();
+        base.definition = b.definition.clone();
+        same == base
+    });
+    if let (true, Some(b)) = (scale_only, base.as_ref()) {
+        app.version = b.version.clone();
+        app.definition["version"] = Value::String(b.version.clone());
+    }
+    let action = match (&base, scale_only) {
+        (None, _) => "StartApplication",
+        (Some(_), true) => "ScaleApplication",
+        (Some(_), false) => "RestartApplication",
+    };
+    let deployment = deployment_for(&app.id, &app.version, action);
+    let (version, deployment_id) = (app.version.clone(), deployment.id.clone());
+    let created = base.is_none();
+    write(
+        &context,
+        Command::PutApp {
+            app: Box::new(app),
+            deployment: Some(deployment),
+        },
+    )
+    .await?;
+    Ok(deployment_answer(
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        &version,
+        &deployment_id,
+    ))
+}
+
+async fn app_delete(
+    State(context): State<ApiContext>,
+    Path(rest): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response> {
+    let query = Query::parse(raw.as_deref());
+    match parse_app_path(&rest) {
+        AppPath::App(id) => {
+            let locks = context.store().read(|s| locked_by(s, &id));
+            if !locks.is_empty() && !query.flag("force") {
+                return Err(locked_error(locks));
+            }
+            let version = now_rfc3339();
+            let deployment = deployment_for(&id, &version, "StopApplication");
+            let deployment_id = deployment.id.clone();
+            write(
+                &context,
+                Command::DeleteApp {
+                    app_id: id,
+                    deployment: Some(deployment),
+                },
+            )
+            .await?;
+            Ok(deployment_answer(StatusCode::OK, &version, &deployment_id))
+        }
+        AppPath::Task(id, task) => kill_tasks(&context, &id, vec![task], query.flag("scale")).await,
+        AppPath::Tasks(id) => {
+            let host = query.get("host").map(str::to_string);
+            let ids: Vec<String> = context.store().read(|s| {
+                s.workload
+                    .tasks_of(&id)
+                    .filter(|t| {
+                        host.as_deref()
+                            .is_none_or(|h| host_of(s, &t.node) == h || t.node == h)
+                    })
+                    .map(|t| t.id.clone())
+                    .collect()
+            });
+            if ids.is_empty() {
+                return Ok(Json(json!({ "tasks": [] })).into_response());
+            }
+            kill_tasks(&context, &id, ids, query.flag("scale")).await
+        }
+        _ => Err(MarathonError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "DELETE is not supported here",
+        )),
+    }
+}
+
+async fn kill_tasks(
+    context: &ApiContext,
+    app_id: &str,
+    ids: Vec<String>,
+    scale: bool,
+) -> Result<Response> {
+    let (exists, rendered) = context.store().read(|s| {
+        (
+            s.workload.apps.contains_key(app_id),
+            ids.iter()
+                .filter_map(|id| s.workload.tasks.get(id).map(|t| render_task(s, t)))
+                .collect::<Vec<_>>(),
+        )
+    });
+    if !exists {
+        return Err(MarathonError::app_missing(app_id));
+    }
+    if rendered.is_empty() {
+        return Err(MarathonError::new(
+            StatusCode::NOT_FOUND,
+            format!("Task '{}' does not exist", ids.join(",")),
+        ));
+    }
+    write(
+        context,
+        Command::StopTasks {
+            ids: ids.clone(),
+            scale,
+            reason: "killed on request".into(),
+        },
+    )
+    .await?;
+    if scale {
+        let version = context
+            .store()
+            .read(|s| s.workload.apps.get(app_id).map(|a| a.version.clone()))
+            .unwrap_or_default();
+        return Ok(deployment_answer(
+            StatusCode::OK,
+            &version,
+            &new_deployment_id(),
+        ));
+    }
+    if rendered.len() == 1 && ids.len() == 1 {
+        return Ok(Json(json!({ "task": rendered[0] })).into_response());
+    }
+    Ok(Json(json!({ "tasks": rendered })).into_response())
+}
+
+async fn app_post(
+    State(context): State<ApiContext>,
+    Path(rest): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response> {
+    let AppPath::Restart(id) = parse_app_path(&rest) else {
+        return Err(MarathonError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST is only for /v2/apps and /v2/apps/{id}/restart",
+        ));
+    };
+    let query = Query::parse(raw.as_deref());
+    let (base, locks) = context
+        .store()
+        .read(|s| (s.workload.apps.get(&id).cloned(), locked_by(s, &id)));
+    let Some(mut app) = base else {
+        return Err(MarathonError::app_missing(&id));
+    };
+    if !locks.is_empty() && !query.flag("force") {
+        return Err(locked_error(locks));
+    }
+    // A restart is a new version of the same definition: a rolling replacement.
+    app.version = now_rfc3339();
+    app.definition["version"] = Value::String(app.version.clone());
+    let deployment = deployment_for(&id, &app.version, "RestartApplication");
+    let (version, deployment_id) = (app.version.clone(), deployment.id.clone());
+    write(
+        &context,
+        Command::PutApp {
+            app: Box::new(app),
+            deployment: Some(deployment),
+        },
+    )
+    .await?;
+    Ok(deployment_answer(StatusCode::OK, &version, &deployment_id))
+}
+
+async fn all_tasks(State(context): State<ApiContext>) -> Json<Value> {
+    let tasks = context.store().read(|s| {
+        s.workload
+            .tasks
+            .values()
+            .map(|t| render_task(s, t))
+            .collect::<Vec<_>>()
+    });
+    Json(json!({ "tasks": tasks }))
+}
+
+async fn delete_tasks(
+    State(context): State<ApiContext>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response> {
+    let query = Query::parse(raw.as_deref());
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| MarathonError::new(StatusCode::BAD_REQUEST, format!("Invalid JSON: {e}")))?;
+    let Some(ids) = value.get("ids").and_then(Value::as_array) else {
+        return Err(MarathonError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: json!({ "message": "Object is not valid", "details": [{ "path": "/ids", "errors": ["ids must be a list of task ids"] }] }),
+        });
+    };
+    let ids: Vec<String> = ids
+        .iter()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect();
+    write(
+        &context,
+        Command::StopTasks {
+            ids,
+            scale: query.flag("scale"),
+            reason: "killed on request".into(),
+        },
+    )
+    .await?;
+    Ok(
+        Json(json!({ "version": now_rfc3339(), "deploymentId": new_deployment_id() }))
+            .into_response(),
+    )
+}
+
+fn render_deployment(state: &Tables, deployment: &Deployment) -> Value {
+    let action = json!({ "action": deployment.action, "app": deployment.app_id });
+    let _ = state;
+    json!({
+        "id": deployment.id,
+        "version": deployment.version,
+        "affectedApps": [deployment.app_id],
+        "steps": [{ "actions": [action.clone()] }],
+        "currentActions": [action],
+        "currentStep": 1,
+        "totalSteps": 1,
+    })
+}
+
+async fn deployments(State(context): State<ApiContext>) -> Json<Value> {
+    let list = context.store().read(|s| {
+        s.workload
+            .deployments
+            .values()
+            .map(|d| render_deployment(s, d))
+            .collect::<Vec<_>>()
+    });
+    Json(Value::Array(list))
+}
+
+async fn deployment(
+    State(context): State<ApiContext>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    context
+        .store()
+        .read(|s| {
+            s.workload
+                .deployments
+                .get(&id)
+                .map(|d| render_deployment(s, d))
+        })
+        .map(Json)
+        .ok_or_else(|| {
+            MarathonError::new(
+                StatusCode::NOT_FOUND,
+                format!("DeploymentPlan {id} does not exist"),
+            )
+        })
+}
+
+async fn cancel_deployment(
+    State(context): State<ApiContext>,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    let exists = context
+        .store()
+        .read(|s| s.workload.deployments.contains_key(&id));
+    if !exists {
+        return Err(MarathonError::new(
+            StatusCode::NOT_FOUND,
+            format!("DeploymentPlan {id} does not exist"),
+        ));
+    }
+    write(&context, Command::FinishDeployment { id: id.clone() }).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "version": now_rfc3339(), "deploymentId": id })),
+    )
+        .into_response())
+}
+
+async fn queue(State(context): State<ApiContext>) -> Json<Value> {
+    let waiting: BTreeMap<String, (u32, Vec<String>)> = context.placement_queue();
+    let items = context.store().read(|s| {
+        waiting
+            .iter()
+            .filter_map(|(app_id, (count, reasons))| {
+                let app = s.workload.apps.get(app_id)?;
+                Some(json!({
+                    "app": render_app(s, app, false),
+                    "count": count,
+                    "delay": { "timeLeftSeconds": 0, "overdue": true },
+                    "since": app.version,
+                    "processedOffersSummary": { "unusedOffersCount": 0, "rejectSummaryLastOffers": reasons },
+                    "lastUnusedOffers": [],
+                }))
+            })
+            .collect::<Vec<_>>()
+    });
+    Json(json!({ "queue": items }))
+}

@@ -1,0 +1,291 @@
+//! `atoll app ...`: deploy and manage apps through the Marathon API, for people.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::cli::{print_table, request_with_body, text, HttpFailure};
+use crate::config::{AppCommand, ClientArgs};
+
+/// How often progress is polled.
+const POLL: Duration = Duration::from_millis(300);
+
+/// Runs an `atoll app` subcommand.
+pub async fn run(command: AppCommand) -> anyhow::Result<()> {
+    match command {
+        AppCommand::Deploy {
+            file,
+            timeout,
+            client,
+        } => deploy(&client, &file, timeout).await,
+        AppCommand::List { client } => list(&client).await,
+        AppCommand::Show { id, client } => show(&client, &id).await,
+        AppCommand::Scale {
+            id,
+            instances,
+            timeout,
+            client,
+        } => {
+            let body = serde_json::to_vec(&json!({ "instances": instances }))?;
+            let (_, answer) = request_with_body(
+                &client,
+                "PUT",
+                &format!("/v2/apps{}", absolute(&id)),
+                Some(body),
+            )
+            .await?;
+            follow(&client, &absolute(&id), &answer, timeout, false).await
+        }
+        AppCommand::Restart {
+            id,
+            timeout,
+            client,
+        } => {
+            let (_, answer) = request_with_body(
+                &client,
+                "POST",
+                &format!("/v2/apps{}/restart", absolute(&id)),
+                None,
+            )
+            .await?;
+            follow(&client, &absolute(&id), &answer, timeout, false).await
+        }
+        AppCommand::Destroy {
+            id,
+            timeout,
+            client,
+        } => {
+            let (_, answer) = request_with_body(
+                &client,
+                "DELETE",
+                &format!("/v2/apps{}", absolute(&id)),
+                None,
+            )
+            .await?;
+            follow(&client, &absolute(&id), &answer, timeout, true).await
+        }
+    }
+}
+
+fn absolute(id: &str) -> String {
+    format!("/{}", id.trim_matches('/'))
+}
+
+async fn deploy(client: &ClientArgs, file: &std::path::Path, timeout: u64) -> anyhow::Result<()> {
+    let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let definition: Value = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not valid JSON", file.display()))?;
+    let id = definition
+        .get("id")
+        .and_then(Value::as_str)
+        .map(absolute)
+        .ok_or_else(|| anyhow!("{}: the app definition needs an \"id\"", file.display()))?;
+    let body = serde_json::to_vec(&definition)?;
+    let answer = match request_with_body(client, "POST", "/v2/apps", Some(body.clone())).await {
+        Ok((_, created)) => {
+            let deployment = created
+                .get("deployments")
+                .and_then(Value::as_array)
+                .and_then(|d| d.first())
+                .and_then(|d| d.get("id"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            json!({ "deploymentId": deployment, "version": created.get("version").cloned().unwrap_or(Value::Null) })
+        }
+        Err(e)
+            if e.downcast_ref::<HttpFailure>()
+                .is_some_and(|f| f.status == 409) =>
+        {
+            request_with_body(client, "PUT", &format!("/v2/apps{id}"), Some(body))
+                .await?
+                .1
+        }
+        Err(e) => return Err(e),
+    };
+    follow(client, &id, &answer, timeout, false).await
+}
+
+/// Shows progress until the deployment in `answer` is done; fails with the reason when a
+/// task of the new version fails or nothing can be placed.
+async fn follow(
+    client: &ClientArgs,
+    id: &str,
+    answer: &Value,
+    timeout: u64,
+    destroying: bool,
+) -> anyhow::Result<()> {
+    let deployment = answer
+        .get("deploymentId")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let version = answer
+        .get("version")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if client.json {
+        println!("{}", serde_json::to_string(answer)?);
+    } else {
+        println!("deployment {deployment} of {id} (version {version})");
+    }
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let mut last_line = String::new();
+    let mut unplaced_since: Option<Instant> = None;
+    loop {
+        let (_, deployments) = request_with_body(client, "GET", "/v2/deployments", None).await?;
+        let active = deployments.as_array().is_some_and(|list| {
+            list.iter()
+                .any(|d| d.get("id").and_then(Value::as_str) == Some(deployment.as_str()))
+        });
+        let app = match request_with_body(client, "GET", &format!("/v2/apps{id}"), None).await {
+            Ok((_, app)) => Some(app["app"].clone()),
+            Err(e)
+                if e.downcast_ref::<HttpFailure>()
+                    .is_some_and(|f| f.status == 404) =>
+            {
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let line = match &app {
+            Some(app) => format!(
+                "  {} running, {} healthy, {} staged of {} wanted",
+                app["tasksRunning"], app["tasksHealthy"], app["tasksStaged"], app["instances"]
+            ),
+            None => "  app removed".to_string(),
+        };
+        if line != last_line && !client.json {
+            println!("{line}");
+            last_line = line;
+        }
+        if !active && (!destroying || app.is_none()) {
+            if !client.json {
+                println!("deployment finished");
+            }
+            return Ok(());
+        }
+        if let Some(failure) = app
+            .as_ref()
+            .and_then(|a| a.get("lastTaskFailure"))
+            .filter(|f| !f.is_null())
+        {
+            if text(failure, "version") == version && !version.is_empty() {
+                bail!(
+                    "deployment failed: task {} {}: {}",
+                    text(failure, "taskId"),
+                    text(failure, "state"),
+                    text(failure, "message")
+                );
+            }
+        }
+        let (_, queue) = request_with_body(client, "GET", "/v2/queue", None).await?;
+        let waiting = queue["queue"].as_array().and_then(|items| {
+            items
+                .iter()
+                .find(|item| item["app"]["id"].as_str() == Some(id))
+                .cloned()
+        });
+        match waiting {
+            Some(item) => {
+                let since = *unplaced_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(5) {
+                    let reasons: Vec<String> = item["processedOffersSummary"]
+                        ["rejectSummaryLastOffers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|r| r.as_str().map(str::to_string))
+                        .collect();
+                    bail!(
+                        "deployment cannot progress: {} instance(s) cannot be placed: {}",
+                        item["count"],
+                        reasons.join("; ")
+                    );
+                }
+            }
+            None => unplaced_since = None,
+        }
+        if Instant::now() > deadline {
+            bail!("deployment {deployment} still running after {timeout}s (see `atoll app show {id}`)");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn list(client: &ClientArgs) -> anyhow::Result<()> {
+    let (_, apps) = request_with_body(client, "GET", "/v2/apps", None).await?;
+    if client.json {
+        println!("{}", serde_json::to_string_pretty(&apps)?);
+        return Ok(());
+    }
+    let mut rows = vec![vec![
+        "ID".into(),
+        "RUNNING".into(),
+        "HEALTHY".into(),
+        "CPUS".into(),
+        "MEM".into(),
+        "VERSION".into(),
+    ]];
+    for app in apps["apps"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            text(app, "id"),
+            format!("{}/{}", app["tasksRunning"], app["instances"]),
+            text(app, "tasksHealthy"),
+            text(app, "cpus"),
+            text(app, "mem"),
+            text(app, "version"),
+        ]);
+    }
+    print_table(rows);
+    Ok(())
+}
+
+async fn show(client: &ClientArgs, id: &str) -> anyhow::Result<()> {
+    let (_, answer) =
+        request_with_body(client, "GET", &format!("/v2/apps{}", absolute(id)), None).await?;
+    let app = &answer["app"];
+    if client.json {
+        println!("{}", serde_json::to_string_pretty(app)?);
+        return Ok(());
+    }
+    println!("id:        {}", text(app, "id"));
+    println!("version:   {}", text(app, "version"));
+    println!(
+        "instances: {} ({} running, {} healthy)",
+        app["instances"], app["tasksRunning"], app["tasksHealthy"]
+    );
+    if let Some(image) = app["container"]["docker"]["image"].as_str() {
+        println!("image:     {image}");
+    } else {
+        println!("cmd:       {}", text(app, "cmd"));
+    }
+    if let Some(failure) = app.get("lastTaskFailure").filter(|f| !f.is_null()) {
+        println!(
+            "last failure: {} {} {}",
+            text(failure, "taskId"),
+            text(failure, "state"),
+            text(failure, "message")
+        );
+    }
+    let mut rows = vec![vec![
+        "TASK".into(),
+        "HOST".into(),
+        "PORTS".into(),
+        "STATE".into(),
+        "STARTED".into(),
+    ]];
+    for task in app["tasks"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            text(task, "id"),
+            text(task, "host"),
+            task["ports"].to_string(),
+            text(task, "state"),
+            text(task, "startedAt"),
+        ]);
+    }
+    print_table(rows);
+    Ok(())
+}

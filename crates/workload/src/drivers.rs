@@ -1,0 +1,205 @@
+//! The node's drivers, and the translation from a placed task to a driver's task spec.
+
+use std::path::Path;
+use std::time::Duration;
+
+use atoll_driver::{Driver, ExecDriver, PortBinding, TaskEvent, TaskKind, TaskSpec};
+use atoll_state::{Allocation, AppSpec, DockerNetwork, Runtime};
+use tokio::sync::mpsc;
+
+use crate::node::Report;
+
+/// The drivers this node offers: `exec` always, `docker` when an engine answers.
+#[derive(Clone)]
+pub struct Drivers {
+    exec: Driver,
+    docker: Option<Driver>,
+}
+
+impl Drivers {
+    /// Sets up the exec driver under `data_dir` and connects to the Docker engine if present.
+    pub async fn detect(data_dir: &Path, node: &str) -> Drivers {
+        let exec = Driver::Exec(ExecDriver::new(data_dir.join("tasks")));
+        let docker = match atoll_driver::DockerDriver::connect(atoll_driver::DockerConfig {
+            node: Some(node.to_string()),
+            ..Default::default()
+        })
+        .await
+        {
+            Ok(driver) => Some(Driver::Docker(driver)),
+            Err(e) => {
+                tracing::info!(error = %e, "docker driver unavailable");
+                None
+            }
+        };
+        Drivers { exec, docker }
+    }
+
+    /// Names of the drivers offered, for the scheduler.
+    pub fn names(&self) -> Vec<String> {
+        let mut names = vec!["exec".to_string()];
+        if self.docker.is_some() {
+            names.push("docker".to_string());
+        }
+        names
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Driver> {
+        std::iter::once(&self.exec).chain(self.docker.iter())
+    }
+
+    fn for_runtime(&self, runtime: &Runtime) -> Option<&Driver> {
+        match runtime {
+            Runtime::Exec { .. } => Some(&self.exec),
+            Runtime::Docker { .. } => self.docker.as_ref(),
+        }
+    }
+
+    /// Ids of the tasks the drivers are running now (re-adoption after a restart).
+    pub async fn running(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for driver in self.all() {
+            match driver.running().await {
+                Ok(tasks) => ids.extend(tasks.into_iter().map(|t| t.task_id)),
+                Err(e) => tracing::warn!(error = %e, "cannot list running tasks"),
+            }
+        }
+        ids
+    }
+
+    /// Forwards every driver's exit events as reports.
+    pub(crate) fn forward_exits(&self, reports: mpsc::UnboundedSender<Report>) {
+        for driver in self.all() {
+            let mut events = driver.events();
+            let reports = reports.clone();
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(TaskEvent::Exited {
+                            task_id,
+                            success,
+                            message,
+                        }) => {
+                            if reports
+                                .send(Report::Exited {
+                                    id: task_id,
+                                    success,
+                                    message,
+                                })
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Ok(TaskEvent::Running { .. }) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::warn!(
+                                missed,
+                                "driver events lagged; the runner re-checks running tasks"
+                            );
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+        }
+    }
+
+    /// Starts a task in the background; reports `Started` or `StartFailed`.
+    pub(crate) fn start(
+        &self,
+        app: &AppSpec,
+        task: &Allocation,
+        host: &str,
+        reports: mpsc::UnboundedSender<Report>,
+    ) {
+        let id = task.id.clone();
+        let Some(driver) = self.for_runtime(&app.runtime).cloned() else {
+            let _ = reports.send(Report::StartFailed {
+                id,
+                message: "no docker engine on this node".into(),
+            });
+            return;
+        };
+        let spec = task_spec(app, task, host);
+        tokio::spawn(async move {
+            let report = match driver.start(&spec).await {
+                Ok(()) => Report::Started { id },
+                Err(e) => Report::StartFailed {
+                    id,
+                    message: e.to_string(),
+                },
+            };
+            let _ = reports.send(report);
+        });
+    }
+
+    /// Stops a task in the background (with the driver of `runtime`, or whichever runs it);
+    /// reports `Stopped`.
+    pub(crate) fn stop(
+        &self,
+        runtime: Option<&Runtime>,
+        id: &str,
+        grace: Duration,
+        reports: mpsc::UnboundedSender<Report>,
+    ) {
+        let drivers: Vec<Driver> = match runtime.and_then(|r| self.for_runtime(r)) {
+            Some(driver) => vec![driver.clone()],
+            None => self.all().cloned().collect(),
+        };
+        let id = id.to_string();
+        tokio::spawn(async move {
+            for driver in drivers {
+                if let Err(e) = driver.stop(&id, grace).await {
+                    tracing::debug!(task = %id, error = %e, "stop");
+                }
+            }
+            let _ = reports.send(Report::Stopped { id });
+        });
+    }
+}
+
+/// The driver's view of a placed task.
+pub fn task_spec(app: &AppSpec, task: &Allocation, host: &str) -> TaskSpec {
+    let kind = match &app.runtime {
+        Runtime::Exec { cmd } => TaskKind::Exec { cmd: cmd.clone() },
+        Runtime::Docker {
+            image,
+            network,
+            cmd,
+            args,
+            force_pull,
+        } => TaskKind::Docker {
+            image: image.clone(),
+            network: match network {
+                DockerNetwork::Bridge => atoll_driver::DockerNetwork::Bridge,
+                DockerNetwork::Host => atoll_driver::DockerNetwork::Host,
+            },
+            cmd: cmd.clone(),
+            args: args.clone(),
+            force_pull: *force_pull,
+        },
+    };
+    TaskSpec {
+        task_id: task.id.clone(),
+        app_id: app.id.clone(),
+        app_version: app.version.clone(),
+        kind,
+        env: app.env.clone(),
+        labels: app.labels.clone(),
+        ports: app
+            .ports
+            .iter()
+            .zip(&task.ports)
+            .map(|(spec, host_port)| PortBinding {
+                host_port: *host_port,
+                container_port: spec.container_port,
+                protocol: spec.protocol.clone(),
+            })
+            .collect(),
+        cpus: app.cpus,
+        mem_mb: app.mem,
+        host: host.to_string(),
+        stop_grace: Duration::from_secs(5),
+    }
+}

@@ -1,0 +1,373 @@
+//! The control loop on the leader: keeps every app at its desired instances and version.
+//!
+//! Each round reads the state, decides (tasks lost with their node, tasks to start through
+//! the scheduler, extra or outdated tasks to stop within the upgrade strategy, finished
+//! deployments) and commits the decisions as Raft entries. Placements are re-checked at apply.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, SystemTime};
+
+use atoll_raft::Consensus;
+use atoll_scheduler as scheduler;
+use atoll_state::{
+    aggregate_status, Allocation, AppSpec, CheckStatus, Command, ConstraintOperator, State, Table,
+    TaskState, NODE_HEALTH_CHECK_ID,
+};
+use tokio::time::Instant;
+
+/// Rounds run at least this often (backoff expiry needs a clock tick).
+const ROUND: Duration = Duration::from_millis(500);
+
+/// Unplaced instances and why, per app, as last computed by the leader.
+pub type Queue = std::sync::Arc<std::sync::Mutex<BTreeMap<String, (u32, Vec<String>)>>>;
+
+/// Node attribute marking which drivers a node offers; apps are constrained to nodes
+/// offering theirs.
+const DRIVER_ATTRIBUTE: &str = "atoll.driver";
+
+/// Restart delay bookkeeping of one app.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    seen_failure: Option<String>,
+    until: Option<Instant>,
+}
+
+/// Current time as RFC 3339, for timestamps written into entries.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn new_task_id(app_id: &str) -> String {
+    let prefix = app_id.trim_start_matches('/').replace('/', "_");
+    format!("{prefix}.instance-{:016x}", rand::random::<u64>())
+}
+
+/// Whether a task counts as healthy: running, and every check of its services passing.
+pub fn task_healthy(state: &State, task: &Allocation) -> bool {
+    if task.state != TaskState::Running {
+        return false;
+    }
+    task.services.iter().all(|id| {
+        state
+            .service(&task.node, id)
+            .map(|s| aggregate_status(state.checks_for_instance(s)) == CheckStatus::Passing)
+            .unwrap_or(false)
+    })
+}
+
+fn node_failed(state: &State, node: &str) -> bool {
+    !state.nodes.contains_key(node)
+        || state
+            .checks_on_node(node)
+            .any(|c| c.check_id == NODE_HEALTH_CHECK_ID && c.status == CheckStatus::Critical)
+}
+
+/// Runs the control loop for as long as the process lives; acts only while leading.
+pub async fn run(consensus: Consensus, queue: Queue) {
+    let store = consensus.store().clone();
+    let mut workload = store.watch(Table::Workload);
+    let mut catalog = store.watch(Table::Catalog);
+    let mut backoffs: HashMap<String, Backoff> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = workload.changed() => {}
+            _ = catalog.changed() => {}
+            _ = tokio::time::sleep(ROUND) => {}
+        }
+        if !consensus.is_leader() {
+            continue;
+        }
+        let commands = store.read(|state| decide(state, &mut backoffs, &queue));
+        for command in commands {
+            if let Err(e) = consensus.write(command).await {
+                tracing::warn!(error = %e, "control loop write failed");
+                break;
+            }
+        }
+    }
+}
+
+fn decide(state: &State, backoffs: &mut HashMap<String, Backoff>, queue: &Queue) -> Vec<Command> {
+    let now = Instant::now();
+    let at = now_rfc3339();
+    let mut commands = Vec::new();
+    let tables = &state.workload;
+
+    // Tasks whose node is gone: lost (this also drops their services).
+    for task in tables.tasks.values() {
+        if node_failed(state, &task.node) {
+            commands.push(Command::UpdateTask {
+                id: task.id.clone(),
+                state: TaskState::Lost,
+                message: format!("node {} lost", task.node),
+                at: at.clone(),
+                services: vec![],
+            });
+        }
+    }
+    if !commands.is_empty() {
+        return commands;
+    }
+
+    let mut requests = Vec::new();
+    let mut stops: Vec<(String, String)> = Vec::new();
+    for app in tables.apps.values() {
+        let backoff = backoffs.entry(app.id.clone()).or_default();
+        if let Some(failure) = tables.last_failures.get(&app.id) {
+            if backoff.seen_failure.as_deref() != Some(failure.timestamp.as_str()) {
+                backoff.seen_failure = Some(failure.timestamp.clone());
+                backoff.failures += 1;
+                let delay = (app.backoff_seconds
+                    * app
+                        .backoff_factor
+                        .powi(backoff.failures.saturating_sub(1) as i32))
+                .min(app.max_launch_delay_seconds)
+                .max(0.0);
+                backoff.until = Some(now + Duration::from_secs_f64(delay));
+            }
+        }
+        let live: Vec<&Allocation> = tables
+            .tasks_of(&app.id)
+            .filter(|t| t.desired_running)
+            .collect();
+        let current: Vec<&Allocation> = live
+            .iter()
+            .copied()
+            .filter(|t| t.app_version == app.version)
+            .collect();
+        let old: Vec<&Allocation> = live
+            .iter()
+            .copied()
+            .filter(|t| t.app_version != app.version)
+            .collect();
+        let target = app.instances as usize;
+        if current.len() >= target
+            && current.iter().all(|t| task_healthy(state, t))
+            && !current.is_empty()
+        {
+            backoff.failures = 0;
+        }
+        let in_backoff = backoff.until.is_some_and(|until| until > now);
+        let mut to_start = 0usize;
+        if old.is_empty() {
+            if current.len() < target && !in_backoff {
+                to_start = target - current.len();
+            }
+            if current.len() > target {
+                let mut extra = current.clone();
+                extra.sort_by_key(|t| std::cmp::Reverse(t.create_index));
+                for task in extra.into_iter().take(current.len() - target) {
+                    stops.push((task.id.clone(), "scaled down".into()));
+                }
+            }
+        } else {
+            let strategy = app.upgrade_strategy;
+            let max_total =
+                target + (target as f64 * strategy.maximum_over_capacity).floor() as usize;
+            let min_healthy = (target as f64 * strategy.minimum_health_capacity).ceil() as usize;
+            if !in_backoff {
+                to_start = target
+                    .saturating_sub(current.len())
+                    .min(max_total.saturating_sub(live.len()));
+            }
+            let healthy = live.iter().filter(|t| task_healthy(state, t)).count();
+            let mut killable = healthy.saturating_sub(min_healthy);
+            let mut stopped = 0;
+            for task in &old {
+                // An unhealthy old task costs no capacity; a healthy one only while enough
+                // others stay healthy.
+                if task_healthy(state, task) {
+                    if killable == 0 {
+                        continue;
+                    }
+                    killable -= 1;
+                }
+                stops.push((
+                    task.id.clone(),
+                    format!("upgrading to version {}", app.version),
+                ));
+                stopped += 1;
+            }
+            // Every task healthy, no room to start one and none may stop
+            // (minimumHealthCapacity 1 without over-capacity): replace one at a time, as
+            // Marathon does, since waiting cannot change anything.
+            if to_start == 0 && stopped == 0 && healthy == live.len() && !in_backoff {
+                if let Some(task) = old.first() {
+                    stops.push((
+                        task.id.clone(),
+                        format!("upgrading to version {}", app.version),
+                    ));
+                }
+            }
+        }
+        if to_start > 0 {
+            requests.push((app, to_start));
+        }
+    }
+    // Tasks of deleted apps are already marked to stop by the delete itself.
+    for (id, reason) in stops {
+        commands.push(Command::StopTasks {
+            ids: vec![id],
+            scale: false,
+            reason,
+        });
+    }
+
+    let mut unplaced_now: BTreeMap<String, (u32, Vec<String>)> = BTreeMap::new();
+    if !requests.is_empty() {
+        let (placements, unplaced) = place(state, &requests, &at);
+        if !placements.is_empty() {
+            commands.push(Command::Place {
+                allocations: placements,
+            });
+        }
+        unplaced_now = unplaced;
+    }
+    if let Ok(mut queue) = queue.lock() {
+        *queue = unplaced_now;
+    }
+
+    // Deployments that have converged.
+    for deployment in tables.deployments.values() {
+        let done = match tables.apps.get(&deployment.app_id) {
+            None => tables.tasks_of(&deployment.app_id).next().is_none(),
+            Some(app) => {
+                let live: Vec<&Allocation> = tables
+                    .tasks_of(&app.id)
+                    .filter(|t| t.desired_running)
+                    .collect();
+                let stopping = tables.tasks_of(&app.id).any(|t| !t.desired_running);
+                live.len() == app.instances as usize
+                    && !stopping
+                    && live
+                        .iter()
+                        .all(|t| t.app_version == app.version && task_healthy(state, t))
+            }
+        };
+        if done {
+            commands.push(Command::FinishDeployment {
+                id: deployment.id.clone(),
+            });
+        }
+    }
+    commands
+}
+
+fn operator(op: ConstraintOperator) -> scheduler::ConstraintOperator {
+    match op {
+        ConstraintOperator::Unique => scheduler::ConstraintOperator::Unique,
+        ConstraintOperator::Cluster => scheduler::ConstraintOperator::Cluster,
+        ConstraintOperator::GroupBy => scheduler::ConstraintOperator::GroupBy,
+        ConstraintOperator::Like => scheduler::ConstraintOperator::Like,
+        ConstraintOperator::Unlike => scheduler::ConstraintOperator::Unlike,
+        ConstraintOperator::MaxPer => scheduler::ConstraintOperator::MaxPer,
+    }
+}
+
+type Unplaced = BTreeMap<String, (u32, Vec<String>)>;
+
+fn place(state: &State, requests: &[(&AppSpec, usize)], at: &str) -> (Vec<Allocation>, Unplaced) {
+    let tables = &state.workload;
+    let nodes: Vec<scheduler::NodeInfo> = tables
+        .compute
+        .values()
+        .map(|c| scheduler::NodeInfo {
+            name: c.node.clone(),
+            cpus: c.cpus,
+            mem: c.mem,
+            port_ranges: vec![c.port_range],
+            used_ports: BTreeSet::new(),
+            attributes: c
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(
+                    c.drivers
+                        .iter()
+                        .map(|d| (format!("{DRIVER_ATTRIBUTE}.{d}"), "true".to_string())),
+                )
+                .collect(),
+            eligible: !node_failed(state, &c.node),
+        })
+        .collect();
+    let placed: Vec<scheduler::Placed> = tables
+        .tasks
+        .values()
+        .map(|t| scheduler::Placed {
+            alloc_id: t.id.clone(),
+            app_id: t.app_id.clone(),
+            node: t.node.clone(),
+            cpus: t.cpus,
+            mem: t.mem,
+            ports: t.ports.clone(),
+        })
+        .collect();
+    let app_requests: Vec<scheduler::AppRequest> = requests
+        .iter()
+        .map(|(app, count)| scheduler::AppRequest {
+            app_id: app.id.clone(),
+            cpus: app.cpus,
+            mem: app.mem,
+            ports: app.ports.iter().map(|p| p.host_port).collect(),
+            require_ports: app.require_ports,
+            constraints: app
+                .constraints
+                .iter()
+                .map(|c| scheduler::ConstraintSpec {
+                    field: c.field.clone(),
+                    operator: operator(c.operator),
+                    value: c.value.clone(),
+                })
+                .chain(std::iter::once(scheduler::ConstraintSpec {
+                    field: format!("{DRIVER_ATTRIBUTE}.{}", driver_name(app)),
+                    operator: scheduler::ConstraintOperator::Cluster,
+                    value: Some("true".to_string()),
+                }))
+                .collect(),
+            count: *count as u32,
+        })
+        .collect();
+    let plan = scheduler::plan_placements(&nodes, &placed, &app_requests);
+    let apps: BTreeMap<&str, &AppSpec> =
+        requests.iter().map(|(a, _)| (a.id.as_str(), *a)).collect();
+    let allocations = plan
+        .placements
+        .into_iter()
+        .filter_map(|p| {
+            let app = apps.get(p.app_id.as_str())?;
+            Some(Allocation {
+                id: new_task_id(&app.id),
+                app_id: app.id.clone(),
+                app_version: app.version.clone(),
+                node: p.node,
+                ports: p.ports,
+                cpus: app.cpus,
+                mem: app.mem,
+                desired_running: true,
+                state: TaskState::Staging,
+                message: String::new(),
+                staged_at: at.to_string(),
+                started_at: None,
+                health_failures: 0,
+                services: vec![],
+                create_index: 0,
+                modify_index: 0,
+            })
+        })
+        .collect();
+    let unplaced = plan
+        .unplaced
+        .into_iter()
+        .map(|u| (u.app_id, (u.missing, u.reasons)))
+        .collect();
+    (allocations, unplaced)
+}
+
+/// The driver an app needs.
+pub fn driver_name(app: &AppSpec) -> &'static str {
+    match app.runtime {
+        atoll_state::Runtime::Exec { .. } => "exec",
+        atoll_state::Runtime::Docker { .. } => "docker",
+    }
+}

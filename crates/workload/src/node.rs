@@ -1,0 +1,391 @@
+//! The task runner of a compute node: starts the tasks placed on this node through their
+//! driver, stops the ones asked to stop (and orphans nobody asked for), reports every state
+//! change through Raft, registers running tasks' services in that same entry, and kills
+//! tasks whose health checks keep failing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use atoll_raft::Consensus;
+use atoll_state::{
+    Allocation, AppSpec, CheckDefinition, CheckSpec, CheckStatus, Command, ComputeNode,
+    DockerNetwork, HealthProtocol, Runtime, ServiceSpec, State, Table, TaskState,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::drivers::Drivers;
+use crate::leader::now_rfc3339;
+use crate::naming::service_names;
+
+/// Inclusive range dynamic host ports come from (as Mesos's default).
+pub const DEFAULT_PORT_RANGE: (u16, u16) = (31000, 32000);
+/// How long a stopping task gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Rounds run at least this often (health-failure timing).
+const ROUND: Duration = Duration::from_millis(500);
+
+/// Identity and capacity of this compute node.
+#[derive(Debug, Clone)]
+pub struct NodeRunnerConfig {
+    /// Node name.
+    pub node: String,
+    /// Node address (HOST, check targets).
+    pub address: String,
+    /// Attributes for constraints.
+    pub attributes: BTreeMap<String, String>,
+    /// Dynamic port range.
+    pub port_range: (u16, u16),
+}
+
+/// What a driver task reported.
+#[derive(Debug)]
+pub(crate) enum Report {
+    Started {
+        id: String,
+    },
+    StartFailed {
+        id: String,
+        message: String,
+    },
+    Stopped {
+        id: String,
+    },
+    Exited {
+        id: String,
+        success: bool,
+        message: String,
+    },
+}
+
+/// Runs the node's task runner until the process ends.
+pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Drivers) {
+    let (reports_tx, mut reports) = mpsc::unbounded_channel::<Report>();
+    drivers.forward_exits(reports_tx.clone());
+    let compute = ComputeNode {
+        node: config.node.clone(),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0),
+        mem: total_memory_mib(),
+        port_range: config.port_range,
+        attributes: config.attributes.clone(),
+        drivers: drivers.names(),
+    };
+    loop {
+        match consensus
+            .write(Command::RegisterCompute(compute.clone()))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::info!(error = %e, "waiting to register compute resources");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    // Tasks already running (re-adopted after an agent restart) are not started again.
+    let mut running: HashSet<String> = drivers.running().await.into_iter().collect();
+    let mut busy: HashSet<String> = HashSet::new();
+    let mut critical_since: HashMap<String, Instant> = HashMap::new();
+    let store = consensus.store().clone();
+    let mut workload = store.watch(Table::Workload);
+    let mut catalog = store.watch(Table::Catalog);
+    loop {
+        let (mine, apps) = store.read(|state| {
+            let mine: Vec<Allocation> = state.workload.tasks_on(&config.node).cloned().collect();
+            let apps: HashMap<String, AppSpec> = mine
+                .iter()
+                .filter_map(|t| {
+                    state
+                        .workload
+                        .history
+                        .get(&t.app_id)
+                        .and_then(|h| h.iter().rev().find(|a| a.version == t.app_version))
+                        .map(|a| (t.id.clone(), a.clone()))
+                })
+                .collect();
+            (mine, apps)
+        });
+        let known: HashSet<&str> = mine.iter().map(|t| t.id.as_str()).collect();
+        for task in &mine {
+            if busy.contains(&task.id) {
+                continue;
+            }
+            if task.desired_running && task.state == TaskState::Staging {
+                if running.contains(&task.id) {
+                    report(
+                        &consensus,
+                        task,
+                        TaskState::Running,
+                        "re-adopted".into(),
+                        apps.get(&task.id),
+                        &config,
+                    )
+                    .await;
+                    continue;
+                }
+                let Some(app) = apps.get(&task.id) else {
+                    report(
+                        &consensus,
+                        task,
+                        TaskState::Failed,
+                        "app version not found".into(),
+                        None,
+                        &config,
+                    )
+                    .await;
+                    continue;
+                };
+                busy.insert(task.id.clone());
+                drivers.start(app, task, &config.address, reports_tx.clone());
+            } else if !task.desired_running {
+                busy.insert(task.id.clone());
+                drivers.stop(
+                    app_runtime(apps.get(&task.id)),
+                    &task.id,
+                    STOP_GRACE,
+                    reports_tx.clone(),
+                );
+            } else if task.state == TaskState::Running && !running.contains(&task.id) {
+                report(
+                    &consensus,
+                    task,
+                    TaskState::Failed,
+                    "task is no longer running".into(),
+                    None,
+                    &config,
+                )
+                .await;
+            } else if task.state == TaskState::Running {
+                if let Some(app) = apps.get(&task.id) {
+                    if health_exhausted(&store, task, app, &mut critical_since) {
+                        tracing::warn!(task = %task.id, "health checks failed too many times; killing");
+                        busy.insert(task.id.clone());
+                        drivers.stop(Some(&app.runtime), &task.id, STOP_GRACE, reports_tx.clone());
+                        report(
+                            &consensus,
+                            task,
+                            TaskState::Failed,
+                            "health checks failed".into(),
+                            None,
+                            &config,
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+        // Orphans: running here but no longer placed here (e.g. replaced while this node was lost).
+        for id in running
+            .iter()
+            .filter(|id| !known.contains(id.as_str()) && !busy.contains(*id))
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            tracing::info!(task = %id, "stopping orphaned task");
+            busy.insert(id.clone());
+            drivers.stop(None, &id, STOP_GRACE, reports_tx.clone());
+        }
+        tokio::select! {
+            _ = workload.changed() => {}
+            _ = catalog.changed() => {}
+            _ = tokio::time::sleep(ROUND) => {}
+            Some(event) = reports.recv() => {
+                let task = |id: &str| store.read(|s| s.workload.tasks.get(id).cloned());
+                match event {
+                    Report::Started { id } => {
+                        busy.remove(&id);
+                        running.insert(id.clone());
+                        if let Some(task) = task(&id) {
+                            let app = apps.get(&id).cloned();
+                            report(&consensus, &task, TaskState::Running, String::new(), app.as_ref(), &config).await;
+                        }
+                    }
+                    Report::StartFailed { id, message } => {
+                        busy.remove(&id);
+                        if let Some(task) = task(&id) {
+                            report(&consensus, &task, TaskState::Failed, message, None, &config).await;
+                        }
+                    }
+                    Report::Stopped { id } => {
+                        busy.remove(&id);
+                        running.remove(&id);
+                        critical_since.remove(&id);
+                        if let Some(task) = task(&id) {
+                            report(&consensus, &task, TaskState::Killed, "stopped".into(), None, &config).await;
+                        }
+                    }
+                    Report::Exited { id, success, message } => {
+                        running.remove(&id);
+                        critical_since.remove(&id);
+                        if busy.contains(&id) {
+                            continue;
+                        }
+                        if let Some(task) = task(&id) {
+                            let state = if success { TaskState::Finished } else { TaskState::Failed };
+                            report(&consensus, &task, state, message, None, &config).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn app_runtime(app: Option<&AppSpec>) -> Option<&Runtime> {
+    app.map(|a| &a.runtime)
+}
+
+/// Whether a running task's checks have been critical for `maxConsecutiveFailures`
+/// intervals after its grace period.
+fn health_exhausted(
+    store: &atoll_state::Store,
+    task: &Allocation,
+    app: &AppSpec,
+    critical_since: &mut HashMap<String, Instant>,
+) -> bool {
+    let Some(check) = app
+        .health_checks
+        .iter()
+        .find(|c| c.max_consecutive_failures > 0)
+    else {
+        return false;
+    };
+    let critical = store.read(|state| any_check_critical(state, task));
+    if !critical {
+        critical_since.remove(&task.id);
+        return false;
+    }
+    let now = Instant::now();
+    let since = *critical_since.entry(task.id.clone()).or_insert(now);
+    let started = task
+        .started_at
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or_default();
+    let grace = Duration::from_secs(check.grace_period_seconds);
+    let allowed = Duration::from_secs(
+        check.interval_seconds.max(1) * u64::from(check.max_consecutive_failures),
+    );
+    started > grace && now.duration_since(since) >= allowed
+}
+
+fn any_check_critical(state: &State, task: &Allocation) -> bool {
+    task.services.iter().any(|id| {
+        state
+            .checks_on_node(&task.node)
+            .any(|c| &c.service_id == id && c.status == CheckStatus::Critical)
+    })
+}
+
+async fn report(
+    consensus: &Consensus,
+    task: &Allocation,
+    state: TaskState,
+    message: String,
+    app: Option<&AppSpec>,
+    config: &NodeRunnerConfig,
+) {
+    let services = match (state, app) {
+        (TaskState::Running, Some(app)) => services_for(app, task, &config.address),
+        _ => Vec::new(),
+    };
+    let command = Command::UpdateTask {
+        id: task.id.clone(),
+        state,
+        message,
+        at: now_rfc3339(),
+        services,
+    };
+    if let Err(e) = consensus.write(command).await {
+        tracing::warn!(task = %task.id, error = %e, "could not report task state");
+    }
+}
+
+/// The service instances (and checks) of a running task: one per port.
+pub fn services_for(
+    app: &AppSpec,
+    task: &Allocation,
+    address: &str,
+) -> Vec<(ServiceSpec, Vec<CheckSpec>)> {
+    service_names(app)
+        .into_iter()
+        .filter_map(|(index, name, tags)| {
+            let port = *task.ports.get(index)?;
+            let id = format!("{}:{}", task.id, index);
+            let mut meta = BTreeMap::new();
+            meta.insert("marathon_app_id".to_string(), app.id.clone());
+            meta.insert("marathon_task_id".to_string(), task.id.clone());
+            let checks = app
+                .health_checks
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.port_index == index)
+                .filter_map(|(n, c)| {
+                    let mut definition = CheckDefinition {
+                        interval_ms: Some(c.interval_seconds.max(1) * 1000),
+                        timeout_ms: Some(c.timeout_seconds.max(1) * 1000),
+                        interval_text: format!("{}s", c.interval_seconds.max(1)),
+                        timeout_text: format!("{}s", c.timeout_seconds.max(1)),
+                        ..Default::default()
+                    };
+                    match c.protocol {
+                        HealthProtocol::Http => {
+                            definition.http = Some(format!("http://{address}:{port}{}", c.path))
+                        }
+                        HealthProtocol::Tcp => definition.tcp = Some(format!("{address}:{port}")),
+                        // Command checks need an exec into the task; not supported yet.
+                        HealthProtocol::Command => return None,
+                    }
+                    Some(CheckSpec {
+                        check_id: format!("marathon:{}:{n}", task.id),
+                        name: format!("Marathon health check {n} of {}", app.id),
+                        status: None,
+                        notes: String::new(),
+                        output: String::new(),
+                        service_id: id.clone(),
+                        definition,
+                    })
+                })
+                .collect();
+            Some((
+                ServiceSpec {
+                    id,
+                    name,
+                    tags,
+                    address: String::new(),
+                    port,
+                    meta,
+                    enable_tag_override: false,
+                },
+                checks,
+            ))
+        })
+        .collect()
+}
+
+/// Whether a docker app publishes ports on the host (bridge) or uses the host's network.
+pub fn uses_bridge(app: &AppSpec) -> bool {
+    matches!(
+        app.runtime,
+        Runtime::Docker {
+            network: DockerNetwork::Bridge,
+            ..
+        }
+    )
+}
+
+fn total_memory_mib() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| (kb / 1024.0).floor())
+        .unwrap_or(1024.0)
+}
