@@ -255,6 +255,9 @@ pub struct ComputeNode {
     pub attributes: BTreeMap<String, String>,
     /// Drivers it offers (`exec`, `docker`).
     pub drivers: Vec<String>,
+    /// Ports in its dynamic range held by something other than atoll's tasks.
+    #[serde(default)]
+    pub busy_ports: Vec<u16>,
 }
 
 /// A change being rolled out for one app (Marathon's deployment).

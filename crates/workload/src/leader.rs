@@ -277,7 +277,7 @@ fn place(state: &State, requests: &[(&AppSpec, usize)], at: &str) -> (Vec<Alloca
             cpus: c.cpus,
             mem: c.mem,
             port_ranges: vec![c.port_range],
-            used_ports: BTreeSet::new(),
+            used_ports: c.busy_ports.iter().copied().collect::<BTreeSet<u16>>(),
             attributes: c
                 .attributes
                 .iter()

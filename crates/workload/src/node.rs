@@ -22,6 +22,8 @@ use crate::naming::service_names;
 pub const DEFAULT_PORT_RANGE: (u16, u16) = (31000, 32000);
 /// How long a stopping task gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often host ports held by other processes are looked up.
+const PORT_SCAN_EVERY: Duration = Duration::from_secs(5);
 /// Rounds run at least this often (health-failure timing).
 const ROUND: Duration = Duration::from_millis(500);
 
@@ -62,7 +64,8 @@ pub(crate) enum Report {
 pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Drivers) {
     let (reports_tx, mut reports) = mpsc::unbounded_channel::<Report>();
     drivers.forward_exits(reports_tx.clone());
-    let compute = ComputeNode {
+    let mut last_port_scan = Instant::now() - PORT_SCAN_EVERY;
+    let mut compute = ComputeNode {
         node: config.node.clone(),
         cpus: std::thread::available_parallelism()
             .map(|n| n.get() as f64)
@@ -71,6 +74,7 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
         port_range: config.port_range,
         attributes: config.attributes.clone(),
         drivers: drivers.names(),
+        busy_ports: Vec::new(),
     };
     loop {
         match consensus
@@ -186,6 +190,25 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
             tracing::info!(task = %id, "stopping orphaned task");
             busy.insert(id.clone());
             drivers.stop(None, &id, STOP_GRACE, reports_tx.clone());
+        }
+        if last_port_scan.elapsed() >= PORT_SCAN_EVERY {
+            last_port_scan = Instant::now();
+            let ours: HashSet<u16> = mine.iter().flat_map(|t| t.ports.iter().copied()).collect();
+            let busy: Vec<u16> = listening_ports()
+                .into_iter()
+                .filter(|p| {
+                    (config.port_range.0..=config.port_range.1).contains(p) && !ours.contains(p)
+                })
+                .collect();
+            if busy != compute.busy_ports {
+                compute.busy_ports = busy;
+                if let Err(e) = consensus
+                    .write(Command::RegisterCompute(compute.clone()))
+                    .await
+                {
+                    tracing::debug!(error = %e, "could not report busy ports");
+                }
+            }
         }
         tokio::select! {
             _ = workload.changed() => {}
@@ -388,4 +411,36 @@ fn total_memory_mib() -> f64 {
         })
         .map(|kb| (kb / 1024.0).floor())
         .unwrap_or(1024.0)
+}
+
+/// TCP and UDP ports with a listening or bound socket on this host (from /proc/net).
+fn listening_ports() -> Vec<u16> {
+    let mut ports = std::collections::BTreeSet::new();
+    for (file, listening_state) in [
+        ("tcp", Some("0A")),
+        ("tcp6", Some("0A")),
+        ("udp", None),
+        ("udp6", None),
+    ] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/net/{file}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else {
+                continue;
+            };
+            if listening_state.is_some_and(|s| s != *state) {
+                continue;
+            }
+            if let Some(port) = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+            {
+                ports.insert(port);
+            }
+        }
+    }
+    ports.into_iter().collect()
 }
