@@ -17,9 +17,10 @@ pub async fn run(command: AppCommand) -> anyhow::Result<()> {
     match command {
         AppCommand::Deploy {
             file,
+            force,
             timeout,
             client,
-        } => deploy(&client, &file, timeout).await,
+        } => deploy(&client, &file, force, timeout).await,
         AppCommand::List { client } => list(&client).await,
         AppCommand::Show { id, client } => show(&client, &id).await,
         AppCommand::Scale {
@@ -73,7 +74,12 @@ fn absolute(id: &str) -> String {
     format!("/{}", id.trim_matches('/'))
 }
 
-async fn deploy(client: &ClientArgs, file: &std::path::Path, timeout: u64) -> anyhow::Result<()> {
+async fn deploy(
+    client: &ClientArgs,
+    file: &std::path::Path,
+    force: bool,
+    timeout: u64,
+) -> anyhow::Result<()> {
     let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let definition: Value = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not valid JSON", file.display()))?;
@@ -98,7 +104,8 @@ async fn deploy(client: &ClientArgs, file: &std::path::Path, timeout: u64) -> an
             if e.downcast_ref::<HttpFailure>()
                 .is_some_and(|f| f.status == 409) =>
         {
-            request_with_body(client, "PUT", &format!("/v2/apps{id}"), Some(body))
+            let force = if force { "?force=true" } else { "" };
+            request_with_body(client, "PUT", &format!("/v2/apps{id}{force}"), Some(body))
                 .await?
                 .1
         }

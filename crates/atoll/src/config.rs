@@ -64,6 +64,9 @@ pub enum AppCommand {
     Deploy {
         /// The app definition.
         file: PathBuf,
+        /// Replace a deployment still in progress (Marathon's `?force=true`).
+        #[arg(long)]
+        force: bool,
         /// Give up following after this many seconds.
         #[arg(long, default_value_t = DEFAULT_FOLLOW)]
         timeout: u64,

@@ -14,6 +14,8 @@ use crate::rpc::{Hello, JoinRequest, HELLO_PATH, JOIN_PATH};
 
 /// Pause between rounds of hellos.
 const ROUND: Duration = Duration::from_millis(300);
+/// How long a disagreement about `--bootstrap-expect` may last before this server gives up.
+const MISMATCH_PATIENCE: Duration = Duration::from_secs(20);
 /// Timeout of one hello.
 const HELLO_TIMEOUT: Duration = Duration::from_millis(700);
 
@@ -36,6 +38,7 @@ impl Consensus {
             return self.bootstrap_single().await;
         }
         let mut announced = false;
+        let mut mismatch_since: Option<tokio::time::Instant> = None;
         loop {
             if self.is_initialized().await? {
                 if !announced {
@@ -50,6 +53,8 @@ impl Consensus {
             addresses.sort();
             addresses.dedup();
             let me = self.hello_message(plan.bootstrap_expect).await;
+            let mut agreeing = std::collections::BTreeSet::new();
+            let mut disagreeing: BTreeMap<u64, (String, usize)> = BTreeMap::new();
             for address in &addresses {
                 let Ok(peer) = self
                     .inner
@@ -60,7 +65,18 @@ impl Consensus {
                     continue;
                 };
                 contacted += 1;
-                self.check_peer(&peer, plan)?;
+                self.check_peer(&peer)?;
+                if server
+                    && !peer.initialized
+                    && peer.member.server
+                    && peer.bootstrap_expect != plan.bootstrap_expect
+                {
+                    disagreeing.insert(peer.id, (peer.member.name.clone(), peer.bootstrap_expect));
+                    continue;
+                }
+                if server && peer.member.server && !peer.initialized {
+                    agreeing.insert(peer.id);
+                }
                 if peer.initialized || !server {
                     if self.ask_to_join(address).await {
                         announced = true;
@@ -69,12 +85,30 @@ impl Consensus {
                     continue;
                 }
                 let mut known = self.inner.known.lock();
-                known.insert(peer.id, peer.member.clone());
+                if peer.bootstrap_expect == plan.bootstrap_expect {
+                    known.insert(peer.id, peer.member.clone());
+                }
                 for (id, member) in peer.known {
                     if member.datacenter == self.member().datacenter && member.server {
                         known.insert(id, member);
                     }
                 }
+            }
+            // Servers expecting another cluster size are left out. The one whose expectation
+            // most peers contradict is the misconfigured one: it refuses to go on.
+            if !disagreeing.is_empty() {
+                let (name, expect) = disagreeing.values().next().cloned().unwrap_or_default();
+                let outvoted = disagreeing.len() > agreeing.len() + 1;
+                let stuck = *mismatch_since.get_or_insert_with(tokio::time::Instant::now);
+                if outvoted || stuck.elapsed() > MISMATCH_PATIENCE {
+                    return Err(ConsensusError::Refused(format!(
+                        "{name} expects {expect} servers, this server expects {}: every server needs the same --bootstrap-expect",
+                        plan.bootstrap_expect
+                    )));
+                }
+                tracing::error!(peer = %name, expect, mine = plan.bootstrap_expect, "peer expects another number of servers; ignoring it");
+            } else {
+                mismatch_since = None;
             }
             if server && !announced {
                 let mut servers: BTreeMap<u64, _> = self.inner.known.lock().clone();
@@ -96,22 +130,12 @@ impl Consensus {
         }
     }
 
-    fn check_peer(&self, peer: &Hello, plan: &JoinPlan) -> Result<(), ConsensusError> {
+    fn check_peer(&self, peer: &Hello) -> Result<(), ConsensusError> {
         let mine = &self.member().datacenter;
         if &peer.member.datacenter != mine {
             return Err(ConsensusError::Refused(format!(
                 "{} ({}) is in datacenter {:?}, not {:?}: servers of another datacenter cannot join on the LAN",
                 peer.member.name, peer.member.rpc_addr, peer.member.datacenter, mine
-            )));
-        }
-        if self.member().server
-            && peer.member.server
-            && peer.bootstrap_expect != plan.bootstrap_expect
-            && !peer.initialized
-        {
-            return Err(ConsensusError::Refused(format!(
-                "{} ({}) expects {} servers, this server expects {}: every server needs the same --bootstrap-expect",
-                peer.member.name, peer.member.rpc_addr, peer.bootstrap_expect, plan.bootstrap_expect
             )));
         }
         Ok(())

@@ -30,6 +30,9 @@ pub(crate) const REMOVE_PATH: &str = "/cluster/remove";
 
 type NodeId = u64;
 
+/// Largest RPC body accepted: batches of log entries and snapshot chunks, JSON-encoded.
+const MAX_RPC_BODY: usize = 256 * 1024 * 1024;
+
 /// What nodes tell each other while finding their cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Hello {
@@ -67,6 +70,7 @@ impl Consensus {
             .route(REMOVE_PATH, post(remove))
             .route(JOIN_PATH, post(join))
             .route(HELLO_PATH, post(hello))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_RPC_BODY))
             .with_state((self.clone(), bootstrap_expect))
     }
 
@@ -154,7 +158,12 @@ async fn join(
 }
 
 async fn hello(State((consensus, expect)): RpcState, Json(peer): Json<Hello>) -> Json<Hello> {
-    if peer.member.server && peer.member.datacenter == consensus.member().datacenter {
+    // Only servers that would form the same cluster count towards bootstrapping: one with
+    // another datacenter or another --bootstrap-expect is refused by its own side.
+    if peer.member.server
+        && peer.member.datacenter == consensus.member().datacenter
+        && (peer.bootstrap_expect == expect || peer.initialized)
+    {
         consensus
             .inner
             .known

@@ -166,10 +166,12 @@ fn decide(state: &State, backoffs: &mut HashMap<String, Backoff>, queue: &Queue)
             let max_total =
                 target + (target as f64 * strategy.maximum_over_capacity).floor() as usize;
             let min_healthy = (target as f64 * strategy.minimum_health_capacity).ceil() as usize;
+            // Tasks still stopping occupy capacity until they are gone.
+            let occupying = tables.tasks_of(&app.id).count();
             if !in_backoff {
                 to_start = target
                     .saturating_sub(current.len())
-                    .min(max_total.saturating_sub(live.len()));
+                    .min(max_total.saturating_sub(occupying));
             }
             let healthy = live.iter().filter(|t| task_healthy(state, t)).count();
             let mut killable = healthy.saturating_sub(min_healthy);
