@@ -200,6 +200,14 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     // Dev nodes and clients run workloads; servers only control them.
     if !matches!(settings.role, Role::Server { .. }) {
         let drivers = atoll_workload::Drivers::detect(&data_dir, &settings.node).await;
+        if let Some(engine) = drivers.docker_engine() {
+            tokio::spawn(atoll_workload::registrator::run(
+                consensus.clone(),
+                engine,
+                settings.node.clone(),
+                settings.bind.to_string(),
+            ));
+        }
         tokio::spawn(atoll_workload::node::run(
             consensus.clone(),
             atoll_workload::node::NodeRunnerConfig {

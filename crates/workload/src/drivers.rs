@@ -14,6 +14,7 @@ use crate::node::Report;
 pub struct Drivers {
     exec: Driver,
     docker: Option<Driver>,
+    engine: Option<atoll_driver::DockerDriver>,
 }
 
 impl Drivers {
@@ -26,13 +27,22 @@ impl Drivers {
         })
         .await
         {
-            Ok(driver) => Some(Driver::Docker(driver)),
+            Ok(driver) => Some(driver),
             Err(e) => {
                 tracing::info!(error = %e, "docker driver unavailable");
                 None
             }
         };
-        Drivers { exec, docker }
+        Drivers {
+            exec,
+            docker: docker.clone().map(Driver::Docker),
+            engine: docker,
+        }
+    }
+
+    /// The Docker engine, when there is one (for external containers).
+    pub fn docker_engine(&self) -> Option<atoll_driver::DockerDriver> {
+        self.engine.clone()
     }
 
     /// Names of the drivers offered, for the scheduler.

@@ -6,6 +6,7 @@ mod drivers;
 pub mod leader;
 pub mod naming;
 pub mod node;
+pub mod registrator;
 pub use drivers::Drivers;
 
 pub use leader::{now_rfc3339, task_healthy, Queue};
