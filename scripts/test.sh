@@ -92,7 +92,7 @@ install_debian_packages() {
 
 # ---------------------------------------------------------------------------
 # Python packages (distribution names, as pip knows them)
-PIP_NEEDS=(py-consul dnspython pytest requests)
+PIP_NEEDS=(py-consul dnspython pytest requests marathon)
 
 install_python_packages() {
     have_cmd python3 || {
@@ -120,7 +120,7 @@ install_python_packages() {
     fi
     # The old python-consul also provides the "consul" module; make sure the
     # one we import is py-consul.
-    python3 -c 'import importlib.metadata as m; m.version("py-consul"); import consul, dns.message, pytest, requests' ||
+    python3 -c 'import importlib.metadata as m; m.version("py-consul"); m.version("marathon"); import consul, dns.message, pytest, requests' ||
         missing "Python packages still not importable: ${want[*]}"
 }
 
