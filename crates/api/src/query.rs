@@ -63,6 +63,12 @@ impl Query {
         }
     }
 
+    /// A Marathon-style boolean: true only for `true` (any case), as Java's `Boolean.valueOf`.
+    pub fn boolean(&self, name: &str) -> bool {
+        self.get(name)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+
     /// An unsigned integer parameter; invalid text is a 400 naming it.
     pub fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
         self.get(name)

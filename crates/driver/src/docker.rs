@@ -434,7 +434,9 @@ fn container_body(spec: &TaskSpec, node: Option<&str>) -> ContainerCreateBody {
                     .entry(key)
                     .or_default()
                     .push(EnginePortBinding {
-                        host_ip: Some("0.0.0.0".into()),
+                        // Published on the node's own address, which is where the catalog
+                        // and DNS send clients.
+                        host_ip: Some(publish_ip(&spec.host)),
                         host_port: Some(port.host_port.to_string()),
                     });
             }
@@ -875,6 +877,15 @@ fn events_since_now() -> String {
     )
 }
 
+/// The address bridge ports are published on: the node's address when it is an IP
+/// address, else every address.
+fn publish_ip(host: &str) -> String {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => "0.0.0.0".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -948,11 +959,11 @@ mod tests {
         };
         assert_eq!(
             binding("8080/tcp"),
-            Some(vec![("0.0.0.0".into(), "31000".into())])
+            Some(vec![("10.0.0.7".into(), "31000".into())])
         );
         assert_eq!(
             binding("53/udp"),
-            Some(vec![("0.0.0.0".into(), "31001".into())])
+            Some(vec![("10.0.0.7".into(), "31001".into())])
         );
         assert_eq!(host.memory, Some(64 * 1024 * 1024));
         assert_eq!(host.nano_cpus, Some(250_000_000));

@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
+/// File in a task's sandbox holding its process group id.
+const PID_FILE: &str = "pid";
 /// How long to wait for a process group to go once SIGKILL has been sent.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -68,6 +70,35 @@ impl ExecDriver {
                 events,
             }),
         }
+    }
+
+    /// Kills the process groups of exec tasks started by an earlier agent on this sandbox
+    /// root that are still running. Exec tasks are children of their agent and cannot be
+    /// re-adopted; killing them keeps them from holding ports and running twice once the
+    /// tasks are replaced. Returns how many groups were killed.
+    pub fn reap_orphans(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.shared.sandbox_root) else {
+            return 0;
+        };
+        let mut reaped = 0;
+        for entry in entries.flatten() {
+            let pid_file = entry.path().join(PID_FILE);
+            let Some(group) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let _ = std::fs::remove_file(&pid_file);
+            // Only a process that is still in that sandbox is ours; a reused pid is not.
+            let cwd = std::fs::read_link(format!("/proc/{group}/cwd")).ok();
+            if group > 1 && cwd.as_deref() == Some(entry.path().as_path()) {
+                signal_group(group, Signal::SIGKILL);
+                tracing::info!(pid = group, sandbox = %entry.path().display(), "killed an exec task left by an earlier agent");
+                reaped += 1;
+            }
+        }
+        reaped
     }
 
     /// The sandbox directory of a task: its working directory, with `stdout` and `stderr`.
@@ -164,6 +195,11 @@ impl ExecDriver {
             );
             (child, process_group)
         };
+        // Recorded so that a later agent can find the group if this one dies without
+        // stopping it (see `reap_orphans`).
+        if let Err(e) = std::fs::write(sandbox.join(PID_FILE), process_group.to_string()) {
+            tracing::warn!(task_id = %spec.task_id, error = %e, "cannot record the task's process group");
+        }
         tracing::info!(task_id = %spec.task_id, pid = process_group, "exec task started");
         // Sent before the watcher exists, so Running always precedes Exited.
         let _ = self.shared.events.send(TaskEvent::Running {

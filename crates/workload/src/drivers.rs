@@ -20,7 +20,9 @@ pub struct Drivers {
 impl Drivers {
     /// Sets up the exec driver under `data_dir` and connects to the Docker engine if present.
     pub async fn detect(data_dir: &Path, node: &str) -> Drivers {
-        let exec = Driver::Exec(ExecDriver::new(data_dir.join("tasks")));
+        let exec_driver = ExecDriver::new(data_dir.join("tasks"));
+        exec_driver.reap_orphans();
+        let exec = Driver::Exec(exec_driver);
         let docker = match atoll_driver::DockerDriver::connect(atoll_driver::DockerConfig {
             node: Some(node.to_string()),
             ..Default::default()

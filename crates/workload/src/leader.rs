@@ -150,7 +150,12 @@ fn decide(state: &State, backoffs: &mut HashMap<String, Backoff>, queue: &Queue)
         }
         let in_backoff = backoff.until.is_some_and(|until| until > now);
         let mut to_start = 0usize;
-        if old.is_empty() {
+        // An upgrade lasts until the last old task is gone, not merely asked to stop: until
+        // then the upgrade strategy's bounds apply.
+        let upgrading = tables
+            .tasks_of(&app.id)
+            .any(|t| t.app_version != app.version);
+        if !upgrading {
             if current.len() < target && !in_backoff {
                 to_start = target - current.len();
             }
@@ -194,7 +199,12 @@ fn decide(state: &State, backoffs: &mut HashMap<String, Backoff>, queue: &Queue)
             // Every task healthy, no room to start one and none may stop
             // (minimumHealthCapacity 1 without over-capacity): replace one at a time, as
             // Marathon does, since waiting cannot change anything.
-            if to_start == 0 && stopped == 0 && healthy == live.len() && !in_backoff {
+            if to_start == 0
+                && stopped == 0
+                && healthy == live.len()
+                && occupying == live.len()
+                && !in_backoff
+            {
                 if let Some(task) = old.first() {
                     stops.push((
                         task.id.clone(),

@@ -148,7 +148,7 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
                 drivers.stop(
                     app_runtime(apps.get(&task.id)),
                     &task.id,
-                    STOP_GRACE,
+                    stop_grace(apps.get(&task.id)),
                     reports_tx.clone(),
                 );
             } else if task.state == TaskState::Running && !running.contains(&task.id) {
@@ -166,7 +166,12 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
                     if health_exhausted(&store, task, app, &mut critical_since) {
                         tracing::warn!(task = %task.id, "health checks failed too many times; killing");
                         busy.insert(task.id.clone());
-                        drivers.stop(Some(&app.runtime), &task.id, STOP_GRACE, reports_tx.clone());
+                        drivers.stop(
+                            Some(&app.runtime),
+                            &task.id,
+                            stop_grace(Some(app)),
+                            reports_tx.clone(),
+                        );
                         report(
                             &consensus,
                             task,
@@ -254,6 +259,15 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
             }
         }
     }
+}
+
+/// Time between SIGTERM and SIGKILL: the app's `taskKillGracePeriodSeconds`, else the default.
+fn stop_grace(app: Option<&AppSpec>) -> Duration {
+    app.and_then(|a| a.definition.get("taskKillGracePeriodSeconds"))
+        .and_then(serde_json::Value::as_f64)
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(STOP_GRACE)
 }
 
 fn app_runtime(app: Option<&AppSpec>) -> Option<&Runtime> {

@@ -423,7 +423,7 @@ async fn app_put(
         ));
     };
     let query = Query::parse(raw.as_deref());
-    let force = query.flag("force");
+    let force = query.boolean("force");
     let (base, locks) = context
         .store()
         .read(|s| (s.workload.apps.get(&id).cloned(), locked_by(s, &id)));
@@ -490,7 +490,7 @@ async fn app_delete(
     match parse_app_path(&rest) {
         AppPath::App(id) => {
             let locks = context.store().read(|s| locked_by(s, &id));
-            if !locks.is_empty() && !query.flag("force") {
+            if !locks.is_empty() && !query.boolean("force") {
                 return Err(locked_error(locks));
             }
             let version = now_rfc3339();
@@ -506,7 +506,9 @@ async fn app_delete(
             .await?;
             Ok(deployment_answer(StatusCode::OK, &version, &deployment_id))
         }
-        AppPath::Task(id, task) => kill_tasks(&context, &id, vec![task], query.flag("scale")).await,
+        AppPath::Task(id, task) => {
+            kill_tasks(&context, &id, vec![task], query.boolean("scale")).await
+        }
         AppPath::Tasks(id) => {
             let host = query.get("host").map(str::to_string);
             let ids: Vec<String> = context.store().read(|s| {
@@ -522,7 +524,7 @@ async fn app_delete(
             if ids.is_empty() {
                 return Ok(Json(json!({ "tasks": [] })).into_response());
             }
-            kill_tasks(&context, &id, ids, query.flag("scale")).await
+            kill_tasks(&context, &id, ids, query.boolean("scale")).await
         }
         _ => Err(MarathonError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -598,7 +600,7 @@ async fn app_post(
     let Some(mut app) = base else {
         return Err(MarathonError::app_missing(&id));
     };
-    if !locks.is_empty() && !query.flag("force") {
+    if !locks.is_empty() && !query.boolean("force") {
         return Err(locked_error(locks));
     }
     // A restart is a new version of the same definition: a rolling replacement.
@@ -651,7 +653,7 @@ async fn delete_tasks(
         &context,
         Command::StopTasks {
             ids,
-            scale: query.flag("scale"),
+            scale: query.boolean("scale"),
             reason: "killed on request".into(),
         },
     )
