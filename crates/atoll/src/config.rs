@@ -196,6 +196,9 @@ pub struct NodeArgs {
     /// Node attribute `key=value`, stored as node metadata (repeatable).
     #[arg(long = "node-attr")]
     pub node_attrs: Vec<String>,
+    /// Range dynamic host ports of tasks come from, `LOW-HIGH` (Mesos's default).
+    #[arg(long, default_value = "31000-32000")]
+    pub port_range: String,
     /// Seconds without heartbeats after which a node is marked failed.
     #[arg(long, default_value_t = 5.0)]
     pub heartbeat_ttl: f64,
@@ -250,6 +253,7 @@ pub struct NodeSettings {
     pub snapshot_after_entries: u64,
     pub node_meta: BTreeMap<String, String>,
     pub heartbeat_ttl: Duration,
+    pub port_range: (u16, u16),
     pub role: Role,
 }
 
@@ -337,6 +341,22 @@ impl NodeArgs {
         if !(self.heartbeat_ttl.is_finite() && self.heartbeat_ttl >= 0.5) {
             bail!("--heartbeat-ttl must be at least 0.5 seconds");
         }
+        let port_range = self
+            .port_range
+            .split_once('-')
+            .and_then(|(low, high)| {
+                Some((
+                    low.trim().parse::<u16>().ok()?,
+                    high.trim().parse::<u16>().ok()?,
+                ))
+            })
+            .filter(|(low, high)| low <= high && *low > 0)
+            .ok_or_else(|| {
+                anyhow!(
+                    "--port-range {:?} must be LOW-HIGH, e.g. 31000-32000",
+                    self.port_range
+                )
+            })?;
         if self.data_dir.is_none() && role != Role::Dev {
             bail!("--data-dir is required for `atoll agent`");
         }
@@ -356,6 +376,7 @@ impl NodeArgs {
             snapshot_after_entries: self.snapshot_after_entries,
             node_meta,
             heartbeat_ttl: Duration::from_secs_f64(self.heartbeat_ttl),
+            port_range,
             role,
         })
     }

@@ -214,7 +214,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 node: settings.node.clone(),
                 address: settings.bind.to_string(),
                 attributes: settings.node_meta.clone(),
-                port_range: atoll_workload::node::DEFAULT_PORT_RANGE,
+                port_range: settings.port_range,
             },
             drivers,
         ));

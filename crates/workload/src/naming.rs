@@ -2,21 +2,27 @@
 
 use atoll_state::AppSpec;
 
-/// Service name, tags and port index of each port of an app: the app id's segments
-/// reversed and joined with `-` (`/prod/web` → `web-prod`) or the `SERVICE_NAME` label;
-/// the first port gets the name, port `i` gets `NAME-i` unless `SERVICE_<i>_NAME` is set;
-/// tags come from `SERVICE_TAGS` (comma-separated).
+/// The catalog services of an app, one per port: `(port index, name, tags)`. The name is
+/// the `SERVICE_NAME` label or the app id's segments reversed and joined with `-`
+/// (`/prod/web` → `web-prod`); port `i > 0` gets `NAME-i`; a `SERVICE_<i>_NAME` label
+/// overrides the name of port `i`. Tags come from the comma-separated `SERVICE_TAGS` label.
 pub fn service_names(app: &AppSpec) -> Vec<(usize, String, Vec<String>)> {
-    let base = app.labels.get("SERVICE_NAME").cloned().unwrap_or_else(|| {
-        let mut segments: Vec<&str> = app.id.split('/').filter(|s| !s.is_empty()).collect();
-        segments.reverse();
-        segments.join("-")
-    });
-    let tags: Vec<String> = app
-        .labels
-        .get("SERVICE_TAGS")
-        .map(|t| {
-            t.split(',')
+    let label = |key: &str| {
+        app.labels
+            .get(key)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    };
+    let base = label("SERVICE_NAME")
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let mut segments: Vec<&str> = app.id.split('/').filter(|s| !s.is_empty()).collect();
+            segments.reverse();
+            segments.join("-")
+        });
+    let tags: Vec<String> = label("SERVICE_TAGS")
+        .map(|tags| {
+            tags.split(',')
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .map(str::to_string)
@@ -24,19 +30,13 @@ pub fn service_names(app: &AppSpec) -> Vec<(usize, String, Vec<String>)> {
         })
         .unwrap_or_default();
     (0..app.ports.len())
-        .map(|i| {
-            let name = app
-                .labels
-                .get(&format!("SERVICE_{i}_NAME"))
-                .cloned()
-                .unwrap_or_else(|| {
-                    if i == 0 {
-                        base.clone()
-                    } else {
-                        format!("{base}-{i}")
-                    }
-                });
-            (i, name, tags.clone())
+        .map(|index| {
+            let name = match label(&format!("SERVICE_{index}_NAME")) {
+                Some(name) => name.to_string(),
+                None if index == 0 => base.clone(),
+                None => format!("{base}-{index}"),
+            };
+            (index, name, tags.clone())
         })
         .collect()
 }

@@ -221,45 +221,6 @@ pub fn task_json(task: &Allocation, host: &str, health: &[bool]) -> Value {
     })
 }
 
-/// The catalog services of an app, one per port: `(port index, name, tags)`. The name is
-/// the `SERVICE_NAME` label or the app id's segments reversed and joined with `-`
-/// (`/prod/web` → `web-prod`); port `i > 0` gets `NAME-i`; a `SERVICE_<i>_NAME` label
-/// overrides the name of port `i`. Tags come from the comma-separated `SERVICE_TAGS` label.
-pub fn service_names(app: &AppSpec) -> Vec<(usize, String, Vec<String>)> {
-    let label = |key: &str| {
-        app.labels
-            .get(key)
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
-    };
-    let base = label("SERVICE_NAME")
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            let mut segments: Vec<&str> = app.id.split('/').filter(|s| !s.is_empty()).collect();
-            segments.reverse();
-            segments.join("-")
-        });
-    let tags: Vec<String> = label("SERVICE_TAGS")
-        .map(|tags| {
-            tags.split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    (0..app.ports.len())
-        .map(|index| {
-            let name = match label(&format!("SERVICE_{index}_NAME")) {
-                Some(name) => name.to_string(),
-                None if index == 0 => base.clone(),
-                None => format!("{base}-{index}"),
-            };
-            (index, name, tags.clone())
-        })
-        .collect()
-}
-
 /// Normalizes an app id to an absolute path (`web` → `/web`, `/prod/web/` → `/prod/web`).
 /// Segments are lowercase letters, digits and `-`, starting and ending with a letter or
 /// digit; relative segments are refused.

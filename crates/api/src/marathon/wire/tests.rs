@@ -1399,7 +1399,7 @@ fn with_ports(id: &str, ports: usize, labels: &[(&str, &str)]) -> AppSpec {
 }
 
 fn names(app: &AppSpec) -> Vec<String> {
-    service_names(app)
+    atoll_workload::naming::service_names(app)
         .into_iter()
         .map(|(_, name, _)| name)
         .collect()
@@ -1419,7 +1419,7 @@ fn service_names_come_from_the_reversed_app_id() {
 fn further_ports_get_an_index_suffix_unless_named() {
     let app = with_ports("/a/b", 3, &[("SERVICE_2_NAME", "admin")]);
     assert_eq!(
-        service_names(&app),
+        atoll_workload::naming::service_names(&app),
         vec![
             (0, "b-a".to_string(), vec![]),
             (1, "b-a-1".to_string(), vec![]),
@@ -1446,7 +1446,7 @@ fn service_name_and_tags_labels_apply_to_every_port() {
     );
     let tags = vec!["blue".to_string(), "v2".to_string()];
     assert_eq!(
-        service_names(&app),
+        atoll_workload::naming::service_names(&app),
         vec![
             (0, "frontend".to_string(), tags.clone()),
             (1, "frontend-1".to_string(), tags),
@@ -1456,5 +1456,10 @@ fn service_name_and_tags_labels_apply_to_every_port() {
 
 #[test]
 fn apps_without_ports_have_no_services() {
-    assert!(service_names(&with_ports("/worker", 0, &[("SERVICE_NAME", "w")])).is_empty());
+    assert!(atoll_workload::naming::service_names(&with_ports(
+        "/worker",
+        0,
+        &[("SERVICE_NAME", "w")]
+    ))
+    .is_empty());
 }
