@@ -929,3 +929,69 @@ def test_datacenter_mismatch_client_is_refused(shared, new_cluster):
     stranger.spawn()
     _wait_refused(stranger, ["datacenter", "dc9"])
     assert stranger.name not in shared.leader().members()
+
+
+def _app_tasks(node: Node, app_id: str) -> list[dict]:
+    response = node.get(f"/v2/apps{app_id}/tasks")
+    if response.status_code != 200:
+        return []
+    return response.json()["tasks"]
+
+
+def _listening(ip: str, port: int) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def test_compute_node_loss_reschedules_tasks_and_reaps_orphans(new_cluster):
+    cluster = new_cluster("wl")
+    cluster.add_servers(3)
+    clients = [cluster.add_client(f"c{i}") for i in (1, 2, 3)]
+    cluster.start()
+    server = cluster.leader()
+    app = {
+        "id": "/resched",
+        "cmd": "exec python3 -m http.server $PORT0 --bind $HOST",
+        "instances": 2,
+        "cpus": 0.1,
+        "mem": 32,
+        "constraints": [["hostname", "UNIQUE"]],
+    }
+    created = server.put("/v2/apps/resched", json=app, timeout=10)
+    assert created.status_code in (200, 201), created.text
+
+    def running_on() -> dict[str, dict]:
+        tasks = [t for t in _app_tasks(server, "/resched") if t["state"] == "TASK_RUNNING"]
+        return {t["host"]: t for t in tasks}
+
+    placed = wait_for(lambda: len(running_on()) == 2 and running_on(), timeout=30,
+                      message="2 tasks running on 2 distinct compute nodes")
+    victim = next(c for c in clients if c.ip in placed)
+    old_task = placed[victim.ip]
+    old_port = old_task["ports"][0]
+    wait_for(lambda: _listening(victim.ip, old_port), timeout=10, message="the task serving on its port")
+
+    victim.kill9()
+    # The lost task is replaced on the one node without an instance (UNIQUE hostname).
+    spare = next(c for c in clients if c.ip not in placed)
+    moved = wait_for(lambda: spare.ip in running_on() and victim.ip not in running_on() and running_on(),
+                     timeout=30, message="the lost task replaced on the spare compute node")
+    assert len(moved) == 2
+    srv_ports = {(rd.target.to_text(), rd.port) for rr in server.dns("resched.service.consul", "SRV").answer
+                 for rd in rr}
+    assert len(srv_ports) == 2, srv_ports
+
+    # The orphaned process on the node that came back is stopped, not run twice.
+    victim.spawn()
+    wait_for(lambda: not _listening(victim.ip, old_port), timeout=30,
+             message="the orphaned task on the returning node stopped")
+    final = running_on()
+    assert len(final) == 2 and victim.ip not in final, final
+    assert len(_app_tasks(server, "/resched")) == 2
+    deleted = server.delete("/v2/apps/resched?force=true", timeout=10)
+    assert deleted.status_code == 200, deleted.text
+    wait_for(lambda: not _app_tasks(server, "/resched") and not any(
+        _listening(t["host"], t["ports"][0]) for t in final.values()), timeout=30, message="app destroyed")
