@@ -16,7 +16,7 @@ use super::input::{validate_name, CheckIn};
 use super::wire::{CatalogServiceJson, NodeJson, ServiceJson};
 use crate::decode::decode_body;
 use crate::error::ApiError;
-use crate::query::{blocking, check_datacenter, json_with_index, Query, ReadOptions};
+use crate::query::{blocking, json_with_index, Query, ReadOptions};
 use crate::ApiContext;
 
 #[derive(Debug, Default, Deserialize)]
@@ -331,7 +331,7 @@ pub async fn node(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
-    check_datacenter(&query, &context)?;
+    // `ReadOptions::parse` also refuses a foreign `dc`.
     let options = ReadOptions::parse(&query, &context)?;
     let datacenter = context.datacenter().to_string();
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {

@@ -664,9 +664,8 @@ async fn delete_tasks(
     )
 }
 
-fn render_deployment(state: &Tables, deployment: &Deployment) -> Value {
+fn render_deployment(deployment: &Deployment) -> Value {
     let action = json!({ "action": deployment.action, "app": deployment.app_id });
-    let _ = state;
     json!({
         "id": deployment.id,
         "version": deployment.version,
@@ -683,7 +682,7 @@ async fn deployments(State(context): State<ApiContext>) -> Json<Value> {
         s.workload
             .deployments
             .values()
-            .map(|d| render_deployment(s, d))
+            .map(render_deployment)
             .collect::<Vec<_>>()
     });
     Json(Value::Array(list))
@@ -695,12 +694,7 @@ async fn deployment(
 ) -> Result<Json<Value>> {
     context
         .store()
-        .read(|s| {
-            s.workload
-                .deployments
-                .get(&id)
-                .map(|d| render_deployment(s, d))
-        })
+        .read(|s| s.workload.deployments.get(&id).map(render_deployment))
         .map(Json)
         .ok_or_else(|| {
             MarathonError::new(
