@@ -6,4 +6,4 @@ mod checks;
 mod liveness;
 mod runner;
 
-pub use runner::{Agent, AgentConfig, AgentError, SERVER_SERVICE};
+pub use runner::{Agent, AgentConfig, AgentError, Autopilot, SERVER_SERVICE};

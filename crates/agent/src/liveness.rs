@@ -2,12 +2,22 @@
 //! `serfHealth` critical when its heartbeats stop for the TTL, and passing again when they
 //! resume. Because `serfHealth` counts against every service on the node, its instances
 //! leave DNS in the same Raft entry.
+//!
+//! The leader also cleans up dead servers (Consul's autopilot): a voter whose heartbeats
+//! have been missing for [`Autopilot::dead_server_after`] is removed from the Raft
+//! configuration, one at a time, as long as the dead are a minority of the voters and the
+//! voters stay at or above [`Autopilot::min_quorum`]. A removed server that comes back asks
+//! to join again (see `Consensus::stay_member`).
 
 use std::time::Duration;
+
+use std::collections::HashMap;
 
 use atoll_raft::Consensus;
 use atoll_state::{CheckStatus, Command, NODE_HEALTH_CHECK_ID};
 use tokio::time::Instant;
+
+use crate::runner::Autopilot;
 
 /// How often a node heartbeats.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
@@ -25,7 +35,7 @@ pub(crate) async fn send_heartbeats(consensus: Consensus, node: String) {
     }
 }
 
-pub(crate) async fn watch_heartbeats(consensus: Consensus, ttl: Duration) {
+pub(crate) async fn watch_heartbeats(consensus: Consensus, ttl: Duration, autopilot: Autopilot) {
     let mut ticker = tokio::time::interval(CHECK_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leading_since: Option<Instant> = None;
@@ -76,5 +86,108 @@ pub(crate) async fn watch_heartbeats(consensus: Consensus, ttl: Duration) {
                 tracing::warn!(%node, error = %e, "could not record node health");
             }
         }
+        if let Some(dead_after) = autopilot.dead_server_after {
+            remove_dead_server(
+                &consensus,
+                &liveness,
+                since,
+                dead_after,
+                autopilot.min_quorum,
+            )
+            .await;
+        }
+    }
+}
+
+/// Leader only: removes one dead voter if the cleanup rules allow it.
+async fn remove_dead_server(
+    consensus: &Consensus,
+    liveness: &HashMap<String, Instant>,
+    leading_since: Instant,
+    dead_after: Duration,
+    min_quorum: usize,
+) {
+    let now = Instant::now();
+    let voters: Vec<(u64, String, Duration)> = consensus
+        .members()
+        .into_iter()
+        .filter(|(id, _, voter)| *voter && *id != consensus.node_id())
+        .map(|(id, member, _)| {
+            // Silence is counted from the later of its last heartbeat and this leadership.
+            let seen = liveness
+                .get(&member.name)
+                .copied()
+                .map_or(leading_since, |seen| seen.max(leading_since));
+            (id, member.name, now.duration_since(seen))
+        })
+        .collect();
+    let silent: Vec<Duration> = voters.iter().map(|(_, _, silent)| *silent).collect();
+    let Some(index) = dead_server_to_remove(&silent, dead_after, min_quorum) else {
+        return;
+    };
+    let (id, name, silent) = &voters[index];
+    tracing::warn!(node = %name, silent_for = ?silent, "removing dead server from the Raft configuration");
+    if let Err(e) = consensus.remove_member(*id).await {
+        tracing::warn!(node = %name, error = %e, "could not remove dead server");
+    }
+}
+
+/// Which of the other voters (given how long each has been silent) may be removed: the one
+/// silent longest among those dead for `dead_after`, provided the dead are fewer than half
+/// of all voters (this leader included) and at least `min_quorum` voters would remain.
+fn dead_server_to_remove(
+    silent: &[Duration],
+    dead_after: Duration,
+    min_quorum: usize,
+) -> Option<usize> {
+    let voters = silent.len() + 1;
+    let dead: Vec<usize> = (0..silent.len())
+        .filter(|&i| silent[i] >= dead_after)
+        .collect();
+    if dead.is_empty() || dead.len() * 2 >= voters || voters - 1 < min_quorum.max(1) {
+        return None;
+    }
+    dead.into_iter().max_by_key(|&i| silent[i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEAD: Duration = Duration::from_secs(30);
+
+    fn secs(values: &[u64]) -> Vec<Duration> {
+        values.iter().map(|s| Duration::from_secs(*s)).collect()
+    }
+
+    #[test]
+    fn a_dead_minority_is_removed_longest_silent_first() {
+        assert_eq!(dead_server_to_remove(&secs(&[0, 31]), DEAD, 0), Some(1));
+        assert_eq!(
+            dead_server_to_remove(&secs(&[40, 0, 90, 1]), DEAD, 0),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn nothing_is_removed_before_the_threshold() {
+        assert_eq!(dead_server_to_remove(&secs(&[0, 29]), DEAD, 0), None);
+        assert_eq!(dead_server_to_remove(&secs(&[]), DEAD, 0), None);
+    }
+
+    #[test]
+    fn never_removes_a_majority() {
+        // Three voters, two dead: removing would leave the leader alone by its own say.
+        assert_eq!(dead_server_to_remove(&secs(&[31, 31]), DEAD, 0), None);
+        // Two voters, one dead: half is not a minority.
+        assert_eq!(dead_server_to_remove(&secs(&[31]), DEAD, 0), None);
+        // Five voters, two dead: allowed.
+        assert!(dead_server_to_remove(&secs(&[31, 0, 45, 0]), DEAD, 0).is_some());
+    }
+
+    #[test]
+    fn min_quorum_is_a_floor() {
+        assert_eq!(dead_server_to_remove(&secs(&[0, 31]), DEAD, 3), None);
+        assert_eq!(dead_server_to_remove(&secs(&[0, 31, 0]), DEAD, 3), Some(1));
     }
 }

@@ -19,8 +19,10 @@ use crate::checks::{http_client, probe_http, probe_tcp, HttpClient};
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// Default per-run timeout, as Consul's.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long start-up keeps trying to register the node.
-const REGISTER_PATIENCE: Duration = Duration::from_secs(120);
+/// How often start-up repeats, as a warning, that it is still waiting to register the node.
+const REGISTER_NAG: Duration = Duration::from_secs(30);
+/// Pause between attempts to register the node at start-up.
+const REGISTER_RETRY: Duration = Duration::from_millis(200);
 /// Retry delay after a failed write.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -44,6 +46,27 @@ pub struct AgentConfig {
     pub node_meta: std::collections::BTreeMap<String, String>,
     /// A node whose heartbeats stop for this long is marked failed (servers enforce it).
     pub heartbeat_ttl: Duration,
+    /// Dead-server cleanup, run by the leader.
+    pub autopilot: Autopilot,
+}
+
+/// When the leader removes dead servers from the Raft configuration, as Consul's autopilot
+/// does with `cleanup_dead_servers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Autopilot {
+    /// A voter whose heartbeats have been missing this long is removed; `None` never removes.
+    pub dead_server_after: Option<Duration>,
+    /// Never shrink the voters below this many (0: no floor beyond the majority rule).
+    pub min_quorum: usize,
+}
+
+impl Default for Autopilot {
+    fn default() -> Self {
+        Autopilot {
+            dead_server_after: Some(Duration::from_secs(30)),
+            min_quorum: 0,
+        }
+    }
 }
 
 /// Errors of agent operations.
@@ -95,8 +118,10 @@ impl Agent {
             }),
             ..Default::default()
         };
-        // Right after an election or a restart the leader may not be reachable yet.
-        let deadline = Instant::now() + REGISTER_PATIENCE;
+        // Right after an election or a restart the leader may not be reachable yet, and a
+        // restarting cluster may need its other servers first: wait as long as it takes (the
+        // caller stops waiting on shutdown), saying so now and then.
+        let mut nag_at = Instant::now() + REGISTER_NAG;
         loop {
             match consensus
                 .write(Command::Register(Box::new(registration.clone())))
@@ -104,12 +129,16 @@ impl Agent {
             {
                 Ok((Outcome::Rejected(rejection), _)) => return Err(rejection.into()),
                 Ok(_) => break,
-                Err(e) if Instant::now() < deadline => {
-                    tracing::info!(error = %e, "waiting for the cluster to register this node");
-                    tokio::time::sleep(RETRY).await;
+                Err(e @ ConsensusError::Refused(_)) => return Err(e.into()),
+                Err(e) if Instant::now() >= nag_at => {
+                    tracing::warn!(error = %e, "still waiting for a cluster leader to register this node");
+                    nag_at = Instant::now() + REGISTER_NAG;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "waiting for the cluster to register this node");
+                }
             }
+            tokio::time::sleep(REGISTER_RETRY).await;
         }
         let (ttl_resets, resets) = mpsc::unbounded_channel();
         let config = Arc::new(config);
@@ -131,6 +160,7 @@ impl Agent {
             tokio::spawn(crate::liveness::watch_heartbeats(
                 consensus.clone(),
                 config.heartbeat_ttl,
+                config.autopilot.clone(),
             ));
         }
         Ok(Agent {

@@ -5,8 +5,11 @@
 pub mod consul;
 pub mod decode;
 pub mod error;
+pub mod forming;
 pub mod marathon;
 pub mod query;
+
+pub use forming::{ApiSwitch, Forming};
 
 use std::sync::Arc;
 

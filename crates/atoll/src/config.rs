@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
+use atoll_agent::Autopilot;
 use clap::{Args, Parser, Subcommand};
 use hickory_proto::rr::Name;
 
@@ -233,6 +234,13 @@ pub struct AgentArgs {
     /// Port of the Raft/RPC listener.
     #[arg(long, default_value_t = DEFAULT_RPC_PORT)]
     pub rpc_port: u16,
+    /// Seconds after which the leader removes a server whose heartbeats stopped from the
+    /// Raft configuration (Consul's autopilot dead-server cleanup); 0 turns cleanup off.
+    #[arg(long, default_value_t = 30.0)]
+    pub dead_server_cleanup_after: f64,
+    /// Dead-server cleanup never leaves fewer voters than this.
+    #[arg(long, default_value_t = 0)]
+    pub min_quorum: usize,
 }
 
 /// Validated settings of a node.
@@ -255,6 +263,7 @@ pub struct NodeSettings {
     pub heartbeat_ttl: Duration,
     pub port_range: (u16, u16),
     pub role: Role,
+    pub autopilot: Autopilot,
 }
 
 /// What a node runs.
@@ -378,6 +387,7 @@ impl NodeArgs {
             heartbeat_ttl: Duration::from_secs_f64(self.heartbeat_ttl),
             port_range,
             role,
+            autopilot: Autopilot::default(),
         })
     }
 }
@@ -417,7 +427,16 @@ impl AgentArgs {
             }
             (false, None) => Role::Client { retry_join },
         };
-        self.node.settings(role, self.rpc_port)
+        if !(self.dead_server_cleanup_after.is_finite() && self.dead_server_cleanup_after >= 0.0) {
+            bail!("--dead-server-cleanup-after must be a number of seconds (0 turns cleanup off)");
+        }
+        let mut settings = self.node.settings(role, self.rpc_port)?;
+        settings.autopilot = Autopilot {
+            dead_server_after: (self.dead_server_cleanup_after > 0.0)
+                .then(|| Duration::from_secs_f64(self.dead_server_cleanup_after)),
+            min_quorum: self.min_quorum,
+        };
+        Ok(settings)
     }
 }
 

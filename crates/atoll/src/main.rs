@@ -7,11 +7,12 @@ mod cli;
 mod config;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use atoll_agent::{Agent, AgentConfig};
-use atoll_api::ApiContext;
+use atoll_api::{ApiContext, ApiSwitch, Forming};
 use atoll_dns::{DnsConfig, DnsServer};
 use atoll_raft::{Consensus, ConsensusConfig, JoinPlan, Member};
 use atoll_state::Store;
@@ -168,26 +169,59 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             }
         });
     }
-    tokio::select! {
-        joined = consensus.find_cluster(&plan) => joined.context("cannot join the cluster")?,
-        _ = shutdown_signal() => {
-            consensus.shutdown().await;
+    // Serve HTTP from now on: until the node has joined, the forming API answers as Consul
+    // does without a leader; then the full API takes over.
+    let leave_before_joining = Arc::new(tokio::sync::Notify::new());
+    let (router, api_switch) = ApiSwitch::new(Forming {
+        consensus: consensus.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        leave: leave_before_joining.clone(),
+    });
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let http_server = tokio::spawn(serve_http(http, router, stop.clone()));
+    let stop_on_signal = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_on_signal.send(true);
+    });
+    let join = async {
+        consensus
+            .find_cluster(&plan)
+            .await
+            .context("cannot join the cluster")?;
+        if settings.role != Role::Dev {
+            let member = consensus.clone();
+            let plan = plan.clone();
+            tokio::spawn(async move { member.stay_member(&plan).await });
+        }
+        Agent::start(
+            consensus.clone(),
+            AgentConfig {
+                node: settings.node.clone(),
+                address: settings.bind.to_string(),
+                datacenter: settings.datacenter.clone(),
+                server_port: server.then_some(settings.rpc_addr.port()),
+                node_meta: settings.node_meta.clone(),
+                heartbeat_ttl: settings.heartbeat_ttl,
+                autopilot: settings.autopilot.clone(),
+            },
+        )
+        .await
+        .context("cannot register this node")
+    };
+    let mut stopping = stop.clone();
+    let agent = tokio::select! {
+        joined = join => joined?,
+        _ = stopping.wait_for(|stop| *stop) => {
+            finish(http_server, consensus, temporary).await;
             return Ok(());
         }
-    }
-    let agent = Agent::start(
-        consensus.clone(),
-        AgentConfig {
-            node: settings.node.clone(),
-            address: settings.bind.to_string(),
-            datacenter: settings.datacenter.clone(),
-            server_port: server.then_some(settings.rpc_addr.port()),
-            node_meta: settings.node_meta.clone(),
-            heartbeat_ttl: settings.heartbeat_ttl,
-        },
-    )
-    .await
-    .context("cannot register this node")?;
+        _ = leave_before_joining.notified() => {
+            let _ = stop_tx.send(true);
+            finish(http_server, consensus, temporary).await;
+            return Ok(());
+        }
+    };
     dns.start(tokio::runtime::Handle::current())
         .context("cannot start DNS")?;
     let queue: atoll_api::PlacementQueue = Default::default();
@@ -219,11 +253,11 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             drivers,
         ));
     }
-    let router = atoll_api::router(ApiContext::new(
+    api_switch.install(atoll_api::router(ApiContext::new(
         agent.clone(),
         env!("CARGO_PKG_VERSION"),
         queue,
-    ));
+    )));
 
     let role = match settings.role {
         Role::Dev => "atoll dev",
@@ -251,28 +285,48 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     }
     tracing::info!("{role} is ready");
 
-    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
-    let left = agent.clone();
-    let server = axum::serve(http, router).with_graceful_shutdown(async move {
-        tokio::select! {
-            _ = shutdown_signal() => {}
-            _ = left.stopped() => {}
-        }
-        let _ = stopping_tx.send(true);
-    });
-    // Blocking queries may hold connections for minutes: give them a moment, then go.
-    let grace = async {
-        let _ = stopping.wait_for(|stopping| *stopping).await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
     tokio::select! {
-        served = server => served.context("HTTP server failed")?,
-        _ = grace => tracing::info!("closing connections still open"),
+        _ = stopping.wait_for(|stop| *stop) => {}
+        _ = agent.stopped() => {
+            let _ = stop_tx.send(true);
+        }
+    }
+    finish(http_server, consensus, temporary).await;
+    Ok(())
+}
+
+/// Serves the HTTP API until `stop` turns true.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+/// Shutdown once stopping was decided: open connections get a moment (blocking queries may
+/// hold them for minutes), then consensus stops and a temporary data dir is removed.
+async fn finish(
+    http_server: tokio::task::JoinHandle<()>,
+    consensus: Consensus,
+    temporary: Option<tempfile::TempDir>,
+) {
+    if tokio::time::timeout(SHUTDOWN_GRACE, http_server)
+        .await
+        .is_err()
+    {
+        tracing::info!("closing connections still open");
     }
     tracing::info!("shutting down");
     consensus.shutdown().await;
     drop(temporary);
-    Ok(())
 }
 
 async fn shutdown_signal() {

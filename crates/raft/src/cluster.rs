@@ -18,6 +18,8 @@ const ROUND: Duration = Duration::from_millis(300);
 const MISMATCH_PATIENCE: Duration = Duration::from_secs(20);
 /// Timeout of one hello.
 const HELLO_TIMEOUT: Duration = Duration::from_millis(700);
+/// A member that has not heard from a leader for this long asks to be admitted again.
+const ORPHAN_AFTER: Duration = Duration::from_secs(3);
 
 /// How a node finds its cluster.
 #[derive(Debug, Clone)]
@@ -127,6 +129,51 @@ impl Consensus {
                 tracing::debug!(?addresses, "no peer answered yet");
             }
             tokio::time::sleep(ROUND).await;
+        }
+    }
+
+    /// Runs for the life of the node: a member that stops hearing from any leader (it was
+    /// removed by `force-leave` or dead-server cleanup while it was down, or it was never
+    /// told of a new leader), or a server the configuration holds only as a learner (its
+    /// promotion was cut short by an election), asks the nodes it knows, and its
+    /// `--retry-join` addresses, to admit it again. Joining is idempotent, so asking while still a member is harmless;
+    /// without a leader (no quorum) nobody can admit it and it keeps waiting.
+    pub async fn stay_member(&self, plan: &JoinPlan) {
+        loop {
+            tokio::time::sleep(ORPHAN_AFTER).await;
+            let own_id = self.node_id();
+            let server = self.member().server;
+            let admitted = self
+                .members()
+                .into_iter()
+                .any(|(id, _, voter)| id == own_id && (voter || !server));
+            if self.is_leader() || (admitted && self.heard_from_leader_within(ORPHAN_AFTER)) {
+                continue;
+            }
+            let mut addresses: Vec<String> = plan.retry_join.clone();
+            addresses.extend(self.members().into_iter().map(|(_, m, _)| m.rpc_addr));
+            addresses.extend(self.inner.known.lock().values().map(|m| m.rpc_addr.clone()));
+            addresses.retain(|a| *a != self.member().rpc_addr);
+            addresses.sort();
+            addresses.dedup();
+            let me = self.hello_message(plan.bootstrap_expect).await;
+            for address in &addresses {
+                let Ok(peer) = self
+                    .inner
+                    .client
+                    .call::<Hello, Hello>(address, HELLO_PATH, &me, HELLO_TIMEOUT)
+                    .await
+                else {
+                    continue;
+                };
+                if self.check_peer(&peer).is_err() || !peer.initialized {
+                    continue;
+                }
+                if self.ask_to_join(address).await {
+                    tracing::info!(via = %address, "no word from a leader: asked to be admitted again");
+                    break;
+                }
+            }
         }
     }
 

@@ -117,9 +117,13 @@ impl Consensus {
         let state_machine = StateMachine::restore(store.clone(), db.clone())?;
         let raft_config = Config {
             cluster_name: "atoll".to_string(),
+            // openraft grants no vote while the leader's lease (election_timeout_max) runs,
+            // and a follower stands for election that long plus its own timeout after the
+            // last heartbeat: 500-600 ms of silence, five heartbeats missed. The heartbeat
+            // interval is also the append RPC's timeout, so it stays at 100 ms.
             heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
+            election_timeout_min: 200,
+            election_timeout_max: 300,
             install_snapshot_timeout: 5000,
             max_payload_entries: 64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
@@ -393,6 +397,14 @@ impl Consensus {
             Some(at) => at.elapsed().as_millis() as u64,
             None => 0,
         }
+    }
+
+    /// Whether an append from a leader arrived within `window`.
+    pub(crate) fn heard_from_leader_within(&self, window: Duration) -> bool {
+        self.inner
+            .leader_contact
+            .lock()
+            .is_some_and(|at| at.elapsed() < window)
     }
 
     /// Raft addresses of the voters.

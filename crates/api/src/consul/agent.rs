@@ -21,23 +21,35 @@ use crate::ApiContext;
 
 /// Port Consul's LAN gossip uses, reported in member listings.
 const SERF_LAN_PORT: u16 = 8301;
+/// Serf's member status codes.
+pub(crate) const SERF_ALIVE: u8 = 1;
+const SERF_FAILED: u8 = 4;
 
 fn member_json(context: &ApiContext, id: u64, member: &atoll_raft::Member) -> serde_json::Value {
-    let (address, port) = member
-        .rpc_addr
-        .rsplit_once(':')
-        .unwrap_or((&member.rpc_addr, ""));
     let status = context.store().read(|state| {
         state
             .checks_on_node(&member.name)
             .find(|c| c.check_id == NODE_HEALTH_CHECK_ID)
             .map(|c| c.status)
     });
-    // Serf's codes: 1 alive, 3 left, 4 failed.
     let code = match status {
-        Some(CheckStatus::Critical) => 4,
-        _ => 1,
+        Some(CheckStatus::Critical) => SERF_FAILED,
+        _ => SERF_ALIVE,
     };
+    member_value(id, member, context.version(), code)
+}
+
+/// A member as `/v1/agent/members` lists it, with Serf's status `code`.
+pub(crate) fn member_value(
+    id: u64,
+    member: &atoll_raft::Member,
+    version: &str,
+    code: u8,
+) -> serde_json::Value {
+    let (address, port) = member
+        .rpc_addr
+        .rsplit_once(':')
+        .unwrap_or((&member.rpc_addr, ""));
     json!({
         "Name": member.name,
         "Addr": address,
@@ -45,7 +57,7 @@ fn member_json(context: &ApiContext, id: u64, member: &atoll_raft::Member) -> se
         "Tags": {
             "dc": member.datacenter,
             "role": if member.server { "consul" } else { "node" },
-            "build": context.version(),
+            "build": version,
             "port": port,
             "id": id.to_string(),
             "vsn": "2",

@@ -1,6 +1,6 @@
 //! Consul-compatible endpoints, grouped as Consul groups them.
 
-mod agent;
+pub(crate) mod agent;
 mod catalog;
 mod health;
 mod input;
