@@ -5,7 +5,9 @@
 #
 # On a fresh Debian 12 machine it first installs what the tests need (only
 # what is missing), then runs rustfmt, clippy, the release build, the Rust
-# tests and the end-to-end suite in tests/e2e against target/release/atoll.
+# tests and the end-to-end suite in tests/e2e against target/release/atoll:
+# first every test against `atoll dev`, then the client tests (modules marked
+# client_api) again against a client node of a 3-server cluster.
 #
 # With CI=true a prerequisite that cannot be installed is an error; locally
 # the script warns and the affected end-to-end tests skip.
@@ -160,4 +162,17 @@ ATOLL_BIN="${ATOLL_BIN:-$REPO_ROOT/target/release/atoll}"
 export ATOLL_BIN
 
 log "end-to-end tests (tests/e2e)"
-python3 -m pytest -q -p no:cacheprovider tests/e2e "$@"
+ATOLL_E2E_TARGET=dev python3 -m pytest -q -p no:cacheprovider tests/e2e "$@"
+
+# What a Consul client sees must not change when it talks to a client node of
+# a cluster instead of a single dev agent: the same tests, every request to
+# the client node of 3 servers + 1 client (see tests/e2e/conftest.py).
+log "end-to-end client tests against a cluster (ATOLL_E2E_TARGET=cluster)"
+status=0
+ATOLL_E2E_TARGET=cluster python3 -m pytest -q -p no:cacheprovider -m client_api tests/e2e "$@" || status=$?
+# Extra arguments (-k ...) may select no client test at all: pytest's 5.
+if [ "$status" -eq 5 ] && [ "$#" -gt 0 ]; then
+    warn "the extra pytest arguments select no client_api test for the cluster run"
+elif [ "$status" -ne 0 ]; then
+    exit "$status"
+fi

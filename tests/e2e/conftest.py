@@ -8,6 +8,16 @@ The binary is taken from $ATOLL_BIN, or `target/release/atoll` under the
 repository root. When it (or another prerequisite) is missing the test is
 skipped locally, but fails under CI=true, so CI can never go green by
 skipping.
+
+ATOLL_E2E_TARGET picks what the `atoll` and `atoll_factory` fixtures stand
+for:
+* `dev` (the default): one `atoll dev` process per test;
+* `cluster`: a client node of a cluster of 3 servers and that client
+  (cluster_util.TargetCluster), started once per run. Every HTTP and DNS
+  request of the test goes to the client node; before each test whatever an
+  earlier one registered or wrote is removed. Only modules marked
+  `client_api` run this way; a test in them that is single-node by nature is
+  marked `dev_only(reason)` and skipped with that reason.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ try:  # py-consul
 except ImportError:  # pragma: no cover - reported by the fixtures
     consul = None
 
+pytest.register_assert_rewrite("cluster_util")
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BIN = REPO_ROOT / "target" / "release" / "atoll"
 
@@ -37,6 +49,17 @@ DEFAULT_BIN = REPO_ROOT / "target" / "release" / "atoll"
 READY_TIMEOUT = 20.0
 # How long SIGTERM/SIGINT may take before we escalate to SIGKILL.
 STOP_TIMEOUT = 10.0
+
+
+TARGETS = ("dev", "cluster")
+
+
+def e2e_target() -> str:
+    """What the client tests run against: `dev` or `cluster` (ATOLL_E2E_TARGET)."""
+    target = os.environ.get("ATOLL_E2E_TARGET", "").strip().lower() or "dev"
+    if target not in TARGETS:
+        raise pytest.UsageError(f"ATOLL_E2E_TARGET={target!r}: expected one of {', '.join(TARGETS)}")
+    return target
 
 
 def in_ci() -> bool:
@@ -183,11 +206,23 @@ class Atoll:
         self.http_port = http_port or free_port()
         self.dns_port = dns_port or free_port(udp_too=True, exclude=[self.http_port])
         self.dns_host = "127.0.0.1"
+        # The address the node advertises (its catalog entry, DNS answers).
+        self.node_address = "127.0.0.1"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self._client = None
         self._stdout_path: Path | None = None
         self._stderr_path: Path | None = None
+
+    # -- what the tests compare against ----------------------------------
+    @property
+    def node_names(self) -> list[str]:
+        """Every node the catalog must list: a dev agent is alone."""
+        return [self.node]
+
+    @property
+    def server_names(self) -> list[str]:
+        return [self.node]
 
     # -- addresses --------------------------------------------------------
     @property
@@ -421,18 +456,110 @@ class AtollFactory:
             raise errors[0]
 
 
-@pytest.fixture
-def atoll_factory(tmp_path):
+class ClusterFactory:
+    """atoll_factory of the cluster target: client nodes instead of `atoll dev` processes.
+
+    start("main") is the shared client node. A start with agent flags
+    (extra_args) or its own node name adds a client node with them to the
+    shared cluster for this test; one in another datacenter gets a cluster of
+    its own. What only an `atoll dev` process has (a data dir of its own,
+    chosen ports, restarts) is not offered: such tests are dev_only.
+    """
+
+    def __init__(self, target) -> None:
+        self.target = target
+
+    def create(self, name: str = "a", **kwargs):
+        pytest.fail(f"atoll_factory.create({name!r}) needs an `atoll dev` process: mark the test dev_only",
+                    pytrace=False)
+
+    def start(self, name: str = "a", temp_data_dir: bool = False, node: str | None = None,
+              datacenter: str | None = None, extra_args: Iterable[str] = (), **kwargs):
+        if kwargs:
+            pytest.fail(f"the cluster target cannot honour {sorted(kwargs)}: mark the test dev_only", pytrace=False)
+        main = self.target.main
+        extra_args = list(extra_args)
+        if datacenter is not None and datacenter != main.datacenter:
+            return self.target.start_private(name, datacenter, node=node, extra_args=extra_args)
+        if name == "main" and node is None and not extra_args:
+            return main
+        return self.target.start_client(name, node=node, extra_args=extra_args)
+
+    def close(self) -> None:
+        self.target.end_test()
+
+
+@pytest.fixture(scope="session")
+def target_cluster(tmp_path_factory):
+    """The cluster of the `cluster` target, started on first use and stopped at the end of the run."""
     require_binary()
-    factory = AtollFactory(tmp_path)
+    from cluster_util import TargetCluster, session_pool
+
+    target = TargetCluster(tmp_path_factory.mktemp("target-cluster"), session_pool())
+    try:
+        target.start()
+        yield target
+    finally:
+        target.close()
+
+
+@pytest.fixture
+def atoll_factory(request, tmp_path):
+    require_binary()
+    if e2e_target() == "cluster":
+        target = request.getfixturevalue("target_cluster")
+        target.main.reset()
+        factory: AtollFactory | ClusterFactory = ClusterFactory(target)
+    else:
+        factory = AtollFactory(tmp_path)
     yield factory
     factory.close()
 
 
 @pytest.fixture
 def atoll(atoll_factory) -> Atoll:
-    """A running atoll with a fresh data dir under tmp_path."""
+    """A running atoll with a fresh data dir under tmp_path (or the cluster target's client node, reset)."""
     return atoll_factory.start("main")
+
+
+# ---------------------------------------------------------------------------
+# targets and markers
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "client_api: tests of what a Consul client sees; they also run against a client node of a "
+        "cluster (ATOLL_E2E_TARGET=cluster)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "dev_only(reason): a test of a client_api module that only makes sense against one `atoll dev` "
+        "process; skipped, with the reason, against a cluster",
+    )
+
+
+def pytest_report_header(config):
+    target = e2e_target()
+    if target == "cluster":
+        return "atoll target: cluster (client node of 3 servers + 1 client; client_api modules only)"
+    return "atoll target: dev (one `atoll dev` process per test)"
+
+
+def pytest_collection_modifyitems(config, items):
+    if e2e_target() != "cluster":
+        return
+    for item in items:
+        if not {"atoll", "atoll_factory"} & set(getattr(item, "fixturenames", ())):
+            continue
+        dev_only = item.get_closest_marker("dev_only")
+        if dev_only is not None:
+            reason = dev_only.kwargs.get("reason") or (dev_only.args[0] if dev_only.args else "")
+            if not reason:
+                raise pytest.UsageError(f"{item.nodeid}: dev_only needs a reason")
+            item.add_marker(pytest.mark.skip(reason=f"single-node only: {reason}"))
+        elif item.get_closest_marker("client_api") is None:
+            item.add_marker(pytest.mark.skip(reason="not a client_api module: runs against `atoll dev` only"))
 
 
 # ---------------------------------------------------------------------------

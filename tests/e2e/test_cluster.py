@@ -18,21 +18,32 @@ ATOLL_E2E_SEED replays the random choices (addresses, start orders).
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
 import socket
-import subprocess
 import time
-from pathlib import Path
 from typing import Iterable
 
-import dns.message
-import dns.query
 import dns.rdatatype
 import pytest
 import requests
 
+from cluster_util import (  # noqa: F401 - Node, AddressPool, ... are imported from here by other tests
+    DNS_PORT,
+    FAILOVER_LIMIT,
+    FORM_TIMEOUT,
+    HEARTBEAT_TTL,
+    HTTP_PORT,
+    RNG,
+    RPC_PORT,
+    SEED,
+    STOP_TIMEOUT,
+    AddressPool,
+    Cluster,
+    Node,
+    assert_one_leader,
+    run_cli,
+    session_pool,
+    wait_kv,
+)
 from conftest import require, require_binary, wait_for
 
 try:  # py-consul
@@ -40,393 +51,8 @@ try:  # py-consul
 except ImportError:  # pragma: no cover - reported by require()
     consul = None
 
-RPC_PORT = 8300
-HTTP_PORT = 8500
-DNS_PORT = 8600
-
-HEARTBEAT_TTL = 2.0  # --heartbeat-ttl for the clusters here (seconds)
-FORM_TIMEOUT = 30.0  # servers started -> one leader everybody agrees on
-FAILOVER_LIMIT = 10.0  # leader killed -> a write succeeds again
 REFUSAL_LIMIT = 8.0  # minority -> a write is answered with 5xx
 DNS_MARGIN = 3.0  # how much later than the heartbeat TTL a dead node may leave DNS
-STOP_TIMEOUT = 10.0
-
-SEED = int(os.environ.get("ATOLL_E2E_SEED", time.time_ns() % 1_000_000))
-RNG = random.Random(SEED)
-
-
-# ---------------------------------------------------------------------------
-# addresses
-
-
-def _ports_free(ip: str) -> bool:
-    """True when ip:8300/8500/8600 (TCP) and ip:8600 (UDP) can all be bound."""
-    for port, kind in ((RPC_PORT, socket.SOCK_STREAM), (HTTP_PORT, socket.SOCK_STREAM),
-                       (DNS_PORT, socket.SOCK_STREAM), (DNS_PORT, socket.SOCK_DGRAM)):
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind((ip, port))
-            except OSError:
-                return False
-    return True
-
-
-class AddressPool:
-    """Hands out loopback IPs 127.A.B.x whose atoll ports are free, never the same twice."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-        self._new_block()
-
-    def _new_block(self) -> None:
-        self.a = self.rng.randint(10, 250)
-        self.b = self.rng.randint(0, 255)
-        self.next_host = 1
-
-    def take(self) -> str:
-        for _ in range(1000):
-            if self.next_host > 250:
-                self._new_block()
-            ip = f"127.{self.a}.{self.b}.{self.next_host}"
-            self.next_host += 1
-            if _ports_free(ip):
-                return ip
-        raise RuntimeError("no loopback address with free atoll ports")
-
-
-# ---------------------------------------------------------------------------
-# one node
-
-
-class Node:
-    """One `atoll agent` process: a server or a client (compute) node."""
-
-    def __init__(
-        self,
-        root: Path,
-        name: str,
-        ip: str,
-        server: bool,
-        join: Iterable[str],
-        bootstrap_expect: int | None = None,
-        datacenter: str = "dc1",
-        heartbeat_ttl: float | None = HEARTBEAT_TTL,
-        extra_args: Iterable[str] = (),
-    ) -> None:
-        self.binary = require_binary()
-        self.name = name
-        self.ip = ip
-        self.server = server
-        self.join = [j for j in join if j != ip]
-        self.bootstrap_expect = bootstrap_expect
-        self.datacenter = datacenter
-        self.heartbeat_ttl = heartbeat_ttl
-        self.extra_args = list(extra_args)
-        self.workdir = root / name
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.data_dir = self.workdir / "data"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-        self.stopped = False  # SIGSTOPped by us
-
-    def __repr__(self) -> str:
-        return f"<{'server' if self.server else 'client'} {self.name} {self.ip}>"
-
-    # -- addresses --------------------------------------------------------
-    @property
-    def rpc_addr(self) -> str:
-        return f"{self.ip}:{RPC_PORT}"
-
-    @property
-    def http_addr(self) -> str:
-        return f"{self.ip}:{HTTP_PORT}"
-
-    def url(self, path: str) -> str:
-        return f"http://{self.http_addr}{path}"
-
-    # -- lifecycle --------------------------------------------------------
-    def command(self) -> list[str]:
-        cmd = [str(self.binary), "agent", "--data-dir", str(self.data_dir), "--bind", self.ip,
-               "--node", self.name, "--datacenter", self.datacenter]
-        if self.server:
-            cmd += ["--server", "--bootstrap-expect", str(self.bootstrap_expect)]
-        for address in self.join:
-            cmd += ["--retry-join", address]
-        if self.heartbeat_ttl is not None:
-            cmd += ["--heartbeat-ttl", str(self.heartbeat_ttl)]
-        return cmd + self.extra_args
-
-    def spawn(self) -> "Node":
-        assert not self.running(), f"{self} already running"
-        self.starts += 1
-        self.stopped = False
-        env = dict(os.environ)
-        env.setdefault("ATOLL_LOG", "info,openraft=warn")
-        env.setdefault("NO_COLOR", "1")
-        with open(self.log_path(), "wb") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env, cwd=self.workdir)
-        return self
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill9(self) -> None:
-        if self.running():
-            assert self.proc is not None
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=STOP_TIMEOUT)
-        self.stopped = False
-
-    def freeze(self) -> None:
-        assert self.running() and self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-        self.stopped = True
-
-    def thaw(self) -> None:
-        if self.running() and self.stopped and self.proc is not None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-        self.stopped = False
-
-    def wait_exit(self, timeout: float) -> int | None:
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def close(self) -> None:
-        self.thaw()
-        self.kill9()
-
-    # -- diagnostics ------------------------------------------------------
-    def log_path(self) -> Path:
-        return self.workdir / f"atoll-{max(self.starts, 1)}.log"
-
-    def output(self) -> str:
-        path = self.log_path()
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def logs(self, tail: int = 30) -> str:
-        lines = self.output().splitlines()[-tail:]
-        return f"--- {self.name} ({self.ip}) run {self.starts} ---\n" + "\n".join(lines)
-
-    # -- HTTP -------------------------------------------------------------
-    def get(self, path: str, timeout: float = 5.0, **kwargs) -> requests.Response:
-        return requests.get(self.url(path), timeout=timeout, **kwargs)
-
-    def put(self, path: str, timeout: float = 5.0, **kwargs) -> requests.Response:
-        return requests.put(self.url(path), timeout=timeout, **kwargs)
-
-    def delete(self, path: str, timeout: float = 5.0, **kwargs) -> requests.Response:
-        return requests.delete(self.url(path), timeout=timeout, **kwargs)
-
-    def get_json(self, path: str, timeout: float = 5.0):
-        r = self.get(path, timeout=timeout)
-        assert r.status_code == 200, f"{self.name}: GET {path} -> {r.status_code}: {r.text}"
-        return r.json()
-
-    def leader(self) -> str:
-        """The leader's RPC address as this node sees it ('' when it knows none)."""
-        r = self.get("/v1/status/leader", timeout=2.0)
-        if r.status_code != 200:
-            return ""
-        value = r.json()
-        return value if isinstance(value, str) else ""
-
-    def peers(self) -> list[str]:
-        return self.get_json("/v1/status/peers", timeout=2.0)
-
-    def members(self) -> dict[str, dict]:
-        return {m["Name"]: m for m in self.get_json("/v1/agent/members", timeout=2.0)}
-
-    def kv_put(self, key: str, value: str, timeout: float = 5.0) -> requests.Response:
-        return self.put(f"/v1/kv/{key}", data=value.encode(), timeout=timeout)
-
-    def kv_get(self, key: str, mode: str = "", timeout: float = 5.0) -> str | None:
-        """The raw value of key (None when absent); mode is '', 'stale' or 'consistent'."""
-        query = "?raw" + (f"&{mode}" if mode else "")
-        r = self.get(f"/v1/kv/{key}{query}", timeout=timeout)
-        if r.status_code == 404:
-            return None
-        assert r.status_code == 200, f"{self.name}: GET kv {key} {mode} -> {r.status_code}: {r.text}"
-        return r.text
-
-    def register(self, name: str, service_id: str, port: int) -> None:
-        r = self.put("/v1/agent/service/register", json={"Name": name, "ID": service_id, "Port": port})
-        assert r.status_code == 200, f"{self.name}: register {service_id} -> {r.status_code}: {r.text}"
-
-    # -- DNS --------------------------------------------------------------
-    def dns(self, name: str, rdtype: str = "A", tcp: bool = False, timeout: float = 2.0) -> dns.message.Message:
-        q = dns.message.make_query(name, rdtype)
-        if tcp:
-            return dns.query.tcp(q, self.ip, timeout=timeout, port=DNS_PORT)
-        return dns.query.udp(q, self.ip, timeout=timeout, port=DNS_PORT)
-
-    def dns_a(self, name: str) -> list[str]:
-        msg = self.dns(name, "A")
-        return sorted(rd.address for rrset in msg.answer if rrset.rdtype == dns.rdatatype.A for rd in rrset)
-
-
-# ---------------------------------------------------------------------------
-# a cluster
-
-
-class Cluster:
-    """Servers (all voters from the start) and client nodes, each on its own loopback IP."""
-
-    def __init__(self, root: Path, pool: AddressPool, label: str) -> None:
-        self.root = root / label
-        self.pool = pool
-        self.label = label
-        self.nodes: list[Node] = []
-
-    # -- building ---------------------------------------------------------
-    @property
-    def servers(self) -> list[Node]:
-        return [n for n in self.nodes if n.server]
-
-    @property
-    def clients(self) -> list[Node]:
-        return [n for n in self.nodes if not n.server]
-
-    def add_servers(self, count: int, expect: int | None = None, **kwargs) -> list[Node]:
-        ips = [self.pool.take() for _ in range(count)]
-        existing = [s.ip for s in self.servers]
-        first = len(self.servers) + 1
-        added = []
-        for i, ip in enumerate(ips):
-            node = Node(self.root, f"{self.label}-s{first + i}", ip, server=True, join=existing + ips,
-                        bootstrap_expect=expect or count, **kwargs)
-            self.nodes.append(node)
-            added.append(node)
-        return added
-
-    def add_server(self, name: str, join: Iterable[str], expect: int, **kwargs) -> Node:
-        node = Node(self.root, f"{self.label}-{name}", self.pool.take(), server=True, join=join,
-                    bootstrap_expect=expect, **kwargs)
-        self.nodes.append(node)
-        return node
-
-    def add_client(self, name: str = "c1", **kwargs) -> Node:
-        join = [s.ip for s in self.servers]
-        node = Node(self.root, f"{self.label}-{name}", self.pool.take(), server=False, join=join, **kwargs)
-        self.nodes.append(node)
-        return node
-
-    # -- running ----------------------------------------------------------
-    def live(self) -> list[Node]:
-        return [n for n in self.nodes if n.running() and not n.stopped]
-
-    def live_servers(self) -> list[Node]:
-        return [n for n in self.live() if n.server]
-
-    def start(self, nodes: Iterable[Node] | None = None, timeout: float = FORM_TIMEOUT) -> list[Node]:
-        """Spawn nodes (default: all) in random order, then wait until the cluster agrees."""
-        order = list(self.nodes if nodes is None else nodes)
-        RNG.shuffle(order)
-        for node in order:
-            node.spawn()
-        self.wait_converged(timeout=timeout)
-        return order
-
-    def check_exits(self) -> None:
-        for node in self.nodes:
-            if node.proc is not None and node.proc.poll() is not None and node.starts and node.proc.returncode != -9:
-                raise AssertionError(f"{node} exited with {node.proc.returncode}\n{node.logs()}")
-
-    def agreement(self, voters: int | None = None) -> str | None:
-        """The leader every live node names, if they all name the same live voter."""
-        self.check_exits()
-        live = self.live()
-        leaders = {n.name: n.leader() for n in live}
-        values = set(leaders.values())
-        if len(values) != 1 or "" in values:
-            return None
-        (leader,) = values
-        live_servers = self.live_servers()
-        if leader not in {s.rpc_addr for s in live_servers}:
-            return None
-        for s in live_servers:
-            peers = s.peers()
-            if leader not in peers:
-                return None
-            if voters is not None and len(peers) != voters:
-                return None
-        return leader
-
-    def wait_converged(self, voters: int | None = None, timeout: float = FORM_TIMEOUT) -> Node:
-        leader = wait_for(lambda: self.agreement(voters), timeout=timeout, interval=0.1,
-                          message=lambda: f"{self.label}: every live node to agree on one leader\n" + self.logs())
-        return self.by_rpc(leader)
-
-    def by_rpc(self, rpc_addr: str) -> Node:
-        for node in self.nodes:
-            if node.server and node.rpc_addr == rpc_addr:
-                return node
-        raise AssertionError(f"no server at {rpc_addr}")
-
-    def leader(self) -> Node:
-        return self.wait_converged()
-
-    def followers(self) -> list[Node]:
-        leader = self.leader()
-        return [s for s in self.live_servers() if s is not leader]
-
-    def write_anywhere(self, key: str, value: str, nodes: Iterable[Node] | None = None,
-                       timeout: float = FAILOVER_LIMIT) -> Node:
-        """PUT key=value through the first of `nodes` that acknowledges it; returns that node."""
-        targets = list(nodes) if nodes is not None else self.live_servers()
-
-        def attempt():
-            for node in targets:
-                try:
-                    r = node.kv_put(key, value, timeout=1.0)
-                except requests.RequestException:
-                    continue
-                if r.status_code == 200 and r.json() is True:
-                    return node
-            return None
-
-        return wait_for(attempt, timeout=timeout, interval=0.05,
-                        message=lambda: f"a write of {key} through {[n.name for n in targets]}\n" + self.logs())
-
-    def logs(self) -> str:
-        return "\n".join(n.logs(tail=15) for n in self.nodes if n.starts)
-
-    def close(self) -> None:
-        errors = []
-        for node in self.nodes:
-            try:
-                node.close()
-            except Exception as exc:  # noqa: BLE001 - stop the others first
-                errors.append(exc)
-        if errors:
-            raise errors[0]
-
-
-def run_cli(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
-    return subprocess.run([str(require_binary()), *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def wait_kv(node: Node, key: str, value: str, mode: str = "stale", timeout: float = 15.0) -> None:
-    wait_for(lambda: node.kv_get(key, mode=mode, timeout=2.0) == value, timeout=timeout, interval=0.1,
-             message=lambda: f"{node.name} to read {key}={value!r} ({mode})\n{node.logs()}")
-
-
-def assert_one_leader(cluster: Cluster, voters: int) -> Node:
-    """Exactly one leader, everybody agrees, `voters` peers in every server's view."""
-    leader = cluster.wait_converged(voters=voters)
-    for server in cluster.live_servers():
-        assert sorted(server.peers()) == sorted(s.rpc_addr for s in cluster.servers), server.name
-        config = server.get_json("/v1/operator/raft/configuration")
-        assert len(config["Servers"]) == voters, config
-        flagged = [s for s in config["Servers"] if s["Leader"]]
-        assert len(flagged) == 1, f"{server.name} reports leaders {flagged}"
-        assert flagged[0]["Address"] == leader.rpc_addr and flagged[0]["Node"] == leader.name, config
-        assert all(s["Voter"] for s in config["Servers"]), config
-    return leader
 
 
 # ---------------------------------------------------------------------------
@@ -436,8 +62,7 @@ def assert_one_leader(cluster: Cluster, voters: int) -> Node:
 @pytest.fixture(scope="module")
 def pool() -> AddressPool:
     require_binary()
-    print(f"cluster test seed: {SEED} (set ATOLL_E2E_SEED to replay)")
-    return AddressPool(RNG)
+    return session_pool()
 
 
 @pytest.fixture
@@ -890,7 +515,6 @@ def test_bootstrap_expect_mismatch_is_refused(new_cluster):
         node.join.append(odd.ip)
     for node in good:
         node.spawn()
-    # (Their HTTP API does not answer before a cluster forms; the RPC port does accept.)
     wait_for(lambda: all(_accepts(n.ip, RPC_PORT) for n in good),
              timeout=15, message="the two well-configured servers to listen")
     odd.spawn()
@@ -903,11 +527,14 @@ def test_bootstrap_expect_mismatch_is_refused(new_cluster):
             if not node.running():
                 continue
             try:
-                config = node.get_json("/v1/operator/raft/configuration", timeout=0.5)
+                r = node.get("/v1/status/peers", timeout=0.5)
             except requests.RequestException:
-                continue  # no cluster: its HTTP API does not answer yet
-            pytest.fail(f"{node.name} bootstrapped although only 2 servers expecting 3 exist "
-                        f"(the one expecting 5 was refused): {config}")
+                continue
+            # Before a cluster forms the API answers with no peers and no leader.
+            assert r.status_code == 200, f"{node.name}: peers -> {r.status_code}: {r.text}"
+            if r.json() or node.leader():
+                pytest.fail(f"{node.name} bootstrapped although only 2 servers expecting 3 exist "
+                            f"(the one expecting 5 was refused): peers {r.json()}")
         time.sleep(0.2)
 
 

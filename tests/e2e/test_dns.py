@@ -20,6 +20,9 @@ import pytest
 
 from conftest import free_port, require_tool, wait_for
 
+# What a Consul client sees: runs against a cluster's client node too (ATOLL_E2E_TARGET=cluster).
+pytestmark = pytest.mark.client_api
+
 TIMEOUT = 3.0
 
 
@@ -87,6 +90,11 @@ def node_target(inst):
     return f"{inst.node}.node.dc1.consul."
 
 
+def node_and(inst, *others):
+    """The agent node's own address with `others`, in the order addresses() returns them."""
+    return sorted([inst.node_address, *others])
+
+
 # ---------------------------------------------------------------------------
 # name forms
 
@@ -97,13 +105,13 @@ def test_service_a_records(dns_atoll):
     assert r.flags & dns.flags.AA, "answers for the Consul domain are authoritative"
     assert r.flags & dns.flags.QR
     assert not r.flags & dns.flags.RA, "no recursor configured: recursion is not available"
-    assert addresses(r) == ["127.0.0.1", "127.0.0.2"]
+    assert addresses(r) == node_and(dns_atoll, "127.0.0.2")
     assert {name for name, *_ in records(r)} == {"web.service.consul."}
 
 
 def test_service_a_over_tcp(dns_atoll):
     r = query(dns_atoll, "web.service.consul", tcp=True)
-    assert addresses(r) == ["127.0.0.1", "127.0.0.2"]
+    assert addresses(r) == node_and(dns_atoll, "127.0.0.2")
 
 
 def test_dnspython_resolver(dns_atoll):
@@ -112,7 +120,7 @@ def test_dnspython_resolver(dns_atoll):
     res.port = dns_atoll.dns_port
     res.lifetime = TIMEOUT
     answer = res.resolve("web.service.consul", "A")
-    assert sorted(rd.address for rd in answer) == ["127.0.0.1", "127.0.0.2"]
+    assert sorted(rd.address for rd in answer) == node_and(dns_atoll, "127.0.0.2")
     with pytest.raises(dns.resolver.NXDOMAIN):
         res.resolve("nothing-here.service.consul", "A")
 
@@ -129,13 +137,13 @@ def test_service_srv_targets_and_additional(dns_atoll):
     for rd in srv.values():
         assert rd.priority == 1 and rd.weight == 1
     extra = {name: rd.address for name, t, _, rd in records(r, "additional") if t == "A"}
-    assert extra.get(node_target(dns_atoll).lower()) == "127.0.0.1", extra
+    assert extra.get(node_target(dns_atoll).lower()) == dns_atoll.node_address, extra
     assert extra.get("7f000002.addr.dc1.consul.") == "127.0.0.2", extra
 
 
 def test_tag_lookup(dns_atoll):
     r = query(dns_atoll, "primary.web.service.consul")
-    assert addresses(r) == ["127.0.0.1"]
+    assert addresses(r) == [dns_atoll.node_address]
     r = query(dns_atoll, "secondary.web.service.consul", "SRV")
     assert [rd.port for _, _, _, rd in records(r, "answer", "SRV")] == [8081]
     r = query(dns_atoll, "nosuchtag.web.service.consul")
@@ -155,16 +163,16 @@ def test_rfc2782_lookup(dns_atoll):
 
 def test_datacenter_qualified_lookup(dns_atoll):
     r = query(dns_atoll, "web.service.dc1.consul")
-    assert addresses(r) == ["127.0.0.1", "127.0.0.2"]
+    assert addresses(r) == node_and(dns_atoll, "127.0.0.2")
     r = query(dns_atoll, "primary.web.service.dc1.consul")
-    assert addresses(r) == ["127.0.0.1"]
+    assert addresses(r) == [dns_atoll.node_address]
 
 
 def test_node_lookup(dns_atoll):
     for name in (f"{dns_atoll.node}.node.consul", f"{dns_atoll.node}.node.dc1.consul"):
         r = query(dns_atoll, name)
         assert r.rcode() == dns.rcode.NOERROR, name
-        assert addresses(r) == ["127.0.0.1"], name
+        assert addresses(r) == [dns_atoll.node_address], name
     r = query(dns_atoll, "no-such-node.node.consul")
     assert r.rcode() == dns.rcode.NXDOMAIN
     assert soa_in_authority(r)
@@ -172,11 +180,11 @@ def test_node_lookup(dns_atoll):
 
 def test_case_insensitive(dns_atoll):
     r = query(dns_atoll, "WeB.SeRvIcE.CoNsUl")
-    assert addresses(r) == ["127.0.0.1", "127.0.0.2"]
+    assert addresses(r) == node_and(dns_atoll, "127.0.0.2")
     r = query(dns_atoll, "PRIMARY.WEB.SERVICE.DC1.CONSUL", "SRV")
     assert [rd.port for _, _, _, rd in records(r, "answer", "SRV")] == [8080]
     r = query(dns_atoll, f"{dns_atoll.node.upper()}.NODE.CONSUL")
-    assert addresses(r) == ["127.0.0.1"]
+    assert addresses(r) == [dns_atoll.node_address]
 
 
 def test_addr_names_used_as_srv_targets_resolve(dns_atoll):
@@ -217,9 +225,9 @@ def test_no_data_answers_have_soa(dns_atoll):
 def test_any_query(dns_atoll):
     r = query(dns_atoll, "web.service.consul", "ANY")
     assert r.rcode() == dns.rcode.NOERROR
-    assert addresses(r, "A") == ["127.0.0.1", "127.0.0.2"]
+    assert addresses(r, "A") == node_and(dns_atoll, "127.0.0.2")
     r = query(dns_atoll, f"{dns_atoll.node}.node.consul", "ANY")
-    assert addresses(r, "A") == ["127.0.0.1"]
+    assert addresses(r, "A") == [dns_atoll.node_address]
 
 
 def test_nxdomain_has_soa(dns_atoll):
@@ -294,17 +302,17 @@ def test_failing_ttl_check_removes_instance_from_dns(atoll):
 
     for cid in ("service:h-1", "service:h-2"):
         assert atoll.put(f"/v1/agent/check/pass/{cid}").status_code == 200
-    wait_dns(atoll, "hsvc.service.consul", lambda m: addresses(m) == ["127.0.0.1", "127.0.0.2"])
+    wait_dns(atoll, "hsvc.service.consul", lambda m: addresses(m) == node_and(atoll, "127.0.0.2"))
 
     assert atoll.put("/v1/agent/check/fail/service:h-2").status_code == 200
-    wait_dns(atoll, "hsvc.service.consul", lambda m: addresses(m) == ["127.0.0.1"], what="h-2 out of DNS")
+    wait_dns(atoll, "hsvc.service.consul", lambda m: addresses(m) == [atoll.node_address], what="h-2 out of DNS")
     r = query(atoll, "hsvc.service.consul", "SRV")
     assert [rd.port for _, _, _, rd in records(r, "answer", "SRV")] == [1]
 
     # Warning is not critical: the instance stays in DNS.
     assert atoll.put("/v1/agent/check/warn/service:h-1").status_code == 200
     assert atoll.put("/v1/agent/check/pass/service:h-2").status_code == 200
-    wait_dns(atoll, "hsvc.service.consul", lambda m: addresses(m) == ["127.0.0.1", "127.0.0.2"])
+    wait_dns(atoll, "hsvc.service.consul", lambda m: addresses(m) == node_and(atoll, "127.0.0.2"))
 
     assert atoll.put("/v1/agent/check/fail/service:h-1").status_code == 200
     assert atoll.put("/v1/agent/check/fail/service:h-2").status_code == 200
@@ -314,7 +322,7 @@ def test_failing_ttl_check_removes_instance_from_dns(atoll):
 
 def test_deregistered_service_leaves_dns(atoll):
     register(atoll, ID="bye-1", Name="bye", Port=1)
-    wait_dns(atoll, "bye.service.consul", lambda m: addresses(m) == ["127.0.0.1"])
+    wait_dns(atoll, "bye.service.consul", lambda m: addresses(m) == [atoll.node_address])
     assert atoll.put("/v1/agent/service/deregister/bye-1").status_code == 200
     wait_dns(atoll, "bye.service.consul", lambda m: m.rcode() == dns.rcode.NXDOMAIN, what="bye gone")
 
@@ -397,8 +405,8 @@ def test_dig_truncation_and_tcp_retry(many_atoll):
 
 
 def test_dig_short_answers(dns_atoll):
-    assert sorted(dig(dns_atoll, "web.service.consul", "+short").split()) == ["127.0.0.1", "127.0.0.2"]
-    assert dig(dns_atoll, "primary.web.service.consul", "+short", "+tcp").split() == ["127.0.0.1"]
+    assert sorted(dig(dns_atoll, "web.service.consul", "+short").split()) == node_and(dns_atoll, "127.0.0.2")
+    assert dig(dns_atoll, "primary.web.service.consul", "+short", "+tcp").split() == [dns_atoll.node_address]
     srv = dig(dns_atoll, "_web._primary.service.consul", "SRV", "+short").split()
     assert srv == ["1", "1", "8080", node_target(dns_atoll)]
     out = dig(dns_atoll, "nope.service.consul")
@@ -460,7 +468,7 @@ def test_recursor_forwards_names_outside_the_domain(atoll_factory, tmp_path):
         assert addresses(r) == ["127.0.0.9"]
         # Consul names are still answered locally.
         r = query(inst, f"{inst.node}.node.consul")
-        assert addresses(r) == ["127.0.0.1"]
+        assert addresses(r) == [inst.node_address]
     finally:
         upstream.terminate()
         try:
@@ -495,7 +503,7 @@ def _valid_query_answers(inst):
             r = dns.query.tcp(q, inst.dns_host, timeout=1.0, port=inst.dns_port)
         else:
             r = dns.query.udp(q, inst.dns_host, timeout=1.0, port=inst.dns_port)
-        return addresses(r) == ["127.0.0.1"]
+        return addresses(r) == [inst.node_address]
 
     assert inst.running(), "atoll died"
     wait_for(lambda: ask(False), timeout=10, interval=0.05, message="a valid UDP query to be answered")
@@ -602,8 +610,8 @@ def test_malformed_tcp_streams_do_not_break_the_server(dns_atoll):
             for _ in range(2):
                 r = dns.query.receive_tcp(s, expiration=time.time() + TIMEOUT)[0]
                 got[r.id] = r
-            assert addresses(got[q1.id]) == ["127.0.0.1", "127.0.0.2"]
-            assert addresses(got[q2.id]) == ["127.0.0.1"]
+            assert addresses(got[q1.id]) == node_and(dns_atoll, "127.0.0.2")
+            assert addresses(got[q2.id]) == [dns_atoll.node_address]
     finally:
         idle.close()
         stalled.close()

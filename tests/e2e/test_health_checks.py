@@ -11,6 +11,9 @@ import pytest
 
 from conftest import catalog_service_ids, free_port, wait_check_status, wait_for
 
+# What a Consul client sees: runs against a cluster's client node too (ATOLL_E2E_TARGET=cluster).
+pytestmark = pytest.mark.client_api
+
 
 class _StatusServer:
     """A tiny HTTP server on 127.0.0.1 answering with a status we control."""

@@ -13,6 +13,9 @@ import requests
 
 from conftest import catalog_service_ids, wait_check_status, wait_for
 
+# What a Consul client sees: runs against a cluster's client node too (ATOLL_E2E_TARGET=cluster).
+pytestmark = pytest.mark.client_api
+
 KIB = 1024
 
 
@@ -47,33 +50,34 @@ def test_agent_self_reports_datacenter_and_node(atoll_factory):
     assert me["Config"]["NodeName"] == "custom-node-7"
     assert inst.consul.catalog.datacenters() == ["dc7"]
     _, nodes = inst.consul.catalog.nodes()
-    assert [n["Node"] for n in nodes] == ["custom-node-7"]
-    assert nodes[0]["Datacenter"] == "dc7"
+    assert sorted(n["Node"] for n in nodes) == inst.node_names
+    assert {n["Datacenter"] for n in nodes} == {"dc7"}
 
 
 def test_agent_members(atoll):
     members = atoll.consul.agent.members()
-    assert isinstance(members, list) and len(members) == 1, members
-    m = members[0]
-    assert m["Name"] == atoll.node
-    assert m["Addr"] == "127.0.0.1"
-    assert m["Status"] == 1
-    assert isinstance(m["Port"], int)
-    assert isinstance(m["Tags"], dict)
+    assert isinstance(members, list), members
+    assert sorted(m["Name"] for m in members) == atoll.node_names, members
+    (me,) = [m for m in members if m["Name"] == atoll.node]
+    assert me["Addr"] == atoll.node_address
+    for m in members:
+        assert m["Status"] == 1, m
+        assert isinstance(m["Port"], int), m
+        assert isinstance(m["Tags"], dict), m
 
 
 def test_catalog_datacenters_and_nodes(atoll):
     assert atoll.consul.catalog.datacenters() == ["dc1"]
     index, nodes = atoll.consul.catalog.nodes()
     assert int(index) >= 1
-    assert len(nodes) == 1
-    node = nodes[0]
-    assert node["Node"] == atoll.node
-    assert node["Address"] == "127.0.0.1"
-    assert node["Datacenter"] == "dc1"
-    assert isinstance(node["TaggedAddresses"], dict)
-    assert isinstance(node["Meta"], dict)
-    assert isinstance(node["CreateIndex"], int) and isinstance(node["ModifyIndex"], int)
+    assert sorted(n["Node"] for n in nodes) == atoll.node_names, nodes
+    (mine,) = [n for n in nodes if n["Node"] == atoll.node]
+    assert mine["Address"] == atoll.node_address
+    for node in nodes:
+        assert node["Datacenter"] == "dc1"
+        assert isinstance(node["TaggedAddresses"], dict)
+        assert isinstance(node["Meta"], dict)
+        assert isinstance(node["CreateIndex"], int) and isinstance(node["ModifyIndex"], int)
 
 
 def test_consul_service_is_in_the_catalog(atoll):
@@ -81,8 +85,8 @@ def test_consul_service_is_in_the_catalog(atoll):
     _, services = atoll.consul.catalog.services()
     assert "consul" in services, services
     _, entries = atoll.consul.catalog.service("consul")
-    assert [e["Node"] for e in entries] == [atoll.node]
-    assert entries[0]["ServicePort"] == 8300
+    assert sorted(e["Node"] for e in entries) == atoll.server_names
+    assert {e["ServicePort"] for e in entries} == {8300}
 
 
 def test_agent_checks_do_not_list_serf_health(atoll):
@@ -177,7 +181,7 @@ def test_register_service_with_py_consul_and_read_it_back(atoll):
 
     entry = wait_for(catalog_entry, message="web in the catalog")
     assert entry["Node"] == atoll.node
-    assert entry["Address"] == "127.0.0.1"
+    assert entry["Address"] == atoll.node_address
     assert entry["Datacenter"] == "dc1"
     assert entry["ServiceID"] == "web-1"
     assert entry["ServiceName"] == "web"
@@ -241,7 +245,7 @@ def test_health_service_entries_and_passing_filter(atoll):
     assert set(by_id) == {"db-1", "db-2"}
     e1 = by_id["db-1"]
     assert e1["Node"]["Node"] == atoll.node
-    assert e1["Node"]["Address"] == "127.0.0.1"
+    assert e1["Node"]["Address"] == atoll.node_address
     assert e1["Service"]["Service"] == "db"
     assert e1["Service"]["Port"] == 5432
     check_ids = sorted(ch["CheckID"] for ch in e1["Checks"])
@@ -403,7 +407,8 @@ def test_health_state_lists(atoll):
     wait_for(lambda: ids("critical") == ["service:s-1"], message="critical list")
     assert "serfHealth" in ids("passing")
     assert "service:s-1" not in ids("passing")
-    assert ids("any") == sorted(["serfHealth", "service:s-1"])
+    # One serfHealth per node.
+    assert ids("any") == sorted(["serfHealth"] * len(atoll.node_names) + ["service:s-1"])
     assert ids("warning") == []
     r = atoll.get("/v1/health/state/bogus")
     assert r.status_code == 400, (r.status_code, r.text)
@@ -422,7 +427,7 @@ def test_catalog_register_external_node_and_deregister(atoll):
         check={"CheckID": "pg-alive", "Name": "pg alive", "Status": "passing", "ServiceID": "pg-1"},
     )
     _, nodes = c.catalog.nodes()
-    assert {n["Node"] for n in nodes} == {atoll.node, "ext-db"}
+    assert sorted(n["Node"] for n in nodes) == sorted(atoll.node_names + ["ext-db"])
 
     _, node = c.catalog.node("ext-db")
     assert node["Node"]["Node"] == "ext-db"
@@ -452,7 +457,7 @@ def test_catalog_register_external_node_and_deregister(atoll):
 
     assert c.catalog.deregister("ext-db")
     _, nodes = c.catalog.nodes()
-    assert {n["Node"] for n in nodes} == {atoll.node}
+    assert sorted(n["Node"] for n in nodes) == atoll.node_names
 
 
 def test_catalog_register_rejects_missing_node_and_address(atoll):

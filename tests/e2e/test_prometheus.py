@@ -20,6 +20,9 @@ import requests
 
 from conftest import GiveUp, free_port, require_tool, wait_for
 
+# What a Consul client sees: runs against a cluster's client node too (ATOLL_E2E_TARGET=cluster).
+pytestmark = pytest.mark.client_api
+
 DEADLINE = 60.0
 
 
@@ -349,7 +352,8 @@ def test_consul_sd_protocol_tracks_services(atoll):
 
         atoll.register_service({"ID": "sd-2", "Name": "sdsvc", "Port": 9101})
         wait_for(
-            lambda: sorted(t["__address__"] for t in watcher.snapshot("sdsvc")) == ["127.0.0.1:9101", "127.0.0.3:9100"],
+            lambda: sorted(t["__address__"] for t in watcher.snapshot("sdsvc"))
+            == sorted([f"{atoll.node_address}:9101", "127.0.0.3:9100"]),
             timeout=20,
             message="second instance discovered",
         )

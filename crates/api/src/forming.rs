@@ -3,9 +3,10 @@
 //! A node binds its HTTP port first and serves from then on. Until it has joined a cluster
 //! and registered itself (a server waiting for its `--bootstrap-expect` peers, a client
 //! waiting for a server, a whole cluster restarting) it answers the way Consul does while
-//! there is no leader: `/v1/status/leader` is `""`, `/v1/status/peers` lists the peers
-//! this node knows, `/v1/agent/self` and `/v1/agent/members` describe what it knows, and
-//! every other `/v1` request is a 500 "No cluster leader" that clients retry. Marathon's
+//! there is no leader: `/v1/status/leader` is `""` (even once Raft knows a leader, so that a
+//! named leader always means the whole API works), `/v1/status/peers` lists the peers this
+//! node knows, `/v1/agent/self` and `/v1/agent/members` describe what it knows, and every
+//! other `/v1` request is a 500 "No cluster leader" that clients retry. Marathon's
 //! paths answer 503 except `/ping`. Once [`ApiSwitch::install`] is called every request
 //! goes to the full API.
 
@@ -77,14 +78,10 @@ fn forming_routes() -> Router<Forming> {
         .fallback(not_yet)
 }
 
-/// Consul's headers, with no leader known and nothing applied locally worth an index.
+/// Consul's headers, with no leader known (yet) to this node's API.
 fn consul_answer(forming: &Forming, mut response: Response) -> Response {
     let headers = response.headers_mut();
-    let known = forming.consensus.leader_addr().is_some();
-    headers.insert(
-        "x-consul-knownleader",
-        HeaderValue::from_static(if known { "true" } else { "false" }),
-    );
+    headers.insert("x-consul-knownleader", HeaderValue::from_static("false"));
     headers.insert(
         "x-consul-index",
         HeaderValue::from(forming.consensus.store().applied().max(1)),
@@ -97,8 +94,7 @@ fn consul_answer(forming: &Forming, mut response: Response) -> Response {
 }
 
 async fn leader(State(forming): State<Forming>) -> Response {
-    let leader = forming.consensus.leader_addr().unwrap_or_default();
-    consul_answer(&forming, Json(leader).into_response())
+    consul_answer(&forming, Json("").into_response())
 }
 
 async fn peers(State(forming): State<Forming>) -> Response {

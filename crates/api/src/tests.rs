@@ -10,9 +10,8 @@ use tower::ServiceExt;
 
 use crate::{router, ApiContext};
 
-async fn api() -> (Router, ApiContext, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let consensus = Consensus::start(
+async fn unjoined(dir: &tempfile::TempDir) -> Consensus {
+    Consensus::start(
         ConsensusConfig {
             data_dir: dir.path().to_path_buf(),
             member: atoll_raft::Member {
@@ -27,7 +26,10 @@ async fn api() -> (Router, ApiContext, tempfile::TempDir) {
         Default::default(),
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+async fn joined_context(consensus: Consensus) -> ApiContext {
     consensus.bootstrap_single().await.unwrap();
     let agent = Agent::start(
         consensus,
@@ -38,12 +40,54 @@ async fn api() -> (Router, ApiContext, tempfile::TempDir) {
             server_port: Some(8300),
             node_meta: Default::default(),
             heartbeat_ttl: Duration::from_secs(5),
+            autopilot: Default::default(),
         },
     )
     .await
     .unwrap();
-    let context = ApiContext::new(agent, "test", Default::default());
+    ApiContext::new(agent, "test", Default::default())
+}
+
+async fn api() -> (Router, ApiContext, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let context = joined_context(unjoined(&dir).await).await;
     (router(context.clone()), context, dir)
+}
+
+#[tokio::test]
+async fn the_forming_api_answers_until_the_full_one_is_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let consensus = unjoined(&dir).await;
+    let leave = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (app, switch) = crate::ApiSwitch::new(crate::Forming {
+        consensus: consensus.clone(),
+        version: "test".into(),
+        leave: leave.clone(),
+    });
+    let (status, headers, leader) = call(&app, "GET", "/v1/status/leader", "").await;
+    assert_eq!((status, leader), (StatusCode::OK, serde_json::json!("")));
+    assert_eq!(headers["x-consul-knownleader"], "false");
+    let (status, _, me) = call(&app, "GET", "/v1/agent/self", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["Config"]["NodeName"], "n1");
+    let (status, _, error) = call(&app, "PUT", "/v1/kv/k", "v").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(error["error"]
+        .as_str()
+        .unwrap()
+        .contains("No cluster leader"));
+    let (status, _, _) = call(&app, "GET", "/v2/apps", "").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let context = joined_context(consensus).await;
+    switch.install(router(context.clone()));
+    let (status, _, stored) = call(&app, "PUT", "/v1/kv/k", "v").await;
+    assert_eq!((status, stored), (StatusCode::OK, serde_json::json!(true)));
+    let (status, _, leader) = call(&app, "GET", "/v1/status/leader", "").await;
+    assert_eq!(
+        (status, leader),
+        (StatusCode::OK, serde_json::json!("127.0.0.1:8300"))
+    );
 }
 
 async fn call(
