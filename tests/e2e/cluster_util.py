@@ -225,6 +225,9 @@ class Node:
     def delete(self, path: str, timeout: float = 5.0, **kwargs) -> requests.Response:
         return requests.delete(self.url(path), timeout=timeout, **kwargs)
 
+    def post(self, path: str, timeout: float = 5.0, **kwargs) -> requests.Response:
+        return requests.post(self.url(path), timeout=timeout, **kwargs)
+
     def get_json(self, path: str, timeout: float = 5.0):
         r = self.get(path, timeout=timeout)
         assert r.status_code == 200, f"{self.name}: GET {path} -> {r.status_code}: {r.text}"

@@ -35,22 +35,16 @@ struct ContextInner {
     agent: Agent,
     version: String,
     events: marathon::events::EventBus,
-    queue: PlacementQueue,
 }
-
-/// Instances the scheduler could not place, per app, with the reasons (filled on the leader).
-pub type PlacementQueue =
-    Arc<std::sync::Mutex<std::collections::BTreeMap<String, (u32, Vec<String>)>>>;
 
 impl ApiContext {
     /// A context over the local agent.
-    pub fn new(agent: Agent, version: impl Into<String>, queue: PlacementQueue) -> Self {
+    pub fn new(agent: Agent, version: impl Into<String>) -> Self {
         ApiContext {
             inner: Arc::new(ContextInner {
                 agent,
                 version: version.into(),
                 events: marathon::events::bus(),
-                queue,
             }),
         }
     }
@@ -58,15 +52,6 @@ impl ApiContext {
     /// Marathon's event bus.
     pub fn events(&self) -> &marathon::events::EventBus {
         &self.inner.events
-    }
-
-    /// A copy of the current placement queue.
-    pub fn placement_queue(&self) -> std::collections::BTreeMap<String, (u32, Vec<String>)> {
-        self.inner
-            .queue
-            .lock()
-            .map(|q| q.clone())
-            .unwrap_or_default()
     }
 
     /// The local agent.

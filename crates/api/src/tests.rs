@@ -45,7 +45,7 @@ async fn joined_context(consensus: Consensus) -> ApiContext {
     )
     .await
     .unwrap();
-    ApiContext::new(agent, "test", Default::default())
+    ApiContext::new(agent, "test")
 }
 
 async fn api() -> (Router, ApiContext, tempfile::TempDir) {

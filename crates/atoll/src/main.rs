@@ -224,12 +224,8 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     };
     dns.start(tokio::runtime::Handle::current())
         .context("cannot start DNS")?;
-    let queue: atoll_api::PlacementQueue = Default::default();
     if server {
-        tokio::spawn(atoll_workload::leader::run(
-            consensus.clone(),
-            queue.clone(),
-        ));
+        tokio::spawn(atoll_workload::leader::run(consensus.clone()));
     }
     // Dev nodes and clients run workloads; servers only control them.
     if !matches!(settings.role, Role::Server { .. }) {
@@ -256,7 +252,6 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     api_switch.install(atoll_api::router(ApiContext::new(
         agent.clone(),
         env!("CARGO_PKG_VERSION"),
-        queue,
     )));
 
     let role = match settings.role {

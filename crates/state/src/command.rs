@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{CheckDefinition, CheckStatus};
-use crate::workload::{Allocation, AppSpec, ComputeNode, Deployment, TaskState};
+use crate::workload::{Allocation, AppSpec, ComputeNode, Deployment, TaskState, Unplaced};
 
 /// One change to the replicated state. Validated at the edge, re-checked by `apply`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +57,10 @@ pub enum Command {
     Place {
         /// New allocations, in state `Staging`.
         allocations: Vec<Allocation>,
+        /// What the scheduler could not place, per app, and why: replaces the recorded
+        /// queue (`/v2/queue`), so every node can tell.
+        #[serde(default)]
+        unplaced: BTreeMap<String, Unplaced>,
     },
     /// Ask tasks to stop; with `scale`, the app's instance count drops by as many.
     StopTasks {

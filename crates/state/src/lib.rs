@@ -23,7 +23,8 @@ pub use state::{aggregate_status, State, TableIndexes, Touched};
 pub use store::{Store, Table};
 pub use workload::{
     Allocation, AppSpec, ComputeNode, Constraint, ConstraintOperator, Deployment, DockerNetwork,
-    HealthCheckSpec, HealthProtocol, PortSpec, Runtime, TaskFailure, TaskState, UpgradeStrategy,
+    HealthCheckSpec, HealthProtocol, PortSpec, Runtime, TaskFailure, TaskState, Unplaced,
+    UpgradeStrategy,
 };
 pub use workload_apply::WorkloadTables;
 

@@ -291,3 +291,12 @@ pub struct TaskFailure {
     /// App version.
     pub version: String,
 }
+
+/// Instances of an app the scheduler could not place, and why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Unplaced {
+    /// How many instances wait.
+    pub count: u32,
+    /// One human-readable reason per kind of refusal.
+    pub reasons: Vec<String>,
+}

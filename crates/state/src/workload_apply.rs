@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::command::{Command, Outcome, Rejection};
 use crate::model::CheckStatus;
 use crate::state::{State, Touched};
-use crate::workload::{Allocation, AppSpec, ComputeNode, Deployment, TaskFailure, TaskState};
+use crate::workload::{
+    Allocation, AppSpec, ComputeNode, Deployment, TaskFailure, TaskState, Unplaced,
+};
 
 /// Old versions kept per app for `/v2/apps/{id}/versions`.
 const VERSIONS_KEPT: usize = 20;
@@ -31,6 +33,9 @@ pub struct WorkloadTables {
     pub compute: BTreeMap<String, ComputeNode>,
     /// Last task failure per app.
     pub last_failures: BTreeMap<String, TaskFailure>,
+    /// Instances the scheduler could not place at its last try, per app, with its reasons.
+    #[serde(default)]
+    pub queue: BTreeMap<String, Unplaced>,
 }
 
 impl WorkloadTables {
@@ -70,7 +75,10 @@ impl State {
                     (Outcome::Done, touched_workload(false))
                 }
             }
-            Command::Place { allocations } => self.place(index, allocations),
+            Command::Place {
+                allocations,
+                unplaced,
+            } => self.place(index, allocations, unplaced),
             Command::StopTasks { ids, scale, reason } => self.stop_tasks(ids, *scale, reason),
             Command::UpdateTask {
                 id,
@@ -142,6 +150,7 @@ impl State {
         }
         self.workload.history.remove(app_id);
         self.workload.last_failures.remove(app_id);
+        self.workload.queue.remove(app_id);
         self.workload.deployments.retain(|_, d| d.app_id != app_id);
         for task in self
             .workload
@@ -191,7 +200,20 @@ impl State {
             && allocation.ports.iter().all(|p| !ports.contains(p))
     }
 
-    fn place(&mut self, index: u64, allocations: &[Allocation]) -> (Outcome, Touched) {
+    fn place(
+        &mut self,
+        index: u64,
+        allocations: &[Allocation],
+        unplaced: &BTreeMap<String, Unplaced>,
+    ) -> (Outcome, Touched) {
+        let queue_changed = self.workload.queue != *unplaced;
+        if queue_changed {
+            self.workload.queue = unplaced
+                .iter()
+                .filter(|(app_id, _)| self.workload.apps.contains_key(*app_id))
+                .map(|(app_id, waiting)| (app_id.clone(), waiting.clone()))
+                .collect();
+        }
         let mut accepted: Vec<Allocation> = Vec::new();
         for allocation in allocations {
             let current = self
@@ -209,7 +231,12 @@ impl State {
             }
         }
         if accepted.is_empty() {
-            return (Outcome::Done, Touched::default());
+            let touched = if queue_changed {
+                touched_workload(false)
+            } else {
+                Touched::default()
+            };
+            return (Outcome::Done, touched);
         }
         for mut allocation in accepted {
             allocation.create_index = index;
@@ -325,5 +352,102 @@ impl State {
         updated.modify_index = index;
         self.workload.tasks.insert(id.to_string(), updated);
         (Outcome::Done, touched_workload(catalog))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::{Runtime, UpgradeStrategy};
+
+    fn app(id: &str) -> AppSpec {
+        AppSpec {
+            id: id.into(),
+            version: "v1".into(),
+            runtime: Runtime::Exec {
+                cmd: "sleep 1000".into(),
+            },
+            cpus: 0.1,
+            mem: 16.0,
+            disk: 0.0,
+            instances: 1,
+            env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            ports: Vec::new(),
+            require_ports: false,
+            constraints: Vec::new(),
+            health_checks: Vec::new(),
+            upgrade_strategy: UpgradeStrategy {
+                minimum_health_capacity: 1.0,
+                maximum_over_capacity: 1.0,
+            },
+            backoff_seconds: 1.0,
+            backoff_factor: 1.15,
+            max_launch_delay_seconds: 3600.0,
+            definition: serde_json::Value::Null,
+        }
+    }
+
+    fn waiting(count: u32, reason: &str) -> Unplaced {
+        Unplaced {
+            count,
+            reasons: vec![reason.to_string()],
+        }
+    }
+
+    fn place(state: &mut State, index: u64, unplaced: &[(&str, Unplaced)]) -> Touched {
+        let command = Command::Place {
+            allocations: Vec::new(),
+            unplaced: unplaced
+                .iter()
+                .map(|(id, w)| (id.to_string(), w.clone()))
+                .collect(),
+        };
+        state.apply(index, &command).1
+    }
+
+    #[test]
+    fn the_queue_is_replaced_by_each_plan_and_follows_its_apps() {
+        let mut state = State::default();
+        for (index, id) in [(1, "/web"), (2, "/db")] {
+            let put = Command::PutApp {
+                app: Box::new(app(id)),
+                deployment: None,
+            };
+            state.apply(index, &put);
+        }
+        let touched = place(
+            &mut state,
+            3,
+            &[
+                ("/web", waiting(2, "not enough memory")),
+                ("/gone", waiting(1, "app deleted meanwhile")),
+            ],
+        );
+        assert!(touched.workload);
+        assert_eq!(
+            state.workload.queue.keys().collect::<Vec<_>>(),
+            vec!["/web"]
+        );
+        assert_eq!(state.workload.queue["/web"].count, 2);
+
+        // The same queue again changes nothing; a new plan replaces it.
+        let touched = place(&mut state, 4, &[("/web", waiting(2, "not enough memory"))]);
+        assert!(!touched.workload);
+        place(&mut state, 5, &[("/db", waiting(1, "no port free"))]);
+        assert_eq!(state.workload.queue.keys().collect::<Vec<_>>(), vec!["/db"]);
+
+        // Deleting an app takes it out of the queue; an empty plan empties it.
+        state.apply(
+            6,
+            &Command::DeleteApp {
+                app_id: "/db".into(),
+                deployment: None,
+            },
+        );
+        assert!(state.workload.queue.is_empty());
+        place(&mut state, 7, &[("/web", waiting(1, "x"))]);
+        place(&mut state, 8, &[]);
+        assert!(state.workload.queue.is_empty());
     }
 }

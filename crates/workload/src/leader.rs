@@ -11,15 +11,12 @@ use atoll_raft::Consensus;
 use atoll_scheduler as scheduler;
 use atoll_state::{
     aggregate_status, Allocation, AppSpec, CheckStatus, Command, ConstraintOperator, State, Table,
-    TaskState, NODE_HEALTH_CHECK_ID,
+    TaskState, Unplaced, NODE_HEALTH_CHECK_ID,
 };
 use tokio::time::Instant;
 
 /// Rounds run at least this often (backoff expiry needs a clock tick).
 const ROUND: Duration = Duration::from_millis(500);
-
-/// Unplaced instances and why, per app, as last computed by the leader.
-pub type Queue = std::sync::Arc<std::sync::Mutex<BTreeMap<String, (u32, Vec<String>)>>>;
 
 /// Node attribute marking which drivers a node offers; apps are constrained to nodes
 /// offering theirs.
@@ -64,7 +61,7 @@ fn node_failed(state: &State, node: &str) -> bool {
 }
 
 /// Runs the control loop for as long as the process lives; acts only while leading.
-pub async fn run(consensus: Consensus, queue: Queue) {
+pub async fn run(consensus: Consensus) {
     let store = consensus.store().clone();
     let mut workload = store.watch(Table::Workload);
     let mut catalog = store.watch(Table::Catalog);
@@ -78,7 +75,7 @@ pub async fn run(consensus: Consensus, queue: Queue) {
         if !consensus.is_leader() {
             continue;
         }
-        let commands = store.read(|state| decide(state, &mut backoffs, &queue));
+        let commands = store.read(|state| decide(state, &mut backoffs));
         for command in commands {
             if let Err(e) = consensus.write(command).await {
                 tracing::warn!(error = %e, "control loop write failed");
@@ -88,7 +85,7 @@ pub async fn run(consensus: Consensus, queue: Queue) {
     }
 }
 
-fn decide(state: &State, backoffs: &mut HashMap<String, Backoff>, queue: &Queue) -> Vec<Command> {
+fn decide(state: &State, backoffs: &mut HashMap<String, Backoff>) -> Vec<Command> {
     let now = Instant::now();
     let at = now_rfc3339();
     let mut commands = Vec::new();
@@ -226,18 +223,17 @@ fn decide(state: &State, backoffs: &mut HashMap<String, Backoff>, queue: &Queue)
         });
     }
 
-    let mut unplaced_now: BTreeMap<String, (u32, Vec<String>)> = BTreeMap::new();
-    if !requests.is_empty() {
-        let (placements, unplaced) = place(state, &requests, &at);
-        if !placements.is_empty() {
-            commands.push(Command::Place {
-                allocations: placements,
-            });
-        }
-        unplaced_now = unplaced;
-    }
-    if let Ok(mut queue) = queue.lock() {
-        *queue = unplaced_now;
+    // The plan, with what it could not place; the queue is written only when it changes.
+    let (allocations, unplaced) = if requests.is_empty() {
+        (Vec::new(), BTreeMap::new())
+    } else {
+        place(state, &requests, &at)
+    };
+    if !allocations.is_empty() || unplaced != tables.queue {
+        commands.push(Command::Place {
+            allocations,
+            unplaced,
+        });
     }
 
     // Deployments that have converged.
@@ -277,9 +273,11 @@ fn operator(op: ConstraintOperator) -> scheduler::ConstraintOperator {
     }
 }
 
-type Unplaced = BTreeMap<String, (u32, Vec<String>)>;
-
-fn place(state: &State, requests: &[(&AppSpec, usize)], at: &str) -> (Vec<Allocation>, Unplaced) {
+fn place(
+    state: &State,
+    requests: &[(&AppSpec, usize)],
+    at: &str,
+) -> (Vec<Allocation>, BTreeMap<String, Unplaced>) {
     let tables = &state.workload;
     let nodes: Vec<scheduler::NodeInfo> = tables
         .compute
@@ -371,7 +369,13 @@ fn place(state: &State, requests: &[(&AppSpec, usize)], at: &str) -> (Vec<Alloca
     let unplaced = plan
         .unplaced
         .into_iter()
-        .map(|u| (u.app_id, (u.missing, u.reasons)))
+        .map(|u| {
+            let waiting = Unplaced {
+                count: u.missing,
+                reasons: u.reasons,
+            };
+            (u.app_id, waiting)
+        })
         .collect();
     (allocations, unplaced)
 }

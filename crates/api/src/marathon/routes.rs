@@ -1,7 +1,5 @@
 //! Marathon's REST API (`/v2/...`, `/ping`), over the workload tables.
 
-use std::collections::BTreeMap;
-
 use atoll_state::{Allocation, AppSpec, Command, Deployment, State as Tables};
 use atoll_workload::{now_rfc3339, task_healthy};
 use axum::body::Bytes;
@@ -726,18 +724,21 @@ async fn cancel_deployment(
 }
 
 async fn queue(State(context): State<ApiContext>) -> Json<Value> {
-    let waiting: BTreeMap<String, (u32, Vec<String>)> = context.placement_queue();
     let items = context.store().read(|s| {
-        waiting
+        s.workload
+            .queue
             .iter()
-            .filter_map(|(app_id, (count, reasons))| {
+            .filter_map(|(app_id, waiting)| {
                 let app = s.workload.apps.get(app_id)?;
                 Some(json!({
                     "app": render_app(s, app, false),
-                    "count": count,
+                    "count": waiting.count,
                     "delay": { "timeLeftSeconds": 0, "overdue": true },
                     "since": app.version,
-                    "processedOffersSummary": { "unusedOffersCount": 0, "rejectSummaryLastOffers": reasons },
+                    "processedOffersSummary": {
+                        "unusedOffersCount": 0,
+                        "rejectSummaryLastOffers": waiting.reasons,
+                    },
                     "lastUnusedOffers": [],
                 }))
             })
