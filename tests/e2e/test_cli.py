@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import pytest
+import requests
 
 from conftest import free_port, require_binary
 
@@ -167,3 +168,29 @@ def test_cli_usage_errors():
     )
     assert proc.returncode != 0
     assert "not-an-address" in proc.stderr
+
+
+def test_marathon_addr_serves_the_same_api(atoll_factory):
+    port = free_port()
+    inst = atoll_factory.start("marathon-addr", extra_args=["--marathon-addr", f"127.0.0.1:{port}"])
+    other = f"http://127.0.0.1:{port}"
+    assert requests.get(f"{other}/ping", timeout=5).text == "pong"
+    app = {"id": "/via-marathon-port", "cmd": "sleep 1000", "cpus": 0.01, "mem": 8, "instances": 0}
+    r = requests.post(f"{other}/v2/apps", json=app, timeout=10)
+    assert r.status_code == 201, r.text
+    # One API on two ports: what one wrote the other reads.
+    assert inst.get_json("/v2/apps/via-marathon-port")["app"]["id"] == "/via-marathon-port"
+    assert requests.get(f"{other}/v1/status/leader", timeout=5).json()
+
+
+def test_marathon_addr_in_use(atoll_factory):
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    port = blocker.getsockname()[1]
+    try:
+        inst = atoll_factory.create("marathon-conflict", extra_args=["--marathon-addr", f"127.0.0.1:{port}"])
+        inst.spawn()
+        _assert_port_conflict(inst, port)
+    finally:
+        blocker.close()

@@ -170,6 +170,10 @@ pub struct NodeArgs {
     /// DNS address, UDP and TCP (default: BIND:8600).
     #[arg(long)]
     pub dns_addr: Option<SocketAddr>,
+    /// An extra HTTP address serving the same API, for Marathon clients that expect its own
+    /// port (conventionally BIND:8080); off unless given.
+    #[arg(long)]
+    pub marathon_addr: Option<SocketAddr>,
     /// Node name (default: the hostname).
     #[arg(long)]
     pub node: Option<String>,
@@ -248,6 +252,7 @@ pub struct AgentArgs {
 pub struct NodeSettings {
     pub data_dir: Option<PathBuf>,
     pub http_addr: SocketAddr,
+    pub marathon_addr: Option<SocketAddr>,
     pub dns_addr: SocketAddr,
     pub rpc_addr: SocketAddr,
     pub node: String,
@@ -372,6 +377,7 @@ impl NodeArgs {
         Ok(NodeSettings {
             data_dir: self.data_dir.clone(),
             http_addr: self.http_addr.unwrap_or(SocketAddr::new(self.bind, 8500)),
+            marathon_addr: self.marathon_addr,
             dns_addr: self.dns_addr.unwrap_or(SocketAddr::new(self.bind, 8600)),
             rpc_addr: SocketAddr::new(self.bind, rpc_port),
             node,

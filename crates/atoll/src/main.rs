@@ -83,6 +83,15 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 settings.http_addr.port()
             )
         })?;
+    let marathon_http = match settings.marathon_addr {
+        None => None,
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            anyhow!(
+                "cannot listen for the Marathon API on {addr} (port {}): {e}",
+                addr.port()
+            )
+        })?),
+    };
     let rpc = match settings.role {
         Role::Dev => None,
         _ => Some(
@@ -178,7 +187,10 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         leave: leave_before_joining.clone(),
     });
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let http_server = tokio::spawn(serve_http(http, router, stop.clone()));
+    let http_server = tokio::spawn(serve_http(http, router.clone(), stop.clone()));
+    if let Some(listener) = marathon_http {
+        tokio::spawn(serve_http(listener, router, stop.clone()));
+    }
     let stop_on_signal = stop_tx.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -264,6 +276,9 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         settings.node, settings.datacenter
     );
     println!("  HTTP API: http://{}", settings.http_addr);
+    if let Some(addr) = settings.marathon_addr {
+        println!("  Marathon: http://{addr} (same API)");
+    }
     println!(
         "  DNS:      {} (udp, tcp), domain {}",
         settings.dns_addr, settings.domain
