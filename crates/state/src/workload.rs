@@ -273,6 +273,10 @@ pub struct Deployment {
     pub action: String,
     /// Raft index that created it.
     pub create_index: u64,
+    /// The app as it was before, which cancelling the deployment restores (none for a new
+    /// app: cancelling removes it).
+    #[serde(default)]
+    pub previous: Option<Box<AppSpec>>,
 }
 
 /// The last task failure of an app, as Marathon reports it.

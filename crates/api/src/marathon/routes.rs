@@ -122,13 +122,19 @@ fn new_deployment_id() -> String {
     )
 }
 
-fn deployment_for(app_id: &str, version: &str, action: &str) -> Deployment {
+fn deployment_for(
+    app_id: &str,
+    version: &str,
+    action: &str,
+    previous: Option<&AppSpec>,
+) -> Deployment {
     Deployment {
         id: new_deployment_id(),
         app_id: app_id.to_string(),
         version: version.to_string(),
         action: action.to_string(),
         create_index: 0,
+        previous: previous.map(|app| Box::new(app.clone())),
     }
 }
 
@@ -282,7 +288,7 @@ async fn create_app(State(context): State<ApiContext>, body: Bytes) -> Result<Re
             format!("An app with id [{}] already exists.", app.id),
         ));
     }
-    let deployment = deployment_for(&app.id, &app.version, "StartApplication");
+    let deployment = deployment_for(&app.id, &app.version, "StartApplication", None);
     let id = app.id.clone();
     write(
         &context,
@@ -457,7 +463,7 @@ async fn app_put(
         (Some(_), true) => "ScaleApplication",
         (Some(_), false) => "RestartApplication",
     };
-    let deployment = deployment_for(&app.id, &app.version, action);
+    let deployment = deployment_for(&app.id, &app.version, action, base.as_ref());
     let (version, deployment_id) = (app.version.clone(), deployment.id.clone());
     let created = base.is_none();
     write(
@@ -492,7 +498,7 @@ async fn app_delete(
                 return Err(locked_error(locks));
             }
             let version = now_rfc3339();
-            let deployment = deployment_for(&id, &version, "StopApplication");
+            let deployment = deployment_for(&id, &version, "StopApplication", None);
             let deployment_id = deployment.id.clone();
             write(
                 &context,
@@ -602,9 +608,10 @@ async fn app_post(
         return Err(locked_error(locks));
     }
     // A restart is a new version of the same definition: a rolling replacement.
+    let before = app.clone();
     app.version = now_rfc3339();
     app.definition["version"] = Value::String(app.version.clone());
-    let deployment = deployment_for(&id, &app.version, "RestartApplication");
+    let deployment = deployment_for(&id, &app.version, "RestartApplication", Some(&before));
     let (version, deployment_id) = (app.version.clone(), deployment.id.clone());
     write(
         &context,
@@ -702,25 +709,63 @@ async fn deployment(
         })
 }
 
+/// `DELETE /v2/deployments/{id}`: as Marathon, cancels and rolls back (the app as it was
+/// before, or no app if the deployment created it) with a new deployment; with `force=true`
+/// only stops tracking it. A deployment that deletes an app cannot be rolled back.
 async fn cancel_deployment(
     State(context): State<ApiContext>,
     Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response> {
-    let exists = context
+    let Some(deployment) = context
         .store()
-        .read(|s| s.workload.deployments.contains_key(&id));
-    if !exists {
+        .read(|s| s.workload.deployments.get(&id).cloned())
+    else {
         return Err(MarathonError::new(
             StatusCode::NOT_FOUND,
             format!("DeploymentPlan {id} does not exist"),
         ));
+    };
+    let force = Query::parse(raw.as_deref()).boolean("force");
+    if force || deployment.action == "StopApplication" {
+        write(&context, Command::FinishDeployment { id: id.clone() }).await?;
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "version": now_rfc3339(), "deploymentId": id })),
+        )
+            .into_response());
     }
-    write(&context, Command::FinishDeployment { id: id.clone() }).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "version": now_rfc3339(), "deploymentId": id })),
-    )
-        .into_response())
+    let current = context
+        .store()
+        .read(|s| s.workload.apps.get(&deployment.app_id).cloned());
+    let (command, version, rollback_id) = match (deployment.previous, current) {
+        (Some(previous), current) => {
+            let rollback = deployment_for(
+                &previous.id,
+                &previous.version,
+                "RestartApplication",
+                current.as_ref(),
+            );
+            let answer = (previous.version.clone(), rollback.id.clone());
+            let command = Command::PutApp {
+                app: previous,
+                deployment: Some(rollback),
+            };
+            (command, answer.0, answer.1)
+        }
+        (None, _) => {
+            let version = now_rfc3339();
+            let rollback = deployment_for(&deployment.app_id, &version, "StopApplication", None);
+            let rollback_id = rollback.id.clone();
+            let command = Command::DeleteApp {
+                app_id: deployment.app_id.clone(),
+                deployment: Some(rollback),
+            };
+            (command, version, rollback_id)
+        }
+    };
+    write(&context, command).await?;
+    Ok(deployment_answer(StatusCode::OK, &version, &rollback_id))
 }
 
 async fn queue(State(context): State<ApiContext>) -> Json<Value> {
