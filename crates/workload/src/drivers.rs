@@ -18,10 +18,15 @@ pub struct Drivers {
 }
 
 impl Drivers {
-    /// Sets up the exec driver under `data_dir` and connects to the Docker engine if present.
+    /// Sets up the exec driver under `data_dir`, adopting the exec tasks an earlier agent
+    /// left running there, and connects to the Docker engine if present (whose driver finds
+    /// its running containers by their labels).
     pub async fn detect(data_dir: &Path, node: &str) -> Drivers {
         let exec_driver = ExecDriver::new(data_dir.join("tasks"));
-        exec_driver.reap_orphans();
+        let adopted = exec_driver.adopt().await;
+        if !adopted.is_empty() {
+            tracing::info!(count = adopted.len(), tasks = ?adopted, "re-adopted exec tasks");
+        }
         let exec = Driver::Exec(exec_driver);
         let docker = match atoll_driver::DockerDriver::connect(atoll_driver::DockerConfig {
             node: Some(node.to_string()),
