@@ -175,6 +175,13 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+    // Dev nodes and clients run workloads; servers only control them. The drivers come
+    // first: they adopt the tasks an earlier run of this node left, and the agent's check
+    // runner runs COMMAND health checks through them.
+    let drivers = match settings.role {
+        Role::Server { .. } => None,
+        _ => Some(atoll_workload::Drivers::detect(&data_dir, &settings.node).await),
+    };
     let agent = Agent::start(
         consensus.clone(),
         AgentConfig {
@@ -185,6 +192,9 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             node_meta: settings.node_meta.clone(),
             heartbeat_ttl: settings.heartbeat_ttl,
         },
+        drivers
+            .clone()
+            .map(|d| std::sync::Arc::new(d) as std::sync::Arc<dyn atoll_agent::TaskCommands>),
     )
     .await
     .context("cannot register this node")?;
@@ -197,9 +207,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             queue.clone(),
         ));
     }
-    // Dev nodes and clients run workloads; servers only control them.
-    if !matches!(settings.role, Role::Server { .. }) {
-        let drivers = atoll_workload::Drivers::detect(&data_dir, &settings.node).await;
+    if let Some(drivers) = drivers {
         if let Some(engine) = drivers.docker_engine() {
             tokio::spawn(atoll_workload::registrator::run(
                 consensus.clone(),
