@@ -2,6 +2,11 @@
 //! driver, stops the ones asked to stop (and orphans nobody asked for), reports every state
 //! change through Raft, registers running tasks' services in that same entry, and kills
 //! tasks whose health checks keep failing.
+//!
+//! After an agent restart the tasks the drivers still run (containers found by their
+//! labels, exec tasks adopted from their sandbox records) are kept, not started again:
+//! reported `Running` if they were still staging, stopped if the state no longer places
+//! them here.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
