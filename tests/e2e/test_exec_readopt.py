@@ -12,6 +12,8 @@ apart by their MARATHON_APP_ID and removed at the end, whatever happened.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import time
 
@@ -60,6 +62,12 @@ def stays(predicate, duration: float, message: str) -> None:
     while time.monotonic() < deadline:
         assert predicate(), message
         time.sleep(0.2)
+
+
+def sandbox_name(task_id: str) -> str:
+    """The sandbox directory name of a task (its id, made safe as a file name)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", task_id) or "_"
+    return "_" + name[1:] if name.startswith(".") else name
 
 
 def groups(app_id: str) -> dict[str, set[int]]:
@@ -201,3 +209,36 @@ def test_a_task_stopped_while_the_agent_was_down_is_not_adopted_and_is_replaced(
     )
     destroy_app(inst, app_id)
     wait_for(lambda: not task_processes(app_id), timeout=15, interval=0.2, message=lambda: f"processes of {app_id} to exit: {task_processes(app_id)}")
+
+
+def test_adopted_tasks_the_cluster_does_not_know_are_stopped(node, atoll_factory, tmp_path):
+    inst, prefix = node
+    busybox = require_tool("busybox", "/bin/busybox")
+    app_id = f"/{prefix}/stray"
+    definition = {"id": app_id, "cmd": f"exec {busybox} sleep 600", "instances": 2, "cpus": 0.1, "mem": 16}
+    r = requests.post(inst.url("/v2/apps"), json=definition, timeout=10)
+    assert r.status_code == 201, f"POST /v2/apps -> {r.status_code}: {r.text}"
+    tasks = wait_running(inst, app_id, 2, want_healthy=False, timeout=30)
+    assert set(groups(app_id)) == task_ids(tasks)
+    inst.kill9()
+
+    # Another node takes over the task sandboxes but not the state: it adopts the tasks,
+    # finds them placed nowhere, and stops them instead of leaving them running.
+    stranger = atoll_factory.create("stranger", node=f"{prefix}-stranger")
+    assert inst.data_dir is not None and stranger.data_dir is not None
+    shutil.copytree(inst.data_dir / "tasks", stranger.data_dir / "tasks")
+    stranger.start()
+    wait_for(
+        lambda: not task_processes(app_id),
+        timeout=20,
+        interval=0.2,
+        message=lambda: f"the adopted orphans to be stopped: {groups(app_id)}",
+    )
+    r = stranger.get("/v2/apps")
+    assert r.status_code == 200 and r.json()["apps"] == [], r.text
+    # Stopped as tasks are (SIGTERM, which the wrappers recorded in the sandboxes they run
+    # in), not just killed; and their records are gone, so no later start adopts them.
+    for task in tasks:
+        sandbox = sandbox_name(task["id"])
+        assert (inst.data_dir / "tasks" / sandbox / "exit_status").read_text().strip() == "143"
+        assert not (stranger.data_dir / "tasks" / sandbox / "task.json").exists()
