@@ -168,13 +168,14 @@ impl ExecDriver {
             let record = match TaskRecord::read(&sandbox) {
                 Ok(Some(record)) => record,
                 Ok(None) => continue,
-                Err(error @ RecordError::UnknownFormat { .. }) => {
-                    tracing::warn!(%error, "leaving a task record of another format alone");
+                Err(error @ RecordError::Invalid { .. }) => {
+                    tracing::warn!(%error, "removing a damaged task record");
+                    TaskRecord::remove(&sandbox);
                     continue;
                 }
+                // Kept for a later agent that can read it: its task may still run.
                 Err(error) => {
-                    tracing::warn!(%error, "removing an unreadable task record");
-                    TaskRecord::remove(&sandbox);
+                    tracing::warn!(%error, "cannot adopt a task from this record");
                     continue;
                 }
             };

@@ -128,14 +128,8 @@ impl ProcessIdentity {
         if self.boot_id != boot_id() {
             return Lookup::Gone;
         }
-        let watch = match ExitWatch::open(self.process_group, self.start_time) {
-            Ok(Some(watch)) => watch,
-            Ok(None) => return Lookup::Gone,
-            Err(error) => {
-                return Lookup::Reused {
-                    reason: format!("cannot watch pid {}: {error}", self.process_group),
-                }
-            }
+        let Some(watch) = ExitWatch::open(self.process_group, self.start_time) else {
+            return Lookup::Gone;
         };
         let Some(stat) = read_stat(self.process_group) else {
             return Lookup::Gone;
@@ -185,25 +179,33 @@ pub(crate) enum ExitWatch {
 }
 
 impl ExitWatch {
-    /// Starts watching `pid`; `None` when there is no such process. Must be called within a
-    /// Tokio runtime.
-    fn open(pid: i32, start_time: u64) -> std::io::Result<Option<ExitWatch>> {
-        let Some(raw) = Pid::from_raw(pid) else {
-            return Ok(None);
-        };
+    /// Starts watching `pid`; `None` when there is no such process. Without a usable pidfd
+    /// (an old kernel, no descriptors left) it falls back to polling: failing to watch must
+    /// not make a running task look gone. Must be called within a Tokio runtime.
+    fn open(pid: i32, start_time: u64) -> Option<ExitWatch> {
+        let raw = Pid::from_raw(pid)?;
+        let poll = ExitWatch::Poll { pid, start_time };
         match pidfd_open(raw, PidfdFlags::NONBLOCK) {
             // `with_interest` is deprecated for `register_with_interest`, which is unsafe
             // only because a borrowed descriptor could be closed while registered; an
             // `OwnedFd` moved into the `AsyncFd` cannot be, and this crate forbids `unsafe`.
             #[allow(deprecated)]
-            Ok(fd) => Ok(Some(ExitWatch::Pidfd {
-                fd: AsyncFd::with_interest(fd, Interest::READABLE)?,
-                pid,
-                start_time,
-            })),
-            Err(rustix::io::Errno::SRCH) => Ok(None),
-            Err(rustix::io::Errno::NOSYS) => Ok(Some(ExitWatch::Poll { pid, start_time })),
-            Err(errno) => Err(errno.into()),
+            Ok(fd) => match AsyncFd::with_interest(fd, Interest::READABLE) {
+                Ok(fd) => Some(ExitWatch::Pidfd {
+                    fd,
+                    pid,
+                    start_time,
+                }),
+                Err(error) => {
+                    tracing::debug!(pid, %error, "cannot register a pidfd; polling instead");
+                    Some(poll)
+                }
+            },
+            Err(rustix::io::Errno::SRCH) => None,
+            Err(errno) => {
+                tracing::debug!(pid, error = %errno, "no pidfd; polling instead");
+                Some(poll)
+            }
         }
     }
 
@@ -262,6 +264,41 @@ mod tests {
         assert!(parse_stat(STAT).expect("parses").alive());
         assert_eq!(parse_stat("4242 (x) S 1"), None);
         assert_eq!(parse_stat("no parenthesis"), None);
+    }
+
+    /// Watches a process with the watch `watch_with` makes, kills the process, and asserts
+    /// that the watch sees its exit (and not before).
+    async fn watch_a_process_die(watch_with: impl FnOnce(i32, u64) -> ExitWatch) {
+        let mut child = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .expect("spawn");
+        let pid = i32::try_from(child.id()).expect("pid fits");
+        let start_time = read_stat(pid).expect("stat").start_time;
+        let watch = watch_with(pid, start_time);
+        let exited = tokio::spawn(watch.exited());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!exited.is_finished(), "the process still runs");
+        child.kill().expect("kill");
+        std::thread::spawn(move || child.wait())
+            .join()
+            .expect("reaper")
+            .expect("wait");
+        tokio::time::timeout(Duration::from_secs(5), exited)
+            .await
+            .expect("the exit is seen")
+            .expect("the watch task");
+    }
+
+    #[tokio::test]
+    async fn exits_are_seen_through_a_pidfd_and_by_polling() {
+        watch_a_process_die(|pid, start_time| {
+            let watch = ExitWatch::open(pid, start_time).expect("a running process");
+            assert!(matches!(watch, ExitWatch::Pidfd { .. }), "{watch:?}");
+            watch
+        })
+        .await;
+        watch_a_process_die(|pid, start_time| ExitWatch::Poll { pid, start_time }).await;
     }
 
     #[test]
