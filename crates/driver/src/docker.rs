@@ -346,7 +346,7 @@ impl DockerDriver {
                 ))
             }
             Err(_) => {
-                self.kill_exec(&exec.id).await;
+                self.kill_exec(&container, &exec.id).await;
                 return Ok(CommandOutcome {
                     exit: CommandExit::TimedOut,
                     output: format!("timed out after {timeout:?}"),
@@ -367,7 +367,7 @@ impl DockerDriver {
                     })
                 }
                 _ if tokio::time::Instant::now() >= deadline => {
-                    self.kill_exec(&exec.id).await;
+                    self.kill_exec(&container, &exec.id).await;
                     return Ok(CommandOutcome {
                         exit: CommandExit::TimedOut,
                         output: "the engine did not report the command's exit".into(),
@@ -379,15 +379,21 @@ impl DockerDriver {
     }
 
     /// Kills a command started with `docker exec` (the engine has no call for it): SIGKILL
-    /// to the host pid the engine reports, while it reports the command running.
-    async fn kill_exec(&self, exec_id: &str) {
+    /// to the host pid the engine reports, while it reports the command running. The pid is
+    /// the engine host's: it is signalled only if that pid here is in the container's
+    /// cgroup, so an agent in another pid namespace never kills a stranger.
+    async fn kill_exec(&self, container_id: &str, exec_id: &str) {
         let Ok(inspected) = self.inner.docker.inspect_exec(exec_id).await else {
             return;
         };
         let pid = inspected
             .pid
             .and_then(|pid| i32::try_from(pid).ok())
-            .filter(|pid| *pid > 1);
+            .filter(|pid| *pid > 1)
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .is_ok_and(|cgroup| cgroup.contains(container_id))
+            });
         if let (Some(true), Some(pid)) = (inspected.running, pid) {
             if let Err(error) = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
