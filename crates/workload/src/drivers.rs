@@ -179,9 +179,7 @@ impl Drivers {
             let _ = reports.send(Report::Stopped { id });
         });
     }
-}
 
-impl Drivers {
     /// Runs a COMMAND health check in a task, through whichever driver runs it.
     pub async fn run_command_check(
         &self,
