@@ -1,8 +1,10 @@
-//! Probes: one run of an HTTP or TCP check, mapped to a status and output.
+//! Probes: one run of an HTTP, TCP or task command check, mapped to a status and output.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
-use atoll_state::CheckStatus;
+use atoll_state::{CheckStatus, TaskCommand};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -90,6 +92,36 @@ pub(crate) async fn probe_tcp(address: &str, timeout: Duration) -> (CheckStatus,
         Err(_) => (
             CheckStatus::Critical,
             format!("dial tcp {address}: timed out after {timeout:?}"),
+        ),
+    }
+}
+
+/// One run of a task command check, as the runner of the node's tasks performs it.
+pub type TaskCommandRun = Pin<Box<dyn Future<Output = (CheckStatus, String)> + Send>>;
+
+/// Runs commands inside the tasks of this node, for checks with a
+/// [`atoll_state::CheckDefinition::task_command`] (Marathon's COMMAND health checks). The
+/// agent owns the timing and the status writes; the implementation decides how a command
+/// runs in a task and what its outcome means.
+pub trait TaskCommands: Send + Sync + 'static {
+    /// Runs `check.command` in task `check.task_id`, giving up after `timeout`.
+    fn run(&self, check: &TaskCommand, timeout: Duration) -> TaskCommandRun;
+}
+
+/// Runs one task command check; critical when this node has nothing that runs tasks.
+pub(crate) async fn probe_task_command(
+    tasks: Option<&dyn TaskCommands>,
+    check: &TaskCommand,
+    timeout: Duration,
+) -> (CheckStatus, String) {
+    match tasks {
+        Some(tasks) => tasks.run(check, timeout).await,
+        None => (
+            CheckStatus::Critical,
+            format!(
+                "task {} cannot be checked: this node runs no tasks",
+                check.task_id
+            ),
         ),
     }
 }

@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::checks::{http_client, probe_http, probe_tcp, HttpClient};
+use crate::checks::{
+    http_client, probe_http, probe_task_command, probe_tcp, HttpClient, TaskCommands,
+};
 
 /// Default run interval when a check gives none.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -97,7 +99,13 @@ pub struct Agent {
 
 impl Agent {
     /// Registers this node (with its node health check) and starts the check runner.
-    pub async fn start(consensus: Consensus, config: AgentConfig) -> Result<Agent, AgentError> {
+    /// `tasks` runs the commands of task command checks; nodes that run no tasks pass
+    /// `None`, and such checks are then critical.
+    pub async fn start(
+        consensus: Consensus,
+        config: AgentConfig,
+        tasks: Option<Arc<dyn TaskCommands>>,
+    ) -> Result<Agent, AgentError> {
         let registration = Registration {
             node: config.node.clone(),
             address: config.address.clone(),
@@ -145,7 +153,10 @@ impl Agent {
         let runner = Runner {
             consensus: consensus.clone(),
             node: config.node.clone(),
-            client: http_client(),
+            probers: Probers {
+                client: http_client(),
+                tasks,
+            },
             probes: HashMap::new(),
             ttl_deadlines: HashMap::new(),
             critical_since: HashMap::new(),
@@ -257,10 +268,17 @@ struct Probe {
     task: JoinHandle<()>,
 }
 
+/// What the probes run with: the HTTP client and whatever runs commands in tasks.
+#[derive(Clone)]
+struct Probers {
+    client: HttpClient,
+    tasks: Option<Arc<dyn TaskCommands>>,
+}
+
 struct Runner {
     consensus: Consensus,
     node: String,
-    client: HttpClient,
+    probers: Probers,
     probes: HashMap<String, Probe>,
     ttl_deadlines: HashMap<String, (CheckDefinition, Instant)>,
     critical_since: HashMap<String, Instant>,
@@ -336,12 +354,14 @@ impl Runner {
                 self.ttl_deadlines
                     .entry(check.check_id.clone())
                     .or_insert_with(|| (definition.clone(), now + Duration::from_millis(ttl)));
-            } else if (definition.http.is_some() || definition.tcp.is_some())
+            } else if (definition.http.is_some()
+                || definition.tcp.is_some()
+                || definition.task_command.is_some())
                 && !self.probes.contains_key(&check.check_id)
             {
                 self.generation += 1;
                 let task = tokio::spawn(probe_loop(
-                    self.client.clone(),
+                    self.probers.clone(),
                     check.check_id.clone(),
                     definition.clone(),
                     self.generation,
@@ -459,7 +479,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 async fn probe_loop(
-    client: HttpClient,
+    probers: Probers,
     check_id: String,
     definition: CheckDefinition,
     generation: u64,
@@ -473,9 +493,11 @@ async fn probe_loop(
         ticker.tick().await;
         let (status, output) = if let Some(url) = &definition.http {
             let method = definition.method.as_deref().unwrap_or("GET");
-            probe_http(&client, url, method, &definition.header, timeout).await
+            probe_http(&probers.client, url, method, &definition.header, timeout).await
         } else if let Some(address) = &definition.tcp {
             probe_tcp(address, timeout).await
+        } else if let Some(command) = &definition.task_command {
+            probe_task_command(probers.tasks.as_deref(), command, timeout).await
         } else {
             return;
         };
@@ -488,5 +510,147 @@ async fn probe_loop(
         if results.send(result).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use atoll_raft::ConsensusConfig;
+    use atoll_state::TaskCommand;
+
+    use super::*;
+    use crate::checks::TaskCommandRun;
+
+    /// Answers every command with the current value of `healthy`.
+    struct FakeTasks {
+        healthy: Arc<AtomicBool>,
+    }
+
+    impl TaskCommands for FakeTasks {
+        fn run(&self, check: &TaskCommand, _timeout: Duration) -> TaskCommandRun {
+            let answer = if self.healthy.load(Ordering::SeqCst) {
+                (CheckStatus::Passing, format!("{}: ok", check.command))
+            } else {
+                (
+                    CheckStatus::Critical,
+                    format!("{}: exit status 1", check.command),
+                )
+            };
+            Box::pin(async move { answer })
+        }
+    }
+
+    async fn agent(tasks: Option<Arc<dyn TaskCommands>>) -> (Agent, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let consensus = Consensus::start(
+            ConsensusConfig {
+                data_dir: dir.path().to_path_buf(),
+                member: atoll_raft::Member {
+                    name: "n1".into(),
+                    rpc_addr: "127.0.0.1:8300".into(),
+                    http_addr: "127.0.0.1:8500".into(),
+                    server: true,
+                    datacenter: "dc1".into(),
+                },
+                snapshot_after_entries: 1000,
+            },
+            Default::default(),
+        )
+        .await
+        .expect("consensus");
+        consensus.bootstrap_single().await.expect("bootstrap");
+        let config = AgentConfig {
+            node: "n1".into(),
+            address: "127.0.0.1".into(),
+            datacenter: "dc1".into(),
+            server_port: None,
+            node_meta: Default::default(),
+            heartbeat_ttl: Duration::from_secs(5),
+            autopilot: Default::default(),
+        };
+        let agent = Agent::start(consensus, config, tasks).await.expect("agent");
+        (agent, dir)
+    }
+
+    async fn register_command_check(agent: &Agent, status: Option<CheckStatus>) {
+        let registration = Registration {
+            node: "n1".into(),
+            address: "127.0.0.1".into(),
+            datacenter: "dc1".into(),
+            service: Some(ServiceSpec {
+                id: "web-1".into(),
+                name: "web".into(),
+                port: 31000,
+                ..Default::default()
+            }),
+            checks: vec![CheckSpec {
+                check_id: "marathon:web-1:0".into(),
+                name: "command".into(),
+                status,
+                service_id: "web-1".into(),
+                definition: CheckDefinition {
+                    interval_ms: Some(50),
+                    timeout_ms: Some(1000),
+                    task_command: Some(TaskCommand {
+                        task_id: "web-1".into(),
+                        command: "test -f healthy".into(),
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }],
+            skip_node_update: true,
+            ..Default::default()
+        };
+        agent
+            .consensus()
+            .write(Command::Register(Box::new(registration)))
+            .await
+            .expect("register");
+    }
+
+    async fn wait_for_check(agent: &Agent, status: CheckStatus) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let check = agent.consensus().store().read(|s| {
+                s.checks_on_node("n1")
+                    .find(|c| c.check_id == "marathon:web-1:0")
+                    .map(|c| (c.status, c.output.clone()))
+            });
+            if let Some((current, output)) = check {
+                if current == status {
+                    return output;
+                }
+            }
+            assert!(Instant::now() < deadline, "check never became {status:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn task_command_checks_follow_the_command_in_the_task() {
+        let healthy = Arc::new(AtomicBool::new(true));
+        let tasks = FakeTasks {
+            healthy: Arc::clone(&healthy),
+        };
+        let (agent, _dir) = agent(Some(Arc::new(tasks))).await;
+        register_command_check(&agent, None).await;
+        let output = wait_for_check(&agent, CheckStatus::Passing).await;
+        assert_eq!(output, "test -f healthy: ok");
+        healthy.store(false, Ordering::SeqCst);
+        let output = wait_for_check(&agent, CheckStatus::Critical).await;
+        assert_eq!(output, "test -f healthy: exit status 1");
+        healthy.store(true, Ordering::SeqCst);
+        wait_for_check(&agent, CheckStatus::Passing).await;
+    }
+
+    #[tokio::test]
+    async fn task_command_checks_are_critical_where_no_tasks_run() {
+        let (agent, _dir) = agent(None).await;
+        register_command_check(&agent, Some(CheckStatus::Passing)).await;
+        let output = wait_for_check(&agent, CheckStatus::Critical).await;
+        assert!(output.contains("runs no tasks"), "{output}");
     }
 }

@@ -42,6 +42,7 @@ async fn joined_context(consensus: Consensus) -> ApiContext {
             heartbeat_ttl: Duration::from_secs(5),
             autopilot: Default::default(),
         },
+        None,
     )
     .await
     .unwrap();
@@ -145,6 +146,32 @@ async fn rejected_registration_stores_nothing() {
             error["error"].as_str().is_some_and(|m| !m.is_empty()),
             "{body}"
         );
+    }
+    assert_eq!(context.store().read(|s| s.clone()), before);
+}
+
+#[tokio::test]
+async fn script_checks_are_refused_by_the_agent_api() {
+    let (app, context, _dir) = api().await;
+    let before = context.store().read(|s| s.clone());
+    for (uri, body) in [
+        (
+            "/v1/agent/service/register",
+            r#"{"Name": "web", "Check": {"Args": ["/bin/true"], "Interval": "1s"}}"#,
+        ),
+        (
+            "/v1/agent/service/register",
+            r#"{"Name": "web", "Checks": [{"Script": "true", "Interval": "1s"}]}"#,
+        ),
+        (
+            "/v1/agent/check/register",
+            r#"{"Name": "c", "Args": ["sh", "-c", "true"], "Interval": "1s"}"#,
+        ),
+    ] {
+        let (status, _, error) = call(&app, "PUT", uri, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let message = error["error"].as_str().unwrap_or_default();
+        assert!(message.contains("script"), "{body}: {message}");
     }
     assert_eq!(context.store().read(|s| s.clone()), before);
 }

@@ -196,6 +196,16 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_on_signal.send(true);
     });
+    // Dev nodes and clients run workloads; servers only control them. The drivers come
+    // first: they adopt the tasks an earlier run of this node left, and the agent's check
+    // runner runs COMMAND health checks through them.
+    let drivers = match settings.role {
+        Role::Server { .. } => None,
+        _ => Some(atoll_workload::Drivers::detect(&data_dir, &settings.node).await),
+    };
+    let task_commands = drivers
+        .clone()
+        .map(|d| Arc::new(d) as Arc<dyn atoll_agent::TaskCommands>);
     let join = async {
         consensus
             .find_cluster(&plan)
@@ -217,6 +227,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 heartbeat_ttl: settings.heartbeat_ttl,
                 autopilot: settings.autopilot.clone(),
             },
+            task_commands,
         )
         .await
         .context("cannot register this node")
@@ -239,9 +250,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     if server {
         tokio::spawn(atoll_workload::leader::run(consensus.clone()));
     }
-    // Dev nodes and clients run workloads; servers only control them.
-    if !matches!(settings.role, Role::Server { .. }) {
-        let drivers = atoll_workload::Drivers::detect(&data_dir, &settings.node).await;
+    if let Some(drivers) = drivers {
         if let Some(engine) = drivers.docker_engine() {
             tokio::spawn(atoll_workload::registrator::run(
                 consensus.clone(),

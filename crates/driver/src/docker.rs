@@ -12,13 +12,19 @@
 //! reconnects with backoff, resynchronises from the container list and reports what changed
 //! meanwhile.
 
+use crate::exec::joined_output;
 use crate::registrator::{self, ExternalEvent};
-use crate::spec::{sanitize_task_id, task_environment, DriverKind, RunningTask, TaskEvent};
+use crate::spec::{
+    sanitize_task_id, task_environment, CommandExit, CommandOutcome, DriverKind, RunningTask,
+    TaskEvent, COMMAND_OUTPUT_LIMIT,
+};
 use crate::{DockerNetwork, DriverError, TaskKind, TaskSpec, EVENT_CHANNEL_CAPACITY};
+use bollard::container::LogOutput;
 use bollard::errors::Error as EngineError;
+use bollard::exec::StartExecResults;
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, ContainerSummary, ContainerSummaryStateEnum,
-    EventMessage, HostConfig, PortBinding as EnginePortBinding,
+    EventMessage, ExecConfig, HostConfig, PortBinding as EnginePortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, LogsOptions,
@@ -54,6 +60,8 @@ const EXIT_OUTPUT_LINES: &str = "3";
 const EXIT_OUTPUT_MAX_CHARS: usize = 300;
 /// How long to wait for a removal someone else started.
 const REMOVAL_WAIT: Duration = Duration::from_secs(30);
+/// How long the engine gets to mark a command finished once its output has ended.
+const EXEC_SETTLE: Duration = Duration::from_secs(2);
 
 /// How the docker driver reaches the engine and marks its containers.
 #[derive(Debug, Clone)]
@@ -278,6 +286,122 @@ impl DockerDriver {
             .collect();
         running.sort_by(|a, b| a.task_id.cmp(&b.task_id));
         Ok(running)
+    }
+
+    /// Runs `sh -c COMMAND` inside a task's container (`docker exec`, with the container's
+    /// environment and working directory) and returns how it ended. An image without `sh`
+    /// makes the command fail with the engine's explanation as its output. A command still
+    /// running after `timeout` is killed through its host pid, when the engine runs on this
+    /// host and lets the agent signal it.
+    pub async fn run_command(
+        &self,
+        task_id: &str,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutcome, DriverError> {
+        let container = self
+            .list_managed(false, Some(task_id))
+            .await?
+            .into_iter()
+            .find_map(|c| c.id)
+            .ok_or_else(|| DriverError::NotRunning {
+                task_id: task_id.to_string(),
+            })?;
+        let docker = &self.inner.docker;
+        let config = ExecConfig {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(vec!["sh".into(), "-c".into(), command.into()]),
+            ..Default::default()
+        };
+        let exec = docker
+            .create_exec(&container, config)
+            .await
+            .map_err(|e| DriverError::docker(format!("creating a command in task {task_id}"), e))?;
+        let run = async {
+            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+            if let StartExecResults::Attached { mut output, .. } =
+                docker.start_exec(&exec.id, None).await?
+            {
+                while let Some(chunk) = output.next().await {
+                    let (kept, message) = match chunk? {
+                        LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                            (&mut stdout, message)
+                        }
+                        LogOutput::StdErr { message } => (&mut stderr, message),
+                        LogOutput::StdIn { .. } => continue,
+                    };
+                    let room = COMMAND_OUTPUT_LIMIT.saturating_sub(kept.len());
+                    kept.extend_from_slice(&message[..message.len().min(room)]);
+                }
+            }
+            Ok::<_, EngineError>((stdout, stderr))
+        };
+        let (stdout, stderr) = match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => {
+                return Err(DriverError::docker(
+                    format!("running a command in task {task_id}"),
+                    e,
+                ))
+            }
+            Err(_) => {
+                self.kill_exec(&container, &exec.id).await;
+                return Ok(CommandOutcome {
+                    exit: CommandExit::TimedOut,
+                    output: format!("timed out after {timeout:?}"),
+                });
+            }
+        };
+        // The output ends a moment before the engine records the exit code.
+        let deadline = tokio::time::Instant::now() + EXEC_SETTLE;
+        loop {
+            let inspected = docker.inspect_exec(&exec.id).await.map_err(|e| {
+                DriverError::docker(format!("inspecting a command in task {task_id}"), e)
+            })?;
+            match (inspected.running, inspected.exit_code) {
+                (Some(false), Some(code)) => {
+                    return Ok(CommandOutcome {
+                        exit: CommandExit::Code(code),
+                        output: joined_output(&stdout, &stderr),
+                    })
+                }
+                _ if tokio::time::Instant::now() >= deadline => {
+                    self.kill_exec(&container, &exec.id).await;
+                    return Ok(CommandOutcome {
+                        exit: CommandExit::TimedOut,
+                        output: "the engine did not report the command's exit".into(),
+                    });
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Kills a command started with `docker exec` (the engine has no call for it): SIGKILL
+    /// to the host pid the engine reports, while it reports the command running. The pid is
+    /// the engine host's: it is signalled only if that pid here is in the container's
+    /// cgroup, so an agent in another pid namespace never kills a stranger.
+    async fn kill_exec(&self, container_id: &str, exec_id: &str) {
+        let Ok(inspected) = self.inner.docker.inspect_exec(exec_id).await else {
+            return;
+        };
+        let pid = inspected
+            .pid
+            .and_then(|pid| i32::try_from(pid).ok())
+            .filter(|pid| *pid > 1)
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .is_ok_and(|cgroup| cgroup.contains(container_id))
+            });
+        if let (Some(true), Some(pid)) = (inspected.running, pid) {
+            if let Err(error) = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            ) {
+                tracing::debug!(pid, %error, "cannot kill a timed-out command in a container");
+            }
+        }
     }
 
     async fn list_managed(

@@ -17,6 +17,12 @@ pub enum DriverError {
         /// The task that was asked for.
         task_id: String,
     },
+    /// The task is not running on this driver.
+    #[error("task {task_id} is not running here")]
+    NotRunning {
+        /// The task that was asked for.
+        task_id: String,
+    },
     /// The image is not on the node and pulling it failed.
     #[error("image {image} not found locally and could not be pulled: {reason}")]
     ImageUnavailable {

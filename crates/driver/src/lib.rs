@@ -2,13 +2,16 @@
 //!
 //! Two drivers share one vocabulary ([`TaskSpec`] in, [`TaskEvent`] out):
 //!
-//! - [`ExecDriver`] runs `sh -c CMD` as a child process in its own process group, with its
-//!   output in a per-task sandbox directory (Mesos' command executor).
+//! - [`ExecDriver`] runs `sh -c CMD` in a process group of its own, with its output in a
+//!   per-task sandbox directory (Mesos' command executor), and records each task there so
+//!   a restarted agent can adopt the tasks still running.
 //! - [`DockerDriver`] runs a container through the Docker Engine API (Mesos' docker
 //!   containerizer), labelled so a restarted agent can find its containers again.
 //!
 //! [`Driver`] dispatches to either. Both add the environment Marathon apps expect
-//! (`PORT0`, `PORTS`, `HOST`, `MARATHON_APP_ID`, ...; see [`task_environment`]).
+//! (`PORT0`, `PORTS`, `HOST`, `MARATHON_APP_ID`, ...; see [`task_environment`]), and both
+//! run commands in a task's context for Marathon's COMMAND health checks
+//! ([`Driver::run_command`]).
 //!
 //! The [`registrator`] module is separate on purpose: it does not run tasks, it reports
 //! containers started *outside* atoll that ask to be registered with `SERVICE_*` labels or
@@ -35,8 +38,8 @@ pub use docker::{LABEL_NODE, LABEL_TASK_ID};
 pub use error::DriverError;
 pub use exec::ExecDriver;
 pub use spec::{
-    sanitize_task_id, task_environment, DockerNetwork, DriverKind, PortBinding, RunningTask,
-    TaskEvent, TaskKind, TaskSpec,
+    sanitize_task_id, task_environment, CommandExit, CommandOutcome, DockerNetwork, DriverKind,
+    PortBinding, RunningTask, TaskEvent, TaskKind, TaskSpec, COMMAND_OUTPUT_LIMIT,
 };
 
 use std::time::Duration;
@@ -85,6 +88,22 @@ impl Driver {
         match self {
             Driver::Exec(driver) => Ok(driver.running()),
             Driver::Docker(driver) => driver.running().await,
+        }
+    }
+
+    /// Runs `sh -c COMMAND` in a running task's context (the task's environment and working
+    /// directory, inside its container for docker) and returns how it ended; a command
+    /// still running after `timeout` is killed. [`DriverError::NotRunning`] when this driver
+    /// does not run the task.
+    pub async fn run_command(
+        &self,
+        task_id: &str,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutcome, DriverError> {
+        match self {
+            Driver::Exec(driver) => driver.run_command(task_id, command, timeout).await,
+            Driver::Docker(driver) => driver.run_command(task_id, command, timeout).await,
         }
     }
 

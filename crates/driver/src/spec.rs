@@ -122,6 +122,47 @@ pub enum TaskEvent {
     },
 }
 
+/// Bytes of a command's output kept in a [`CommandOutcome`] (Consul keeps 4 KiB of a check's
+/// output too).
+pub const COMMAND_OUTPUT_LIMIT: usize = 4096;
+
+/// How a command run in a task's context ended (Marathon's COMMAND health checks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutcome {
+    /// How it ended.
+    pub exit: CommandExit,
+    /// What it printed, stdout before stderr, cut to [`COMMAND_OUTPUT_LIMIT`] bytes.
+    pub output: String,
+}
+
+impl CommandOutcome {
+    /// Whether it exited with status 0.
+    pub fn success(&self) -> bool {
+        self.exit == CommandExit::Code(0)
+    }
+}
+
+/// The end of a command run in a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandExit {
+    /// It exited with this status.
+    Code(i64),
+    /// It was killed by this signal.
+    Signal(i32),
+    /// It was still running when its time was up, and was killed.
+    TimedOut,
+}
+
+impl std::fmt::Display for CommandExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommandExit::Code(code) => write!(f, "exit status {code}"),
+            CommandExit::Signal(signal) => write!(f, "killed by signal {signal}"),
+            CommandExit::TimedOut => write!(f, "timed out"),
+        }
+    }
+}
+
 impl TaskEvent {
     /// The task this event is about.
     pub fn task_id(&self) -> &str {

@@ -5,8 +5,8 @@ mod common;
 
 use atoll_driver::registrator::{ExternalEvent, PublishedPort};
 use atoll_driver::{
-    DockerDriver, DockerNetwork, DriverError, DriverKind, PortBinding, TaskEvent, TaskKind,
-    LABEL_APP_ID, LABEL_APP_VERSION, LABEL_MANAGED, LABEL_NODE, LABEL_TASK_ID,
+    CommandExit, DockerDriver, DockerNetwork, DriverError, DriverKind, PortBinding, TaskEvent,
+    TaskKind, LABEL_APP_ID, LABEL_APP_VERSION, LABEL_MANAGED, LABEL_NODE, LABEL_TASK_ID,
 };
 use common::{
     bounded, docker_cli, docker_driver, docker_spec, free_port, http_get, unique_node, wait_for,
@@ -215,6 +215,123 @@ async fn killing_a_managed_container_reports_its_exit_and_removes_it() {
         )
         .await;
         assert!(driver.running().await.expect("running").is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn commands_run_inside_the_task_container_and_time_out() {
+    let node = unique_node("command");
+    let _cleanup = ContainerCleanup::new(&node);
+    let Some(driver) = docker_driver(&node).await else {
+        return;
+    };
+    bounded(LIMIT, async {
+        let task_id = format!("test_command.{node}-1");
+        let spec = docker_spec(&task_id, &["/bin/sleep", "300"], vec![]);
+        driver.start(&spec).await.expect("start");
+        let limit = Duration::from_secs(10);
+
+        let outcome = driver
+            .run_command(&task_id, "test -f /tmp/ok", limit)
+            .await
+            .expect("run");
+        assert_eq!(outcome.exit, CommandExit::Code(1));
+        let outcome = driver
+            .run_command(
+                &task_id,
+                "mkdir -p /tmp && touch /tmp/ok && echo \"$MARATHON_APP_ID\" && echo oops >&2",
+                limit,
+            )
+            .await
+            .expect("run");
+        assert!(outcome.success(), "{outcome:?}");
+        assert_eq!(outcome.output, "/test/web\noops\n");
+        let outcome = driver
+            .run_command(&task_id, "test -f /tmp/ok", limit)
+            .await
+            .expect("run");
+        assert!(outcome.success(), "{outcome:?}");
+
+        let started = tokio::time::Instant::now();
+        let outcome = driver
+            .run_command(&task_id, "sleep 300", Duration::from_millis(500))
+            .await
+            .expect("run");
+        assert_eq!(outcome.exit, CommandExit::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The timed-out command was killed: only the task's own sleep is left.
+        let processes = wait_for(Duration::from_secs(10), "the hung command to die", || {
+            let name = DockerDriver::container_name(&task_id);
+            async move {
+                let top = docker_cli(&["top", &name]);
+                (top.matches("sleep 300").count() == 1).then_some(top)
+            }
+        })
+        .await;
+        assert!(processes.contains("sleep"), "{processes}");
+
+        match driver
+            .run_command(&format!("test_command.{node}-none"), "true", limit)
+            .await
+        {
+            Err(DriverError::NotRunning { .. }) => {}
+            other => panic!("expected NotRunning, got {other:?}"),
+        }
+        driver
+            .stop(&task_id, Duration::from_secs(2))
+            .await
+            .expect("stop");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_command_in_an_image_without_a_shell_fails_with_the_reason() {
+    let node = unique_node("noshell");
+    let _cleanup = ContainerCleanup::new(&node);
+    let Some(driver) = docker_driver(&node).await else {
+        return;
+    };
+    bounded(LIMIT, async {
+        // FROM scratch with busybox alone: no `sh` anywhere.
+        let context = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(context.path().join("bin")).expect("bin");
+        std::fs::copy("/bin/busybox", context.path().join("bin/busybox")).expect("busybox");
+        std::fs::write(
+            context.path().join("Dockerfile"),
+            "FROM scratch\nCOPY bin/busybox /bin/busybox\nLABEL atoll.test-image=\"true\"\n",
+        )
+        .expect("Dockerfile");
+        let image = "atoll-test-noshell:latest";
+        docker_cli(&[
+            "build",
+            "--quiet",
+            "--tag",
+            image,
+            &context.path().display().to_string(),
+        ]);
+
+        let task_id = format!("test_noshell.{node}-1");
+        let mut spec = docker_spec(&task_id, &["/bin/busybox", "sleep", "300"], vec![]);
+        spec.kind = TaskKind::Docker {
+            image: image.into(),
+            network: DockerNetwork::Bridge,
+            cmd: None,
+            args: vec!["/bin/busybox".into(), "sleep".into(), "300".into()],
+            force_pull: false,
+        };
+        driver.start(&spec).await.expect("start");
+        let outcome = driver
+            .run_command(&task_id, "true", Duration::from_secs(10))
+            .await
+            .expect("run");
+        assert!(!outcome.success());
+        assert!(outcome.output.contains("\"sh\""), "{outcome:?}");
+        driver
+            .stop(&task_id, Duration::from_secs(1))
+            .await
+            .expect("stop");
     })
     .await;
 }

@@ -17,7 +17,8 @@ pub use command::{
     CheckSpec, Command, Deregistration, Outcome, Registration, Rejection, ServiceSpec,
 };
 pub use model::{
-    Check, CheckDefinition, CheckStatus, KvEntry, Node, ServiceInstance, NODE_HEALTH_CHECK_ID,
+    Check, CheckDefinition, CheckStatus, KvEntry, Node, ServiceInstance, TaskCommand,
+    NODE_HEALTH_CHECK_ID,
 };
 pub use state::{aggregate_status, State, TableIndexes, Touched};
 pub use store::{Store, Table};

@@ -109,7 +109,7 @@ pub struct CheckDefinition {
     pub tcp: Option<String>,
     /// Time to live for a TTL check, in milliseconds.
     pub ttl_ms: Option<u64>,
-    /// Run interval for HTTP and TCP checks, in milliseconds.
+    /// Run interval for HTTP, TCP and task command checks, in milliseconds.
     pub interval_ms: Option<u64>,
     /// Per-run timeout, in milliseconds.
     pub timeout_ms: Option<u64>,
@@ -121,6 +121,20 @@ pub struct CheckDefinition {
     pub ttl_text: String,
     /// The original timeout text.
     pub timeout_text: String,
+    /// A command run in a task's context (Marathon's COMMAND health checks): exit status 0
+    /// is passing, anything else critical. The node runner defines these for the tasks it
+    /// runs; the Consul API does not accept them (script checks are refused there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_command: Option<TaskCommand>,
+}
+
+/// A command a check runs inside a task, through the driver that runs the task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCommand {
+    /// The task to run it in (on the check's node).
+    pub task_id: String,
+    /// The command, run as `sh -c COMMAND`.
+    pub command: String,
 }
 
 impl CheckDefinition {
@@ -132,6 +146,8 @@ impl CheckDefinition {
             "http"
         } else if self.tcp.is_some() {
             "tcp"
+        } else if self.task_command.is_some() {
+            "script"
         } else {
             ""
         }

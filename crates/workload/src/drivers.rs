@@ -1,10 +1,15 @@
-//! The node's drivers, and the translation from a placed task to a driver's task spec.
+//! The node's drivers, the translation from a placed task to a driver's task spec, and
+//! Marathon's COMMAND health checks run in tasks through them.
 
 use std::path::Path;
 use std::time::Duration;
 
-use atoll_driver::{Driver, ExecDriver, PortBinding, TaskEvent, TaskKind, TaskSpec};
-use atoll_state::{Allocation, AppSpec, DockerNetwork, Runtime};
+use atoll_agent::{TaskCommandRun, TaskCommands};
+use atoll_driver::{
+    CommandExit, CommandOutcome, Driver, DriverError, ExecDriver, PortBinding, TaskEvent, TaskKind,
+    TaskSpec,
+};
+use atoll_state::{Allocation, AppSpec, CheckStatus, DockerNetwork, Runtime, TaskCommand};
 use tokio::sync::mpsc;
 
 use crate::node::Report;
@@ -18,10 +23,15 @@ pub struct Drivers {
 }
 
 impl Drivers {
-    /// Sets up the exec driver under `data_dir` and connects to the Docker engine if present.
+    /// Sets up the exec driver under `data_dir`, adopting the exec tasks an earlier agent
+    /// left running there, and connects to the Docker engine if present (whose driver finds
+    /// its running containers by their labels).
     pub async fn detect(data_dir: &Path, node: &str) -> Drivers {
         let exec_driver = ExecDriver::new(data_dir.join("tasks"));
-        exec_driver.reap_orphans();
+        let adopted = exec_driver.adopt().await;
+        if !adopted.is_empty() {
+            tracing::info!(count = adopted.len(), tasks = ?adopted, "re-adopted exec tasks");
+        }
         let exec = Driver::Exec(exec_driver);
         let docker = match atoll_driver::DockerDriver::connect(atoll_driver::DockerConfig {
             node: Some(node.to_string()),
@@ -169,6 +179,55 @@ impl Drivers {
             let _ = reports.send(Report::Stopped { id });
         });
     }
+
+    /// Runs a COMMAND health check in a task, through whichever driver runs it.
+    pub async fn run_command_check(
+        &self,
+        check: &TaskCommand,
+        timeout: Duration,
+    ) -> (CheckStatus, String) {
+        for driver in self.all() {
+            match driver
+                .run_command(&check.task_id, &check.command, timeout)
+                .await
+            {
+                Ok(outcome) => return command_check_status(&outcome),
+                Err(DriverError::NotRunning { .. }) => continue,
+                Err(e) => return (CheckStatus::Critical, e.to_string()),
+            }
+        }
+        (
+            CheckStatus::Critical,
+            format!("task {} is not running on this node", check.task_id),
+        )
+    }
+}
+
+impl TaskCommands for Drivers {
+    fn run(&self, check: &TaskCommand, timeout: Duration) -> TaskCommandRun {
+        let drivers = self.clone();
+        let check = check.clone();
+        Box::pin(async move { drivers.run_command_check(&check, timeout).await })
+    }
+}
+
+/// Marathon's reading of a COMMAND check: exit status 0 is healthy, anything else
+/// (another status, a signal, a timeout) is not. The output says how it ended, then what
+/// the command printed.
+pub fn command_check_status(outcome: &CommandOutcome) -> (CheckStatus, String) {
+    let status = if outcome.success() {
+        CheckStatus::Passing
+    } else {
+        CheckStatus::Critical
+    };
+    let printed = outcome.output.trim_end();
+    let output = match (&outcome.exit, printed.is_empty()) {
+        (_, true) => outcome.exit.to_string(),
+        // The driver says how long it waited.
+        (CommandExit::TimedOut, false) => printed.to_string(),
+        (exit, false) => format!("{exit}: {printed}"),
+    };
+    (status, output)
 }
 
 /// The driver's view of a placed task.
@@ -213,5 +272,50 @@ pub fn task_spec(app: &AppSpec, task: &Allocation, host: &str) -> TaskSpec {
         mem_mb: app.mem,
         host: host.to_string(),
         stop_grace: Duration::from_secs(5),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(exit: CommandExit, output: &str) -> CommandOutcome {
+        CommandOutcome {
+            exit,
+            output: output.into(),
+        }
+    }
+
+    #[test]
+    fn only_exit_status_zero_passes_a_command_check() {
+        assert_eq!(
+            command_check_status(&outcome(CommandExit::Code(0), "")),
+            (CheckStatus::Passing, "exit status 0".into())
+        );
+        assert_eq!(
+            command_check_status(&outcome(CommandExit::Code(0), "all good\n")),
+            (CheckStatus::Passing, "exit status 0: all good".into())
+        );
+        // Unlike Consul's script checks, exit status 1 is not a warning: Marathon knows
+        // only healthy and unhealthy.
+        assert_eq!(
+            command_check_status(&outcome(CommandExit::Code(1), "")).0,
+            CheckStatus::Critical
+        );
+        assert_eq!(
+            command_check_status(&outcome(CommandExit::Code(126), "exec: \"sh\": not found")),
+            (
+                CheckStatus::Critical,
+                "exit status 126: exec: \"sh\": not found".into()
+            )
+        );
+        assert_eq!(
+            command_check_status(&outcome(CommandExit::Signal(9), "")),
+            (CheckStatus::Critical, "killed by signal 9".into())
+        );
+        assert_eq!(
+            command_check_status(&outcome(CommandExit::TimedOut, "timed out after 1s")),
+            (CheckStatus::Critical, "timed out after 1s".into())
+        );
     }
 }

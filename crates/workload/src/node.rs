@@ -2,6 +2,11 @@
 //! driver, stops the ones asked to stop (and orphans nobody asked for), reports every state
 //! change through Raft, registers running tasks' services in that same entry, and kills
 //! tasks whose health checks keep failing.
+//!
+//! After an agent restart the tasks the drivers still run (containers found by their
+//! labels, exec tasks adopted from their sandbox records) are kept, not started again:
+//! reported `Running` if they were still staging, stopped if the state no longer places
+//! them here.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -9,7 +14,8 @@ use std::time::Duration;
 use atoll_raft::Consensus;
 use atoll_state::{
     Allocation, AppSpec, CheckDefinition, CheckSpec, CheckStatus, Command, ComputeNode,
-    DockerNetwork, HealthProtocol, Runtime, ServiceSpec, State, Table, TaskState,
+    DockerNetwork, HealthCheckSpec, HealthProtocol, Runtime, ServiceSpec, State, Table,
+    TaskCommand, TaskState,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -341,7 +347,9 @@ async fn report(
     }
 }
 
-/// The service instances (and checks) of a running task: one per port.
+/// The service instances (and checks) of a running task: one per port. A check guards the
+/// service of its port; a COMMAND check, which probes no port, guards the first one, and
+/// the agent runs its command in the task through the node's drivers.
 pub fn services_for(
     app: &AppSpec,
     task: &Allocation,
@@ -359,7 +367,7 @@ pub fn services_for(
                 .health_checks
                 .iter()
                 .enumerate()
-                .filter(|(_, c)| c.port_index == index)
+                .filter(|(_, c)| guarded_port(c) == index)
                 .filter_map(|(n, c)| {
                     let mut definition = CheckDefinition {
                         interval_ms: Some(c.interval_seconds.max(1) * 1000),
@@ -373,8 +381,13 @@ pub fn services_for(
                             definition.http = Some(format!("http://{address}:{port}{}", c.path))
                         }
                         HealthProtocol::Tcp => definition.tcp = Some(format!("{address}:{port}")),
-                        // Command checks need an exec into the task; not supported yet.
-                        HealthProtocol::Command => return None,
+                        HealthProtocol::Command => {
+                            definition.task_command = Some(TaskCommand {
+                                task_id: task.id.clone(),
+                                // Validated when the app was submitted.
+                                command: c.command.clone()?,
+                            })
+                        }
                     }
                     Some(CheckSpec {
                         check_id: format!("marathon:{}:{n}", task.id),
@@ -401,6 +414,14 @@ pub fn services_for(
             ))
         })
         .collect()
+}
+
+/// The port index whose service a health check guards.
+fn guarded_port(check: &HealthCheckSpec) -> usize {
+    match check.protocol {
+        HealthProtocol::Command => 0,
+        HealthProtocol::Http | HealthProtocol::Tcp => check.port_index,
+    }
 }
 
 /// Whether a docker app publishes ports on the host (bridge) or uses the host's network.
@@ -457,4 +478,122 @@ fn listening_ports() -> Vec<u16> {
         }
     }
     ports.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use atoll_state::{PortSpec, UpgradeStrategy};
+
+    use super::*;
+
+    fn check(
+        protocol: HealthProtocol,
+        port_index: usize,
+        command: Option<&str>,
+    ) -> HealthCheckSpec {
+        HealthCheckSpec {
+            protocol,
+            path: "/health".into(),
+            port_index,
+            command: command.map(str::to_string),
+            grace_period_seconds: 5,
+            interval_seconds: 2,
+            timeout_seconds: 3,
+            max_consecutive_failures: 3,
+        }
+    }
+
+    fn app(ports: usize, health_checks: Vec<HealthCheckSpec>) -> AppSpec {
+        AppSpec {
+            id: "/prod/web".into(),
+            version: "v1".into(),
+            runtime: Runtime::Exec {
+                cmd: "serve".into(),
+            },
+            cpus: 0.1,
+            mem: 16.0,
+            disk: 0.0,
+            instances: 1,
+            env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            ports: (0..ports)
+                .map(|_| PortSpec {
+                    host_port: 0,
+                    container_port: None,
+                    protocol: "tcp".into(),
+                    name: None,
+                })
+                .collect(),
+            require_ports: false,
+            constraints: vec![],
+            health_checks,
+            upgrade_strategy: UpgradeStrategy {
+                minimum_health_capacity: 1.0,
+                maximum_over_capacity: 1.0,
+            },
+            backoff_seconds: 1.0,
+            backoff_factor: 1.15,
+            max_launch_delay_seconds: 300.0,
+            definition: serde_json::Value::Null,
+        }
+    }
+
+    fn task(ports: Vec<u16>) -> Allocation {
+        Allocation {
+            id: "prod_web.instance-1".into(),
+            app_id: "/prod/web".into(),
+            app_version: "v1".into(),
+            node: "n1".into(),
+            ports,
+            cpus: 0.1,
+            mem: 16.0,
+            desired_running: true,
+            state: TaskState::Running,
+            message: String::new(),
+            staged_at: String::new(),
+            started_at: None,
+            health_failures: 0,
+            services: vec![],
+            create_index: 1,
+            modify_index: 1,
+        }
+    }
+
+    #[test]
+    fn command_checks_run_in_the_task_and_guard_its_first_service() {
+        let app = app(
+            2,
+            vec![
+                check(HealthProtocol::Http, 1, None),
+                check(HealthProtocol::Command, 1, Some("test -f healthy")),
+            ],
+        );
+        let services = services_for(&app, &task(vec![31000, 31001]), "10.0.0.7");
+        assert_eq!(services.len(), 2);
+        let (first, first_checks) = &services[0];
+        assert_eq!(first.id, "prod_web.instance-1:0");
+        assert_eq!(first_checks.len(), 1);
+        let command = &first_checks[0];
+        assert_eq!(command.check_id, "marathon:prod_web.instance-1:1");
+        assert_eq!(command.service_id, "prod_web.instance-1:0");
+        assert_eq!(
+            command.definition.task_command,
+            Some(TaskCommand {
+                task_id: "prod_web.instance-1".into(),
+                command: "test -f healthy".into(),
+            })
+        );
+        assert_eq!(command.definition.interval_ms, Some(2000));
+        assert_eq!(command.definition.timeout_ms, Some(3000));
+        assert_eq!(command.definition.http, None);
+        assert_eq!(command.definition.kind(), "script");
+
+        let (_, second_checks) = &services[1];
+        assert_eq!(second_checks.len(), 1);
+        assert_eq!(
+            second_checks[0].definition.http.as_deref(),
+            Some("http://10.0.0.7:31001/health")
+        );
+        assert_eq!(second_checks[0].definition.task_command, None);
+    }
 }
