@@ -250,6 +250,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     if server {
         tokio::spawn(atoll_workload::leader::run(consensus.clone()));
     }
+    let drain_with = drivers.clone();
     if let Some(drivers) = drivers {
         if let Some(engine) = drivers.docker_engine() {
             tokio::spawn(atoll_workload::registrator::run(
@@ -304,9 +305,14 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     }
     tracing::info!("{role} is ready");
 
+    // A signal stops the node and leaves its tasks running (the next start adopts them); a
+    // graceful leave drains them first (the leader has already placed them elsewhere).
     tokio::select! {
         _ = stopping.wait_for(|stop| *stop) => {}
         _ = agent.stopped() => {
+            if let Some(drivers) = &drain_with {
+                atoll_workload::node::drain(&consensus, drivers, &settings.node).await;
+            }
             let _ = stop_tx.send(true);
         }
     }

@@ -28,6 +28,8 @@ use crate::naming::service_names;
 pub const DEFAULT_PORT_RANGE: (u16, u16) = (31000, 32000);
 /// How long a stopping task gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How much longer than the longest grace period a drain waits for its tasks to stop.
+const DRAIN_MARGIN: Duration = Duration::from_secs(15);
 /// How often host ports held by other processes are looked up.
 const PORT_SCAN_EVERY: Duration = Duration::from_secs(5);
 /// Rounds run at least this often (health-failure timing).
@@ -102,21 +104,7 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
     let mut workload = store.watch(Table::Workload);
     let mut catalog = store.watch(Table::Catalog);
     loop {
-        let (mine, apps) = store.read(|state| {
-            let mine: Vec<Allocation> = state.workload.tasks_on(&config.node).cloned().collect();
-            let apps: HashMap<String, AppSpec> = mine
-                .iter()
-                .filter_map(|t| {
-                    state
-                        .workload
-                        .history
-                        .get(&t.app_id)
-                        .and_then(|h| h.iter().rev().find(|a| a.version == t.app_version))
-                        .map(|a| (t.id.clone(), a.clone()))
-                })
-                .collect();
-            (mine, apps)
-        });
+        let (mine, apps) = store.read(|state| tasks_and_apps(state, &config.node));
         let known: HashSet<&str> = mine.iter().map(|t| t.id.as_str()).collect();
         for task in &mine {
             if busy.contains(&task.id) {
@@ -264,6 +252,54 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
                 }
             }
         }
+    }
+}
+
+/// The tasks placed on `node`, and the app version each one runs, by task id.
+fn tasks_and_apps(state: &State, node: &str) -> (Vec<Allocation>, HashMap<String, AppSpec>) {
+    let mine: Vec<Allocation> = state.workload.tasks_on(node).cloned().collect();
+    let apps: HashMap<String, AppSpec> = mine
+        .iter()
+        .filter_map(|t| {
+            state
+                .workload
+                .history
+                .get(&t.app_id)
+                .and_then(|h| h.iter().rev().find(|a| a.version == t.app_version))
+                .map(|a| (t.id.clone(), a.clone()))
+        })
+        .collect();
+    (mine, apps)
+}
+
+/// The last step of a graceful leave: stops every task this node runs, all at once, each
+/// with its app's kill grace period, and returns once they are gone (or the longest grace
+/// plus a margin has passed). The node has already left the catalog, so the leader
+/// replaces its tasks on other nodes.
+pub async fn drain(consensus: &Consensus, drivers: &Drivers, node: &str) {
+    let (_, apps) = consensus.store().read(|state| tasks_and_apps(state, node));
+    let running = drivers.running().await;
+    if running.is_empty() {
+        return;
+    }
+    tracing::info!(
+        tasks = running.len(),
+        "draining: stopping every task of this node"
+    );
+    let (stopped_tx, mut stopped) = mpsc::unbounded_channel();
+    let mut longest = Duration::ZERO;
+    for id in &running {
+        let grace = stop_grace(apps.get(id));
+        longest = longest.max(grace);
+        drivers.stop(app_runtime(apps.get(id)), id, grace, stopped_tx.clone());
+    }
+    drop(stopped_tx);
+    let all_stopped = async { while stopped.recv().await.is_some() {} };
+    if tokio::time::timeout(longest + DRAIN_MARGIN, all_stopped)
+        .await
+        .is_err()
+    {
+        tracing::warn!("draining: some tasks did not stop in time");
     }
 }
 
