@@ -27,7 +27,7 @@ import dns.query
 import dns.rdatatype
 import requests
 
-from conftest import require, require_binary, wait_for
+from conftest import ClientEndpoints, require_binary, wait_for
 
 try:  # py-consul
     import consul
@@ -447,7 +447,7 @@ TARGET_LABEL = "e2e"
 RESET_TIMEOUT = 20.0  # leftovers of the previous test -> the cluster's bare state
 
 
-class ClusterTarget:
+class ClusterTarget(ClientEndpoints):
     """One client node of a cluster, with the interface of conftest.Atoll.
 
     Every HTTP and DNS request a test makes through it goes to the client
@@ -485,25 +485,6 @@ class ClusterTarget:
     def http_addr(self) -> str:
         return self.agent_node.http_addr
 
-    @property
-    def dns_addr(self) -> str:
-        return f"{self.dns_host}:{self.dns_port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.http_addr}"
-
-    def url(self, path: str) -> str:
-        return self.base_url + path
-
-    @property
-    def consul(self):
-        if consul is None:
-            require(False, "python package py-consul not installed")
-        if self._client is None:
-            self._client = consul.Consul(host=self.node_address, port=self.http_port, connections_timeout=30)
-        return self._client
-
     # -- the process ------------------------------------------------------
     @property
     def pid(self) -> int:
@@ -524,28 +505,6 @@ class ClusterTarget:
 
     def leader(self) -> str | None:
         return self.agent_node.leader() or None
-
-    # -- small HTTP helpers (as conftest.Atoll's) -------------------------
-    def get(self, path: str, **kwargs) -> requests.Response:
-        kwargs.setdefault("timeout", 10)
-        return requests.get(self.url(path), **kwargs)
-
-    def put(self, path: str, **kwargs) -> requests.Response:
-        kwargs.setdefault("timeout", 10)
-        return requests.put(self.url(path), **kwargs)
-
-    def delete(self, path: str, **kwargs) -> requests.Response:
-        kwargs.setdefault("timeout", 10)
-        return requests.delete(self.url(path), **kwargs)
-
-    def get_json(self, path: str, **kwargs):
-        r = self.get(path, **kwargs)
-        assert r.status_code == 200, f"GET {path} -> {r.status_code}: {r.text}"
-        return r.json()
-
-    def register_service(self, body: dict) -> None:
-        r = self.put("/v1/agent/service/register", json=body)
-        assert r.status_code == 200, f"register {body} -> {r.status_code}: {r.text}"
 
     # -- the cluster's bare state -----------------------------------------
     def leftovers(self) -> list[tuple[str, str, dict]]:

@@ -183,7 +183,66 @@ class AtollError(RuntimeError):
     pass
 
 
-class Atoll:
+class ClientEndpoints:
+    """What a test uses to talk to the node under test: its HTTP API, py-consul and DNS.
+
+    Subclasses set `http_addr`, `http_port`, `node_address`, `dns_host`, `dns_port` and
+    `_client` (None).
+    """
+
+    http_addr: str
+    http_port: int
+    node_address: str
+    dns_host: str
+    dns_port: int
+    _client: Any
+
+    @property
+    def dns_addr(self) -> str:
+        return f"{self.dns_host}:{self.dns_port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.http_addr}"
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    @property
+    def consul(self):
+        if consul is None:
+            require(False, "python package py-consul not installed")
+        if self._client is None:
+            self._client = consul.Consul(host=self.node_address, port=self.http_port, connections_timeout=30)
+        return self._client
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", 10)
+        return requests.get(self.url(path), **kwargs)
+
+    def put(self, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", 10)
+        return requests.put(self.url(path), **kwargs)
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", 10)
+        return requests.post(self.url(path), **kwargs)
+
+    def delete(self, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", 10)
+        return requests.delete(self.url(path), **kwargs)
+
+    def get_json(self, path: str, **kwargs) -> Any:
+        r = self.get(path, **kwargs)
+        assert r.status_code == 200, f"GET {path} -> {r.status_code}: {r.text}"
+        return r.json()
+
+    def register_service(self, body: dict) -> None:
+        r = self.put("/v1/agent/service/register", json=body)
+        assert r.status_code == 200, f"register {body} -> {r.status_code}: {r.text}"
+
+
+class Atoll(ClientEndpoints):
     """One `atoll dev` process (restartable with the same data dir and ports)."""
 
     def __init__(
@@ -228,25 +287,6 @@ class Atoll:
     @property
     def http_addr(self) -> str:
         return f"127.0.0.1:{self.http_port}"
-
-    @property
-    def dns_addr(self) -> str:
-        return f"{self.dns_host}:{self.dns_port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.http_addr}"
-
-    def url(self, path: str) -> str:
-        return self.base_url + path
-
-    @property
-    def consul(self):
-        if consul is None:
-            require(False, "python package py-consul not installed")
-        if self._client is None:
-            self._client = consul.Consul(host="127.0.0.1", port=self.http_port, connections_timeout=30)
-        return self._client
 
     @property
     def pid(self) -> int:
@@ -386,28 +426,6 @@ class Atoll:
         """The data dir the binary printed on stdout, if it prints one."""
         match = re.search(r"data dir:\s*(\S+)", self.stdout())
         return Path(match.group(1)) if match else None
-
-    # -- small HTTP helpers -----------------------------------------------
-    def get(self, path: str, **kwargs) -> requests.Response:
-        kwargs.setdefault("timeout", 10)
-        return requests.get(self.url(path), **kwargs)
-
-    def put(self, path: str, **kwargs) -> requests.Response:
-        kwargs.setdefault("timeout", 10)
-        return requests.put(self.url(path), **kwargs)
-
-    def delete(self, path: str, **kwargs) -> requests.Response:
-        kwargs.setdefault("timeout", 10)
-        return requests.delete(self.url(path), **kwargs)
-
-    def get_json(self, path: str, **kwargs) -> Any:
-        r = self.get(path, **kwargs)
-        assert r.status_code == 200, f"GET {path} -> {r.status_code}: {r.text}"
-        return r.json()
-
-    def register_service(self, body: dict) -> None:
-        r = self.put("/v1/agent/service/register", json=body)
-        assert r.status_code == 200, f"register {body} -> {r.status_code}: {r.text}"
 
     def close(self) -> None:
         try:

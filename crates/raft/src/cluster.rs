@@ -49,11 +49,7 @@ impl Consensus {
                 return Ok(());
             }
             let mut contacted = 0usize;
-            let mut addresses: Vec<String> = plan.retry_join.clone();
-            addresses.extend(self.inner.known.lock().values().map(|m| m.rpc_addr.clone()));
-            addresses.retain(|a| *a != self.member().rpc_addr);
-            addresses.sort();
-            addresses.dedup();
+            let addresses = self.peer_addresses(plan);
             let me = self.hello_message(plan.bootstrap_expect).await;
             let mut agreeing = std::collections::BTreeSet::new();
             let mut disagreeing: BTreeMap<u64, (String, usize)> = BTreeMap::new();
@@ -150,12 +146,7 @@ impl Consensus {
             if self.is_leader() || (admitted && self.heard_from_leader_within(ORPHAN_AFTER)) {
                 continue;
             }
-            let mut addresses: Vec<String> = plan.retry_join.clone();
-            addresses.extend(self.members().into_iter().map(|(_, m, _)| m.rpc_addr));
-            addresses.extend(self.inner.known.lock().values().map(|m| m.rpc_addr.clone()));
-            addresses.retain(|a| *a != self.member().rpc_addr);
-            addresses.sort();
-            addresses.dedup();
+            let addresses = self.peer_addresses(plan);
             let me = self.hello_message(plan.bootstrap_expect).await;
             for address in &addresses {
                 let Ok(peer) = self
@@ -175,6 +166,18 @@ impl Consensus {
                 }
             }
         }
+    }
+
+    /// Everyone worth a hello: the `--retry-join` addresses, the members of the Raft
+    /// configuration and the servers heard of, without this node.
+    fn peer_addresses(&self, plan: &JoinPlan) -> Vec<String> {
+        let mut addresses: Vec<String> = plan.retry_join.clone();
+        addresses.extend(self.members().into_iter().map(|(_, m, _)| m.rpc_addr));
+        addresses.extend(self.inner.known.lock().values().map(|m| m.rpc_addr.clone()));
+        addresses.retain(|a| *a != self.member().rpc_addr);
+        addresses.sort();
+        addresses.dedup();
+        addresses
     }
 
     fn check_peer(&self, peer: &Hello) -> Result<(), ConsensusError> {
