@@ -237,8 +237,20 @@ class Cluster:
 # a minimal DNS client (A records, UDP)
 
 
-def dns_a_count(server_ip: str, name: str, timeout: float = 1.0) -> int:
-    """How many A records `server_ip`:8600 returns for `name` (0 for NXDOMAIN/empty)."""
+def _skip_name(data: bytes, at: int) -> int:
+    """Offset just past the (possibly compressed) domain name starting at `at`."""
+    while at < len(data):
+        length = data[at]
+        if length & 0xC0 == 0xC0:
+            return at + 2
+        if length == 0:
+            return at + 1
+        at += 1 + length
+    raise OSError("truncated DNS name")
+
+
+def dns_a_addresses(server_ip: str, name: str, timeout: float = 1.0) -> list[str]:
+    """The addresses of the A records `server_ip`:8600 returns for `name` ([] for NXDOMAIN)."""
     qid = random.randint(0, 0xFFFF)
     header = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
     qname = b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
@@ -248,7 +260,24 @@ def dns_a_count(server_ip: str, name: str, timeout: float = 1.0) -> int:
         s.sendto(packet, (server_ip, DNS_PORT))
         for _ in range(10):
             data, _ = s.recvfrom(4096)
-            if len(data) >= 12 and struct.unpack(">H", data[:2])[0] == qid:
-                ancount = struct.unpack(">H", data[6:8])[0]
-                return ancount
+            if len(data) < 12 or struct.unpack(">H", data[:2])[0] != qid:
+                continue
+            qdcount, ancount = struct.unpack(">HH", data[4:8])
+            at = 12
+            for _ in range(qdcount):
+                at = _skip_name(data, at) + 4
+            addresses = []
+            for _ in range(ancount):
+                at = _skip_name(data, at)
+                rtype, _, _, length = struct.unpack(">HHIH", data[at:at + 10])
+                at += 10
+                if rtype == 1 and length == 4:
+                    addresses.append(socket.inet_ntoa(data[at:at + 4]))
+                at += length
+            return addresses
     raise OSError("no matching DNS answer")
+
+
+def dns_a_count(server_ip: str, name: str, timeout: float = 1.0) -> int:
+    """How many A records `server_ip`:8600 returns for `name` (0 for NXDOMAIN/empty)."""
+    return len(dns_a_addresses(server_ip, name, timeout))

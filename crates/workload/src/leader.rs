@@ -111,7 +111,12 @@ fn decide(state: &State, backoffs: &mut HashMap<String, Backoff>) -> Vec<Command
     let mut stops: Vec<(String, String)> = Vec::new();
     for app in tables.apps.values() {
         let backoff = backoffs.entry(app.id.clone()).or_default();
-        if let Some(failure) = tables.last_failures.get(&app.id) {
+        // A task lost with its node is not the app's fault: replaced at once, as Nomad does.
+        if let Some(failure) = tables
+            .last_failures
+            .get(&app.id)
+            .filter(|f| f.state != TaskState::Lost)
+        {
             if backoff.seen_failure.as_deref() != Some(failure.timestamp.as_str()) {
                 backoff.seen_failure = Some(failure.timestamp.clone());
                 backoff.failures += 1;
