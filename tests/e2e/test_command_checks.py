@@ -188,6 +188,16 @@ def test_exec_command_check_failing_too_often_replaces_the_task(node, tmp_path):
     wait_check(inst, service, task["id"], "passing")
     (sandbox_of(app_id, task["id"]) / "healthy").unlink()
 
+    def failures_counted():
+        for t in inst.get_json(f"/v2/apps{app_id}/tasks")["tasks"]:
+            if t["id"] == task["id"]:
+                return [r["consecutiveFailures"] for r in t.get("healthCheckResults", [])
+                        if r["consecutiveFailures"] >= 1]
+        return None
+
+    # Marathon's consecutiveFailures counts the failures before the kill.
+    counted = wait_for(failures_counted, timeout=15, interval=0.05, message="consecutiveFailures to count")
+    assert max(counted) <= 2, counted
     failure = wait_for_failure_of(inst, app_id, task["id"], timeout=30)
     assert "health" in failure.get("message", ""), failure
     (replacement,) = wait_running(inst, app_id, 1, timeout=30)

@@ -85,6 +85,14 @@ pub enum Command {
         /// Services (and their checks) to register when it starts running.
         services: Vec<(ServiceSpec, Vec<CheckSpec>)>,
     },
+    /// How many health checks in a row a running task has failed (Marathon's
+    /// `consecutiveFailures`), as its node counts them.
+    TaskHealth {
+        /// Task id.
+        id: String,
+        /// Failures in a row; 0 once it passes again.
+        failures: u32,
+    },
     /// A deployment has converged (or was cancelled).
     FinishDeployment {
         /// Deployment id.

@@ -110,6 +110,7 @@ impl State {
             | Command::Place { .. }
             | Command::StopTasks { .. }
             | Command::UpdateTask { .. }
+            | Command::TaskHealth { .. }
             | Command::FinishDeployment { .. } => self.apply_workload(index, command),
         }
     }

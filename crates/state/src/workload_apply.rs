@@ -87,6 +87,7 @@ impl State {
                 at,
                 services,
             } => self.update_task(index, id, *state, message, at, services),
+            Command::TaskHealth { id, failures } => self.task_health(index, id, *failures),
             Command::FinishDeployment { id } => {
                 if self.workload.deployments.remove(id).is_some() {
                     (Outcome::Done, touched_workload(false))
@@ -198,6 +199,17 @@ impl State {
         cpus <= node.cpus + EPSILON
             && mem <= node.mem + EPSILON
             && allocation.ports.iter().all(|p| !ports.contains(p))
+    }
+
+    fn task_health(&mut self, index: u64, id: &str, failures: u32) -> (Outcome, Touched) {
+        match self.workload.tasks.get_mut(id) {
+            Some(task) if task.health_failures != failures => {
+                task.health_failures = failures;
+                task.modify_index = index;
+                (Outcome::Done, touched_workload(false))
+            }
+            _ => (Outcome::Done, Touched::default()),
+        }
     }
 
     fn place(
@@ -449,5 +461,50 @@ mod tests {
         place(&mut state, 7, &[("/web", waiting(1, "x"))]);
         place(&mut state, 8, &[]);
         assert!(state.workload.queue.is_empty());
+    }
+
+    #[test]
+    fn task_health_records_failures_of_known_tasks_only() {
+        let mut state = State::default();
+        let put = Command::PutApp {
+            app: Box::new(app("/web")),
+            deployment: None,
+        };
+        state.apply(1, &put);
+        let task = Allocation {
+            id: "web.1".into(),
+            app_id: "/web".into(),
+            app_version: "v1".into(),
+            node: "n1".into(),
+            ports: Vec::new(),
+            cpus: 0.1,
+            mem: 16.0,
+            desired_running: true,
+            state: TaskState::Staging,
+            message: String::new(),
+            staged_at: String::new(),
+            started_at: None,
+            health_failures: 0,
+            services: Vec::new(),
+            create_index: 0,
+            modify_index: 0,
+        };
+        state.workload.tasks.insert(task.id.clone(), task);
+        let health = |failures| Command::TaskHealth {
+            id: "web.1".into(),
+            failures,
+        };
+        assert!(state.apply(2, &health(2)).1.workload);
+        assert_eq!(state.workload.tasks["web.1"].health_failures, 2);
+        assert_eq!(state.workload.tasks["web.1"].modify_index, 2);
+        // The same count again, or an unknown task, changes nothing.
+        assert!(!state.apply(3, &health(2)).1.workload);
+        let unknown = Command::TaskHealth {
+            id: "gone".into(),
+            failures: 1,
+        };
+        assert!(!state.apply(4, &unknown).1.workload);
+        assert!(state.apply(5, &health(0)).1.workload);
+        assert_eq!(state.workload.tasks["web.1"].health_failures, 0);
     }
 }

@@ -157,7 +157,17 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
                 .await;
             } else if task.state == TaskState::Running {
                 if let Some(app) = apps.get(&task.id) {
-                    if health_exhausted(&store, task, app, &mut critical_since) {
+                    let failures = health_failures(&store, task, app, &mut critical_since);
+                    if failures.in_a_row != task.health_failures {
+                        let command = Command::TaskHealth {
+                            id: task.id.clone(),
+                            failures: failures.in_a_row,
+                        };
+                        if let Err(e) = consensus.write(command).await {
+                            tracing::debug!(task = %task.id, error = %e, "health failures not recorded");
+                        }
+                    }
+                    if failures.exhausted {
                         tracing::warn!(task = %task.id, "health checks failed too many times; killing");
                         busy.insert(task.id.clone());
                         drivers.stop(
@@ -316,25 +326,37 @@ fn app_runtime(app: Option<&AppSpec>) -> Option<&Runtime> {
     app.map(|a| &a.runtime)
 }
 
-/// Whether a running task's checks have been critical for `maxConsecutiveFailures`
-/// intervals after its grace period.
-fn health_exhausted(
+/// A running task's health as its checks have told it since its grace period ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Failures {
+    /// Checks failed in a row (Marathon's `consecutiveFailures`): one per interval while
+    /// critical, at most `maxConsecutiveFailures`.
+    in_a_row: u32,
+    /// Critical for `maxConsecutiveFailures` intervals: kill and replace it.
+    exhausted: bool,
+}
+
+fn health_failures(
     store: &atoll_state::Store,
     task: &Allocation,
     app: &AppSpec,
     critical_since: &mut HashMap<String, Instant>,
-) -> bool {
+) -> Failures {
+    let healthy = Failures {
+        in_a_row: 0,
+        exhausted: false,
+    };
     let Some(check) = app
         .health_checks
         .iter()
-        .find(|c| c.max_consecutive_failures > 0)
+        .max_by_key(|c| c.max_consecutive_failures)
     else {
-        return false;
+        return healthy;
     };
     let critical = store.read(|state| any_check_critical(state, task));
     if !critical {
         critical_since.remove(&task.id);
-        return false;
+        return healthy;
     }
     let now = Instant::now();
     let since = *critical_since.entry(task.id.clone()).or_insert(now);
@@ -344,11 +366,18 @@ fn health_exhausted(
         .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
         .and_then(|t| t.elapsed().ok())
         .unwrap_or_default();
-    let grace = Duration::from_secs(check.grace_period_seconds);
-    let allowed = Duration::from_secs(
-        check.interval_seconds.max(1) * u64::from(check.max_consecutive_failures),
-    );
-    started > grace && now.duration_since(since) >= allowed
+    // Failures inside the grace period do not count, as in Marathon.
+    if started <= Duration::from_secs(check.grace_period_seconds) {
+        return healthy;
+    }
+    let interval = check.interval_seconds.max(1);
+    let intervals = now.duration_since(since).as_secs() / interval;
+    let max = check.max_consecutive_failures;
+    let in_a_row = u32::try_from(intervals + 1).unwrap_or(u32::MAX);
+    Failures {
+        in_a_row: if max > 0 { in_a_row.min(max) } else { in_a_row },
+        exhausted: max > 0 && intervals >= u64::from(max),
+    }
 }
 
 fn any_check_critical(state: &State, task: &Allocation) -> bool {
