@@ -196,9 +196,14 @@ impl State {
             mem += task.mem;
             ports.extend(task.ports.iter().copied());
         }
+        // A port may be asked for once, and only if no other task on the node holds it.
+        let mut asked = BTreeSet::new();
         cpus <= node.cpus + EPSILON
             && mem <= node.mem + EPSILON
-            && allocation.ports.iter().all(|p| !ports.contains(p))
+            && allocation
+                .ports
+                .iter()
+                .all(|p| asked.insert(*p) && !ports.contains(p))
     }
 
     fn task_health(&mut self, index: u64, id: &str, failures: u32) -> (Outcome, Touched) {
@@ -506,5 +511,223 @@ mod tests {
         assert!(!state.apply(4, &unknown).1.workload);
         assert!(state.apply(5, &health(0)).1.workload);
         assert_eq!(state.workload.tasks["web.1"].health_failures, 0);
+    }
+
+    mod properties {
+        use super::*;
+        use crate::command::{Registration, ServiceSpec};
+        use crate::workload::ComputeNode;
+        use proptest::prelude::*;
+
+        const NODES: [&str; 3] = ["n0", "n1", "n2"];
+        const APPS: [&str; 3] = ["/a0", "/a1", "/a2"];
+
+        /// The cluster every sequence starts from: three catalog nodes offering 2 cpus,
+        /// 128 MiB and six ports each.
+        fn cluster() -> Vec<Command> {
+            NODES
+                .iter()
+                .flat_map(|node| {
+                    [
+                        Command::Register(Box::new(Registration {
+                            node: node.to_string(),
+                            address: "10.0.0.1".into(),
+                            datacenter: "dc1".into(),
+                            ..Default::default()
+                        })),
+                        Command::RegisterCompute(ComputeNode {
+                            node: node.to_string(),
+                            cpus: 2.0,
+                            mem: 128.0,
+                            port_range: (31000, 31005),
+                            attributes: BTreeMap::new(),
+                            drivers: vec!["exec".into()],
+                            busy_ports: Vec::new(),
+                        }),
+                    ]
+                })
+                .collect()
+        }
+
+        fn allocation(
+            task: usize,
+            app: usize,
+            version: u8,
+            node: usize,
+            cpus: f64,
+            mem: f64,
+            ports: Vec<u16>,
+        ) -> Allocation {
+            Allocation {
+                id: format!("t{task}"),
+                app_id: APPS[app].into(),
+                app_version: format!("v{version}"),
+                node: NODES[node].into(),
+                ports,
+                cpus,
+                mem,
+                desired_running: true,
+                state: TaskState::Staging,
+                message: String::new(),
+                staged_at: String::new(),
+                started_at: None,
+                health_failures: 0,
+                services: Vec::new(),
+                create_index: 0,
+                modify_index: 0,
+            }
+        }
+
+        fn command() -> impl Strategy<Value = Command> {
+            // Few task ids and weights towards placing and reporting, so that sequences
+            // often run a task through placement, running and an end.
+            let task = 0usize..4;
+            let app_index = 0usize..APPS.len();
+            prop_oneof![
+                2 => (app_index.clone(), 1u8..3).prop_map(|(a, v)| {
+                    let mut spec = app(APPS[a]);
+                    spec.version = format!("v{v}");
+                    Command::PutApp {
+                        app: Box::new(spec),
+                        deployment: None,
+                    }
+                }),
+                1 => app_index.clone().prop_map(|a| Command::DeleteApp {
+                    app_id: APPS[a].into(),
+                    deployment: None
+                }),
+                3 => (
+                    prop::collection::vec(
+                        (
+                            task.clone(),
+                            app_index.clone(),
+                            1u8..3,
+                            0usize..NODES.len(),
+                            prop::sample::select(vec![0.5, 1.0, 1.5]),
+                            prop::sample::select(vec![16.0, 64.0, 100.0]),
+                            prop::collection::vec(31000u16..31006, 0..3)
+                        ),
+                        0..4,
+                    ),
+                    prop::collection::btree_map(
+                        app_index.clone().prop_map(|a| APPS[a].to_string()),
+                        (1u32..4).prop_map(|c| waiting(c, "full")),
+                        0..3
+                    ),
+                )
+                    .prop_map(|(allocations, unplaced)| Command::Place {
+                        allocations: allocations
+                            .into_iter()
+                            .map(|(t, a, v, n, c, m, p)| allocation(t, a, v, n, c, m, p))
+                            .collect(),
+                        unplaced,
+                    }),
+                4 => (
+                    task.clone(),
+                    prop::sample::select(vec![
+                        TaskState::Running,
+                        TaskState::Failed,
+                        TaskState::Finished,
+                        TaskState::Killed,
+                        TaskState::Lost
+                    ])
+                )
+                    .prop_map(|(t, state)| Command::UpdateTask {
+                        id: format!("t{t}"),
+                        state,
+                        message: format!("{state:?}"),
+                        at: "2026-01-01T00:00:00Z".into(),
+                        services: vec![(
+                            ServiceSpec {
+                                id: format!("svc-t{t}"),
+                                name: "svc".into(),
+                                port: 31000,
+                                ..Default::default()
+                            },
+                            Vec::new(),
+                        )],
+                    }),
+                1 => (prop::collection::vec(task.clone(), 1..3), any::<bool>()).prop_map(
+                    |(ids, scale)| Command::StopTasks {
+                        ids: ids.into_iter().map(|t| format!("t{t}")).collect(),
+                        scale,
+                        reason: "test".into(),
+                    }
+                ),
+                1 => (task, 0u32..4).prop_map(|(t, failures)| Command::TaskHealth {
+                    id: format!("t{t}"),
+                    failures
+                }),
+            ]
+        }
+
+        /// What must hold after every entry, whatever the sequence.
+        fn check_invariants(state: &State) -> Result<(), TestCaseError> {
+            for node in NODES {
+                let offered = &state.workload.compute[node];
+                let tasks: Vec<&Allocation> = state.workload.tasks_on(node).collect();
+                let cpus: f64 = tasks.iter().map(|t| t.cpus).sum();
+                let mem: f64 = tasks.iter().map(|t| t.mem).sum();
+                prop_assert!(cpus <= offered.cpus + EPSILON, "{node}: {cpus} cpus placed");
+                prop_assert!(mem <= offered.mem + EPSILON, "{node}: {mem} MiB placed");
+                let mut ports = BTreeSet::new();
+                for port in tasks.iter().flat_map(|t| t.ports.iter()) {
+                    prop_assert!(ports.insert(*port), "{node}: port {port} given twice");
+                }
+            }
+            for app_id in state.workload.queue.keys() {
+                prop_assert!(
+                    state.workload.apps.contains_key(app_id),
+                    "queue names deleted app {app_id}"
+                );
+            }
+            // A task's service is in the catalog exactly while the task is running.
+            for node in NODES {
+                for service in state.services_on_node(node) {
+                    let owner = state
+                        .workload
+                        .tasks
+                        .values()
+                        .find(|t| t.services.contains(&service.id));
+                    prop_assert!(
+                        owner.is_some_and(|t| t.state == TaskState::Running && t.node == node),
+                        "service {} on {node} without a running task",
+                        service.id
+                    );
+                }
+            }
+            for task in state.workload.tasks.values() {
+                if task.state == TaskState::Running {
+                    for id in &task.services {
+                        prop_assert!(
+                            state.service(&task.node, id).is_some(),
+                            "running {} lost service {id}",
+                            task.id
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn workload_entries_keep_the_tables_consistent_and_deterministic(
+                commands in prop::collection::vec(command(), 1..40)
+            ) {
+                let mut state = State::default();
+                let mut replay = State::default();
+                let setup = cluster();
+                for (index, command) in setup.iter().chain(commands.iter()).enumerate() {
+                    let index = index as u64 + 1;
+                    state.apply(index, command);
+                    replay.apply(index, command);
+                    if index as usize >= setup.len() {
+                        check_invariants(&state)?;
+                    }
+                }
+                prop_assert_eq!(state, replay);
+            }
+        }
     }
 }
