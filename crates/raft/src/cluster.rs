@@ -54,12 +54,7 @@ impl Consensus {
             let mut agreeing = std::collections::BTreeSet::new();
             let mut disagreeing: BTreeMap<u64, (String, usize)> = BTreeMap::new();
             for address in &addresses {
-                let Ok(peer) = self
-                    .inner
-                    .client
-                    .call::<Hello, Hello>(address, HELLO_PATH, &me, HELLO_TIMEOUT)
-                    .await
-                else {
+                let Some(peer) = self.say_hello(address, &me).await else {
                     continue;
                 };
                 contacted += 1;
@@ -149,12 +144,7 @@ impl Consensus {
             let addresses = self.peer_addresses(plan);
             let me = self.hello_message(plan.bootstrap_expect).await;
             for address in &addresses {
-                let Ok(peer) = self
-                    .inner
-                    .client
-                    .call::<Hello, Hello>(address, HELLO_PATH, &me, HELLO_TIMEOUT)
-                    .await
-                else {
+                let Some(peer) = self.say_hello(address, &me).await else {
                     continue;
                 };
                 if self.check_peer(&peer).is_err() || !peer.initialized {
@@ -166,6 +156,15 @@ impl Consensus {
                 }
             }
         }
+    }
+
+    /// Says hello to `address`; `None` if it does not answer in time.
+    async fn say_hello(&self, address: &str, me: &Hello) -> Option<Hello> {
+        self.inner
+            .client
+            .call::<Hello, Hello>(address, HELLO_PATH, me, HELLO_TIMEOUT)
+            .await
+            .ok()
     }
 
     /// Everyone worth a hello: the `--retry-join` addresses, the members of the Raft

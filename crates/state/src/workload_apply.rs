@@ -476,24 +476,9 @@ mod tests {
             deployment: None,
         };
         state.apply(1, &put);
-        let task = Allocation {
-            id: "web.1".into(),
-            app_id: "/web".into(),
-            app_version: "v1".into(),
-            node: "n1".into(),
-            ports: Vec::new(),
-            cpus: 0.1,
-            mem: 16.0,
-            desired_running: true,
-            state: TaskState::Staging,
-            message: String::new(),
-            staged_at: String::new(),
-            started_at: None,
-            health_failures: 0,
-            services: Vec::new(),
-            create_index: 0,
-            modify_index: 0,
-        };
+        let mut task = properties::allocation(1, 0, 1, 0, 0.1, 16.0, Vec::new());
+        task.id = "web.1".into();
+        task.app_id = "/web".into();
         state.workload.tasks.insert(task.id.clone(), task);
         let health = |failures| Command::TaskHealth {
             id: "web.1".into(),
@@ -549,7 +534,7 @@ mod tests {
                 .collect()
         }
 
-        fn allocation(
+        pub(super) fn allocation(
             task: usize,
             app: usize,
             version: u8,
