@@ -54,6 +54,9 @@ KEYS = ("lin/a", "lin/b", "lin/c")
 RUN_SECONDS = 20.0  # clients and nemesis run this long
 HTTP_TIMEOUT = 2.0  # per request
 MAX_OPS_PER_CLIENT = 5000
+# Pause between a client's operations: keeps a history to a few thousand operations, which
+# the checker can search within its budget even with dozens of unknown outcomes per key.
+OP_PAUSE = 0.01
 FORM_TIMEOUT = 30.0  # servers spawned -> one leader everybody names
 RECOVER_TIMEOUT = 20.0  # everything healed -> one leader everybody names
 STOP_TIMEOUT = 5.0
@@ -364,6 +367,7 @@ class Clients:
             except Exception as exc:  # noqa: BLE001 - recorded, the test fails on it
                 self.anomaly(f"{process}: client error {exc!r}")
                 return
+            self.stop.wait(OP_PAUSE)
 
 
 # ---------------------------------------------------------------------------

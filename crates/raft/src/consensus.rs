@@ -267,16 +267,24 @@ impl Consensus {
         command: Command,
         deadline: Instant,
     ) -> Result<(Outcome, u64), ConsensusError> {
+        // Refused before anything is proposed: the caller may try the leader instead.
+        if !self.is_leader() {
+            return Err(match self.leader_member() {
+                Some(leader) if leader.rpc_addr != self.inner.member.rpc_addr => {
+                    ConsensusError::NotLeader(leader.rpc_addr)
+                }
+                _ => ConsensusError::NoLeader,
+            });
+        }
         let result = tokio::time::timeout_at(deadline, self.inner.raft.client_write(command))
             .await
             .map_err(|_| ConsensusError::Timeout)?;
         match result {
             Ok(response) => Ok((response.data, response.log_id.index)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(match forward.leader_node {
-                    Some(node) => ConsensusError::NotLeader(node.rpc_addr),
-                    None => ConsensusError::NoLeader,
-                })
+            // This node was leading when it took the entry: leadership moved since, and the
+            // entry may already be in the log a later leader commits. Not safe to send again.
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ConsensusError::Timeout)
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(ConsensusError::Stopped(e.to_string()))
@@ -299,9 +307,12 @@ impl Consensus {
             .await;
         match reply {
             Ok(result) => result,
-            // The leader may be gone; look for the next one until the deadline.
-            Err(e) if e.message.contains("no answer") => Err(ConsensusError::Timeout),
-            Err(_) => Err(ConsensusError::NoLeader),
+            // The leader could not be reached: nothing was proposed, so the caller may look
+            // for the next leader and try again until the deadline.
+            Err(e) if e.not_sent => Err(ConsensusError::NoLeader),
+            // Sent, but no answer (the leader died or stalled mid-request): it may have
+            // committed the entry, and trying again could apply it twice.
+            Err(_) => Err(ConsensusError::Timeout),
         }
     }
 

@@ -22,6 +22,9 @@ pub struct TransportError {
     pub target: String,
     /// What went wrong.
     pub message: String,
+    /// The request never reached the peer (no connection could be made), so it cannot have
+    /// had any effect there; otherwise the peer may have acted on it.
+    pub not_sent: bool,
 }
 
 /// Shared HTTP client for all peers.
@@ -55,6 +58,7 @@ impl RpcClient {
         let fail = |message: String| TransportError {
             target: target.to_string(),
             message,
+            not_sent: false,
         };
         let payload = serde_json::to_vec(body).map_err(|e| fail(e.to_string()))?;
         let request = hyper::Request::post(format!("http://{target}{path}"))
@@ -62,11 +66,13 @@ impl RpcClient {
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| fail(e.to_string()))?;
         let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
+            let response = self.client.request(request).await.map_err(|e| {
+                let not_sent = e.is_connect();
+                TransportError {
+                    not_sent,
+                    ..fail(e.to_string())
+                }
+            })?;
             let status = response.status();
             let bytes = Limited::new(response.into_body(), MAX_RESPONSE)
                 .collect()
