@@ -325,6 +325,31 @@ def fetch(port: int, path: str = "/", timeout: float = HTTP_TIMEOUT) -> str | No
 # Marathon API over plain HTTP
 
 
+def exec_site_definition(app_id: str, busybox: str, www: Path, page: str, instances: int = 2) -> dict:
+    """An exec app serving `page` from `www` with busybox httpd on its one dynamic port, HTTP-checked."""
+    www.mkdir()
+    (www / "index.html").write_text(page)
+    return {
+        "id": app_id,
+        "cmd": f"exec {busybox} httpd -f -p 127.0.0.1:$PORT0 -h {www}",
+        "instances": instances,
+        "cpus": 0.1,
+        "mem": 16,
+        "portDefinitions": [{"port": 0, "protocol": "tcp", "name": "http"}],
+        "healthChecks": [
+            {
+                "protocol": "HTTP",
+                "path": "/",
+                "portIndex": 0,
+                "gracePeriodSeconds": 5,
+                "intervalSeconds": 1,
+                "timeoutSeconds": 1,
+                "maxConsecutiveFailures": 3,
+            }
+        ],
+    }
+
+
 def app_json(inst: Atoll, app_id: str) -> dict | None:
     r = inst.get(f"/v2/apps{app_id}")
     if r.status_code == 404:

@@ -36,6 +36,7 @@ from apps_util import (
     containers,
     destroy_app,
     docker,
+    exec_site_definition,
     fetch,
     healthy,
     inspect,
@@ -337,28 +338,7 @@ def test_exec_app_dns_kill_restart_scale_and_destroy_with_cli(env):
     inst = env.inst
     app_id = env.app_id("site")
     srv_name = env.srv_name("site")
-    www = env.tmp / "www"
-    www.mkdir()
-    (www / "index.html").write_text("exec site\n")
-    definition = {
-        "id": app_id,
-        "cmd": f"exec {busybox} httpd -f -p 127.0.0.1:$PORT0 -h {www}",
-        "instances": 2,
-        "cpus": 0.1,
-        "mem": 16,
-        "portDefinitions": [{"port": 0, "protocol": "tcp", "name": "http"}],
-        "healthChecks": [
-            {
-                "protocol": "HTTP",
-                "path": "/",
-                "portIndex": 0,
-                "gracePeriodSeconds": 5,
-                "intervalSeconds": 1,
-                "timeoutSeconds": 1,
-                "maxConsecutiveFailures": 3,
-            }
-        ],
-    }
+    definition = exec_site_definition(app_id, busybox, env.tmp / "www", "exec site\n")
     deployed = cli(env.inst, "deploy", str(write_definition(env, "site", definition)), "--timeout", "60")
     assert deployed.returncode == 0, cli_output(deployed)
 

@@ -26,6 +26,7 @@ from apps_util import (
     app_tasks,
     best_effort_remove_apps,
     destroy_app,
+    exec_site_definition,
     healthy,
     kill_task_processes,
     listening_pids,
@@ -84,28 +85,7 @@ def test_exec_tasks_survive_an_agent_restart_and_stay_managed(node, tmp_path):
     app_id = f"/{prefix}/site"
     service = f"site-{prefix}"
     srv_name = f"{service}.service.consul"
-    www = tmp_path / "www"
-    www.mkdir()
-    (www / "index.html").write_text("readopt site\n")
-    definition = {
-        "id": app_id,
-        "cmd": f"exec {busybox} httpd -f -p 127.0.0.1:$PORT0 -h {www}",
-        "instances": 2,
-        "cpus": 0.1,
-        "mem": 16,
-        "portDefinitions": [{"port": 0, "protocol": "tcp", "name": "http"}],
-        "healthChecks": [
-            {
-                "protocol": "HTTP",
-                "path": "/",
-                "portIndex": 0,
-                "gracePeriodSeconds": 5,
-                "intervalSeconds": 1,
-                "timeoutSeconds": 1,
-                "maxConsecutiveFailures": 3,
-            }
-        ],
-    }
+    definition = exec_site_definition(app_id, busybox, tmp_path / "www", "readopt site\n")
     r = requests.post(inst.url("/v2/apps"), json=definition, timeout=10)
     assert r.status_code == 201, f"POST /v2/apps -> {r.status_code}: {r.text}"
 

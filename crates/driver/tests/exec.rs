@@ -342,6 +342,13 @@ async fn a_new_driver_adopts_a_running_task_and_stops_it() {
     .await;
 }
 
+/// SIGKILLs one process by pid, as something outside the agent would.
+fn sigkill(pid: u32, what: &str) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid fits in i32"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)
+        .unwrap_or_else(|e| panic!("kill {what}: {e}"));
+}
+
 #[tokio::test]
 async fn an_adopted_task_killed_from_outside_is_reported_with_its_status() {
     bounded(LIMIT, async {
@@ -356,11 +363,7 @@ async fn an_adopted_task_killed_from_outside_is_reported_with_its_status() {
         let task = pid_from(&driver, &spec.task_id, "shell.pid").await;
         let mut events = driver.events();
         assert_eq!(driver.adopt().await, vec![spec.task_id.clone()]);
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(task).expect("pid")),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .expect("kill the task's process");
+        sigkill(task, "the task's process");
         let (success, message) = next_exit(&mut events, &spec.task_id).await;
         assert!(!success);
         assert_eq!(message, "exited with code 137 (128 + SIGKILL)");
@@ -385,11 +388,7 @@ async fn an_adopted_task_whose_wrapper_is_killed_ends_with_an_unknown_status() {
         let task = pid_from(&driver, &spec.task_id, "shell.pid").await;
         let mut events = driver.events();
         assert_eq!(driver.adopt().await, vec![spec.task_id.clone()]);
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(wrapper).expect("pid")),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .expect("kill the wrapper");
+        sigkill(wrapper, "the wrapper");
         let (success, message) = next_exit(&mut events, &spec.task_id).await;
         assert!(!success);
         assert!(message.contains("status is unknown"), "{message}");
