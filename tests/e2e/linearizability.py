@@ -1,9 +1,16 @@
 """A linearizability checker for histories of key/value register operations.
 
-The search follows Wing & Gong (with Lowe's memoization): an operation may
-take effect next when it was invoked before every pending completed
-operation returned; the checker tries such operations one at a time against
-a sequential model and backtracks on contradiction.
+The search is Lowe's just-in-time linearization with a cache of visited
+(linearized operations, register value) configurations, the algorithm
+Porcupine uses, with exact reductions for unknown outcomes (see _KeySearch).
+Each configuration is explored at most once, so the search always ends with
+a verdict; the budget (max_states, time_limit) only guards against a bug.
+
+Run as a program, it checks a saved history:
+
+    python3 tests/e2e/linearizability.py HISTORY.json
+
+(a JSON list of operations, or an object with a "history" list).
 
 History
 -------
@@ -90,6 +97,16 @@ class Op:
         if self.complete_time is None:
             body += " (outcome unknown)"
         return f"{who} {body} {span}"
+
+
+class _Unseen:
+    """The register's value after an unknown-outcome put that nobody observes."""
+
+    def __repr__(self) -> str:
+        return "an unobserved value"
+
+
+UNSEEN = _Unseen()
 
 
 def _show(value: Any) -> str:
@@ -222,15 +239,6 @@ def _step(op: Op, state: Any) -> tuple[bool, Any]:
     return state != op.expected, state
 
 
-def _read_only(op: Op) -> bool:
-    """True for a completed op that never changes the register when it is allowed."""
-    if op.kind == "get":
-        return True
-    if op.kind == "cas" and op.known:
-        return not op.result or op.expected == op.new
-    return False
-
-
 def _why_not(op: Op, state: Any) -> str:
     if op.kind == "get":
         return f"it read {_show(op.result)} but the register holds {_show(state)}"
@@ -239,10 +247,6 @@ def _why_not(op: Op, state: Any) -> str:
     if op.kind == "cas":
         return f"it failed although the register holds the expected {_show(state)}"
     return "?"
-
-
-def _lowest_unset(mask: int) -> int:
-    return ((mask + 1) & ~mask).bit_length() - 1
 
 
 # ---------------------------------------------------------------------------
@@ -254,24 +258,42 @@ class _Budget(Exception):
 
 
 class _KeySearch:
-    """Depth-first search for a linearization of the operations on one key.
+    """Just-in-time linearization of the operations on one key (Lowe), memoized.
 
-    A configuration is (known mask, complete-order mask, unknown mask, state,
-    number of completed ops placed). Bits of the known mask follow invocation
-    order, bits of the complete-order mask follow completion order (so the
-    pending op that returns first is the lowest unset bit).
+    The operations become a doubly linked list of call and return events in
+    time order (a call before a return at the same instant, so touching
+    intervals overlap); an unknown-outcome operation returns at infinity.
+    Walking the list from its head, the search tries to linearize each call it
+    meets: when the model allows it and the configuration (set of linearized
+    operations, register value) is new, the call and its return are lifted out
+    of the list and the walk restarts at the head. Meeting a return event means
+    that operation should already have taken effect: the last linearized call
+    is put back and the walk goes on after it. Every configuration is explored
+    at most once, so the search always ends; it succeeds when every completed
+    operation is linearized (unknown-outcome operations left over may take
+    effect after everything else, or never).
 
-    Reductions, all exact:
-    * a completed op that is allowed now and can never change the state (a
-      read, a failed cas) is placed at once: placing it earlier never hurts
-      (a write that happens to rewrite the current value is not such an op:
-      later it might restore that value after another write);
-    * an unknown-outcome op that would not change the state is never placed
-      (leaving it out is equivalent);
-    * a configuration is skipped when one with the same completed ops placed,
-      the same state and a subset of its unknown-outcome ops placed was seen
-      (unknown ops never bound anyone's window, so having more of them left
-      can only help).
+    Four exact reductions on top of the cache:
+    * unknown-outcome puts of values that no read returns and no cas expects
+      are interchangeable: the register then holds UNSEEN whichever it was,
+      and once invoked each stays available to the end. So only the earliest
+      invoked of those not yet linearized is ever tried (an exchange argument:
+      the i-th one used in any valid order can be replaced by the i-th
+      earliest invoked);
+    * an unknown-outcome operation that would leave the register unchanged is
+      not linearized (it can still be, later; never doing it is equivalent);
+    * an unknown-outcome put is not linearized right after another
+      unknown-outcome operation: the earlier one's effect would be overwritten
+      unseen, so the same order without it (that operation never taking
+      effect) is just as valid. The configuration therefore also records
+      whether the last operation linearized had an unknown outcome; without
+      this rule, runs of pending unknown writes make the search visit every
+      subset of them;
+    * a configuration is skipped when one with the same completed operations
+      linearized, the same value, a subset of its unknown-outcome operations
+      linearized and no more restriction on what comes next was already
+      explored: unknown operations return at infinity, so having more of them
+      left can only help.
     """
 
     def __init__(self, key: Hashable, ops: list[Op], initial: Any, max_states: int, deadline: float) -> None:
@@ -279,165 +301,178 @@ class _KeySearch:
         self.initial = initial
         self.max_states = max_states
         self.deadline = deadline
-        known = sorted((o for o in ops if o.known), key=lambda o: (o.invoke_time, o.complete_time, o.index))
-        self.known = known
-        self.n = len(known)
-        order = sorted(range(self.n), key=lambda i: (known[i].complete_time, i))
-        self.rank = [0] * self.n
-        for r, i in enumerate(order):
-            self.rank[i] = r
-        self.by_rank = order
-        self.unknown = sorted((o for o in ops if not o.known), key=lambda o: (o.invoke_time, o.index))
+        self.ops = sorted(ops, key=lambda o: (o.invoke_time, o.index))
+        self.n_known = sum(1 for o in self.ops if o.known)
+        self.n_unknown = len(self.ops) - self.n_known
+        # One bit per operation in its own mask: completed ops in one, unknown
+        # ops in the other.
+        self.bit: list[int] = []
+        k = u = 0
+        for o in self.ops:
+            if o.known:
+                self.bit.append(1 << k)
+                k += 1
+            else:
+                self.bit.append(1 << u)
+                u += 1
+        events = []
+        for i, o in enumerate(self.ops):
+            events.append((o.invoke_time, 0, i))
+            events.append((o.complete_time if o.known else INF, 1, i))
+        events.sort()
+        # Node 0 is the head sentinel; node j + 1 is events[j]; -1 ends the list.
+        size = len(events) + 1
+        self.next = [j + 1 if j + 1 < size else -1 for j in range(size)]
+        self.prev = [j - 1 for j in range(size)]
+        self.op_of = [-1] * size
+        self.is_call = [False] * size
+        self.match = [-1] * size
+        call_node = [0] * len(self.ops)
+        for j, (_, kind, i) in enumerate(events):
+            node = j + 1
+            self.op_of[node] = i
+            if kind == 0:
+                self.is_call[node] = True
+                call_node[i] = node
+            else:
+                self.match[call_node[i]] = node
+        # Unknown-outcome puts nobody observes, numbered in invocation order.
+        observed = {o.result for o in self.ops if o.kind == "get"} | {o.expected for o in self.ops if o.kind == "cas"}
+        self.unseen_rank = [-1] * len(self.ops)
+        rank = 0
+        for i, o in enumerate(self.ops):
+            if o.kind == "put" and not o.known and o.value not in observed:
+                self.unseen_rank[i] = rank
+                rank += 1
         self.states = 0
         self.best_count = -1
-        self.best_path: list[Op] = []
-        self.best_config: tuple | None = None
+        self.best: tuple | None = None  # (count, state, blocked op, candidates, path)
 
-    # -- windows ----------------------------------------------------------
-    def _horizon(self, cmask: int) -> float:
-        r = _lowest_unset(cmask)
-        return INF if r >= self.n else self.known[self.by_rank[r]].complete_time  # type: ignore[return-value]
+    # -- the list -----------------------------------------------------------
+    def _unlink(self, node: int) -> None:
+        nxt, prv = self.next, self.prev
+        nxt[prv[node]] = nxt[node]
+        if nxt[node] != -1:
+            prv[nxt[node]] = prv[node]
 
-    def _known_window(self, kmask: int, horizon: float) -> Iterable[int]:
-        i = _lowest_unset(kmask)
-        known = self.known
-        while i < self.n and known[i].invoke_time <= horizon:
-            if not (kmask >> i) & 1:
-                yield i
-            i += 1
+    def _relink(self, node: int) -> None:
+        nxt, prv = self.next, self.prev
+        nxt[prv[node]] = node
+        if nxt[node] != -1:
+            prv[nxt[node]] = node
 
-    # -- one configuration ------------------------------------------------
-    def _settle(self, kmask: int, cmask: int, umask: int, state: Any, count: int, trail: list[Op]):
-        """Apply the forced moves; return (config, done, branches)."""
-        known = self.known
-        # One pass suffices: placing a read-only op leaves the state as it is
-        # and can only move the horizon later, so ops skipped earlier in the
-        # pass stay impossible and ops further on are still reached.
-        horizon = self._horizon(cmask)
-        if horizon == INF:
-            return (kmask, cmask, umask, state, count), True, []
-        i = _lowest_unset(kmask)
-        while i < self.n and known[i].invoke_time <= horizon:
-            if not (kmask >> i) & 1:
-                op = known[i]
-                if _read_only(op) and _step(op, state)[0]:
-                    kmask |= 1 << i
-                    cmask |= 1 << self.rank[i]
-                    count += 1
-                    trail.append(op)
-                    horizon = self._horizon(cmask)
-                    if horizon == INF:
-                        return (kmask, cmask, umask, state, count), True, []
-            i += 1
-        branches = []
-        for i in self._known_window(kmask, horizon):
-            op = known[i]
-            if _read_only(op):
-                continue  # not allowed now, or it would have been placed above
-            allowed, nxt = _step(op, state)
-            if allowed:
-                branches.append((True, i, nxt))
-        for j, op in enumerate(self.unknown):
-            if op.invoke_time > horizon:
-                break
-            if (umask >> j) & 1:
-                continue
-            _, nxt = _step(op, state)
-            if nxt != state:
-                branches.append((False, j, nxt))
-        return (kmask, cmask, umask, state, count), False, branches
+    def _lift(self, call: int) -> None:
+        self._unlink(call)
+        self._unlink(self.match[call])
 
+    def _unlift(self, call: int) -> None:
+        self._relink(self.match[call])
+        self._relink(call)
+
+    # -- the search ---------------------------------------------------------
     def run(self) -> KeyResult:
-        seen: dict[tuple, list[int]] = {}
-        trail: list[Op] = []
-        config, done, branches = self._settle(0, 0, 0, self.initial, 0, trail)
-        if done:
-            return self._ok(trail)
-        seen[(config[0], config[3])] = [config[2]]
-        # frame: [config, branches, next branch, ops placed to get here]
-        stack: list[list] = [[config, branches, 0, trail]]
-        self._note_depth(stack)
+        ops, bit, nxt, op_of, is_call = self.ops, self.bit, self.next, self.op_of, self.is_call
+        cache: dict[tuple, list[int]] = {}
+        # (call node, and the state, masks, after-unknown flag and unseen puts used before it)
+        stack: list[tuple] = []
+        unseen_rank = self.unseen_rank
+        state, kmask, umask, count, after_unknown, unseen_used = self.initial, 0, 0, 0, False, 0
+        entry = nxt[0]
         try:
-            while stack:
-                frame = stack[-1]
-                (kmask, cmask, umask, _, count), branches, pos, _ = frame
-                if pos >= len(branches):
-                    stack.pop()
+            while count < self.n_known:
+                if entry != -1 and is_call[entry]:
+                    i = op_of[entry]
+                    op = ops[i]
+                    if unseen_rank[i] >= 0:
+                        allowed, new_state = unseen_rank[i] == unseen_used, UNSEEN
+                    else:
+                        allowed, new_state = _step(op, state)
+                    if allowed and (op.known or (new_state != state and not (after_unknown and op.kind == "put"))):
+                        nk = kmask | bit[i] if op.known else kmask
+                        nu = umask if op.known else umask | bit[i]
+                        if self._fresh(cache, nk, new_state, nu, not op.known):
+                            self.states += 1
+                            if self.states > self.max_states:
+                                raise _Budget(f"explored {self.max_states} configurations")
+                            if self.states % 4096 == 0 and time.monotonic() > self.deadline:
+                                raise _Budget("time limit reached")
+                            stack.append((entry, state, kmask, umask, after_unknown, unseen_used))
+                            state, kmask, umask, after_unknown = new_state, nk, nu, not op.known
+                            unseen_used += unseen_rank[i] >= 0
+                            count += op.known
+                            self._lift(entry)
+                            entry = nxt[0]
+                            continue
+                    entry = nxt[entry]
                     continue
-                frame[2] = pos + 1
-                is_known, idx, nxt = branches[pos]
-                if is_known:
-                    op = self.known[idx]
-                    kmask |= 1 << idx
-                    cmask |= 1 << self.rank[idx]
-                    count += 1
-                else:
-                    op = self.unknown[idx]
-                    umask |= 1 << idx
-                trail = [op]
-                config, done, branches = self._settle(kmask, cmask, umask, nxt, count, trail)
-                if done:
-                    return self._ok([o for f in stack for o in f[3]] + trail)
-                slot = (config[0], config[3])
-                prior = seen.get(slot)
-                if prior is not None and any(p & ~config[2] == 0 for p in prior):
-                    continue
-                seen.setdefault(slot, []).append(config[2])
-                self.states += 1
-                if self.states > self.max_states:
-                    raise _Budget(f"explored {self.max_states} configurations")
-                if self.states % 2048 == 0 and time.monotonic() > self.deadline:
-                    raise _Budget("time limit reached")
-                stack.append([config, branches, 0, trail])
-                self._note_depth(stack)
+                # A return event (an unknown op's return cannot be met before
+                # every completed op is linearized): back up.
+                if count > self.best_count and entry != -1:
+                    self._note_best(count, state, ops[op_of[entry]], stack)
+                if not stack:
+                    return KeyResult(self.key, "fail", self._explain(), self.states)
+                entry, state, kmask, umask, after_unknown, unseen_used = stack.pop()
+                count -= ops[op_of[entry]].known
+                self._unlift(entry)
+                entry = nxt[entry]
         except _Budget as exc:
             return KeyResult(
                 self.key, "unknown",
                 f"key {self.key!r}: gave up after {self.states} configurations ({exc}); "
-                f"{self.n} completed and {len(self.unknown)} unknown-outcome operations",
+                f"{self.n_known} completed and {self.n_unknown} unknown-outcome operations",
                 self.states,
             )
-        return KeyResult(self.key, "fail", self._explain(), self.states)
-
-    def _ok(self, path: list[Op]) -> KeyResult:
+        path = [ops[op_of[frame[0]]] for frame in stack]
         return KeyResult(self.key, "ok", f"key {self.key!r}: linearizable", self.states, path)
 
-    def _note_depth(self, stack: list[list]) -> None:
-        config = stack[-1][0]
-        if config[4] > self.best_count:
-            self.best_count = config[4]
-            self.best_config = config
-            self.best_path = [o for f in stack for o in f[3]]
+    @staticmethod
+    def _fresh(cache: dict, kmask: int, state: Any, umask: int, after_unknown: bool) -> bool:
+        """Record a configuration; False when it (or one that dominates it) was explored."""
+        for flag in ((False, True) if after_unknown else (False,)):
+            prior = cache.get((kmask, state, flag))
+            if prior is not None and any(p & ~umask == 0 for p in prior):
+                return False
+        cache.setdefault((kmask, state, after_unknown), []).append(umask)
+        return True
+
+    def _note_best(self, count: int, state: Any, blocked: Op, stack: list[tuple]) -> None:
+        candidates = []
+        node = self.next[0]
+        while node != -1 and len(candidates) < 20:
+            if self.is_call[node]:
+                candidates.append(self.ops[self.op_of[node]])
+            elif self.ops[self.op_of[node]] is blocked:
+                break
+            node = self.next[node]
+        path = [self.ops[self.op_of[frame[0]]] for frame in stack[-8:]]
+        self.best_count = count
+        self.best = (count, state, blocked, candidates, path, len(stack))
 
     # -- counterexample -----------------------------------------------------
     def _explain(self) -> str:
-        assert self.best_config is not None
-        kmask, cmask, umask, state, count = self.best_config
-        t0 = min([o.invoke_time for o in self.known] + [o.invoke_time for o in self.unknown])
-        horizon = self._horizon(cmask)
-        first = self.known[self.by_rank[_lowest_unset(cmask)]]
+        assert self.best is not None
+        count, state, blocked, candidates, path, depth = self.best
+        t0 = min(o.invoke_time for o in self.ops)
+        horizon = blocked.complete_time
+        assert horizon is not None
         lines = [
             f"key {self.key!r} is not linearizable (times relative to {t0:.4f}).",
-            f"At best {count} of {self.n} completed operations could be placed"
-            + (f" (plus {bin(umask).count('1')} with unknown outcome)" if umask else "")
+            f"At best {count} of {self.n_known} completed operations could be linearized"
+            + (f" (plus {depth - count} with unknown outcome)" if depth > count else "")
             + f"; the register then holds {_show(state)}.",
-            f"{first.describe(t0)} must take effect by {horizon - t0:.4f}, but no order works.",
+            f"{blocked.describe(t0)} must take effect by {horizon - t0:.4f}, but no order works.",
         ]
-        if self.best_path:
+        if path:
             lines.append("Last operations of that partial linearization:")
-            lines += ["    " + o.describe(t0) for o in self.best_path[-8:]]
-        lines.append("Completed operations that could go next from there:")
-        window = list(self._known_window(kmask, horizon))
-        for i in window[:20]:
-            op = self.known[i]
+            lines += ["    " + o.describe(t0) for o in path]
+        lines.append("Operations that could go next from there:")
+        for op in candidates:
             allowed, _ = _step(op, state)
             reason = "allowed, but every continuation fails" if allowed else "impossible: " + _why_not(op, state)
             lines.append(f"    {op.describe(t0)}: {reason}")
-        lo = min((self.known[i].invoke_time for i in window), default=horizon)
-        if self.best_path:
-            lo = min(lo, self.best_path[-1].invoke_time)
+        lo = min([o.invoke_time for o in candidates] + ([path[-1].invoke_time] if path else []) + [horizon])
         nearby = [
-            o for o in sorted(self.known + self.unknown, key=lambda o: (o.invoke_time, o.index))
+            o for o in self.ops
             if o.invoke_time <= horizon and (o.complete_time is None or o.complete_time >= lo)
         ]
         if nearby:
@@ -543,3 +578,26 @@ class History:
     def ops(self) -> list[dict]:
         with self._lock:
             return [dict(r) for r in self._ops if r is not None]
+
+
+def _main(argv: list[str]) -> int:
+    import json
+    import sys
+
+    if len(argv) != 2:
+        print("usage: linearizability.py HISTORY.json", file=sys.stderr)
+        return 2
+    with open(argv[1]) as f:
+        data = json.load(f)
+    history = data["history"] if isinstance(data, dict) else data
+    started = time.monotonic()
+    result = check_detailed(history)
+    print(result.info)
+    print(f"{result.status} in {time.monotonic() - started:.2f}s")
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv))

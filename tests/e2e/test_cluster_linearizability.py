@@ -19,8 +19,12 @@ How operations are recorded:
   be opened was never sent and is left out;
 * a read that was not answered 200/404 observed nothing and is left out.
 
-ATOLL_E2E_SEED replays the random choices (addresses, start order, the
-nemesis schedule, the clients' choices; thread timing is not replayable).
+The test runs ATOLL_E2E_LIN_RUNS times (default 3), with seeds ATOLL_E2E_SEED,
+ATOLL_E2E_SEED + 1, ... Each seed fixes the random choices (addresses, start
+order, the clients' choices, and the nemesis plan: which fault, after how long,
+on which server, for how long; "-leader" faults hit whoever leads then).
+Thread timing is not replayable. A run whose history is not linearizable keeps
+it in target/e2e-artifacts/ (ATOLL_E2E_ARTIFACTS) and prints its seed.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -54,8 +59,7 @@ KEYS = ("lin/a", "lin/b", "lin/c")
 RUN_SECONDS = 20.0  # clients and nemesis run this long
 HTTP_TIMEOUT = 2.0  # per request
 MAX_OPS_PER_CLIENT = 5000
-# Pause between a client's operations: keeps a history to a few thousand operations, which
-# the checker can search within its budget even with dozens of unknown outcomes per key.
+# Pause between a client's operations: a run records a few thousand operations.
 OP_PAUSE = 0.01
 FORM_TIMEOUT = 30.0  # servers spawned -> one leader everybody names
 RECOVER_TIMEOUT = 20.0  # everything healed -> one leader everybody names
@@ -63,6 +67,11 @@ STOP_TIMEOUT = 5.0
 CHECK_TIME_LIMIT = 30.0
 
 SEED = int(os.environ.get("ATOLL_E2E_SEED", time.time_ns() % 1_000_000))
+# Each run of the test is one seed: SEED, SEED + 1, ... (ATOLL_E2E_LIN_RUNS of them).
+RUNS = int(os.environ.get("ATOLL_E2E_LIN_RUNS", "3"))
+SEEDS = [SEED + i for i in range(RUNS)]
+# Where the history of a failed run is kept (pytest's tmp_path is removed by later runs).
+ARTIFACTS = Path(os.environ.get("ATOLL_E2E_ARTIFACTS", Path(__file__).resolve().parents[2] / "target" / "e2e-artifacts"))
 
 
 # ---------------------------------------------------------------------------
@@ -259,8 +268,10 @@ def _never_sent(exc: BaseException) -> bool:
 class Clients:
     """Runs the client threads and keeps statistics next to the history."""
 
-    def __init__(self, servers: list[Server], history: History, deadline: float, stop: threading.Event) -> None:
+    def __init__(self, servers: list[Server], history: History, deadline: float, stop: threading.Event,
+                 seed: int) -> None:
         self.servers = servers
+        self.seed = seed
         self.history = history
         self.deadline = deadline
         self.stop = stop
@@ -346,7 +357,7 @@ class Clients:
 
     # -- the loop ---------------------------------------------------------
     def run(self, cid: int) -> None:
-        rng = random.Random(SEED * 1000 + cid)
+        rng = random.Random(self.seed * 1000 + cid)
         process = f"c{cid}"
         for seq in range(MAX_OPS_PER_CLIENT):
             if self.stop.is_set() or time.monotonic() >= self.deadline:
@@ -374,10 +385,43 @@ class Clients:
 # the nemesis
 
 
+@dataclass(frozen=True)
+class Fault:
+    """One planned fault: drawn from the seed before the run starts."""
+
+    gap: float  # seconds of calm before it
+    kind: str  # kill, kill-leader, pause, pause-leader, pause-two
+    pick: int  # which server (index) when the kind names no leader or none is known
+    second: int  # the other server of pause-two (never equal to pick)
+    hold: float  # how long the server stays down or frozen
+
+    def describe(self) -> str:
+        who = f"s{self.pick + 1}" + (f"+s{self.second + 1}" if self.kind == "pause-two" else "")
+        return f"after {self.gap:.2f}s {self.kind} ({who} unless the leader is meant) for {self.hold:.2f}s"
+
+
+def nemesis_plan(seed: int, count: int = 50) -> list[Fault]:
+    """The nemesis schedule of a seed: the same seed gives the same faults in the same order.
+
+    Only "-leader" faults depend on the run: they hit whichever server leads at
+    that moment (the planned pick when no leader is known).
+    """
+    rng = random.Random(f"nemesis-{seed}")
+    plan = []
+    for _ in range(count):
+        gap = rng.uniform(0.8, 1.5)
+        kind = rng.choice(["kill", "kill-leader", "pause", "pause-leader", "pause-two"])
+        pick, second = rng.sample(range(SERVERS), 2)
+        hold = {"kill": (0.3, 1.5), "kill-leader": (0.3, 1.5), "pause": (2.0, 4.0),
+                "pause-leader": (2.0, 4.0), "pause-two": (1.5, 2.5)}[kind]
+        plan.append(Fault(gap, kind, pick, second, rng.uniform(*hold)))
+    return plan
+
+
 class Nemesis:
-    def __init__(self, servers: list[Server], rng: random.Random, deadline: float, stop: threading.Event) -> None:
+    def __init__(self, servers: list[Server], plan: list[Fault], deadline: float, stop: threading.Event) -> None:
         self.servers = servers
-        self.rng = rng
+        self.plan = plan
         self.deadline = deadline
         self.stop = stop
         self.t0 = time.monotonic()
@@ -414,12 +458,12 @@ class Nemesis:
                 pass
             self.stop.wait(0.1)
 
-    def target(self, leader: bool) -> Server:
-        if leader:
+    def target(self, fault: Fault) -> Server:
+        if fault.kind.endswith("-leader"):
             found = leader_guess(self.servers)
             if found is not None:
                 return found
-        return self.rng.choice(self.servers)
+        return self.servers[fault.pick]
 
     def run(self) -> None:
         try:
@@ -434,33 +478,32 @@ class Nemesis:
                 self.error = self.error or exc
 
     def _run(self) -> None:
-        for _ in range(50):
-            if self.stop.wait(self.rng.uniform(0.8, 1.5)):
+        for fault in self.plan:
+            if self.stop.wait(fault.gap):
                 return
             if time.monotonic() > self.deadline - 2.0:
                 return
-            fault = self.rng.choice(["kill", "kill-leader", "pause", "pause-leader", "pause-two"])
             self.faults += 1
-            if fault in ("kill", "kill-leader"):
-                victim = self.target(fault == "kill-leader")
+            if fault.kind in ("kill", "kill-leader"):
+                victim = self.target(fault)
                 victim.kill9()
-                self.log(f"{fault}: SIGKILL {victim}")
-                self.stop.wait(self.rng.uniform(0.3, 1.5))
+                self.log(f"{fault.kind}: SIGKILL {victim}")
+                self.stop.wait(fault.hold)
                 victim.spawn()
                 self.log(f"restarted {victim}")
-            elif fault in ("pause", "pause-leader"):
-                victim = self.target(fault == "pause-leader")
+            elif fault.kind in ("pause", "pause-leader"):
+                victim = self.target(fault)
                 victim.pause()
-                self.log(f"{fault}: SIGSTOP {victim}")
-                self.stop.wait(self.rng.uniform(2.0, 4.0))
+                self.log(f"{fault.kind}: SIGSTOP {victim}")
+                self.stop.wait(fault.hold)
                 victim.resume()
                 self.log(f"SIGCONT {victim}")
             else:
-                victims = self.rng.sample(self.servers, 2)
+                victims = [self.servers[fault.pick], self.servers[fault.second]]
                 for v in victims:
                     v.pause()
                 self.log(f"pause-two: SIGSTOP {victims} (no quorum)")
-                self.stop.wait(self.rng.uniform(1.5, 2.5))
+                self.stop.wait(fault.hold)
                 for v in victims:
                     v.resume()
                 self.log(f"SIGCONT {victims}")
@@ -472,8 +515,9 @@ class Nemesis:
 # fixtures
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@pytest.fixture(params=SEEDS, ids=lambda seed: f"seed{seed}")
+def cluster(request, tmp_path):
+    seed = request.param
     binary = require_binary()
     try:
         help_text = subprocess.run([str(binary), "agent", "--help"], capture_output=True, text=True,
@@ -482,12 +526,12 @@ def cluster(tmp_path):
         help_text = f"{exc!r}"
     require("--bootstrap-expect" in help_text and "--retry-join" in help_text,
             "this atoll build has no multi-server `agent --server --bootstrap-expect`")
-    rng = random.Random(SEED)
-    print(f"cluster linearizability seed: {SEED} (set ATOLL_E2E_SEED to replay)")
+    rng = random.Random(seed)
+    print(f"cluster linearizability seed: {seed} (replay: ATOLL_E2E_SEED={seed} ATOLL_E2E_LIN_RUNS=1)")
     ips = pick_ips(rng, SERVERS)
     servers = [Server(binary, tmp_path, f"lin-s{i + 1}", ip, ips) for i, ip in enumerate(ips)]
     try:
-        yield servers, rng
+        yield servers, rng, seed
     finally:
         errors = []
         for s in servers:
@@ -508,7 +552,8 @@ def _logs(servers: list[Server]) -> str:
 
 
 def test_kv_is_linearizable_under_crashes_and_pauses(cluster, tmp_path):
-    servers, rng = cluster
+    servers, rng, seed = cluster
+    plan = nemesis_plan(seed)
     order = list(servers)
     rng.shuffle(order)
     for s in order:
@@ -519,8 +564,8 @@ def test_kv_is_linearizable_under_crashes_and_pauses(cluster, tmp_path):
     history = History()
     stop = threading.Event()
     deadline = time.monotonic() + RUN_SECONDS
-    clients = Clients(servers, history, deadline, stop)
-    nemesis = Nemesis(servers, rng, deadline, stop)
+    clients = Clients(servers, history, deadline, stop, seed)
+    nemesis = Nemesis(servers, plan, deadline, stop)
     threads = [threading.Thread(target=clients.run, args=(i,), name=f"client-{i}", daemon=True)
                for i in range(CLIENTS)]
     threads.append(threading.Thread(target=nemesis.run, name="nemesis", daemon=True))
@@ -557,8 +602,9 @@ def test_kv_is_linearizable_under_crashes_and_pauses(cluster, tmp_path):
 
     ops = history.ops()
     dump = tmp_path / "history.json"
-    dump.write_text(json.dumps({"seed": SEED, "nemesis": nemesis.events, "stats": dict(clients.stats),
-                                "history": ops}, indent=1, default=str))
+    record = {"seed": seed, "nemesis_plan": [f.describe() for f in plan[:nemesis.faults]],
+              "nemesis": nemesis.events, "stats": dict(clients.stats), "history": ops}
+    dump.write_text(json.dumps(record, indent=1, default=str))
     print(f"nemesis: {len(nemesis.events)} events, {nemesis.faults} faults")
     print("\n".join(nemesis.events))
     print(f"client stats: {dict(sorted(clients.stats.items()))}")
@@ -582,10 +628,16 @@ def test_kv_is_linearizable_under_crashes_and_pauses(cluster, tmp_path):
     started = time.monotonic()
     result = check_detailed(ops, time_limit=CHECK_TIME_LIMIT)
     print(f"checker: {result.status} in {time.monotonic() - started:.1f}s: {result.info.splitlines()[0]}")
-    assert result.status == "ok", (
-        f"seed {SEED}: {result.info}\n\nnemesis timeline (seconds since the clients started):\n"
-        + "\n".join(nemesis.events) + f"\n\nfull history: {dump}\n" + _logs(servers)
-    )
+    if result.status != "ok":
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        kept = ARTIFACTS / f"linearizability-history-{seed}.json"
+        kept.write_text(dump.read_text())
+        pytest.fail(
+            f"seed {seed}: {result.info}\n\nnemesis timeline (seconds since the clients started):\n"
+            + "\n".join(nemesis.events) + f"\n\nhistory kept in {kept}; check it again with "
+            f"`python3 tests/e2e/linearizability.py {kept}`; replay the run with "
+            f"ATOLL_E2E_SEED={seed} ATOLL_E2E_LIN_RUNS=1\n" + _logs(servers)
+        )
 
 
 def test_requests_that_never_left_are_told_apart_from_unknown_outcomes():
