@@ -61,6 +61,9 @@ APT_NEEDS=(
     "dnsmasq:dnsmasq-base"
     "prometheus:prometheus"
     "busybox:busybox-static"
+    # Network partitions between namespaces (tests/e2e/netns_util.py).
+    "ip:iproute2"
+    "iptables:iptables"
 )
 
 install_debian_packages() {

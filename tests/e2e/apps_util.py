@@ -325,13 +325,17 @@ def fetch(port: int, path: str = "/", timeout: float = HTTP_TIMEOUT) -> str | No
 # Marathon API over plain HTTP
 
 
-def exec_site_definition(app_id: str, busybox: str, www: Path, page: str, instances: int = 2) -> dict:
-    """An exec app serving `page` from `www` with busybox httpd on its one dynamic port, HTTP-checked."""
+def exec_site_definition(app_id: str, busybox: str, www: Path, page: str, instances: int = 2,
+                         bind: str = "127.0.0.1") -> dict:
+    """An exec app serving `page` from `www` with busybox httpd on its one dynamic port, HTTP-checked.
+
+    `bind` is the address it listens on ("$HOST": the node's address, where a cluster's checks probe).
+    """
     www.mkdir()
     (www / "index.html").write_text(page)
     return {
         "id": app_id,
-        "cmd": f"exec {busybox} httpd -f -p 127.0.0.1:$PORT0 -h {www}",
+        "cmd": f"exec {busybox} httpd -f -p {bind}:$PORT0 -h {www}",
         "instances": instances,
         "cpus": 0.1,
         "mem": 16,

@@ -75,6 +75,10 @@ class AddressPool:
         self.b = self.rng.randint(0, 255)
         self.next_host = 1
 
+    def wrap(self, ip: str) -> list[str]:
+        """The command prefix a node on `ip` is started with: none on loopback."""
+        return []
+
     def take(self) -> str:
         for _ in range(1000):
             if self.next_host > 250:
@@ -116,8 +120,11 @@ class Node:
         datacenter: str = "dc1",
         heartbeat_ttl: float | None = HEARTBEAT_TTL,
         extra_args: Iterable[str] = (),
+        wrap: Iterable[str] = (),
     ) -> None:
         self.binary = require_binary()
+        # A command prefix, e.g. `ip netns exec NS` to run the node in a network namespace.
+        self.wrap = list(wrap)
         self.name = name
         self.ip = ip
         self.server = server
@@ -158,7 +165,7 @@ class Node:
             cmd += ["--retry-join", address]
         if self.heartbeat_ttl is not None:
             cmd += ["--heartbeat-ttl", str(self.heartbeat_ttl)]
-        return cmd + self.extra_args
+        return self.wrap + cmd + self.extra_args
 
     def spawn(self) -> "Node":
         assert not self.running(), f"{self} already running"
@@ -304,20 +311,23 @@ class Cluster:
         added = []
         for i, ip in enumerate(ips):
             node = Node(self.root, f"{self.label}-s{first + i}", ip, server=True, join=existing + ips,
-                        bootstrap_expect=expect or count, **kwargs)
+                        bootstrap_expect=expect or count, wrap=self.pool.wrap(ip), **kwargs)
             self.nodes.append(node)
             added.append(node)
         return added
 
     def add_server(self, name: str, join: Iterable[str], expect: int, **kwargs) -> Node:
-        node = Node(self.root, f"{self.label}-{name}", self.pool.take(), server=True, join=join,
-                    bootstrap_expect=expect, **kwargs)
+        ip = self.pool.take()
+        node = Node(self.root, f"{self.label}-{name}", ip, server=True, join=join, bootstrap_expect=expect,
+                    wrap=self.pool.wrap(ip), **kwargs)
         self.nodes.append(node)
         return node
 
     def add_client(self, name: str = "c1", **kwargs) -> Node:
         join = [s.ip for s in self.servers]
-        node = Node(self.root, f"{self.label}-{name}", self.pool.take(), server=False, join=join, **kwargs)
+        ip = self.pool.take()
+        node = Node(self.root, f"{self.label}-{name}", ip, server=False, join=join, wrap=self.pool.wrap(ip),
+                    **kwargs)
         self.nodes.append(node)
         return node
 

@@ -9,15 +9,7 @@ operation is recorded with its invocation and completion time; afterwards
 the cluster is healed, each key is read once more with ?consistent, and the
 whole history must be linearizable (see linearizability.py).
 
-How operations are recorded:
-* every written value is unique, so a cas can be modelled on values: the
-  client reads the key (value X at ModifyIndex I, or absent = index 0), then
-  PUTs ?cas=I; that succeeds exactly when the key still holds X. The read is
-  recorded as a get of its own and the PUT as cas(expected=X, new=V);
-* a write answered 5xx, timed out or cut off has an unknown outcome (it may
-  take effect later, or never); a write whose TCP connection could not even
-  be opened was never sent and is left out;
-* a read that was not answered 200/404 observed nothing and is left out.
+How operations are recorded, and how the history is checked: lin_cluster.py.
 
 The test runs ATOLL_E2E_LIN_RUNS times (default 3), with seeds ATOLL_E2E_SEED,
 ATOLL_E2E_SEED + 1, ... Each seed fixes the random choices (addresses, start
@@ -29,8 +21,6 @@ it in target/e2e-artifacts/ (ATOLL_E2E_ARTIFACTS) and prints its seed.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import random
 import signal
@@ -38,16 +28,15 @@ import socket
 import subprocess
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
-import urllib3
 
 from conftest import free_port, require, require_binary, wait_for
-from linearizability import History, check_detailed
+from lin_cluster import Clients, check_history, join_threads, never_sent
+from linearizability import History
 
 RPC_PORT = 8300
 HTTP_PORT = 8500
@@ -55,23 +44,15 @@ DNS_PORT = 8600
 
 SERVERS = 3
 CLIENTS = 4
-KEYS = ("lin/a", "lin/b", "lin/c")
 RUN_SECONDS = 20.0  # clients and nemesis run this long
-HTTP_TIMEOUT = 2.0  # per request
-MAX_OPS_PER_CLIENT = 5000
-# Pause between a client's operations: a run records a few thousand operations.
-OP_PAUSE = 0.01
 FORM_TIMEOUT = 30.0  # servers spawned -> one leader everybody names
 RECOVER_TIMEOUT = 20.0  # everything healed -> one leader everybody names
 STOP_TIMEOUT = 5.0
-CHECK_TIME_LIMIT = 30.0
 
 SEED = int(os.environ.get("ATOLL_E2E_SEED", time.time_ns() % 1_000_000))
 # Each run of the test is one seed: SEED, SEED + 1, ... (ATOLL_E2E_LIN_RUNS of them).
 RUNS = int(os.environ.get("ATOLL_E2E_LIN_RUNS", "3"))
 SEEDS = [SEED + i for i in range(RUNS)]
-# Where the history of a failed run is kept (pytest's tmp_path is removed by later runs).
-ARTIFACTS = Path(os.environ.get("ATOLL_E2E_ARTIFACTS", Path(__file__).resolve().parents[2] / "target" / "e2e-artifacts"))
 
 
 # ---------------------------------------------------------------------------
@@ -241,144 +222,6 @@ def leader_guess(servers: list[Server]) -> Server | None:
             if t.rpc_addr == addr:
                 return t
     return None
-
-
-# ---------------------------------------------------------------------------
-# client operations
-
-
-def _never_sent(exc: BaseException) -> bool:
-    """True when the TCP connection could not be opened, so no byte reached a server."""
-    seen = 0
-    stack: list[BaseException] = [exc]
-    while stack and seen < 20:
-        e = stack.pop()
-        seen += 1
-        if isinstance(e, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)):
-            return True
-        if isinstance(e, urllib3.exceptions.MaxRetryError) and e.reason is not None:
-            stack.append(e.reason)
-        stack += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
-        for nxt in (e.__cause__, e.__context__):
-            if nxt is not None:
-                stack.append(nxt)
-    return False
-
-
-class Clients:
-    """Runs the client threads and keeps statistics next to the history."""
-
-    def __init__(self, servers: list[Server], history: History, deadline: float, stop: threading.Event,
-                 seed: int) -> None:
-        self.servers = servers
-        self.seed = seed
-        self.history = history
-        self.deadline = deadline
-        self.stop = stop
-        self.stats: Counter = Counter()
-        self.anomalies: list[str] = []
-        self.lock = threading.Lock()
-
-    def count(self, what: str) -> None:
-        with self.lock:
-            self.stats[what] += 1
-
-    def anomaly(self, text: str) -> None:
-        with self.lock:
-            if len(self.anomalies) < 50:
-                self.anomalies.append(text)
-
-    # -- one request each -------------------------------------------------
-    def read(self, process: str, server: Server, key: str) -> tuple[bool, str | None, int]:
-        """A ?consistent read recorded as a get; returns (answered, value, ModifyIndex)."""
-        op = self.history.invoke(process, "get", key, server=server.name)
-        try:
-            r = requests.get(server.url(f"/v1/kv/{key}?consistent"), timeout=HTTP_TIMEOUT)
-        except requests.RequestException as exc:
-            self.history.unknown(op, f"{type(exc).__name__}")
-            self.count("get-error")
-            return False, None, 0
-        if r.status_code == 404:
-            self.history.ok(op, None)
-            self.count("get-ok")
-            return True, None, 0
-        if r.status_code == 200:
-            try:
-                (entry,) = r.json()
-                raw = entry.get("Value")
-                value = None if raw is None else base64.b64decode(raw).decode()
-                index = int(entry["ModifyIndex"])
-            except (ValueError, KeyError, TypeError) as exc:
-                self.history.unknown(op, "unparsable")
-                self.anomaly(f"{server}: GET {key} -> unparsable body {r.text[:200]!r} ({exc})")
-                return False, None, 0
-            if value is None:
-                self.anomaly(f"{server}: GET {key} -> entry without a value: {r.text[:200]!r}")
-            self.history.ok(op, value)
-            self.count("get-ok")
-            return True, value, index
-        self.history.unknown(op, f"HTTP {r.status_code}")
-        self.count(f"get-{r.status_code}")
-        if r.status_code < 500:
-            self.anomaly(f"{server}: GET {key} -> {r.status_code} {r.text[:200]!r}")
-        return False, None, 0
-
-    def write(self, process: str, server: Server, key: str, value: str, cas: tuple[str | None, int] | None) -> None:
-        """PUT (plain, or ?cas=INDEX when cas=(expected value, index))."""
-        if cas is None:
-            op = self.history.invoke(process, "put", key, value=value, server=server.name)
-            path, kind = f"/v1/kv/{key}", "put"
-        else:
-            op = self.history.invoke(process, "cas", key, expected=cas[0], new=value, server=server.name)
-            path, kind = f"/v1/kv/{key}?cas={cas[1]}", "cas"
-        try:
-            r = requests.put(server.url(path), data=value.encode(), timeout=HTTP_TIMEOUT)
-        except requests.RequestException as exc:
-            if _never_sent(exc):
-                self.history.failed(op)
-                self.count(f"{kind}-not-sent")
-            else:
-                self.history.unknown(op, type(exc).__name__)
-                self.count(f"{kind}-unknown")
-            return
-        body = r.text.strip()
-        if r.status_code == 200 and body in ("true", "false"):
-            if kind == "put" and body == "false":
-                self.history.unknown(op, "plain PUT answered false")
-                self.anomaly(f"{server}: plain PUT {key} answered false")
-                return
-            self.history.ok(op, body == "true")
-            self.count(f"{kind}-{body}")
-            return
-        self.history.unknown(op, f"HTTP {r.status_code}")
-        self.count(f"{kind}-{r.status_code}")
-        if r.status_code < 500:
-            self.anomaly(f"{server}: PUT {path} -> {r.status_code} {body[:200]!r}")
-
-    # -- the loop ---------------------------------------------------------
-    def run(self, cid: int) -> None:
-        rng = random.Random(self.seed * 1000 + cid)
-        process = f"c{cid}"
-        for seq in range(MAX_OPS_PER_CLIENT):
-            if self.stop.is_set() or time.monotonic() >= self.deadline:
-                return
-            server = rng.choice(self.servers)
-            key = rng.choice(KEYS)
-            value = f"{process}-{seq}"
-            roll = rng.random()
-            try:
-                if roll < 0.4:
-                    self.read(process, server, key)
-                elif roll < 0.75:
-                    self.write(process, server, key, value, None)
-                else:
-                    answered, seen, index = self.read(process, server, key)
-                    if answered:
-                        self.write(process, server, key, value, (seen, index))
-            except Exception as exc:  # noqa: BLE001 - recorded, the test fails on it
-                self.anomaly(f"{process}: client error {exc!r}")
-                return
-            self.stop.wait(OP_PAUSE)
 
 
 # ---------------------------------------------------------------------------
@@ -566,20 +409,10 @@ def test_kv_is_linearizable_under_crashes_and_pauses(cluster, tmp_path):
     deadline = time.monotonic() + RUN_SECONDS
     clients = Clients(servers, history, deadline, stop, seed)
     nemesis = Nemesis(servers, plan, deadline, stop)
-    threads = [threading.Thread(target=clients.run, args=(i,), name=f"client-{i}", daemon=True)
-               for i in range(CLIENTS)]
-    threads.append(threading.Thread(target=nemesis.run, name="nemesis", daemon=True))
+    threads = clients.threads(CLIENTS) + [threading.Thread(target=nemesis.run, name="nemesis", daemon=True)]
     for t in threads:
         t.start()
-    try:
-        for t in threads:
-            t.join(timeout=max(0.1, deadline - time.monotonic()) + HTTP_TIMEOUT * 3 + 10)
-    finally:
-        stop.set()
-    stuck = [t.name for t in threads if t.is_alive()]
-    for t in threads:
-        t.join(timeout=HTTP_TIMEOUT * 3 + STOP_TIMEOUT)
-    assert not [t.name for t in threads if t.is_alive()], f"threads did not finish: {stuck}"
+    join_threads(threads, deadline, stop, STOP_TIMEOUT)
     assert nemesis.error is None, f"nemesis failed: {nemesis.error!r}\n" + "\n".join(nemesis.events)
 
     # Heal everything and wait for the cluster to settle on one leader again.
@@ -589,22 +422,10 @@ def test_kv_is_linearizable_under_crashes_and_pauses(cluster, tmp_path):
              + "\n" + _logs(servers))
 
     # One final consistent read per key: the value a complete history ends with.
-    finals = {}
-    for key in KEYS:
-        def final_read(key=key):
-            server = rng.choice(servers)
-            answered, value, _ = clients.read("final", server, key)
-            if answered:
-                finals[key] = value
-            return answered
-        wait_for(final_read, timeout=15.0, interval=0.1,
-                 message=lambda key=key: f"a consistent read of {key} after healing\n{_logs(servers)}")
+    finals = clients.final_reads(servers, rng, logs=lambda: _logs(servers))
 
     ops = history.ops()
     dump = tmp_path / "history.json"
-    record = {"seed": seed, "nemesis_plan": [f.describe() for f in plan[:nemesis.faults]],
-              "nemesis": nemesis.events, "stats": dict(clients.stats), "history": ops}
-    dump.write_text(json.dumps(record, indent=1, default=str))
     print(f"nemesis: {len(nemesis.events)} events, {nemesis.faults} faults")
     print("\n".join(nemesis.events))
     print(f"client stats: {dict(sorted(clients.stats.items()))}")
@@ -625,19 +446,12 @@ def test_kv_is_linearizable_under_crashes_and_pauses(cluster, tmp_path):
     assert stats["cas-true"] >= 1 and stats["cas-false"] + stats["cas-true"] >= 5, f"too few cas: {dict(stats)}"
 
     # (a) + (b): the history, final reads included, is linearizable.
-    started = time.monotonic()
-    result = check_detailed(ops, time_limit=CHECK_TIME_LIMIT)
-    print(f"checker: {result.status} in {time.monotonic() - started:.1f}s: {result.info.splitlines()[0]}")
-    if result.status != "ok":
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        kept = ARTIFACTS / f"linearizability-history-{seed}.json"
-        kept.write_text(dump.read_text())
-        pytest.fail(
-            f"seed {seed}: {result.info}\n\nnemesis timeline (seconds since the clients started):\n"
-            + "\n".join(nemesis.events) + f"\n\nhistory kept in {kept}; check it again with "
-            f"`python3 tests/e2e/linearizability.py {kept}`; replay the run with "
-            f"ATOLL_E2E_SEED={seed} ATOLL_E2E_LIN_RUNS=1\n" + _logs(servers)
-        )
+    record = {"seed": seed, "nemesis_plan": [f.describe() for f in plan[:nemesis.faults]],
+              "nemesis": nemesis.events, "stats": dict(clients.stats)}
+    check_history(ops, record, dump, str(seed),
+                  f"replay the run with ATOLL_E2E_SEED={seed} ATOLL_E2E_LIN_RUNS=1",
+                  lambda: f"seed {seed}; nemesis timeline (seconds since the clients started):\n"
+                  + "\n".join(nemesis.events) + "\n" + _logs(servers))
 
 
 def test_requests_that_never_left_are_told_apart_from_unknown_outcomes():
@@ -645,7 +459,7 @@ def test_requests_that_never_left_are_told_apart_from_unknown_outcomes():
     port = free_port()
     with pytest.raises(requests.RequestException) as refused:
         requests.put(f"http://127.0.0.1:{port}/v1/kv/x", data=b"v", timeout=1.0)
-    assert _never_sent(refused.value), repr(refused.value)
+    assert never_sent(refused.value), repr(refused.value)
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
         silent.bind(("127.0.0.1", 0))
@@ -653,4 +467,4 @@ def test_requests_that_never_left_are_told_apart_from_unknown_outcomes():
         with pytest.raises(requests.RequestException) as timed_out:
             requests.put(f"http://127.0.0.1:{silent.getsockname()[1]}/v1/kv/x", data=b"v", timeout=0.3)
     assert isinstance(timed_out.value, requests.exceptions.ReadTimeout), repr(timed_out.value)
-    assert not _never_sent(timed_out.value), repr(timed_out.value)
+    assert not never_sent(timed_out.value), repr(timed_out.value)
