@@ -29,7 +29,8 @@ heartbeat TTL plus DNS_MARGIN.
 
 ATOLL_E2E_SEED replays the random choices (addresses, start order, clients,
 flapping schedule); thread timing is not replayable. Failing histories are
-kept in target/e2e-artifacts/.
+kept in target/e2e-artifacts/. Longer runs: ATOLL_E2E_PARTITION_HOLD (seconds a
+partition lasts, 6) and ATOLL_E2E_FLAP_ROUNDS (6); RUN_LIMIT bounds the clients.
 """
 
 from __future__ import annotations
@@ -59,9 +60,8 @@ SEED = int(os.environ.get("ATOLL_E2E_SEED", time.time_ns() % 1_000_000))
 SERVERS = ("s1", "s2", "s3")
 CLIENT_THREADS = 3
 CALM = 1.5  # seconds of clients before the first cut
-HOLD = 6.0  # how long a partition lasts
+HOLD = float(os.environ.get("ATOLL_E2E_PARTITION_HOLD", "6"))  # how long a partition lasts
 AFTER_HEAL = 2.0  # seconds of clients after the last heal
-RUN_LIMIT = 60.0  # clients stop by then whatever happens
 PROBE_TIMEOUT = 15.0  # the client-side timeout of a probe: an answer later than this is a hang
 # The server gives up on a write after 5 s and on a read after 3 s; a refusal must come well
 # before the probe's own timeout, even on a loaded machine.
@@ -70,10 +70,12 @@ MAJORITY_BOUND = 10.0  # cut -> a write through the majority succeeds
 RECOVER_TIMEOUT = 30.0  # healed -> one leader everybody names
 SAME_VALUES_TIMEOUT = 15.0  # converged -> every server's local state answers the final values
 LEDGER_PAUSE = 0.02
-FLAP_ROUNDS = 6
+FLAP_ROUNDS = int(os.environ.get("ATOLL_E2E_FLAP_ROUNDS", "6"))
+RUN_LIMIT = 40.0 + 3 * HOLD + 3 * FLAP_ROUNDS  # clients stop by then whatever happens
 HEARTBEAT_TTL = 2.0  # --heartbeat-ttl of the compute scenario
 DNS_MARGIN = 2.0  # what DNS may take beyond the TTL to drop a duplicate
 DNS_POLL = 0.05
+MAJORITY_VALUE = "majority"
 
 RNG = random.Random(SEED)
 
@@ -179,11 +181,13 @@ class NetCluster:
 
 @dataclass
 class Refusal:
-    """How a node on the minority side answered a write and a ?consistent read."""
+    """How a node on the minority side answered a write, a ?consistent read and a default-mode read."""
 
     node: str
     write: tuple[int, str, float]  # status, body, seconds
     read: tuple[int, str, float]
+    # A default-mode read of what the majority wrote: refused, or the majority's value; never older.
+    default_read: tuple[int, str, float] | None = None
 
 
 def _timed(request: Callable[[], requests.Response]) -> tuple[int, str, float]:
@@ -195,10 +199,13 @@ def _timed(request: Callable[[], requests.Response]) -> tuple[int, str, float]:
         return -1, f"{type(exc).__name__}: {exc}"[:300], time.monotonic() - started
 
 
-def probe_minority(node: Node, key: str) -> Refusal:
+def probe_minority(node: Node, key: str, majority_key: str | None = None) -> Refusal:
     write = _timed(lambda: node.put(f"/v1/kv/{key}", data=b"minority", timeout=PROBE_TIMEOUT))
     read = _timed(lambda: node.get(f"/v1/kv/{key}?consistent", timeout=PROBE_TIMEOUT))
-    return Refusal(node.name, write, read)
+    default_read = None
+    if majority_key is not None:
+        default_read = _timed(lambda: node.get(f"/v1/kv/{majority_key}?raw", timeout=PROBE_TIMEOUT))
+    return Refusal(node.name, write, read, default_read)
 
 
 def assert_refused(refusal: Refusal) -> None:
@@ -208,11 +215,18 @@ def assert_refused(refusal: Refusal) -> None:
             f"{refusal.node} (minority) refused a {what} without saying why: {status} {body!r}"
         assert seconds <= REFUSAL_BOUND, \
             f"{refusal.node} (minority) took {seconds:.1f}s to refuse a {what} (bound {REFUSAL_BOUND}s)"
+    if refusal.default_read is not None:
+        # Consul's default mode may be stale only for the leader lease, not for a whole partition.
+        status, body, seconds = refusal.default_read
+        assert status >= 500 or (status == 200 and body == MAJORITY_VALUE), \
+            f"{refusal.node} (minority) served a stale default-mode read long after the majority wrote: " \
+            f"{status} {body!r}"
+        assert seconds <= REFUSAL_BOUND, f"{refusal.node} (minority) took {seconds:.1f}s for a default-mode read"
 
 
 def majority_write(nc: NetCluster, nodes: list[Node], key: str, since: float) -> float:
     """Seconds from `since` until a write through one of `nodes` is acknowledged."""
-    nc.c.write_anywhere(key, "majority", nodes=nodes, timeout=MAJORITY_BOUND + 5)
+    nc.c.write_anywhere(key, MAJORITY_VALUE, nodes=nodes, timeout=MAJORITY_BOUND + 5)
     return time.monotonic() - since
 
 
@@ -323,7 +337,9 @@ def run_scenario(nc: NetCluster, tmp_path: Path, name: str, nemesis: Callable[[O
     print(f"{name}: history {len(ops)} operations; final values {finals}")
     for r in outcome.refusals:
         print(f"{name}: minority {r.node}: write -> {r.write[0]} in {r.write[2]:.2f}s {r.write[1]!r}; "
-              f"?consistent read -> {r.read[0]} in {r.read[2]:.2f}s {r.read[1]!r}")
+              f"?consistent read -> {r.read[0]} in {r.read[2]:.2f}s {r.read[1]!r}"
+              + (f"; default read of the majority's key -> {r.default_read[0]} in {r.default_read[2]:.2f}s "
+                 f"{r.default_read[1]!r}" if r.default_read else ""))
     if outcome.majority_seconds:
         print(f"{name}: majority wrote {', '.join(f'{s:.2f}s' for s in outcome.majority_seconds)} after the cut")
 
@@ -354,8 +370,9 @@ def cut_off(nc: NetCluster, outcome: Outcome, minority: Node, cut: Callable[[], 
                           message="the majority to agree on a leader among themselves")
     nc.log(f"majority led by {new_leader.name}; minority {minority.name} refused; majority wrote after "
            f"{outcome.majority_seconds[-1]:.2f}s")
-    # The minority must still refuse once the majority has moved on (a stale leader, a lost follower).
-    outcome.refusals.append(probe_minority(minority, "probe/minority"))
+    # The minority must still refuse once the majority has moved on (a stale leader, a lost follower),
+    # and not answer a default-mode read with the value from before the cut.
+    outcome.refusals.append(probe_minority(minority, "probe/minority", majority_key="probe/majority"))
     remaining = HOLD - (time.monotonic() - since)
     if remaining > 0:
         time.sleep(remaining)  # the partition's planned length, not a synchronisation

@@ -28,6 +28,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between attempts while no leader is known.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How long after a quorum last confirmed its leadership the leader answers default-mode
+/// reads from its own state (Consul's leader lease). Followers grant no vote for
+/// `election_timeout_max` (300 ms) after a heartbeat, so no other leader commits within it;
+/// past it the leader confirms again first, and a leader cut off from the others refuses
+/// instead of serving old values for as long as the partition lasts.
+const LEADER_LEASE: Duration = Duration::from_millis(300);
 
 /// How a node's consensus is set up.
 #[derive(Debug, Clone)]
@@ -96,6 +102,9 @@ pub(crate) struct Inner {
     pub(crate) known: Mutex<BTreeMap<u64, Member>>,
     /// Follower only: when the leader last reached this node.
     pub(crate) leader_contact: Mutex<Option<Instant>>,
+    /// Leader only: the term and the time of the last leadership confirmation by a quorum,
+    /// taken when the confirmation was asked for (see `LEADER_LEASE`).
+    pub(crate) lease: Mutex<Option<(u64, Instant)>>,
 }
 
 impl Consensus {
@@ -159,6 +168,7 @@ impl Consensus {
                 liveness: Mutex::new(HashMap::new()),
                 known: Mutex::new(BTreeMap::new()),
                 leader_contact: Mutex::new(None),
+                lease: Mutex::new(None),
             }),
         })
     }
@@ -362,18 +372,38 @@ impl Consensus {
         deadline: Instant,
     ) -> Result<u64, ConsensusError> {
         match mode {
-            ReadMode::Default => Ok(self.inner.store.applied()),
-            ReadMode::Consistent => {
-                let confirmed =
-                    tokio::time::timeout_at(deadline, self.inner.raft.ensure_linearizable())
-                        .await
-                        .map_err(|_| ConsensusError::NoLeader)?;
-                match confirmed {
-                    Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
-                    Err(RaftError::APIError(_)) => Err(ConsensusError::NoLeader),
-                    Err(RaftError::Fatal(fatal)) => Err(ConsensusError::Stopped(fatal.to_string())),
+            ReadMode::Default if self.lease_holds() => Ok(self.inner.store.applied()),
+            ReadMode::Default | ReadMode::Consistent => self.confirm_leadership(deadline).await,
+        }
+    }
+
+    /// Whether a quorum confirmed this node's leadership, in its current term, within the lease.
+    fn lease_holds(&self) -> bool {
+        let term = self.inner.raft.metrics().borrow().current_term;
+        self.inner
+            .lease
+            .lock()
+            .is_some_and(|(leased, at)| leased == term && at.elapsed() < LEADER_LEASE)
+    }
+
+    /// Confirms leadership with a quorum (fresh heartbeats) and returns the index a linearizable
+    /// read must see; renews the lease from the moment the confirmation was asked for.
+    async fn confirm_leadership(&self, deadline: Instant) -> Result<u64, ConsensusError> {
+        let asked = Instant::now();
+        let term = self.inner.raft.metrics().borrow().current_term;
+        let confirmed = tokio::time::timeout_at(deadline, self.inner.raft.ensure_linearizable())
+            .await
+            .map_err(|_| ConsensusError::NoLeader)?;
+        match confirmed {
+            Ok(log_id) => {
+                let mut lease = self.inner.lease.lock();
+                if lease.map_or(true, |(leased, at)| leased < term || at < asked) {
+                    *lease = Some((term, asked));
                 }
+                Ok(log_id.map(|l| l.index).unwrap_or(0))
             }
+            Err(RaftError::APIError(_)) => Err(ConsensusError::NoLeader),
+            Err(RaftError::Fatal(fatal)) => Err(ConsensusError::Stopped(fatal.to_string())),
         }
     }
 
