@@ -397,7 +397,7 @@ impl Consensus {
         match confirmed {
             Ok(log_id) => {
                 let mut lease = self.inner.lease.lock();
-                if lease.map_or(true, |(leased, at)| leased < term || at < asked) {
+                if lease.is_none_or(|current| current < (term, asked)) {
                     *lease = Some((term, asked));
                 }
                 Ok(log_id.map(|l| l.index).unwrap_or(0))
