@@ -77,3 +77,111 @@ pub fn reply_to_packet(
         PacketReply::Answers(encoded)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use atoll_state::{Command, Registration, ServiceSpec, State};
+    use hickory_proto::op::{MessageType, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::{Name, RecordType};
+
+    use super::*;
+
+    fn config() -> DnsConfig {
+        DnsConfig {
+            domain: Name::from_ascii("consul.").unwrap(),
+            datacenter: "dc1".into(),
+            service_ttl: 0,
+            node_ttl: 0,
+            only_passing: false,
+            has_recursors: false,
+        }
+    }
+
+    /// One node with `count` instances of `web`, each on its own address.
+    fn store_with_instances(count: u16) -> Store {
+        let mut state = State::default();
+        for i in 0..count {
+            state.apply(
+                u64::from(i) + 1,
+                &Command::Register(Box::new(Registration {
+                    node: "n1".into(),
+                    address: "10.0.0.1".into(),
+                    datacenter: "dc1".into(),
+                    service: Some(ServiceSpec {
+                        id: format!("web-{i}"),
+                        name: "web".into(),
+                        address: format!("10.1.{}.{}", i / 200, i % 200 + 1),
+                        port: 8080,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+            );
+        }
+        Store::new(state, u64::from(count))
+    }
+
+    fn request(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
+        let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+        message.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        message.to_vec().unwrap()
+    }
+
+    #[test]
+    fn packets_shorter_than_a_header_are_ignored_and_garbage_gets_formerr_with_its_id() {
+        let store = store_with_instances(1);
+        let short = reply_to_packet(&[1, 2, 3], &store, &config(), 0, Transport::Udp);
+        assert!(matches!(short, PacketReply::Ignore));
+        let mut garbage = vec![0xab, 0xcd, 1, 0, 0, 1];
+        garbage.extend_from_slice(&[0xff; 20]);
+        let PacketReply::FormatError(bytes) =
+            reply_to_packet(&garbage, &store, &config(), 0, Transport::Udp)
+        else {
+            panic!("garbage was not answered with FORMERR");
+        };
+        let answer = Message::from_vec(&bytes).unwrap();
+        assert_eq!(answer.metadata.id, 0xabcd);
+        assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
+    }
+
+    #[test]
+    fn udp_answers_are_shuffled_variants_within_512_bytes_and_tcp_answers_are_whole() {
+        let store = store_with_instances(60);
+        let packet = request(9, "web.service.consul.", RecordType::A);
+        let PacketReply::Answers(udp) =
+            reply_to_packet(&packet, &store, &config(), 0, Transport::Udp)
+        else {
+            panic!("no UDP answer");
+        };
+        assert_eq!(udp.len() as u64, UDP_VARIANTS);
+        for bytes in &udp {
+            assert!(bytes.len() <= 512, "{} bytes over UDP", bytes.len());
+            let answer = Message::from_vec(bytes).unwrap();
+            assert_eq!(answer.metadata.id, 9);
+            assert!(answer.metadata.truncation);
+        }
+        let PacketReply::Answers(tcp) =
+            reply_to_packet(&packet, &store, &config(), 0, Transport::Tcp)
+        else {
+            panic!("no TCP answer");
+        };
+        assert_eq!(tcp.len(), 1);
+        let answer = Message::from_vec(&tcp[0]).unwrap();
+        assert_eq!(answer.answers.len(), 60);
+        assert!(!answer.metadata.truncation);
+    }
+
+    #[test]
+    fn names_outside_the_domain_are_forwarded_only_with_recursors() {
+        let store = store_with_instances(1);
+        let packet = request(3, "example.com.", RecordType::A);
+        let refused = reply_to_packet(&packet, &store, &config(), 0, Transport::Udp);
+        assert!(matches!(refused, PacketReply::Answers(_)));
+        let forwarding = DnsConfig {
+            has_recursors: true,
+            ..config()
+        };
+        let forwarded = reply_to_packet(&packet, &store, &forwarding, 0, Transport::Tcp);
+        assert!(matches!(forwarded, PacketReply::Forward));
+    }
+}
