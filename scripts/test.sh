@@ -8,6 +8,8 @@
 # tests and the end-to-end suite in tests/e2e against target/release/atoll:
 # first every test against `atoll dev`, then the client tests (modules marked
 # client_api) again against a client node of a 3-server cluster.
+# Between the Rust tests and the end-to-end suite, scripts/fuzz.sh runs every fuzz
+# target for FUZZ_SECONDS (default 45) seconds from its seed corpus.
 #
 # With CI=true a prerequisite that cannot be installed is an error; locally
 # the script warns and the affected end-to-end tests skip.
@@ -64,6 +66,7 @@ APT_NEEDS=(
     # Network partitions between namespaces (tests/e2e/netns_util.py).
     "ip:iproute2"
     "iptables:iptables"
+    "g++:g++"
 )
 
 install_debian_packages() {
@@ -159,6 +162,10 @@ cargo build --release
 
 log "cargo test --workspace --release"
 cargo test --workspace --release
+
+# libFuzzer targets (fuzz/): a crash fails here and names its reproducer.
+log "fuzzing (scripts/fuzz.sh, ${FUZZ_SECONDS:-45}s per target)"
+scripts/fuzz.sh "${FUZZ_SECONDS:-45}"
 
 ATOLL_BIN="${ATOLL_BIN:-$REPO_ROOT/target/release/atoll}"
 [ -x "$ATOLL_BIN" ] || die "no atoll binary at $ATOLL_BIN after the build"

@@ -4,6 +4,7 @@
 
 pub mod answer;
 pub mod name;
+pub mod packet;
 mod server;
 
 pub use answer::DnsConfig;

@@ -17,14 +17,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 
-use crate::answer::{encode_within, format_error, resolve, udp_limit, DnsConfig, Resolution};
+use crate::answer::{format_error, DnsConfig};
+use crate::packet::{reply_to_packet, PacketReply, Transport, HEADER_LEN, MAX_MESSAGE};
 
-/// Largest message accepted or sent.
-const MAX_MESSAGE: usize = 65_535;
 /// Entries per thread before the cache is emptied (bounds memory under random names).
 const CACHE_ENTRIES: usize = 4096;
-/// Shuffled variants kept per cached answer, so repeated queries still rotate.
-const VARIANTS: u64 = 4;
 /// How long a recursor gets to answer.
 const RECURSOR_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle TCP connections are closed after this.
@@ -150,7 +147,7 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: Handle) {
             }
         };
         let packet = &buffer[..len];
-        if len < 12 {
+        if len < HEADER_LEN {
             // Too short to carry an id: nothing sensible to answer.
             continue;
         }
@@ -167,41 +164,24 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: Handle) {
             send_with_id(&socket, &mut out, variant, [packet[0], packet[1]], peer);
             continue;
         }
-        let id = u16::from_be_bytes([packet[0], packet[1]]);
-        let request = match Message::from_vec(packet) {
-            Ok(request) => request,
-            Err(_) => {
-                let _ = socket.send_to(&format_error(id), peer);
+        let variants = match reply_to_packet(
+            packet,
+            &shared.store,
+            &shared.config,
+            counter,
+            Transport::Udp,
+        ) {
+            PacketReply::Ignore => continue,
+            PacketReply::FormatError(answer) => {
+                let _ = socket.send_to(&answer, peer);
                 continue;
             }
-        };
-        let limit = udp_limit(&request);
-        let mut variants = Vec::new();
-        for variant in 0..VARIANTS {
-            let resolution = shared.store.read(|state| {
-                resolve(
-                    &request,
-                    state,
-                    &shared.config,
-                    counter.wrapping_add(variant),
-                )
-            });
-            match resolution {
-                Resolution::Forward => {
-                    forward_udp(&socket, &shared, &runtime, packet.to_vec(), peer);
-                    break;
-                }
-                Resolution::Answer(response) => {
-                    let several = response.answers.len() > 1;
-                    if let Some(bytes) = encode_within(*response, limit) {
-                        variants.push(bytes);
-                    }
-                    if !several {
-                        break;
-                    }
-                }
+            PacketReply::Forward => {
+                forward_udp(&socket, &shared, &runtime, packet.to_vec(), peer);
+                continue;
             }
-        }
+            PacketReply::Answers(variants) => variants,
+        };
         let Some(first) = variants.first() else {
             continue;
         };
@@ -320,24 +300,16 @@ async fn serve_tcp_connection(mut stream: TcpStream, shared: Arc<Shared>) {
             Ok(Ok(_)) => {}
             _ => return,
         }
-        if packet.len() < 12 {
-            return;
-        }
         seed = seed.wrapping_add(1);
-        let answer = match Message::from_vec(&packet) {
-            Err(_) => format_error(u16::from_be_bytes([packet[0], packet[1]])),
-            Ok(request) => match shared
-                .store
-                .read(|state| resolve(&request, state, &shared.config, seed))
-            {
-                Resolution::Answer(response) => {
-                    encode_within(*response, MAX_MESSAGE).unwrap_or_default()
-                }
-                Resolution::Forward => ask_recursors(&shared.recursors, &packet)
+        let answer =
+            match reply_to_packet(&packet, &shared.store, &shared.config, seed, Transport::Tcp) {
+                PacketReply::Ignore => return,
+                PacketReply::FormatError(answer) => answer,
+                PacketReply::Answers(mut answers) => answers.pop().unwrap_or_default(),
+                PacketReply::Forward => ask_recursors(&shared.recursors, &packet)
                     .await
                     .unwrap_or_else(|| servfail(&packet)),
-            },
-        };
+            };
         let mut framed = Vec::with_capacity(answer.len() + 2);
         framed.extend_from_slice(&(answer.len() as u16).to_be_bytes());
         framed.extend_from_slice(&answer);

@@ -9,12 +9,10 @@ use atoll_state::{
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
-use serde::Deserialize;
 use serde_json::json;
 
-use super::input::{validate_name, AgentServiceIn, CheckIn};
+use super::input::{parse_check_registration, parse_check_update, parse_service_registration};
 use super::wire::{CheckJson, ServiceJson};
-use crate::decode::decode_body;
 use crate::error::ApiError;
 use crate::query::{blocking, check_datacenter, json_with_index, set_index, Query, ReadOptions};
 use crate::ApiContext;
@@ -205,8 +203,7 @@ pub async fn register_service(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
     check_datacenter(&query, &context)?;
-    let input: AgentServiceIn = decode_body(&body)?;
-    let (service, checks) = input.into_specs()?;
+    let (service, checks) = parse_service_registration(&body)?;
     let registration = Registration {
         service: Some(service),
         checks,
@@ -244,18 +241,7 @@ pub async fn register_check(
     State(context): State<ApiContext>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let input: CheckIn = decode_body(&body)?;
-    let name = input.name.clone().unwrap_or_default();
-    if name.trim().is_empty() {
-        return Err(ApiError::field("Name", "Missing check name"));
-    }
-    let default_id = input
-        .id
-        .clone()
-        .or(input.checkid.clone())
-        .unwrap_or_else(|| name.clone());
-    validate_name("ID", &default_id)?;
-    let spec = input.into_spec("Check", default_id, name, None)?;
+    let spec = parse_check_registration(&body)?;
     if !spec.service_id.is_empty() {
         let exists = context
             .store()
@@ -334,31 +320,13 @@ pub async fn fail(
     set_ttl(context, id, CheckStatus::Critical, raw).await
 }
 
-#[derive(Deserialize)]
-#[serde(default)]
-#[derive(Default)]
-struct CheckUpdateIn {
-    status: Option<String>,
-    output: Option<String>,
-}
-
 /// `PUT /v1/agent/check/update/:id` with `{"Status", "Output"}`.
 pub async fn update(
     State(context): State<ApiContext>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let input: CheckUpdateIn = decode_body(&body)?;
-    let text = input.status.unwrap_or_default();
-    let status = CheckStatus::parse(&text).ok_or_else(|| {
-        ApiError::field(
-            "Status",
-            format!("Invalid check status {text:?}: expected passing, warning or critical"),
-        )
-    })?;
-    context
-        .agent()
-        .update_ttl(&id, status, input.output.unwrap_or_default())
-        .await?;
+    let (status, output) = parse_check_update(&body)?;
+    context.agent().update_ttl(&id, status, output).await?;
     Ok(empty_ok(&context))
 }

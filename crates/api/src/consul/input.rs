@@ -3,11 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use atoll_state::{CheckDefinition, CheckSpec, CheckStatus, ServiceSpec};
+use atoll_state::{
+    CheckDefinition, CheckSpec, CheckStatus, Command, Deregistration, Registration, ServiceSpec,
+};
+use axum::http::StatusCode;
 use serde::Deserialize;
 
-use crate::decode::parse_duration;
+use crate::decode::{decode_body, parse_duration};
 use crate::error::ApiError;
+use crate::query::Query;
 
 /// A duration as Consul accepts it: Go text (`"10s"`) or nanoseconds.
 #[derive(Debug, Deserialize)]
@@ -287,4 +291,268 @@ impl AgentServiceIn {
         };
         Ok((spec, checks))
     }
+}
+
+/// The body of `PUT /v1/agent/service/register`, decoded and validated.
+pub fn parse_service_registration(body: &[u8]) -> Result<(ServiceSpec, Vec<CheckSpec>), ApiError> {
+    decode_body::<AgentServiceIn>(body)?.into_specs()
+}
+
+/// The body of `PUT /v1/agent/check/register`, decoded and validated (whether its
+/// `ServiceID` exists is for the handler to check against the state).
+pub fn parse_check_registration(body: &[u8]) -> Result<CheckSpec, ApiError> {
+    let input: CheckIn = decode_body(body)?;
+    let name = input.name.clone().unwrap_or_default();
+    if name.trim().is_empty() {
+        return Err(ApiError::field("Name", "Missing check name"));
+    }
+    let default_id = input
+        .id
+        .clone()
+        .or(input.checkid.clone())
+        .unwrap_or_else(|| name.clone());
+    validate_name("ID", &default_id)?;
+    input.into_spec("Check", default_id, name, None)
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+#[derive(Default)]
+struct CheckUpdateIn {
+    status: Option<String>,
+    output: Option<String>,
+}
+
+/// The body of `PUT /v1/agent/check/update/:id` (`{"Status", "Output"}`): the new status
+/// and output.
+pub fn parse_check_update(body: &[u8]) -> Result<(CheckStatus, String), ApiError> {
+    let input: CheckUpdateIn = decode_body(body)?;
+    let text = input.status.unwrap_or_default();
+    let status = CheckStatus::parse(&text).ok_or_else(|| {
+        ApiError::field(
+            "Status",
+            format!("Invalid check status {text:?}: expected passing, warning or critical"),
+        )
+    })?;
+    Ok((status, input.output.unwrap_or_default()))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct CatalogServiceIn {
+    id: Option<String>,
+    service: Option<String>,
+    tags: Option<Vec<String>>,
+    address: Option<String>,
+    port: Option<u16>,
+    meta: Option<BTreeMap<String, String>>,
+    enabletagoverride: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct CatalogRegisterIn {
+    node: Option<String>,
+    address: Option<String>,
+    datacenter: Option<String>,
+    taggedaddresses: Option<BTreeMap<String, String>>,
+    nodemeta: Option<BTreeMap<String, String>>,
+    service: Option<CatalogServiceIn>,
+    check: Option<CatalogCheckIn>,
+    checks: Option<Vec<CatalogCheckIn>>,
+    skipnodeupdate: Option<bool>,
+}
+
+/// Catalog checks carry no runnable definition: their status is set by whoever registers them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct CatalogCheckIn {
+    checkid: Option<String>,
+    name: Option<String>,
+    notes: Option<String>,
+    status: Option<String>,
+    serviceid: Option<String>,
+    output: Option<String>,
+    definition: Option<CheckIn>,
+}
+
+/// The body of `PUT /v1/catalog/register`, decoded and validated into a registration in
+/// `local_datacenter` (the only one reachable).
+pub fn parse_catalog_registration(
+    body: &[u8],
+    local_datacenter: &str,
+) -> Result<Registration, ApiError> {
+    let input: CatalogRegisterIn = decode_body(body)?;
+    let node = input.node.unwrap_or_default();
+    if node.trim().is_empty() {
+        return Err(ApiError::field("Node", "Must provide node"));
+    }
+    let address = input.address.unwrap_or_default();
+    if address.trim().is_empty() {
+        return Err(ApiError::field("Address", "Must provide address"));
+    }
+    let datacenter = input
+        .datacenter
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| local_datacenter.to_string());
+    if datacenter != local_datacenter {
+        return Err(ApiError::field(
+            "Datacenter",
+            format!("No path to datacenter {datacenter:?}"),
+        ));
+    }
+    let service = match input.service {
+        None => None,
+        Some(service) => {
+            let name = service.service.unwrap_or_default();
+            validate_name("Service.Service", &name)?;
+            let id = service
+                .id
+                .filter(|id| !id.is_empty())
+                .unwrap_or_else(|| name.clone());
+            validate_name("Service.ID", &id)?;
+            Some(ServiceSpec {
+                id,
+                name,
+                tags: service.tags.unwrap_or_default(),
+                address: service.address.unwrap_or_default(),
+                port: service.port.unwrap_or(0),
+                meta: service.meta.unwrap_or_default(),
+                enable_tag_override: service.enabletagoverride.unwrap_or(false),
+            })
+        }
+    };
+    let mut checks_in: Vec<CatalogCheckIn> = input.check.into_iter().collect();
+    checks_in.extend(input.checks.unwrap_or_default());
+    let mut checks = Vec::new();
+    for (i, check) in checks_in.into_iter().enumerate() {
+        let field = format!("Checks[{i}]");
+        let check_id = check.checkid.or(check.name.clone()).unwrap_or_default();
+        if check_id.is_empty() {
+            return Err(ApiError::field(&field, "Check must have a CheckID or Name"));
+        }
+        let status = match check.status.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(CheckStatus::parse(text).ok_or_else(|| {
+                ApiError::field(
+                    &format!("{field}.Status"),
+                    format!("Invalid check status {text:?}"),
+                )
+            })?),
+        };
+        let mut spec = CheckSpec {
+            check_id: check_id.clone(),
+            name: check.name.unwrap_or_else(|| check_id.clone()),
+            status,
+            notes: check.notes.unwrap_or_default(),
+            output: check.output.unwrap_or_default(),
+            service_id: check.serviceid.unwrap_or_default(),
+            definition: Default::default(),
+        };
+        if let Some(definition) = check
+            .definition
+            .filter(|d| d.ttl.is_some() || d.http.is_some() || d.tcp.is_some())
+        {
+            spec.definition = definition
+                .into_spec(
+                    &format!("{field}.Definition"),
+                    check_id.clone(),
+                    spec.name.clone(),
+                    None,
+                )?
+                .definition;
+        }
+        checks.push(spec);
+    }
+    let registration = Registration {
+        node,
+        address,
+        datacenter,
+        tagged_addresses: input.taggedaddresses.unwrap_or_default(),
+        node_meta: input.nodemeta.unwrap_or_default(),
+        skip_node_update: input.skipnodeupdate.unwrap_or(false),
+        service,
+        checks,
+        replace_service_checks: false,
+    };
+    Ok(registration)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct CatalogDeregisterIn {
+    node: Option<String>,
+    serviceid: Option<String>,
+    checkid: Option<String>,
+    datacenter: Option<String>,
+}
+
+/// The body of `PUT /v1/catalog/deregister`, decoded and validated.
+pub fn parse_catalog_deregistration(
+    body: &[u8],
+    local_datacenter: &str,
+) -> Result<Deregistration, ApiError> {
+    let input: CatalogDeregisterIn = decode_body(body)?;
+    let node = input.node.unwrap_or_default();
+    if node.trim().is_empty() {
+        return Err(ApiError::field("Node", "Must provide node"));
+    }
+    if let Some(dc) = input
+        .datacenter
+        .filter(|d| !d.is_empty() && d != local_datacenter)
+    {
+        return Err(ApiError::field(
+            "Datacenter",
+            format!("No path to datacenter {dc:?}"),
+        ));
+    }
+    Ok(Deregistration {
+        node,
+        service_id: input.serviceid.filter(|s| !s.is_empty()),
+        check_id: input.checkid.filter(|c| !c.is_empty()),
+    })
+}
+
+/// Largest KV value Consul accepts.
+pub const MAX_VALUE_BYTES: usize = 512 * 1024;
+
+/// `PUT /v1/kv/:key` (`?flags=`, `?cas=`) as the command it writes (the `dc` parameter is
+/// checked by the handler).
+pub fn kv_set_command(key: String, query: &Query, value: &[u8]) -> Result<Command, ApiError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(ApiError::with_status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "Value exceeds {MAX_VALUE_BYTES} byte limit ({} bytes)",
+                value.len()
+            ),
+        ));
+    }
+    if query.get("acquire").is_some() || query.get("release").is_some() {
+        return Err(ApiError::bad_request(
+            "Sessions (acquire/release) are not supported",
+        ));
+    }
+    Ok(Command::KvSet {
+        key,
+        value: value.to_vec(),
+        flags: query.u64("flags")?.unwrap_or(0),
+        cas: query.u64("cas")?,
+    })
+}
+
+/// `DELETE /v1/kv/:key` (`?recurse`, `?cas=`) as the command it writes.
+pub fn kv_delete_command(key: String, query: &Query) -> Result<Command, ApiError> {
+    let recurse = query.flag("recurse");
+    if key.is_empty() && !recurse {
+        return Err(ApiError::field("key", "Missing key name"));
+    }
+    let cas = query.u64("cas")?;
+    if recurse && cas.is_some() {
+        return Err(ApiError::field(
+            "cas",
+            "cas cannot be combined with recurse",
+        ));
+    }
+    Ok(Command::KvDelete { key, recurse, cas })
 }

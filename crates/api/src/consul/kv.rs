@@ -2,20 +2,18 @@
 
 use std::collections::BTreeSet;
 
-use atoll_state::{Command, Outcome, Table};
+use atoll_state::{Outcome, Table};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::agent::write;
+use super::input::{kv_delete_command, kv_set_command};
 use super::wire::KvJson;
 use crate::error::ApiError;
 use crate::query::{blocking, check_datacenter, json_with_index, set_index, Query, ReadOptions};
 use crate::ApiContext;
-
-/// Largest value Consul accepts.
-pub const MAX_VALUE_BYTES: usize = 512 * 1024;
 
 enum KvRead {
     Entries(serde_json::Value),
@@ -118,26 +116,7 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
     check_datacenter(&query, &context)?;
-    if body.len() > MAX_VALUE_BYTES {
-        return Err(ApiError::with_status(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "Value exceeds {MAX_VALUE_BYTES} byte limit ({} bytes)",
-                body.len()
-            ),
-        ));
-    }
-    if query.get("acquire").is_some() || query.get("release").is_some() {
-        return Err(ApiError::bad_request(
-            "Sessions (acquire/release) are not supported",
-        ));
-    }
-    let command = Command::KvSet {
-        key,
-        value: body.to_vec(),
-        flags: query.u64("flags")?.unwrap_or(0),
-        cas: query.u64("cas")?,
-    };
+    let command = kv_set_command(key, &query, &body)?;
     let outcome = write(&context, command).await?;
     Ok(json_with_index(
         context.store().applied(),
@@ -166,18 +145,8 @@ async fn delete_key(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
     check_datacenter(&query, &context)?;
-    let recurse = query.flag("recurse");
-    if key.is_empty() && !recurse {
-        return Err(ApiError::field("key", "Missing key name"));
-    }
-    let cas = query.u64("cas")?;
-    if recurse && cas.is_some() {
-        return Err(ApiError::field(
-            "cas",
-            "cas cannot be combined with recurse",
-        ));
-    }
-    let outcome = write(&context, Command::KvDelete { key, recurse, cas }).await?;
+    let command = kv_delete_command(key, &query)?;
+    let outcome = write(&context, command).await?;
     Ok(json_with_index(
         context.store().applied(),
         &!matches!(outcome, Outcome::Condition(false)),

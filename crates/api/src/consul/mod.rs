@@ -3,7 +3,7 @@
 pub(crate) mod agent;
 mod catalog;
 mod health;
-mod input;
+pub mod input;
 mod kv;
 mod operator;
 mod status;

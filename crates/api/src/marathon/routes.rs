@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::wire::{app_json, parse_app, task_json};
+use super::wire::{app_json, parse_app, parse_app_put, task_json, PutAppError};
 use crate::query::Query;
 use crate::ApiContext;
 
@@ -434,35 +434,14 @@ async fn app_put(
     if !locks.is_empty() && !force {
         return Err(locked_error(locks));
     }
-    // The path names the app; a body without an id updates that one.
-    let mut body_value: Value = serde_json::from_slice(&body).map_err(|e| MarathonError {
-        status: StatusCode::BAD_REQUEST,
-        body: json!({ "message": format!("Invalid JSON: {e}") }),
-    })?;
-    if let Some(object) = body_value.as_object_mut() {
-        object.insert("id".into(), Value::String(id.clone()));
-    }
-    let body = serde_json::to_vec(&body_value).unwrap_or_default();
-    let mut app = parse_app(&body, &now_rfc3339(), base.as_ref()).map_err(validation_error)?;
-    // A change of `instances` alone is a scale: same version, so no task restarts.
-    let scale_only = base.as_ref().is_some_and(|b| {
-        let mut same = app.clone();
-        same.instances = b.instances;
-        same.version = b.version.clone();
-        same.definition = b.definition.clone();
-        let mut base = b.clone();
-        base.definition = b.definition.clone();
-        same == base
-    });
-    if let (true, Some(b)) = (scale_only, base.as_ref()) {
-        app.version = b.version.clone();
-        app.definition["version"] = Value::String(b.version.clone());
-    }
-    let action = match (&base, scale_only) {
-        (None, _) => "StartApplication",
-        (Some(_), true) => "ScaleApplication",
-        (Some(_), false) => "RestartApplication",
-    };
+    let (app, action) =
+        parse_app_put(&id, &body, &now_rfc3339(), base.as_ref()).map_err(|e| match e {
+            PutAppError::Json(message) => MarathonError {
+                status: StatusCode::BAD_REQUEST,
+                body: json!({ "message": message }),
+            },
+            PutAppError::Invalid(error) => validation_error(error),
+        })?;
     let deployment = deployment_for(&app.id, &app.version, action, base.as_ref());
     let (version, deployment_id) = (app.version.clone(), deployment.id.clone());
     let created = base.is_none();

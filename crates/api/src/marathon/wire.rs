@@ -107,6 +107,52 @@ pub fn parse_app(
     parse_definition(&object, version)
 }
 
+/// Why the body of `PUT /v2/apps/{id}` was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutAppError {
+    /// Not JSON at all (Marathon's 400), with the message to show.
+    Json(String),
+    /// A definition Marathon would refuse (422).
+    Invalid(ValidationError),
+}
+
+/// Parses the body of `PUT /v2/apps/{id}`: the path names the app (a body without an id,
+/// or with another, updates app `id`), and with `base` (the current app) the body is merged
+/// into it. A change of `instances` alone is a scale and keeps the base's version, so no
+/// task restarts. Returns the new app and the deployment's action
+/// (`StartApplication`, `ScaleApplication` or `RestartApplication`).
+pub fn parse_app_put(
+    id: &str,
+    body: &[u8],
+    version: &str,
+    base: Option<&AppSpec>,
+) -> Result<(AppSpec, &'static str), PutAppError> {
+    let mut body_value: Value = serde_json::from_slice(body)
+        .map_err(|e| PutAppError::Json(format!("Invalid JSON: {e}")))?;
+    if let Some(object) = body_value.as_object_mut() {
+        object.insert("id".into(), Value::String(id.to_string()));
+    }
+    let body = serde_json::to_vec(&body_value).unwrap_or_default();
+    let mut app = parse_app(&body, version, base).map_err(PutAppError::Invalid)?;
+    let scale_only = base.is_some_and(|b| {
+        let mut same = app.clone();
+        same.instances = b.instances;
+        same.version = b.version.clone();
+        same.definition = b.definition.clone();
+        same == *b
+    });
+    if let (true, Some(b)) = (scale_only, base) {
+        app.version = b.version.clone();
+        app.definition["version"] = Value::String(b.version.clone());
+    }
+    let action = match (base, scale_only) {
+        (None, _) => "StartApplication",
+        (Some(_), true) => "ScaleApplication",
+        (Some(_), false) => "RestartApplication",
+    };
+    Ok((app, action))
+}
+
 /// Marathon's app JSON as `GET /v2/apps/{id}` answers it: the definition plus its status.
 /// `hosts` maps a node name to its address; `healthy` says whether a task passes its health
 /// checks (`None` when the app has none); `deployments` are `{"id": ...}` objects or bare
