@@ -61,6 +61,8 @@ APT_NEEDS=(
     "dnsmasq:dnsmasq-base"
     "prometheus:prometheus"
     "busybox:busybox-static"
+    # A private engine for the engine-restart test (tests/e2e/test_docker_engine_restart.py).
+    "dockerd:docker.io"
 )
 
 install_debian_packages() {
