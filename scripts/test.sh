@@ -67,6 +67,8 @@ APT_NEEDS=(
     "ip:iproute2"
     "iptables:iptables"
     "g++:g++"
+    # A private engine for the engine-restart test (tests/e2e/test_docker_engine_restart.py).
+    "dockerd:docker.io"
 )
 
 install_debian_packages() {

@@ -217,6 +217,14 @@ def task_processes(app_prefix: str) -> dict[int, str]:
     return found
 
 
+def task_process_groups(app_prefix: str) -> dict[str, set[int]]:
+    """Live processes of the tasks whose app id starts with `app_prefix` (by their environment), by task id."""
+    found: dict[str, set[int]] = {}
+    for pid, task_id in task_processes(app_prefix).items():
+        found.setdefault(task_id, set()).add(pid)
+    return found
+
+
 def _state(pid: int) -> str | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -312,10 +320,10 @@ def srv_rcode(inst: Atoll, name: str) -> int:
     return srv(inst, name)[0]
 
 
-def fetch(port: int, path: str = "/", timeout: float = HTTP_TIMEOUT) -> str | None:
-    """Body of http://127.0.0.1:port/path, or None when it does not answer 200."""
+def fetch(port: int, path: str = "/", timeout: float = HTTP_TIMEOUT, host: str = "127.0.0.1") -> str | None:
+    """Body of http://host:port/path, or None when it does not answer 200."""
     try:
-        r = requests.get(f"http://127.0.0.1:{port}{path}", timeout=timeout, headers={"Connection": "close"})
+        r = requests.get(f"http://{host}:{port}{path}", timeout=timeout, headers={"Connection": "close"})
     except requests.RequestException:
         return None
     return r.text if r.status_code == 200 else None

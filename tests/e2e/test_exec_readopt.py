@@ -32,6 +32,7 @@ from apps_util import (
     listening_pids,
     process_environ,
     srv_rcode,
+    task_process_groups,
     task_processes,
     unique_prefix,
     wait_running,
@@ -71,12 +72,7 @@ def sandbox_name(task_id: str) -> str:
     return "_" + name[1:] if name.startswith(".") else name
 
 
-def groups(app_id: str) -> dict[str, set[int]]:
-    """Live processes of the app's tasks (matched by their environment), by task id."""
-    found: dict[str, set[int]] = {}
-    for pid, task_id in task_processes(app_id).items():
-        found.setdefault(task_id, set()).add(pid)
-    return found
+groups = task_process_groups
 
 
 def test_exec_tasks_survive_an_agent_restart_and_stay_managed(node, tmp_path):

@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, watch};
 
 /// How long to wait for a process group to go once SIGKILL has been sent.
@@ -64,11 +64,22 @@ const SHELL_START_WAIT: Duration = Duration::from_secs(2);
 /// status is what the signal would have made it). A signal that reaches the forked child
 /// before it has become the task's shell would be lost, so `start` returns only once the
 /// task's shell runs.
+///
+/// Before anything else the wrapper reads one line from its stdin, a pipe from the agent,
+/// which writes `go` there only once `task.json` records the wrapper. An agent killed
+/// between spawning the wrapper and recording it closes the pipe by dying: the wrapper
+/// reads end-of-file and exits without starting the task, so no task runs that a restarted
+/// agent could not adopt (it would start the task again next to the unknown one).
 const WRAPPER: &str = concat!(
     "atoll_signal=; trap 'atoll_signal=15' TERM; trap 'atoll_signal=2' INT; trap 'atoll_signal=1' HUP; ",
-    r#"if [ -z "$atoll_signal" ]; then /bin/sh -c "$1"; status=$?; else status=$((128 + atoll_signal)); fi; "#,
+    r#"atoll_go=; read -r atoll_go; exec </dev/null; "#,
+    r#"if [ -n "$atoll_signal" ]; then status=$((128 + atoll_signal)); "#,
+    r#"elif [ "$atoll_go" = go ]; then /bin/sh -c "$1"; status=$?; "#,
+    r#"else exit 125; fi; "#,
     r#"echo "$status" > "$2"; exit "$status""#,
 );
+/// What the wrapper says before it starts the task (see [`WRAPPER`]).
+const GO: &[u8] = b"go\n";
 /// The wrapper's `$0`, as `ps` shows it.
 const WRAPPER_NAME: &str = "atoll-exec";
 
@@ -315,7 +326,7 @@ impl ExecDriver {
             .arg(&exit_file)
             .current_dir(&sandbox)
             .envs(&env)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(stdout)
             .stderr(stderr)
             .process_group(0);
@@ -370,6 +381,14 @@ impl ExecDriver {
         if let Err(error) = recorded {
             tracing::warn!(task_id = %spec.task_id, %error, "cannot record the task; it will not be re-adopted after an agent restart");
         }
+        let mut child = child;
+        // Only now, with the wrapper recorded, may it start the task (see `WRAPPER`).
+        if let Some(mut go) = child.stdin.take() {
+            if let Err(error) = go.write_all(GO).await {
+                // The wrapper is gone already; its exit is reported by the watcher below.
+                tracing::debug!(task_id = %spec.task_id, %error, "cannot tell the wrapper to start the task");
+            }
+        }
         tracing::info!(task_id = %spec.task_id, pid = process_group, "exec task started");
         // Sent before the watcher exists, so Running always precedes Exited.
         let _ = self.shared.events.send(TaskEvent::Running {
@@ -380,7 +399,6 @@ impl ExecDriver {
         let shared = Arc::clone(&self.shared);
         let task_id = spec.task_id.clone();
         tokio::spawn(async move {
-            let mut child = child;
             let status = child.wait().await;
             shared.finish(task_id, process_group, &sandbox, exited_tx, |stopping| {
                 describe_exit(&status, stopping)
@@ -709,6 +727,56 @@ mod tests {
         let sandbox = write_record(&driver, "test_exec.ended-1", &identity);
         assert!(driver.adopt().await.is_empty());
         assert!(TaskRecord::read(&sandbox).expect("read").is_none());
+    }
+
+    /// Runs the wrapper on `cmd` in `dir` as `start` does, its stdin fed `input` (then
+    /// closed); returns its exit code.
+    fn run_wrapper(dir: &Path, cmd: &str, input: &[u8]) -> Option<i32> {
+        use std::io::Write;
+        let mut wrapper = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(WRAPPER)
+            .arg(WRAPPER_NAME)
+            .arg(cmd)
+            .arg(dir.join(EXIT_STATUS_FILE))
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("spawn");
+        let mut stdin = wrapper.stdin.take().expect("piped stdin");
+        stdin.write_all(input).expect("write");
+        drop(stdin);
+        wrapper.wait().expect("wait").code()
+    }
+
+    #[test]
+    fn a_wrapper_whose_agent_died_before_recording_it_never_starts_the_task() {
+        // The agent is killed between spawning the wrapper and writing `task.json`: its end
+        // of the pipe closes without `go`. Were the task started, it would run unrecorded,
+        // and the restarted agent would start the same task a second time beside it.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let code = run_wrapper(dir.path(), "touch started; sleep 300", b"");
+        assert_eq!(code, Some(125));
+        assert!(
+            !dir.path().join("started").exists(),
+            "the task must not run"
+        );
+        assert!(
+            !dir.path().join(EXIT_STATUS_FILE).exists(),
+            "no exit status for a task that never ran"
+        );
+
+        // Told to go, the wrapper runs the task, with stdin no longer the agent's pipe, and
+        // records its status.
+        let code = run_wrapper(dir.path(), "touch started; read -r line; exit 3", GO);
+        assert_eq!(code, Some(3));
+        assert!(dir.path().join("started").exists());
+        assert_eq!(
+            read_exit_status(dir.path()),
+            Some(3),
+            "the task's status is recorded"
+        );
     }
 
     #[test]
