@@ -49,6 +49,7 @@ import os
 import random
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -377,9 +378,16 @@ def main() -> int:
     app_id = f"/soak{secrets.token_hex(3)}/web"
     www = Path(tempfile.mkdtemp(prefix="atoll-soak-www-"))
     (www / "index.html").write_text("soak\n")
+
+    try:
+        return run(args, seed, busybox, app_id, www)
+    finally:
+        shutil.rmtree(www, ignore_errors=True)
+
+
+def run(args, seed: int | None, busybox: str, app_id: str, www: Path) -> int:
     stats = Stats()
     rows: list[dict] = []  # one per (interval, process)
-
     extra = shlex.split(args.atoll_args)
     with Cluster(servers=3, seed=seed, server_args=extra) as cluster:
         compute = cluster.add_client("c1", extra=extra)
