@@ -35,7 +35,8 @@ The verdict, over the run cut in thirds (the first is warm-up):
 Exits 1 when any of these fails.
 
 Every loop is paced and bounded by count and by the deadline. Environment:
-SOAK_SECONDS, ATOLL_BIN, ATOLL_E2E_SEED, BUSYBOX (/bin/busybox). The load
+SOAK_SECONDS, ATOLL_ARGS (flags for every node, also --atoll-args), ATOLL_BIN,
+ATOLL_E2E_SEED, BUSYBOX (/bin/busybox). The load
 generator is one Python process on the same machine as the four nodes.
 """
 
@@ -47,6 +48,8 @@ import itertools
 import os
 import random
 import secrets
+import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -363,6 +366,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=env_float("SOAK_SECONDS", 600.0))
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--readers", type=int, default=64)
+    parser.add_argument("--atoll-args", default=os.environ.get("ATOLL_ARGS", ""),
+                        help="extra flags for every node, e.g. '--snapshot-after-entries 100000'")
     args = parser.parse_args()
     if args.seconds < 3 * args.interval:
         raise SystemExit("--seconds must cover at least three intervals")
@@ -373,11 +378,19 @@ def main() -> int:
     app_id = f"/soak{secrets.token_hex(3)}/web"
     www = Path(tempfile.mkdtemp(prefix="atoll-soak-www-"))
     (www / "index.html").write_text("soak\n")
+
+    try:
+        return run(args, seed, busybox, app_id, www)
+    finally:
+        shutil.rmtree(www, ignore_errors=True)
+
+
+def run(args, seed: int | None, busybox: str, app_id: str, www: Path) -> int:
     stats = Stats()
     rows: list[dict] = []  # one per (interval, process)
-
-    with Cluster(servers=3, seed=seed) as cluster:
-        compute = cluster.add_client("c1")
+    extra = shlex.split(args.atoll_args)
+    with Cluster(servers=3, seed=seed, server_args=extra) as cluster:
+        compute = cluster.add_client("c1", extra=extra)
         compute.spawn()
         leader = cluster.wait_agreement(timeout=60)
         servers = cluster.servers
