@@ -35,3 +35,5 @@ openraft::declare_raft_types!(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod fault_tests;
