@@ -61,6 +61,7 @@ APT_NEEDS=(
     "dnsmasq:dnsmasq-base"
     "prometheus:prometheus"
     "busybox:busybox-static"
+    "mount:mount"
 )
 
 install_debian_packages() {

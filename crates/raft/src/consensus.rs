@@ -323,7 +323,10 @@ impl Consensus {
         }
         let dir = &self.inner.data_dir;
         let free = storage::free_bytes(dir).map_err(|e| {
-            ConsensusError::Storage(format!("cannot read the free space of {}: {e}", dir.display()))
+            ConsensusError::Storage(format!(
+                "cannot read the free space of {}: {e}",
+                dir.display()
+            ))
         })?;
         if free >= reserve {
             return Ok(());
@@ -561,34 +564,34 @@ impl Consensus {
         }
         let existing = self.members().into_iter().find(|(i, _, _)| *i == id);
         let server = member.server;
-        if existing
-            .as_ref()
-            .is_some_and(|(_, m, voter)| *m == member && *voter == server)
-        {
-            return Ok(());
-        }
         let name = member.name.clone();
         // Another id on the same RPC address is this node before it lost its data dir (two
         // processes cannot listen on one address): once the new id is in, the old one goes.
+        // Also when the new id is already in: an earlier join may have stopped half-way.
         let replaced: Vec<u64> = self
             .members()
             .into_iter()
             .filter(|(other, m, _)| *other != id && m.rpc_addr == member.rpc_addr)
             .map(|(other, _, _)| other)
             .collect();
-        self.inner
-            .raft
-            .add_learner(id, member, server)
-            .await
-            .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
-        if server {
+        if !existing
+            .as_ref()
+            .is_some_and(|(_, m, voter)| *m == member && *voter == server)
+        {
             self.inner
                 .raft
-                .change_membership(ChangeMembers::AddVoterIds([id].into()), true)
+                .add_learner(id, member, server)
                 .await
                 .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
+            if server {
+                self.inner
+                    .raft
+                    .change_membership(ChangeMembers::AddVoterIds([id].into()), true)
+                    .await
+                    .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
+            }
+            tracing::info!(node = %name, server, "node joined");
         }
-        tracing::info!(node = %name, server, "node joined");
         for old in replaced {
             tracing::info!(node = %name, old_id = old, "removing the id this node had before");
             self.remove_member(old).await?;

@@ -59,7 +59,9 @@ async fn restarted(dir: &std::path::Path) -> Consensus {
                 consensus.bootstrap_single().await.unwrap();
                 return consensus;
             }
-            Err(e) if e.to_string().contains("in use") && tokio::time::Instant::now() < deadline => {
+            Err(e)
+                if e.to_string().contains("in use") && tokio::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => panic!("restart failed: {e}"),
@@ -92,7 +94,10 @@ async fn failed_fsync_of_the_log_is_fatal_and_never_acknowledged() {
 
         fail_sync.store(true, Ordering::SeqCst);
         let failed = consensus.write(put("during", "x")).await;
-        assert!(failed.is_err(), "a write whose fsync failed was acknowledged");
+        assert!(
+            failed.is_err(),
+            "a write whose fsync failed was acknowledged"
+        );
         let message = tokio::time::timeout(Duration::from_secs(5), consensus.fatal_failure())
             .await
             .expect("a failed fsync must stop Raft, not be retried or ignored");
@@ -103,12 +108,18 @@ async fn failed_fsync_of_the_log_is_fatal_and_never_acknowledged() {
         // more is acknowledged until a restart.
         fail_sync.store(false, Ordering::SeqCst);
         let later = consensus.write(put("after", "x")).await;
-        assert!(later.is_err(), "a write was acknowledged after a fatal storage failure");
+        assert!(
+            later.is_err(),
+            "a write was acknowledged after a fatal storage failure"
+        );
         consensus.shutdown().await;
     }
     // A restart recovers from the file: what was acknowledged is there, the file is sound.
     let consensus = restarted(dir.path()).await;
-    assert_eq!(kv(&consensus, "before").as_deref(), Some(b"durable".as_slice()));
+    assert_eq!(
+        kv(&consensus, "before").as_deref(),
+        Some(b"durable".as_slice())
+    );
     assert_eq!(kv(&consensus, "after"), None);
     consensus.write(put("again", "ok")).await.unwrap();
     assert_eq!(kv(&consensus, "again").as_deref(), Some(b"ok".as_slice()));
@@ -135,11 +146,13 @@ async fn data_dir_with_entries(snapshot_after_entries: u64) -> tempfile::TempDir
 
 /// Rewrites one record in place through redb, as a bad disk or a bad edit might leave it.
 fn overwrite(dir: &std::path::Path, change: impl FnOnce(&redb::WriteTransaction)) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let db = loop {
         match redb::Database::create(dir.join(DB_FILE)) {
             Ok(db) => break db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                if tokio::time::Instant::now() < deadline =>
+            {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => panic!("{e}"),

@@ -34,6 +34,6 @@ openraft::declare_raft_types!(
 );
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod tests;

@@ -61,10 +61,13 @@ pub(crate) fn open(dir: &Path) -> Result<Arc<Database>, StorageFailure> {
     let path = dir.join(DB_FILE);
     // redb's default cache is sized for large databases; atoll's state lives in memory and
     // the file is mostly log appends, so a small cache keeps the resident size small.
-    let opened = guard_panic(&path, || {
-        redb::Builder::new().set_cache_size(CACHE_BYTES).create(&path)
-    })?;
-    prepare(opened, &path)
+    guard_panic(&path, || {
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| opening_failed(&path, e))?;
+        prepare(db, &path)
+    })
 }
 
 /// [`open`] over another storage backend (tests inject faults through one).
@@ -75,12 +78,13 @@ pub(crate) fn open_with_backend(
 ) -> Result<Arc<Database>, StorageFailure> {
     create_dir(dir)?;
     let path = dir.join(DB_FILE);
-    let opened = guard_panic(&path, || {
-        redb::Builder::new()
+    guard_panic(&path, || {
+        let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create_with_backend(backend)
-    })?;
-    prepare(opened, &path)
+            .map_err(|e| opening_failed(&path, e))?;
+        prepare(db, &path)
+    })
 }
 
 fn create_dir(dir: &Path) -> Result<(), StorageFailure> {
@@ -96,22 +100,33 @@ fn damaged(path: &Path, what: impl std::fmt::Display) -> StorageFailure {
     ))
 }
 
-/// Runs a read of the file that a damaged file could make panic inside redb, turning the
-/// panic into an error that names the file (a backtrace tells the operator nothing).
-fn guard_panic<T>(
-    path: &Path,
-    read: impl FnOnce() -> Result<T, redb::DatabaseError>,
-) -> Result<T, StorageFailure> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(StorageFailure(format!(
+fn opening_failed(path: &Path, e: redb::DatabaseError) -> StorageFailure {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StorageFailure(format!(
             "{} is in use by another process (is another atoll running on this data dir?)",
             path.display()
-        ))),
-        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))) => Err(StorageFailure(
-            format!("cannot open {}: {e}", path.display()),
         )),
-        Ok(Err(e)) => Err(damaged(path, e)),
+        redb::DatabaseError::Storage(redb::StorageError::Io(e)) => {
+            StorageFailure(format!("cannot open {}: {e}", path.display()))
+        }
+        e => damaged(path, e),
+    }
+}
+
+/// Runs the opening reads of the file, which a damaged file can make panic inside redb,
+/// turning a panic into an error that names the file (a backtrace tells the operator nothing).
+fn guard_panic<T>(
+    path: &Path,
+    read: impl FnOnce() -> Result<T, StorageFailure>,
+) -> Result<T, StorageFailure> {
+    // The default hook would print the panic and a backtrace before it is caught; this runs
+    // while the node starts, before it serves anything, so silencing it briefly hides nothing.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
+    std::panic::set_hook(hook);
+    match outcome {
+        Ok(result) => result,
         Err(panic) => {
             let reason = panic
                 .downcast_ref::<String>()
@@ -126,10 +141,22 @@ fn guard_panic<T>(
 fn prepare(mut db: Database, path: &Path) -> Result<Arc<Database>, StorageFailure> {
     // Checksums of every page: a flipped byte anywhere in a live page is found here, before
     // anything is served from the file.
-    guard_panic(path, || db.check_integrity().map(|_| ()))?;
-    init_tables(&db).map_err(|e| StorageFailure(format!("{}: {}", path.display(), e.0)))?;
-    verify_records(&db).map_err(|e| damaged(path, e.0))?;
-    Ok(Arc::new(db))
+    let checked = db
+        .check_integrity()
+        .map_err(|e| damaged(path, e))
+        .and_then(|_| {
+            init_tables(&db).map_err(|e| StorageFailure(format!("{}: {}", path.display(), e.0)))
+        })
+        .and_then(|()| verify_records(&db).map_err(|e| damaged(path, e.0)));
+    match checked {
+        Ok(()) => Ok(Arc::new(db)),
+        Err(e) => {
+            // Dropping a database that failed its checks makes redb commit to it (and panic on
+            // the way); nothing is written to a damaged file, and the node stops anyway.
+            std::mem::forget(db);
+            Err(e)
+        }
+    }
 }
 
 fn init_tables(db: &Database) -> Result<(), StorageFailure> {
