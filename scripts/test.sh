@@ -69,6 +69,8 @@ APT_NEEDS=(
     "g++:g++"
     # A private engine for the engine-restart test (tests/e2e/test_docker_engine_restart.py).
     "dockerd:docker.io"
+    # Small tmpfs data dirs for the disk-fault tests.
+    "mount:mount"
 )
 
 install_debian_packages() {

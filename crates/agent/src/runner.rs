@@ -555,6 +555,7 @@ mod tests {
                     datacenter: "dc1".into(),
                 },
                 snapshot_after_entries: 1000,
+                disk_reserve_bytes: 0,
             },
             Default::default(),
         )

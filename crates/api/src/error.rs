@@ -63,6 +63,8 @@ impl From<ConsensusError> for ApiError {
         // Consul answers a missing leader with a 500, which its clients retry.
         let status = match e {
             ConsensusError::Refused(_) => StatusCode::BAD_REQUEST,
+            // WebDAV's 507: the request was fine, the server has no room to record it.
+            ConsensusError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ConsensusError::NoLeader
             | ConsensusError::NotLeader(_)
             | ConsensusError::Timeout

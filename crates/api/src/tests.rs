@@ -22,6 +22,7 @@ async fn unjoined(dir: &tempfile::TempDir) -> Consensus {
                 datacenter: "dc1".into(),
             },
             snapshot_after_entries: 1000,
+            disk_reserve_bytes: 0,
         },
         Default::default(),
     )

@@ -198,6 +198,10 @@ pub struct NodeArgs {
     /// Snapshot the state and compact the Raft log after this many entries.
     #[arg(long, default_value_t = 8192)]
     pub snapshot_after_entries: u64,
+    /// Refuse writes (HTTP 507) while the data dir's file system has less than this many MiB
+    /// free, so the Raft log never meets a full disk.
+    #[arg(long, default_value_t = 64)]
+    pub disk_reserve_mb: u64,
     /// Node attribute `key=value`, stored as node metadata (repeatable).
     #[arg(long = "node-attr")]
     pub node_attrs: Vec<String>,
@@ -264,6 +268,7 @@ pub struct NodeSettings {
     pub dns_node_ttl: u32,
     pub dns_only_passing: bool,
     pub snapshot_after_entries: u64,
+    pub disk_reserve_bytes: u64,
     pub node_meta: BTreeMap<String, String>,
     pub heartbeat_ttl: Duration,
     pub port_range: (u16, u16),
@@ -389,6 +394,7 @@ impl NodeArgs {
             dns_node_ttl: self.dns_node_ttl,
             dns_only_passing: self.dns_only_passing,
             snapshot_after_entries: self.snapshot_after_entries,
+            disk_reserve_bytes: self.disk_reserve_mb.saturating_mul(1024 * 1024),
             node_meta,
             heartbeat_ttl: Duration::from_secs_f64(self.heartbeat_ttl),
             port_range,

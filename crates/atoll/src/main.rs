@@ -20,6 +20,9 @@ use clap::Parser;
 
 use crate::config::{Cli, CommandLine, NodeSettings, OperatorCommand, RaftCommand, Role};
 
+/// Exit status after a failure of the Raft storage (EX_IOERR of sysexits.h).
+const EXIT_STORAGE_FAILED: i32 = 74;
+
 /// How long open HTTP connections get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
@@ -148,11 +151,23 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 datacenter: settings.datacenter.clone(),
             },
             snapshot_after_entries: settings.snapshot_after_entries,
+            disk_reserve_bytes: settings.disk_reserve_bytes,
         },
         store,
     )
     .await
     .context("cannot start consensus")?;
+    // A failed write or sync of the Raft storage stops Raft; the process must not go on as if
+    // what it holds were durable (as etcd and PostgreSQL treat a failed fsync). Exiting at
+    // once, without the orderly shutdown that would write again, leaves the file as the last
+    // successful commit left it, which the next start recovers from.
+    let watched = consensus.clone();
+    tokio::spawn(async move {
+        let message = watched.fatal_failure().await;
+        tracing::error!("{message}");
+        eprintln!("atoll: {message}");
+        std::process::exit(EXIT_STORAGE_FAILED);
+    });
     let plan = match &settings.role {
         Role::Dev => JoinPlan {
             retry_join: Vec::new(),

@@ -44,6 +44,8 @@ pub struct ConsensusConfig {
     pub member: Member,
     /// Take a snapshot (and compact the log) after this many entries.
     pub snapshot_after_entries: u64,
+    /// The leader refuses writes while the data dir's file system has less free space.
+    pub disk_reserve_bytes: u64,
 }
 
 /// Failures of consensus operations, mapped to HTTP and DNS errors at the edge.
@@ -64,6 +66,9 @@ pub enum ConsensusError {
     /// The storage failed; the node cannot continue safely.
     #[error("storage failure: {0}")]
     Storage(String),
+    /// The leader's data dir is short of free space; nothing was proposed.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// Raft stopped or a peer failed.
     #[error("consensus failure: {0}")]
     Stopped(String),
@@ -96,6 +101,9 @@ pub(crate) struct Inner {
     pub(crate) node_id: u64,
     pub(crate) member: Member,
     pub(crate) client: RpcClient,
+    /// Where the database lives, and the free space writes need there.
+    pub(crate) data_dir: PathBuf,
+    pub(crate) disk_reserve_bytes: u64,
     /// Leader only: when each node last sent a heartbeat.
     pub(crate) liveness: Mutex<HashMap<String, Instant>>,
     /// Servers this node has heard of while looking for its cluster.
@@ -112,6 +120,15 @@ impl Consensus {
     /// snapshot and log. The node takes part in Raft but bootstraps nothing by itself.
     pub async fn start(config: ConsensusConfig, store: Store) -> Result<Self, ConsensusError> {
         let db = storage::open(&config.data_dir)?;
+        Self::start_on(db, config, store).await
+    }
+
+    /// [`Consensus::start`] on an open database.
+    pub(crate) async fn start_on(
+        db: Arc<redb::Database>,
+        config: ConsensusConfig,
+        store: Store,
+    ) -> Result<Self, ConsensusError> {
         let node_id = match storage::get_meta(&db, KEY_NODE_ID)? {
             Some(bytes) => {
                 decode::<u64>(&bytes).map_err(|e| ConsensusError::Storage(e.to_string()))?
@@ -165,6 +182,8 @@ impl Consensus {
                 node_id,
                 member: config.member,
                 client,
+                data_dir: config.data_dir,
+                disk_reserve_bytes: config.disk_reserve_bytes,
                 liveness: Mutex::new(HashMap::new()),
                 known: Mutex::new(BTreeMap::new()),
                 leader_contact: Mutex::new(None),
@@ -286,6 +305,7 @@ impl Consensus {
                 _ => ConsensusError::NoLeader,
             });
         }
+        self.check_free_space()?;
         let result = tokio::time::timeout_at(deadline, self.inner.raft.client_write(command))
             .await
             .map_err(|_| ConsensusError::Timeout)?;
@@ -300,6 +320,60 @@ impl Consensus {
                 Err(ConsensusError::Stopped(e.to_string()))
             }
             Err(RaftError::Fatal(fatal)) => Err(ConsensusError::Stopped(fatal.to_string())),
+        }
+    }
+
+    /// Refuses a write while the data dir is short of space: a Raft log that meets a full
+    /// disk stops the node (a failed append is fatal), so the leader stops taking entries
+    /// first, and takes them again as soon as space is freed.
+    fn check_free_space(&self) -> Result<(), ConsensusError> {
+        let reserve = self.inner.disk_reserve_bytes;
+        if reserve == 0 {
+            return Ok(());
+        }
+        let dir = &self.inner.data_dir;
+        let free = storage::free_bytes(dir).map_err(|e| {
+            ConsensusError::Storage(format!(
+                "cannot read the free space of {}: {e}",
+                dir.display()
+            ))
+        })?;
+        if free >= reserve {
+            return Ok(());
+        }
+        const MIB: u64 = 1024 * 1024;
+        Err(ConsensusError::InsufficientStorage(format!(
+            "insufficient storage: no space for writes on the data dir {} of the leader ({} MiB \
+             free, {} MiB must stay free); nothing was written, and writes are taken again once \
+             space is freed",
+            dir.display(),
+            free / MIB,
+            reserve.div_ceil(MIB),
+        )))
+    }
+
+    /// Resolves when Raft has stopped on a failure of its storage (or panicked), with a
+    /// message naming the database file; never resolves while Raft runs, nor after a normal
+    /// shutdown. After such a failure nothing this process holds can be trusted to be
+    /// durable, so the caller exits; a restart recovers from what the file holds.
+    pub async fn fatal_failure(&self) -> String {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            let state = metrics.borrow_and_update().running_state.clone();
+            match state {
+                Ok(()) => {}
+                Err(openraft::error::Fatal::Stopped) => return std::future::pending().await,
+                Err(fatal) => {
+                    return format!(
+                        "the Raft storage in {} failed, stopping: {fatal}. Every write \
+                         acknowledged before is in it: a restart recovers from what it holds",
+                        self.inner.data_dir.join(storage::DB_FILE).display()
+                    )
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
+            }
         }
     }
 
@@ -520,26 +594,38 @@ impl Consensus {
         }
         let existing = self.members().into_iter().find(|(i, _, _)| *i == id);
         let server = member.server;
-        if existing
+        let name = member.name.clone();
+        // Another id on the same RPC address is this node before it lost its data dir (two
+        // processes cannot listen on one address): once the new id is in, the old one goes.
+        // Also when the new id is already in: an earlier join may have stopped half-way.
+        let replaced: Vec<u64> = self
+            .members()
+            .into_iter()
+            .filter(|(other, m, _)| *other != id && m.rpc_addr == member.rpc_addr)
+            .map(|(other, _, _)| other)
+            .collect();
+        if !existing
             .as_ref()
             .is_some_and(|(_, m, voter)| *m == member && *voter == server)
         {
-            return Ok(());
-        }
-        let name = member.name.clone();
-        self.inner
-            .raft
-            .add_learner(id, member, server)
-            .await
-            .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
-        if server {
             self.inner
                 .raft
-                .change_membership(ChangeMembers::AddVoterIds([id].into()), true)
+                .add_learner(id, member, server)
                 .await
                 .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
+            if server {
+                self.inner
+                    .raft
+                    .change_membership(ChangeMembers::AddVoterIds([id].into()), true)
+                    .await
+                    .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
+            }
+            tracing::info!(node = %name, server, "node joined");
         }
-        tracing::info!(node = %name, server, "node joined");
+        for old in replaced {
+            tracing::info!(node = %name, old_id = old, "removing the id this node had before");
+            self.remove_member(old).await?;
+        }
         Ok(())
     }
 

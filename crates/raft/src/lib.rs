@@ -34,4 +34,6 @@ openraft::declare_raft_types!(
 );
 
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod tests;

@@ -19,7 +19,10 @@ use crate::TypeConfig;
 
 type NodeId = u64;
 
-/// Paths of the Raft RPCs on the RPC listener.
+/// Paths of the Raft RPCs on the RPC listener, each followed by `/` and the Raft id the
+/// message is for: a node refuses messages meant for another id, so a server that lost its
+/// data dir and came back on the same address with a new id is never counted as the old one
+/// (its one vote would otherwise count twice).
 pub(crate) const APPEND_PATH: &str = "/raft/append";
 pub(crate) const VOTE_PATH: &str = "/raft/vote";
 pub(crate) const SNAPSHOT_PATH: &str = "/raft/snapshot";
@@ -62,7 +65,12 @@ impl PeerClient {
     {
         let answer: Result<Resp, RaftError<NodeId, E>> = self
             .client
-            .call(&self.address, path, request, timeout)
+            .call(
+                &self.address,
+                &format!("{path}/{}", self.target),
+                request,
+                timeout,
+            )
             .await
             .map_err(|e| {
                 if e.message.contains("no answer") {

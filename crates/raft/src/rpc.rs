@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use atoll_state::{Command, Outcome};
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use openraft::error::{InstallSnapshotError, RaftError};
@@ -61,9 +62,9 @@ impl Consensus {
     /// The RPC router; served on the node's RPC address.
     pub fn rpc_router(&self, bootstrap_expect: usize) -> Router {
         Router::new()
-            .route(APPEND_PATH, post(append))
-            .route(VOTE_PATH, post(vote))
-            .route(SNAPSHOT_PATH, post(snapshot))
+            .route(&format!("{APPEND_PATH}/{{to}}"), post(append))
+            .route(&format!("{VOTE_PATH}/{{to}}"), post(vote))
+            .route(&format!("{SNAPSHOT_PATH}/{{to}}"), post(snapshot))
             .route(WRITE_PATH, post(write))
             .route(READ_INDEX_PATH, post(read_index))
             .route(HEARTBEAT_PATH, post(heartbeat))
@@ -88,27 +89,53 @@ impl Consensus {
 
 type RpcState = State<(Consensus, usize)>;
 
+/// A Raft message for another Raft id than this node's: answered 409, which the sender
+/// takes as that node being unreachable.
+type Misaddressed = (StatusCode, String);
+
+fn addressed_to_me(consensus: &Consensus, to: NodeId) -> Result<(), Misaddressed> {
+    if to == consensus.node_id() {
+        return Ok(());
+    }
+    Err((
+        StatusCode::CONFLICT,
+        format!(
+            "this node is Raft id {}, not {to} (its data dir was replaced?)",
+            consensus.node_id()
+        ),
+    ))
+}
+
 async fn append(
     State((consensus, _)): RpcState,
+    Path(to): Path<NodeId>,
     Json(request): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+) -> Result<Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>, Misaddressed> {
+    addressed_to_me(&consensus, to)?;
     *consensus.inner.leader_contact.lock() = Some(Instant::now());
-    Json(consensus.inner.raft.append_entries(request).await)
+    Ok(Json(consensus.inner.raft.append_entries(request).await))
 }
 
 async fn vote(
     State((consensus, _)): RpcState,
+    Path(to): Path<NodeId>,
     Json(request): Json<VoteRequest<NodeId>>,
-) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
-    Json(consensus.inner.raft.vote(request).await)
+) -> Result<Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>>, Misaddressed> {
+    addressed_to_me(&consensus, to)?;
+    Ok(Json(consensus.inner.raft.vote(request).await))
 }
 
 async fn snapshot(
     State((consensus, _)): RpcState,
+    Path(to): Path<NodeId>,
     Json(request): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
+) -> Result<
+    Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>>,
+    Misaddressed,
+> {
+    addressed_to_me(&consensus, to)?;
     *consensus.inner.leader_contact.lock() = Some(Instant::now());
-    Json(consensus.inner.raft.install_snapshot(request).await)
+    Ok(Json(consensus.inner.raft.install_snapshot(request).await))
 }
 
 async fn write(

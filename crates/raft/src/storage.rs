@@ -46,15 +46,120 @@ from_redb!(
     atoll_state::snapshot::DecodeError
 );
 
-/// Opens (or creates) the node's database and checks its format version.
+/// The database file inside the data dir.
+pub(crate) const DB_FILE: &str = "atoll.redb";
+
+/// What to do about a damaged data dir, said with every such failure.
+const DAMAGED_ADVICE: &str = "move the data dir away (keep it for inspection) and start the \
+node again with an empty one: a server rejoins its cluster and catches up by snapshot; a dev \
+node starts empty";
+
+/// Opens (or creates) the node's database, checks its format version and reads every stored
+/// record once, so a damaged file stops the node at start with a message naming it.
 pub(crate) fn open(dir: &Path) -> Result<Arc<Database>, StorageFailure> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| StorageFailure(format!("cannot create data dir {}: {e}", dir.display())))?;
+    create_dir(dir)?;
+    let path = dir.join(DB_FILE);
     // redb's default cache is sized for large databases; atoll's state lives in memory and
     // the file is mostly log appends, so a small cache keeps the resident size small.
-    let db = redb::Builder::new()
-        .set_cache_size(CACHE_BYTES)
-        .create(dir.join("atoll.redb"))?;
+    guard_panic(&path, || {
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| opening_failed(&path, e))?;
+        prepare(db, &path)
+    })
+}
+
+/// [`open`] over another storage backend (tests inject faults through one).
+#[cfg(test)]
+pub(crate) fn open_with_backend(
+    dir: &Path,
+    backend: impl redb::StorageBackend,
+) -> Result<Arc<Database>, StorageFailure> {
+    create_dir(dir)?;
+    let path = dir.join(DB_FILE);
+    guard_panic(&path, || {
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(backend)
+            .map_err(|e| opening_failed(&path, e))?;
+        prepare(db, &path)
+    })
+}
+
+fn create_dir(dir: &Path) -> Result<(), StorageFailure> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StorageFailure(format!("cannot create data dir {}: {e}", dir.display())))
+}
+
+/// The message for a file that cannot be read back: what failed, where, and what to do.
+fn damaged(path: &Path, what: impl std::fmt::Display) -> StorageFailure {
+    StorageFailure(format!(
+        "{} is damaged ({what}); {DAMAGED_ADVICE}",
+        path.display()
+    ))
+}
+
+fn opening_failed(path: &Path, e: redb::DatabaseError) -> StorageFailure {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StorageFailure(format!(
+            "{} is in use by another process (is another atoll running on this data dir?)",
+            path.display()
+        )),
+        redb::DatabaseError::Storage(redb::StorageError::Io(e)) => {
+            StorageFailure(format!("cannot open {}: {e}", path.display()))
+        }
+        e => damaged(path, e),
+    }
+}
+
+/// Runs the opening reads of the file, which a damaged file can make panic inside redb,
+/// turning a panic into an error that names the file (a backtrace tells the operator nothing).
+fn guard_panic<T>(
+    path: &Path,
+    read: impl FnOnce() -> Result<T, StorageFailure>,
+) -> Result<T, StorageFailure> {
+    // The default hook would print the panic and a backtrace before it is caught; this runs
+    // while the node starts, before it serves anything, so silencing it briefly hides nothing.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
+    std::panic::set_hook(hook);
+    match outcome {
+        Ok(result) => result,
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("the database library gave up reading it");
+            Err(damaged(path, reason))
+        }
+    }
+}
+
+fn prepare(mut db: Database, path: &Path) -> Result<Arc<Database>, StorageFailure> {
+    // Checksums of every page: a flipped byte anywhere in a live page is found here, before
+    // anything is served from the file.
+    let checked = db
+        .check_integrity()
+        .map_err(|e| damaged(path, e))
+        .and_then(|_| {
+            init_tables(&db).map_err(|e| StorageFailure(format!("{}: {}", path.display(), e.0)))
+        })
+        .and_then(|()| verify_records(&db).map_err(|e| damaged(path, e.0)));
+    match checked {
+        Ok(()) => Ok(Arc::new(db)),
+        Err(e) => {
+            // Dropping a database that failed its checks makes redb commit to it (and panic on
+            // the way); nothing is written to a damaged file, and the node stops anyway.
+            std::mem::forget(db);
+            Err(e)
+        }
+    }
+}
+
+fn init_tables(db: &Database) -> Result<(), StorageFailure> {
     let txn = db.begin_write()?;
     {
         txn.open_table(LOG)?;
@@ -77,7 +182,66 @@ pub(crate) fn open(dir: &Path) -> Result<Arc<Database>, StorageFailure> {
         }
     }
     txn.commit()?;
-    Ok(Arc::new(db))
+    Ok(())
+}
+
+/// Decodes every record once: a record that cannot be decoded would otherwise stop Raft
+/// later, at whatever moment it is first read.
+fn verify_records(db: &Database) -> Result<(), StorageFailure> {
+    use atoll_state::snapshot::decode;
+    use openraft::{Entry, LogId, SnapshotMeta, Vote};
+
+    use crate::member::Member;
+    use crate::TypeConfig;
+
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let record = |key: &str| -> Result<Option<Vec<u8>>, StorageFailure> {
+        Ok(meta.get(key)?.map(|v| v.value().to_vec()))
+    };
+    let bad = |what: &str, e: atoll_state::snapshot::DecodeError| {
+        StorageFailure(format!("{what} cannot be read: {e}"))
+    };
+    if let Some(bytes) = record(KEY_VOTE)? {
+        decode::<Vote<u64>>(&bytes).map_err(|e| bad("the Raft vote", e))?;
+    }
+    if let Some(bytes) = record(KEY_COMMITTED)? {
+        decode::<Option<LogId<u64>>>(&bytes).map_err(|e| bad("the committed index", e))?;
+    }
+    if let Some(bytes) = record(KEY_PURGED)? {
+        decode::<LogId<u64>>(&bytes).map_err(|e| bad("the last purged index", e))?;
+    }
+    if let Some(bytes) = record(KEY_NODE_ID)? {
+        decode::<u64>(&bytes).map_err(|e| bad("the node id", e))?;
+    }
+    let log = txn.open_table(LOG)?;
+    for item in log.iter()? {
+        let (index, value) = item?;
+        let entry: Entry<TypeConfig> = decode(value.value())
+            .map_err(|e| bad(&format!("Raft log entry {}", index.value()), e))?;
+        if entry.log_id.index != index.value() {
+            return Err(StorageFailure(format!(
+                "Raft log entry {} holds the entry of index {}",
+                index.value(),
+                entry.log_id.index
+            )));
+        }
+    }
+    let snapshot = txn.open_table(SNAPSHOT)?;
+    if let Some(bytes) = snapshot.get(KEY_SNAPSHOT_META)? {
+        decode::<SnapshotMeta<u64, Member>>(bytes.value())
+            .map_err(|e| bad("the snapshot's metadata", e))?;
+    }
+    if let Some(bytes) = snapshot.get(KEY_SNAPSHOT_DATA)? {
+        atoll_state::snapshot::decode_state(bytes.value()).map_err(|e| bad("the snapshot", e))?;
+    }
+    Ok(())
+}
+
+/// Bytes an unprivileged writer may still use on the file system holding `dir`.
+pub(crate) fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Reads one META record.

@@ -2,7 +2,7 @@ use atoll_state::{Command, Outcome};
 
 use crate::{Consensus, ConsensusConfig};
 
-fn config(dir: &std::path::Path, snapshot_after_entries: u64) -> ConsensusConfig {
+pub(crate) fn config(dir: &std::path::Path, snapshot_after_entries: u64) -> ConsensusConfig {
     ConsensusConfig {
         data_dir: dir.to_path_buf(),
         member: crate::Member {
@@ -13,16 +13,17 @@ fn config(dir: &std::path::Path, snapshot_after_entries: u64) -> ConsensusConfig
             datacenter: "dc1".into(),
         },
         snapshot_after_entries,
+        disk_reserve_bytes: 0,
     }
 }
 
-async fn started(config: ConsensusConfig) -> Consensus {
+pub(crate) async fn started(config: ConsensusConfig) -> Consensus {
     let consensus = Consensus::start(config, Default::default()).await.unwrap();
     consensus.bootstrap_single().await.unwrap();
     consensus
 }
 
-fn put(key: &str, value: &str) -> Command {
+pub(crate) fn put(key: &str, value: &str) -> Command {
     Command::KvSet {
         key: key.into(),
         value: value.as_bytes().to_vec(),

@@ -41,7 +41,11 @@ impl IntoResponse for MarathonError {
 
 impl From<atoll_raft::ConsensusError> for MarathonError {
     fn from(e: atoll_raft::ConsensusError) -> Self {
-        MarathonError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        let status = match e {
+            atoll_raft::ConsensusError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        MarathonError::new(status, e.to_string())
     }
 }
 
