@@ -2,11 +2,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::extract::Path;
 use atoll_state::{
     Command, Deregistration, Registration, ServiceInstance, State as CatalogState, Table,
 };
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
