@@ -40,7 +40,7 @@ pytestmark = pytest.mark.client_api
 
 SEED = int(os.environ.get("ATOLL_E2E_SEED", time.time_ns() % 1_000_000))
 
-FUZZ_MAX_REQUESTS = 1500  # bound in count
+FUZZ_MAX_REQUESTS = 4000  # bound in count
 FUZZ_MAX_SECONDS = 45.0  # bound in time
 ANSWER_TIMEOUT = 10.0  # every request: an answer (or a close) within this
 BODY_LIMIT = 1024 * 1024  # the API's largest request body
@@ -95,15 +95,9 @@ def _read_answer(sock: socket.socket, deadline: float, head_only: bool = False) 
     answer = Answer()
     # Skip interim 1xx answers (100 Continue).
     while True:
-        while b"\r\n\r\n" not in buffer:
-            chunk = _recv(sock, deadline)
-            if chunk is None:
-                answer.hung = True
-                return answer
-            if not chunk:
-                answer.closed = True
-                return answer
-            buffer += chunk
+        buffer = _recv_until(sock, deadline, buffer, answer, lambda b: b"\r\n\r\n" in b)
+        if buffer is None:
+            return answer
         head, _, buffer = buffer.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ", 2)
@@ -122,15 +116,9 @@ def _read_answer(sock: socket.socket, deadline: float, head_only: bool = False) 
         return answer
     length = answer.headers.get("content-length")
     if length is not None and length.isdigit():
-        while len(buffer) < int(length):
-            chunk = _recv(sock, deadline)
-            if chunk is None:
-                answer.hung = True
-                return answer
-            if not chunk:
-                answer.closed = True
-                return answer
-            buffer += chunk
+        buffer = _recv_until(sock, deadline, buffer, answer, lambda b: len(b) >= int(length))
+        if buffer is None:
+            return answer
         answer.body = buffer[: int(length)]
     elif "chunked" in answer.headers.get("transfer-encoding", ""):
         while not buffer.endswith(b"0\r\n\r\n"):
@@ -143,6 +131,21 @@ def _read_answer(sock: socket.socket, deadline: float, head_only: bool = False) 
             buffer += chunk
         answer.body = buffer
     return answer
+
+
+def _recv_until(sock: socket.socket, deadline: float, buffer: bytes, answer: Answer,
+                done: Callable[[bytes], bool]) -> bytes | None:
+    """Reads until `done(buffer)`; None (with the answer marked hung or closed) if it never is."""
+    while not done(buffer):
+        chunk = _recv(sock, deadline)
+        if chunk is None:
+            answer.hung = True
+            return None
+        if not chunk:
+            answer.closed = True
+            return None
+        buffer += chunk
+    return buffer
 
 
 def _recv(sock: socket.socket, deadline: float) -> bytes | None:
