@@ -70,14 +70,14 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 /// Parses a Go-style duration (`10s`, `1m30s`, `500ms`, `2h`); a bare number is seconds.
+/// A duration too long to represent is invalid, like a malformed one.
 pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     let text = text.trim();
     if text.is_empty() {
         return None;
     }
     if let Ok(seconds) = text.parse::<f64>() {
-        return (seconds >= 0.0 && seconds.is_finite())
-            .then(|| std::time::Duration::from_secs_f64(seconds));
+        return std::time::Duration::try_from_secs_f64(seconds).ok();
     }
     let mut total = 0f64;
     let mut rest = text;
@@ -105,7 +105,7 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
         rest = &rest[unit_len..];
         total += number * scale;
     }
-    Some(std::time::Duration::from_secs_f64(total))
+    std::time::Duration::try_from_secs_f64(total).ok()
 }
 
 #[cfg(test)]
@@ -123,6 +123,20 @@ mod tests {
         assert_eq!(parse_duration("10x"), None);
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("-1s"), None);
+    }
+
+    #[test]
+    fn durations_too_long_to_represent_are_invalid_not_a_panic() {
+        assert_eq!(parse_duration("9999999999999999999h"), None);
+        assert_eq!(parse_duration("1e300"), None);
+        assert_eq!(parse_duration("1e20"), None);
+        assert_eq!(parse_duration("NaN"), None);
+        assert_eq!(parse_duration("inf"), None);
+        assert_eq!(parse_duration("-0.5"), None);
+        assert_eq!(
+            parse_duration("99999h"),
+            Some(Duration::from_secs(99_999 * 3600))
+        );
     }
 
     #[test]

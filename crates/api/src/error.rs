@@ -94,3 +94,29 @@ impl From<AgentError> for ApiError {
         }
     }
 }
+
+/// Whether a path belongs to the Marathon API, whose errors are shaped `{"message": ...}`.
+pub fn is_marathon_path(path: &str) -> bool {
+    path == "/ping" || path == "/v2" || path.starts_with("/v2/")
+}
+
+/// An error answer shaped for the API `path` belongs to: Marathon's `{"message": ...}`
+/// under `/v2`, Consul's `{"error": ..., "field": ...}` elsewhere. For failures found
+/// before a handler runs (the path, the body, the route), where the shape is not yet known.
+pub fn error_for_path(
+    path: &str,
+    status: StatusCode,
+    message: impl Into<String>,
+    field: Option<&str>,
+) -> Response {
+    let message = message.into();
+    if is_marathon_path(path) {
+        return (status, Json(serde_json::json!({ "message": message }))).into_response();
+    }
+    ApiError {
+        status,
+        message,
+        field: field.map(str::to_string),
+    }
+    .into_response()
+}

@@ -5,11 +5,14 @@
 pub mod consul;
 pub mod decode;
 pub mod error;
+pub mod extract;
 pub mod forming;
 pub mod marathon;
 pub mod query;
+pub mod serve;
 
 pub use forming::{ApiSwitch, Forming};
+pub use serve::{serve, HttpLimits};
 
 use std::sync::Arc;
 
@@ -23,7 +26,7 @@ use axum::response::Response;
 use axum::Router;
 
 /// Largest request body accepted; KV values have their own, smaller limit.
-const BODY_LIMIT: usize = 1024 * 1024;
+pub const BODY_LIMIT: usize = 1024 * 1024;
 
 /// What every handler needs. Cheap to clone.
 #[derive(Clone)]
@@ -94,6 +97,8 @@ pub fn router(context: ApiContext) -> Router {
             consul_headers,
         ))
         .merge(marathon::routes::routes())
+        .fallback(extract::unknown_route)
+        .method_not_allowed_fallback(extract::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(context)
 }

@@ -278,3 +278,125 @@ async fn kv_cas_and_oversized_values() {
     let (status, _, _) = call(&app, "PUT", "/v1/kv/k?cas=abc", "1").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn malformed_requests_get_json_errors_naming_the_field() {
+    let (app, context, _dir) = api().await;
+    let before = context.store().read(|s| s.clone());
+    // Durations too long for a Duration once panicked the handler.
+    for uri in [
+        "/v1/kv/a?wait=9999999999999999999h",
+        "/v1/catalog/services?wait=1e300",
+    ] {
+        let (status, _, error) = call(&app, "GET", uri, "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        assert_eq!(error["field"], "wait", "{uri}");
+    }
+    let (status, _, error) = call(
+        &app,
+        "PUT",
+        "/v1/agent/check/register",
+        r#"{"Name": "c", "TTL": "9999999999999999999h"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error["field"].as_str().unwrap_or_default().contains("TTL"));
+    // Path parameters that are not UTF-8.
+    let (status, _, error) = call(&app, "GET", "/v1/kv/%ff%fe", "").await;
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("key"))
+    );
+    let (status, _, error) = call(&app, "GET", "/v1/catalog/service/%c0", "").await;
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("name"))
+    );
+    let (status, _, error) = call(&app, "DELETE", "/v2/apps/%ff", "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("UTF-8")));
+    // Unknown routes and methods.
+    let (status, _, error) = call(&app, "GET", "/v1/nothing/here", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(error["error"].as_str().is_some_and(|m| !m.is_empty()));
+    let (status, _, error) = call(&app, "GET", "/v2/nothing", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
+    let (status, _, error) = call(&app, "PATCH", "/v1/kv/a", "x").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(error["error"].as_str().is_some_and(|m| m.contains("PATCH")));
+    // Marathon answers killing the tasks of an app that does not exist with a 404.
+    let (status, _, error) = call(&app, "DELETE", "/v2/apps/none/tasks", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(error["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("does not exist")));
+    assert_eq!(context.store().read(|s| s.clone()), before);
+}
+
+/// Serves the API on a loopback port with short client timeouts.
+async fn served(limits: crate::HttpLimits) -> (std::net::SocketAddr, tempfile::TempDir) {
+    let (app, _, dir) = api().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::serve(listener, app, limits, stopped).await;
+        drop(stop);
+    });
+    (addr, dir)
+}
+
+/// Everything the server sends until it closes the connection (or `within` passes).
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    match tokio::time::timeout(within, stream.read_to_end(&mut answer)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&answer).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn slow_clients_are_dropped_after_the_timeouts() {
+    use tokio::io::AsyncWriteExt;
+    let limits = crate::HttpLimits {
+        header_read_timeout: Duration::from_millis(300),
+        body_read_timeout: Duration::from_millis(300),
+    };
+    let (addr, _dir) = served(limits).await;
+    // Silent, and half a head: closed once the header timeout passes.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut half_head = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half_head
+        .write_all(b"GET /v1/kv/a HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    // The whole head, less body than declared: a 408 once the body timeout passes.
+    let mut slow_body = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow_body
+        .write_all(b"PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        .await
+        .unwrap();
+    let within = Duration::from_secs(5);
+    assert_eq!(
+        read_until_closed(&mut silent, within).await.as_deref(),
+        Some("")
+    );
+    assert!(read_until_closed(&mut half_head, within).await.is_some());
+    let answer = read_until_closed(&mut slow_body, within).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"error\""), "{answer}");
+    // A body declared over the limit is refused without inviting it.
+    let mut too_large = tokio::net::TcpStream::connect(addr).await.unwrap();
+    too_large
+        .write_all(
+            b"PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 99999999\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut too_large, within).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}

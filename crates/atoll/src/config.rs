@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use atoll_agent::Autopilot;
+use atoll_api::HttpLimits;
 use clap::{Args, Parser, Subcommand};
 use hickory_proto::rr::Name;
 
@@ -211,6 +212,13 @@ pub struct NodeArgs {
     /// Seconds without heartbeats after which a node is marked failed.
     #[arg(long, default_value_t = 5.0)]
     pub heartbeat_ttl: f64,
+    /// Seconds a client may take to send a request's head (also how long an idle
+    /// kept-alive connection stays open); the connection is closed after.
+    #[arg(long, default_value_t = 30.0)]
+    pub http_header_timeout: f64,
+    /// Seconds a client may take to send a request's body, once its head is in; a 408 after.
+    #[arg(long, default_value_t = 60.0)]
+    pub http_body_timeout: f64,
     /// Log level (also `ATOLL_LOG`).
     #[arg(long, default_value = "info,openraft=warn")]
     pub log_level: String,
@@ -274,6 +282,7 @@ pub struct NodeSettings {
     pub port_range: (u16, u16),
     pub role: Role,
     pub autopilot: Autopilot,
+    pub http_limits: HttpLimits,
 }
 
 /// What a node runs.
@@ -376,6 +385,13 @@ impl NodeArgs {
                     self.port_range
                 )
             })?;
+        let http_limits = HttpLimits {
+            header_read_timeout: positive_seconds(
+                "--http-header-timeout",
+                self.http_header_timeout,
+            )?,
+            body_read_timeout: positive_seconds("--http-body-timeout", self.http_body_timeout)?,
+        };
         if self.data_dir.is_none() && role != Role::Dev {
             bail!("--data-dir is required for `atoll agent`");
         }
@@ -400,8 +416,17 @@ impl NodeArgs {
             port_range,
             role,
             autopilot: Autopilot::default(),
+            http_limits,
         })
     }
+}
+
+/// A timeout flag: a positive number of seconds a `Duration` can hold.
+fn positive_seconds(flag: &str, seconds: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow!("{flag} must be a positive number of seconds"))
 }
 
 /// `IP` or `IP:PORT`.

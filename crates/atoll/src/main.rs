@@ -202,9 +202,19 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         leave: leave_before_joining.clone(),
     });
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let http_server = tokio::spawn(serve_http(http, router.clone(), stop.clone()));
+    let http_server = tokio::spawn(atoll_api::serve(
+        http,
+        router.clone(),
+        settings.http_limits,
+        stop.clone(),
+    ));
     if let Some(listener) = marathon_http {
-        tokio::spawn(serve_http(listener, router, stop.clone()));
+        tokio::spawn(atoll_api::serve(
+            listener,
+            router,
+            settings.http_limits,
+            stop.clone(),
+        ));
     }
     let stop_on_signal = stop_tx.clone();
     tokio::spawn(async move {
@@ -333,22 +343,6 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     }
     finish(http_server, consensus, temporary).await;
     Ok(())
-}
-
-/// Serves the HTTP API until `stop` turns true.
-async fn serve_http(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        })
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "HTTP server failed");
-    }
 }
 
 /// Shutdown once stopping was decided: open connections get a moment (blocking queries may

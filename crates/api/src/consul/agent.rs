@@ -2,12 +2,13 @@
 
 use std::collections::BTreeMap;
 
+use crate::extract::Path;
 use atoll_agent::SERVER_SERVICE;
 use atoll_state::{
     CheckStatus, Command, Deregistration, Outcome, Registration, Table, NODE_HEALTH_CHECK_ID,
 };
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use serde_json::json;
 

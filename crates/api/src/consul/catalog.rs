@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::extract::Path;
 use atoll_state::{Command, ServiceInstance, State as CatalogState, Table};
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use serde_json::json;
 

@@ -1,7 +1,8 @@
 //! `/v1/health/*`: instances with their health.
 
+use crate::extract::Path;
 use atoll_state::{aggregate_status, CheckStatus, Table};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::Response;
 
 use super::catalog::{has_tags, node_matches, node_meta_filter};

@@ -27,7 +27,10 @@ impl DurationIn {
     fn millis(&self, field: &str) -> Result<(u64, String), ApiError> {
         match self {
             DurationIn::Text(text) => parse_duration(text)
-                .map(|d| (d.as_millis() as u64, text.clone()))
+                .map(|d| {
+                    let millis = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                    (millis, text.clone())
+                })
                 .ok_or_else(|| {
                     ApiError::field(field, format!("Invalid duration {text:?} for {field}"))
                 }),

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeSet;
 
+use crate::extract::Path;
 use atoll_state::{Outcome, Table};
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 

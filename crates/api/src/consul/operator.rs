@@ -1,7 +1,8 @@
 //! `/v1/operator/raft/*` and membership changes (`leave`, `force-leave`).
 
+use crate::extract::Path;
 use atoll_state::{Command, Deregistration};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use serde_json::json;
 

@@ -1,9 +1,10 @@
 //! Marathon's REST API (`/v2/...`, `/ping`), over the workload tables.
 
+use crate::extract::Path;
 use atoll_state::{Allocation, AppSpec, Command, Deployment, State as Tables};
 use atoll_workload::{now_rfc3339, task_healthy};
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -498,16 +499,21 @@ async fn app_delete(
         }
         AppPath::Tasks(id) => {
             let host = query.get("host").map(str::to_string);
-            let ids: Vec<String> = context.store().read(|s| {
-                s.workload
+            let (exists, ids): (bool, Vec<String>) = context.store().read(|s| {
+                let ids = s
+                    .workload
                     .tasks_of(&id)
                     .filter(|t| {
                         host.as_deref()
                             .is_none_or(|h| host_of(s, &t.node) == h || t.node == h)
                     })
                     .map(|t| t.id.clone())
-                    .collect()
+                    .collect();
+                (s.workload.apps.contains_key(&id), ids)
             });
+            if !exists {
+                return Err(MarathonError::app_missing(&id));
+            }
             if ids.is_empty() {
                 return Ok(Json(json!({ "tasks": [] })).into_response());
             }
