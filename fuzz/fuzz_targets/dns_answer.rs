@@ -29,7 +29,10 @@ fn fixture() -> &'static Fixture {
 
 fn check_reply(packet: &[u8], reply: &PacketReply, transport: Transport, config: &DnsConfig) {
     if packet.len() < HEADER_LEN {
-        assert!(matches!(reply, PacketReply::Ignore), "short packet answered");
+        assert!(
+            matches!(reply, PacketReply::Ignore),
+            "short packet answered"
+        );
         return;
     }
     let id = u16::from_be_bytes([packet[0], packet[1]]);
@@ -57,7 +60,10 @@ fn check_reply(packet: &[u8], reply: &PacketReply, transport: Transport, config:
                     bytes.len()
                 );
                 let answer = Message::from_vec(bytes).expect("an answer parses back");
-                assert_eq!(answer.metadata.id, id, "answer id differs from the request's");
+                assert_eq!(
+                    answer.metadata.id, id,
+                    "answer id differs from the request's"
+                );
                 assert_eq!(answer.metadata.message_type, MessageType::Response);
                 assert_eq!(answer.queries, request.queries, "question not echoed");
             }

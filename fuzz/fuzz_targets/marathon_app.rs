@@ -39,16 +39,31 @@ fn fixture() -> &'static Fixture {
 fn refused(error: &ValidationError) {
     assert!(!error.details.is_empty(), "a refusal without a reason");
     for (path, message) in &error.details {
-        assert!(path.starts_with('/'), "error path {path:?} is not a JSON path");
+        assert!(
+            path.starts_with('/'),
+            "error path {path:?} is not a JSON path"
+        );
         assert!(!message.is_empty(), "an empty message at {path}");
     }
     let _ = error.to_json();
 }
 
 fn accepted(app: &AppSpec, version: &str) {
-    assert!(app.id.starts_with('/'), "app id {:?} is not absolute", app.id);
+    assert!(
+        app.id.starts_with('/'),
+        "app id {:?} is not absolute",
+        app.id
+    );
     assert!(app.definition.is_object(), "definition is not an object");
-    let rendered = app_json(app, &[], &|node| node.to_string(), &|_| None, &[], None, false);
+    let rendered = app_json(
+        app,
+        &[],
+        &|node| node.to_string(),
+        &|_| None,
+        &[],
+        None,
+        false,
+    );
     assert!(rendered.is_object());
     // What GET /v2/apps/{id} echoes can be posted again and means the same app.
     let echoed = serde_json::to_vec(&app.definition).expect("a JSON value serializes");

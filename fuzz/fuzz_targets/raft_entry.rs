@@ -24,7 +24,10 @@ fn catalog() -> &'static State {
 fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(bytes: &[u8]) -> Option<T> {
     let value: T = decode(bytes).ok()?;
     let again: T = decode(&encode(&value)).expect("a re-encoded record decodes");
-    assert!(again == value, "record changed on re-encoding: {value:?} -> {again:?}");
+    assert!(
+        again == value,
+        "record changed on re-encoding: {value:?} -> {again:?}"
+    );
     Some(value)
 }
 
@@ -35,7 +38,11 @@ fuzz_target!(|bytes: &[u8]| {
             let (outcome, touched) = state.apply(entry.log_id.index, command);
             if matches!(outcome, Outcome::Rejected(_) | Outcome::Condition(false)) {
                 assert!(state == *catalog(), "a refused command changed the state");
-                assert_eq!(touched, Default::default(), "a refused command woke watchers");
+                assert_eq!(
+                    touched,
+                    Default::default(),
+                    "a refused command woke watchers"
+                );
             }
         }
     }

@@ -56,7 +56,11 @@ fuzz_target!(|bytes: &[u8]| {
             assert_eq!(answer.metadata.id, request.metadata.id);
         }
     }
-    let next = state.indexes.catalog().max(state.indexes.kv).max(state.indexes.workload);
+    let next = state
+        .indexes
+        .catalog()
+        .max(state.indexes.kv)
+        .max(state.indexes.workload);
     for (i, command) in fixture.commands.iter().enumerate() {
         state.apply(next.saturating_add(i as u64 + 1), command);
     }

@@ -9,13 +9,12 @@ use atoll_api::marathon::wire::parse_app;
 use atoll_dns::DnsConfig;
 use atoll_raft::{Member, TypeConfig};
 use atoll_state::{
-    Allocation, AppSpec, CheckSpec, CheckStatus, Command, ComputeNode, Deployment,
-    Deregistration, Registration, ServiceSpec, State, TaskState, Unplaced,
+    Allocation, AppSpec, CheckSpec, CheckStatus, Command, ComputeNode, Deployment, Deregistration,
+    Registration, ServiceSpec, State, TaskState, Unplaced,
 };
 use hickory_proto::rr::Name;
 use openraft::{
-    CommittedLeaderId, Entry, EntryPayload, LogId, Membership, SnapshotMeta, StoredMembership,
-    Vote,
+    CommittedLeaderId, Entry, EntryPayload, LogId, Membership, SnapshotMeta, StoredMembership, Vote,
 };
 
 /// The datacenter of the fixtures.
@@ -245,7 +244,13 @@ pub fn sample_commands() -> Vec<Command> {
             message: "started".into(),
             at: APP_VERSION.into(),
             services: vec![(
-                service("shop_web.instance-1-1:31000", "web-shop", &["http"], "", 31_000),
+                service(
+                    "shop_web.instance-1-1:31000",
+                    "web-shop",
+                    &["http"],
+                    "",
+                    31_000,
+                ),
                 vec![],
             )],
         });

@@ -46,11 +46,27 @@ fn dns_seeds(dir: &Path) -> io::Result<()> {
         ("service-any", "web.service.consul.", RecordType::ANY),
         ("service-tag", "v1.web.service.consul.", RecordType::A),
         ("service-dc", "web.service.dc1.consul.", RecordType::SRV),
-        ("service-tag-dc", "primary.web.service.dc1.consul.", RecordType::A),
-        ("service-foreign-dc", "web.service.dc2.consul.", RecordType::A),
+        (
+            "service-tag-dc",
+            "primary.web.service.dc1.consul.",
+            RecordType::A,
+        ),
+        (
+            "service-foreign-dc",
+            "web.service.dc2.consul.",
+            RecordType::A,
+        ),
         ("service-missing", "nothing.service.consul.", RecordType::A),
-        ("service-mixed-case", "V1.Web.Service.Consul.", RecordType::A),
-        ("service-name-address", "db.service.consul.", RecordType::SRV),
+        (
+            "service-mixed-case",
+            "V1.Web.Service.Consul.",
+            RecordType::A,
+        ),
+        (
+            "service-name-address",
+            "db.service.consul.",
+            RecordType::SRV,
+        ),
         ("service-node-down", "api.service.consul.", RecordType::A),
         ("service-many", "many.service.consul.", RecordType::A),
         ("service-many-srv", "many.service.consul.", RecordType::SRV),
@@ -88,16 +104,36 @@ fn dns_seeds(dir: &Path) -> io::Result<()> {
     if let Ok(name) = Name::from_ascii("db.service.consul.") {
         two.add_query(Query::query(name, RecordType::A));
     }
-    write(dir, "two-questions", &two.to_vec().map_err(io::Error::other)?)?;
+    write(
+        dir,
+        "two-questions",
+        &two.to_vec().map_err(io::Error::other)?,
+    )?;
     let none = Message::new(0x2002, MessageType::Query, OpCode::Query);
-    write(dir, "no-question", &none.to_vec().map_err(io::Error::other)?)?;
+    write(
+        dir,
+        "no-question",
+        &none.to_vec().map_err(io::Error::other)?,
+    )?;
     let mut status = query(0x2003, "web.service.consul.", RecordType::A);
     status.metadata.op_code = OpCode::Status;
-    write(dir, "opcode-status", &status.to_vec().map_err(io::Error::other)?)?;
+    write(
+        dir,
+        "opcode-status",
+        &status.to_vec().map_err(io::Error::other)?,
+    )?;
     let mut response = query(0x2004, "web.service.consul.", RecordType::A);
     response.metadata.message_type = MessageType::Response;
-    write(dir, "a-response", &response.to_vec().map_err(io::Error::other)?)?;
-    write(dir, "header-only", &[0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0])?;
+    write(
+        dir,
+        "a-response",
+        &response.to_vec().map_err(io::Error::other)?,
+    )?;
+    write(
+        dir,
+        "header-only",
+        &[0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0],
+    )?;
     Ok(())
 }
 
@@ -118,16 +154,16 @@ const CONSUL_BODIES: &[(&str, &str)] = &[
         r#"{"name": "cache", "id": "cache-1", "port": 6379,
             "check": {"ttl": 15000000000, "deregister_critical_service_after": "90s", "status": "passing"}}"#,
     ),
-    (
-        "service-bad-port",
-        r#"{"Name": "web", "Port": "eighty"}"#,
-    ),
+    ("service-bad-port", r#"{"Name": "web", "Port": "eighty"}"#),
     (
         "service-script-check",
         r#"{"ID": "bad-1", "Name": "bad", "Port": 1, "Check": {"Args": ["/bin/true"], "Interval": "10s"}}"#,
     ),
     ("service-kind", r#"{"Name": "gw", "Kind": "mesh-gateway"}"#),
-    ("check-ttl", r#"{"Name": "disk-check", "TTL": "10s", "Notes": "free space"}"#),
+    (
+        "check-ttl",
+        r#"{"Name": "disk-check", "TTL": "10s", "Notes": "free space"}"#,
+    ),
     (
         "check-for-service",
         r#"{"Name": "web health", "CheckID": "web-http", "ServiceID": "web-1", "HTTP": "https://127.0.0.1:8080/", "Interval": "1m30s"}"#,
@@ -235,9 +271,18 @@ const MARATHON_APPS: &[(&str, &str)] = &[
         r#"{"id": "/e2e/huge", "cmd": "exec sleep 600", "instances": 1, "cpus": 0.1, "mem": 10000000}"#,
     ),
     ("scale-only", r#"{"instances": 5}"#),
-    ("scale-zero", r#"{"id": "/e2e/zero", "cmd": "exec sleep 600", "instances": 0, "cpus": 0.1, "mem": 16}"#),
-    ("bad-cpus", r#"{"id": "/e2e/bad", "cmd": "sleep 1", "cpus": "lots"}"#),
-    ("bad-instances", r#"{"id": "/e2e/bad", "cmd": "sleep 1", "instances": -1}"#),
+    (
+        "scale-zero",
+        r#"{"id": "/e2e/zero", "cmd": "exec sleep 600", "instances": 0, "cpus": 0.1, "mem": 16}"#,
+    ),
+    (
+        "bad-cpus",
+        r#"{"id": "/e2e/bad", "cmd": "sleep 1", "cpus": "lots"}"#,
+    ),
+    (
+        "bad-instances",
+        r#"{"id": "/e2e/bad", "cmd": "sleep 1", "instances": -1}"#,
+    ),
     (
         "bad-constraint",
         r#"{"id": "/e2e/bad", "cmd": "sleep 1", "constraints": [["hostname", "SOMETIMES"]]}"#,
@@ -267,7 +312,11 @@ fn raft_seeds(dir: &Path) -> io::Result<()> {
     let committed: Option<LogId<u64>> = atoll_fuzz::sample_snapshot_meta().last_log_id;
     write(dir, "committed", &encode(&committed))?;
     write(dir, "committed-none", &encode(&None::<LogId<u64>>))?;
-    write(dir, "snapshot-meta", &encode(&atoll_fuzz::sample_snapshot_meta()))?;
+    write(
+        dir,
+        "snapshot-meta",
+        &encode(&atoll_fuzz::sample_snapshot_meta()),
+    )?;
     write(dir, "newer-version", b"\x02{}")?;
     write(dir, "empty", b"")?;
     Ok(())
@@ -276,7 +325,11 @@ fn raft_seeds(dir: &Path) -> io::Result<()> {
 fn snapshot_seeds(dir: &Path) -> io::Result<()> {
     write(dir, "empty-state", &encode_state(&State::default()))?;
     write(dir, "catalog", &encode_state(&atoll_fuzz::catalog_state()))?;
-    write(dir, "catalog-kv-apps", &encode_state(&atoll_fuzz::snapshot_state()))?;
+    write(
+        dir,
+        "catalog-kv-apps",
+        &encode_state(&atoll_fuzz::snapshot_state()),
+    )?;
     Ok(())
 }
 
