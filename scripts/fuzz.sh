@@ -65,9 +65,10 @@ run_target() {
     mkdir -p "$work" "$artifacts"
     # The binary cargo fuzz built above, run directly: `cargo fuzz run` would check (and
     # sometimes relink) the build again for every target. The first corpus directory
-    # receives new inputs; the committed one is only read.
+    # receives new inputs; the committed one is only read. A fixed seed: what a run tries
+    # depends on the corpus and the time given, not on chance.
     "$BIN_DIR/$target" "$work" "$FUZZ_DIR/corpus/$target" \
-        -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
+        -seed=1 -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 -artifact_prefix="$artifacts" \
         >"$LOG_DIR/$target.log" 2>&1
 }

@@ -262,8 +262,20 @@ pub fn encode_within(mut response: Message, limit: usize) -> Option<Vec<u8>> {
     response.additionals.clear();
     loop {
         let bytes = response.to_vec().ok()?;
-        if bytes.len() <= limit || response.answers.is_empty() {
+        if bytes.len() <= limit {
             return Some(bytes);
+        }
+        if response.answers.is_empty() {
+            // Long names (or several questions in a refused request) can overflow on their
+            // own: then the authority section goes, and last the echoed questions.
+            if !response.authorities.is_empty() {
+                response.authorities.clear();
+            } else if !response.queries.is_empty() {
+                response.queries.clear();
+            } else {
+                return Some(bytes);
+            }
+            continue;
         }
         // Drop roughly the overflow's share of answers at once, then one at a time.
         let overflow = bytes.len() - limit;

@@ -172,6 +172,41 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_request_with_several_long_questions_still_fits_in_udp() {
+        // Found by the dns_answer fuzz target: the FORMERR for two questions of ~250 bytes each
+        // echoed both and came to 526 bytes.
+        let store = store_with_instances(1);
+        // Three names of 253 bytes on the wire (close to the 255 a name may have), different
+        // enough that compression cannot fold them into one another.
+        let mut message = Message::new(7, MessageType::Query, OpCode::Query);
+        for (head, tail, qtype) in [
+            ("a", "b", RecordType::A),
+            ("c", "d", RecordType::SRV),
+            ("e", "f", RecordType::AAAA),
+        ] {
+            let long = format!(
+                "{}.{}.web.service.consul.",
+                vec![head.repeat(63); 3].join("."),
+                tail.repeat(40)
+            );
+            message.add_query(Query::query(Name::from_ascii(&long).unwrap(), qtype));
+        }
+        let packet = message.to_vec().unwrap();
+        assert!(packet.len() > 512);
+        let PacketReply::Answers(answers) =
+            reply_to_packet(&packet, &store, &config(), 0, Transport::Udp)
+        else {
+            panic!("no answer");
+        };
+        for bytes in &answers {
+            assert!(bytes.len() <= 512, "{} bytes over UDP", bytes.len());
+            let answer = Message::from_vec(bytes).unwrap();
+            assert_eq!(answer.metadata.id, 7);
+            assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
+        }
+    }
+
+    #[test]
     fn names_outside_the_domain_are_forwarded_only_with_recursors() {
         let store = store_with_instances(1);
         let packet = request(3, "example.com.", RecordType::A);

@@ -83,6 +83,7 @@ fn normalize_id(raw: &str) -> String {
 }
 
 /// Splits `/v2/apps/{rest}` into the app id and what follows it.
+#[derive(Debug, PartialEq)]
 enum AppPath {
     App(String),
     Versions(String),
@@ -93,7 +94,11 @@ enum AppPath {
 }
 
 fn parse_app_path(rest: &str) -> AppPath {
-    let parts: Vec<&str> = rest.trim_matches('/').split('/').collect();
+    // One slash off each end, not all of them: `tasks/%2f` decodes to `tasks//`, an empty task
+    // id (not found), and must not become `tasks` (every task of the app).
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let parts: Vec<&str> = rest.split('/').collect();
     let n = parts.len();
     let id = |upto: usize| normalize_id(&parts[..upto].join("/"));
     if n >= 2 && parts[n - 1] == "versions" {
@@ -779,4 +784,29 @@ async fn queue(State(context): State<ApiContext>) -> Json<Value> {
             .collect::<Vec<_>>()
     });
     Json(json!({ "queue": items }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_app_path, AppPath};
+
+    #[test]
+    fn an_encoded_slash_after_tasks_is_an_empty_task_id_not_every_task() {
+        assert_eq!(
+            parse_app_path("/prod/web/tasks//"),
+            AppPath::Task("/prod/web".into(), String::new())
+        );
+        assert_eq!(
+            parse_app_path("prod/web/tasks/"),
+            AppPath::Tasks("/prod/web".into())
+        );
+        assert_eq!(
+            parse_app_path("/prod/web/"),
+            AppPath::App("/prod/web".into())
+        );
+        assert_eq!(
+            parse_app_path("prod/web/tasks/t1"),
+            AppPath::Task("/prod/web".into(), "t1".into())
+        );
+    }
 }

@@ -1330,6 +1330,14 @@ fn parse_health_checks(
                 r.fail(&command_path, "is required for COMMAND health checks");
             } else if command.as_deref().is_some_and(|c| c.trim().is_empty()) {
                 r.fail(&command_path, "must not be empty");
+            } else if present(check.get("command"))
+                .is_some_and(|c| c.is_object() && present(c.get("value")).is_none())
+            {
+                // An object without its `value`: there is no command to run.
+                r.fail(
+                    &at(&command_path, "value"),
+                    "is required for COMMAND health checks",
+                );
             }
         }
         let interval_path = at(&path, "intervalSeconds");

@@ -1463,3 +1463,16 @@ fn apps_without_ports_have_no_services() {
     ))
     .is_empty());
 }
+
+#[test]
+fn a_command_health_check_whose_command_object_has_no_value_is_refused() {
+    // Found by the marathon_app fuzz target: accepted, then echoed as an empty command
+    // that the same parser refused.
+    let body = br#"{"id": "/c", "cmd": "sleep 1", "portDefinitions": [{"port": 0}],
+        "healthChecks": [{"protocol": "COMMAND", "command": {"other": "test -f x"}}]}"#;
+    let errors = parse_app(body, V1, None).unwrap_err();
+    assert!(
+        paths(&errors) == ["/healthChecks(0)/command/value"],
+        "{errors}"
+    );
+}
