@@ -65,7 +65,10 @@ fn check_reply(packet: &[u8], reply: &PacketReply, transport: Transport, config:
                     "answer id differs from the request's"
                 );
                 assert_eq!(answer.metadata.message_type, MessageType::Response);
-                assert_eq!(answer.queries, request.queries, "question not echoed");
+                // Several long questions may not fit beside the header: then none is echoed.
+                if !(answer.queries.is_empty() && request.queries.len() > 1) {
+                    assert_eq!(answer.queries, request.queries, "question not echoed");
+                }
             }
         }
     }
