@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -51,6 +52,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
+/// Largest AppendEntries body sent in one RPC when it holds more than one entry. openraft
+/// gives the whole RPC one heartbeat interval (100 ms), so a follower that fell behind by
+/// many large entries must be sent them a few at a time: a request of tens of megabytes
+/// would time out on every retry and the follower would never catch up.
+const APPEND_BUDGET: usize = 1024 * 1024;
+
 impl PeerClient {
     async fn send<Req, Resp, E>(
         &self,
@@ -63,12 +70,27 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let payload =
+            serde_json::to_vec(request).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        self.send_encoded(path, payload, timeout).await
+    }
+
+    async fn send_encoded<Resp, E>(
+        &self,
+        path: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let answer: Result<Resp, RaftError<NodeId, E>> = self
             .client
-            .call(
+            .call_encoded(
                 &self.address,
                 &format!("{path}/{}", self.target),
-                request,
+                payload,
                 timeout,
             )
             .await
@@ -83,13 +105,31 @@ impl PeerClient {
     }
 }
 
+/// How many of `entries` entries fit in [`APPEND_BUDGET`] when together they encode to
+/// `size` bytes, or `None` when the request may go as it is.
+fn entries_within_budget(entries: usize, size: usize) -> Option<u64> {
+    if entries <= 1 || size <= APPEND_BUDGET {
+        return None;
+    }
+    let fit = (entries as u128 * APPEND_BUDGET as u128 / size as u128) as u64;
+    Some(fit.clamp(1, entries as u64 - 1))
+}
+
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.send(APPEND_PATH, &rpc, option.hard_ttl()).await
+        let payload =
+            serde_json::to_vec(&rpc).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        if let Some(fit) = entries_within_budget(rpc.entries.len(), payload.len()) {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit),
+            ));
+        }
+        self.send_encoded(APPEND_PATH, payload, option.hard_ttl())
+            .await
     }
 
     async fn install_snapshot(
@@ -109,5 +149,28 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         self.send(VOTE_PATH, &rpc, option.hard_ttl()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{entries_within_budget, APPEND_BUDGET};
+
+    #[test]
+    fn a_request_within_the_budget_goes_as_it_is() {
+        assert_eq!(entries_within_budget(64, APPEND_BUDGET), None);
+        assert_eq!(entries_within_budget(0, 0), None);
+    }
+
+    #[test]
+    fn one_entry_always_goes_however_large() {
+        assert_eq!(entries_within_budget(1, 50 * APPEND_BUDGET), None);
+    }
+
+    #[test]
+    fn an_oversized_request_is_split_in_proportion() {
+        assert_eq!(entries_within_budget(8, 4 * APPEND_BUDGET), Some(2));
+        assert_eq!(entries_within_budget(8, 100 * APPEND_BUDGET), Some(1));
+        assert_eq!(entries_within_budget(8, APPEND_BUDGET + 1), Some(7));
     }
 }

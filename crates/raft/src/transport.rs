@@ -61,6 +61,23 @@ impl RpcClient {
             not_sent: false,
         };
         let payload = serde_json::to_vec(body).map_err(|e| fail(e.to_string()))?;
+        self.call_encoded(target, path, payload, timeout).await
+    }
+
+    /// [`RpcClient::call`] with a body already encoded as JSON, for a caller that needs
+    /// its size before sending it.
+    pub async fn call_encoded<Resp: DeserializeOwned>(
+        &self,
+        target: &str,
+        path: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, TransportError> {
+        let fail = |message: String| TransportError {
+            target: target.to_string(),
+            message,
+            not_sent: false,
+        };
         let request = hyper::Request::post(format!("http://{target}{path}"))
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(payload)))
