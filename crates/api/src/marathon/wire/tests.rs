@@ -1476,3 +1476,18 @@ fn a_command_health_check_whose_command_object_has_no_value_is_refused() {
         "{errors}"
     );
 }
+
+#[test]
+fn huge_and_long_numbers_echo_back_as_the_same_app() {
+    // Found by the marathon_app fuzz target: a number too large for an integer is read as a
+    // float, and its echo must read back to the very same float.
+    for body in [
+        r#"{"id": "/big", "cmd": "x", "mem": 100066666666666666666666666660666666660000}"#,
+        r#"{"id": "/big", "cmd": "x", "cpus": 0.30000000000000004, "disk": 1e300}"#,
+    ] {
+        let app = parse_app(body.as_bytes(), V1, None).expect("a valid app");
+        let echoed = serde_json::to_vec(&app.definition).unwrap();
+        let again = parse_app(&echoed, V1, None).expect("the echo is valid");
+        assert_eq!(again, app, "{body}");
+    }
+}
