@@ -266,6 +266,11 @@ pub fn sample_commands() -> Vec<Command> {
         commands.push(Command::FinishDeployment {
             id: deployment.id.clone(),
         });
+        // A second create of the same id: refused as a conflict.
+        commands.push(Command::CreateApp {
+            app: Box::new(app.clone()),
+            deployment: None,
+        });
         commands.push(Command::DeleteApp {
             app_id: app.id.clone(),
             deployment: Some(deployment.clone()),

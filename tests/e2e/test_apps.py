@@ -16,6 +16,7 @@ import math
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -582,6 +583,38 @@ def test_invalid_definitions_and_conflicts(env):
     with pytest.raises(m.exceptions.ConflictError):
         client.create_app(app_id, m.MarathonApp(cmd="exec sleep 600", instances=0, cpus=0.1, mem=16))
     destroy_app(inst, app_id)
+
+
+def test_concurrent_creates_of_one_id_give_one_201(env):
+    """Of many simultaneous `POST /v2/apps` of one id, exactly one creates it."""
+    inst = env.inst
+    for round_ in range(3):
+        app_id = env.app_id(f"race{round_}")
+        body = {"id": app_id, "cmd": "exec sleep 600", "instances": 0, "cpus": 0.1, "mem": 16}
+        writers = 12
+        start = threading.Barrier(writers)
+        codes: list[int] = []
+        lock = threading.Lock()
+
+        def create() -> None:
+            with requests.Session() as session:
+                start.wait(timeout=10)
+                code = session.post(inst.url("/v2/apps"), json=body, timeout=30).status_code
+            with lock:
+                codes.append(code)
+
+        threads = [threading.Thread(target=create) for _ in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert sorted(codes) == [201] + [409] * (writers - 1), f"round {round_}: {sorted(codes)}"
+        deployments = [
+            d for d in requests.get(inst.url("/v2/deployments"), timeout=10).json()
+            if app_id in d.get("affectedApps", [])
+        ]
+        assert len(deployments) <= 1, f"one create, several deployments: {deployments}"
+        destroy_app(inst, app_id)
 
 
 # ---------------------------------------------------------------------------

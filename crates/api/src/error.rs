@@ -80,6 +80,7 @@ impl From<Rejection> for ApiError {
         match e {
             Rejection::NotFound(message) => ApiError::not_found(message),
             Rejection::Invalid(message) => ApiError::bad_request(message),
+            Rejection::Conflict(message) => ApiError::with_status(StatusCode::CONFLICT, message),
         }
     }
 }

@@ -43,6 +43,15 @@ pub enum Command {
         /// The deployment rolling it out, if any.
         deployment: Option<Deployment>,
     },
+    /// Create an app (`POST /v2/apps`) and start its deployment; rejected with
+    /// [`Rejection::Conflict`] when an app with that id exists, so of two concurrent creates
+    /// of one id exactly one succeeds.
+    CreateApp {
+        /// The first version.
+        app: Box<AppSpec>,
+        /// The deployment starting it.
+        deployment: Option<Deployment>,
+    },
     /// Remove an app; its tasks are asked to stop.
     DeleteApp {
         /// The app.
@@ -201,4 +210,7 @@ pub enum Rejection {
     /// The command contradicts current state.
     #[error("{0}")]
     Invalid(String),
+    /// What the command would create already exists.
+    #[error("{0}")]
+    Conflict(String),
 }

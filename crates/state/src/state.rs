@@ -105,6 +105,7 @@ impl State {
             } => self.kv_set(index, key, value, *flags, *cas),
             Command::KvDelete { key, recurse, cas } => self.kv_delete(index, key, *recurse, *cas),
             Command::PutApp { .. }
+            | Command::CreateApp { .. }
             | Command::DeleteApp { .. }
             | Command::RegisterCompute(_)
             | Command::Place { .. }
@@ -625,6 +626,37 @@ impl State {
     /// All checks in the datacenter.
     pub fn all_checks(&self) -> impl Iterator<Item = &Check> {
         self.checks.values().flat_map(|c| c.values())
+    }
+
+    /// The status of a node's own liveness check (`serfHealth`), if it has one.
+    pub fn node_health(&self, node: &str) -> Option<CheckStatus> {
+        self.checks
+            .get(node)
+            .and_then(|checks| checks.get(crate::model::NODE_HEALTH_CHECK_ID))
+            .map(|check| check.status)
+    }
+
+    /// Whether a node has failed: its liveness check is critical. A failed node's tasks are
+    /// lost and nothing new is placed on it.
+    pub fn node_failed(&self, node: &str) -> bool {
+        self.node_health(node) == Some(CheckStatus::Critical)
+    }
+
+    /// Whether a node is down for the workloads: gone from the catalog, or failed.
+    pub fn node_down(&self, node: &str) -> bool {
+        !self.nodes.contains_key(node) || self.node_failed(node)
+    }
+
+    /// Whether a task counts as healthy (Marathon's `healthy` and what the upgrade strategy
+    /// counts): running, and each of its service instances passing. `warning` is not
+    /// healthy: Marathon's health checks know only alive or not.
+    pub fn task_healthy(&self, task: &crate::workload::Allocation) -> bool {
+        task.state == crate::workload::TaskState::Running
+            && task.services.iter().all(|id| {
+                self.service(&task.node, id).is_some_and(|s| {
+                    aggregate_status(self.checks_for_instance(s)) == CheckStatus::Passing
+                })
+            })
     }
 
     /// All instances on a node.

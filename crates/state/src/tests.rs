@@ -187,6 +187,80 @@ fn node_check_counts_against_every_service_on_node() {
 }
 
 #[test]
+fn node_down_and_task_healthy_have_one_definition() {
+    let mut state = State::default();
+    state.apply(1, &register("n1", "web1", "web", 80));
+    state.apply(2, &ttl_check("n1", "web1"));
+    let node_check = |status| {
+        Command::Register(Box::new(Registration {
+            node: "n1".into(),
+            skip_node_update: true,
+            checks: vec![CheckSpec {
+                check_id: NODE_HEALTH_CHECK_ID.into(),
+                status: Some(status),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+    };
+    let set = |status| Command::UpdateCheck {
+        node: "n1".into(),
+        check_id: "service:web1".into(),
+        status,
+        output: String::new(),
+    };
+    let mut task = Allocation {
+        id: "t1".into(),
+        app_id: "/web".into(),
+        app_version: "v1".into(),
+        node: "n1".into(),
+        ports: vec![],
+        cpus: 0.1,
+        mem: 16.0,
+        desired_running: true,
+        state: TaskState::Running,
+        message: String::new(),
+        staged_at: String::new(),
+        started_at: None,
+        health_failures: 0,
+        services: vec!["web1".into()],
+        create_index: 1,
+        modify_index: 1,
+    };
+
+    // A node absent from the catalog is down; present without a liveness check, it is up.
+    assert!(state.node_down("n2") && !state.node_failed("n2"));
+    assert!(!state.node_down("n1"));
+    assert_eq!(state.node_health("n1"), None);
+    // Warning is not failed; critical is.
+    state.apply(3, &node_check(CheckStatus::Warning));
+    assert!(!state.node_down("n1"));
+    state.apply(4, &node_check(CheckStatus::Critical));
+    assert!(state.node_failed("n1") && state.node_down("n1"));
+    state.apply(5, &node_check(CheckStatus::Passing));
+    assert_eq!(state.node_health("n1"), Some(CheckStatus::Passing));
+
+    // A task is healthy when running and every instance passing; warning is not healthy.
+    assert!(
+        !state.task_healthy(&task),
+        "a critical check counts as healthy"
+    );
+    state.apply(6, &set(CheckStatus::Passing));
+    assert!(state.task_healthy(&task));
+    state.apply(7, &set(CheckStatus::Warning));
+    assert!(!state.task_healthy(&task));
+    state.apply(8, &set(CheckStatus::Passing));
+    task.state = TaskState::Starting;
+    assert!(!state.task_healthy(&task));
+    task.state = TaskState::Running;
+    task.services.push("gone".into());
+    assert!(
+        !state.task_healthy(&task),
+        "a missing instance counts as healthy"
+    );
+}
+
+#[test]
 fn kv_cas_and_tombstones() {
     let mut state = State::default();
     let set = |cas| Command::KvSet {

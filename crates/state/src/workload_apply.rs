@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, Outcome, Rejection};
-use crate::model::CheckStatus;
 use crate::state::{State, Touched};
 use crate::workload::{
     Allocation, AppSpec, ComputeNode, Deployment, TaskFailure, TaskState, Unplaced,
@@ -62,6 +61,19 @@ impl State {
     pub(crate) fn apply_workload(&mut self, index: u64, command: &Command) -> (Outcome, Touched) {
         let (outcome, touched) = match command {
             Command::PutApp { app, deployment } => self.put_app(index, app, deployment.as_ref()),
+            Command::CreateApp { app, deployment } => {
+                if self.workload.apps.contains_key(&app.id) {
+                    (
+                        Outcome::Rejected(Rejection::Conflict(format!(
+                            "An app with id [{}] already exists.",
+                            app.id
+                        ))),
+                        Touched::default(),
+                    )
+                } else {
+                    self.put_app(index, app, deployment.as_ref())
+                }
+            }
             Command::DeleteApp { app_id, deployment } => {
                 self.delete_app(index, app_id, deployment.as_ref())
             }
@@ -178,10 +190,7 @@ impl State {
         let Some(node) = self.workload.compute.get(&allocation.node) else {
             return false;
         };
-        let failed = self.checks_on_node(&allocation.node).any(|c| {
-            c.check_id == crate::model::NODE_HEALTH_CHECK_ID && c.status == CheckStatus::Critical
-        });
-        if failed {
+        if self.node_failed(&allocation.node) {
             return false;
         }
         let placed = self
@@ -421,6 +430,45 @@ mod tests {
                 .collect(),
         };
         state.apply(index, &command).1
+    }
+
+    #[test]
+    fn creating_an_app_that_exists_is_a_conflict_that_changes_nothing() {
+        let mut state = State::default();
+        let create = |version: &str| {
+            let mut spec = app("/web");
+            spec.version = version.to_string();
+            Command::CreateApp {
+                app: Box::new(spec),
+                deployment: None,
+            }
+        };
+        assert_eq!(state.apply(1, &create("v1")).0, Outcome::Done);
+        let before = state.clone();
+        let (outcome, touched) = state.apply(2, &create("v2"));
+        assert_eq!(
+            outcome,
+            Outcome::Rejected(Rejection::Conflict(
+                "An app with id [/web] already exists.".into()
+            ))
+        );
+        assert_eq!(touched, Touched::default());
+        assert!(state == before, "a refused create changed the state");
+        // Replacing (PUT) is still allowed, and a deleted id can be created again.
+        let mut spec = app("/web");
+        spec.version = "v3".into();
+        let put = Command::PutApp {
+            app: Box::new(spec),
+            deployment: None,
+        };
+        assert_eq!(state.apply(3, &put).0, Outcome::Done);
+        let delete = Command::DeleteApp {
+            app_id: "/web".into(),
+            deployment: None,
+        };
+        assert_eq!(state.apply(4, &delete).0, Outcome::Done);
+        assert_eq!(state.apply(5, &create("v4")).0, Outcome::Done);
+        assert_eq!(state.workload.apps["/web"].version, "v4");
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The control loop on the leader: keeps every app at its desired instances and version.
 //!
-//! Each round reads the state, decides (tasks lost with their node, tasks to start through
-//! the scheduler, extra or outdated tasks to stop within the upgrade strategy, finished
-//! deployments) and commits the decisions as Raft entries. Placements are re-checked at apply.
+//! Each round copies what it needs out of the state ([`ControlView`], under the store's read
+//! lock), then decides without the lock ([`decide`]: tasks lost with their node, tasks to
+//! start through the scheduler, extra or outdated tasks to stop within the upgrade strategy,
+//! finished deployments) and commits the decisions as Raft entries. Placements are re-checked
+//! at apply. `decide` is a pure function of the view, the restart backoffs, the time and a
+//! source of task ids, so its arithmetic is unit-tested (`leader/tests.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
@@ -10,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use atoll_raft::Consensus;
 use atoll_scheduler as scheduler;
 use atoll_state::{
-    aggregate_status, Allocation, AppSpec, CheckStatus, Command, ConstraintOperator, State, Table,
-    TaskState, Unplaced, NODE_HEALTH_CHECK_ID,
+    Allocation, AppSpec, Command, ConstraintOperator, State, Table, TaskState, Unplaced,
+    WorkloadTables,
 };
 use tokio::time::Instant;
 
@@ -23,11 +26,79 @@ const ROUND: Duration = Duration::from_millis(500);
 const DRIVER_ATTRIBUTE: &str = "atoll.driver";
 
 /// Restart delay bookkeeping of one app.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq)]
 struct Backoff {
     failures: u32,
     seen_failure: Option<String>,
     until: Option<Instant>,
+}
+
+/// The restart backoff of every app, kept by the loop from round to round (not replicated:
+/// a new leader starts without delays, as Marathon's does).
+#[derive(Debug, Default)]
+pub struct Backoffs(HashMap<String, Backoff>);
+
+impl Backoffs {
+    /// Until when new tasks of `app_id` wait, if they do.
+    pub fn until(&self, app_id: &str) -> Option<Instant> {
+        self.0.get(app_id).and_then(|b| b.until)
+    }
+}
+
+/// What one round of the control loop reads: the workload tables (without the version
+/// history) and, decided once with the state's own definitions, which nodes are down and
+/// which tasks are healthy.
+#[derive(Debug, Clone, Default)]
+pub struct ControlView {
+    /// Apps, tasks, deployments, compute nodes, failures and the queue.
+    pub workload: WorkloadTables,
+    /// Nodes holding tasks or offering compute that are down ([`State::node_down`]).
+    pub down: BTreeSet<String>,
+    /// Ids of the tasks that are healthy ([`State::task_healthy`]).
+    pub healthy: BTreeSet<String>,
+}
+
+impl ControlView {
+    /// Copies the view out of the state.
+    pub fn capture(state: &State) -> Self {
+        let tables = &state.workload;
+        let workload = WorkloadTables {
+            apps: tables.apps.clone(),
+            history: BTreeMap::new(),
+            tasks: tables.tasks.clone(),
+            deployments: tables.deployments.clone(),
+            compute: tables.compute.clone(),
+            last_failures: tables.last_failures.clone(),
+            queue: tables.queue.clone(),
+        };
+        let down = tables
+            .tasks
+            .values()
+            .map(|t| t.node.as_str())
+            .chain(tables.compute.keys().map(String::as_str))
+            .filter(|node| state.node_down(node))
+            .map(str::to_string)
+            .collect();
+        let healthy = tables
+            .tasks
+            .values()
+            .filter(|t| state.task_healthy(t))
+            .map(|t| t.id.clone())
+            .collect();
+        ControlView {
+            workload,
+            down,
+            healthy,
+        }
+    }
+
+    fn healthy(&self, task: &Allocation) -> bool {
+        self.healthy.contains(&task.id)
+    }
+
+    fn down(&self, node: &str) -> bool {
+        self.down.contains(node)
+    }
 }
 
 /// Current time as RFC 3339, for timestamps written into entries.
@@ -35,29 +106,9 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-fn new_task_id(app_id: &str) -> String {
+fn new_task_id(app_id: &str, random: u64) -> String {
     let prefix = app_id.trim_start_matches('/').replace('/', "_");
-    format!("{prefix}.instance-{:016x}", rand::random::<u64>())
-}
-
-/// Whether a task counts as healthy: running, and every check of its services passing.
-pub fn task_healthy(state: &State, task: &Allocation) -> bool {
-    if task.state != TaskState::Running {
-        return false;
-    }
-    task.services.iter().all(|id| {
-        state
-            .service(&task.node, id)
-            .map(|s| aggregate_status(state.checks_for_instance(s)) == CheckStatus::Passing)
-            .unwrap_or(false)
-    })
-}
-
-fn node_failed(state: &State, node: &str) -> bool {
-    !state.nodes.contains_key(node)
-        || state
-            .checks_on_node(node)
-            .any(|c| c.check_id == NODE_HEALTH_CHECK_ID && c.status == CheckStatus::Critical)
+    format!("{prefix}.instance-{random:016x}")
 }
 
 /// Runs the control loop for as long as the process lives; acts only while leading.
@@ -65,7 +116,7 @@ pub async fn run(consensus: Consensus) {
     let store = consensus.store().clone();
     let mut workload = store.watch(Table::Workload);
     let mut catalog = store.watch(Table::Catalog);
-    let mut backoffs: HashMap<String, Backoff> = HashMap::new();
+    let mut backoffs = Backoffs::default();
     loop {
         tokio::select! {
             _ = workload.changed() => {}
@@ -75,7 +126,14 @@ pub async fn run(consensus: Consensus) {
         if !consensus.is_leader() {
             continue;
         }
-        let commands = store.read(|state| decide(state, &mut backoffs));
+        let view = store.read(ControlView::capture);
+        let commands = decide(
+            &view,
+            &mut backoffs,
+            Instant::now(),
+            &now_rfc3339(),
+            &mut rand::random::<u64>,
+        );
         for command in commands {
             if let Err(e) = consensus.write(command).await {
                 tracing::warn!(error = %e, "control loop write failed");
@@ -85,20 +143,28 @@ pub async fn run(consensus: Consensus) {
     }
 }
 
-fn decide(state: &State, backoffs: &mut HashMap<String, Backoff>) -> Vec<Command> {
-    let now = Instant::now();
-    let at = now_rfc3339();
+/// One round's decisions, in the order they are to be written: tasks lost with their node
+/// (alone: the next round sees them gone), then stops, the placement plan (when it or the
+/// queue changes) and finished deployments. `now` drives the restart backoff, `at` stamps
+/// the entries and `random` names new tasks.
+pub fn decide(
+    view: &ControlView,
+    backoffs: &mut Backoffs,
+    now: Instant,
+    at: &str,
+    random: &mut dyn FnMut() -> u64,
+) -> Vec<Command> {
     let mut commands = Vec::new();
-    let tables = &state.workload;
+    let tables = &view.workload;
 
     // Tasks whose node is gone: lost (this also drops their services).
     for task in tables.tasks.values() {
-        if node_failed(state, &task.node) {
+        if view.down(&task.node) {
             commands.push(Command::UpdateTask {
                 id: task.id.clone(),
                 state: TaskState::Lost,
                 message: format!("node {} lost", task.node),
-                at: at.clone(),
+                at: at.to_string(),
                 services: vec![],
             });
         }
@@ -110,7 +176,7 @@ fn decide(state: &State, backoffs: &mut HashMap<String, Backoff>) -> Vec<Command
     let mut requests = Vec::new();
     let mut stops: Vec<(String, String)> = Vec::new();
     for app in tables.apps.values() {
-        let backoff = backoffs.entry(app.id.clone()).or_default();
+        let backoff = backoffs.0.entry(app.id.clone()).or_default();
         // A task lost with its node is not the app's fault: replaced at once, as Nomad does.
         if let Some(failure) = tables
             .last_failures
@@ -144,9 +210,7 @@ fn decide(state: &State, backoffs: &mut HashMap<String, Backoff>) -> Vec<Command
             .filter(|t| t.app_version != app.version)
             .collect();
         let target = app.instances as usize;
-        if current.len() >= target
-            && current.iter().all(|t| task_healthy(state, t))
-            && !current.is_empty()
+        if current.len() >= target && current.iter().all(|t| view.healthy(t)) && !current.is_empty()
         {
             backoff.failures = 0;
         }
@@ -180,13 +244,13 @@ fn decide(state: &State, backoffs: &mut HashMap<String, Backoff>) -> Vec<Command
                     .saturating_sub(current.len())
                     .min(max_total.saturating_sub(occupying));
             }
-            let healthy = live.iter().filter(|t| task_healthy(state, t)).count();
+            let healthy = live.iter().filter(|t| view.healthy(t)).count();
             let mut killable = healthy.saturating_sub(min_healthy);
             let mut stopped = 0;
             for task in &old {
                 // An unhealthy old task costs no capacity; a healthy one only while enough
                 // others stay healthy.
-                if task_healthy(state, task) {
+                if view.healthy(task) {
                     if killable == 0 {
                         continue;
                     }
@@ -232,7 +296,7 @@ fn decide(state: &State, backoffs: &mut HashMap<String, Backoff>) -> Vec<Command
     let (allocations, unplaced) = if requests.is_empty() {
         (Vec::new(), BTreeMap::new())
     } else {
-        place(state, &requests, &at)
+        place(view, &requests, at, random)
     };
     if !allocations.is_empty() || unplaced != tables.queue {
         commands.push(Command::Place {
@@ -255,7 +319,7 @@ fn decide(state: &State, backoffs: &mut HashMap<String, Backoff>) -> Vec<Command
                     && !stopping
                     && live
                         .iter()
-                        .all(|t| t.app_version == app.version && task_healthy(state, t))
+                        .all(|t| t.app_version == app.version && view.healthy(t))
             }
         };
         if done {
@@ -279,11 +343,12 @@ fn operator(op: ConstraintOperator) -> scheduler::ConstraintOperator {
 }
 
 fn place(
-    state: &State,
+    view: &ControlView,
     requests: &[(&AppSpec, usize)],
     at: &str,
+    random: &mut dyn FnMut() -> u64,
 ) -> (Vec<Allocation>, BTreeMap<String, Unplaced>) {
-    let tables = &state.workload;
+    let tables = &view.workload;
     let nodes: Vec<scheduler::NodeInfo> = tables
         .compute
         .values()
@@ -303,7 +368,7 @@ fn place(
                         .map(|d| (format!("{DRIVER_ATTRIBUTE}.{d}"), "true".to_string())),
                 )
                 .collect(),
-            eligible: !node_failed(state, &c.node),
+            eligible: !view.down(&c.node),
         })
         .collect();
     let placed: Vec<scheduler::Placed> = tables
@@ -352,7 +417,7 @@ fn place(
         .filter_map(|p| {
             let app = apps.get(p.app_id.as_str())?;
             Some(Allocation {
-                id: new_task_id(&app.id),
+                id: new_task_id(&app.id, random()),
                 app_id: app.id.clone(),
                 app_version: app.version.clone(),
                 node: p.node,
@@ -392,3 +457,6 @@ pub fn driver_name(app: &AppSpec) -> &'static str {
         atoll_state::Runtime::Docker { .. } => "docker",
     }
 }
+
+#[cfg(test)]
+mod tests;

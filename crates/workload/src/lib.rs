@@ -9,4 +9,4 @@ pub mod node;
 pub mod registrator;
 pub use drivers::Drivers;
 
-pub use leader::{now_rfc3339, task_healthy};
+pub use leader::now_rfc3339;

@@ -25,12 +25,9 @@ pub(crate) const SERF_ALIVE: u8 = 1;
 const SERF_FAILED: u8 = 4;
 
 fn member_json(context: &ApiContext, id: u64, member: &atoll_raft::Member) -> serde_json::Value {
-    let status = context.store().read(|state| {
-        state
-            .checks_on_node(&member.name)
-            .find(|c| c.check_id == NODE_HEALTH_CHECK_ID)
-            .map(|c| c.status)
-    });
+    let status = context
+        .store()
+        .read(|state| state.node_health(&member.name));
     let code = match status {
         Some(CheckStatus::Critical) => SERF_FAILED,
         _ => SERF_ALIVE,

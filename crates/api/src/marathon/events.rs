@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use atoll_state::{State as Tables, Table, TaskState};
-use atoll_workload::{now_rfc3339, task_healthy};
+use atoll_workload::now_rfc3339;
 use axum::extract::{RawQuery, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use serde_json::{json, Value};
@@ -47,7 +47,7 @@ fn snapshot(state: &Tables) -> Seen {
             .get(&task.app_id)
             .is_some_and(|a| !a.health_checks.is_empty());
         let health =
-            (checked && task.state == TaskState::Running).then(|| task_healthy(state, task));
+            (checked && task.state == TaskState::Running).then(|| state.task_healthy(task));
         seen.tasks.insert(task.id.clone(), (task.state, health));
     }
     seen.deployments = state.workload.deployments.keys().cloned().collect();

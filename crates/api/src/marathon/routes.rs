@@ -2,7 +2,7 @@
 
 use crate::extract::Path;
 use atoll_state::{Allocation, AppSpec, Command, Deployment, State as Tables};
-use atoll_workload::{now_rfc3339, task_healthy};
+use atoll_workload::now_rfc3339;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
@@ -162,7 +162,7 @@ fn health_of(state: &Tables, task: &Allocation, app: Option<&AppSpec>) -> Vec<bo
         Some(app)
             if !app.health_checks.is_empty() && task.state == atoll_state::TaskState::Running =>
         {
-            vec![task_healthy(state, task)]
+            vec![state.task_healthy(task)]
         }
         _ => Vec::new(),
     }
@@ -202,7 +202,7 @@ fn render_app(state: &Tables, app: &AppSpec, embed_tasks: bool) -> Value {
         if app.health_checks.is_empty() {
             None
         } else {
-            Some(task_healthy(state, task))
+            Some(state.task_healthy(task))
         }
     };
     let mut rendered = app_json(app, &tasks, &hosts, &healthy, &deployments, failure, false);
@@ -283,26 +283,22 @@ async fn write(context: &ApiContext, command: Command) -> Result<()> {
         (atoll_state::Outcome::Rejected(atoll_state::Rejection::Invalid(m)), _) => {
             Err(MarathonError::new(StatusCode::UNPROCESSABLE_ENTITY, m))
         }
+        (atoll_state::Outcome::Rejected(atoll_state::Rejection::Conflict(m)), _) => {
+            Err(MarathonError::new(StatusCode::CONFLICT, m))
+        }
         _ => Ok(()),
     }
 }
 
 async fn create_app(State(context): State<ApiContext>, body: Bytes) -> Result<Response> {
     let app = parse_app(&body, &now_rfc3339(), None).map_err(validation_error)?;
-    if context
-        .store()
-        .read(|s| s.workload.apps.contains_key(&app.id))
-    {
-        return Err(MarathonError::new(
-            StatusCode::CONFLICT,
-            format!("An app with id [{}] already exists.", app.id),
-        ));
-    }
     let deployment = deployment_for(&app.id, &app.version, "StartApplication", None);
     let id = app.id.clone();
+    // Whether the id is free is decided where the write is applied, so of two concurrent
+    // creates of one id exactly one gets 201 and the other 409.
     write(
         &context,
-        Command::PutApp {
+        Command::CreateApp {
             app: Box::new(app),
             deployment: Some(deployment),
         },
