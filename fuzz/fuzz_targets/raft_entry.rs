@@ -23,7 +23,8 @@ fn catalog() -> &'static State {
 /// Decodes `bytes` as a `T`; if that works, the record must survive being stored again.
 fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(bytes: &[u8]) -> Option<T> {
     let value: T = decode(bytes).ok()?;
-    let again: T = decode(&encode(&value)).expect("a re-encoded record decodes");
+    let again: T = decode(&encode(&value).expect("a decoded record encodes"))
+        .expect("a re-encoded record decodes");
     assert!(
         again == value,
         "record changed on re-encoding: {value:?} -> {again:?}"

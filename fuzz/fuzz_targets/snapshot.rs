@@ -48,7 +48,8 @@ fuzz_target!(|bytes: &[u8]| {
     let Ok(mut state) = decode_state(bytes) else {
         return;
     };
-    let again = decode_state(&encode_state(&state)).expect("a re-encoded snapshot decodes");
+    let again = decode_state(&encode_state(&state).expect("a decoded state encodes"))
+        .expect("a re-encoded snapshot decodes");
     assert!(again == state, "snapshot changed on re-encoding");
     let fixture = fixture();
     for request in &fixture.requests {

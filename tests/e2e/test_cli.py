@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from conftest import free_port, require_binary
+from conftest import free_port, require_binary, wait_for
 
 EXIT_DEADLINE = 10.0
 
@@ -198,3 +198,12 @@ def test_marathon_addr_in_use(atoll_factory):
         _assert_port_conflict(inst, port)
     finally:
         blocker.close()
+
+
+def test_marathon_info_reports_the_configured_port_range(atoll_factory):
+    inst = atoll_factory.start("ports", extra_args=["--port-range", "35000-35100"])
+    def reported():
+        config = inst.get_json("/v2/info")["marathon_config"]
+        return (config.get("local_port_min"), config.get("local_port_max")) == (35000, 35100)
+
+    wait_for(reported, timeout=10, message="/v2/info reporting --port-range 35000-35100")

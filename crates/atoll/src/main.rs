@@ -5,6 +5,7 @@
 mod app_cli;
 mod cli;
 mod config;
+mod supervise;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ use crate::config::{Cli, CommandLine, NodeSettings, OperatorCommand, RaftCommand
 
 /// Exit status after a failure of the Raft storage (EX_IOERR of sysexits.h).
 const EXIT_STORAGE_FAILED: i32 = 74;
+/// Exit status after a long-lived task panicked or ended (EX_SOFTWARE of sysexits.h).
+const EXIT_TASK_FAILED: i32 = 70;
 
 /// How long open HTTP connections get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
@@ -185,9 +188,10 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             bootstrap_expect: 0,
         },
     };
+    let (supervisor, mut failures) = supervise::Supervisor::new();
     if let Some(rpc) = rpc {
         let router = consensus.rpc_router(plan.bootstrap_expect);
-        tokio::spawn(async move {
+        supervisor.spawn("the RPC listener", async move {
             if let Err(e) = axum::serve(rpc, router).await {
                 tracing::error!(error = %e, "RPC listener failed");
             }
@@ -239,7 +243,9 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         if settings.role != Role::Dev {
             let member = consensus.clone();
             let plan = plan.clone();
-            tokio::spawn(async move { member.stay_member(&plan).await });
+            supervisor.spawn("cluster membership", async move {
+                member.stay_member(&plan).await
+            });
         }
         Agent::start(
             consensus.clone(),
@@ -273,28 +279,38 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     dns.start(tokio::runtime::Handle::current())
         .context("cannot start DNS")?;
     if server {
-        tokio::spawn(atoll_workload::leader::run(consensus.clone()));
+        supervisor.spawn(
+            "the workload control loop",
+            atoll_workload::leader::run(consensus.clone()),
+        );
     }
     let drain_with = drivers.clone();
     if let Some(drivers) = drivers {
         if let Some(engine) = drivers.docker_engine() {
-            tokio::spawn(atoll_workload::registrator::run(
-                consensus.clone(),
-                engine,
-                settings.node.clone(),
-                settings.bind.to_string(),
-            ));
+            // It ends when the engine's event feed closes, which only its driver does.
+            supervisor.spawn_may_end(
+                "the registrator",
+                atoll_workload::registrator::run(
+                    consensus.clone(),
+                    engine,
+                    settings.node.clone(),
+                    settings.bind.to_string(),
+                ),
+            );
         }
-        tokio::spawn(atoll_workload::node::run(
-            consensus.clone(),
-            atoll_workload::node::NodeRunnerConfig {
-                node: settings.node.clone(),
-                address: settings.bind.to_string(),
-                attributes: settings.node_meta.clone(),
-                port_range: settings.port_range,
-            },
-            drivers,
-        ));
+        supervisor.spawn(
+            "the task runner",
+            atoll_workload::node::run(
+                consensus.clone(),
+                atoll_workload::node::NodeRunnerConfig {
+                    node: settings.node.clone(),
+                    address: settings.bind.to_string(),
+                    attributes: settings.node_meta.clone(),
+                    port_range: settings.port_range,
+                },
+                drivers,
+            ),
+        );
     }
     api_switch.install(atoll_api::router(ApiContext::new(
         agent.clone(),
@@ -334,6 +350,11 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     // graceful leave drains them first (the leader has already placed them elsewhere).
     tokio::select! {
         _ = stopping.wait_for(|stop| *stop) => {}
+        failure = failures.next() => {
+            tracing::error!("{failure}; stopping the node");
+            eprintln!("atoll: {failure}; stopping the node");
+            std::process::exit(EXIT_TASK_FAILED);
+        }
         _ = agent.stopped() => {
             if let Some(drivers) = &drain_with {
                 atoll_workload::node::drain(&consensus, drivers, &settings.node).await;

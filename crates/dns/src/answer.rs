@@ -290,9 +290,16 @@ pub fn encode_within(mut response: Message, limit: usize) -> Option<Vec<u8>> {
 
 /// A FORMERR answer for a packet whose header could be read but whose body could not.
 pub fn format_error(id: u16) -> Vec<u8> {
-    let mut response = Message::new(id, MessageType::Response, OpCode::Query);
-    response.metadata.response_code = ResponseCode::FormErr;
-    response.to_vec().unwrap_or_default()
+    bare_response(id, ResponseCode::FormErr)
+}
+
+/// A response of a header only (no question echoed): the answer of last resort, written
+/// byte by byte so that it cannot fail to encode.
+pub fn bare_response(id: u16, code: ResponseCode) -> Vec<u8> {
+    let [high, low] = id.to_be_bytes();
+    // QR set, opcode QUERY; the low four bits of the response code (no EDNS to carry more).
+    let rcode = (u16::from(code) & 0x0f) as u8;
+    vec![high, low, 0x80, rcode, 0, 0, 0, 0, 0, 0, 0, 0]
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 
-use crate::answer::{format_error, DnsConfig};
+use crate::answer::{bare_response, format_error, DnsConfig};
 use crate::packet::{reply_to_packet, PacketReply, Transport, HEADER_LEN, MAX_MESSAGE};
 
 /// Entries per thread before the cache is emptied (bounds memory under random names).
@@ -239,7 +239,9 @@ fn servfail(packet: &[u8]) -> Vec<u8> {
             response.metadata.recursion_desired = request.metadata.recursion_desired;
             response.metadata.recursion_available = true;
             response.add_queries(request.queries);
-            response.to_vec().unwrap_or_default()
+            response
+                .to_vec()
+                .unwrap_or_else(|_| bare_response(request.metadata.id, ResponseCode::ServFail))
         }
         Err(_) => format_error(u16::from_be_bytes([packet[0], packet[1]])),
     }
@@ -305,7 +307,9 @@ async fn serve_tcp_connection(mut stream: TcpStream, shared: Arc<Shared>) {
             match reply_to_packet(&packet, &shared.store, &shared.config, seed, Transport::Tcp) {
                 PacketReply::Ignore => return,
                 PacketReply::FormatError(answer) => answer,
-                PacketReply::Answers(mut answers) => answers.pop().unwrap_or_default(),
+                PacketReply::Answers(mut answers) => {
+                    answers.pop().unwrap_or_else(|| servfail(&packet))
+                }
                 PacketReply::Forward => ask_recursors(&shared.recursors, &packet)
                     .await
                     .unwrap_or_else(|| servfail(&packet)),

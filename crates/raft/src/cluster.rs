@@ -50,7 +50,7 @@ impl Consensus {
             }
             let mut contacted = 0usize;
             let addresses = self.peer_addresses(plan);
-            let me = self.hello_message(plan.bootstrap_expect).await;
+            let me = self.hello_message(plan.bootstrap_expect).await?;
             let mut agreeing = std::collections::BTreeSet::new();
             let mut disagreeing: BTreeMap<u64, (String, usize)> = BTreeMap::new();
             for address in &addresses {
@@ -142,7 +142,13 @@ impl Consensus {
                 continue;
             }
             let addresses = self.peer_addresses(plan);
-            let me = self.hello_message(plan.bootstrap_expect).await;
+            let me = match self.hello_message(plan.bootstrap_expect).await {
+                Ok(me) => me,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot ask to be admitted again");
+                    continue;
+                }
+            };
             for address in &addresses {
                 let Some(peer) = self.say_hello(address, &me).await else {
                     continue;

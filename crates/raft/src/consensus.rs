@@ -136,7 +136,10 @@ impl Consensus {
             None => {
                 // Drawn once per data dir and stored, never inside apply.
                 let id = rand::random::<u64>() >> 1;
-                storage::put_meta(&db, &[(KEY_NODE_ID, &encode(&id))])?;
+                storage::put_meta(
+                    &db,
+                    &[(KEY_NODE_ID, &encode(&id).map_err(StorageFailure::from)?)],
+                )?;
                 id
             }
         };

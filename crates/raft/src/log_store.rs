@@ -68,7 +68,7 @@ impl LogStore {
         {
             let mut table = txn.open_table(LOG)?;
             for entry in &entries {
-                table.insert(entry.log_id.index, encode(entry).as_slice())?;
+                table.insert(entry.log_id.index, encode(entry)?.as_slice())?;
             }
         }
         txn.commit()?;
@@ -87,7 +87,7 @@ impl LogStore {
             table.retain_in::<u64, _>((from, to), |_, _| false)?;
             if let Some(purged) = purged {
                 let mut meta = txn.open_table(META)?;
-                meta.insert(KEY_PURGED, encode(purged).as_slice())?;
+                meta.insert(KEY_PURGED, encode(purged)?.as_slice())?;
             }
         }
         txn.commit()?;
@@ -138,8 +138,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        put_meta(&self.db, &[(KEY_VOTE, &encode(vote))])
-            .map_err(|e| StorageIOError::write_vote(&e).into())
+        let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        put_meta(&self.db, &[(KEY_VOTE, &bytes)]).map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
@@ -151,7 +151,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        put_meta(&self.db, &[(KEY_COMMITTED, &encode(&committed))]).map_err(write_err)
+        let bytes = encode(&committed).map_err(|e| write_err(e.into()))?;
+        put_meta(&self.db, &[(KEY_COMMITTED, &bytes)]).map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {

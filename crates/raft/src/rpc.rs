@@ -75,15 +75,19 @@ impl Consensus {
             .with_state((self.clone(), bootstrap_expect))
     }
 
-    /// This node's hello.
-    pub(crate) async fn hello_message(&self, bootstrap_expect: usize) -> Hello {
-        Hello {
+    /// This node's hello. Fails when Raft cannot say whether this node is initialized (it
+    /// has stopped): answering "not initialized" could count it into a bootstrap quorum.
+    pub(crate) async fn hello_message(
+        &self,
+        bootstrap_expect: usize,
+    ) -> Result<Hello, ConsensusError> {
+        Ok(Hello {
             id: self.node_id(),
             member: self.member().clone(),
             bootstrap_expect,
-            initialized: self.is_initialized().await.unwrap_or(false),
+            initialized: self.is_initialized().await?,
             known: self.inner.known.lock().clone(),
-        }
+        })
     }
 }
 
@@ -184,7 +188,10 @@ async fn join(
     Json(consensus.add_member(request.id, request.member).await)
 }
 
-async fn hello(State((consensus, expect)): RpcState, Json(peer): Json<Hello>) -> Json<Hello> {
+async fn hello(
+    State((consensus, expect)): RpcState,
+    Json(peer): Json<Hello>,
+) -> Result<Json<Hello>, (StatusCode, String)> {
     // Only servers that would form the same cluster count towards bootstrapping: one with
     // another datacenter or another --bootstrap-expect is refused by its own side.
     if peer.member.server
@@ -197,5 +204,8 @@ async fn hello(State((consensus, expect)): RpcState, Json(peer): Json<Hello>) ->
             .lock()
             .insert(peer.id, peer.member.clone());
     }
-    Json(consensus.hello_message(expect).await)
+    match consensus.hello_message(expect).await {
+        Ok(hello) => Ok(Json(hello)),
+        Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
 }

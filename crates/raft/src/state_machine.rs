@@ -5,7 +5,7 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use atoll_state::snapshot::{decode, decode_state, encode, encode_state};
+use atoll_state::snapshot::{decode, decode_state, encode, encode_state, EncodeError};
 use atoll_state::{Outcome, Store};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -72,7 +72,7 @@ fn save_snapshot(
     let txn = db.begin_write()?;
     {
         let mut table = txn.open_table(SNAPSHOT)?;
-        table.insert(KEY_SNAPSHOT_META, encode(meta).as_slice())?;
+        table.insert(KEY_SNAPSHOT_META, encode(meta)?.as_slice())?;
         table.insert(KEY_SNAPSHOT_DATA, data)?;
     }
     txn.commit()?;
@@ -83,17 +83,20 @@ fn save_snapshot(
 pub(crate) struct SnapshotBuilder {
     db: Arc<Database>,
     meta: SnapshotMeta<NodeId, Member>,
-    data: Vec<u8>,
+    /// The state as encoded when the builder was made (on the apply task).
+    data: Result<Vec<u8>, EncodeError>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        save_snapshot(&self.db, &self.meta, &self.data)
+        let data = std::mem::replace(&mut self.data, Ok(Vec::new()))
+            .map_err(|e| StorageIOError::write_snapshot(Some(self.meta.signature()), &e))?;
+        save_snapshot(&self.db, &self.meta, &data)
             .map_err(|e| StorageIOError::write_snapshot(Some(self.meta.signature()), &e))?;
         tracing::debug!(snapshot = %self.meta.snapshot_id, "snapshot written");
         Ok(Snapshot {
             meta: self.meta.clone(),
-            snapshot: Box::new(Cursor::new(std::mem::take(&mut self.data))),
+            snapshot: Box::new(Cursor::new(data)),
         })
     }
 }

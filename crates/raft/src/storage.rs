@@ -43,7 +43,8 @@ from_redb!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
-    atoll_state::snapshot::DecodeError
+    atoll_state::snapshot::DecodeError,
+    atoll_state::snapshot::EncodeError
 );
 
 /// The database file inside the data dir.

@@ -6,8 +6,8 @@ use std::rc::Rc;
 
 use crate::model::{AppRequest, NodeInfo, Placed, HOSTNAME_FIELD};
 
-/// Slack for float sums (`0.1 + 0.2` cpus must fit in `0.3`); far below any real request size.
-pub(crate) const EPSILON: f64 = 1e-6;
+/// Slack for float sums: the same as `apply`'s, so what is planned is what is applied.
+pub(crate) use atoll_state::FIT_EPSILON as EPSILON;
 
 /// Index of a node in [`Cluster::nodes`]; nodes are sorted by name, so index order is name order.
 pub(crate) type NodeIndex = u32;

@@ -25,7 +25,7 @@ pub use store::{Store, Table};
 pub use workload::{
     Allocation, AppSpec, ComputeNode, Constraint, ConstraintOperator, Deployment, DockerNetwork,
     HealthCheckSpec, HealthProtocol, PortSpec, Runtime, TaskFailure, TaskState, Unplaced,
-    UpgradeStrategy,
+    UpgradeStrategy, FIT_EPSILON,
 };
 pub use workload_apply::WorkloadTables;
 

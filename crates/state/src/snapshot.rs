@@ -22,12 +22,17 @@ pub enum DecodeError {
     Corrupt(#[from] serde_json::Error),
 }
 
+/// A value that could not be encoded. Stored types are plain data with string keys, so this
+/// is a bug; it is an error rather than an empty record so nothing undecodable is stored.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode a record for storage: {0}")]
+pub struct EncodeError(#[from] serde_json::Error);
+
 /// Encodes any stored value with the version marker.
-pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
     let mut out = vec![FORMAT_VERSION];
-    // Serialising plain data structs with string keys cannot fail.
-    serde_json::to_writer(&mut out, value).unwrap_or_default();
-    out
+    serde_json::to_writer(&mut out, value)?;
+    Ok(out)
 }
 
 /// Decodes a value written by [`encode`].
@@ -40,7 +45,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeE
 }
 
 /// Encodes the whole state for a snapshot.
-pub fn encode_state(state: &State) -> Vec<u8> {
+pub fn encode_state(state: &State) -> Result<Vec<u8>, EncodeError> {
     encode(state)
 }
 

@@ -295,14 +295,14 @@ fn snapshot_round_trip_restores_derived_index() {
     let mut state = State::default();
     state.apply(1, &register("n1", "web1", "web", 80));
     state.apply(2, &register("n2", "web2", "web", 80));
-    let restored = snapshot::decode_state(&snapshot::encode_state(&state)).unwrap();
+    let restored = snapshot::decode_state(&snapshot::encode_state(&state).unwrap()).unwrap();
     assert_eq!(restored, state);
     assert_eq!(restored.instances_of("web").len(), 2);
 }
 
 #[test]
 fn snapshot_from_newer_release_is_refused() {
-    let mut bytes = snapshot::encode_state(&State::default());
+    let mut bytes = snapshot::encode_state(&State::default()).unwrap();
     bytes[0] = snapshot::FORMAT_VERSION + 1;
     assert!(matches!(
         snapshot::decode_state(&bytes),
@@ -415,7 +415,7 @@ proptest! {
             }
         }
         // The derived name index agrees with the tables, also after a snapshot round trip.
-        let restored = snapshot::decode_state(&snapshot::encode_state(&first)).unwrap();
+        let restored = snapshot::decode_state(&snapshot::encode_state(&first).unwrap()).unwrap();
         prop_assert_eq!(&restored, &first);
     }
 }

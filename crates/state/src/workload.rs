@@ -120,6 +120,11 @@ pub struct UpgradeStrategy {
     pub maximum_over_capacity: f64,
 }
 
+/// Slack for float resource sums (`0.1 + 0.2` cpus fit in `0.3`), far below any real request.
+/// The one tolerance of "fits": the scheduler plans with it and `apply` re-checks with it, so
+/// a plan is never skipped at apply for a rounding difference.
+pub const FIT_EPSILON: f64 = 1e-6;
+
 /// One version of an app.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppSpec {
@@ -157,8 +162,27 @@ pub struct AppSpec {
     pub backoff_factor: f64,
     /// Cap of the restart delay, seconds.
     pub max_launch_delay_seconds: f64,
+    /// Seconds between the stop signal and the kill when the platform stops a task
+    /// (`taskKillGracePeriodSeconds`); `None` leaves it to the node's default. See
+    /// [`AppSpec::kill_grace_seconds`].
+    #[serde(default)]
+    pub kill_grace_seconds: Option<f64>,
     /// The definition as submitted (Marathon JSON with defaults), echoed by the API.
     pub definition: serde_json::Value,
+}
+
+impl AppSpec {
+    /// The app's kill grace period, seconds, if it sets one. Apps stored before the typed
+    /// field existed carry it only in their definition, which is read for them.
+    pub fn kill_grace_seconds(&self) -> Option<f64> {
+        self.kill_grace_seconds
+            .or_else(|| {
+                self.definition
+                    .get("taskKillGracePeriodSeconds")
+                    .and_then(serde_json::Value::as_f64)
+            })
+            .filter(|s| s.is_finite() && *s >= 0.0)
+    }
 }
 
 /// Where an allocation is in its life.

@@ -9,13 +9,11 @@ use serde::{Deserialize, Serialize};
 use crate::command::{Command, Outcome, Rejection};
 use crate::state::{State, Touched};
 use crate::workload::{
-    Allocation, AppSpec, ComputeNode, Deployment, TaskFailure, TaskState, Unplaced,
+    Allocation, AppSpec, ComputeNode, Deployment, TaskFailure, TaskState, Unplaced, FIT_EPSILON,
 };
 
 /// Old versions kept per app for `/v2/apps/{id}/versions`.
 const VERSIONS_KEPT: usize = 20;
-/// Slack for float resource sums.
-const EPSILON: f64 = 1e-9;
 
 /// The workload tables.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -207,8 +205,8 @@ impl State {
         }
         // A port may be asked for once, and only if no other task on the node holds it.
         let mut asked = BTreeSet::new();
-        cpus <= node.cpus + EPSILON
-            && mem <= node.mem + EPSILON
+        cpus <= node.cpus + FIT_EPSILON
+            && mem <= node.mem + FIT_EPSILON
             && allocation
                 .ports
                 .iter()
@@ -410,6 +408,7 @@ mod tests {
             backoff_seconds: 1.0,
             backoff_factor: 1.15,
             max_launch_delay_seconds: 3600.0,
+            kill_grace_seconds: None,
             definition: serde_json::Value::Null,
         }
     }
@@ -701,8 +700,11 @@ mod tests {
                 let tasks: Vec<&Allocation> = state.workload.tasks_on(node).collect();
                 let cpus: f64 = tasks.iter().map(|t| t.cpus).sum();
                 let mem: f64 = tasks.iter().map(|t| t.mem).sum();
-                prop_assert!(cpus <= offered.cpus + EPSILON, "{node}: {cpus} cpus placed");
-                prop_assert!(mem <= offered.mem + EPSILON, "{node}: {mem} MiB placed");
+                prop_assert!(
+                    cpus <= offered.cpus + FIT_EPSILON,
+                    "{node}: {cpus} cpus placed"
+                );
+                prop_assert!(mem <= offered.mem + FIT_EPSILON, "{node}: {mem} MiB placed");
                 let mut ports = BTreeSet::new();
                 for port in tasks.iter().flat_map(|t| t.ports.iter()) {
                     prop_assert!(ports.insert(*port), "{node}: port {port} given twice");

@@ -271,8 +271,23 @@ pub fn task_spec(app: &AppSpec, task: &Allocation, host: &str) -> TaskSpec {
         cpus: app.cpus,
         mem_mb: app.mem,
         host: host.to_string(),
-        stop_grace: Duration::from_secs(5),
+        stop_grace: stop_grace(Some(app)),
     }
+}
+
+/// How long a stopping task gets between SIGTERM and SIGKILL unless its app says otherwise.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The longest grace period honoured: Marathon sets no bound, but a stop must end.
+const MAX_STOP_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// Time between SIGTERM and SIGKILL: the app's `taskKillGracePeriodSeconds` (at most a
+/// day), else [`STOP_GRACE`]. The same for a stop asked by the platform and for the
+/// container's own stop timeout.
+pub(crate) fn stop_grace(app: Option<&AppSpec>) -> Duration {
+    app.and_then(AppSpec::kill_grace_seconds)
+        .map(|s| Duration::try_from_secs_f64(s).map_or(MAX_STOP_GRACE, |d| d.min(MAX_STOP_GRACE)))
+        .unwrap_or(STOP_GRACE)
 }
 
 #[cfg(test)]

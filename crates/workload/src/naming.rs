@@ -81,6 +81,7 @@ mod tests {
             backoff_seconds: 1.0,
             backoff_factor: 1.15,
             max_launch_delay_seconds: 300.0,
+            kill_grace_seconds: None,
             definition: serde_json::Value::Null,
         }
     }

@@ -20,14 +20,12 @@ use atoll_state::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::drivers::Drivers;
+use crate::drivers::{stop_grace, Drivers, STOP_GRACE};
 use crate::leader::now_rfc3339;
 use crate::naming::service_names;
 
 /// Inclusive range dynamic host ports come from (as Mesos's default).
-pub const DEFAULT_PORT_RANGE: (u16, u16) = (31000, 32000);
-/// How long a stopping task gets between SIGTERM and SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+pub use atoll_scheduler::DEFAULT_PORT_RANGE;
 /// How much longer than the longest grace period a drain waits for its tasks to stop.
 const DRAIN_MARGIN: Duration = Duration::from_secs(15);
 /// How often host ports held by other processes are looked up.
@@ -313,15 +311,6 @@ pub async fn drain(consensus: &Consensus, drivers: &Drivers, node: &str) {
     }
 }
 
-/// Time between SIGTERM and SIGKILL: the app's `taskKillGracePeriodSeconds`, else the default.
-fn stop_grace(app: Option<&AppSpec>) -> Duration {
-    app.and_then(|a| a.definition.get("taskKillGracePeriodSeconds"))
-        .and_then(serde_json::Value::as_f64)
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
-        .unwrap_or(STOP_GRACE)
-}
-
 fn app_runtime(app: Option<&AppSpec>) -> Option<&Runtime> {
     app.map(|a| &a.runtime)
 }
@@ -360,12 +349,15 @@ fn health_failures(
     }
     let now = Instant::now();
     let since = *critical_since.entry(task.id.clone()).or_insert(now);
+    // Time since the task started; when that is unknown (no or an unreadable start time, or
+    // one in the future), since this node first saw it critical, so a task is never spared
+    // for good by a bad timestamp.
     let started = task
         .started_at
         .as_deref()
         .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
         .and_then(|t| t.elapsed().ok())
-        .unwrap_or_default();
+        .unwrap_or_else(|| now.duration_since(since));
     // Failures inside the grace period do not count, as in Marathon.
     if started <= Duration::from_secs(check.grace_period_seconds) {
         return healthy;
@@ -599,6 +591,7 @@ mod tests {
             backoff_seconds: 1.0,
             backoff_factor: 1.15,
             max_launch_delay_seconds: 300.0,
+            kill_grace_seconds: None,
             definition: serde_json::Value::Null,
         }
     }
@@ -622,6 +615,28 @@ mod tests {
             create_index: 1,
             modify_index: 1,
         }
+    }
+
+    #[test]
+    fn the_kill_grace_period_is_the_apps_for_every_stop() {
+        use crate::drivers::{stop_grace, task_spec};
+        let mut web = app(0, vec![]);
+        assert_eq!(stop_grace(Some(&web)), STOP_GRACE);
+        assert_eq!(stop_grace(None), STOP_GRACE);
+        web.kill_grace_seconds = Some(30.0);
+        assert_eq!(stop_grace(Some(&web)), Duration::from_secs(30));
+        // The container's own stop timeout is the same as a stop the platform asks for.
+        assert_eq!(
+            task_spec(&web, &task(vec![]), "h").stop_grace,
+            Duration::from_secs(30)
+        );
+        // Bounded, and never a panic on a huge value.
+        web.kill_grace_seconds = Some(1e300);
+        assert_eq!(stop_grace(Some(&web)), Duration::from_secs(24 * 3600));
+        // An app stored before the typed field carries it in its definition only.
+        web.kill_grace_seconds = None;
+        web.definition = serde_json::json!({ "taskKillGracePeriodSeconds": 12 });
+        assert_eq!(stop_grace(Some(&web)), Duration::from_secs(12));
     }
 
     #[test]

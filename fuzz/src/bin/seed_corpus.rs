@@ -306,16 +306,16 @@ fn text_seeds(dir: &Path, seeds: &[(&str, &str)]) -> io::Result<()> {
 
 fn raft_seeds(dir: &Path) -> io::Result<()> {
     for (i, entry) in atoll_fuzz::sample_entries().iter().enumerate() {
-        write(dir, &format!("entry-{i:02}"), &encode(entry))?;
+        write(dir, &format!("entry-{i:02}"), &encode(entry).map_err(io::Error::other)?)?;
     }
-    write(dir, "vote", &encode(&atoll_fuzz::sample_vote()))?;
+    write(dir, "vote", &encode(&atoll_fuzz::sample_vote()).map_err(io::Error::other)?)?;
     let committed: Option<LogId<u64>> = atoll_fuzz::sample_snapshot_meta().last_log_id;
-    write(dir, "committed", &encode(&committed))?;
-    write(dir, "committed-none", &encode(&None::<LogId<u64>>))?;
+    write(dir, "committed", &encode(&committed).map_err(io::Error::other)?)?;
+    write(dir, "committed-none", &encode(&None::<LogId<u64>>).map_err(io::Error::other)?)?;
     write(
         dir,
         "snapshot-meta",
-        &encode(&atoll_fuzz::sample_snapshot_meta()),
+        &encode(&atoll_fuzz::sample_snapshot_meta()).map_err(io::Error::other)?,
     )?;
     write(dir, "newer-version", b"\x02{}")?;
     write(dir, "empty", b"")?;
@@ -323,12 +323,12 @@ fn raft_seeds(dir: &Path) -> io::Result<()> {
 }
 
 fn snapshot_seeds(dir: &Path) -> io::Result<()> {
-    write(dir, "empty-state", &encode_state(&State::default()))?;
-    write(dir, "catalog", &encode_state(&atoll_fuzz::catalog_state()))?;
+    write(dir, "empty-state", &encode_state(&State::default()).map_err(io::Error::other)?)?;
+    write(dir, "catalog", &encode_state(&atoll_fuzz::catalog_state()).map_err(io::Error::other)?)?;
     write(
         dir,
         "catalog-kv-apps",
-        &encode_state(&atoll_fuzz::snapshot_state()),
+        &encode_state(&atoll_fuzz::snapshot_state()).map_err(io::Error::other)?,
     )?;
     Ok(())
 }

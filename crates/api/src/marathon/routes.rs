@@ -214,6 +214,11 @@ fn render_app(state: &Tables, app: &AppSpec, embed_tasks: bool) -> Value {
 
 async fn info(State(context): State<ApiContext>) -> Json<Value> {
     let leader = leader_http(&context);
+    // This node's host port range (`--port-range`) when it runs tasks, else the default.
+    let (port_min, port_max) = context
+        .store()
+        .read(|s| s.workload.compute.get(context.node()).map(|c| c.port_range))
+        .unwrap_or(atoll_workload::node::DEFAULT_PORT_RANGE);
     Json(json!({
         "name": "marathon",
         "version": "1.10.0",
@@ -224,8 +229,8 @@ async fn info(State(context): State<ApiContext>) -> Json<Value> {
         "marathon_config": {
             "hostname": context.node(),
             "framework_name": "marathon",
-            "local_port_min": atoll_workload::node::DEFAULT_PORT_RANGE.0,
-            "local_port_max": atoll_workload::node::DEFAULT_PORT_RANGE.1,
+            "local_port_min": port_min,
+            "local_port_max": port_max,
         },
         "http_config": { "http_port": 8080 },
     }))

@@ -760,6 +760,10 @@ fn parse_definition(
         DEFAULT_MAX_LAUNCH_DELAY_SECONDS,
     );
     parse_ignored(&mut r, object, &mut echo);
+    // Validated with the fields kept for the echo; the platform acts on the typed value.
+    let kill_grace_seconds = present(object.get("taskKillGracePeriodSeconds"))
+        .and_then(Value::as_f64)
+        .filter(|s| s.is_finite() && *s >= 0.0);
 
     if !r.problems.is_empty() {
         return Err(ValidationError {
@@ -784,6 +788,7 @@ fn parse_definition(
         backoff_seconds,
         backoff_factor,
         max_launch_delay_seconds,
+        kill_grace_seconds,
         definition: Value::Null,
     };
     app.definition = render_definition(&app, &echo);

@@ -193,3 +193,22 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn bare_responses_are_headers_only_with_the_code() {
+    for (id, code) in [
+        (0x1234, ResponseCode::FormErr),
+        (0xffff, ResponseCode::ServFail),
+        (0, ResponseCode::Refused),
+    ] {
+        let bytes = bare_response(id, code);
+        assert_eq!(bytes.len(), 12);
+        let message = Message::from_vec(&bytes).unwrap();
+        assert_eq!(message.metadata.id, id);
+        assert_eq!(message.metadata.message_type, MessageType::Response);
+        assert_eq!(message.metadata.op_code, OpCode::Query);
+        assert_eq!(message.metadata.response_code, code);
+        assert!(message.queries.is_empty() && message.answers.is_empty());
+    }
+    assert_eq!(format_error(7), bare_response(7, ResponseCode::FormErr));
+}

@@ -38,6 +38,7 @@ fn app(id: &str, version: &str, instances: u32) -> AppSpec {
         backoff_seconds: 1.0,
         backoff_factor: 1.15,
         max_launch_delay_seconds: 3600.0,
+        kill_grace_seconds: None,
         definition: serde_json::Value::Null,
     }
 }

@@ -484,6 +484,11 @@ fn ignored_fields_are_accepted_and_echoed() {
     assert_eq!(d["unreachableStrategy"]["expungeAfterSeconds"], 120);
     assert_eq!(d["killSelection"], "OLDEST_FIRST");
     assert_eq!(d["taskKillGracePeriodSeconds"], 30);
+    assert_eq!(
+        app.kill_grace_seconds,
+        Some(30.0),
+        "the typed value the nodes act on"
+    );
     assert_eq!(d["version"], V1, "the submitted version is ignored");
     assert_eq!(d.get("tasksRunning"), None);
     assert_eq!(d.get("somethingUnknown"), None);
