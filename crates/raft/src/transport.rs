@@ -27,6 +27,17 @@ pub struct TransportError {
     pub not_sent: bool,
 }
 
+impl TransportError {
+    /// A failure after which the peer may have acted on the request.
+    fn maybe_sent(target: &str, message: String) -> Self {
+        TransportError {
+            target: target.to_string(),
+            message,
+            not_sent: false,
+        }
+    }
+}
+
 /// Shared HTTP client for all peers.
 #[derive(Clone)]
 pub struct RpcClient {
@@ -55,12 +66,8 @@ impl RpcClient {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, TransportError> {
-        let fail = |message: String| TransportError {
-            target: target.to_string(),
-            message,
-            not_sent: false,
-        };
-        let payload = serde_json::to_vec(body).map_err(|e| fail(e.to_string()))?;
+        let payload = serde_json::to_vec(body)
+            .map_err(|e| TransportError::maybe_sent(target, e.to_string()))?;
         self.call_encoded(target, path, payload, timeout).await
     }
 
@@ -73,11 +80,7 @@ impl RpcClient {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<Resp, TransportError> {
-        let fail = |message: String| TransportError {
-            target: target.to_string(),
-            message,
-            not_sent: false,
-        };
+        let fail = |message: String| TransportError::maybe_sent(target, message);
         let request = hyper::Request::post(format!("http://{target}{path}"))
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(payload)))
