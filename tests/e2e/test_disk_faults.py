@@ -247,6 +247,9 @@ def test_server_with_a_wiped_data_dir_rejoins_catches_up_and_replaces_its_old_id
         other = next(s for s in cluster.servers if s is not leader and s is not victim)
         other.kill9()
         cluster.write_anywhere("wiped/quorum", "ok", timeout=15)
-        assert victim.kv_get("wiped/quorum", mode="stale") == "ok"
+        # Committed means stored on both; the follower applies it once the leader's next
+        # message tells it the entry is committed, so its own read may trail the answer.
+        wait_for(lambda: victim.kv_get("wiped/quorum", mode="stale") == "ok", timeout=5, interval=0.05,
+                 message=lambda: f"{victim.name} to apply the write it voted for\n" + cluster.logs())
     finally:
         cluster.close()
