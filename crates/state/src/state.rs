@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{CheckSpec, Command, Deregistration, Outcome, Registration, Rejection};
+use crate::command::{
+    CheckSpec, Command, Deregistration, Outcome, Registration, Rejection, ServiceSpec,
+};
 use crate::model::{Check, CheckStatus, KvEntry, Node, ServiceInstance};
 
 /// Tombstones kept for deleted KV keys before the oldest are folded into one index.
@@ -155,19 +157,7 @@ impl State {
             self.touch_services_of_node(index, &registration.node);
         }
         if let Some(spec) = &registration.service {
-            let instance = ServiceInstance {
-                node: registration.node.clone(),
-                id: spec.id.clone(),
-                name: spec.name.clone(),
-                tags: spec.tags.clone(),
-                address: spec.address.clone(),
-                port: spec.port,
-                meta: spec.meta.clone(),
-                enable_tag_override: spec.enable_tag_override,
-                create_index: index,
-                modify_index: index,
-            };
-            self.upsert_service(index, instance);
+            self.upsert_service(index, service_instance(&registration.node, spec, index));
             if registration.replace_service_checks {
                 let keep: BTreeSet<&str> = registration
                     .checks
@@ -451,14 +441,8 @@ impl State {
             return (rejected_invalid("Missing key name"), Touched::default());
         }
         let existing = self.kv.get(key);
-        if let Some(cas) = cas {
-            let holds = match existing {
-                None => cas == 0,
-                Some(entry) => entry.modify_index == cas,
-            };
-            if !holds {
-                return (Outcome::Condition(false), Touched::default());
-            }
+        if !cas_holds(existing, cas) {
+            return (Outcome::Condition(false), Touched::default());
         }
         let create_index = existing.map(|e| e.create_index).unwrap_or(index);
         self.kv.insert(
@@ -516,14 +500,8 @@ impl State {
             return (Outcome::Done, touched);
         }
         let existing = self.kv.get(key);
-        if let Some(cas) = cas {
-            let holds = match existing {
-                None => cas == 0,
-                Some(entry) => entry.modify_index == cas,
-            };
-            if !holds {
-                return (Outcome::Condition(false), Touched::default());
-            }
+        if !cas_holds(existing, cas) {
+            return (Outcome::Condition(false), Touched::default());
         }
         let outcome = if cas.is_some() {
             Outcome::Condition(true)
@@ -711,6 +689,33 @@ impl State {
             );
         }
         index
+    }
+}
+
+/// Whether a KV check-and-set condition holds: `None` always; `Some(0)` only for an absent
+/// key; `Some(i)` only when the key's modify index is `i`.
+fn cas_holds(existing: Option<&KvEntry>, cas: Option<u64>) -> bool {
+    match (cas, existing) {
+        (None, _) => true,
+        (Some(cas), None) => cas == 0,
+        (Some(cas), Some(entry)) => entry.modify_index == cas,
+    }
+}
+
+/// The catalog row of a service spec registered on `node` at `index`: the one conversion,
+/// for agent registrations and for the services of a running task alike.
+pub(crate) fn service_instance(node: &str, spec: &ServiceSpec, index: u64) -> ServiceInstance {
+    ServiceInstance {
+        node: node.to_string(),
+        id: spec.id.clone(),
+        name: spec.name.clone(),
+        tags: spec.tags.clone(),
+        address: spec.address.clone(),
+        port: spec.port,
+        meta: spec.meta.clone(),
+        enable_tag_override: spec.enable_tag_override,
+        create_index: index,
+        modify_index: index,
     }
 }
 

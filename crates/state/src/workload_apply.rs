@@ -350,18 +350,7 @@ impl State {
             && self.nodes.contains_key(&task.node)
         {
             for (service, checks) in services {
-                let instance = crate::model::ServiceInstance {
-                    node: task.node.clone(),
-                    id: service.id.clone(),
-                    name: service.name.clone(),
-                    tags: service.tags.clone(),
-                    address: service.address.clone(),
-                    port: service.port,
-                    meta: service.meta.clone(),
-                    enable_tag_override: false,
-                    create_index: index,
-                    modify_index: index,
-                };
+                let instance = crate::state::service_instance(&task.node, service, index);
                 self.upsert_service(index, instance);
                 for check in checks {
                     self.upsert_check(index, &task.node, check);
