@@ -329,6 +329,27 @@ def fetch(port: int, path: str = "/", timeout: float = HTTP_TIMEOUT, host: str =
     return r.text if r.status_code == 200 else None
 
 
+def wait_srv(inst: Atoll, name: str, count: int, marker: str | None = None, timeout: float = 20.0) -> list[int]:
+    """Waits until SRV `name` lists `count` distinct ports that all answer HTTP (with `marker`)."""
+
+    def probe():
+        ports = srv_ports(inst, name)
+        if len(ports) != count or len(set(ports)) != count:
+            return None
+        for port in ports:
+            body = fetch(port)
+            if body is None or (marker is not None and marker not in body):
+                return None
+        return ports
+
+    return wait_for(
+        probe,
+        timeout=timeout,
+        interval=0.1,
+        message=lambda: f"SRV {name} to list {count} serving ports (now {srv_ports(inst, name)})",
+    )
+
+
 # ---------------------------------------------------------------------------
 # Marathon API over plain HTTP
 
@@ -376,6 +397,10 @@ def app_tasks(inst: Atoll, app_id: str) -> list[dict]:
     return r.json()["tasks"]
 
 
+def task_ids(tasks) -> set[str]:
+    return {t["id"] for t in tasks}
+
+
 def healthy(task: dict) -> bool:
     results = task.get("healthCheckResults") or []
     return task.get("state") == "TASK_RUNNING" and bool(results) and all(r.get("alive") for r in results)
@@ -411,6 +436,23 @@ def _task_summary(inst: Atoll, app_id: str) -> Any:
         }
     except Exception as exc:  # noqa: BLE001 - diagnostics only
         return repr(exc)
+
+
+def wait_for_failure_of(inst: Atoll, app_id: str, task_id: str, timeout: float = 15.0) -> dict:
+    """Waits until the app's lastTaskFailure is the death of `task_id`; returns it."""
+
+    def probe():
+        failure = (app_json(inst, app_id) or {}).get("lastTaskFailure") or {}
+        return failure if failure.get("taskId") == task_id else None
+
+    failure = wait_for(
+        probe,
+        timeout=timeout,
+        interval=0.1,
+        message=lambda: f"lastTaskFailure of {app_id} to name {task_id} (now {(app_json(inst, app_id) or {}).get('lastTaskFailure')})",
+    )
+    assert failure.get("state") in ("TASK_FAILED", "TASK_KILLED", "TASK_LOST"), failure
+    return failure
 
 
 def no_deployments(inst: Atoll, app_id: str) -> bool:

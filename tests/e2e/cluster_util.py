@@ -2,10 +2,10 @@
 
 Every node is a real `atoll agent` process (a server, or a client node) with
 its own loopback IP 127.A.B.x (A and B random per run) listening on the
-default ports 8300 (Raft/RPC), 8500 (HTTP) and 8600 (DNS). test_cluster.py
-builds clusters from these pieces to kill, freeze and restart them;
-conftest.py uses them to run the client tests against a client node of a
-3-server cluster (ATOLL_E2E_TARGET=cluster).
+default ports 8300 (Raft/RPC), 8500 (HTTP) and 8600 (DNS). The cluster tests
+build clusters from these pieces (conftest.py's `new_cluster` fixture) to kill,
+freeze and restart them; conftest.py also uses them to run the client tests
+against a client node of a 3-server cluster (ATOLL_E2E_TARGET=cluster).
 
 ATOLL_E2E_SEED replays the random choices (addresses, start orders).
 """
@@ -432,6 +432,23 @@ def wait_kv(node: Node, key: str, value: str, mode: str = "stale", timeout: floa
              message=lambda: f"{node.name} to read {key}={value!r} ({mode})\n{node.logs()}")
 
 
+def listed_tasks(node: Node, app_id: str) -> list[dict]:
+    """The tasks `node` lists for app_id under /v2/apps; [] while it does not answer 200."""
+    response = node.get(f"/v2/apps{app_id}/tasks")
+    if response.status_code != 200:
+        return []
+    return response.json()["tasks"]
+
+
+def listening(ip: str, port: int) -> bool:
+    """True when something accepts TCP connections on ip:port."""
+    try:
+        with socket.create_connection((ip, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def assert_one_leader(cluster: Cluster, voters: int) -> Node:
     """Exactly one leader, everybody agrees, `voters` peers in every server's view."""
     leader = cluster.wait_converged(voters=voters)
@@ -444,8 +461,6 @@ def assert_one_leader(cluster: Cluster, voters: int) -> Node:
         assert flagged[0]["Address"] == leader.rpc_addr and flagged[0]["Node"] == leader.name, config
         assert all(s["Voter"] for s in config["Servers"]), config
     return leader
-
-
 
 
 # ---------------------------------------------------------------------------

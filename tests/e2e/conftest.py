@@ -40,7 +40,7 @@ try:  # py-consul
 except ImportError:  # pragma: no cover - reported by the fixtures
     consul = None
 
-pytest.register_assert_rewrite("cluster_util")
+pytest.register_assert_rewrite("apps_util", "cluster_util")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BIN = REPO_ROOT / "target" / "release" / "atoll"
@@ -134,6 +134,30 @@ def wait_for(
             detail = f"; last error: {last_exc!r}" if last_exc else f"; last value: {last_value!r}"
             raise AssertionError(f"timed out after {timeout:.1f}s waiting for {text}{detail}")
         time.sleep(interval)
+
+
+def stays(
+    predicate: Callable[[], Any],
+    duration: float,
+    message: str | Callable[[], str] = "condition",
+    interval: float = 0.2,
+) -> None:
+    """Assert that `predicate` holds at every look for `duration` seconds.
+
+    The opposite of wait_for: for what must not happen (or must not change)
+    over a period. The first look is at once, the last one when `duration`
+    has passed, so it is at least as strict as sleeping for `duration` and
+    then asserting. An exception raised by the predicate is a failure.
+    """
+    deadline = time.monotonic() + duration
+    while True:
+        if not predicate():
+            text = message() if callable(message) else message
+            raise AssertionError(f"{text} (within {duration:.1f}s)")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        time.sleep(min(interval, remaining))
 
 
 # ---------------------------------------------------------------------------
@@ -538,6 +562,36 @@ def atoll_factory(request, tmp_path):
 def atoll(atoll_factory) -> Atoll:
     """A running atoll with a fresh data dir under tmp_path (or the cluster target's client node, reset)."""
     return atoll_factory.start("main")
+
+
+# ---------------------------------------------------------------------------
+# private multi-process clusters (cluster_util), for the tests that kill, freeze and restart nodes
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """The run's loopback address pool (cluster_util.session_pool); needs the binary."""
+    require_binary()
+    from cluster_util import session_pool
+
+    return session_pool()
+
+
+@pytest.fixture
+def new_cluster(tmp_path, pool):
+    """Factory for a private cluster: new_cluster(label); every node is killed at the end of the test."""
+    from cluster_util import Cluster
+
+    made: list[Cluster] = []
+
+    def make(label: str) -> Cluster:
+        cluster = Cluster(tmp_path, pool, label)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.close()
 
 
 # ---------------------------------------------------------------------------

@@ -49,12 +49,15 @@ from apps_util import (
     require_docker,
     srv_ports,
     srv_rcode,
+    task_ids,
     task_processes,
     unique_prefix,
     process_environ,
+    wait_for_failure_of,
     wait_running,
+    wait_srv,
 )
-from conftest import Atoll, free_port, require, require_tool, wait_for
+from conftest import Atoll, catalog_service_ids, free_port, require, require_tool, wait_for
 
 # ---------------------------------------------------------------------------
 # fixtures
@@ -142,52 +145,6 @@ def web_definition(app_id: str, image: str, instances: int = 3, **extra) -> dict
     return definition
 
 
-def task_ids(tasks) -> set[str]:
-    return {t["id"] for t in tasks}
-
-
-def catalog_ids(inst: Atoll, service: str) -> set[str]:
-    return {e["ServiceID"] for e in inst.get_json(f"/v1/catalog/service/{service}")}
-
-
-def wait_srv(inst: Atoll, name: str, count: int, marker: str | None = None, timeout: float = 20.0) -> list[int]:
-    """Waits until SRV `name` lists `count` distinct ports that all answer HTTP (with `marker`)."""
-
-    def probe():
-        ports = srv_ports(inst, name)
-        if len(ports) != count or len(set(ports)) != count:
-            return None
-        for port in ports:
-            body = fetch(port)
-            if body is None or (marker is not None and marker not in body):
-                return None
-        return ports
-
-    return wait_for(
-        probe,
-        timeout=timeout,
-        interval=0.1,
-        message=lambda: f"SRV {name} to list {count} serving ports (now {srv_ports(inst, name)})",
-    )
-
-
-def wait_for_failure_of(inst: Atoll, app_id: str, task_id: str, timeout: float = 15.0) -> dict:
-    """Waits until the app's lastTaskFailure is the death of `task_id`; returns it."""
-
-    def probe():
-        failure = (app_json(inst, app_id) or {}).get("lastTaskFailure") or {}
-        return failure if failure.get("taskId") == task_id else None
-
-    failure = wait_for(
-        probe,
-        timeout=timeout,
-        interval=0.1,
-        message=lambda: f"lastTaskFailure of {app_id} to name {task_id} (now {(app_json(inst, app_id) or {}).get('lastTaskFailure')})",
-    )
-    assert failure.get("state") in ("TASK_FAILED", "TASK_KILLED", "TASK_LOST"), failure
-    return failure
-
-
 def write_definition(env: AppsEnv, name: str, definition: dict) -> Path:
     path = env.tmp / f"{name}.json"
     path.write_text(json.dumps(definition))
@@ -262,9 +219,9 @@ def test_docker_web_app_dns_replacement_and_rolling_upgrade(env, web_images):
     ports = wait_srv(inst, srv_name, 3, marker=v1)
     assert ports == sorted(t["ports"][0] for t in after_kill)
     wait_for(
-        lambda: catalog_ids(inst, env.service("web")) == {f"{t}:0" for t in task_ids(after_kill)},
+        lambda: catalog_service_ids(inst, env.service("web")) == {f"{t}:0" for t in task_ids(after_kill)},
         timeout=10,
-        message=lambda: f"catalog of {env.service('web')} to hold only the live tasks (now {catalog_ids(inst, env.service('web'))})",
+        message=lambda: f"catalog of {env.service('web')} to hold only the live tasks (now {catalog_service_ids(inst, env.service('web'))})",
     )
     new_task = next(t for t in after_kill if t["id"] in new_ids)
     if new_task["ports"][0] != victim_port:

@@ -26,25 +26,21 @@ import dns.rdatatype
 import pytest
 import requests
 
-from cluster_util import (  # noqa: F401 - Node, AddressPool, ... are imported from here by other tests
-    DNS_PORT,
+from cluster_util import (
     FAILOVER_LIMIT,
-    FORM_TIMEOUT,
     HEARTBEAT_TTL,
     HTTP_PORT,
     RNG,
     RPC_PORT,
-    SEED,
-    STOP_TIMEOUT,
-    AddressPool,
     Cluster,
     Node,
     assert_one_leader,
+    listed_tasks,
+    listening,
     run_cli,
-    session_pool,
     wait_kv,
 )
-from conftest import require, require_binary, wait_for
+from conftest import require, stays, wait_for
 
 try:  # py-consul
     import consul
@@ -56,28 +52,7 @@ DNS_MARGIN = 3.0  # how much later than the heartbeat TTL a dead node may leave 
 
 
 # ---------------------------------------------------------------------------
-# fixtures
-
-
-@pytest.fixture(scope="module")
-def pool() -> AddressPool:
-    require_binary()
-    return session_pool()
-
-
-@pytest.fixture
-def new_cluster(tmp_path, pool):
-    """Factory for a private cluster; every node is killed at the end of the test."""
-    made: list[Cluster] = []
-
-    def make(label: str) -> Cluster:
-        cluster = Cluster(tmp_path, pool, label)
-        made.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.close()
+# fixtures (`pool` and `new_cluster`, a private cluster per test, are in conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -519,10 +494,10 @@ def test_bootstrap_expect_mismatch_is_refused(new_cluster):
              timeout=15, message="the two well-configured servers to listen")
     odd.spawn()
     _wait_refused(odd, ["--bootstrap-expect", "5", "3"])
+
     # Only two servers expecting 3 are left: nothing may have been bootstrapped, and
     # certainly not a configuration counting the refused server as a voter.
-    deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline:
+    def nothing_bootstrapped() -> bool:
         for node in good:
             if not node.running():
                 continue
@@ -535,7 +510,9 @@ def test_bootstrap_expect_mismatch_is_refused(new_cluster):
             if r.json() or node.leader():
                 pytest.fail(f"{node.name} bootstrapped although only 2 servers expecting 3 exist "
                             f"(the one expecting 5 was refused): peers {r.json()}")
-        time.sleep(0.2)
+        return True
+
+    stays(nothing_bootstrapped, 3.0, "no server to bootstrap")
 
 
 def test_datacenter_mismatch_is_refused(shared, new_cluster):
@@ -558,21 +535,6 @@ def test_datacenter_mismatch_client_is_refused(shared, new_cluster):
     assert stranger.name not in shared.leader().members()
 
 
-def _app_tasks(node: Node, app_id: str) -> list[dict]:
-    response = node.get(f"/v2/apps{app_id}/tasks")
-    if response.status_code != 200:
-        return []
-    return response.json()["tasks"]
-
-
-def _listening(ip: str, port: int) -> bool:
-    try:
-        with socket.create_connection((ip, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def test_compute_node_loss_reschedules_tasks_and_reaps_orphans(new_cluster):
     cluster = new_cluster("wl")
     cluster.add_servers(3)
@@ -591,7 +553,7 @@ def test_compute_node_loss_reschedules_tasks_and_reaps_orphans(new_cluster):
     assert created.status_code in (200, 201), created.text
 
     def running_on() -> dict[str, dict]:
-        tasks = [t for t in _app_tasks(server, "/resched") if t["state"] == "TASK_RUNNING"]
+        tasks = [t for t in listed_tasks(server, "/resched") if t["state"] == "TASK_RUNNING"]
         return {t["host"]: t for t in tasks}
 
     placed = wait_for(lambda: len(running_on()) == 2 and running_on(), timeout=30,
@@ -599,7 +561,7 @@ def test_compute_node_loss_reschedules_tasks_and_reaps_orphans(new_cluster):
     victim = next(c for c in clients if c.ip in placed)
     old_task = placed[victim.ip]
     old_port = old_task["ports"][0]
-    wait_for(lambda: _listening(victim.ip, old_port), timeout=10, message="the task serving on its port")
+    wait_for(lambda: listening(victim.ip, old_port), timeout=10, message="the task serving on its port")
 
     victim.kill9()
     # The lost task is replaced on the one node without an instance (UNIQUE hostname).
@@ -613,12 +575,12 @@ def test_compute_node_loss_reschedules_tasks_and_reaps_orphans(new_cluster):
 
     # The orphaned process on the node that came back is stopped, not run twice.
     victim.spawn()
-    wait_for(lambda: not _listening(victim.ip, old_port), timeout=30,
+    wait_for(lambda: not listening(victim.ip, old_port), timeout=30,
              message="the orphaned task on the returning node stopped")
     final = running_on()
     assert len(final) == 2 and victim.ip not in final, final
-    assert len(_app_tasks(server, "/resched")) == 2
+    assert len(listed_tasks(server, "/resched")) == 2
     deleted = server.delete("/v2/apps/resched?force=true", timeout=10)
     assert deleted.status_code == 200, deleted.text
-    wait_for(lambda: not _app_tasks(server, "/resched") and not any(
-        _listening(t["host"], t["ports"][0]) for t in final.values()), timeout=30, message="app destroyed")
+    wait_for(lambda: not listed_tasks(server, "/resched") and not any(
+        listening(t["host"], t["ports"][0]) for t in final.values()), timeout=30, message="app destroyed")

@@ -8,8 +8,8 @@ node stops its own tasks before it exits, so nothing it ran is left behind.
 
 from __future__ import annotations
 
+from cluster_util import listed_tasks, listening, run_cli
 from conftest import wait_for
-from test_cluster import _app_tasks, _listening, new_cluster, pool, run_cli  # noqa: F401 - fixtures
 
 
 def test_server_leave_shrinks_the_voters(new_cluster):
@@ -48,11 +48,11 @@ def test_compute_node_leave_drains_its_tasks(new_cluster):
     assert created.status_code in (200, 201), created.text
 
     def running() -> list[dict]:
-        return [t for t in _app_tasks(server, "/drained") if t["state"] == "TASK_RUNNING"]
+        return [t for t in listed_tasks(server, "/drained") if t["state"] == "TASK_RUNNING"]
 
     (task,) = wait_for(lambda: len(running()) == 1 and running(), timeout=30, message="the task running")
     host, port = task["host"], task["ports"][0]
-    wait_for(lambda: _listening(host, port), timeout=10, message="the task serving on its port")
+    wait_for(lambda: listening(host, port), timeout=10, message="the task serving on its port")
     leaving = next(c for c in clients if c.ip == host)
     other = next(c for c in clients if c is not leaving)
 
@@ -60,7 +60,7 @@ def test_compute_node_leave_drains_its_tasks(new_cluster):
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     # The node drains before it exits: its task is stopped, not left running.
     assert leaving.wait_exit(30) == 0, leaving.logs()
-    assert not _listening(host, port), "the drained task still serves after its node left"
+    assert not listening(host, port), "the drained task still serves after its node left"
     moved = wait_for(lambda: [t for t in running() if t["host"] == other.ip], timeout=30,
                      message="the task replaced on the other compute node")
     assert len(running()) == 1

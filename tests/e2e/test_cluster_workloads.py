@@ -9,15 +9,12 @@ no manual step: the compute node adopts the processes it left running.
 
 from __future__ import annotations
 
-import time
-
-from cluster_util import RNG
-from conftest import wait_for
-from test_cluster import _app_tasks, _listening, new_cluster, pool  # noqa: F401 - fixtures
+from cluster_util import RNG, listed_tasks, listening
+from conftest import stays, wait_for
 
 
 def _running(node, app_id: str) -> list[dict]:
-    return [t for t in _app_tasks(node, app_id) if t["state"] == "TASK_RUNNING"]
+    return [t for t in listed_tasks(node, app_id) if t["state"] == "TASK_RUNNING"]
 
 
 def _queued(node, app_id: str) -> list[dict]:
@@ -60,14 +57,14 @@ def test_full_restart_brings_apps_and_running_instances_back(new_cluster):
     (task,) = wait_for(lambda: (lambda ts: ts if len(ts) == 1 else None)(_running(server, "/survivor")),
                        timeout=30, message="the task running")
     port = task["ports"][0]
-    wait_for(lambda: _listening(client.ip, port), timeout=10, message="the task serving")
+    wait_for(lambda: listening(client.ip, port), timeout=10, message="the task serving")
 
     order = list(cluster.nodes)
     RNG.shuffle(order)
     for node in order:
         node.kill9()
     # The task's process outlives its agent and is adopted again, not restarted.
-    assert _listening(client.ip, port)
+    assert listening(client.ip, port)
     started = cluster.start()
     print("restart order:", [n.name for n in started])
     leader = cluster.wait_converged(voters=3)
@@ -83,10 +80,9 @@ def test_full_restart_brings_apps_and_running_instances_back(new_cluster):
         wait_for(lambda server=server: {rd.port for rr in server.dns("survivor.service.consul", "SRV").answer
                                         for rd in rr} == {port},
                  timeout=15, message=f"survivor in {server.name}'s DNS")
-    # Give the compute node's runner time to have judged its tasks: still the same one.
-    time.sleep(1.5)
-    assert same_task_back(), _running(leader, "/survivor")
-    assert _listening(client.ip, port)
+    # Give the compute node's runner time to have judged its tasks: still the same one, still serving.
+    stays(lambda: same_task_back() and listening(client.ip, port), 1.5,
+          message=lambda: f"task {task['id']} replaced or not serving: {_running(leader, '/survivor')}")
     deleted = leader.delete("/v2/apps/survivor?force=true", timeout=10)
     assert deleted.status_code == 200, deleted.text
-    wait_for(lambda: not _listening(client.ip, port), timeout=30, message="the task stopped")
+    wait_for(lambda: not listening(client.ip, port), timeout=30, message="the task stopped")

@@ -29,10 +29,10 @@ from apps_util import (
     srv_ports,
     task_processes,
     unique_prefix,
+    wait_for_failure_of,
     wait_running,
 )
 from conftest import Atoll, require, require_tool, wait_for
-from test_apps import wait_for_failure_of
 
 
 class Node:

@@ -23,7 +23,7 @@ import pytest
 
 from apps_util import fetch, healthy, kill_task_processes, task_process_groups, task_processes, unique_prefix
 from cluster_util import Cluster, Node, session_pool
-from conftest import require_binary, require_tool, wait_for
+from conftest import require_binary, require_tool, stays, wait_for
 
 INSTANCES = 4
 # Long enough that a restart on a loaded machine usually comes back within it (the tasks
@@ -156,9 +156,11 @@ def test_rolling_deployment_completes_across_a_compute_agent_restart(cluster, tm
     wait_for(lambda: set(groups(app_id)) == final_ids, timeout=15, interval=0.2,
              message=lambda: f"only the current tasks' processes to run: {groups(app_id)} vs {final_ids}")
     settled_groups = groups(app_id)
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
+
+    def unchanged() -> bool:
         assert groups(app_id) == settled_groups, f"processes changed: {groups(app_id)} vs {settled_groups}"
         assert {t["id"] for t in tasks_of(leader, app_id)} == final_ids, tasks_of(leader, app_id)
-        time.sleep(0.2)
+        return True
+
+    stays(unchanged, 3, message="the current tasks and their processes")
     assert leader.get_json(f"/v2/apps{app_id}")["app"]["instances"] == INSTANCES

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,7 @@ from apps_util import (
     unique_prefix,
     wait_running,
 )
-from conftest import require, require_tool, wait_for
+from conftest import require, require_tool, stays, wait_for
 
 ENGINE_START_TIMEOUT = 60.0
 ENGINE_STOP_TIMEOUT = 30.0
@@ -228,15 +227,17 @@ def test_docker_tasks_are_readopted_once_after_an_engine_restart(engine, atoll_f
 
         wait_for(same_tasks_running, timeout=30, interval=0.2,
                  message=lambda: f"the same two tasks running: {app_tasks(inst, app_id)}")
+
         # Nothing restarted, nothing duplicated: the same containers, started once, and no other.
         # Watched for a while, since a duplicate would appear only once atoll resynced.
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+        def unchanged() -> bool:
             now = {t: engine.containers(f"label=atoll.task_id={t}") for t in task_ids}
             assert now == before, f"containers of the tasks changed: {now} vs {before}"
             assert set(engine.containers()) == all_before, engine.docker("ps", "-a")
             assert {t["id"] for t in app_tasks(inst, app_id)} == task_ids, app_tasks(inst, app_id)
-            time.sleep(0.25)
+            return True
+
+        stays(unchanged, 5, message="the same containers and tasks", interval=0.25)
         for t, ids in before.items():
             state = engine.inspect(ids[0])["State"]
             assert state["Running"] and state["StartedAt"] == started_at[t], (t, state)

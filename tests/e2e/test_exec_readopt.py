@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import time
 
 import dns.rcode
 import pytest
@@ -32,13 +31,15 @@ from apps_util import (
     listening_pids,
     process_environ,
     srv_rcode,
+    task_ids,
     task_process_groups,
     task_processes,
     unique_prefix,
+    wait_for_failure_of,
     wait_running,
+    wait_srv,
 )
-from conftest import require, require_tool, wait_for
-from test_apps import catalog_ids, task_ids, wait_for_failure_of, wait_srv
+from conftest import catalog_service_ids, require, require_tool, stays, wait_for
 
 
 @pytest.fixture
@@ -56,14 +57,6 @@ def node(atoll_factory):
             inst.close()
         finally:
             kill_task_processes(f"/{prefix}/")
-
-
-def stays(predicate, duration: float, message: str) -> None:
-    """Asserts that `predicate` holds at every look for `duration` seconds."""
-    deadline = time.monotonic() + duration
-    while time.monotonic() < deadline:
-        assert predicate(), message
-        time.sleep(0.2)
 
 
 def sandbox_name(task_id: str) -> str:
@@ -108,15 +101,15 @@ def test_exec_tasks_survive_an_agent_restart_and_stay_managed(node, tmp_path):
     ports = wait_srv(inst, srv_name, 2, marker="readopt site")
     assert ports == sorted(t["ports"][0] for t in tasks)
     wait_for(
-        lambda: catalog_ids(inst, service) == {f"{t}:0" for t in task_ids(tasks)},
+        lambda: catalog_service_ids(inst, service) == {f"{t}:0" for t in task_ids(tasks)},
         timeout=10,
-        message=lambda: f"catalog of {service} to list the adopted tasks (now {catalog_ids(inst, service)})",
+        message=lambda: f"catalog of {service} to list the adopted tasks (now {catalog_service_ids(inst, service)})",
     )
     # Re-adopted, not restarted or duplicated: nothing new starts while we watch.
     stays(
         lambda: groups(app_id) == before and task_ids(app_tasks(inst, app_id)) == task_ids(tasks),
         duration=3,
-        message=f"the adopted tasks changed: {groups(app_id)} vs {before}, tasks {app_tasks(inst, app_id)}",
+        message=lambda: f"the adopted tasks changed: {groups(app_id)} vs {before}, tasks {app_tasks(inst, app_id)}",
     )
 
     # The new agent watches the adopted tasks: kill one's web server and it is replaced.
