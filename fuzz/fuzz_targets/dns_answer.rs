@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use atoll_dns::answer::udp_limit;
 use atoll_dns::packet::{reply_to_packet, PacketReply, Transport, HEADER_LEN, MAX_MESSAGE};
 use atoll_dns::DnsConfig;
-use atoll_state::Store;
+use atoll_cluster::Store;
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use libfuzzer_sys::fuzz_target;
 

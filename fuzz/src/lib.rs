@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use atoll_api::marathon::wire::parse_app;
 use atoll_dns::DnsConfig;
-use atoll_raft::{Member, TypeConfig};
+use atoll_cluster::Member;
+use atoll_raft::TypeConfig;
 use atoll_state::{
     Allocation, AppSpec, CheckSpec, CheckStatus, Command, ComputeNode, Deployment, Deregistration,
     Registration, ServiceSpec, State, TaskState, Unplaced,
@@ -283,6 +284,19 @@ pub fn sample_commands() -> Vec<Command> {
             },
         );
     }
+    // A round of the control loop as one entry.
+    commands.push(Command::Batch(vec![
+        Command::TaskHealth {
+            id: "shop_web.instance-1-1".into(),
+            failures: 0,
+        },
+        Command::KvSet {
+            key: "config/web/threads".into(),
+            value: b"16".to_vec(),
+            flags: 0,
+            cas: None,
+        },
+    ]));
     commands
 }
 

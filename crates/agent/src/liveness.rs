@@ -7,13 +7,13 @@
 //! have been missing for [`Autopilot::dead_server_after`] is removed from the Raft
 //! configuration, one at a time, as long as the dead are a minority of the voters and the
 //! voters stay at or above [`Autopilot::min_quorum`]. A removed server that comes back asks
-//! to join again (see `Consensus::stay_member`).
+//! to join again (see `stay_member` in the Raft crate).
 
 use std::time::Duration;
 
 use std::collections::HashMap;
 
-use atoll_raft::Consensus;
+use atoll_cluster::{Cluster, ClusterHandle};
 use atoll_state::{CheckStatus, Command, NODE_HEALTH_CHECK_ID};
 use tokio::time::Instant;
 
@@ -24,31 +24,31 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 /// How often the leader checks heartbeats.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 
-pub(crate) async fn send_heartbeats(consensus: Consensus, node: String) {
+pub(crate) async fn send_heartbeats(cluster: ClusterHandle, node: String) {
     let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if let Err(e) = consensus.heartbeat(&node).await {
+        if let Err(e) = cluster.heartbeat(&node).await {
             tracing::debug!(error = %e, "heartbeat not delivered");
         }
     }
 }
 
-pub(crate) async fn watch_heartbeats(consensus: Consensus, ttl: Duration, autopilot: Autopilot) {
+pub(crate) async fn watch_heartbeats(cluster: ClusterHandle, ttl: Duration, autopilot: Autopilot) {
     let mut ticker = tokio::time::interval(CHECK_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leading_since: Option<Instant> = None;
     loop {
         ticker.tick().await;
-        if !consensus.is_leader() {
+        if !cluster.is_leader() {
             leading_since = None;
             continue;
         }
         let since = *leading_since.get_or_insert_with(Instant::now);
-        let liveness = consensus.liveness();
+        let liveness = cluster.liveness();
         let now = Instant::now();
-        let nodes: Vec<(String, CheckStatus)> = consensus.store().read(|state| {
+        let nodes: Vec<(String, CheckStatus)> = cluster.store().read(|state| {
             state
                 .all_checks()
                 .filter(|c| c.check_id == NODE_HEALTH_CHECK_ID)
@@ -82,13 +82,13 @@ pub(crate) async fn watch_heartbeats(consensus: Consensus, ttl: Duration, autopi
                 status: wanted,
                 output: output.to_string(),
             };
-            if let Err(e) = consensus.write(command).await {
+            if let Err(e) = cluster.write(command).await {
                 tracing::warn!(%node, error = %e, "could not record node health");
             }
         }
         if let Some(dead_after) = autopilot.dead_server_after {
             remove_dead_server(
-                &consensus,
+                cluster.as_ref(),
                 &liveness,
                 since,
                 dead_after,
@@ -101,17 +101,17 @@ pub(crate) async fn watch_heartbeats(consensus: Consensus, ttl: Duration, autopi
 
 /// Leader only: removes one dead voter if the cleanup rules allow it.
 async fn remove_dead_server(
-    consensus: &Consensus,
+    cluster: &dyn Cluster,
     liveness: &HashMap<String, Instant>,
     leading_since: Instant,
     dead_after: Duration,
     min_quorum: usize,
 ) {
     let now = Instant::now();
-    let voters: Vec<(u64, String, Duration)> = consensus
+    let voters: Vec<(u64, String, Duration)> = cluster
         .members()
         .into_iter()
-        .filter(|(id, _, voter)| *voter && *id != consensus.node_id())
+        .filter(|(id, _, voter)| *voter && *id != cluster.node_id())
         .map(|(id, member, _)| {
             // Silence is counted from the later of its last heartbeat and this leadership.
             let seen = liveness
@@ -127,7 +127,7 @@ async fn remove_dead_server(
     };
     let (id, name, silent) = &voters[index];
     tracing::warn!(node = %name, silent_for = ?silent, "removing dead server from the Raft configuration");
-    if let Err(e) = consensus.remove_member(*id).await {
+    if let Err(e) = cluster.remove_member(*id).await {
         tracing::warn!(node = %name, error = %e, "could not remove dead server");
     }
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use atoll_raft::{Consensus, ConsensusError};
+use atoll_cluster::{ClusterError, ClusterHandle};
 use atoll_state::{
     Check, CheckDefinition, CheckSpec, CheckStatus, Command, Deregistration, Outcome, Registration,
     Rejection, ServiceSpec, Table, NODE_HEALTH_CHECK_ID,
@@ -82,7 +82,7 @@ pub enum AgentError {
     NotTtl(String),
     /// Raft refused or failed the write.
     #[error(transparent)]
-    Consensus(#[from] ConsensusError),
+    Cluster(#[from] ClusterError),
     /// The state machine rejected the write.
     #[error(transparent)]
     Rejected(#[from] Rejection),
@@ -91,7 +91,7 @@ pub enum AgentError {
 /// Handle on the local agent. Cloning shares it.
 #[derive(Clone)]
 pub struct Agent {
-    consensus: Consensus,
+    cluster: ClusterHandle,
     config: Arc<AgentConfig>,
     ttl_resets: mpsc::UnboundedSender<String>,
     stop: Arc<tokio::sync::Notify>,
@@ -102,7 +102,7 @@ impl Agent {
     /// `tasks` runs the commands of task command checks; nodes that run no tasks pass
     /// `None`, and such checks are then critical.
     pub async fn start(
-        consensus: Consensus,
+        cluster: ClusterHandle,
         config: AgentConfig,
         tasks: Option<Arc<dyn TaskCommands>>,
     ) -> Result<Agent, AgentError> {
@@ -131,13 +131,13 @@ impl Agent {
         // caller stops waiting on shutdown), saying so now and then.
         let mut nag_at = Instant::now() + REGISTER_NAG;
         loop {
-            match consensus
+            match cluster
                 .write(Command::Register(Box::new(registration.clone())))
                 .await
             {
                 Ok((Outcome::Rejected(rejection), _)) => return Err(rejection.into()),
                 Ok(_) => break,
-                Err(e @ ConsensusError::Refused(_)) => return Err(e.into()),
+                Err(e @ ClusterError::Refused(_)) => return Err(e.into()),
                 Err(e) if Instant::now() >= nag_at => {
                     tracing::warn!(error = %e, "still waiting for a cluster leader to register this node");
                     nag_at = Instant::now() + REGISTER_NAG;
@@ -151,7 +151,7 @@ impl Agent {
         let (ttl_resets, resets) = mpsc::unbounded_channel();
         let config = Arc::new(config);
         let runner = Runner {
-            consensus: consensus.clone(),
+            cluster: cluster.clone(),
             node: config.node.clone(),
             probers: Probers {
                 client: http_client(),
@@ -164,18 +164,18 @@ impl Agent {
         };
         tokio::spawn(runner.run(resets));
         tokio::spawn(crate::liveness::send_heartbeats(
-            consensus.clone(),
+            cluster.clone(),
             config.node.clone(),
         ));
         if config.server_port.is_some() {
             tokio::spawn(crate::liveness::watch_heartbeats(
-                consensus.clone(),
+                cluster.clone(),
                 config.heartbeat_ttl,
                 config.autopilot.clone(),
             ));
         }
         Ok(Agent {
-            consensus,
+            cluster,
             config,
             ttl_resets,
             stop: Arc::new(tokio::sync::Notify::new()),
@@ -190,12 +190,10 @@ impl Agent {
             service_id: None,
             check_id: None,
         });
-        self.consensus.write(command).await?;
-        let last_server = self.config.server_port.is_some() && self.consensus.peers().len() <= 1;
+        self.cluster.write(command).await?;
+        let last_server = self.config.server_port.is_some() && self.cluster.peers().len() <= 1;
         if !last_server {
-            self.consensus
-                .remove_member(self.consensus.node_id())
-                .await?;
+            self.cluster.remove_member(self.cluster.node_id()).await?;
         }
         tracing::info!("left the cluster");
         self.stop.notify_one();
@@ -212,9 +210,9 @@ impl Agent {
         &self.config
     }
 
-    /// The consensus handle this agent writes through.
-    pub fn consensus(&self) -> &Consensus {
-        &self.consensus
+    /// The cluster handle this agent writes through.
+    pub fn cluster(&self) -> &ClusterHandle {
+        &self.cluster
     }
 
     /// Sets a TTL check's status (Consul's `/v1/agent/check/{pass,warn,fail,update}`): resets
@@ -225,7 +223,7 @@ impl Agent {
         status: CheckStatus,
         output: String,
     ) -> Result<(), AgentError> {
-        let current = self.consensus.store().read(|s| {
+        let current = self.cluster.store().read(|s| {
             s.checks_on_node(&self.config.node)
                 .find(|c| c.check_id == check_id)
                 .map(|c| (c.definition.ttl_ms.is_some(), c.status, c.output.clone()))
@@ -248,7 +246,7 @@ impl Agent {
             status,
             output,
         };
-        match self.consensus.write(command).await? {
+        match self.cluster.write(command).await? {
             (Outcome::Rejected(rejection), _) => Err(rejection.into()),
             _ => Ok(()),
         }
@@ -276,7 +274,7 @@ struct Probers {
 }
 
 struct Runner {
-    consensus: Consensus,
+    cluster: ClusterHandle,
     node: String,
     probers: Probers,
     probes: HashMap<String, Probe>,
@@ -293,7 +291,7 @@ fn millis(ms: Option<u64>, default: Duration) -> Duration {
 
 impl Runner {
     async fn run(mut self, mut ttl_resets: mpsc::UnboundedReceiver<String>) {
-        let store = self.consensus.store().clone();
+        let store = self.cluster.store().clone();
         let mut catalog = store.watch(Table::Catalog);
         let (results_tx, mut results) = mpsc::channel::<ProbeResult>(256);
         loop {
@@ -444,7 +442,7 @@ impl Runner {
                 service_id: Some(check.service_id.clone()),
                 check_id: None,
             });
-            if let Err(e) = self.consensus.write(command).await {
+            if let Err(e) = self.cluster.write(command).await {
                 tracing::warn!(error = %e, "deregistering critical service failed");
                 self.critical_since.insert(
                     check.check_id.clone(),
@@ -461,7 +459,7 @@ impl Runner {
             status,
             output,
         };
-        match self.consensus.write(command).await {
+        match self.cluster.write(command).await {
             Ok(_) => true,
             Err(e) => {
                 tracing::warn!(check = check_id, error = %e, "check status write failed");
@@ -517,7 +515,6 @@ async fn probe_loop(
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use atoll_raft::ConsensusConfig;
     use atoll_state::TaskCommand;
 
     use super::*;
@@ -542,26 +539,8 @@ mod tests {
         }
     }
 
-    async fn agent(tasks: Option<Arc<dyn TaskCommands>>) -> (Agent, tempfile::TempDir) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let consensus = Consensus::start(
-            ConsensusConfig {
-                data_dir: dir.path().to_path_buf(),
-                member: atoll_raft::Member {
-                    name: "n1".into(),
-                    rpc_addr: "127.0.0.1:8300".into(),
-                    http_addr: "127.0.0.1:8500".into(),
-                    server: true,
-                    datacenter: "dc1".into(),
-                },
-                snapshot_after_entries: 1000,
-                disk_reserve_bytes: 0,
-            },
-            Default::default(),
-        )
-        .await
-        .expect("consensus");
-        consensus.bootstrap_single().await.expect("bootstrap");
+    async fn agent(tasks: Option<Arc<dyn TaskCommands>>) -> Agent {
+        let cluster: ClusterHandle = Arc::new(atoll_cluster::MemoryCluster::new("n1", "dc1"));
         let config = AgentConfig {
             node: "n1".into(),
             address: "127.0.0.1".into(),
@@ -571,8 +550,7 @@ mod tests {
             heartbeat_ttl: Duration::from_secs(5),
             autopilot: Default::default(),
         };
-        let agent = Agent::start(consensus, config, tasks).await.expect("agent");
-        (agent, dir)
+        Agent::start(cluster, config, tasks).await.expect("agent")
     }
 
     async fn register_command_check(agent: &Agent, status: Option<CheckStatus>) {
@@ -606,7 +584,7 @@ mod tests {
             ..Default::default()
         };
         agent
-            .consensus()
+            .cluster()
             .write(Command::Register(Box::new(registration)))
             .await
             .expect("register");
@@ -615,7 +593,7 @@ mod tests {
     async fn wait_for_check(agent: &Agent, status: CheckStatus) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let check = agent.consensus().store().read(|s| {
+            let check = agent.cluster().store().read(|s| {
                 s.checks_on_node("n1")
                     .find(|c| c.check_id == "marathon:web-1:0")
                     .map(|c| (c.status, c.output.clone()))
@@ -636,7 +614,7 @@ mod tests {
         let tasks = FakeTasks {
             healthy: Arc::clone(&healthy),
         };
-        let (agent, _dir) = agent(Some(Arc::new(tasks))).await;
+        let agent = agent(Some(Arc::new(tasks))).await;
         register_command_check(&agent, None).await;
         let output = wait_for_check(&agent, CheckStatus::Passing).await;
         assert_eq!(output, "test -f healthy: ok");
@@ -649,7 +627,7 @@ mod tests {
 
     #[tokio::test]
     async fn task_command_checks_are_critical_where_no_tasks_run() {
-        let (agent, _dir) = agent(None).await;
+        let agent = agent(None).await;
         register_command_check(&agent, Some(CheckStatus::Passing)).await;
         let output = wait_for_check(&agent, CheckStatus::Critical).await;
         assert!(output.contains("runs no tasks"), "{output}");

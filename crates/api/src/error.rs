@@ -1,8 +1,6 @@
-//! The one place that maps failures to HTTP status codes and error bodies.
+//! Consul-shaped error answers. What the cluster refuses is mapped in `execute`.
 
 use atoll_agent::AgentError;
-use atoll_raft::ConsensusError;
-use atoll_state::Rejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -58,39 +56,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<ConsensusError> for ApiError {
-    fn from(e: ConsensusError) -> Self {
-        // Consul answers a missing leader with a 500, which its clients retry.
-        let status = match e {
-            ConsensusError::Refused(_) => StatusCode::BAD_REQUEST,
-            // WebDAV's 507: the request was fine, the server has no room to record it.
-            ConsensusError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
-            ConsensusError::NoLeader
-            | ConsensusError::NotLeader(_)
-            | ConsensusError::Timeout
-            | ConsensusError::Storage(_)
-            | ConsensusError::Stopped(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::with_status(status, e.to_string())
-    }
-}
-
-impl From<Rejection> for ApiError {
-    fn from(e: Rejection) -> Self {
-        match e {
-            Rejection::NotFound(message) => ApiError::not_found(message),
-            Rejection::Invalid(message) => ApiError::bad_request(message),
-            Rejection::Conflict(message) => ApiError::with_status(StatusCode::CONFLICT, message),
-        }
-    }
-}
-
 impl From<AgentError> for ApiError {
     fn from(e: AgentError) -> Self {
         match e {
             AgentError::UnknownCheck(_) => ApiError::not_found(e.to_string()),
             AgentError::NotTtl(_) => ApiError::bad_request(e.to_string()),
-            AgentError::Consensus(inner) => inner.into(),
+            AgentError::Cluster(inner) => inner.into(),
             AgentError::Rejected(inner) => inner.into(),
         }
     }

@@ -13,7 +13,7 @@
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 
-use atoll_raft::Consensus;
+use atoll_cluster::ClusterHandle;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -32,8 +32,8 @@ const NO_LEADER: &str = "No cluster leader";
 /// What the not-yet-joined API knows about this node.
 #[derive(Clone)]
 pub struct Forming {
-    /// Consensus handle (started, maybe not yet part of a cluster).
-    pub consensus: Consensus,
+    /// The cluster handle (started, maybe not yet part of a cluster).
+    pub cluster: ClusterHandle,
     /// atoll's version.
     pub version: String,
     /// Notified by `PUT /v1/agent/leave` before the node has joined: the node should exit.
@@ -84,11 +84,11 @@ fn consul_answer(forming: &Forming, mut response: Response) -> Response {
     headers.insert("x-consul-knownleader", HeaderValue::from_static("false"));
     headers.insert(
         "x-consul-index",
-        HeaderValue::from(forming.consensus.store().applied().max(1)),
+        HeaderValue::from(forming.cluster.store().applied().max(1)),
     );
     headers.insert(
         "x-consul-lastcontact",
-        HeaderValue::from(forming.consensus.last_contact_ms()),
+        HeaderValue::from(forming.cluster.last_contact_ms()),
     );
     response
 }
@@ -98,12 +98,12 @@ async fn leader(State(forming): State<Forming>) -> Response {
 }
 
 async fn peers(State(forming): State<Forming>) -> Response {
-    let peers = forming.consensus.peers();
+    let peers = forming.cluster.peers();
     consul_answer(&forming, Json(peers).into_response())
 }
 
 async fn self_info(State(forming): State<Forming>) -> Response {
-    let member = forming.consensus.member();
+    let member = forming.cluster.member();
     let body = json!({
         "Config": {
             "Datacenter": member.datacenter,
@@ -114,7 +114,7 @@ async fn self_info(State(forming): State<Forming>) -> Response {
             "Revision": "",
             "Version": forming.version,
         },
-        "Member": member_value(forming.consensus.node_id(), member, &forming.version, SERF_ALIVE),
+        "Member": member_value(forming.cluster.node_id(), member, &forming.version, SERF_ALIVE),
         "Meta": {},
     });
     consul_answer(&forming, Json(body).into_response())
@@ -122,15 +122,15 @@ async fn self_info(State(forming): State<Forming>) -> Response {
 
 async fn members(State(forming): State<Forming>) -> Response {
     let mut members: Vec<_> = forming
-        .consensus
+        .cluster
         .members()
         .iter()
         .map(|(id, member, _)| member_value(*id, member, &forming.version, SERF_ALIVE))
         .collect();
     if members.is_empty() {
-        let own = forming.consensus.member();
+        let own = forming.cluster.member();
         members.push(member_value(
-            forming.consensus.node_id(),
+            forming.cluster.node_id(),
             own,
             &forming.version,
             SERF_ALIVE,

@@ -5,6 +5,7 @@
 pub mod consul;
 pub mod decode;
 pub mod error;
+pub mod execute;
 pub mod extract;
 pub mod forming;
 pub mod marathon;
@@ -17,8 +18,7 @@ pub use serve::{serve, HttpLimits};
 use std::sync::Arc;
 
 use atoll_agent::Agent;
-use atoll_raft::Consensus;
-use atoll_state::Store;
+use atoll_cluster::{ClusterHandle, Store};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
@@ -62,14 +62,14 @@ impl ApiContext {
         &self.inner.agent
     }
 
-    /// Consensus handle.
-    pub fn consensus(&self) -> &Consensus {
-        self.inner.agent.consensus()
+    /// The cluster, as every handler sees it.
+    pub fn cluster(&self) -> &ClusterHandle {
+        self.inner.agent.cluster()
     }
 
     /// The replicated state.
     pub fn store(&self) -> &Store {
-        self.consensus().store()
+        self.cluster().store()
     }
 
     /// This node's name.
@@ -111,14 +111,14 @@ async fn consul_headers(
 ) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
-    let known_leader = context.consensus().leader_addr().is_some();
+    let known_leader = context.cluster().leader_addr().is_some();
     headers.insert(
         "x-consul-knownleader",
         HeaderValue::from_static(if known_leader { "true" } else { "false" }),
     );
     headers.insert(
         "x-consul-lastcontact",
-        HeaderValue::from(context.consensus().last_contact_ms()),
+        HeaderValue::from(context.cluster().last_contact_ms()),
     );
     if !headers.contains_key("x-consul-index") {
         query::set_index(headers, context.store().applied());

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use atoll_raft::ReadMode;
+use atoll_cluster::ReadMode;
 use atoll_state::{State, Table};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -124,15 +124,9 @@ impl ReadOptions {
     }
 }
 
-/// Refuses requests for another datacenter: this build does not federate yet.
+/// Refuses requests whose `dc` this node cannot reach (see [`crate::execute::reach`]).
 pub fn check_datacenter(query: &Query, context: &ApiContext) -> Result<(), ApiError> {
-    match query.get("dc") {
-        Some(dc) if !dc.is_empty() && dc != context.datacenter() => Err(ApiError::with_status(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("No path to datacenter {dc:?}"),
-        )),
-        _ => Ok(()),
-    }
+    Ok(crate::execute::reach(context, query.get("dc"))?)
 }
 
 /// Runs `compute` against the state, blocking while its index is not above `min_index`.
@@ -144,7 +138,7 @@ pub async fn blocking<T>(
     mut compute: impl FnMut(&State) -> (u64, T),
 ) -> Result<(u64, T), ApiError> {
     if let Some(mode) = options.mode {
-        context.consensus().linearize(mode).await?;
+        context.cluster().linearize(mode).await?;
     }
     let store = context.store();
     let mut changes = store.watch(table);

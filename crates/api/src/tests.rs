@@ -1,7 +1,8 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use atoll_agent::{Agent, AgentConfig};
-use atoll_raft::{Consensus, ConsensusConfig};
+use atoll_cluster::MemoryCluster;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
@@ -10,30 +11,18 @@ use tower::ServiceExt;
 
 use crate::{router, ApiContext};
 
-async fn unjoined(dir: &tempfile::TempDir) -> Consensus {
-    Consensus::start(
-        ConsensusConfig {
-            data_dir: dir.path().to_path_buf(),
-            member: atoll_raft::Member {
-                name: "n1".into(),
-                rpc_addr: "127.0.0.1:8300".into(),
-                http_addr: "127.0.0.1:8500".into(),
-                server: true,
-                datacenter: "dc1".into(),
-            },
-            snapshot_after_entries: 1000,
-            disk_reserve_bytes: 0,
-        },
-        Default::default(),
-    )
-    .await
-    .unwrap()
+/// A cluster of this one server, in memory, that has not elected itself yet.
+fn unjoined() -> Arc<MemoryCluster> {
+    let cluster = Arc::new(MemoryCluster::new("n1", "dc1"));
+    cluster.set_leader(false);
+    cluster
 }
 
-async fn joined_context(consensus: Consensus) -> ApiContext {
-    consensus.bootstrap_single().await.unwrap();
+/// The API context of server `n1` of `dc1` over `cluster`, which is made to lead first.
+pub(crate) async fn joined_context(cluster: Arc<MemoryCluster>) -> ApiContext {
+    cluster.set_leader(true);
     let agent = Agent::start(
-        consensus,
+        cluster,
         AgentConfig {
             node: "n1".into(),
             address: "127.0.0.1".into(),
@@ -50,19 +39,17 @@ async fn joined_context(consensus: Consensus) -> ApiContext {
     ApiContext::new(agent, "test")
 }
 
-async fn api() -> (Router, ApiContext, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let context = joined_context(unjoined(&dir).await).await;
-    (router(context.clone()), context, dir)
+async fn api() -> (Router, ApiContext) {
+    let context = joined_context(unjoined()).await;
+    (router(context.clone()), context)
 }
 
 #[tokio::test]
 async fn the_forming_api_answers_until_the_full_one_is_installed() {
-    let dir = tempfile::tempdir().unwrap();
-    let consensus = unjoined(&dir).await;
+    let cluster = unjoined();
     let leave = std::sync::Arc::new(tokio::sync::Notify::new());
     let (app, switch) = crate::ApiSwitch::new(crate::Forming {
-        consensus: consensus.clone(),
+        cluster: cluster.clone(),
         version: "test".into(),
         leave: leave.clone(),
     });
@@ -81,7 +68,7 @@ async fn the_forming_api_answers_until_the_full_one_is_installed() {
     let (status, _, _) = call(&app, "GET", "/v2/apps", "").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 
-    let context = joined_context(consensus).await;
+    let context = joined_context(cluster).await;
     switch.install(router(context.clone()));
     let (status, _, stored) = call(&app, "PUT", "/v1/kv/k", "v").await;
     assert_eq!((status, stored), (StatusCode::OK, serde_json::json!(true)));
@@ -113,7 +100,7 @@ async fn call(
 
 #[tokio::test]
 async fn every_answer_carries_consul_headers() {
-    let (app, _, _dir) = api().await;
+    let (app, _) = api().await;
     for uri in [
         "/v1/catalog/services",
         "/v1/kv/missing",
@@ -128,7 +115,7 @@ async fn every_answer_carries_consul_headers() {
 
 #[tokio::test]
 async fn rejected_registration_stores_nothing() {
-    let (app, context, _dir) = api().await;
+    let (app, context) = api().await;
     let before = context.store().read(|s| s.clone());
     let bad = [
         r#"{"Name": ""}"#,
@@ -153,7 +140,7 @@ async fn rejected_registration_stores_nothing() {
 
 #[tokio::test]
 async fn script_checks_are_refused_by_the_agent_api() {
-    let (app, context, _dir) = api().await;
+    let (app, context) = api().await;
     let before = context.store().read(|s| s.clone());
     for (uri, body) in [
         (
@@ -179,7 +166,7 @@ async fn script_checks_are_refused_by_the_agent_api() {
 
 #[tokio::test]
 async fn blocking_query_returns_on_change_not_before() {
-    let (app, _, _dir) = api().await;
+    let (app, _) = api().await;
     let (_, headers, _) = call(&app, "GET", "/v1/catalog/services", "").await;
     let index: u64 = headers["x-consul-index"].to_str().unwrap().parse().unwrap();
     let waiting = {
@@ -215,7 +202,7 @@ async fn blocking_query_returns_on_change_not_before() {
 
 #[tokio::test]
 async fn blocking_query_times_out_with_same_index() {
-    let (app, _, _dir) = api().await;
+    let (app, _) = api().await;
     let (_, headers, _) = call(&app, "GET", "/v1/kv/a?recurse", "").await;
     let index = headers["x-consul-index"].to_str().unwrap().to_string();
     // A write elsewhere in KV must not wake a watcher of another prefix.
@@ -233,7 +220,7 @@ async fn blocking_query_times_out_with_same_index() {
 
 #[tokio::test]
 async fn ttl_check_updates_drive_passing_filter() {
-    let (app, _, _dir) = api().await;
+    let (app, _) = api().await;
     call(
         &app,
         "PUT",
@@ -265,7 +252,7 @@ async fn ttl_check_updates_drive_passing_filter() {
 
 #[tokio::test]
 async fn kv_cas_and_oversized_values() {
-    let (app, _, _dir) = api().await;
+    let (app, _) = api().await;
     let (_, _, created) = call(&app, "PUT", "/v1/kv/k?cas=0", "1").await;
     assert_eq!(created, serde_json::json!(true));
     let (_, _, again) = call(&app, "PUT", "/v1/kv/k?cas=0", "2").await;
@@ -281,7 +268,7 @@ async fn kv_cas_and_oversized_values() {
 
 #[tokio::test]
 async fn malformed_requests_get_json_errors_naming_the_field() {
-    let (app, context, _dir) = api().await;
+    let (app, context) = api().await;
     let before = context.store().read(|s| s.clone());
     // Durations too long for a Duration once panicked the handler.
     for uri in [
@@ -337,8 +324,8 @@ async fn malformed_requests_get_json_errors_naming_the_field() {
 }
 
 /// Serves the API on a loopback port with short client timeouts.
-async fn served(limits: crate::HttpLimits) -> (std::net::SocketAddr, tempfile::TempDir) {
-    let (app, _, dir) = api().await;
+async fn served(limits: crate::HttpLimits) -> std::net::SocketAddr {
+    let (app, _) = api().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -346,7 +333,7 @@ async fn served(limits: crate::HttpLimits) -> (std::net::SocketAddr, tempfile::T
         crate::serve(listener, app, limits, stopped).await;
         drop(stop);
     });
-    (addr, dir)
+    addr
 }
 
 /// Everything the server sends until it closes the connection (or `within` passes).
@@ -366,7 +353,7 @@ async fn slow_clients_are_dropped_after_the_timeouts() {
         header_read_timeout: Duration::from_millis(300),
         body_read_timeout: Duration::from_millis(300),
     };
-    let (addr, _dir) = served(limits).await;
+    let addr = served(limits).await;
     // Silent, and half a head: closed once the header timeout passes.
     let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut half_head = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -14,9 +14,10 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use atoll_agent::{Agent, AgentConfig};
 use atoll_api::{ApiContext, ApiSwitch, Forming};
+use atoll_cluster::Store;
+use atoll_cluster::{ClusterHandle, Member};
 use atoll_dns::{DnsConfig, DnsServer};
-use atoll_raft::{Consensus, ConsensusConfig, JoinPlan, Member};
-use atoll_state::Store;
+use atoll_raft::{Consensus, ConsensusConfig, JoinPlan};
 use clap::Parser;
 
 use crate::config::{Cli, CommandLine, NodeSettings, OperatorCommand, RaftCommand, Role};
@@ -160,6 +161,9 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     )
     .await
     .context("cannot start consensus")?;
+    // Everything but the node's own start-up, membership and shutdown sees the cluster only
+    // through the seam.
+    let cluster: ClusterHandle = Arc::new(consensus.clone());
     // A failed write or sync of the Raft storage stops Raft; the process must not go on as if
     // what it holds were durable (as etcd and PostgreSQL treat a failed fsync). Exiting at
     // once, without the orderly shutdown that would write again, leaves the file as the last
@@ -201,7 +205,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     // does without a leader; then the full API takes over.
     let leave_before_joining = Arc::new(tokio::sync::Notify::new());
     let (router, api_switch) = ApiSwitch::new(Forming {
-        consensus: consensus.clone(),
+        cluster: cluster.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         leave: leave_before_joining.clone(),
     });
@@ -248,7 +252,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             });
         }
         Agent::start(
-            consensus.clone(),
+            cluster.clone(),
             AgentConfig {
                 node: settings.node.clone(),
                 address: settings.bind.to_string(),
@@ -281,7 +285,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     if server {
         supervisor.spawn(
             "the workload control loop",
-            atoll_workload::leader::run(consensus.clone()),
+            atoll_workload::leader::run(cluster.clone()),
         );
     }
     let drain_with = drivers.clone();
@@ -291,7 +295,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             supervisor.spawn_may_end(
                 "the registrator",
                 atoll_workload::registrator::run(
-                    consensus.clone(),
+                    cluster.clone(),
                     engine,
                     settings.node.clone(),
                     settings.bind.to_string(),
@@ -301,7 +305,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         supervisor.spawn(
             "the task runner",
             atoll_workload::node::run(
-                consensus.clone(),
+                cluster.clone(),
                 atoll_workload::node::NodeRunnerConfig {
                     node: settings.node.clone(),
                     address: settings.bind.to_string(),
@@ -357,7 +361,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         }
         _ = agent.stopped() => {
             if let Some(drivers) = &drain_with {
-                atoll_workload::node::drain(&consensus, drivers, &settings.node).await;
+                atoll_workload::node::drain(cluster.as_ref(), drivers, &settings.node).await;
             }
             let _ = stop_tx.send(true);
         }

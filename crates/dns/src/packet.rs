@@ -2,7 +2,7 @@
 //! packet and sending a reply, as a pure function of the packet, the state and the
 //! configuration (no sockets, no clock), so it can be tested and fuzzed on its own.
 
-use atoll_state::Store;
+use atoll_cluster::Store;
 use hickory_proto::op::Message;
 
 use crate::answer::{encode_within, format_error, resolve, udp_limit, DnsConfig, Resolution};

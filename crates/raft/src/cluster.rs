@@ -9,8 +9,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::consensus::{Consensus, ConsensusError};
+use crate::consensus::Consensus;
 use crate::rpc::{Hello, JoinRequest, HELLO_PATH, JOIN_PATH};
+use atoll_cluster::ClusterError;
 
 /// Pause between rounds of hellos.
 const ROUND: Duration = Duration::from_millis(300);
@@ -34,7 +35,7 @@ impl Consensus {
     /// Joins or forms the cluster, returning once this node belongs to one. Refuses (with
     /// an error naming the problem) peers of another datacenter or with another
     /// `bootstrap_expect`.
-    pub async fn find_cluster(&self, plan: &JoinPlan) -> Result<(), ConsensusError> {
+    pub async fn find_cluster(&self, plan: &JoinPlan) -> Result<(), ClusterError> {
         let server = self.member().server;
         if server && plan.bootstrap_expect == 1 {
             return self.bootstrap_single().await;
@@ -94,7 +95,7 @@ impl Consensus {
                 let outvoted = disagreeing.len() > agreeing.len() + 1;
                 let stuck = *mismatch_since.get_or_insert_with(tokio::time::Instant::now);
                 if outvoted || stuck.elapsed() > MISMATCH_PATIENCE {
-                    return Err(ConsensusError::Refused(format!(
+                    return Err(ClusterError::Refused(format!(
                         "{name} expects {expect} servers, this server expects {}: every server needs the same --bootstrap-expect",
                         plan.bootstrap_expect
                     )));
@@ -185,10 +186,10 @@ impl Consensus {
         addresses
     }
 
-    fn check_peer(&self, peer: &Hello) -> Result<(), ConsensusError> {
+    fn check_peer(&self, peer: &Hello) -> Result<(), ClusterError> {
         let mine = &self.member().datacenter;
         if &peer.member.datacenter != mine {
-            return Err(ConsensusError::Refused(format!(
+            return Err(ClusterError::Refused(format!(
                 "{} ({}) is in datacenter {:?}, not {:?}: servers of another datacenter cannot join on the LAN",
                 peer.member.name, peer.member.rpc_addr, peer.member.datacenter, mine
             )));
@@ -204,15 +205,15 @@ impl Consensus {
         };
         let mut target = address.to_string();
         for _ in 0..3 {
-            let reply: Result<Result<(), ConsensusError>, _> = self
+            let reply: Result<Result<(), ClusterError>, _> = self
                 .inner
                 .client
                 .call(&target, JOIN_PATH, &request, Duration::from_secs(30))
                 .await;
             match reply {
                 Ok(Ok(())) => return true,
-                Ok(Err(ConsensusError::NotLeader(leader))) => target = leader,
-                Ok(Err(ConsensusError::Refused(reason))) => {
+                Ok(Err(ClusterError::NotLeader(leader))) => target = leader,
+                Ok(Err(ClusterError::Refused(reason))) => {
                     tracing::error!(%reason, "join refused");
                     return false;
                 }

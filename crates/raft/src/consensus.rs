@@ -6,16 +6,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use atoll_cluster::{ClusterError, Member, ReadMode, Store};
 use atoll_state::snapshot::{decode, encode};
-use atoll_state::{Command, Outcome, Store};
+use atoll_state::{Command, Outcome};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::log_store::LogStore;
-use crate::member::Member;
 use crate::network::Network;
 use crate::state_machine::StateMachine;
 use crate::storage::{self, StorageFailure, KEY_NODE_ID};
@@ -48,45 +47,10 @@ pub struct ConsensusConfig {
     pub disk_reserve_bytes: u64,
 }
 
-/// Failures of consensus operations, mapped to HTTP and DNS errors at the edge.
-#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
-pub enum ConsensusError {
-    /// No leader is known (election in progress, or quorum lost).
-    #[error("No cluster leader")]
-    NoLeader,
-    /// This node is not the leader.
-    #[error("not the leader; the leader is {0}")]
-    NotLeader(String),
-    /// The write was sent but not confirmed in time; it may or may not be applied.
-    #[error("timed out waiting for the write to commit (no quorum?); it may still be applied")]
-    Timeout,
-    /// A membership request was refused.
-    #[error("{0}")]
-    Refused(String),
-    /// The storage failed; the node cannot continue safely.
-    #[error("storage failure: {0}")]
-    Storage(String),
-    /// The leader's data dir is short of free space; nothing was proposed.
-    #[error("{0}")]
-    InsufficientStorage(String),
-    /// Raft stopped or a peer failed.
-    #[error("consensus failure: {0}")]
-    Stopped(String),
-}
-
-impl From<StorageFailure> for ConsensusError {
+impl From<StorageFailure> for ClusterError {
     fn from(e: StorageFailure) -> Self {
-        ConsensusError::Storage(e.0)
+        ClusterError::Storage(e.0)
     }
-}
-
-/// Read consistency, as Consul's query modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ReadMode {
-    /// The leader's applied state, without confirming leadership.
-    Default,
-    /// Confirmed with a quorum first (linearizable).
-    Consistent,
 }
 
 /// One node's Raft instance and the state it replicates.
@@ -118,7 +82,7 @@ pub(crate) struct Inner {
 impl Consensus {
     /// Opens the data dir and restores state (into `store`, which should be fresh) from
     /// snapshot and log. The node takes part in Raft but bootstraps nothing by itself.
-    pub async fn start(config: ConsensusConfig, store: Store) -> Result<Self, ConsensusError> {
+    pub async fn start(config: ConsensusConfig, store: Store) -> Result<Self, ClusterError> {
         let db = storage::open(&config.data_dir)?;
         Self::start_on(db, config, store).await
     }
@@ -128,10 +92,10 @@ impl Consensus {
         db: Arc<redb::Database>,
         config: ConsensusConfig,
         store: Store,
-    ) -> Result<Self, ConsensusError> {
+    ) -> Result<Self, ClusterError> {
         let node_id = match storage::get_meta(&db, KEY_NODE_ID)? {
             Some(bytes) => {
-                decode::<u64>(&bytes).map_err(|e| ConsensusError::Storage(e.to_string()))?
+                decode::<u64>(&bytes).map_err(|e| ClusterError::Storage(e.to_string()))?
             }
             None => {
                 // Drawn once per data dir and stored, never inside apply.
@@ -163,7 +127,7 @@ impl Consensus {
         let raft_config = Arc::new(
             raft_config
                 .validate()
-                .map_err(|e| ConsensusError::Stopped(e.to_string()))?,
+                .map_err(|e| ClusterError::Stopped(e.to_string()))?,
         );
         let client = RpcClient::default();
         let network = Network {
@@ -177,7 +141,7 @@ impl Consensus {
             state_machine,
         )
         .await
-        .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
+        .map_err(|e| ClusterError::Stopped(e.to_string()))?;
         Ok(Consensus {
             inner: Arc::new(Inner {
                 raft,
@@ -196,17 +160,17 @@ impl Consensus {
     }
 
     /// Whether this node already belongs to a cluster (has a log or a vote).
-    pub async fn is_initialized(&self) -> Result<bool, ConsensusError> {
+    pub async fn is_initialized(&self) -> Result<bool, ClusterError> {
         self.inner
             .raft
             .is_initialized()
             .await
-            .map_err(|e| ConsensusError::Stopped(e.to_string()))
+            .map_err(|e| ClusterError::Stopped(e.to_string()))
     }
 
     /// Forms a cluster of `members` (this node must be one). Only ever called on a node with no
     /// log and no vote, so a cluster is bootstrapped once.
-    pub async fn initialize(&self, members: BTreeMap<u64, Member>) -> Result<(), ConsensusError> {
+    pub async fn initialize(&self, members: BTreeMap<u64, Member>) -> Result<(), ClusterError> {
         if self.is_initialized().await? {
             return Ok(());
         }
@@ -215,12 +179,12 @@ impl Consensus {
             .raft
             .initialize(members)
             .await
-            .map_err(|e| ConsensusError::Stopped(e.to_string()))
+            .map_err(|e| ClusterError::Stopped(e.to_string()))
     }
 
     /// Single-server mode (`atoll dev`, `--bootstrap-expect 1`): bootstrap alone if needed and
     /// wait until this node leads.
-    pub async fn bootstrap_single(&self) -> Result<(), ConsensusError> {
+    pub async fn bootstrap_single(&self) -> Result<(), ClusterError> {
         let mut members = BTreeMap::new();
         members.insert(self.inner.node_id, self.inner.member.clone());
         self.initialize(members).await?;
@@ -233,19 +197,19 @@ impl Consensus {
                 "become leader",
             )
             .await
-            .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
+            .map_err(|e| ClusterError::Stopped(e.to_string()))?;
         Ok(())
     }
 
     /// Waits until some leader is known, up to `timeout`.
-    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<(), ConsensusError> {
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<(), ClusterError> {
         self.inner
             .raft
             .wait(Some(timeout))
             .metrics(|m| m.current_leader.is_some(), "a leader")
             .await
             .map(|_| ())
-            .map_err(|_| ConsensusError::NoLeader)
+            .map_err(|_| ClusterError::NoLeader)
     }
 
     /// This node's Raft id.
@@ -266,7 +230,7 @@ impl Consensus {
     /// Commits a command (forwarding it to the leader when this node is not the leader) and
     /// waits until it is applied locally, so the caller reads its own write. Returns the
     /// outcome and the entry's index.
-    pub async fn write(&self, command: Command) -> Result<(Outcome, u64), ConsensusError> {
+    pub async fn write(&self, command: Command) -> Result<(Outcome, u64), ClusterError> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
         loop {
             let attempt = match self.leader_member() {
@@ -283,7 +247,7 @@ impl Consensus {
                     self.wait_applied(index, deadline).await?;
                     return Ok((outcome, index));
                 }
-                Err(ConsensusError::NoLeader) | Err(ConsensusError::NotLeader(_))
+                Err(ClusterError::NoLeader) | Err(ClusterError::NotLeader(_))
                     if Instant::now() < deadline =>
                 {
                     tokio::time::sleep(RETRY_PAUSE).await;
@@ -298,45 +262,45 @@ impl Consensus {
         &self,
         command: Command,
         deadline: Instant,
-    ) -> Result<(Outcome, u64), ConsensusError> {
+    ) -> Result<(Outcome, u64), ClusterError> {
         // Refused before anything is proposed: the caller may try the leader instead.
         if !self.is_leader() {
             return Err(match self.leader_member() {
                 Some(leader) if leader.rpc_addr != self.inner.member.rpc_addr => {
-                    ConsensusError::NotLeader(leader.rpc_addr)
+                    ClusterError::NotLeader(leader.rpc_addr)
                 }
-                _ => ConsensusError::NoLeader,
+                _ => ClusterError::NoLeader,
             });
         }
         self.check_free_space()?;
         let result = tokio::time::timeout_at(deadline, self.inner.raft.client_write(command))
             .await
-            .map_err(|_| ConsensusError::Timeout)?;
+            .map_err(|_| ClusterError::Timeout)?;
         match result {
             Ok(response) => Ok((response.data, response.log_id.index)),
             // This node was leading when it took the entry: leadership moved since, and the
             // entry may already be in the log a later leader commits. Not safe to send again.
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(ConsensusError::Timeout)
+                Err(ClusterError::Timeout)
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(ConsensusError::Stopped(e.to_string()))
+                Err(ClusterError::Stopped(e.to_string()))
             }
-            Err(RaftError::Fatal(fatal)) => Err(ConsensusError::Stopped(fatal.to_string())),
+            Err(RaftError::Fatal(fatal)) => Err(ClusterError::Stopped(fatal.to_string())),
         }
     }
 
     /// Refuses a write while the data dir is short of space: a Raft log that meets a full
     /// disk stops the node (a failed append is fatal), so the leader stops taking entries
     /// first, and takes them again as soon as space is freed.
-    fn check_free_space(&self) -> Result<(), ConsensusError> {
+    fn check_free_space(&self) -> Result<(), ClusterError> {
         let reserve = self.inner.disk_reserve_bytes;
         if reserve == 0 {
             return Ok(());
         }
         let dir = &self.inner.data_dir;
         let free = storage::free_bytes(dir).map_err(|e| {
-            ConsensusError::Storage(format!(
+            ClusterError::Storage(format!(
                 "cannot read the free space of {}: {e}",
                 dir.display()
             ))
@@ -345,7 +309,7 @@ impl Consensus {
             return Ok(());
         }
         const MIB: u64 = 1024 * 1024;
-        Err(ConsensusError::InsufficientStorage(format!(
+        Err(ClusterError::InsufficientStorage(format!(
             "insufficient storage: no space for writes on the data dir {} of the leader ({} MiB \
              free, {} MiB must stay free); nothing was written, and writes are taken again once \
              space is freed",
@@ -385,9 +349,9 @@ impl Consensus {
         leader: &str,
         command: &Command,
         deadline: Instant,
-    ) -> Result<(Outcome, u64), ConsensusError> {
+    ) -> Result<(Outcome, u64), ClusterError> {
         let timeout = deadline.saturating_duration_since(Instant::now());
-        let reply: Result<Result<(Outcome, u64), ConsensusError>, _> = self
+        let reply: Result<Result<(Outcome, u64), ClusterError>, _> = self
             .inner
             .client
             .call(leader, crate::rpc::WRITE_PATH, command, timeout)
@@ -396,15 +360,15 @@ impl Consensus {
             Ok(result) => result,
             // The leader could not be reached: nothing was proposed, so the caller may look
             // for the next leader and try again until the deadline.
-            Err(e) if e.not_sent => Err(ConsensusError::NoLeader),
+            Err(e) if e.not_sent => Err(ClusterError::NoLeader),
             // Sent, but no answer (the leader died or stalled mid-request): it may have
             // committed the entry, and trying again could apply it twice.
-            Err(_) => Err(ConsensusError::Timeout),
+            Err(_) => Err(ClusterError::Timeout),
         }
     }
 
     /// Waits until the local state has applied `index`.
-    pub async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ConsensusError> {
+    pub async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ClusterError> {
         let mut applied = self.inner.store.watch_applied();
         let result =
             tokio::time::timeout_at(deadline, applied.wait_for(|applied| *applied >= index))
@@ -412,21 +376,21 @@ impl Consensus {
                 .map(|r| r.map(|_| ()));
         match result {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(ConsensusError::Stopped("state machine stopped".into())),
-            Err(_) => Err(ConsensusError::Timeout),
+            Ok(Err(_)) => Err(ClusterError::Stopped("state machine stopped".into())),
+            Err(_) => Err(ClusterError::Timeout),
         }
     }
 
     /// Makes the local state at least as new as the leader's (`Default`) or confirmed by a
     /// quorum (`Consistent`) before a read.
-    pub async fn linearize(&self, mode: ReadMode) -> Result<(), ConsensusError> {
+    pub async fn linearize(&self, mode: ReadMode) -> Result<(), ClusterError> {
         let deadline = Instant::now() + READ_TIMEOUT;
         let index = if self.is_leader() {
             self.leader_read_index(mode, deadline).await?
         } else {
-            let leader = self.leader_member().ok_or(ConsensusError::NoLeader)?;
+            let leader = self.leader_member().ok_or(ClusterError::NoLeader)?;
             let timeout = deadline.saturating_duration_since(Instant::now());
-            let reply: Result<u64, ConsensusError> = self
+            let reply: Result<u64, ClusterError> = self
                 .inner
                 .client
                 .call(
@@ -436,7 +400,7 @@ impl Consensus {
                     timeout,
                 )
                 .await
-                .map_err(|_| ConsensusError::NoLeader)?;
+                .map_err(|_| ClusterError::NoLeader)?;
             reply?
         };
         self.wait_applied(index, deadline).await
@@ -447,7 +411,7 @@ impl Consensus {
         &self,
         mode: ReadMode,
         deadline: Instant,
-    ) -> Result<u64, ConsensusError> {
+    ) -> Result<u64, ClusterError> {
         match mode {
             ReadMode::Default if self.lease_holds() => Ok(self.inner.store.applied()),
             ReadMode::Default | ReadMode::Consistent => self.confirm_leadership(deadline).await,
@@ -465,12 +429,12 @@ impl Consensus {
 
     /// Confirms leadership with a quorum (fresh heartbeats) and returns the index a linearizable
     /// read must see; renews the lease from the moment the confirmation was asked for.
-    async fn confirm_leadership(&self, deadline: Instant) -> Result<u64, ConsensusError> {
+    async fn confirm_leadership(&self, deadline: Instant) -> Result<u64, ClusterError> {
         let asked = Instant::now();
         let term = self.inner.raft.metrics().borrow().current_term;
         let confirmed = tokio::time::timeout_at(deadline, self.inner.raft.ensure_linearizable())
             .await
-            .map_err(|_| ConsensusError::NoLeader)?;
+            .map_err(|_| ClusterError::NoLeader)?;
         match confirmed {
             Ok(log_id) => {
                 let mut lease = self.inner.lease.lock();
@@ -479,8 +443,8 @@ impl Consensus {
                 }
                 Ok(log_id.map(|l| l.index).unwrap_or(0))
             }
-            Err(RaftError::APIError(_)) => Err(ConsensusError::NoLeader),
-            Err(RaftError::Fatal(fatal)) => Err(ConsensusError::Stopped(fatal.to_string())),
+            Err(RaftError::APIError(_)) => Err(ClusterError::NoLeader),
+            Err(RaftError::Fatal(fatal)) => Err(ClusterError::Stopped(fatal.to_string())),
         }
     }
 
@@ -552,7 +516,7 @@ impl Consensus {
 
     /// Records that `node` is alive. On the leader this updates its liveness table; elsewhere
     /// it is sent to the leader.
-    pub async fn heartbeat(&self, node: &str) -> Result<(), ConsensusError> {
+    pub async fn heartbeat(&self, node: &str) -> Result<(), ClusterError> {
         if self.is_leader() {
             self.inner
                 .liveness
@@ -560,8 +524,8 @@ impl Consensus {
                 .insert(node.to_string(), Instant::now());
             return Ok(());
         }
-        let leader = self.leader_member().ok_or(ConsensusError::NoLeader)?;
-        let reply: Result<(), ConsensusError> = self
+        let leader = self.leader_member().ok_or(ClusterError::NoLeader)?;
+        let reply: Result<(), ClusterError> = self
             .inner
             .client
             .call(
@@ -571,7 +535,7 @@ impl Consensus {
                 Duration::from_secs(1),
             )
             .await
-            .map_err(|_| ConsensusError::NoLeader)?;
+            .map_err(|_| ClusterError::NoLeader)?;
         reply
     }
 
@@ -582,15 +546,15 @@ impl Consensus {
 
     /// Adds a node: a server as a voter (after it has caught up), a client as a learner.
     /// Only the leader can; others answer `NotLeader`.
-    pub async fn add_member(&self, id: u64, member: Member) -> Result<(), ConsensusError> {
+    pub async fn add_member(&self, id: u64, member: Member) -> Result<(), ClusterError> {
         if !self.is_leader() {
             return Err(match self.leader_addr() {
-                Some(addr) => ConsensusError::NotLeader(addr),
-                None => ConsensusError::NoLeader,
+                Some(addr) => ClusterError::NotLeader(addr),
+                None => ClusterError::NoLeader,
             });
         }
         if member.datacenter != self.inner.member.datacenter {
-            return Err(ConsensusError::Refused(format!(
+            return Err(ClusterError::Refused(format!(
                 "node {:?} is in datacenter {:?}, this cluster is {:?}",
                 member.name, member.datacenter, self.inner.member.datacenter
             )));
@@ -615,13 +579,13 @@ impl Consensus {
                 .raft
                 .add_learner(id, member, server)
                 .await
-                .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
+                .map_err(|e| ClusterError::Stopped(e.to_string()))?;
             if server {
                 self.inner
                     .raft
                     .change_membership(ChangeMembers::AddVoterIds([id].into()), true)
                     .await
-                    .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
+                    .map_err(|e| ClusterError::Stopped(e.to_string()))?;
             }
             tracing::info!(node = %name, server, "node joined");
         }
@@ -633,10 +597,10 @@ impl Consensus {
     }
 
     /// Removes a node from the membership (leave, force-leave, dead-server cleanup).
-    pub async fn remove_member(&self, id: u64) -> Result<(), ConsensusError> {
+    pub async fn remove_member(&self, id: u64) -> Result<(), ClusterError> {
         if !self.is_leader() {
-            let leader = self.leader_member().ok_or(ConsensusError::NoLeader)?;
-            let reply: Result<(), ConsensusError> = self
+            let leader = self.leader_member().ok_or(ClusterError::NoLeader)?;
+            let reply: Result<(), ClusterError> = self
                 .inner
                 .client
                 .call(
@@ -646,11 +610,11 @@ impl Consensus {
                     WRITE_TIMEOUT,
                 )
                 .await
-                .map_err(|_| ConsensusError::NoLeader)?;
+                .map_err(|_| ClusterError::NoLeader)?;
             return reply;
         }
         let Some((_, member, voter)) = self.members().into_iter().find(|(i, _, _)| *i == id) else {
-            return Err(ConsensusError::Refused(format!(
+            return Err(ClusterError::Refused(format!(
                 "no Raft member with id {id}"
             )));
         };
@@ -663,7 +627,7 @@ impl Consensus {
             .raft
             .change_membership(change, false)
             .await
-            .map_err(|e| ConsensusError::Refused(e.to_string()))?;
+            .map_err(|e| ClusterError::Refused(e.to_string()))?;
         tracing::info!(node = %member.name, "node removed from the cluster");
         Ok(())
     }
@@ -673,5 +637,64 @@ impl Consensus {
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+    }
+}
+
+/// The seam the edges use: every call goes to the inherent method of the same name.
+impl atoll_cluster::Cluster for Consensus {
+    fn store(&self) -> &Store {
+        Consensus::store(self)
+    }
+
+    fn write(&self, command: Command) -> atoll_cluster::Pending<'_, (Outcome, u64)> {
+        Box::pin(Consensus::write(self, command))
+    }
+
+    fn linearize(&self, mode: ReadMode) -> atoll_cluster::Pending<'_, ()> {
+        Box::pin(Consensus::linearize(self, mode))
+    }
+
+    fn node_id(&self) -> u64 {
+        Consensus::node_id(self)
+    }
+
+    fn member(&self) -> &Member {
+        Consensus::member(self)
+    }
+
+    fn leader_member(&self) -> Option<Member> {
+        Consensus::leader_member(self)
+    }
+
+    fn is_leader(&self) -> bool {
+        Consensus::is_leader(self)
+    }
+
+    fn last_contact_ms(&self) -> u64 {
+        Consensus::last_contact_ms(self)
+    }
+
+    fn members(&self) -> Vec<(u64, Member, bool)> {
+        Consensus::members(self)
+    }
+
+    fn remove_member(&self, id: u64) -> atoll_cluster::Pending<'_, ()> {
+        Box::pin(Consensus::remove_member(self, id))
+    }
+
+    fn heartbeat<'a>(&'a self, node: &'a str) -> atoll_cluster::Pending<'a, ()> {
+        Box::pin(Consensus::heartbeat(self, node))
+    }
+
+    fn liveness(&self) -> HashMap<String, Instant> {
+        Consensus::liveness(self)
+    }
+
+    fn leader_addr(&self) -> Option<String> {
+        Consensus::leader_addr(self)
+    }
+
+    fn peers(&self) -> Vec<String> {
+        Consensus::peers(self)
     }
 }

@@ -6,7 +6,6 @@
 mod cluster;
 mod consensus;
 mod log_store;
-mod member;
 mod network;
 mod rpc;
 mod state_machine;
@@ -14,11 +13,11 @@ mod storage;
 mod transport;
 
 pub use cluster::JoinPlan;
-pub use consensus::{Consensus, ConsensusConfig, ConsensusError, ReadMode};
-pub use member::Member;
+pub use consensus::{Consensus, ConsensusConfig};
 
 use std::io::Cursor;
 
+use atoll_cluster::Member;
 use atoll_state::{Command, Outcome};
 
 openraft::declare_raft_types!(

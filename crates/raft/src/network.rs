@@ -14,9 +14,9 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::member::Member;
 use crate::transport::RpcClient;
 use crate::TypeConfig;
+use atoll_cluster::Member;
 
 type NodeId = u64;
 

@@ -17,10 +17,11 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::consensus::{Consensus, ConsensusError, ReadMode};
-use crate::member::Member;
+use crate::consensus::Consensus;
 use crate::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use crate::TypeConfig;
+use atoll_cluster::Member;
+use atoll_cluster::{ClusterError, ReadMode};
 
 pub(crate) const HELLO_PATH: &str = "/cluster/hello";
 pub(crate) const JOIN_PATH: &str = "/cluster/join";
@@ -80,7 +81,7 @@ impl Consensus {
     pub(crate) async fn hello_message(
         &self,
         bootstrap_expect: usize,
-    ) -> Result<Hello, ConsensusError> {
+    ) -> Result<Hello, ClusterError> {
         Ok(Hello {
             id: self.node_id(),
             member: self.member().clone(),
@@ -145,7 +146,7 @@ async fn snapshot(
 async fn write(
     State((consensus, _)): RpcState,
     Json(command): Json<Command>,
-) -> Json<Result<(Outcome, u64), ConsensusError>> {
+) -> Json<Result<(Outcome, u64), ClusterError>> {
     let deadline = Instant::now() + Duration::from_secs(5);
     Json(consensus.local_write(command, deadline).await)
 }
@@ -153,9 +154,9 @@ async fn write(
 async fn read_index(
     State((consensus, _)): RpcState,
     Json(mode): Json<ReadMode>,
-) -> Json<Result<u64, ConsensusError>> {
+) -> Json<Result<u64, ClusterError>> {
     if !consensus.is_leader() {
-        return Json(Err(ConsensusError::NoLeader));
+        return Json(Err(ClusterError::NoLeader));
     }
     let deadline = Instant::now() + Duration::from_secs(3);
     Json(consensus.leader_read_index(mode, deadline).await)
@@ -164,9 +165,9 @@ async fn read_index(
 async fn heartbeat(
     State((consensus, _)): RpcState,
     Json(node): Json<String>,
-) -> Json<Result<(), ConsensusError>> {
+) -> Json<Result<(), ClusterError>> {
     if !consensus.is_leader() {
-        return Json(Err(ConsensusError::NoLeader));
+        return Json(Err(ClusterError::NoLeader));
     }
     Json(consensus.heartbeat(&node).await)
 }
@@ -174,9 +175,9 @@ async fn heartbeat(
 async fn remove(
     State((consensus, _)): RpcState,
     Json(id): Json<NodeId>,
-) -> Json<Result<(), ConsensusError>> {
+) -> Json<Result<(), ClusterError>> {
     if !consensus.is_leader() {
-        return Json(Err(ConsensusError::NoLeader));
+        return Json(Err(ClusterError::NoLeader));
     }
     Json(consensus.remove_member(id).await)
 }
@@ -184,7 +185,7 @@ async fn remove(
 async fn join(
     State((consensus, _)): RpcState,
     Json(request): Json<JoinRequest>,
-) -> Json<Result<(), ConsensusError>> {
+) -> Json<Result<(), ClusterError>> {
     Json(consensus.add_member(request.id, request.member).await)
 }
 

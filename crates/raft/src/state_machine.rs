@@ -5,8 +5,9 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
+use atoll_cluster::Store;
 use atoll_state::snapshot::{decode, decode_state, encode, encode_state, EncodeError};
-use atoll_state::{Outcome, Store};
+use atoll_state::Outcome;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
@@ -14,9 +15,9 @@ use openraft::{
 };
 use redb::{Database, ReadableDatabase};
 
-use crate::member::Member;
 use crate::storage::{StorageFailure, KEY_SNAPSHOT_DATA, KEY_SNAPSHOT_META, SNAPSHOT};
 use crate::TypeConfig;
+use atoll_cluster::Member;
 
 type NodeId = u64;
 type Membership = StoredMembership<NodeId, Member>;

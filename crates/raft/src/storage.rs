@@ -192,8 +192,8 @@ fn verify_records(db: &Database) -> Result<(), StorageFailure> {
     use atoll_state::snapshot::decode;
     use openraft::{Entry, LogId, SnapshotMeta, Vote};
 
-    use crate::member::Member;
     use crate::TypeConfig;
+    use atoll_cluster::Member;
 
     let txn = db.begin_read()?;
     let meta = txn.open_table(META)?;

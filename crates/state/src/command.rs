@@ -116,6 +116,10 @@ pub enum Command {
         /// Check-and-set index for a single key.
         cas: Option<u64>,
     },
+    /// Several commands in one entry, applied in order as if each were its own entry (one
+    /// refused does not stop the others). The control loop writes each round as one batch.
+    /// A batch holds no batch.
+    Batch(Vec<Command>),
 }
 
 /// Catalog registration, shaped after Consul's `/v1/catalog/register`.

@@ -4,24 +4,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::change::Change;
 use crate::command::{
     CheckSpec, Command, Deregistration, Outcome, Registration, Rejection, ServiceSpec,
 };
 use crate::model::{Check, CheckStatus, KvEntry, Node, ServiceInstance};
+use crate::table::{Grouped, Rows};
 
 /// Tombstones kept for deleted KV keys before the oldest are folded into one index.
 const MAX_KV_TOMBSTONES: usize = 16_384;
-
-/// The tables a change can touch; blocking queries watch one table each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Touched {
-    /// Nodes, services or checks changed.
-    pub catalog: bool,
-    /// KV changed.
-    pub kv: bool,
-    /// Apps, tasks, deployments or compute nodes changed.
-    pub workload: bool,
-}
 
 /// Last-modified Raft index of each table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,22 +41,22 @@ impl TableIndexes {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// Nodes by name.
-    pub nodes: BTreeMap<String, Node>,
+    pub nodes: Rows<String, Node>,
     /// Service instances by node, then id.
-    pub services: BTreeMap<String, BTreeMap<String, ServiceInstance>>,
+    pub services: Grouped<String, String, ServiceInstance>,
     /// Checks by node, then check id.
-    pub checks: BTreeMap<String, BTreeMap<String, Check>>,
+    pub checks: Grouped<String, String, Check>,
     /// KV entries by key.
-    pub kv: BTreeMap<String, KvEntry>,
+    pub kv: Rows<String, KvEntry>,
     /// Index at which a deleted key disappeared, so prefix watchers see deletions.
-    pub kv_tombstones: BTreeMap<String, u64>,
+    pub kv_tombstones: Rows<String, u64>,
     /// Highest index of tombstones dropped to bound memory; counts for every prefix.
     pub kv_reaped_index: u64,
     /// Per-table indexes.
     pub indexes: TableIndexes,
     /// Last index at which anything about a service name changed (instances, their checks,
     /// their node). Kept for deleted names too, so watchers see the removal.
-    pub service_indexes: BTreeMap<String, u64>,
+    pub service_indexes: Rows<String, u64>,
     /// Workloads: apps, tasks, deployments, compute nodes.
     #[serde(default)]
     pub workload: crate::workload_apply::WorkloadTables,
@@ -88,8 +79,26 @@ impl State {
         }
     }
 
-    /// Applies one command at Raft index `index`. Returns the outcome and the tables touched.
-    pub fn apply(&mut self, index: u64, command: &Command) -> (Outcome, Touched) {
+    /// Applies one command at Raft index `index`. Returns the outcome and every row it
+    /// changed; the table indexes move exactly for the tables whose rows changed.
+    pub fn apply(&mut self, index: u64, command: &Command) -> (Outcome, Vec<Change>) {
+        let reaped = self.kv_reaped_index;
+        let outcome = self.apply_command(index, command);
+        let mut changes = self.drain_changes();
+        if self.kv_reaped_index != reaped {
+            changes.push(Change::KvReaped {
+                old: reaped,
+                new: self.kv_reaped_index,
+            });
+        }
+        for change in &changes {
+            self.bump_index(index, change);
+        }
+        (outcome, changes)
+    }
+
+    /// Applies one command; its changes stay noted in the tables until drained.
+    fn apply_command(&mut self, index: u64, command: &Command) -> Outcome {
         match command {
             Command::Register(registration) => self.register(index, registration),
             Command::Deregister(deregistration) => self.deregister(index, deregistration),
@@ -115,26 +124,113 @@ impl State {
             | Command::UpdateTask { .. }
             | Command::TaskHealth { .. }
             | Command::FinishDeployment { .. } => self.apply_workload(index, command),
+            Command::Batch(commands) => self.apply_batch(index, commands),
         }
     }
 
-    fn register(&mut self, index: u64, registration: &Registration) -> (Outcome, Touched) {
-        let touched = Touched {
-            catalog: true,
-            ..Touched::default()
-        };
+    /// Applies each command of a batch in order; the outcome is the first that is not
+    /// plainly done (a refusal or a failed condition), else done.
+    fn apply_batch(&mut self, index: u64, commands: &[Command]) -> Outcome {
+        if commands.iter().any(|c| matches!(c, Command::Batch(_))) {
+            return rejected_invalid("a batch cannot hold a batch");
+        }
+        let mut first = Outcome::Done;
+        for command in commands {
+            // Each sub-command's changes join the entry's: they are drained once, at the end.
+            let outcome = self.apply_command(index, command);
+            if first == Outcome::Done && outcome != Outcome::Done {
+                first = outcome;
+            }
+        }
+        first
+    }
+
+    /// The rows changed since the last drain, table by table.
+    fn drain_changes(&mut self) -> Vec<Change> {
+        let mut changes = Vec::new();
+        changes.extend(self.nodes.drain().into_iter().map(Change::Node));
+        changes.extend(self.services.drain().into_iter().map(Change::Service));
+        changes.extend(self.checks.drain().into_iter().map(Change::Check));
+        changes.extend(
+            self.service_indexes
+                .drain()
+                .into_iter()
+                .map(Change::ServiceIndex),
+        );
+        changes.extend(self.kv.drain().into_iter().map(Change::Kv));
+        changes.extend(
+            self.kv_tombstones
+                .drain()
+                .into_iter()
+                .map(Change::KvTombstone),
+        );
+        self.workload.drain_into(&mut changes);
+        changes
+    }
+
+    /// Moves the index of the table a changed row belongs to.
+    fn bump_index(&mut self, index: u64, change: &Change) {
+        let indexes = &mut self.indexes;
+        match change {
+            Change::Node(_) => indexes.nodes = index,
+            Change::Service(_) => indexes.services = index,
+            Change::Check(_) => indexes.checks = index,
+            Change::Kv(_) => indexes.kv = index,
+            // These accompany a change of the rows above.
+            Change::ServiceIndex(_) | Change::KvTombstone(_) | Change::KvReaped { .. } => {}
+            Change::App(_)
+            | Change::AppHistory(_)
+            | Change::Task(_)
+            | Change::Deployment(_)
+            | Change::ComputeNode(_)
+            | Change::LastFailure(_)
+            | Change::Queue(_) => indexes.workload = index,
+        }
+    }
+
+    /// Replays the changes of the entry at `index` made on another copy of the state: the
+    /// result equals what applying that entry gave there.
+    pub fn replay(&mut self, index: u64, changes: &[Change]) {
+        for change in changes {
+            match change.clone() {
+                Change::Node(row) => self.nodes.put_row(row.key, row.new),
+                Change::Service(row) => {
+                    let (node, id) = &row.key;
+                    if let Some(old) = &row.old {
+                        self.unindex_name(&old.name, node, id);
+                    }
+                    if let Some(new) = &row.new {
+                        self.by_name
+                            .entry(new.name.clone())
+                            .or_default()
+                            .insert((node.clone(), id.clone()));
+                    }
+                    self.services.put_row(row.key, row.new);
+                }
+                Change::Check(row) => self.checks.put_row(row.key, row.new),
+                Change::ServiceIndex(row) => self.service_indexes.put_row(row.key, row.new),
+                Change::Kv(row) => self.kv.put_row(row.key, row.new),
+                Change::KvTombstone(row) => self.kv_tombstones.put_row(row.key, row.new),
+                Change::KvReaped { new, .. } => self.kv_reaped_index = new,
+                other => self.workload.replay(other),
+            }
+            self.bump_index(index, change);
+        }
+    }
+
+    fn register(&mut self, index: u64, registration: &Registration) -> Outcome {
         if registration.node.is_empty() {
-            return (rejected_invalid("Node name is missing"), Touched::default());
+            return rejected_invalid("Node name is missing");
         }
         // Validate everything before the first write so a rejection changes nothing.
         let node_exists = self.nodes.contains_key(&registration.node);
         if !node_exists && registration.address.is_empty() {
-            return (rejected_invalid("Address is missing"), Touched::default());
+            return rejected_invalid("Address is missing");
         }
         let service_id = registration.service.as_ref().map(|s| s.id.as_str());
         for check in &registration.checks {
             if check.check_id.is_empty() {
-                return (rejected_invalid("CheckID is missing"), Touched::default());
+                return rejected_invalid("CheckID is missing");
             }
             if !check.service_id.is_empty()
                 && Some(check.service_id.as_str()) != service_id
@@ -142,13 +238,10 @@ impl State {
                     .service(&registration.node, &check.service_id)
                     .is_none()
             {
-                return (
-                    Outcome::Rejected(Rejection::NotFound(format!(
-                        "Unknown service ID {:?} for check ID {:?}",
-                        check.service_id, check.check_id
-                    ))),
-                    Touched::default(),
-                );
+                return Outcome::Rejected(Rejection::NotFound(format!(
+                    "Unknown service ID {:?} for check ID {:?}",
+                    check.service_id, check.check_id
+                )));
             }
         }
 
@@ -165,10 +258,7 @@ impl State {
                     .map(|c| c.check_id.as_str())
                     .collect();
                 let stale: Vec<String> = self
-                    .checks
-                    .get(&registration.node)
-                    .into_iter()
-                    .flat_map(|checks| checks.values())
+                    .checks_on_node(&registration.node)
                     .filter(|c| c.service_id == spec.id && !keep.contains(c.check_id.as_str()))
                     .map(|c| c.check_id.clone())
                     .collect();
@@ -180,7 +270,7 @@ impl State {
         for check in &registration.checks {
             self.upsert_check(index, &registration.node, check);
         }
-        (Outcome::Done, touched)
+        Outcome::Done
     }
 
     fn upsert_node(&mut self, index: u64, registration: &Registration) -> bool {
@@ -211,13 +301,11 @@ impl State {
             node.modify_index = index;
         }
         self.nodes.insert(node.name.clone(), node);
-        self.indexes.nodes = index;
         true
     }
 
     pub(crate) fn upsert_service(&mut self, index: u64, mut instance: ServiceInstance) {
-        let services = self.services.entry(instance.node.clone()).or_default();
-        if let Some(existing) = services.get(&instance.id) {
+        if let Some(existing) = self.services.row(&instance.node, &instance.id) {
             instance.create_index = existing.create_index;
             instance.modify_index = existing.modify_index;
             if *existing == instance {
@@ -236,23 +324,23 @@ impl State {
             .insert((instance.node.clone(), instance.id.clone()));
         self.service_indexes.insert(instance.name.clone(), index);
         // Checks carry the service's name and tags, as Consul denormalises them.
-        if let Some(checks) = self.checks.get_mut(&instance.node) {
-            for check in checks.values_mut() {
-                if check.service_id == instance.id
+        let stale: Vec<String> = self
+            .checks_on_node(&instance.node)
+            .filter(|check| {
+                check.service_id == instance.id
                     && (check.service_name != instance.name || check.service_tags != instance.tags)
-                {
-                    check.service_name = instance.name.clone();
-                    check.service_tags = instance.tags.clone();
-                    check.modify_index = index;
-                    self.indexes.checks = index;
-                }
+            })
+            .map(|check| check.check_id.clone())
+            .collect();
+        for check_id in stale {
+            if let Some(check) = self.checks.get_mut(&instance.node, &check_id) {
+                check.service_name = instance.name.clone();
+                check.service_tags = instance.tags.clone();
+                check.modify_index = index;
             }
         }
         self.services
-            .entry(instance.node.clone())
-            .or_default()
-            .insert(instance.id.clone(), instance);
-        self.indexes.services = index;
+            .insert(instance.node.clone(), instance.id.clone(), instance);
     }
 
     pub(crate) fn upsert_check(&mut self, index: u64, node: &str, spec: &CheckSpec) {
@@ -263,7 +351,7 @@ impl State {
                 .map(|s| (s.name.clone(), s.tags.clone()))
                 .unwrap_or_default()
         };
-        let existing = self.checks.get(node).and_then(|c| c.get(&spec.check_id));
+        let existing = self.check(node, &spec.check_id);
         let status = spec
             .status
             .or(existing.map(|c| c.status))
@@ -304,19 +392,12 @@ impl State {
             self.touch_services_of_node(index, node);
         }
         self.checks
-            .entry(node.to_string())
-            .or_default()
-            .insert(check.check_id.clone(), check);
-        self.indexes.checks = index;
+            .insert(node.to_string(), check.check_id.clone(), check);
     }
 
-    fn deregister(&mut self, index: u64, request: &Deregistration) -> (Outcome, Touched) {
-        let touched = Touched {
-            catalog: true,
-            ..Touched::default()
-        };
+    fn deregister(&mut self, index: u64, request: &Deregistration) -> Outcome {
         if request.node.is_empty() {
-            return (rejected_invalid("Node name is missing"), Touched::default());
+            return rejected_invalid("Node name is missing");
         }
         if let Some(check_id) = &request.check_id {
             self.remove_check(index, &request.node, check_id);
@@ -326,44 +407,29 @@ impl State {
         }
         if request.check_id.is_none() && request.service_id.is_none() {
             let service_ids: Vec<String> = self
-                .services
-                .get(&request.node)
-                .map(|s| s.keys().cloned().collect())
-                .unwrap_or_default();
+                .services_on_node(&request.node)
+                .map(|s| s.id.clone())
+                .collect();
             for service_id in service_ids {
                 self.remove_service(index, &request.node, &service_id);
             }
-            if let Some(checks) = self.checks.remove(&request.node) {
-                if !checks.is_empty() {
-                    self.indexes.checks = index;
-                }
-            }
-            if self.nodes.remove(&request.node).is_some() {
-                self.indexes.nodes = index;
-            }
+            self.checks.remove_group(&request.node);
+            self.nodes.remove(&request.node);
         }
-        (Outcome::Done, touched)
+        Outcome::Done
     }
 
     pub(crate) fn remove_service(&mut self, index: u64, node: &str, service_id: &str) {
         let Some(instance) = self
             .services
-            .get_mut(node)
-            .and_then(|services| services.remove(service_id))
+            .remove(&node.to_string(), &service_id.to_string())
         else {
             return;
         };
-        if self.services.get(node).is_some_and(|s| s.is_empty()) {
-            self.services.remove(node);
-        }
         self.unindex_name(&instance.name, node, service_id);
         self.service_indexes.insert(instance.name.clone(), index);
-        self.indexes.services = index;
         let check_ids: Vec<String> = self
-            .checks
-            .get(node)
-            .into_iter()
-            .flat_map(|c| c.values())
+            .checks_on_node(node)
             .filter(|c| c.service_id == service_id)
             .map(|c| c.check_id.clone())
             .collect();
@@ -373,17 +439,9 @@ impl State {
     }
 
     fn remove_check(&mut self, index: u64, node: &str, check_id: &str) {
-        let Some(check) = self
-            .checks
-            .get_mut(node)
-            .and_then(|checks| checks.remove(check_id))
-        else {
+        let Some(check) = self.checks.remove(&node.to_string(), &check_id.to_string()) else {
             return;
         };
-        if self.checks.get(node).is_some_and(|c| c.is_empty()) {
-            self.checks.remove(node);
-        }
-        self.indexes.checks = index;
         if check.service_id.is_empty() {
             self.touch_services_of_node(index, node);
         } else {
@@ -398,35 +456,30 @@ impl State {
         check_id: &str,
         status: CheckStatus,
         output: &str,
-    ) -> (Outcome, Touched) {
-        let Some(check) = self.checks.get_mut(node).and_then(|c| c.get_mut(check_id)) else {
-            return (
-                Outcome::Rejected(Rejection::NotFound(format!(
-                    "Unknown check ID {check_id:?}"
-                ))),
-                Touched::default(),
-            );
+    ) -> Outcome {
+        let Some(current) = self.check(node, check_id) else {
+            return Outcome::Rejected(Rejection::NotFound(format!(
+                "Unknown check ID {check_id:?}"
+            )));
         };
-        if check.status == status && check.output == output {
-            return (Outcome::Done, Touched::default());
+        if current.status == status && current.output == output {
+            return Outcome::Done;
         }
-        check.status = status;
-        check.output = output.to_string();
-        check.modify_index = index;
-        let service_id = check.service_id.clone();
-        self.indexes.checks = index;
+        let service_id = current.service_id.clone();
+        if let Some(check) = self
+            .checks
+            .get_mut(&node.to_string(), &check_id.to_string())
+        {
+            check.status = status;
+            check.output = output.to_string();
+            check.modify_index = index;
+        }
         if service_id.is_empty() {
             self.touch_services_of_node(index, node);
         } else {
             self.touch_service_id(index, node, &service_id);
         }
-        (
-            Outcome::Done,
-            Touched {
-                catalog: true,
-                ..Touched::default()
-            },
-        )
+        Outcome::Done
     }
 
     fn kv_set(
@@ -436,13 +489,13 @@ impl State {
         value: &[u8],
         flags: u64,
         cas: Option<u64>,
-    ) -> (Outcome, Touched) {
+    ) -> Outcome {
         if key.is_empty() {
-            return (rejected_invalid("Missing key name"), Touched::default());
+            return rejected_invalid("Missing key name");
         }
         let existing = self.kv.get(key);
         if !cas_holds(existing, cas) {
-            return (Outcome::Condition(false), Touched::default());
+            return Outcome::Condition(false);
         }
         let create_index = existing.map(|e| e.create_index).unwrap_or(index);
         self.kv.insert(
@@ -456,64 +509,34 @@ impl State {
             },
         );
         self.kv_tombstones.remove(key);
-        self.indexes.kv = index;
-        let outcome = if cas.is_some() {
+        if cas.is_some() {
             Outcome::Condition(true)
         } else {
             Outcome::Done
-        };
-        (
-            outcome,
-            Touched {
-                kv: true,
-                ..Touched::default()
-            },
-        )
+        }
     }
 
-    fn kv_delete(
-        &mut self,
-        index: u64,
-        key: &str,
-        recurse: bool,
-        cas: Option<u64>,
-    ) -> (Outcome, Touched) {
-        let touched = Touched {
-            kv: true,
-            ..Touched::default()
-        };
+    fn kv_delete(&mut self, index: u64, key: &str, recurse: bool, cas: Option<u64>) -> Outcome {
         if recurse {
-            let doomed: Vec<String> = self
-                .kv
-                .range(key.to_string()..)
-                .take_while(|(k, _)| k.starts_with(key))
-                .map(|(k, _)| k.clone())
-                .collect();
-            if doomed.is_empty() {
-                return (Outcome::Done, Touched::default());
-            }
+            let doomed: Vec<String> = self.kv_prefix(key).map(|e| e.key.clone()).collect();
             for k in doomed {
                 self.kv.remove(&k);
                 self.bury(index, k);
             }
-            self.indexes.kv = index;
-            return (Outcome::Done, touched);
+            return Outcome::Done;
         }
         let existing = self.kv.get(key);
         if !cas_holds(existing, cas) {
-            return (Outcome::Condition(false), Touched::default());
+            return Outcome::Condition(false);
         }
-        let outcome = if cas.is_some() {
+        if self.kv.remove(key).is_some() {
+            self.bury(index, key.to_string());
+        }
+        if cas.is_some() {
             Outcome::Condition(true)
         } else {
             Outcome::Done
-        };
-        if self.kv.remove(key).is_none() {
-            return (outcome, Touched::default());
         }
-        self.bury(index, key.to_string());
-        self.indexes.kv = index;
-        (outcome, touched)
     }
 
     fn bury(&mut self, index: u64, key: String) {
@@ -553,10 +576,7 @@ impl State {
 
     fn touch_services_of_node(&mut self, index: u64, node: &str) {
         let names: BTreeSet<String> = self
-            .services
-            .get(node)
-            .into_iter()
-            .flat_map(|s| s.values())
+            .services_on_node(node)
             .map(|s| s.name.clone())
             .collect();
         for name in names {
@@ -569,6 +589,11 @@ impl State {
     /// One service instance.
     pub fn service(&self, node: &str, id: &str) -> Option<&ServiceInstance> {
         self.services.get(node).and_then(|s| s.get(id))
+    }
+
+    /// One check.
+    pub fn check(&self, node: &str, check_id: &str) -> Option<&Check> {
+        self.checks.get(node).and_then(|c| c.get(check_id))
     }
 
     /// Every instance of a service name, in (node, id) order.

@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use proptest::prelude::*;
 
 use crate::*;
@@ -45,8 +43,8 @@ fn register_sets_row_and_table_indexes() {
     assert_eq!(state.service_index("web"), 5);
 
     // Re-registering the same thing changes nothing, so watchers are not woken.
-    let (_, touched) = state.apply(6, &register("n1", "web1", "web", 80));
-    assert!(touched.catalog);
+    let (_, changes) = state.apply(6, &register("n1", "web1", "web", 80));
+    assert!(changes.is_empty(), "{changes:?}");
     assert_eq!(state.indexes.services, 5);
     assert_eq!(state.service_index("web"), 5);
 
@@ -96,8 +94,8 @@ fn unchanged_check_update_touches_nothing() {
         output: String::new(),
     };
     state.apply(3, &update);
-    let (_, touched) = state.apply(4, &update);
-    assert_eq!(touched, Touched::default());
+    let (_, changes) = state.apply(4, &update);
+    assert!(changes.is_empty(), "{changes:?}");
     assert_eq!(state.indexes.checks, 3);
 }
 
@@ -106,7 +104,7 @@ fn update_of_unknown_check_is_rejected_without_change() {
     let mut state = State::default();
     state.apply(1, &register("n1", "web1", "web", 80));
     let before = state.clone();
-    let (outcome, touched) = state.apply(
+    let (outcome, changes) = state.apply(
         2,
         &Command::UpdateCheck {
             node: "n1".into(),
@@ -116,7 +114,7 @@ fn update_of_unknown_check_is_rejected_without_change() {
         },
     );
     assert!(matches!(outcome, Outcome::Rejected(Rejection::NotFound(_))));
-    assert_eq!(touched, Touched::default());
+    assert!(changes.is_empty());
     assert_eq!(state, before);
 }
 
@@ -310,37 +308,14 @@ fn snapshot_from_newer_release_is_refused() {
     ));
 }
 
-#[tokio::test]
-async fn watch_wakes_only_for_touched_table() {
-    let store = Store::default();
-    let mut catalog = store.watch(Table::Catalog);
-    let mut kv = store.watch(Table::Kv);
-    catalog.borrow_and_update();
-    kv.borrow_and_update();
-    store.apply(
-        1,
-        &Command::KvSet {
-            key: "k".into(),
-            value: vec![],
-            flags: 0,
-            cas: None,
-        },
-    );
-    tokio::time::timeout(Duration::from_secs(1), kv.changed())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(*kv.borrow(), 1);
-    assert!(!catalog.has_changed().unwrap());
-    store.apply(2, &register("n1", "web1", "web", 80));
-    tokio::time::timeout(Duration::from_secs(1), catalog.changed())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(*catalog.borrow(), 2);
+fn arb_command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        6 => arb_single(),
+        1 => prop::collection::vec(arb_single(), 0..4).prop_map(Command::Batch),
+    ]
 }
 
-fn arb_command() -> impl Strategy<Value = Command> {
+fn arb_single() -> impl Strategy<Value = Command> {
     let node = prop::sample::select(vec!["n1", "n2", "n3"]);
     let id = prop::sample::select(vec!["a", "b", "c", "d"]);
     let name = prop::sample::select(vec!["web", "db"]);
@@ -418,4 +393,151 @@ proptest! {
         let restored = snapshot::decode_state(&snapshot::encode_state(&first).unwrap()).unwrap();
         prop_assert_eq!(&restored, &first);
     }
+}
+
+proptest! {
+    /// The change feed is complete: replaying each entry's changes onto a copy gives the state
+    /// applying the commands gave, and a snapshot taken midway, restored, then continued,
+    /// equals continuing without it.
+    #[test]
+    fn replaying_the_changes_equals_applying_the_commands(
+        commands in prop::collection::vec(arb_command(), 1..60),
+        cut in 0usize..60,
+    ) {
+        let mut applied = State::default();
+        let mut replayed = State::default();
+        let cut = cut.min(commands.len());
+        let mut restored = None;
+        for (i, command) in commands.iter().enumerate() {
+            let index = i as u64 + 1;
+            if i == cut {
+                let bytes = snapshot::encode_state(&applied).unwrap();
+                restored = Some(snapshot::decode_state(&bytes).unwrap());
+            }
+            let (_, changes) = applied.apply(index, command);
+            for change in &changes {
+                let (old, new) = change_values(change);
+                prop_assert!(old != new, "a change that changes nothing: {change:?}");
+            }
+            replayed.replay(index, &changes);
+            prop_assert_eq!(&replayed, &applied, "after entry {}: {:?}", index, command);
+            if let Some(restored) = restored.as_mut() {
+                restored.apply(index, command);
+            }
+        }
+        if let Some(restored) = restored {
+            prop_assert_eq!(&restored, &applied);
+        }
+    }
+}
+
+/// A change's old and new value, as JSON, to compare changes of any table.
+fn change_values(change: &Change) -> (serde_json::Value, serde_json::Value) {
+    let json = serde_json::to_value(change).unwrap();
+    let row = json
+        .as_object()
+        .and_then(|o| o.values().next())
+        .cloned()
+        .unwrap();
+    (row["old"].clone(), row["new"].clone())
+}
+
+#[test]
+fn replaying_covers_the_reaped_tombstone_index() {
+    let mut applied = State::default();
+    let mut replayed = State::default();
+    let mut index = 0;
+    let mut step = |command: Command, applied: &mut State, replayed: &mut State| {
+        index += 1;
+        let (_, changes) = applied.apply(index, &command);
+        replayed.replay(index, &changes);
+        changes
+    };
+    // One more deleted key than the tombstones kept: the oldest is folded into one index.
+    for i in 0..=16_384 {
+        let key = format!("k/{i}");
+        step(
+            Command::KvSet {
+                key: key.clone(),
+                value: vec![],
+                flags: 0,
+                cas: None,
+            },
+            &mut applied,
+            &mut replayed,
+        );
+        let changes = step(
+            Command::KvDelete {
+                key,
+                recurse: false,
+                cas: None,
+            },
+            &mut applied,
+            &mut replayed,
+        );
+        if i == 16_384 {
+            assert!(changes
+                .iter()
+                .any(|c| matches!(c, Change::KvReaped { old: 0, new: 2 })));
+        }
+    }
+    assert_eq!(applied.kv_reaped_index, 2);
+    assert_eq!(replayed, applied);
+}
+
+#[test]
+fn changes_name_their_table_and_move_only_its_index() {
+    let mut state = State::default();
+    let (_, changes) = state.apply(1, &register("n1", "web1", "web", 80));
+    assert!(changes.iter().all(|c| c.table() == Table::Catalog));
+    assert!(changes.iter().any(|c| matches!(c, Change::Node(_))));
+    assert!(changes.iter().any(|c| matches!(c, Change::Service(_))));
+    let (_, changes) = state.apply(
+        2,
+        &Command::KvSet {
+            key: "a".into(),
+            value: b"1".to_vec(),
+            flags: 0,
+            cas: None,
+        },
+    );
+    assert_eq!(changes.len(), 1);
+    let Change::Kv(row) = &changes[0] else {
+        panic!("{changes:?}")
+    };
+    assert_eq!(row.key, "a");
+    assert!(row.old.is_none());
+    assert_eq!(row.new.as_ref().map(|e| e.modify_index), Some(2));
+    assert_eq!((state.indexes.kv, state.indexes.catalog()), (2, 1));
+}
+
+#[test]
+fn a_batch_applies_each_command_in_order_in_one_entry() {
+    let set = |key: &str, cas| Command::KvSet {
+        key: key.into(),
+        value: b"v".to_vec(),
+        flags: 0,
+        cas,
+    };
+    let mut state = State::default();
+    let batch = Command::Batch(vec![
+        set("a", None),
+        set("a", Some(0)),
+        register("n1", "web1", "web", 80),
+    ]);
+    let (outcome, changes) = state.apply(7, &batch);
+    // The failed condition is the batch's outcome; the command after it still applied.
+    assert_eq!(outcome, Outcome::Condition(false));
+    assert_eq!(state.kv["a"].modify_index, 7);
+    assert!(state.service("n1", "web1").is_some());
+    assert!(changes.iter().any(|c| c.table() == Table::Kv));
+    assert!(changes.iter().any(|c| c.table() == Table::Catalog));
+    assert_eq!((state.indexes.kv, state.indexes.services), (7, 7));
+
+    let before = state.clone();
+    let nested = Command::Batch(vec![set("b", None), Command::Batch(Vec::new())]);
+    let (outcome, changes) = state.apply(8, &nested);
+    assert!(matches!(outcome, Outcome::Rejected(Rejection::Invalid(_))));
+    assert!(changes.is_empty());
+    assert_eq!(state, before);
 }

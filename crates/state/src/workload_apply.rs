@@ -6,8 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::change::Change;
 use crate::command::{Command, Outcome, Rejection};
-use crate::state::{State, Touched};
+use crate::state::State;
+use crate::table::Rows;
 use crate::workload::{
     Allocation, AppSpec, ComputeNode, Deployment, TaskFailure, TaskState, Unplaced, FIT_EPSILON,
 };
@@ -19,20 +21,20 @@ const VERSIONS_KEPT: usize = 20;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkloadTables {
     /// Current version of each app.
-    pub apps: BTreeMap<String, AppSpec>,
+    pub apps: Rows<String, AppSpec>,
     /// Earlier versions of each app, oldest first (the current one included).
-    pub history: BTreeMap<String, Vec<AppSpec>>,
+    pub history: Rows<String, Vec<AppSpec>>,
     /// Live tasks by id (terminal tasks are removed when reported).
-    pub tasks: BTreeMap<String, Allocation>,
+    pub tasks: Rows<String, Allocation>,
     /// Deployments in progress.
-    pub deployments: BTreeMap<String, Deployment>,
+    pub deployments: Rows<String, Deployment>,
     /// Compute nodes and what they offer.
-    pub compute: BTreeMap<String, ComputeNode>,
+    pub compute: Rows<String, ComputeNode>,
     /// Last task failure per app.
-    pub last_failures: BTreeMap<String, TaskFailure>,
+    pub last_failures: Rows<String, TaskFailure>,
     /// Instances the scheduler could not place at its last try, per app, with its reasons.
     #[serde(default)]
-    pub queue: BTreeMap<String, Unplaced>,
+    pub queue: Rows<String, Unplaced>,
 }
 
 impl WorkloadTables {
@@ -45,29 +47,54 @@ impl WorkloadTables {
     pub fn tasks_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Allocation> + 'a {
         self.tasks.values().filter(move |t| t.node == node)
     }
-}
 
-fn touched_workload(catalog: bool) -> Touched {
-    Touched {
-        catalog,
-        workload: true,
-        ..Touched::default()
+    /// Moves the rows changed since the last drain into `changes`.
+    pub(crate) fn drain_into(&mut self, changes: &mut Vec<Change>) {
+        changes.extend(self.apps.drain().into_iter().map(Change::App));
+        changes.extend(self.history.drain().into_iter().map(Change::AppHistory));
+        changes.extend(self.tasks.drain().into_iter().map(Change::Task));
+        changes.extend(self.deployments.drain().into_iter().map(Change::Deployment));
+        changes.extend(self.compute.drain().into_iter().map(Change::ComputeNode));
+        changes.extend(
+            self.last_failures
+                .drain()
+                .into_iter()
+                .map(Change::LastFailure),
+        );
+        changes.extend(self.queue.drain().into_iter().map(Change::Queue));
+    }
+
+    /// Replays one changed workload row; other tables' changes are not for these tables.
+    pub(crate) fn replay(&mut self, change: Change) {
+        match change {
+            Change::App(row) => self.apps.put_row(row.key, row.new),
+            Change::AppHistory(row) => self.history.put_row(row.key, row.new),
+            Change::Task(row) => self.tasks.put_row(row.key, row.new),
+            Change::Deployment(row) => self.deployments.put_row(row.key, row.new),
+            Change::ComputeNode(row) => self.compute.put_row(row.key, row.new),
+            Change::LastFailure(row) => self.last_failures.put_row(row.key, row.new),
+            Change::Queue(row) => self.queue.put_row(row.key, row.new),
+            Change::Node(_)
+            | Change::Service(_)
+            | Change::Check(_)
+            | Change::ServiceIndex(_)
+            | Change::Kv(_)
+            | Change::KvTombstone(_)
+            | Change::KvReaped { .. } => {}
+        }
     }
 }
 
 impl State {
-    pub(crate) fn apply_workload(&mut self, index: u64, command: &Command) -> (Outcome, Touched) {
-        let (outcome, touched) = match command {
+    pub(crate) fn apply_workload(&mut self, index: u64, command: &Command) -> Outcome {
+        match command {
             Command::PutApp { app, deployment } => self.put_app(index, app, deployment.as_ref()),
             Command::CreateApp { app, deployment } => {
                 if self.workload.apps.contains_key(&app.id) {
-                    (
-                        Outcome::Rejected(Rejection::Conflict(format!(
-                            "An app with id [{}] already exists.",
-                            app.id
-                        ))),
-                        Touched::default(),
-                    )
+                    Outcome::Rejected(Rejection::Conflict(format!(
+                        "An app with id [{}] already exists.",
+                        app.id
+                    )))
                 } else {
                     self.put_app(index, app, deployment.as_ref())
                 }
@@ -76,14 +103,12 @@ impl State {
                 self.delete_app(index, app_id, deployment.as_ref())
             }
             Command::RegisterCompute(node) => {
-                if self.workload.compute.get(&node.node) == Some(node) {
-                    (Outcome::Done, Touched::default())
-                } else {
+                if self.workload.compute.get(&node.node) != Some(node) {
                     self.workload
                         .compute
                         .insert(node.node.clone(), node.clone());
-                    (Outcome::Done, touched_workload(false))
                 }
+                Outcome::Done
             }
             Command::Place {
                 allocations,
@@ -99,40 +124,31 @@ impl State {
             } => self.update_task(index, id, *state, message, at, services),
             Command::TaskHealth { id, failures } => self.task_health(index, id, *failures),
             Command::FinishDeployment { id } => {
-                if self.workload.deployments.remove(id).is_some() {
-                    (Outcome::Done, touched_workload(false))
-                } else {
-                    (Outcome::Done, Touched::default())
-                }
+                self.workload.deployments.remove(id);
+                Outcome::Done
             }
-            _ => (Outcome::Done, Touched::default()),
-        };
-        if touched.workload {
-            self.indexes.workload = index;
+            _ => Outcome::Done,
         }
-        (outcome, touched)
     }
 
-    fn put_app(
-        &mut self,
-        index: u64,
-        app: &AppSpec,
-        deployment: Option<&Deployment>,
-    ) -> (Outcome, Touched) {
+    fn put_app(&mut self, index: u64, app: &AppSpec, deployment: Option<&Deployment>) -> Outcome {
         if app.id.is_empty() || !app.id.starts_with('/') {
-            return (
-                Outcome::Rejected(Rejection::Invalid(format!("invalid app id {:?}", app.id))),
-                Touched::default(),
-            );
+            return Outcome::Rejected(Rejection::Invalid(format!("invalid app id {:?}", app.id)));
         }
         self.workload.apps.insert(app.id.clone(), app.clone());
-        let history = self.workload.history.entry(app.id.clone()).or_default();
+        let mut history = self
+            .workload
+            .history
+            .get(&app.id)
+            .cloned()
+            .unwrap_or_default();
         history.retain(|old| old.version != app.version);
         history.push(app.clone());
         if history.len() > VERSIONS_KEPT {
             let excess = history.len() - VERSIONS_KEPT;
             history.drain(..excess);
         }
+        self.workload.history.insert(app.id.clone(), history);
         // A new deployment of an app supersedes the one in progress.
         self.workload.deployments.retain(|_, d| d.app_id != app.id);
         if let Some(deployment) = deployment {
@@ -142,35 +158,29 @@ impl State {
                 .deployments
                 .insert(deployment.id.clone(), deployment);
         }
-        (Outcome::Done, touched_workload(false))
+        Outcome::Done
     }
 
-    fn delete_app(
-        &mut self,
-        index: u64,
-        app_id: &str,
-        deployment: Option<&Deployment>,
-    ) -> (Outcome, Touched) {
+    fn delete_app(&mut self, index: u64, app_id: &str, deployment: Option<&Deployment>) -> Outcome {
         if self.workload.apps.remove(app_id).is_none() {
-            return (
-                Outcome::Rejected(Rejection::NotFound(format!(
-                    "App '{app_id}' does not exist"
-                ))),
-                Touched::default(),
-            );
+            return Outcome::Rejected(Rejection::NotFound(format!(
+                "App '{app_id}' does not exist"
+            )));
         }
         self.workload.history.remove(app_id);
         self.workload.last_failures.remove(app_id);
         self.workload.queue.remove(app_id);
         self.workload.deployments.retain(|_, d| d.app_id != app_id);
-        for task in self
+        let ids: Vec<String> = self
             .workload
-            .tasks
-            .values_mut()
-            .filter(|t| t.app_id == app_id)
-        {
-            task.desired_running = false;
-            task.modify_index = index;
+            .tasks_of(app_id)
+            .map(|t| t.id.clone())
+            .collect();
+        for id in ids {
+            if let Some(task) = self.workload.tasks.get_mut(&id) {
+                task.desired_running = false;
+                task.modify_index = index;
+            }
         }
         if let Some(deployment) = deployment {
             let mut deployment = deployment.clone();
@@ -179,7 +189,7 @@ impl State {
                 .deployments
                 .insert(deployment.id.clone(), deployment);
         }
-        (Outcome::Done, touched_workload(false))
+        Outcome::Done
     }
 
     /// Whether `allocation` still fits its node: the node offers compute, is not failed, and
@@ -213,15 +223,14 @@ impl State {
                 .all(|p| asked.insert(*p) && !ports.contains(p))
     }
 
-    fn task_health(&mut self, index: u64, id: &str, failures: u32) -> (Outcome, Touched) {
-        match self.workload.tasks.get_mut(id) {
-            Some(task) if task.health_failures != failures => {
+    fn task_health(&mut self, index: u64, id: &str, failures: u32) -> Outcome {
+        if let Some(task) = self.workload.tasks.get_mut(id) {
+            if task.health_failures != failures {
                 task.health_failures = failures;
                 task.modify_index = index;
-                (Outcome::Done, touched_workload(false))
             }
-            _ => (Outcome::Done, Touched::default()),
         }
+        Outcome::Done
     }
 
     fn place(
@@ -229,14 +238,20 @@ impl State {
         index: u64,
         allocations: &[Allocation],
         unplaced: &BTreeMap<String, Unplaced>,
-    ) -> (Outcome, Touched) {
-        let queue_changed = self.workload.queue != *unplaced;
-        if queue_changed {
-            self.workload.queue = unplaced
-                .iter()
-                .filter(|(app_id, _)| self.workload.apps.contains_key(*app_id))
-                .map(|(app_id, waiting)| (app_id.clone(), waiting.clone()))
-                .collect();
+    ) -> Outcome {
+        // The queue becomes the plan's, for the apps that still exist.
+        let queue: BTreeMap<String, Unplaced> = unplaced
+            .iter()
+            .filter(|(app_id, _)| self.workload.apps.contains_key(*app_id))
+            .map(|(app_id, waiting)| (app_id.clone(), waiting.clone()))
+            .collect();
+        self.workload
+            .queue
+            .retain(|app_id, _| queue.contains_key(app_id));
+        for (app_id, waiting) in queue {
+            if self.workload.queue.get(&app_id) != Some(&waiting) {
+                self.workload.queue.insert(app_id, waiting);
+            }
         }
         let mut accepted: Vec<Allocation> = Vec::new();
         for allocation in allocations {
@@ -254,14 +269,6 @@ impl State {
                 accepted.push(allocation.clone());
             }
         }
-        if accepted.is_empty() {
-            let touched = if queue_changed {
-                touched_workload(false)
-            } else {
-                Touched::default()
-            };
-            return (Outcome::Done, touched);
-        }
         for mut allocation in accepted {
             allocation.create_index = index;
             allocation.modify_index = index;
@@ -272,35 +279,35 @@ impl State {
                 .tasks
                 .insert(allocation.id.clone(), allocation);
         }
-        (Outcome::Done, touched_workload(false))
+        Outcome::Done
     }
 
-    fn stop_tasks(&mut self, ids: &[String], scale: bool, reason: &str) -> (Outcome, Touched) {
+    fn stop_tasks(&mut self, ids: &[String], scale: bool, reason: &str) -> Outcome {
         let mut found = 0;
         for id in ids {
-            let Some(task) = self.workload.tasks.get_mut(id) else {
+            let Some(task) = self.workload.tasks.get(id) else {
                 continue;
             };
             found += 1;
             if !task.desired_running {
                 continue;
             }
-            task.desired_running = false;
-            task.message = reason.to_string();
+            let app_id = task.app_id.clone();
+            if let Some(task) = self.workload.tasks.get_mut(id) {
+                task.desired_running = false;
+                task.message = reason.to_string();
+            }
             if scale {
-                if let Some(app) = self.workload.apps.get_mut(&task.app_id) {
+                if let Some(app) = self.workload.apps.get_mut(&app_id) {
                     app.instances = app.instances.saturating_sub(1);
                     app.definition["instances"] = serde_json::Value::from(app.instances);
                 }
             }
         }
         if found == 0 {
-            return (
-                Outcome::Rejected(Rejection::NotFound(format!("Task(s) {ids:?} not found"))),
-                Touched::default(),
-            );
+            return Outcome::Rejected(Rejection::NotFound(format!("Task(s) {ids:?} not found")));
         }
-        (Outcome::Done, touched_workload(false))
+        Outcome::Done
     }
 
     fn update_task(
@@ -311,19 +318,17 @@ impl State {
         message: &str,
         at: &str,
         services: &[(crate::command::ServiceSpec, Vec<crate::command::CheckSpec>)],
-    ) -> (Outcome, Touched) {
+    ) -> Outcome {
         let Some(task) = self.workload.tasks.get(id).cloned() else {
             // A late report about a task already gone: nothing to do.
-            return (Outcome::Done, Touched::default());
+            return Outcome::Done;
         };
         if task.state == state && task.message == message {
-            return (Outcome::Done, Touched::default());
+            return Outcome::Done;
         }
-        let mut catalog = false;
         if state.is_terminal() {
             for service_id in &task.services {
                 self.remove_service(index, &task.node, service_id);
-                catalog = true;
             }
             if matches!(state, TaskState::Failed | TaskState::Lost)
                 || (state == TaskState::Finished && task.desired_running)
@@ -341,7 +346,7 @@ impl State {
                 );
             }
             self.workload.tasks.remove(id);
-            return (Outcome::Done, touched_workload(catalog));
+            return Outcome::Done;
         }
         let mut updated = task.clone();
         if state == TaskState::Running
@@ -356,7 +361,6 @@ impl State {
                     self.upsert_check(index, &task.node, check);
                 }
                 updated.services.push(service.id.clone());
-                catalog = true;
             }
             updated.started_at = Some(at.to_string());
         }
@@ -364,7 +368,7 @@ impl State {
         updated.message = message.to_string();
         updated.modify_index = index;
         self.workload.tasks.insert(id.to_string(), updated);
-        (Outcome::Done, touched_workload(catalog))
+        Outcome::Done
     }
 }
 
@@ -409,7 +413,11 @@ mod tests {
         }
     }
 
-    fn place(state: &mut State, index: u64, unplaced: &[(&str, Unplaced)]) -> Touched {
+    fn workload_changed(changes: &[Change]) -> bool {
+        crate::change::touches(changes, crate::change::Table::Workload)
+    }
+
+    fn place(state: &mut State, index: u64, unplaced: &[(&str, Unplaced)]) -> Vec<Change> {
         let command = Command::Place {
             allocations: Vec::new(),
             unplaced: unplaced
@@ -433,14 +441,14 @@ mod tests {
         };
         assert_eq!(state.apply(1, &create("v1")).0, Outcome::Done);
         let before = state.clone();
-        let (outcome, touched) = state.apply(2, &create("v2"));
+        let (outcome, changes) = state.apply(2, &create("v2"));
         assert_eq!(
             outcome,
             Outcome::Rejected(Rejection::Conflict(
                 "An app with id [/web] already exists.".into()
             ))
         );
-        assert_eq!(touched, Touched::default());
+        assert!(changes.is_empty());
         assert!(state == before, "a refused create changed the state");
         // Replacing (PUT) is still allowed, and a deleted id can be created again.
         let mut spec = app("/web");
@@ -477,7 +485,7 @@ mod tests {
                 ("/gone", waiting(1, "app deleted meanwhile")),
             ],
         );
-        assert!(touched.workload);
+        assert!(workload_changed(&touched));
         assert_eq!(
             state.workload.queue.keys().collect::<Vec<_>>(),
             vec!["/web"]
@@ -486,7 +494,7 @@ mod tests {
 
         // The same queue again changes nothing; a new plan replaces it.
         let touched = place(&mut state, 4, &[("/web", waiting(2, "not enough memory"))]);
-        assert!(!touched.workload);
+        assert!(!workload_changed(&touched));
         place(&mut state, 5, &[("/db", waiting(1, "no port free"))]);
         assert_eq!(state.workload.queue.keys().collect::<Vec<_>>(), vec!["/db"]);
 
@@ -520,17 +528,17 @@ mod tests {
             id: "web.1".into(),
             failures,
         };
-        assert!(state.apply(2, &health(2)).1.workload);
+        assert!(!state.apply(2, &health(2)).1.is_empty());
         assert_eq!(state.workload.tasks["web.1"].health_failures, 2);
         assert_eq!(state.workload.tasks["web.1"].modify_index, 2);
         // The same count again, or an unknown task, changes nothing.
-        assert!(!state.apply(3, &health(2)).1.workload);
+        assert!(state.apply(3, &health(2)).1.is_empty());
         let unknown = Command::TaskHealth {
             id: "gone".into(),
             failures: 1,
         };
-        assert!(!state.apply(4, &unknown).1.workload);
-        assert!(state.apply(5, &health(0)).1.workload);
+        assert!(state.apply(4, &unknown).1.is_empty());
+        assert!(!state.apply(5, &health(0)).1.is_empty());
         assert_eq!(state.workload.tasks["web.1"].health_failures, 0);
     }
 
@@ -741,11 +749,15 @@ mod tests {
             ) {
                 let mut state = State::default();
                 let mut replay = State::default();
+                let mut fed = State::default();
                 let setup = cluster();
                 for (index, command) in setup.iter().chain(commands.iter()).enumerate() {
                     let index = index as u64 + 1;
-                    state.apply(index, command);
+                    let (_, changes) = state.apply(index, command);
                     replay.apply(index, command);
+                    // The change feed carries every workload and catalog row it touched.
+                    fed.replay(index, &changes);
+                    prop_assert_eq!(&fed, &state);
                     if index as usize >= setup.len() {
                         check_invariants(&state)?;
                     }

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
 
-use atoll_raft::Consensus;
+use atoll_cluster::ClusterHandle;
 use atoll_scheduler as scheduler;
 use atoll_state::{
     Allocation, AppSpec, Command, ConstraintOperator, State, Table, TaskState, Unplaced,
@@ -64,7 +64,7 @@ impl ControlView {
         let tables = &state.workload;
         let workload = WorkloadTables {
             apps: tables.apps.clone(),
-            history: BTreeMap::new(),
+            history: Default::default(),
             tasks: tables.tasks.clone(),
             deployments: tables.deployments.clone(),
             compute: tables.compute.clone(),
@@ -112,8 +112,8 @@ fn new_task_id(app_id: &str, random: u64) -> String {
 }
 
 /// Runs the control loop for as long as the process lives; acts only while leading.
-pub async fn run(consensus: Consensus) {
-    let store = consensus.store().clone();
+pub async fn run(cluster: ClusterHandle) {
+    let store = cluster.store().clone();
     let mut workload = store.watch(Table::Workload);
     let mut catalog = store.watch(Table::Catalog);
     let mut backoffs = Backoffs::default();
@@ -123,7 +123,7 @@ pub async fn run(consensus: Consensus) {
             _ = catalog.changed() => {}
             _ = tokio::time::sleep(ROUND) => {}
         }
-        if !consensus.is_leader() {
+        if !cluster.is_leader() {
             continue;
         }
         let view = store.read(ControlView::capture);
@@ -134,16 +134,22 @@ pub async fn run(consensus: Consensus) {
             &now_rfc3339(),
             &mut rand::random::<u64>,
         );
-        for command in commands {
-            if let Err(e) = consensus.write(command).await {
+        // One round, one entry.
+        let command = match commands.len() {
+            0 => continue,
+            1 => commands.into_iter().next(),
+            _ => Some(Command::Batch(commands)),
+        };
+        if let Some(command) = command {
+            if let Err(e) = cluster.write(command).await {
                 tracing::warn!(error = %e, "control loop write failed");
-                break;
             }
         }
     }
 }
 
-/// One round's decisions, in the order they are to be written: tasks lost with their node
+/// One round's decisions, in the order they are applied (written as one batched entry when
+/// there are several): tasks lost with their node
 /// (alone: the next round sees them gone), then stops, the placement plan (when it or the
 /// queue changes) and finished deployments. `now` drives the restart backoff, `at` stamps
 /// the entries and `random` names new tasks.
@@ -298,7 +304,7 @@ pub fn decide(
     } else {
         place(view, &requests, at, random)
     };
-    if !allocations.is_empty() || unplaced != tables.queue {
+    if !allocations.is_empty() || unplaced != *tables.queue {
         commands.push(Command::Place {
             allocations,
             unplaced,

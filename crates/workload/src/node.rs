@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use atoll_raft::Consensus;
+use atoll_cluster::{Cluster, ClusterHandle};
 use atoll_state::{
     Allocation, AppSpec, CheckDefinition, CheckSpec, CheckStatus, Command, ComputeNode,
     DockerNetwork, HealthCheckSpec, HealthProtocol, Runtime, ServiceSpec, State, Table,
@@ -67,7 +67,7 @@ pub(crate) enum Report {
 }
 
 /// Runs the node's task runner until the process ends.
-pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Drivers) {
+pub async fn run(cluster: ClusterHandle, config: NodeRunnerConfig, drivers: Drivers) {
     let (reports_tx, mut reports) = mpsc::unbounded_channel::<Report>();
     drivers.forward_exits(reports_tx.clone());
     let mut last_port_scan = Instant::now() - PORT_SCAN_EVERY;
@@ -83,7 +83,7 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
         busy_ports: Vec::new(),
     };
     loop {
-        match consensus
+        match cluster
             .write(Command::RegisterCompute(compute.clone()))
             .await
         {
@@ -98,7 +98,7 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
     let mut running: HashSet<String> = drivers.running().await.into_iter().collect();
     let mut busy: HashSet<String> = HashSet::new();
     let mut critical_since: HashMap<String, Instant> = HashMap::new();
-    let store = consensus.store().clone();
+    let store = cluster.store().clone();
     let mut workload = store.watch(Table::Workload);
     let mut catalog = store.watch(Table::Catalog);
     loop {
@@ -111,7 +111,7 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
             if task.desired_running && task.state == TaskState::Staging {
                 if running.contains(&task.id) {
                     report(
-                        &consensus,
+                        cluster.as_ref(),
                         task,
                         TaskState::Running,
                         "re-adopted".into(),
@@ -123,7 +123,7 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
                 }
                 let Some(app) = apps.get(&task.id) else {
                     report(
-                        &consensus,
+                        cluster.as_ref(),
                         task,
                         TaskState::Failed,
                         "app version not found".into(),
@@ -145,7 +145,7 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
                 );
             } else if task.state == TaskState::Running && !running.contains(&task.id) {
                 report(
-                    &consensus,
+                    cluster.as_ref(),
                     task,
                     TaskState::Failed,
                     "task is no longer running".into(),
@@ -161,7 +161,7 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
                             id: task.id.clone(),
                             failures: failures.in_a_row,
                         };
-                        if let Err(e) = consensus.write(command).await {
+                        if let Err(e) = cluster.write(command).await {
                             tracing::debug!(task = %task.id, error = %e, "health failures not recorded");
                         }
                     }
@@ -175,7 +175,7 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
                             reports_tx.clone(),
                         );
                         report(
-                            &consensus,
+                            cluster.as_ref(),
                             task,
                             TaskState::Failed,
                             "health checks failed".into(),
@@ -209,7 +209,7 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
                 .collect();
             if busy != compute.busy_ports {
                 compute.busy_ports = busy;
-                if let Err(e) = consensus
+                if let Err(e) = cluster
                     .write(Command::RegisterCompute(compute.clone()))
                     .await
                 {
@@ -229,13 +229,13 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
                         running.insert(id.clone());
                         if let Some(task) = task(&id) {
                             let app = apps.get(&id).cloned();
-                            report(&consensus, &task, TaskState::Running, String::new(), app.as_ref(), &config).await;
+                            report(cluster.as_ref(), &task, TaskState::Running, String::new(), app.as_ref(), &config).await;
                         }
                     }
                     Report::StartFailed { id, message } => {
                         busy.remove(&id);
                         if let Some(task) = task(&id) {
-                            report(&consensus, &task, TaskState::Failed, message, None, &config).await;
+                            report(cluster.as_ref(), &task, TaskState::Failed, message, None, &config).await;
                         }
                     }
                     Report::Stopped { id } => {
@@ -243,7 +243,7 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
                         running.remove(&id);
                         critical_since.remove(&id);
                         if let Some(task) = task(&id) {
-                            report(&consensus, &task, TaskState::Killed, "stopped".into(), None, &config).await;
+                            report(cluster.as_ref(), &task, TaskState::Killed, "stopped".into(), None, &config).await;
                         }
                     }
                     Report::Exited { id, success, message } => {
@@ -254,7 +254,7 @@ pub async fn run(consensus: Consensus, config: NodeRunnerConfig, drivers: Driver
                         }
                         if let Some(task) = task(&id) {
                             let state = if success { TaskState::Finished } else { TaskState::Failed };
-                            report(&consensus, &task, state, message, None, &config).await;
+                            report(cluster.as_ref(), &task, state, message, None, &config).await;
                         }
                     }
                 }
@@ -284,8 +284,8 @@ fn tasks_and_apps(state: &State, node: &str) -> (Vec<Allocation>, HashMap<String
 /// with its app's kill grace period, and returns once they are gone (or the longest grace
 /// plus a margin has passed). The node has already left the catalog, so the leader
 /// replaces its tasks on other nodes.
-pub async fn drain(consensus: &Consensus, drivers: &Drivers, node: &str) {
-    let (_, apps) = consensus.store().read(|state| tasks_and_apps(state, node));
+pub async fn drain(cluster: &dyn Cluster, drivers: &Drivers, node: &str) {
+    let (_, apps) = cluster.store().read(|state| tasks_and_apps(state, node));
     let running = drivers.running().await;
     if running.is_empty() {
         return;
@@ -326,7 +326,7 @@ struct Failures {
 }
 
 fn health_failures(
-    store: &atoll_state::Store,
+    store: &atoll_cluster::Store,
     task: &Allocation,
     app: &AppSpec,
     critical_since: &mut HashMap<String, Instant>,
@@ -381,7 +381,7 @@ fn any_check_critical(state: &State, task: &Allocation) -> bool {
 }
 
 async fn report(
-    consensus: &Consensus,
+    cluster: &dyn Cluster,
     task: &Allocation,
     state: TaskState,
     message: String,
@@ -399,7 +399,7 @@ async fn report(
         at: now_rfc3339(),
         services,
     };
-    if let Err(e) = consensus.write(command).await {
+    if let Err(e) = cluster.write(command).await {
         tracing::warn!(task = %task.id, error = %e, "could not report task state");
     }
 }

@@ -5,9 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use atoll_cluster::{Cluster, ClusterHandle};
 use atoll_driver::registrator::{ExternalEvent, ExternalService};
 use atoll_driver::DockerDriver;
-use atoll_raft::Consensus;
 use atoll_state::{Command, Deregistration, Registration, ServiceSpec};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -15,25 +15,25 @@ use tokio::sync::broadcast::error::RecvError;
 pub const CONTAINER_META: &str = "external_container_id";
 
 /// Keeps this node's external containers registered for as long as the process lives.
-pub async fn run(consensus: Consensus, docker: DockerDriver, node: String, address: String) {
+pub async fn run(cluster: ClusterHandle, docker: DockerDriver, node: String, address: String) {
     let mut events = docker.external_events();
-    resync(&consensus, &docker, &node, &address).await;
+    resync(cluster.as_ref(), &docker, &node, &address).await;
     loop {
         match events.recv().await {
             Ok(ExternalEvent::Started(service)) => {
-                register(&consensus, &service, &node, &address).await
+                register(cluster.as_ref(), &service, &node, &address).await
             }
             Ok(ExternalEvent::Stopped { container_id }) => {
-                let ids = registered_for(&consensus, &node, Some(&container_id));
-                deregister(&consensus, &node, ids).await;
+                let ids = registered_for(cluster.as_ref(), &node, Some(&container_id));
+                deregister(cluster.as_ref(), &node, ids).await;
             }
-            Err(RecvError::Lagged(_)) => resync(&consensus, &docker, &node, &address).await,
+            Err(RecvError::Lagged(_)) => resync(cluster.as_ref(), &docker, &node, &address).await,
             Err(RecvError::Closed) => return,
         }
     }
 }
 
-async fn resync(consensus: &Consensus, docker: &DockerDriver, node: &str, address: &str) {
+async fn resync(cluster: &dyn Cluster, docker: &DockerDriver, node: &str, address: &str) {
     let containers = match docker.external_containers().await {
         Ok(containers) => containers,
         Err(e) => {
@@ -42,7 +42,7 @@ async fn resync(consensus: &Consensus, docker: &DockerDriver, node: &str, addres
         }
     };
     let live: BTreeSet<&str> = containers.iter().map(|c| c.container_id.as_str()).collect();
-    let stale: Vec<String> = consensus.store().read(|state| {
+    let stale: Vec<String> = cluster.store().read(|state| {
         state
             .services_on_node(node)
             .filter(|s| {
@@ -53,14 +53,14 @@ async fn resync(consensus: &Consensus, docker: &DockerDriver, node: &str, addres
             .map(|s| s.id.clone())
             .collect()
     });
-    deregister(consensus, node, stale).await;
+    deregister(cluster, node, stale).await;
     for container in &containers {
-        register(consensus, container, node, address).await;
+        register(cluster, container, node, address).await;
     }
 }
 
-fn registered_for(consensus: &Consensus, node: &str, container: Option<&str>) -> Vec<String> {
-    consensus.store().read(|state| {
+fn registered_for(cluster: &dyn Cluster, node: &str, container: Option<&str>) -> Vec<String> {
+    cluster.store().read(|state| {
         state
             .services_on_node(node)
             .filter(|s| s.meta.get(CONTAINER_META).map(String::as_str) == container)
@@ -69,7 +69,7 @@ fn registered_for(consensus: &Consensus, node: &str, container: Option<&str>) ->
     })
 }
 
-async fn register(consensus: &Consensus, container: &ExternalService, node: &str, address: &str) {
+async fn register(cluster: &dyn Cluster, container: &ExternalService, node: &str, address: &str) {
     for registration in container.registrations(node, address) {
         let mut meta: BTreeMap<String, String> = registration.meta.clone();
         meta.insert(CONTAINER_META.to_string(), container.container_id.clone());
@@ -91,7 +91,7 @@ async fn register(consensus: &Consensus, container: &ExternalService, node: &str
             }),
             ..Default::default()
         }));
-        match consensus.write(command).await {
+        match cluster.write(command).await {
             Ok(_) => {
                 tracing::info!(service = %registration.name, container = %container.container_name, "registered external container")
             }
@@ -100,14 +100,14 @@ async fn register(consensus: &Consensus, container: &ExternalService, node: &str
     }
 }
 
-async fn deregister(consensus: &Consensus, node: &str, ids: Vec<String>) {
+async fn deregister(cluster: &dyn Cluster, node: &str, ids: Vec<String>) {
     for id in ids {
         let command = Command::Deregister(Deregistration {
             node: node.to_string(),
             service_id: Some(id),
             check_id: None,
         });
-        if let Err(e) = consensus.write(command).await {
+        if let Err(e) = cluster.write(command).await {
             tracing::warn!(error = %e, "cannot deregister external container");
         }
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use crate::extract::Path;
 use atoll_agent::SERVER_SERVICE;
 use atoll_state::{
-    CheckStatus, Command, Deregistration, Outcome, Registration, Table, NODE_HEALTH_CHECK_ID,
+    CheckStatus, Command, Deregistration, Registration, Table, NODE_HEALTH_CHECK_ID,
 };
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -15,6 +15,7 @@ use serde_json::json;
 use super::input::{parse_check_registration, parse_check_update, parse_service_registration};
 use super::wire::{CheckJson, ServiceJson};
 use crate::error::ApiError;
+use crate::execute::write;
 use crate::query::{blocking, check_datacenter, json_with_index, set_index, Query, ReadOptions};
 use crate::ApiContext;
 
@@ -24,7 +25,7 @@ const SERF_LAN_PORT: u16 = 8301;
 pub(crate) const SERF_ALIVE: u8 = 1;
 const SERF_FAILED: u8 = 4;
 
-fn member_json(context: &ApiContext, id: u64, member: &atoll_raft::Member) -> serde_json::Value {
+fn member_json(context: &ApiContext, id: u64, member: &atoll_cluster::Member) -> serde_json::Value {
     let status = context
         .store()
         .read(|state| state.node_health(&member.name));
@@ -38,7 +39,7 @@ fn member_json(context: &ApiContext, id: u64, member: &atoll_raft::Member) -> se
 /// A member as `/v1/agent/members` lists it, with Serf's status `code`.
 pub(crate) fn member_value(
     id: u64,
-    member: &atoll_raft::Member,
+    member: &atoll_cluster::Member,
     version: &str,
     code: u8,
 ) -> serde_json::Value {
@@ -69,8 +70,8 @@ pub(crate) fn member_value(
 }
 
 fn own_member_json(context: &ApiContext) -> serde_json::Value {
-    let consensus = context.consensus();
-    member_json(context, consensus.node_id(), consensus.member())
+    let cluster = context.cluster();
+    member_json(context, cluster.node_id(), cluster.member())
 }
 
 /// `GET /v1/agent/self`.
@@ -81,7 +82,7 @@ pub async fn self_info(State(context): State<ApiContext>) -> Response {
             "PrimaryDatacenter": context.datacenter(),
             "NodeName": context.node(),
             "NodeID": "",
-            "Server": context.consensus().member().server,
+            "Server": context.cluster().member().server,
             "Revision": "",
             "Version": context.version(),
         },
@@ -94,7 +95,7 @@ pub async fn self_info(State(context): State<ApiContext>) -> Response {
 /// `GET /v1/agent/members`.
 pub async fn members(State(context): State<ApiContext>) -> Response {
     let members: Vec<_> = context
-        .consensus()
+        .cluster()
         .members()
         .iter()
         .map(|(id, member, _)| member_json(&context, *id, member))
@@ -167,14 +168,6 @@ pub async fn checks(
     })
     .await?;
     Ok(json_with_index(index, &body))
-}
-
-/// Writes a command and turns a rejection into an error.
-pub(crate) async fn write(context: &ApiContext, command: Command) -> Result<Outcome, ApiError> {
-    match context.consensus().write(command).await? {
-        (Outcome::Rejected(rejection), _) => Err(rejection.into()),
-        (outcome, _) => Ok(outcome),
-    }
 }
 
 /// Consul answers agent writes with an empty 200.

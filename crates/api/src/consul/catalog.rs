@@ -9,10 +9,10 @@ use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use serde_json::json;
 
-use super::agent::write;
 use super::input::{parse_catalog_deregistration, parse_catalog_registration};
 use super::wire::{CatalogServiceJson, NodeJson, ServiceJson};
 use crate::error::ApiError;
+use crate::execute::write_in;
 use crate::query::{blocking, json_with_index, Query, ReadOptions};
 use crate::ApiContext;
 
@@ -22,7 +22,13 @@ pub async fn register(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let registration = parse_catalog_registration(&body, context.datacenter())?;
-    write(&context, Command::Register(Box::new(registration))).await?;
+    let datacenter = registration.datacenter.clone();
+    write_in(
+        &context,
+        Some(&datacenter),
+        Command::Register(Box::new(registration)),
+    )
+    .await?;
     Ok(json_with_index(context.store().applied(), &true))
 }
 
@@ -31,8 +37,13 @@ pub async fn deregister(
     State(context): State<ApiContext>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let command = Command::Deregister(parse_catalog_deregistration(&body, context.datacenter())?);
-    write(&context, command).await?;
+    let (deregistration, datacenter) = parse_catalog_deregistration(&body)?;
+    write_in(
+        &context,
+        datacenter.as_deref(),
+        Command::Deregister(deregistration),
+    )
+    .await?;
     Ok(json_with_index(context.store().applied(), &true))
 }
 

@@ -379,8 +379,9 @@ struct CatalogCheckIn {
     definition: Option<CheckIn>,
 }
 
-/// The body of `PUT /v1/catalog/register`, decoded and validated into a registration in
-/// `local_datacenter` (the only one reachable).
+/// The body of `PUT /v1/catalog/register`, decoded and validated into a registration in the
+/// datacenter it names (`local_datacenter` if none); whether that one is reachable is the
+/// executor's decision.
 pub fn parse_catalog_registration(
     body: &[u8],
     local_datacenter: &str,
@@ -398,12 +399,6 @@ pub fn parse_catalog_registration(
         .datacenter
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| local_datacenter.to_string());
-    if datacenter != local_datacenter {
-        return Err(ApiError::field(
-            "Datacenter",
-            format!("No path to datacenter {datacenter:?}"),
-        ));
-    }
     let service = match input.service {
         None => None,
         Some(service) => {
@@ -490,30 +485,22 @@ struct CatalogDeregisterIn {
     datacenter: Option<String>,
 }
 
-/// The body of `PUT /v1/catalog/deregister`, decoded and validated.
+/// The body of `PUT /v1/catalog/deregister`, decoded and validated, with the datacenter it
+/// names, if any.
 pub fn parse_catalog_deregistration(
     body: &[u8],
-    local_datacenter: &str,
-) -> Result<Deregistration, ApiError> {
+) -> Result<(Deregistration, Option<String>), ApiError> {
     let input: CatalogDeregisterIn = decode_body(body)?;
     let node = input.node.unwrap_or_default();
     if node.trim().is_empty() {
         return Err(ApiError::field("Node", "Must provide node"));
     }
-    if let Some(dc) = input
-        .datacenter
-        .filter(|d| !d.is_empty() && d != local_datacenter)
-    {
-        return Err(ApiError::field(
-            "Datacenter",
-            format!("No path to datacenter {dc:?}"),
-        ));
-    }
-    Ok(Deregistration {
+    let deregistration = Deregistration {
         node,
         service_id: input.serviceid.filter(|s| !s.is_empty()),
         check_id: input.checkid.filter(|c| !c.is_empty()),
-    })
+    };
+    Ok((deregistration, input.datacenter))
 }
 
 /// Largest KV value Consul accepts.

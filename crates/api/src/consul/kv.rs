@@ -9,10 +9,10 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::agent::write;
 use super::input::{kv_delete_command, kv_set_command};
 use super::wire::KvJson;
 use crate::error::ApiError;
+use crate::execute::write;
 use crate::query::{blocking, check_datacenter, json_with_index, set_index, Query, ReadOptions};
 use crate::ApiContext;
 

@@ -6,16 +6,17 @@ use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use serde_json::json;
 
-use super::agent::{empty_ok, write};
+use super::agent::empty_ok;
 use crate::error::ApiError;
+use crate::execute::write;
 use crate::query::{json_with_index, Query};
 use crate::ApiContext;
 
 /// `GET /v1/operator/raft/configuration`.
 pub async fn configuration(State(context): State<ApiContext>) -> Response {
-    let consensus = context.consensus();
-    let leader = consensus.leader_addr();
-    let servers: Vec<_> = consensus
+    let cluster = context.cluster();
+    let leader = cluster.leader_addr();
+    let servers: Vec<_> = cluster
         .members()
         .into_iter()
         .filter(|(_, member, _)| member.server)
@@ -40,7 +41,7 @@ pub async fn remove_peer(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
-    let members = context.consensus().members();
+    let members = context.cluster().members();
     let found = match (query.get("id"), query.get("address")) {
         (Some(id), _) => members.iter().find(|(i, _, _)| i.to_string() == id),
         (None, Some(address)) => members.iter().find(|(_, m, _)| m.rpc_addr == address),
@@ -49,7 +50,7 @@ pub async fn remove_peer(
     let Some((id, _, _)) = found else {
         return Err(ApiError::not_found("No such Raft peer"));
     };
-    context.consensus().remove_member(*id).await?;
+    context.cluster().remove_member(*id).await?;
     Ok(empty_ok(&context))
 }
 
@@ -66,7 +67,7 @@ pub async fn force_leave(
     Path(node): Path<String>,
 ) -> Result<Response, ApiError> {
     let member = context
-        .consensus()
+        .cluster()
         .members()
         .into_iter()
         .find(|(_, m, _)| m.name == node);
@@ -75,7 +76,7 @@ pub async fn force_leave(
         return Err(ApiError::not_found(format!("Unknown node {node:?}")));
     }
     if let Some((id, _, _)) = member {
-        context.consensus().remove_member(id).await?;
+        context.cluster().remove_member(id).await?;
     }
     let command = Command::Deregister(Deregistration {
         node,

@@ -8,11 +8,11 @@ use crate::ApiContext;
 
 /// `GET /v1/status/leader`: the leader's Raft address, or `""` if none is known.
 pub async fn leader(State(context): State<ApiContext>) -> Response {
-    let leader = context.consensus().leader_addr().unwrap_or_default();
+    let leader = context.cluster().leader_addr().unwrap_or_default();
     json_with_index(context.store().applied(), &leader)
 }
 
 /// `GET /v1/status/peers`: Raft addresses of the voters.
 pub async fn peers(State(context): State<ApiContext>) -> Response {
-    json_with_index(context.store().applied(), &context.consensus().peers())
+    json_with_index(context.store().applied(), &context.cluster().peers())
 }

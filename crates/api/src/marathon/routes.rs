@@ -22,7 +22,7 @@ pub struct MarathonError {
 }
 
 impl MarathonError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         MarathonError {
             status,
             body: json!({ "message": message.into() }),
@@ -37,16 +37,6 @@ impl MarathonError {
 impl IntoResponse for MarathonError {
     fn into_response(self) -> Response {
         (self.status, Json(self.body)).into_response()
-    }
-}
-
-impl From<atoll_raft::ConsensusError> for MarathonError {
-    fn from(e: atoll_raft::ConsensusError) -> Self {
-        let status = match e {
-            atoll_raft::ConsensusError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
-            _ => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        MarathonError::new(status, e.to_string())
     }
 }
 
@@ -223,7 +213,7 @@ async fn info(State(context): State<ApiContext>) -> Json<Value> {
         "name": "marathon",
         "version": "1.10.0",
         "buildref": format!("atoll {}", context.version()),
-        "elected": context.consensus().is_leader(),
+        "elected": context.cluster().is_leader(),
         "leader": leader,
         "frameworkId": format!("atoll-{}", context.datacenter()),
         "marathon_config": {
@@ -237,7 +227,7 @@ async fn info(State(context): State<ApiContext>) -> Json<Value> {
 }
 
 fn leader_http(context: &ApiContext) -> Option<String> {
-    context.consensus().leader_member().map(|m| m.http_addr)
+    context.cluster().leader_member().map(|m| m.http_addr)
 }
 
 async fn leader(State(context): State<ApiContext>) -> Result<Json<Value>> {
@@ -281,18 +271,8 @@ fn validation_error(error: super::wire::ValidationError) -> MarathonError {
 }
 
 async fn write(context: &ApiContext, command: Command) -> Result<()> {
-    match context.consensus().write(command).await? {
-        (atoll_state::Outcome::Rejected(atoll_state::Rejection::NotFound(m)), _) => {
-            Err(MarathonError::new(StatusCode::NOT_FOUND, m))
-        }
-        (atoll_state::Outcome::Rejected(atoll_state::Rejection::Invalid(m)), _) => {
-            Err(MarathonError::new(StatusCode::UNPROCESSABLE_ENTITY, m))
-        }
-        (atoll_state::Outcome::Rejected(atoll_state::Rejection::Conflict(m)), _) => {
-            Err(MarathonError::new(StatusCode::CONFLICT, m))
-        }
-        _ => Ok(()),
-    }
+    crate::execute::write(context, command).await?;
+    Ok(())
 }
 
 async fn create_app(State(context): State<ApiContext>, body: Bytes) -> Result<Response> {

@@ -1,0 +1,237 @@
+//! The one way requests reach the cluster, and the one mapping of what can go wrong to
+//! Consul's and Marathon's answers.
+//!
+//! Handlers parse a request into a typed [`Command`] (or read options), then hand it here.
+//! This is where a request meets the cluster: the datacenter it names is decided here
+//! ([`reach`]; a request for another datacenter will be forwarded from here once
+//! datacenters federate), rejections of the state machine and cluster failures become one
+//! [`Refusal`], and each API turns a refusal into its own status and body in one `From`
+//! impl. Authorization of a command (ACLs) belongs in [`write_in`], before it is proposed.
+
+use atoll_cluster::ClusterError;
+use atoll_state::{Command, Outcome, Rejection};
+use axum::http::StatusCode;
+
+use crate::error::ApiError;
+use crate::marathon::routes::MarathonError;
+use crate::ApiContext;
+
+/// Why a request was not carried out.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// The request names a datacenter this node cannot reach.
+    NoPathToDatacenter(String),
+    /// The cluster could not commit or confirm it.
+    Cluster(ClusterError),
+    /// The state machine refused the command; nothing changed.
+    Rejected(Rejection),
+}
+
+impl From<ClusterError> for Refusal {
+    fn from(e: ClusterError) -> Self {
+        Refusal::Cluster(e)
+    }
+}
+
+impl From<Rejection> for Refusal {
+    fn from(e: Rejection) -> Self {
+        Refusal::Rejected(e)
+    }
+}
+
+/// Decides whether a request naming datacenter `dc` (none or empty: this one) can be served.
+/// The only place the API tells its own datacenter from another.
+pub fn reach(context: &ApiContext, dc: Option<&str>) -> Result<(), Refusal> {
+    match dc {
+        Some(dc) if !dc.is_empty() && dc != context.datacenter() => {
+            Err(Refusal::NoPathToDatacenter(dc.to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Writes a command for this datacenter; a rejection is a refusal.
+pub async fn write(context: &ApiContext, command: Command) -> Result<Outcome, Refusal> {
+    write_in(context, None, command).await
+}
+
+/// Writes a command for datacenter `dc`; a rejection is a refusal.
+pub async fn write_in(
+    context: &ApiContext,
+    dc: Option<&str>,
+    command: Command,
+) -> Result<Outcome, Refusal> {
+    reach(context, dc)?;
+    match context.cluster().write(command).await? {
+        (Outcome::Rejected(rejection), _) => Err(rejection.into()),
+        (outcome, _) => Ok(outcome),
+    }
+}
+
+/// Consul's answers: a missing leader, a timeout and an unreachable datacenter are 500s
+/// (which its clients retry), an invalid request a 400.
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NoPathToDatacenter(dc) => ApiError::with_status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("No path to datacenter {dc:?}"),
+            ),
+            Refusal::Cluster(e) => {
+                let status = match e {
+                    ClusterError::Refused(_) => StatusCode::BAD_REQUEST,
+                    // WebDAV's 507: the request was fine, the server has no room to record it.
+                    ClusterError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+                    ClusterError::NoLeader
+                    | ClusterError::NotLeader(_)
+                    | ClusterError::Timeout
+                    | ClusterError::Storage(_)
+                    | ClusterError::Stopped(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                ApiError::with_status(status, e.to_string())
+            }
+            Refusal::Rejected(Rejection::NotFound(message)) => ApiError::not_found(message),
+            Refusal::Rejected(Rejection::Invalid(message)) => ApiError::bad_request(message),
+            Refusal::Rejected(Rejection::Conflict(message)) => {
+                ApiError::with_status(StatusCode::CONFLICT, message)
+            }
+        }
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(e: ClusterError) -> Self {
+        Refusal::Cluster(e).into()
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(e: Rejection) -> Self {
+        Refusal::Rejected(e).into()
+    }
+}
+
+/// Marathon's answers: the cluster unavailable is a 503, an invalid app a 422, an existing
+/// id a 409.
+impl From<Refusal> for MarathonError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NoPathToDatacenter(dc) => MarathonError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("No path to datacenter {dc:?}"),
+            ),
+            Refusal::Cluster(e) => {
+                let status = match e {
+                    ClusterError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                MarathonError::new(status, e.to_string())
+            }
+            Refusal::Rejected(Rejection::NotFound(message)) => {
+                MarathonError::new(StatusCode::NOT_FOUND, message)
+            }
+            Refusal::Rejected(Rejection::Invalid(message)) => {
+                MarathonError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+            }
+            Refusal::Rejected(Rejection::Conflict(message)) => {
+                MarathonError::new(StatusCode::CONFLICT, message)
+            }
+        }
+    }
+}
+
+impl From<ClusterError> for MarathonError {
+    fn from(e: ClusterError) -> Self {
+        Refusal::Cluster(e).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use atoll_cluster::MemoryCluster;
+    use axum::response::IntoResponse;
+
+    use super::*;
+
+    async fn context() -> (ApiContext, Arc<MemoryCluster>) {
+        let cluster = Arc::new(MemoryCluster::new("n1", "dc1"));
+        (crate::tests::joined_context(cluster.clone()).await, cluster)
+    }
+
+    fn set(key: &str) -> Command {
+        Command::KvSet {
+            key: key.into(),
+            value: b"v".to_vec(),
+            flags: 0,
+            cas: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_foreign_datacenter_is_refused_before_anything_is_written() {
+        let (context, _) = context().await;
+        let before = context.store().applied();
+        let refusal = write_in(&context, Some("dc2"), set("k")).await.unwrap_err();
+        assert!(matches!(&refusal, Refusal::NoPathToDatacenter(dc) if dc == "dc2"));
+        assert_eq!(context.store().applied(), before);
+        let consul = ApiError::from(refusal);
+        assert_eq!(consul.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(consul.message, "No path to datacenter \"dc2\"");
+        // This datacenter, named or not, is written.
+        assert!(write_in(&context, Some("dc1"), set("k")).await.is_ok());
+        assert!(write_in(&context, Some(""), set("k")).await.is_ok());
+        assert!(write(&context, set("k")).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejections_and_cluster_failures_map_to_each_apis_status() {
+        let (context, cluster) = context().await;
+        let missing = Command::DeleteApp {
+            app_id: "/none".into(),
+            deployment: None,
+        };
+        let cases: Vec<(Refusal, StatusCode, StatusCode)> = vec![
+            (
+                write(&context, missing).await.unwrap_err(),
+                StatusCode::NOT_FOUND,
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                write(&context, set("")).await.unwrap_err(),
+                StatusCode::BAD_REQUEST,
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                Refusal::Rejected(Rejection::Conflict("taken".into())),
+                StatusCode::CONFLICT,
+                StatusCode::CONFLICT,
+            ),
+            (
+                Refusal::Cluster(ClusterError::InsufficientStorage("full".into())),
+                StatusCode::INSUFFICIENT_STORAGE,
+                StatusCode::INSUFFICIENT_STORAGE,
+            ),
+        ];
+        for (refusal, consul, marathon) in cases {
+            let text = format!("{refusal:?}");
+            assert_eq!(ApiError::from(refusal.clone()).status, consul, "{text}");
+            let response = MarathonError::from(refusal).into_response();
+            assert_eq!(response.status(), marathon, "{text}");
+        }
+        // Without a leader: Consul's 500 (retried by its clients), Marathon's 503.
+        cluster.set_leader(false);
+        let refusal = write(&context, set("k")).await.unwrap_err();
+        assert!(matches!(refusal, Refusal::Cluster(ClusterError::NoLeader)));
+        assert_eq!(
+            ApiError::from(refusal).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let refusal = write(&context, set("k")).await.unwrap_err();
+        assert_eq!(
+            MarathonError::from(refusal).into_response().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

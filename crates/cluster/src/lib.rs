@@ -1,0 +1,121 @@
+//! The seam between the edges (HTTP API, DNS, the agent, the workload loops, the CLI) and
+//! the replicated state.
+//!
+//! The edges see the cluster only through [`Cluster`]: write a command, read a view of the
+//! state ([`Store`]), make a read fresh ([`ReadMode`]), subscribe to what changed, and the
+//! membership. The Raft-backed server implements it (`atoll-raft`); [`MemoryCluster`] is a
+//! single-node implementation without Raft or storage, for tests of the edges.
+#![forbid(unsafe_code)]
+
+mod member;
+mod memory;
+mod store;
+
+pub use member::Member;
+pub use memory::MemoryCluster;
+pub use store::{Applied, Store};
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use atoll_state::{Command, Outcome};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+/// Why the cluster could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ClusterError {
+    /// No leader is known (election in progress, or quorum lost).
+    #[error("No cluster leader")]
+    NoLeader,
+    /// This node is not the leader.
+    #[error("not the leader; the leader is {0}")]
+    NotLeader(String),
+    /// The write was sent but not confirmed in time; it may or may not be applied.
+    #[error("timed out waiting for the write to commit (no quorum?); it may still be applied")]
+    Timeout,
+    /// A membership request was refused.
+    #[error("{0}")]
+    Refused(String),
+    /// The storage failed; the node cannot continue safely.
+    #[error("storage failure: {0}")]
+    Storage(String),
+    /// The leader's data dir is short of free space; nothing was proposed.
+    #[error("{0}")]
+    InsufficientStorage(String),
+    /// Raft stopped or a peer failed.
+    #[error("consensus failure: {0}")]
+    Stopped(String),
+}
+
+/// Read consistency, as Consul's query modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadMode {
+    /// The leader's applied state, without confirming leadership.
+    Default,
+    /// Confirmed with a quorum first (linearizable).
+    Consistent,
+}
+
+/// A result the cluster delivers later.
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, ClusterError>> + Send + 'a>>;
+
+/// A shared handle on the cluster, as the edges hold it.
+pub type ClusterHandle = Arc<dyn Cluster>;
+
+/// What the edges may ask of the cluster.
+pub trait Cluster: Send + Sync + 'static {
+    /// The local view of the replicated state and its watches.
+    fn store(&self) -> &Store;
+
+    /// Commits a command and waits until it is applied locally, so the caller reads its own
+    /// write. Returns the outcome and the entry's index.
+    fn write(&self, command: Command) -> Pending<'_, (Outcome, u64)>;
+
+    /// Makes the local state at least as new as the leader's (`Default`) or confirmed by a
+    /// quorum (`Consistent`) before a read.
+    fn linearize(&self, mode: ReadMode) -> Pending<'_, ()>;
+
+    /// This node's id in the membership.
+    fn node_id(&self) -> u64;
+
+    /// This node as the membership records it.
+    fn member(&self) -> &Member;
+
+    /// The leader as the membership records it, if one is known.
+    fn leader_member(&self) -> Option<Member>;
+
+    /// Whether this node is the leader.
+    fn is_leader(&self) -> bool;
+
+    /// Milliseconds since this node last heard from the leader (0 on the leader).
+    fn last_contact_ms(&self) -> u64;
+
+    /// Every node in the membership: id, record, and whether it votes.
+    fn members(&self) -> Vec<(u64, Member, bool)>;
+
+    /// Removes a node from the membership (leader only).
+    fn remove_member(&self, id: u64) -> Pending<'_, ()>;
+
+    /// Records that `node` is alive (delivered to the leader).
+    fn heartbeat<'a>(&'a self, node: &'a str) -> Pending<'a, ()>;
+
+    /// Leader only: when each node last sent a heartbeat.
+    fn liveness(&self) -> HashMap<String, Instant>;
+
+    /// The address of the current leader's RPC listener, if one is known.
+    fn leader_addr(&self) -> Option<String> {
+        self.leader_member().map(|m| m.rpc_addr)
+    }
+
+    /// RPC addresses of the voters.
+    fn peers(&self) -> Vec<String> {
+        self.members()
+            .into_iter()
+            .filter(|(_, _, voter)| *voter)
+            .map(|(_, m, _)| m.rpc_addr)
+            .collect()
+    }
+}

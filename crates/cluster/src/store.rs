@@ -1,0 +1,162 @@
+//! The shared handle on the state: one writer (the state machine), many readers, per-table
+//! watches that wake blocking queries, and the feed of changed rows.
+
+use std::sync::Arc;
+
+use atoll_state::{Change, Command, Outcome, State, Table};
+use parking_lot::RwLock;
+use tokio::sync::{broadcast, watch};
+
+/// Entries a slow subscriber may fall behind before it is told it lagged.
+const FEED_CAPACITY: usize = 1024;
+
+/// What the feed of changes carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// The rows one entry changed, as `State::apply` reported them.
+    Entry {
+        /// The entry's log index.
+        index: u64,
+        /// Its changes.
+        changes: Vec<Change>,
+    },
+    /// The whole state was replaced (a snapshot installed) at this index: what a subscriber
+    /// holds no longer leads to the state by changes, so it subscribes again.
+    Replaced {
+        /// The index the new state is applied up to.
+        index: u64,
+    },
+}
+
+/// The state plus its watches. Cloning is cheap and shares the same state.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: RwLock<State>,
+    /// One watch per table, at `Table::slot`; each carries the index of its last change.
+    tables: [watch::Sender<u64>; Table::ALL.len()],
+    applied: watch::Sender<u64>,
+    feed: broadcast::Sender<Arc<Applied>>,
+}
+
+/// The index a table's watch starts at for `state`.
+fn table_index(state: &State, table: Table) -> u64 {
+    match table {
+        Table::Catalog => state.indexes.catalog(),
+        Table::Kv => state.indexes.kv,
+        Table::Workload => state.indexes.workload,
+    }
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new(State::default(), 0)
+    }
+}
+
+impl Store {
+    /// A store holding `state`, last applied at `applied`.
+    pub fn new(state: State, applied: u64) -> Self {
+        let tables = Table::ALL.map(|table| watch::Sender::new(table_index(&state, table)));
+        Store {
+            inner: Arc::new(Inner {
+                state: RwLock::new(state),
+                tables,
+                applied: watch::Sender::new(applied),
+                feed: broadcast::Sender::new(FEED_CAPACITY),
+            }),
+        }
+    }
+
+    /// Applies a command at `index`, wakes the watchers of the tables it changed and sends
+    /// its changes to the subscribers.
+    pub fn apply(&self, index: u64, command: &Command) -> Outcome {
+        let (outcome, changes) = {
+            let mut state = self.inner.state.write();
+            let result = state.apply(index, command);
+            // Published under the lock, so subscribers see entries in log order.
+            if !result.1.is_empty() && self.inner.feed.receiver_count() > 0 {
+                let applied = Arc::new(Applied::Entry {
+                    index,
+                    changes: result.1.clone(),
+                });
+                let _ = self.inner.feed.send(applied);
+            }
+            result
+        };
+        let mut woken = [false; Table::ALL.len()];
+        for change in &changes {
+            let slot = change.table().slot();
+            if !woken[slot] {
+                woken[slot] = true;
+                self.inner.tables[slot].send_replace(index);
+            }
+        }
+        outcome
+    }
+
+    /// A copy of the state and the changes of every entry applied after it, in log order
+    /// (`State::replay` of each keeps the copy equal to the state). A subscriber that falls
+    /// more than [`FEED_CAPACITY`] entries behind gets `Lagged`, and after a snapshot install
+    /// it gets [`Applied::Replaced`]; either way it subscribes again.
+    pub fn subscribe(&self) -> (State, broadcast::Receiver<Arc<Applied>>) {
+        let state = self.inner.state.read();
+        // Subscribed under the read lock: no entry falls between the copy and the feed.
+        let receiver = self.inner.feed.subscribe();
+        (state.clone(), receiver)
+    }
+
+    /// Records that the log is applied up to `index` (including entries that are not commands).
+    pub fn set_applied(&self, index: u64) {
+        self.inner.applied.send_if_modified(|current| {
+            if index > *current {
+                *current = index;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The highest applied log index.
+    pub fn applied(&self) -> u64 {
+        *self.inner.applied.borrow()
+    }
+
+    /// Replaces the whole state (snapshot install) and wakes every watcher.
+    pub fn replace(&self, mut state: State, applied: u64) {
+        state.rebuild_derived();
+        let indexes = Table::ALL.map(|table| table_index(&state, table));
+        {
+            let mut current = self.inner.state.write();
+            *current = state;
+            // What subscribers hold no longer leads to this state by changes: they start over.
+            let _ = self
+                .inner
+                .feed
+                .send(Arc::new(Applied::Replaced { index: applied }));
+        }
+        for (sender, index) in self.inner.tables.iter().zip(indexes) {
+            sender.send_replace(index.max(applied));
+        }
+        self.inner.applied.send_replace(applied);
+    }
+
+    /// Runs `read` against the current state under a short read lock.
+    pub fn read<T>(&self, read: impl FnOnce(&State) -> T) -> T {
+        read(&self.inner.state.read())
+    }
+
+    /// A receiver that changes whenever `table` changes.
+    pub fn watch(&self, table: Table) -> watch::Receiver<u64> {
+        self.inner.tables[table.slot()].subscribe()
+    }
+
+    /// A receiver of the applied index (for read-your-writes waits).
+    pub fn watch_applied(&self) -> watch::Receiver<u64> {
+        self.inner.applied.subscribe()
+    }
+}
