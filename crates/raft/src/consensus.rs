@@ -21,10 +21,12 @@ use crate::storage::{self, StorageFailure, KEY_NODE_ID};
 use crate::transport::RpcClient;
 use crate::TypeConfig;
 
-/// How long a write may wait for its commit before the caller gets an error.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a read waits to confirm the leader's view.
-const READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a write may wait for its commit before the caller gets an error; also the
+/// leader's deadline for a write forwarded to it.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a read waits to confirm the leader's view; also the leader's deadline for a
+/// read index asked of it.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between attempts while no leader is known.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long after a quorum last confirmed its leadership the leader answers default-mode

@@ -2,7 +2,6 @@
 //! cluster requests (hello, join, forwarded writes and reads, heartbeats, removal).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use atoll_state::{Command, Outcome};
 use axum::extract::{Path, State};
@@ -17,7 +16,7 @@ use openraft::raft::{
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::consensus::Consensus;
+use crate::consensus::{Consensus, READ_TIMEOUT, WRITE_TIMEOUT};
 use crate::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use crate::TypeConfig;
 use atoll_cluster::Member;
@@ -147,7 +146,7 @@ async fn write(
     State((consensus, _)): RpcState,
     Json(command): Json<Command>,
 ) -> Json<Result<(Outcome, u64), ClusterError>> {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + WRITE_TIMEOUT;
     Json(consensus.local_write(command, deadline).await)
 }
 
@@ -158,7 +157,7 @@ async fn read_index(
     if !consensus.is_leader() {
         return Json(Err(ClusterError::NoLeader));
     }
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + READ_TIMEOUT;
     Json(consensus.leader_read_index(mode, deadline).await)
 }
 
