@@ -1,0 +1,79 @@
+//! Small helpers over the engine client: listing atoll's containers, removing one, and
+//! reading the engine's errors.
+
+use super::{LABEL_MANAGED, LABEL_NODE, LABEL_TASK_ID};
+use bollard::errors::Error as EngineError;
+use bollard::models::ContainerSummary;
+use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
+use bollard::Docker;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How long to wait for a removal someone else started.
+const REMOVAL_WAIT: Duration = Duration::from_secs(30);
+
+fn managed_filters(node: Option<&str>, task_id: Option<&str>) -> HashMap<String, Vec<String>> {
+    let mut labels = vec![format!("{LABEL_MANAGED}=true")];
+    if let Some(node) = node {
+        labels.push(format!("{LABEL_NODE}={node}"));
+    }
+    if let Some(task_id) = task_id {
+        labels.push(format!("{LABEL_TASK_ID}={task_id}"));
+    }
+    HashMap::from([("label".to_string(), labels)])
+}
+
+pub(super) async fn list_managed(
+    docker: &Docker,
+    node: Option<&str>,
+    all: bool,
+    task_id: Option<&str>,
+) -> Result<Vec<ContainerSummary>, EngineError> {
+    let options = ListContainersOptions {
+        all,
+        filters: Some(managed_filters(node, task_id)),
+        ..Default::default()
+    };
+    docker.list_containers(Some(options)).await
+}
+
+/// Force-removes a container with its anonymous volumes and returns once it is gone. One
+/// already gone is fine; one being removed by someone else (the event follower, after an
+/// exit) is waited for.
+pub(super) async fn remove_container(docker: &Docker, id: &str) -> Result<(), EngineError> {
+    let options = RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    };
+    match docker.remove_container(id, Some(options)).await {
+        Ok(()) => Ok(()),
+        Err(e) if status_code(&e) == Some(404) => Ok(()),
+        Err(e) if status_code(&e) == Some(409) && engine_message(&e).contains("in progress") => {
+            let deadline = tokio::time::Instant::now() + REMOVAL_WAIT;
+            while tokio::time::Instant::now() < deadline {
+                match docker.inspect_container(id, None).await {
+                    Err(gone) if status_code(&gone) == Some(404) => return Ok(()),
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub(crate) fn status_code(error: &EngineError) -> Option<u16> {
+    match error {
+        EngineError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// The engine's own words when it gave some, else the client error.
+pub(super) fn engine_message(error: &EngineError) -> String {
+    match error {
+        EngineError::DockerResponseServerError { message, .. } => message.trim().to_string(),
+        other => other.to_string(),
+    }
+}

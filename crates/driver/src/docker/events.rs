@@ -1,0 +1,350 @@
+//! The event follower: managed containers' exits as task events, and external service
+//! containers for the registrator.
+
+use super::engine::{list_managed, remove_container};
+use super::{LABEL_MANAGED, LABEL_NODE, LABEL_TASK_ID};
+use crate::registrator::{self, ExternalEvent};
+use crate::spec::TaskEvent;
+use bollard::errors::Error as EngineError;
+use bollard::models::{ContainerStateStatusEnum, ContainerSummaryStateEnum, EventMessage};
+use bollard::query_parameters::{EventsOptions, ListContainersOptions, LogsOptions};
+use bollard::Docker;
+use futures_util::StreamExt;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::broadcast;
+
+/// First wait before reconnecting to the event stream; doubles up to [`MAX_BACKOFF`].
+const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How many reported exits are remembered, so events replayed after a reconnect are not
+/// reported twice.
+const REMEMBERED_EXITS: usize = 1024;
+/// Lines of output quoted in an exit message.
+const EXIT_OUTPUT_LINES: &str = "3";
+const EXIT_OUTPUT_MAX_CHARS: usize = 300;
+
+/// Follows the engine's container events; the only owner of what it has seen running.
+pub(super) struct EventFollower {
+    docker: Docker,
+    node: Option<String>,
+    task_events: broadcast::Sender<TaskEvent>,
+    external_events: broadcast::Sender<ExternalEvent>,
+    /// Managed containers seen running: container id to task id.
+    tasks: HashMap<String, String>,
+    /// External containers reported as started.
+    externals: HashSet<String>,
+    /// Containers whose exit was reported, oldest first.
+    reported_exits: VecDeque<String>,
+}
+
+impl EventFollower {
+    /// A follower that has seen nothing yet; its first [`EventFollower::resync`] fills it in.
+    pub(super) fn new(
+        docker: Docker,
+        node: Option<String>,
+        task_events: broadcast::Sender<TaskEvent>,
+        external_events: broadcast::Sender<ExternalEvent>,
+    ) -> Self {
+        EventFollower {
+            docker,
+            node,
+            task_events,
+            external_events,
+            tasks: HashMap::new(),
+            externals: HashSet::new(),
+            reported_exits: VecDeque::new(),
+        }
+    }
+
+    /// Follows the event stream from `since`; when it ends, waits, resynchronises from the
+    /// container list and follows again from just before the resync.
+    pub(super) async fn run(mut self, mut since: String) {
+        let mut backoff = INITIAL_BACKOFF;
+        loop {
+            let options = EventsOptions {
+                since: Some(since),
+                until: None,
+                filters: Some(HashMap::from([
+                    ("type".to_string(), vec!["container".to_string()]),
+                    (
+                        "event".to_string(),
+                        vec!["start".to_string(), "die".to_string()],
+                    ),
+                ])),
+            };
+            let docker = self.docker.clone();
+            let mut stream = std::pin::pin!(docker.events(Some(options)));
+            loop {
+                match stream.next().await {
+                    Some(Ok(event)) => {
+                        backoff = INITIAL_BACKOFF;
+                        self.handle(event).await;
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "docker event stream failed, reconnecting");
+                        break;
+                    }
+                    None => {
+                        tracing::info!("docker event stream ended, reconnecting");
+                        break;
+                    }
+                }
+            }
+            loop {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                since = events_since_now();
+                match self.resync(false).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, ?backoff, "docker resync failed, retrying");
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_ours(&self, labels: &HashMap<String, String>) -> bool {
+        labels.get(LABEL_MANAGED).map(String::as_str) == Some("true")
+            && match &self.node {
+                Some(node) => labels.get(LABEL_NODE) == Some(node),
+                None => true,
+            }
+    }
+
+    async fn handle(&mut self, event: EventMessage) {
+        let Some(actor) = event.actor else { return };
+        let (Some(id), Some(attributes)) = (actor.id, actor.attributes) else {
+            return;
+        };
+        let action = event.action.unwrap_or_default();
+        if attributes.get(LABEL_MANAGED).map(String::as_str) == Some("true") {
+            if !self.is_ours(&attributes) {
+                return;
+            }
+            let Some(task_id) = attributes.get(LABEL_TASK_ID).cloned() else {
+                return;
+            };
+            match action.as_str() {
+                "start" if !self.reported_exits.contains(&id) => {
+                    self.tasks.insert(id, task_id);
+                }
+                "die" if self.tasks.remove(&id).is_some() => {
+                    let exit_code = attributes
+                        .get("exitCode")
+                        .and_then(|code| code.parse::<i64>().ok());
+                    self.report_exit(&id, task_id, exit_code).await;
+                }
+                _ => {}
+            }
+            return;
+        }
+        match action.as_str() {
+            "start" if !self.externals.contains(&id) => {
+                match registrator::inspect_external(&self.docker, &id).await {
+                    Ok(Some(service)) => {
+                        tracing::info!(container = %service.container_name, "external service container started");
+                        self.externals.insert(id);
+                        let _ = self.external_events.send(ExternalEvent::Started(service));
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(container = %id, %error, "could not inspect a started container");
+                    }
+                }
+            }
+            "die" if self.externals.remove(&id) => {
+                let _ = self
+                    .external_events
+                    .send(ExternalEvent::Stopped { container_id: id });
+            }
+            _ => {}
+        }
+    }
+
+    /// Compares the engine's containers with what was seen, reports the difference (except
+    /// on the first sync, where callers read the state themselves) and removes exited
+    /// managed containers.
+    pub(super) async fn resync(&mut self, first_sync: bool) -> Result<(), EngineError> {
+        let containers = list_managed(&self.docker, self.node.as_deref(), true, None).await?;
+        let mut running = HashMap::new();
+        let mut exited = Vec::new();
+        for container in containers {
+            let task_id = container
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(LABEL_TASK_ID).cloned());
+            let (Some(id), Some(task_id)) = (container.id, task_id) else {
+                continue;
+            };
+            match container.state {
+                Some(
+                    ContainerSummaryStateEnum::RUNNING
+                    | ContainerSummaryStateEnum::RESTARTING
+                    | ContainerSummaryStateEnum::PAUSED,
+                ) => {
+                    running.insert(id, task_id);
+                }
+                Some(ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD) => {
+                    exited.push((id, task_id));
+                }
+                // Being created by a start in progress, or being removed.
+                _ => {}
+            }
+        }
+        let previously = std::mem::replace(&mut self.tasks, running);
+        for (id, task_id) in exited {
+            if !first_sync && previously.contains_key(&id) {
+                self.report_exit(&id, task_id, None).await;
+            } else if let Err(error) = remove_container(&self.docker, &id).await {
+                tracing::warn!(container = %id, %error, "could not remove an exited container");
+            }
+        }
+        for (id, task_id) in previously {
+            if !self.tasks.contains_key(&id) && !self.reported_exits.contains(&id) {
+                self.remember_exit(id);
+                let _ = self.task_events.send(TaskEvent::Exited {
+                    task_id,
+                    success: false,
+                    message: "container disappeared while the engine's event stream was down"
+                        .into(),
+                });
+            }
+        }
+
+        let all_running = self
+            .docker
+            .list_containers(Some(ListContainersOptions::default()))
+            .await?;
+        let mut externals = HashSet::new();
+        for container in all_running {
+            let Some(id) = container.id else { continue };
+            let managed = container
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(LABEL_MANAGED))
+                .is_some_and(|value| value == "true");
+            if managed {
+                continue;
+            }
+            if self.externals.contains(&id) {
+                externals.insert(id);
+                continue;
+            }
+            if let Some(service) = registrator::inspect_external(&self.docker, &id).await? {
+                externals.insert(id);
+                if !first_sync {
+                    let _ = self.external_events.send(ExternalEvent::Started(service));
+                }
+            }
+        }
+        for gone in self.externals.difference(&externals) {
+            let _ = self.external_events.send(ExternalEvent::Stopped {
+                container_id: gone.clone(),
+            });
+        }
+        self.externals = externals;
+        Ok(())
+    }
+
+    /// Reports a managed container's exit with what the engine knows about it, then
+    /// removes the container.
+    async fn report_exit(&mut self, id: &str, task_id: String, exit_code: Option<i64>) {
+        self.remember_exit(id.to_string());
+        let mut exit_code = exit_code;
+        let mut notes = Vec::new();
+        if let Ok(info) = self.docker.inspect_container(id, None).await {
+            if let Some(state) = info.state {
+                exit_code = exit_code.or(state.exit_code);
+                if state.oom_killed == Some(true) {
+                    notes.push("out of memory".to_string());
+                }
+                if let Some(error) = state.error.filter(|e| !e.is_empty()) {
+                    notes.push(error);
+                }
+                if state.status == Some(ContainerStateStatusEnum::RUNNING) {
+                    // Restarted by someone else since the event; it is not gone.
+                    self.tasks.insert(id.to_string(), task_id);
+                    return;
+                }
+            }
+        }
+        let mut message = match exit_code {
+            Some(code) => format!("exited with code {code}"),
+            None => "exited".to_string(),
+        };
+        if !notes.is_empty() {
+            message.push_str(&format!(" ({})", notes.join("; ")));
+        }
+        let output = self.last_output(id).await;
+        if !output.is_empty() {
+            message.push_str(&format!("; last output: {output}"));
+        }
+        tracing::info!(%task_id, container = %id, %message, "docker task exited");
+        let _ = self.task_events.send(TaskEvent::Exited {
+            task_id,
+            success: exit_code == Some(0),
+            message,
+        });
+        if let Err(error) = remove_container(&self.docker, id).await {
+            tracing::warn!(container = %id, %error, "could not remove an exited container");
+        }
+    }
+
+    fn remember_exit(&mut self, id: String) {
+        if self.reported_exits.len() >= REMEMBERED_EXITS {
+            self.reported_exits.pop_front();
+        }
+        self.reported_exits.push_back(id);
+    }
+
+    /// The last few lines a container printed, on one line, shortened.
+    async fn last_output(&self, id: &str) -> String {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: EXIT_OUTPUT_LINES.to_string(),
+            ..Default::default()
+        };
+        let docker = self.docker.clone();
+        let collect = async move {
+            let mut text = String::new();
+            let mut logs = std::pin::pin!(docker.logs(id, Some(options)));
+            while let Some(Ok(chunk)) = logs.next().await {
+                text.push_str(&String::from_utf8_lossy(chunk.as_ref()));
+            }
+            text
+        };
+        let text = tokio::time::timeout(Duration::from_secs(5), collect)
+            .await
+            .unwrap_or_default();
+        let joined = text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ");
+        if joined.chars().count() > EXIT_OUTPUT_MAX_CHARS {
+            let mut short: String = joined.chars().take(EXIT_OUTPUT_MAX_CHARS).collect();
+            short.push('…');
+            short
+        } else {
+            joined
+        }
+    }
+}
+
+/// The engine's `since` for a subscription made after a resync that starts now. It reaches
+/// one second back, so nothing between listing and subscribing is lost (and a little clock
+/// skew is absorbed); events seen twice are recognised by the follower.
+pub(super) fn events_since_now() -> String {
+    let since_epoch = (SystemTime::now() - Duration::from_secs(1))
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{}.{:09}",
+        since_epoch.as_secs(),
+        since_epoch.subsec_nanos()
+    )
+}
