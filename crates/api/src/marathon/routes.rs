@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::wire::{app_json, parse_app, parse_app_put, task_json, PutAppError};
+use super::wire::{absolute_app_id, app_json, parse_app, parse_app_put, task_json, PutAppError};
 use crate::query::Query;
 use crate::ApiContext;
 
@@ -68,10 +68,6 @@ pub fn routes() -> Router<ApiContext> {
         .route("/v2/events", get(super::events::stream))
 }
 
-fn normalize_id(raw: &str) -> String {
-    format!("/{}", raw.trim_matches('/'))
-}
-
 /// Splits `/v2/apps/{rest}` into the app id and what follows it.
 #[derive(Debug, PartialEq)]
 enum AppPath {
@@ -90,7 +86,7 @@ fn parse_app_path(rest: &str) -> AppPath {
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let parts: Vec<&str> = rest.split('/').collect();
     let n = parts.len();
-    let id = |upto: usize| normalize_id(&parts[..upto].join("/"));
+    let id = |upto: usize| absolute_app_id(&parts[..upto].join("/"));
     if n >= 2 && parts[n - 1] == "versions" {
         return AppPath::Versions(id(n - 1));
     }
@@ -106,7 +102,7 @@ fn parse_app_path(rest: &str) -> AppPath {
     if n >= 2 && parts[n - 1] == "restart" {
         return AppPath::Restart(id(n - 1));
     }
-    AppPath::App(normalize_id(rest))
+    AppPath::App(absolute_app_id(rest))
 }
 
 fn new_deployment_id() -> String {

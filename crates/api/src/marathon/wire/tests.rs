@@ -1,5 +1,10 @@
+use atoll_state::{
+    Allocation, AppSpec, ConstraintOperator, DockerNetwork, HealthProtocol, PortSpec, Runtime,
+    TaskState, UpgradeStrategy,
+};
 use serde_json::{json, Value};
 
+use super::parse::NOTHING_TO_RUN;
 use super::*;
 
 const V1: &str = "2024-05-01T10:00:00.000Z";
@@ -529,6 +534,20 @@ fn ids_are_normalized_to_absolute_paths() {
     }
     let relative = post(json!({ "id": "/a/../b", "cmd": "x" })).unwrap_err();
     assert!(relative.details[0].1.contains("relative"), "{relative}");
+}
+
+#[test]
+fn a_valid_id_has_the_same_absolute_form_when_a_path_names_it() {
+    for given in ["web", "/web", "/web/", "prod/web", "/prod/eu-1/web-2"] {
+        assert_eq!(
+            normalize_app_id(given).as_deref(),
+            Ok(absolute_app_id(given).as_str()),
+            "{given}"
+        );
+    }
+    // A request's path may carry extra slashes at its ends; a definition's id may not.
+    assert_eq!(absolute_app_id("//prod/web//"), "/prod/web");
+    assert!(normalize_app_id("//prod/web").is_err());
 }
 
 #[test]
