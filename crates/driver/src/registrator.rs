@@ -11,13 +11,19 @@
 //!   appended;
 //! - the id is `SERVICE_ID`, else `<hostname>:<container name>:<port>` (`:udp` appended for
 //!   UDP);
-//! - `SERVICE_TAGS` is a comma list (UDP ports also get the tag `udp`);
+//! - `SERVICE_TAGS` is a comma list, read by [`service_tags`] (UDP ports also get the tag
+//!   `udp`);
 //! - a non-empty `SERVICE_IGNORE` skips the port (or every port);
 //! - every other `SERVICE_X` becomes meta `x` (lower case), e.g. `check_http`.
 //!
 //! Only published ports count (bridge networking), or the exposed ports of a container on
 //! the host network. The docker driver reports such containers starting and stopping as
 //! [`ExternalEvent`]s; see [`DockerDriver::external_events`].
+//!
+//! atoll's own tasks follow these conventions natively (`atoll_workload::naming`), with the
+//! app id rather than the image giving the default name, and a port numbered by its *index*
+//! in the app definition (`SERVICE_1_NAME`, `-1`) rather than by its *container port*
+//! (`SERVICE_8080_NAME`, `-8080`) as here. Both read `SERVICE_TAGS` with [`service_tags`].
 
 use crate::docker::{status_code, LABEL_MANAGED};
 use crate::{DockerDriver, DriverError};
@@ -116,14 +122,7 @@ impl ExternalService {
             if let Some(explicit) = meta.remove("id").filter(|i| !i.is_empty()) {
                 id = explicit;
             }
-            let mut tags: Vec<String> = meta
-                .remove("tags")
-                .unwrap_or_default()
-                .split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(String::from)
-                .collect();
+            let mut tags = service_tags(&meta.remove("tags").unwrap_or_default());
             if udp {
                 tags.push("udp".into());
             }
@@ -254,6 +253,16 @@ impl DockerDriver {
     pub fn external_events(&self) -> broadcast::Receiver<ExternalEvent> {
         self.external_event_sender().subscribe()
     }
+}
+
+/// The tags of a `SERVICE_TAGS` value: a comma list, each tag trimmed, empty ones dropped.
+pub fn service_tags(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Inspects one container; `Ok(None)` when it is not an external service or is gone.

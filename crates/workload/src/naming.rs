@@ -1,11 +1,17 @@
 //! How running tasks appear in the catalog (Registrator's conventions, applied natively).
 
+use atoll_driver::registrator::service_tags;
 use atoll_state::AppSpec;
 
 /// The catalog services of an app, one per port: `(port index, name, tags)`. The name is
 /// the `SERVICE_NAME` label or the app id's segments reversed and joined with `-`
 /// (`/prod/web` → `web-prod`); port `i > 0` gets `NAME-i`; a `SERVICE_<i>_NAME` label
-/// overrides the name of port `i`. Tags come from the comma-separated `SERVICE_TAGS` label.
+/// overrides the name of port `i`. Tags come from the comma-separated `SERVICE_TAGS` label,
+/// read as the registrator reads it ([`service_tags`]).
+///
+/// Ports are numbered by their index in the app definition (not every port has a container
+/// port), where the registrator of external containers keys them by container port
+/// (`SERVICE_8080_NAME`), as Registrator does.
 pub fn service_names(app: &AppSpec) -> Vec<(usize, String, Vec<String>)> {
     let label = |key: &str| {
         app.labels
@@ -20,15 +26,7 @@ pub fn service_names(app: &AppSpec) -> Vec<(usize, String, Vec<String>)> {
             segments.reverse();
             segments.join("-")
         });
-    let tags: Vec<String> = label("SERVICE_TAGS")
-        .map(|tags| {
-            tags.split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
+    let tags: Vec<String> = label("SERVICE_TAGS").map(service_tags).unwrap_or_default();
     (0..app.ports.len())
         .map(|index| {
             let name = match label(&format!("SERVICE_{index}_NAME")) {
