@@ -6,15 +6,17 @@
 
 use std::sync::OnceLock;
 
-use atoll_api::marathon::wire::{app_json, parse_app, parse_app_put, PutAppError, ValidationError};
+use atoll_api::marathon::wire::{
+    app_json, parse_app, parse_app_put, MarathonApp, PutAppError, ValidationError,
+};
 use atoll_fuzz::APP_VERSION;
-use atoll_state::{AppSpec, Command, Outcome, State};
+use atoll_state::{Command, Outcome, State};
 use libfuzzer_sys::fuzz_target;
 
 const UPDATE_VERSION: &str = "2026-01-02T00:00:00.000Z";
 
 struct Fixture {
-    base: Option<AppSpec>,
+    base: Option<MarathonApp>,
     state: State,
 }
 
@@ -27,8 +29,9 @@ fn fixture() -> &'static Fixture {
             state.apply(
                 5_000,
                 &Command::PutApp {
-                    app: Box::new(base.clone()),
+                    app: Box::new(base.spec.clone()),
                     deployment: None,
+                    definition: base.definition.clone(),
                 },
             );
         }
@@ -48,7 +51,7 @@ fn refused(error: &ValidationError) {
     let _ = error.to_json();
 }
 
-fn accepted(app: &AppSpec, version: &str) {
+fn accepted(app: &MarathonApp, version: &str) {
     assert!(
         app.id.starts_with('/'),
         "app id {:?} is not absolute",
@@ -75,8 +78,9 @@ fn accepted(app: &AppSpec, version: &str) {
     let (outcome, _) = state.apply(
         6_000,
         &Command::PutApp {
-            app: Box::new(app.clone()),
+            app: Box::new(app.spec.clone()),
             deployment: None,
+            definition: app.definition.clone(),
         },
     );
     if let Outcome::Rejected(_) = outcome {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use atoll_api::marathon::wire::parse_app;
+use atoll_api::marathon::wire::{parse_app, MarathonApp};
 use atoll_dns::DnsConfig;
 use atoll_cluster::Member;
 use atoll_raft::TypeConfig;
@@ -160,7 +160,7 @@ pub const BASE_APP_JSON: &str = r#"{
 }"#;
 
 /// The current app a `PUT` updates in the Marathon target ([`BASE_APP_JSON`]).
-pub fn base_app() -> Option<AppSpec> {
+pub fn base_app() -> Option<MarathonApp> {
     parse_app(BASE_APP_JSON.as_bytes(), APP_VERSION, None).ok()
 }
 
@@ -269,8 +269,9 @@ pub fn sample_commands() -> Vec<Command> {
         });
         // A second create of the same id: refused as a conflict.
         commands.push(Command::CreateApp {
-            app: Box::new(app.clone()),
+            app: Box::new(app.spec.clone()),
             deployment: None,
+            definition: app.definition.clone(),
         });
         commands.push(Command::DeleteApp {
             app_id: app.id.clone(),
@@ -279,8 +280,9 @@ pub fn sample_commands() -> Vec<Command> {
         commands.insert(
             11,
             Command::PutApp {
-                app: Box::new(app),
+                app: Box::new(app.spec),
                 deployment: Some(deployment),
+                definition: app.definition,
             },
         );
     }

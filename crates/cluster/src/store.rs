@@ -128,7 +128,7 @@ impl Store {
 
     /// Replaces the whole state (snapshot install) and wakes every watcher.
     pub fn replace(&self, mut state: State, applied: u64) {
-        state.rebuild_derived();
+        state.after_load();
         let indexes = Table::ALL.map(|table| table_index(&state, table));
         {
             let mut current = self.inner.state.write();

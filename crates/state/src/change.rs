@@ -62,6 +62,8 @@ pub enum Change {
     App(RowChange<String, AppSpec>),
     /// An app's kept versions.
     AppHistory(RowChange<String, Vec<AppSpec>>),
+    /// The definition the API echoes for one version of an app, keyed (app id, version).
+    Definition(RowChange<(String, String), serde_json::Value>),
     /// A task.
     Task(RowChange<String, Allocation>),
     /// A deployment in progress.
@@ -84,6 +86,7 @@ impl Change {
             Change::Kv(_) | Change::KvTombstone(_) | Change::KvReaped { .. } => Table::Kv,
             Change::App(_)
             | Change::AppHistory(_)
+            | Change::Definition(_)
             | Change::Task(_)
             | Change::Deployment(_)
             | Change::ComputeNode(_)

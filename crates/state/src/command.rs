@@ -42,6 +42,9 @@ pub enum Command {
         app: Box<AppSpec>,
         /// The deployment rolling it out, if any.
         deployment: Option<Deployment>,
+        /// The definition the API echoes for this version (opaque here); `Null` for none.
+        #[serde(default)]
+        definition: serde_json::Value,
     },
     /// Create an app (`POST /v2/apps`) and start its deployment; rejected with
     /// [`Rejection::Conflict`] when an app with that id exists, so of two concurrent creates
@@ -51,6 +54,9 @@ pub enum Command {
         app: Box<AppSpec>,
         /// The deployment starting it.
         deployment: Option<Deployment>,
+        /// The definition the API echoes for this version (opaque here); `Null` for none.
+        #[serde(default)]
+        definition: serde_json::Value,
     },
     /// Remove an app; its tasks are asked to stop.
     DeleteApp {

@@ -52,6 +52,6 @@ pub fn encode_state(state: &State) -> Result<Vec<u8>, EncodeError> {
 /// Decodes a snapshot's state and rebuilds its derived indexes.
 pub fn decode_state(bytes: &[u8]) -> Result<State, DecodeError> {
     let mut state: State = decode(bytes)?;
-    state.rebuild_derived();
+    state.after_load();
     Ok(state)
 }

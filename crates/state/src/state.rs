@@ -66,6 +66,15 @@ pub struct State {
 }
 
 impl State {
+    /// Brings a state decoded from a snapshot to this release's shape (definitions stored
+    /// inside apps by older releases move to their table) and rebuilds derived indexes.
+    pub fn after_load(&mut self) {
+        self.workload.move_legacy_definitions();
+        // A load is not an entry: what it moved is not reported as changes.
+        self.drain_changes();
+        self.rebuild_derived();
+    }
+
     /// Rebuilds derived indexes after deserialising a snapshot.
     pub fn rebuild_derived(&mut self) {
         self.by_name.clear();
@@ -180,6 +189,7 @@ impl State {
             Change::ServiceIndex(_) | Change::KvTombstone(_) | Change::KvReaped { .. } => {}
             Change::App(_)
             | Change::AppHistory(_)
+            | Change::Definition(_)
             | Change::Task(_)
             | Change::Deployment(_)
             | Change::ComputeNode(_)

@@ -167,21 +167,36 @@ pub struct AppSpec {
     /// [`AppSpec::kill_grace_seconds`].
     #[serde(default)]
     pub kill_grace_seconds: Option<f64>,
-    /// The definition as submitted (Marathon JSON with defaults), echoed by the API.
-    pub definition: serde_json::Value,
+    /// The Marathon definition as releases before the definitions table stored it inside
+    /// the app. Read only to move it there when an old entry or snapshot is loaded, so it
+    /// is `Null` (and not written) in the state and in every new entry; a decoded old
+    /// record encodes back unchanged.
+    #[serde(
+        default,
+        rename = "definition",
+        skip_serializing_if = "serde_json::Value::is_null"
+    )]
+    pub legacy_definition: serde_json::Value,
 }
 
 impl AppSpec {
     /// The app's kill grace period, seconds, if it sets one. Apps stored before the typed
-    /// field existed carry it only in their definition, which is read for them.
+    /// field existed carry it only in their (legacy) definition, which is read for them.
     pub fn kill_grace_seconds(&self) -> Option<f64> {
         self.kill_grace_seconds
             .or_else(|| {
-                self.definition
+                self.legacy_definition
                     .get("taskKillGracePeriodSeconds")
                     .and_then(serde_json::Value::as_f64)
             })
             .filter(|s| s.is_finite() && *s >= 0.0)
+    }
+
+    /// Takes the definition an older release stored inside the app, first copying what the
+    /// platform acts on out of it into the typed fields.
+    pub(crate) fn take_legacy_definition(&mut self) -> serde_json::Value {
+        self.kill_grace_seconds = self.kill_grace_seconds();
+        std::mem::take(&mut self.legacy_definition)
     }
 }
 

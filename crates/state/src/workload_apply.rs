@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::change::Change;
 use crate::command::{Command, Outcome, Rejection};
 use crate::state::State;
-use crate::table::Rows;
+use crate::table::{Grouped, Rows};
 use crate::workload::{
     Allocation, AppSpec, ComputeNode, Deployment, TaskFailure, TaskState, Unplaced, FIT_EPSILON,
 };
@@ -24,6 +24,10 @@ pub struct WorkloadTables {
     pub apps: Rows<String, AppSpec>,
     /// Earlier versions of each app, oldest first (the current one included).
     pub history: Rows<String, Vec<AppSpec>>,
+    /// The Marathon definition of each kept version, by app id then version: the API's copy
+    /// for echoing it back. Nothing here reads it; it lives and goes with its version.
+    #[serde(default)]
+    pub definitions: Grouped<String, String, serde_json::Value>,
     /// Live tasks by id (terminal tasks are removed when reported).
     pub tasks: Rows<String, Allocation>,
     /// Deployments in progress.
@@ -48,10 +52,45 @@ impl WorkloadTables {
         self.tasks.values().filter(move |t| t.node == node)
     }
 
+    /// Moves the definitions an older release stored inside its apps (current and kept
+    /// versions) to the definitions table, as a snapshot of that release is loaded.
+    pub(crate) fn move_legacy_definitions(&mut self) {
+        let ids: Vec<String> = self
+            .apps
+            .keys()
+            .chain(self.history.keys())
+            .cloned()
+            .collect();
+        for id in ids {
+            if let Some(app) = self.apps.get_mut(&id) {
+                let definition = app.take_legacy_definition();
+                let version = app.version.clone();
+                if !definition.is_null() {
+                    self.definitions.insert(id.clone(), version, definition);
+                }
+            }
+            let mut moved = Vec::new();
+            if let Some(history) = self.history.get_mut(&id) {
+                for kept in history.iter_mut() {
+                    let definition = kept.take_legacy_definition();
+                    if !definition.is_null() {
+                        moved.push((kept.version.clone(), definition));
+                    }
+                }
+            }
+            for (version, definition) in moved {
+                if self.definitions.row(&id, &version).is_none() {
+                    self.definitions.insert(id.clone(), version, definition);
+                }
+            }
+        }
+    }
+
     /// Moves the rows changed since the last drain into `changes`.
     pub(crate) fn drain_into(&mut self, changes: &mut Vec<Change>) {
         changes.extend(self.apps.drain().into_iter().map(Change::App));
         changes.extend(self.history.drain().into_iter().map(Change::AppHistory));
+        changes.extend(self.definitions.drain().into_iter().map(Change::Definition));
         changes.extend(self.tasks.drain().into_iter().map(Change::Task));
         changes.extend(self.deployments.drain().into_iter().map(Change::Deployment));
         changes.extend(self.compute.drain().into_iter().map(Change::ComputeNode));
@@ -69,6 +108,7 @@ impl WorkloadTables {
         match change {
             Change::App(row) => self.apps.put_row(row.key, row.new),
             Change::AppHistory(row) => self.history.put_row(row.key, row.new),
+            Change::Definition(row) => self.definitions.put_row(row.key, row.new),
             Change::Task(row) => self.tasks.put_row(row.key, row.new),
             Change::Deployment(row) => self.deployments.put_row(row.key, row.new),
             Change::ComputeNode(row) => self.compute.put_row(row.key, row.new),
@@ -88,15 +128,23 @@ impl WorkloadTables {
 impl State {
     pub(crate) fn apply_workload(&mut self, index: u64, command: &Command) -> Outcome {
         match command {
-            Command::PutApp { app, deployment } => self.put_app(index, app, deployment.as_ref()),
-            Command::CreateApp { app, deployment } => {
+            Command::PutApp {
+                app,
+                deployment,
+                definition,
+            } => self.put_app(index, app, deployment.as_ref(), definition),
+            Command::CreateApp {
+                app,
+                deployment,
+                definition,
+            } => {
                 if self.workload.apps.contains_key(&app.id) {
                     Outcome::Rejected(Rejection::Conflict(format!(
                         "An app with id [{}] already exists.",
                         app.id
                     )))
                 } else {
-                    self.put_app(index, app, deployment.as_ref())
+                    self.put_app(index, app, deployment.as_ref(), definition)
                 }
             }
             Command::DeleteApp { app_id, deployment } => {
@@ -131,10 +179,30 @@ impl State {
         }
     }
 
-    fn put_app(&mut self, index: u64, app: &AppSpec, deployment: Option<&Deployment>) -> Outcome {
+    fn put_app(
+        &mut self,
+        index: u64,
+        app: &AppSpec,
+        deployment: Option<&Deployment>,
+        definition: &serde_json::Value,
+    ) -> Outcome {
         if app.id.is_empty() || !app.id.starts_with('/') {
             return Outcome::Rejected(Rejection::Invalid(format!("invalid app id {:?}", app.id)));
         }
+        // An entry written by an older release carries the definition inside the app.
+        let mut app = app.clone();
+        let legacy = app.take_legacy_definition();
+        let definition = if definition.is_null() {
+            legacy
+        } else {
+            definition.clone()
+        };
+        if !definition.is_null() {
+            self.workload
+                .definitions
+                .insert(app.id.clone(), app.version.clone(), definition);
+        }
+        let app = &app;
         self.workload.apps.insert(app.id.clone(), app.clone());
         let mut history = self
             .workload
@@ -147,6 +215,19 @@ impl State {
         if history.len() > VERSIONS_KEPT {
             let excess = history.len() - VERSIONS_KEPT;
             history.drain(..excess);
+        }
+        // Definitions go with the versions they belong to.
+        let dropped: Vec<String> = self
+            .workload
+            .definitions
+            .get(&app.id)
+            .into_iter()
+            .flat_map(|versions| versions.keys())
+            .filter(|version| !history.iter().any(|kept| &kept.version == *version))
+            .cloned()
+            .collect();
+        for version in dropped {
+            self.workload.definitions.remove(&app.id, &version);
         }
         self.workload.history.insert(app.id.clone(), history);
         // A new deployment of an app supersedes the one in progress.
@@ -168,6 +249,7 @@ impl State {
             )));
         }
         self.workload.history.remove(app_id);
+        self.workload.definitions.remove_group(&app_id.to_string());
         self.workload.last_failures.remove(app_id);
         self.workload.queue.remove(app_id);
         self.workload.deployments.retain(|_, d| d.app_id != app_id);
@@ -300,7 +382,6 @@ impl State {
             if scale {
                 if let Some(app) = self.workload.apps.get_mut(&app_id) {
                     app.instances = app.instances.saturating_sub(1);
-                    app.definition["instances"] = serde_json::Value::from(app.instances);
                 }
             }
         }
@@ -402,7 +483,7 @@ mod tests {
             backoff_factor: 1.15,
             max_launch_delay_seconds: 3600.0,
             kill_grace_seconds: None,
-            definition: serde_json::Value::Null,
+            legacy_definition: serde_json::Value::Null,
         }
     }
 
@@ -437,6 +518,7 @@ mod tests {
             Command::CreateApp {
                 app: Box::new(spec),
                 deployment: None,
+                definition: serde_json::Value::Null,
             }
         };
         assert_eq!(state.apply(1, &create("v1")).0, Outcome::Done);
@@ -456,6 +538,7 @@ mod tests {
         let put = Command::PutApp {
             app: Box::new(spec),
             deployment: None,
+            definition: serde_json::Value::Null,
         };
         assert_eq!(state.apply(3, &put).0, Outcome::Done);
         let delete = Command::DeleteApp {
@@ -468,12 +551,116 @@ mod tests {
     }
 
     #[test]
+    fn definitions_live_and_go_with_their_versions() {
+        let mut state = State::default();
+        let put = |version: &str| {
+            let mut spec = app("/web");
+            spec.version = version.to_string();
+            Command::PutApp {
+                app: Box::new(spec),
+                deployment: None,
+                definition: serde_json::json!({ "id": "/web", "version": version }),
+            }
+        };
+        for i in 0..(VERSIONS_KEPT + 2) {
+            state.apply(i as u64 + 1, &put(&format!("v{i:02}")));
+        }
+        let kept: Vec<&String> = state.workload.definitions["/web"].keys().collect();
+        assert_eq!(
+            kept.len(),
+            VERSIONS_KEPT,
+            "definitions of dropped versions remain"
+        );
+        assert_eq!(kept[0], "v02");
+        let versions: Vec<&String> = state.workload.history["/web"]
+            .iter()
+            .map(|a| &a.version)
+            .collect();
+        assert_eq!(kept, versions);
+        // A scale by killing tasks changes the typed count, never the definition.
+        let before = state.workload.definitions.clone();
+        let mut task = properties::allocation(1, 0, 1, 0, 0.1, 16.0, Vec::new());
+        task.id = "web.1".into();
+        task.app_id = "/web".into();
+        state.workload.tasks.insert(task.id.clone(), task);
+        let stop = Command::StopTasks {
+            ids: vec!["web.1".into()],
+            scale: true,
+            reason: "killed".into(),
+        };
+        state.apply(100, &stop);
+        assert_eq!(state.workload.apps["/web"].instances, 0);
+        assert_eq!(state.workload.definitions, before);
+        state.apply(
+            101,
+            &Command::DeleteApp {
+                app_id: "/web".into(),
+                deployment: None,
+            },
+        );
+        assert!(state.workload.definitions.is_empty());
+    }
+
+    /// What a release that kept the definition inside the app wrote: an app with a
+    /// `definition` field and no typed kill grace.
+    fn legacy_app_json(version: &str) -> serde_json::Value {
+        let mut spec = serde_json::to_value(app("/old")).unwrap();
+        spec["version"] = version.into();
+        spec.as_object_mut().unwrap().remove("kill_grace_seconds");
+        spec["definition"] = serde_json::json!({ "id": "/old", "taskKillGracePeriodSeconds": 9, "version": version });
+        spec
+    }
+
+    #[test]
+    fn an_entry_of_an_older_release_moves_its_definition_to_the_table() {
+        let command: Command = serde_json::from_value(serde_json::json!({
+            "PutApp": { "app": legacy_app_json("v1"), "deployment": null }
+        }))
+        .unwrap();
+        let mut state = State::default();
+        assert_eq!(state.apply(1, &command).0, Outcome::Done);
+        let stored = &state.workload.apps["/old"];
+        assert_eq!(stored.kill_grace_seconds, Some(9.0));
+        assert!(stored.legacy_definition.is_null());
+        assert_eq!(
+            state.workload.definitions.row(&"/old".into(), &"v1".into()),
+            Some(
+                &serde_json::json!({ "id": "/old", "taskKillGracePeriodSeconds": 9, "version": "v1" })
+            )
+        );
+        // Written again, the app carries no definition of its own.
+        let encoded = serde_json::to_value(stored).unwrap();
+        assert!(encoded.get("definition").is_none());
+    }
+
+    #[test]
+    fn a_snapshot_of_an_older_release_loads_with_its_definitions_moved() {
+        let mut tables = serde_json::to_value(State::default()).unwrap();
+        tables["workload"]["apps"] = serde_json::json!({ "/old": legacy_app_json("v2") });
+        tables["workload"]["history"] =
+            serde_json::json!({ "/old": [legacy_app_json("v1"), legacy_app_json("v2")] });
+        tables["workload"]
+            .as_object_mut()
+            .unwrap()
+            .remove("definitions");
+        let bytes = crate::snapshot::encode(&tables).unwrap();
+        let state = crate::snapshot::decode_state(&bytes).unwrap();
+        let versions: Vec<&String> = state.workload.definitions["/old"].keys().collect();
+        assert_eq!(versions, vec!["v1", "v2"]);
+        assert_eq!(state.workload.apps["/old"].kill_grace_seconds, Some(9.0));
+        assert!(state.workload.history["/old"]
+            .iter()
+            .all(|kept| kept.legacy_definition.is_null() && kept.kill_grace_seconds == Some(9.0)));
+    }
+
+    #[test]
     fn the_queue_is_replaced_by_each_plan_and_follows_its_apps() {
         let mut state = State::default();
         for (index, id) in [(1, "/web"), (2, "/db")] {
             let put = Command::PutApp {
                 app: Box::new(app(id)),
                 deployment: None,
+                definition: serde_json::Value::Null,
             };
             state.apply(index, &put);
         }
@@ -518,6 +705,7 @@ mod tests {
         let put = Command::PutApp {
             app: Box::new(app("/web")),
             deployment: None,
+            definition: serde_json::Value::Null,
         };
         state.apply(1, &put);
         let mut task = properties::allocation(1, 0, 1, 0, 0.1, 16.0, Vec::new());
@@ -619,6 +807,7 @@ mod tests {
                     Command::PutApp {
                         app: Box::new(spec),
                         deployment: None,
+                        definition: serde_json::json!({ "version": v }),
                     }
                 }),
                 1 => app_index.clone().prop_map(|a| Command::DeleteApp {

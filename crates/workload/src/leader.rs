@@ -65,6 +65,7 @@ impl ControlView {
         let workload = WorkloadTables {
             apps: tables.apps.clone(),
             history: Default::default(),
+            definitions: Default::default(),
             tasks: tables.tasks.clone(),
             deployments: tables.deployments.clone(),
             compute: tables.compute.clone(),

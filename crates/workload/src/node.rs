@@ -592,7 +592,7 @@ mod tests {
             backoff_factor: 1.15,
             max_launch_delay_seconds: 300.0,
             kill_grace_seconds: None,
-            definition: serde_json::Value::Null,
+            legacy_definition: serde_json::Value::Null,
         }
     }
 
@@ -635,7 +635,7 @@ mod tests {
         assert_eq!(stop_grace(Some(&web)), Duration::from_secs(24 * 3600));
         // An app stored before the typed field carries it in its definition only.
         web.kill_grace_seconds = None;
-        web.definition = serde_json::json!({ "taskKillGracePeriodSeconds": 12 });
+        web.legacy_definition = serde_json::json!({ "taskKillGracePeriodSeconds": 12 });
         assert_eq!(stop_grace(Some(&web)), Duration::from_secs(12));
     }
 

@@ -76,7 +76,7 @@ fn diff(
                     "timestamp": at,
                     "clientIp": null,
                     "uri": format!("/v2/apps{app_id}"),
-                    "appDefinition": app.definition,
+                    "appDefinition": super::wire::MarathonApp::stored(state, app).definition,
                 }));
             }
         }

@@ -11,7 +11,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::wire::{absolute_app_id, app_json, parse_app, parse_app_put, task_json, PutAppError};
+use super::wire::{
+    absolute_app_id, app_json, parse_app, parse_app_put, task_json, MarathonApp, PutAppError,
+};
 use crate::query::Query;
 use crate::ApiContext;
 
@@ -164,6 +166,7 @@ fn render_task(state: &Tables, task: &Allocation) -> Value {
 }
 
 fn render_app(state: &Tables, app: &AppSpec, embed_tasks: bool) -> Value {
+    let app = &MarathonApp::stored(state, app);
     let tasks: Vec<Allocation> = state.workload.tasks_of(&app.id).cloned().collect();
     let deployments: Vec<Value> = state
         .workload
@@ -280,8 +283,9 @@ async fn create_app(State(context): State<ApiContext>, body: Bytes) -> Result<Re
     write(
         &context,
         Command::CreateApp {
-            app: Box::new(app),
+            app: Box::new(app.spec),
             deployment: Some(deployment),
+            definition: app.definition,
         },
     )
     .await?;
@@ -327,7 +331,7 @@ async fn app_get(
                 s.workload.history.get(&id).and_then(|h| {
                     h.iter()
                         .find(|a| a.version == version)
-                        .map(|a| a.definition.clone())
+                        .map(|a| MarathonApp::stored(s, a).definition)
                 })
             })
             .map(|definition| Json(definition).into_response())
@@ -417,7 +421,7 @@ async fn app_put(
     let force = query.boolean("force");
     let (base, locks) = context
         .store()
-        .read(|s| (s.workload.apps.get(&id).cloned(), locked_by(s, &id)));
+        .read(|s| (MarathonApp::current(s, &id), locked_by(s, &id)));
     if !locks.is_empty() && !force {
         return Err(locked_error(locks));
     }
@@ -429,14 +433,15 @@ async fn app_put(
             },
             PutAppError::Invalid(error) => validation_error(error),
         })?;
-    let deployment = deployment_for(&app.id, &app.version, action, base.as_ref());
+    let deployment = deployment_for(&app.id, &app.version, action, base.as_deref());
     let (version, deployment_id) = (app.version.clone(), deployment.id.clone());
     let created = base.is_none();
     write(
         &context,
         Command::PutApp {
-            app: Box::new(app),
+            app: Box::new(app.spec),
             deployment: Some(deployment),
+            definition: app.definition,
         },
     )
     .await?;
@@ -571,7 +576,7 @@ async fn app_post(
     let query = Query::parse(raw.as_deref());
     let (base, locks) = context
         .store()
-        .read(|s| (s.workload.apps.get(&id).cloned(), locked_by(s, &id)));
+        .read(|s| (MarathonApp::current(s, &id), locked_by(s, &id)));
     let Some(mut app) = base else {
         return Err(MarathonError::app_missing(&id));
     };
@@ -587,8 +592,9 @@ async fn app_post(
     write(
         &context,
         Command::PutApp {
-            app: Box::new(app),
+            app: Box::new(app.spec),
             deployment: Some(deployment),
+            definition: app.definition,
         },
     )
     .await?;
@@ -706,9 +712,14 @@ async fn cancel_deployment(
         )
             .into_response());
     }
-    let current = context
-        .store()
-        .read(|s| s.workload.apps.get(&deployment.app_id).cloned());
+    let (current, previous_definition) = context.store().read(|s| {
+        let current = s.workload.apps.get(&deployment.app_id).cloned();
+        let previous = deployment
+            .previous
+            .as_ref()
+            .map(|previous| MarathonApp::stored(s, previous).definition);
+        (current, previous)
+    });
     let (command, version, rollback_id) = match (deployment.previous, current) {
         (Some(previous), current) => {
             let rollback = deployment_for(
@@ -721,6 +732,7 @@ async fn cancel_deployment(
             let command = Command::PutApp {
                 app: previous,
                 deployment: Some(rollback),
+                definition: previous_definition.unwrap_or_default(),
             };
             (command, answer.0, answer.1)
         }

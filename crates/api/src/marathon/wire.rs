@@ -5,9 +5,10 @@
 //!
 //! Split by concern: `parse` reads and validates a definition with the error-collecting
 //! `reader` (every problem reported with its path), `merge` applies `PUT`'s update
-//! semantics, `render` writes apps and tasks back out, `id` holds the app id rule and
-//! `error` the refusals.
+//! semantics, `render` writes apps and tasks back out, `app` pairs a spec with the
+//! definition the API echoes, `id` holds the app id rule and `error` the refusals.
 
+mod app;
 mod error;
 mod id;
 mod merge;
@@ -15,6 +16,7 @@ mod parse;
 mod reader;
 mod render;
 
+pub use app::MarathonApp;
 pub use error::{PutAppError, ValidationError};
 pub(crate) use id::absolute_app_id;
 pub use id::normalize_app_id;

@@ -39,7 +39,7 @@ fn app(id: &str, version: &str, instances: u32) -> AppSpec {
         backoff_factor: 1.15,
         max_launch_delay_seconds: 3600.0,
         kill_grace_seconds: None,
-        definition: serde_json::Value::Null,
+        legacy_definition: serde_json::Value::Null,
     }
 }
 

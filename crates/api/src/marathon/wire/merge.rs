@@ -1,9 +1,10 @@
 //! `PUT /v2/apps/{id}`: an update merged into the current definition, and whether the
 //! result is a scale or a new version.
 
-use atoll_state::{AppSpec, DockerNetwork, Runtime};
+use atoll_state::{DockerNetwork, Runtime};
 use serde_json::{Map, Value};
 
+use super::app::MarathonApp;
 use super::error::PutAppError;
 use super::parse::parse_app;
 use super::reader::present;
@@ -18,8 +19,8 @@ pub fn parse_app_put(
     id: &str,
     body: &[u8],
     version: &str,
-    base: Option<&AppSpec>,
-) -> Result<(AppSpec, &'static str), PutAppError> {
+    base: Option<&MarathonApp>,
+) -> Result<(MarathonApp, &'static str), PutAppError> {
     let mut body_value: Value = serde_json::from_slice(body)
         .map_err(|e| PutAppError::Json(format!("Invalid JSON: {e}")))?;
     if let Some(object) = body_value.as_object_mut() {
@@ -28,11 +29,10 @@ pub fn parse_app_put(
     let body = serde_json::to_vec(&body_value).unwrap_or_default();
     let mut app = parse_app(&body, version, base).map_err(PutAppError::Invalid)?;
     let scale_only = base.is_some_and(|b| {
-        let mut same = app.clone();
+        let mut same = app.spec.clone();
         same.instances = b.instances;
         same.version = b.version.clone();
-        same.definition = b.definition.clone();
-        same == *b
+        same == b.spec
     });
     if let (true, Some(b)) = (scale_only, base) {
         app.version = b.version.clone();
@@ -49,12 +49,15 @@ pub fn parse_app_put(
 /// Marathon's PUT semantics: top-level fields of the update replace the current ones,
 /// absent fields keep their value. Fields that exclude each other follow the update, so a
 /// new `cmd` drops the old `args` and a change of networking drops ports of the old mode.
-pub(super) fn merge_update(base: &AppSpec, update: Map<String, Value>) -> Map<String, Value> {
+pub(super) fn merge_update(base: &MarathonApp, update: Map<String, Value>) -> Map<String, Value> {
     let mut merged = match &base.definition {
         Value::Object(definition) => definition.clone(),
         _ => object_of(render_definition(base, &Echo::default())),
     };
+    // The spec is authoritative over the echoed definition: a scale by killing tasks
+    // changes the count without a new definition.
     merged.insert("id".into(), Value::String(base.id.clone()));
+    merged.insert("instances".into(), Value::from(base.instances));
     let given = |key: &str| update.contains_key(key);
     for (one, other) in [("cmd", "args"), ("ports", "portDefinitions")] {
         if given(one) && !given(other) {

@@ -9,6 +9,7 @@ use atoll_state::{
 };
 use serde_json::{Map, Value};
 
+use super::app::MarathonApp;
 use super::error::ValidationError;
 use super::id::{is_dns_label, normalize_app_id};
 use super::merge::merge_update;
@@ -42,8 +43,8 @@ pub(super) const NOTHING_TO_RUN: &str =
 pub fn parse_app(
     body: &[u8],
     version: &str,
-    base: Option<&AppSpec>,
-) -> Result<AppSpec, ValidationError> {
+    base: Option<&MarathonApp>,
+) -> Result<MarathonApp, ValidationError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ValidationError::single(
             "/",
@@ -69,7 +70,7 @@ pub fn parse_app(
 fn parse_definition(
     object: &Map<String, Value>,
     version: &str,
-) -> Result<AppSpec, ValidationError> {
+) -> Result<MarathonApp, ValidationError> {
     let mut r = Reader::default();
     let mut echo = Echo::default();
 
@@ -240,7 +241,7 @@ fn parse_definition(
             details: r.problems,
         });
     }
-    let mut app = AppSpec {
+    let app = AppSpec {
         id,
         version: version.to_string(),
         runtime,
@@ -259,10 +260,13 @@ fn parse_definition(
         backoff_factor,
         max_launch_delay_seconds,
         kill_grace_seconds,
-        definition: Value::Null,
+        legacy_definition: Value::Null,
     };
-    app.definition = render_definition(&app, &echo);
-    Ok(app)
+    let definition = render_definition(&app, &echo);
+    Ok(MarathonApp {
+        spec: app,
+        definition,
+    })
 }
 
 /// Joins `args` into one shell command, quoting what the shell would otherwise split or

@@ -44,7 +44,7 @@ pub(super) struct HealthEcho {
 /// checks (`None` when the app has none); `deployments` are `{"id": ...}` objects or bare
 /// ids. Tasks are listed only with `embed_tasks`; finished ones are never counted or listed.
 pub fn app_json(
-    app: &AppSpec,
+    app: &super::MarathonApp,
     tasks: &[Allocation],
     hosts: &dyn Fn(&str) -> String,
     healthy: &dyn Fn(&Allocation) -> Option<bool>,

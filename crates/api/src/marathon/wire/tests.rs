@@ -10,15 +10,15 @@ use super::*;
 const V1: &str = "2024-05-01T10:00:00.000Z";
 const V2: &str = "2024-05-02T10:00:00.000Z";
 
-fn post(body: Value) -> Result<AppSpec, ValidationError> {
+fn post(body: Value) -> Result<MarathonApp, ValidationError> {
     parse_app(body.to_string().as_bytes(), V1, None)
 }
 
-fn put(base: &AppSpec, body: Value) -> Result<AppSpec, ValidationError> {
+fn put(base: &MarathonApp, body: Value) -> Result<MarathonApp, ValidationError> {
     parse_app(body.to_string().as_bytes(), V2, Some(base))
 }
 
-fn app(body: Value) -> AppSpec {
+fn app(body: Value) -> MarathonApp {
     match post(body) {
         Ok(app) => app,
         Err(e) => panic!("expected a valid app, got {e}"),
@@ -1061,7 +1061,7 @@ fn validation_error_json_is_marathons_422_body() {
     );
 }
 
-fn base_app() -> AppSpec {
+fn base_app() -> MarathonApp {
     app(json!({
         "id": "/prod/web",
         "args": ["serve", "--port", "$PORT0"],
@@ -1412,7 +1412,7 @@ fn task_json_has_marathons_shape() {
 // ---------------------------------------------------------------------------------------
 // Service names
 
-fn with_ports(id: &str, ports: usize, labels: &[(&str, &str)]) -> AppSpec {
+fn with_ports(id: &str, ports: usize, labels: &[(&str, &str)]) -> MarathonApp {
     let mut app =
         app(json!({ "id": id, "cmd": "x", "portDefinitions": vec![json!({ "port": 0 }); ports] }));
     app.labels = labels
@@ -1514,4 +1514,17 @@ fn huge_and_long_numbers_echo_back_as_the_same_app() {
         let again = parse_app(&echoed, V1, None).expect("the echo is valid");
         assert_eq!(again, app, "{body}");
     }
+}
+
+#[test]
+fn an_update_starts_from_the_specs_instances_not_the_echoed_definitions() {
+    // A scale by killing tasks lowers the spec's count and leaves the definition alone.
+    let mut base = app(json!({"id": "/web", "cmd": "serve", "instances": 3}));
+    base.spec.instances = 1;
+    assert_eq!(base.definition["instances"], 3);
+    let updated = put(&base, json!({"cmd": "serve --fast"})).unwrap();
+    assert_eq!(updated.instances, 1);
+    assert_eq!(updated.definition["instances"], 1);
+    let scaled = put(&base, json!({"instances": 5})).unwrap();
+    assert_eq!(scaled.instances, 5);
 }
