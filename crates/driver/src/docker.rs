@@ -7,10 +7,13 @@
 //!
 //! One background task follows the engine's event stream. It reports the exit of managed
 //! containers as [`TaskEvent::Exited`] and then removes them (the message carries the exit
-//! code and the last lines of output), and it reports external containers for the
-//! [`crate::registrator`]. When the stream ends (the daemon restarted, the socket broke) it
-//! reconnects with backoff, resynchronises from the container list and reports what changed
-//! meanwhile.
+//! code and the last lines of output). Every other container (one without
+//! `atoll.managed=true`) is reported raw, as a [`ContainerEvent`] naming only the container:
+//! what the container is, for example an external service for the [`crate::registrator`],
+//! is for the subscriber to find out with [`DockerDriver::inspect_container`]. When the
+//! stream ends (the daemon restarted, the socket broke) it reconnects with backoff,
+//! resynchronises from the container list and reports what changed meanwhile, as events of
+//! both kinds.
 //!
 //! The module is split along its concerns: the driver's API (here), the pure container
 //! body (`body`), image pulls (`image`), commands run in a container (`command`), the
@@ -22,10 +25,9 @@ mod engine;
 mod events;
 mod image;
 
-use crate::registrator::ExternalEvent;
 use crate::spec::{sanitize_task_id, DriverKind, RunningTask, TaskEvent};
 use crate::{DriverError, TaskKind, TaskSpec, EVENT_CHANNEL_CAPACITY};
-use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
+use bollard::models::{ContainerInspectResponse, ContainerSummary, ContainerSummaryStateEnum};
 use bollard::query_parameters::{CreateContainerOptions, StopContainerOptions};
 use bollard::Docker;
 use std::sync::Arc;
@@ -34,8 +36,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use body::{container_body, invalid, validate};
-pub(crate) use engine::status_code;
-use engine::{engine_message, list_managed, remove_container};
+use engine::{engine_message, list_managed, list_unmanaged, remove_container, status_code};
 use events::{events_since_now, EventFollower};
 
 /// Label holding the task id of a container started by atoll.
@@ -48,6 +49,26 @@ pub const LABEL_APP_VERSION: &str = "atoll.app_version";
 pub const LABEL_MANAGED: &str = "atoll.managed";
 /// Label naming the node whose agent started the container (set when configured).
 pub const LABEL_NODE: &str = "atoll.node";
+
+/// A container not started by atoll (one without `atoll.managed=true`) started or stopped.
+///
+/// The events are raw: they name the container and nothing else, and are sent for every such
+/// container once per start and once per stop (a stop only for a container reported started,
+/// or running when the driver connected). atoll's own containers are reported as
+/// [`TaskEvent`]s instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerEvent {
+    /// The container started (or was found running after the event stream was down).
+    Started {
+        /// The engine's container id.
+        id: String,
+    },
+    /// The container stopped (or was found gone after the event stream was down).
+    Stopped {
+        /// The engine's container id.
+        id: String,
+    },
+}
 
 /// How the docker driver reaches the engine and marks its containers.
 #[derive(Debug, Clone)]
@@ -83,7 +104,7 @@ struct Inner {
     docker: Docker,
     config: DockerConfig,
     task_events: broadcast::Sender<TaskEvent>,
-    external_events: broadcast::Sender<ExternalEvent>,
+    container_events: broadcast::Sender<ContainerEvent>,
     follower: JoinHandle<()>,
 }
 
@@ -108,12 +129,12 @@ impl DockerDriver {
             .map_err(|e| DriverError::docker("asking the engine for its API version", e))?;
 
         let (task_events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
-        let (external_events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        let (container_events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let mut follower = EventFollower::new(
             docker.clone(),
             config.node.clone(),
             task_events.clone(),
-            external_events.clone(),
+            container_events.clone(),
         );
         // The first sync happens before anyone can subscribe, so every change after
         // `connect` returns is reported as an event.
@@ -128,7 +149,7 @@ impl DockerDriver {
                 docker,
                 config,
                 task_events,
-                external_events,
+                container_events,
                 follower,
             }),
         })
@@ -149,8 +170,29 @@ impl DockerDriver {
         self.inner.task_events.subscribe()
     }
 
-    pub(crate) fn external_event_sender(&self) -> &broadcast::Sender<ExternalEvent> {
-        &self.inner.external_events
+    /// Subscribes to containers not started by atoll starting and stopping from now on.
+    pub fn container_events(&self) -> broadcast::Receiver<ContainerEvent> {
+        self.inner.container_events.subscribe()
+    }
+
+    /// The ids of the running containers not started by atoll (on any node), in the engine's
+    /// order.
+    pub async fn unmanaged_containers(&self) -> Result<Vec<String>, DriverError> {
+        list_unmanaged(&self.inner.docker)
+            .await
+            .map_err(|e| DriverError::docker("listing containers", e))
+    }
+
+    /// What the engine knows about a container; `None` when there is no such container.
+    pub async fn inspect_container(
+        &self,
+        id: &str,
+    ) -> Result<Option<ContainerInspectResponse>, DriverError> {
+        match self.inner.docker.inspect_container(id, None).await {
+            Ok(info) => Ok(Some(info)),
+            Err(e) if status_code(&e) == Some(404) => Ok(None),
+            Err(e) => Err(DriverError::docker(format!("inspecting {id}"), e)),
+        }
     }
 
     /// Starts a container for a docker task; returns once the engine has started it.

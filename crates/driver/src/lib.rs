@@ -15,13 +15,18 @@
 //!
 //! The [`registrator`] module is separate on purpose: it does not run tasks, it reports
 //! containers started *outside* atoll that ask to be registered with `SERVICE_*` labels or
-//! environment variables, the way Registrator did.
+//! environment variables, the way Registrator did. It sits on top of the docker driver's
+//! public API only: the driver reports every container it did not start as a raw
+//! [`ContainerEvent`] (started or stopped, by id), lists them
+//! ([`DockerDriver::unmanaged_containers`]) and inspects them
+//! ([`DockerDriver::inspect_container`]); the registrator decides which of them are services.
 //!
 //! Events are delivered on `tokio::sync::broadcast` channels. Subscribe first, then read the
-//! current state (`running()`, `external_containers()`): anything that changes after the
-//! subscription is seen as an event, and anything before it is in the state you read. A
-//! receiver that falls behind by more than the channel capacity gets `Lagged`; it should
-//! then resynchronise the same way.
+//! current state (`running()`, `unmanaged_containers()`, the registrator's
+//! [`registrator::ExternalContainers::list`]): anything that changes after the subscription
+//! is seen as an event, and anything before it is in the state you read. A receiver that
+//! falls behind by more than the channel capacity gets `Lagged`; it should then
+//! resynchronise the same way.
 #![forbid(unsafe_code)]
 
 /// The Docker Engine client the docker driver uses, re-exported so callers share its version.
@@ -33,8 +38,8 @@ mod exec;
 pub mod registrator;
 mod spec;
 
-pub use docker::{DockerConfig, DockerDriver, LABEL_APP_ID, LABEL_APP_VERSION, LABEL_MANAGED};
-pub use docker::{LABEL_NODE, LABEL_TASK_ID};
+pub use docker::{ContainerEvent, DockerConfig, DockerDriver, LABEL_APP_ID, LABEL_APP_VERSION};
+pub use docker::{LABEL_MANAGED, LABEL_NODE, LABEL_TASK_ID};
 pub use error::DriverError;
 pub use exec::ExecDriver;
 pub use spec::{

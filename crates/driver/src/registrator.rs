@@ -17,22 +17,24 @@
 //! - every other `SERVICE_X` becomes meta `x` (lower case), e.g. `check_http`.
 //!
 //! Only published ports count (bridge networking), or the exposed ports of a container on
-//! the host network. The docker driver reports such containers starting and stopping as
-//! [`ExternalEvent`]s; see [`DockerDriver::external_events`].
+//! the host network.
+//!
+//! [`ExternalContainers`] follows them: it consumes the docker driver's raw
+//! [`ContainerEvent`]s (containers not started by atoll, by id), inspects each started
+//! container itself, and reports the ones asking to be registered as [`ExternalEvent`]s.
+//! [`ExternalContainers::list`] reads the current ones, on start and after a `Lagged`.
 //!
 //! atoll's own tasks follow these conventions natively (`atoll_workload::naming`), with the
 //! app id rather than the image giving the default name, and a port numbered by its *index*
 //! in the app definition (`SERVICE_1_NAME`, `-1`) rather than by its *container port*
 //! (`SERVICE_8080_NAME`, `-8080`) as here. Both read `SERVICE_TAGS` with [`service_tags`].
 
-use crate::docker::{status_code, LABEL_MANAGED};
-use crate::{DockerDriver, DriverError};
-use bollard::errors::Error as EngineError;
+use crate::{ContainerEvent, DockerDriver, DriverError, LABEL_MANAGED};
 use bollard::models::ContainerInspectResponse;
-use bollard::Docker;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
 
 /// A running container started outside atoll that asks to be registered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,40 +221,134 @@ impl ExternalService {
     }
 }
 
-impl DockerDriver {
-    /// The running containers started outside atoll that ask to be registered.
-    pub async fn external_containers(&self) -> Result<Vec<ExternalService>, DriverError> {
-        let docker = self.engine();
-        let containers = docker
-            .list_containers(None)
-            .await
-            .map_err(|e| DriverError::docker("listing containers", e))?;
-        let mut services = Vec::new();
-        for container in containers {
-            let Some(id) = container.id else { continue };
-            let managed = container
-                .labels
-                .as_ref()
-                .and_then(|labels| labels.get(LABEL_MANAGED))
-                .is_some_and(|value| value == "true");
-            if managed {
-                continue;
+/// Follows one engine's external service containers through the docker driver's container
+/// events.
+///
+/// Create it (which subscribes), then [`list`](Self::list) the current containers, then
+/// call [`next`](Self::next) for each change; after `Lagged`, list again. A `Stopped` is
+/// reported only for a container reported by `Started` or by the last `list`.
+pub struct ExternalContainers {
+    driver: DockerDriver,
+    events: broadcast::Receiver<ContainerEvent>,
+    tracker: Tracker,
+}
+
+impl ExternalContainers {
+    /// Subscribes to the driver's container events from now on.
+    pub fn follow(driver: &DockerDriver) -> Self {
+        ExternalContainers {
+            driver: driver.clone(),
+            events: driver.container_events(),
+            tracker: Tracker::default(),
+        }
+    }
+
+    /// The running containers started outside atoll that ask to be registered, by name.
+    pub async fn list(&mut self) -> Result<Vec<ExternalService>, DriverError> {
+        self.tracker.list(&self.driver).await
+    }
+
+    /// The next external service container that started or stopped. `Lagged` when events
+    /// were missed (then [`list`](Self::list) again), `Closed` once the driver is gone. Not
+    /// cancel-safe: a started container is inspected before it is returned.
+    pub async fn next(&mut self) -> Result<ExternalEvent, RecvError> {
+        loop {
+            let event = self.events.recv().await?;
+            if let Some(external) = self.tracker.on_event(&self.driver, event).await {
+                return Ok(external);
             }
-            if let Some(service) = inspect_external(docker, &id)
-                .await
-                .map_err(|e| DriverError::docker(format!("inspecting {id}"), e))?
-            {
+        }
+    }
+}
+
+/// What the registrator asks of the engine: the docker driver, or a fake in tests.
+trait Containers {
+    /// The ids of the running containers not started by atoll.
+    async fn unmanaged_containers(&self) -> Result<Vec<String>, DriverError>;
+    /// One container; `None` when it is gone.
+    async fn inspect_container(
+        &self,
+        id: &str,
+    ) -> Result<Option<ContainerInspectResponse>, DriverError>;
+}
+
+impl Containers for DockerDriver {
+    async fn unmanaged_containers(&self) -> Result<Vec<String>, DriverError> {
+        DockerDriver::unmanaged_containers(self).await
+    }
+
+    async fn inspect_container(
+        &self,
+        id: &str,
+    ) -> Result<Option<ContainerInspectResponse>, DriverError> {
+        DockerDriver::inspect_container(self, id).await
+    }
+}
+
+/// Which containers were reported as external services, and the turning of raw container
+/// events into external ones.
+#[derive(Debug, Default)]
+struct Tracker {
+    reported: HashSet<String>,
+}
+
+impl Tracker {
+    /// Inspects every running container not started by atoll; what it finds is what is
+    /// reported from now on.
+    async fn list(
+        &mut self,
+        engine: &impl Containers,
+    ) -> Result<Vec<ExternalService>, DriverError> {
+        let mut services = Vec::new();
+        for id in engine.unmanaged_containers().await? {
+            if let Some(service) = external_service(engine, &id).await? {
                 services.push(service);
             }
         }
         services.sort_by(|a, b| a.container_name.cmp(&b.container_name));
+        self.reported = services.iter().map(|s| s.container_id.clone()).collect();
         Ok(services)
     }
 
-    /// Subscribes to external service containers starting and stopping from now on.
-    pub fn external_events(&self) -> broadcast::Receiver<ExternalEvent> {
-        self.external_event_sender().subscribe()
+    /// The external event a container event makes, if any: a started container is
+    /// inspected, and reported when it asks to be registered.
+    async fn on_event(
+        &mut self,
+        engine: &impl Containers,
+        event: ContainerEvent,
+    ) -> Option<ExternalEvent> {
+        match event {
+            ContainerEvent::Started { id } if !self.reported.contains(&id) => {
+                match external_service(engine, &id).await {
+                    Ok(Some(service)) => {
+                        tracing::info!(container = %service.container_name, "external service container started");
+                        self.reported.insert(id);
+                        Some(ExternalEvent::Started(service))
+                    }
+                    Ok(None) => None,
+                    Err(error) => {
+                        tracing::warn!(container = %id, %error, "could not inspect a started container");
+                        None
+                    }
+                }
+            }
+            ContainerEvent::Stopped { id } if self.reported.remove(&id) => {
+                Some(ExternalEvent::Stopped { container_id: id })
+            }
+            _ => None,
+        }
     }
+}
+
+/// Inspects one container; `Ok(None)` when it is not an external service or is gone.
+async fn external_service(
+    engine: &impl Containers,
+    id: &str,
+) -> Result<Option<ExternalService>, DriverError> {
+    Ok(engine
+        .inspect_container(id)
+        .await?
+        .and_then(|info| ExternalService::from_inspect(&info)))
 }
 
 /// The tags of a `SERVICE_TAGS` value: a comma list, each tag trimmed, empty ones dropped.
@@ -263,18 +359,6 @@ pub fn service_tags(value: &str) -> Vec<String> {
         .filter(|t| !t.is_empty())
         .map(String::from)
         .collect()
-}
-
-/// Inspects one container; `Ok(None)` when it is not an external service or is gone.
-pub(crate) async fn inspect_external(
-    docker: &Docker,
-    id: &str,
-) -> Result<Option<ExternalService>, EngineError> {
-    match docker.inspect_container(id, None).await {
-        Ok(info) => Ok(ExternalService::from_inspect(&info)),
-        Err(e) if status_code(&e) == Some(404) => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// The `SERVICE_*` variables of a container: environment first, labels over it.
@@ -342,6 +426,280 @@ fn image_base_name(image: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bollard::models::{
+        ContainerConfig, ContainerState, HostConfig, NetworkSettings, PortBinding,
+    };
+
+    /// An inspected running container with these labels, environment and published ports
+    /// (container port, host port).
+    fn inspected(
+        id: &str,
+        labels: &[(&str, &str)],
+        env: &[&str],
+        ports: &[(u16, u16)],
+    ) -> ContainerInspectResponse {
+        ContainerInspectResponse {
+            id: Some(id.into()),
+            name: Some(format!("/{id}-name")),
+            config: Some(ContainerConfig {
+                image: Some("team/app:1".into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                env: Some(env.iter().map(|e| e.to_string()).collect()),
+                exposed_ports: Some(ports.iter().map(|(c, _)| format!("{c}/tcp")).collect()),
+                ..Default::default()
+            }),
+            state: Some(ContainerState {
+                running: Some(true),
+                ..Default::default()
+            }),
+            host_config: Some(HostConfig {
+                network_mode: Some("bridge".into()),
+                ..Default::default()
+            }),
+            network_settings: Some(NetworkSettings {
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(container, host)| {
+                            (
+                                format!("{container}/tcp"),
+                                Some(vec![
+                                    PortBinding {
+                                        host_ip: Some("0.0.0.0".into()),
+                                        host_port: Some(host.to_string()),
+                                    },
+                                    PortBinding {
+                                        host_ip: Some("::".into()),
+                                        host_port: Some(host.to_string()),
+                                    },
+                                ]),
+                            )
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// An engine whose containers the test sets; `broken` ones fail to inspect.
+    #[derive(Default)]
+    struct FakeEngine {
+        containers: BTreeMap<String, ContainerInspectResponse>,
+        broken: HashSet<String>,
+    }
+
+    impl FakeEngine {
+        fn add(&mut self, info: ContainerInspectResponse) {
+            self.containers
+                .insert(info.id.clone().unwrap_or_default(), info);
+        }
+    }
+
+    impl Containers for FakeEngine {
+        async fn unmanaged_containers(&self) -> Result<Vec<String>, DriverError> {
+            Ok(self.containers.keys().cloned().collect())
+        }
+
+        async fn inspect_container(
+            &self,
+            id: &str,
+        ) -> Result<Option<ContainerInspectResponse>, DriverError> {
+            if self.broken.contains(id) {
+                return Err(DriverError::Docker {
+                    context: format!("inspecting {id}"),
+                    source: bollard::errors::Error::RequestTimeoutError,
+                });
+            }
+            Ok(self.containers.get(id).cloned())
+        }
+    }
+
+    fn started(id: &str) -> ContainerEvent {
+        ContainerEvent::Started { id: id.into() }
+    }
+
+    fn stopped(id: &str) -> ContainerEvent {
+        ContainerEvent::Stopped { id: id.into() }
+    }
+
+    #[test]
+    fn an_inspected_container_becomes_an_external_service() {
+        let info = inspected(
+            "c1",
+            &[("SERVICE_NAME", "web")],
+            &["SERVICE_TAGS=a", "PATH=/bin"],
+            &[(8080, 31000)],
+        );
+        let service = ExternalService::from_inspect(&info).expect("an external service");
+        assert_eq!(service.container_id, "c1");
+        assert_eq!(service.container_name, "c1-name");
+        assert_eq!(service.image, "team/app:1");
+        assert!(!service.host_network);
+        // The first binding only (IPv4 and IPv6 are bound separately).
+        assert_eq!(
+            service.ports,
+            vec![PublishedPort {
+                host_ip: "0.0.0.0".into(),
+                host_port: 31000,
+                container_port: 8080,
+                protocol: "tcp".into(),
+            }]
+        );
+        assert_eq!(
+            service.service_vars,
+            BTreeMap::from([
+                ("SERVICE_NAME".to_string(), "web".to_string()),
+                ("SERVICE_TAGS".to_string(), "a".to_string()),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_host_network_container_offers_its_exposed_ports() {
+        let mut info = inspected("c1", &[("SERVICE_NAME", "web")], &[], &[(8080, 31000)]);
+        info.host_config = Some(HostConfig {
+            network_mode: Some("host".into()),
+            ..Default::default()
+        });
+        let service = ExternalService::from_inspect(&info).expect("an external service");
+        assert!(service.host_network);
+        assert_eq!(
+            service.ports,
+            vec![PublishedPort {
+                host_ip: String::new(),
+                host_port: 8080,
+                container_port: 8080,
+                protocol: "tcp".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn managed_stopped_and_unconfigured_containers_are_not_external_services() {
+        let managed = inspected(
+            "c1",
+            &[("SERVICE_NAME", "web"), (LABEL_MANAGED, "true")],
+            &[],
+            &[(8080, 31000)],
+        );
+        assert_eq!(ExternalService::from_inspect(&managed), None);
+        let mut stopped = inspected("c2", &[("SERVICE_NAME", "web")], &[], &[(8080, 31000)]);
+        stopped.state = Some(ContainerState {
+            running: Some(false),
+            ..Default::default()
+        });
+        assert_eq!(ExternalService::from_inspect(&stopped), None);
+        let plain = inspected("c3", &[("team", "x")], &["PATH=/bin"], &[(8080, 31000)]);
+        assert_eq!(ExternalService::from_inspect(&plain), None);
+    }
+
+    #[tokio::test]
+    async fn container_events_become_external_events_for_service_containers_only() {
+        let mut engine = FakeEngine::default();
+        engine.add(inspected(
+            "svc",
+            &[("SERVICE_NAME", "web")],
+            &[],
+            &[(80, 31000)],
+        ));
+        engine.add(inspected("plain", &[], &["PATH=/bin"], &[(80, 31001)]));
+        engine.add(inspected(
+            "task",
+            &[("SERVICE_NAME", "web"), (LABEL_MANAGED, "true")],
+            &[],
+            &[(80, 31002)],
+        ));
+        let mut tracker = Tracker::default();
+
+        let Some(ExternalEvent::Started(service)) = tracker.on_event(&engine, started("svc")).await
+        else {
+            panic!("the service container is reported");
+        };
+        assert_eq!(service.container_id, "svc");
+        // A start seen twice, containers without SERVICE_*, atoll's own, and one gone.
+        assert_eq!(tracker.on_event(&engine, started("svc")).await, None);
+        assert_eq!(tracker.on_event(&engine, started("plain")).await, None);
+        assert_eq!(tracker.on_event(&engine, started("task")).await, None);
+        assert_eq!(tracker.on_event(&engine, started("gone")).await, None);
+        // Stops only for what was reported, once.
+        assert_eq!(tracker.on_event(&engine, stopped("plain")).await, None);
+        assert_eq!(
+            tracker.on_event(&engine, stopped("svc")).await,
+            Some(ExternalEvent::Stopped {
+                container_id: "svc".into()
+            })
+        );
+        assert_eq!(tracker.on_event(&engine, stopped("svc")).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_container_that_cannot_be_inspected_is_skipped_on_start_and_fails_a_list() {
+        let mut engine = FakeEngine::default();
+        engine.add(inspected(
+            "svc",
+            &[("SERVICE_NAME", "web")],
+            &[],
+            &[(80, 31000)],
+        ));
+        engine.broken.insert("svc".into());
+        let mut tracker = Tracker::default();
+        assert_eq!(tracker.on_event(&engine, started("svc")).await, None);
+        assert!(tracker.list(&engine).await.is_err());
+        engine.broken.clear();
+        // Not reported yet, so a later start is.
+        assert!(matches!(
+            tracker.on_event(&engine, started("svc")).await,
+            Some(ExternalEvent::Started(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_list_is_what_later_stops_are_reported_for() {
+        let mut engine = FakeEngine::default();
+        engine.add(inspected(
+            "b",
+            &[("SERVICE_NAME", "web")],
+            &[],
+            &[(80, 31000)],
+        ));
+        engine.add(inspected(
+            "a",
+            &[("SERVICE_NAME", "api")],
+            &[],
+            &[(80, 31001)],
+        ));
+        engine.add(inspected("plain", &[], &[], &[(80, 31002)]));
+        let mut tracker = Tracker::default();
+        // Reported before the list, gone by then.
+        engine.add(inspected(
+            "old",
+            &[("SERVICE_NAME", "old")],
+            &[],
+            &[(80, 31003)],
+        ));
+        assert!(tracker.on_event(&engine, started("old")).await.is_some());
+        engine.containers.remove("old");
+
+        let listed = tracker.list(&engine).await.expect("list");
+        let names: Vec<&str> = listed.iter().map(|s| s.container_name.as_str()).collect();
+        assert_eq!(names, vec!["a-name", "b-name"]);
+        // Started again: already listed.
+        assert_eq!(tracker.on_event(&engine, started("a")).await, None);
+        assert_eq!(tracker.on_event(&engine, stopped("old")).await, None);
+        assert_eq!(
+            tracker.on_event(&engine, stopped("b")).await,
+            Some(ExternalEvent::Stopped {
+                container_id: "b".into()
+            })
+        );
+    }
 
     fn service(vars: &[(&str, &str)], ports: &[(u16, u16, &str)]) -> ExternalService {
         ExternalService {

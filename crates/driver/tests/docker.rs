@@ -3,7 +3,7 @@
 
 mod common;
 
-use atoll_driver::registrator::{ExternalEvent, PublishedPort};
+use atoll_driver::registrator::{ExternalContainers, ExternalEvent, PublishedPort};
 use atoll_driver::{
     CommandExit, DockerDriver, DockerNetwork, DriverError, DriverKind, PortBinding, TaskEvent,
     TaskKind, LABEL_APP_ID, LABEL_APP_VERSION, LABEL_MANAGED, LABEL_NODE, LABEL_TASK_ID,
@@ -380,7 +380,7 @@ async fn external_service_container_is_reported_with_its_ports_and_settings() {
     };
     bounded(LIMIT, async {
         let host_port = free_port();
-        let mut events = driver.external_events();
+        let mut externals = ExternalContainers::follow(&driver);
         let name = format!("atoll-test-ext-{node}");
         let id = docker_cli(&[
             "run",
@@ -408,7 +408,7 @@ async fn external_service_container_is_reported_with_its_ports_and_settings() {
         ]);
 
         let started = loop {
-            match events.recv().await {
+            match externals.next().await {
                 Ok(ExternalEvent::Started(service)) if service.container_id == id => break service,
                 Ok(_) => {}
                 Err(error) => panic!("event channel failed: {error}"),
@@ -416,10 +416,7 @@ async fn external_service_container_is_reported_with_its_ports_and_settings() {
         };
         assert_eq!(started.container_name, name);
 
-        let listed = driver
-            .external_containers()
-            .await
-            .expect("external containers");
+        let listed = externals.list().await.expect("external containers");
         let service = listed
             .into_iter()
             .find(|service| service.container_id == id)
@@ -450,10 +447,7 @@ async fn external_service_container_is_reported_with_its_ports_and_settings() {
             .start(&docker_spec(&task_id, &["/bin/sleep", "300"], vec![]))
             .await
             .expect("start a managed task");
-        let listed = driver
-            .external_containers()
-            .await
-            .expect("external containers");
+        let listed = externals.list().await.expect("external containers");
         assert!(listed.iter().all(|s| !s.container_name.contains(&task_id)));
         driver
             .stop(&task_id, Duration::from_secs(1))
@@ -462,7 +456,7 @@ async fn external_service_container_is_reported_with_its_ports_and_settings() {
 
         docker_cli(&["rm", "-f", &id]);
         loop {
-            match events.recv().await {
+            match externals.next().await {
                 Ok(ExternalEvent::Stopped { container_id }) if container_id == id => break,
                 Ok(_) => {}
                 Err(error) => panic!("event channel failed: {error}"),
@@ -562,7 +556,7 @@ async fn exits_missed_while_the_event_stream_is_down_are_reported_after_reconnec
             .await
             .expect("connect through the proxy");
         let mut events = driver.events();
-        let mut external_events = driver.external_events();
+        let mut externals = ExternalContainers::follow(&driver);
 
         let killed_task = format!("test_reconnect.{node}-1");
         let removed_task = format!("test_reconnect.{node}-2");
@@ -616,7 +610,7 @@ async fn exits_missed_while_the_event_stream_is_down_are_reported_after_reconnec
 
         // Other tests' external containers come and go too; wait for this one.
         loop {
-            match external_events.recv().await {
+            match externals.next().await {
                 Ok(ExternalEvent::Started(service)) if service.container_id == external => break,
                 Ok(_) => {}
                 Err(error) => panic!("event channel failed: {error}"),

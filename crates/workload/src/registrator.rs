@@ -1,12 +1,13 @@
 //! Containers started outside atoll (`docker run -l SERVICE_NAME=x -p ...`) registered in the
-//! catalog the way Registrator did: from Docker's event stream, with a full resync on start
-//! and whenever events may have been missed. Their services carry the container id in their
+//! catalog the way Registrator did: from the docker driver's container events, read as
+//! external services by [`ExternalContainers`], with a full resync on start and whenever
+//! events may have been missed. Their services carry the container id in their
 //! metadata, so a resync after a restart also removes the ones whose container is gone.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use atoll_cluster::{Cluster, ClusterHandle};
-use atoll_driver::registrator::{ExternalEvent, ExternalService};
+use atoll_driver::registrator::{ExternalContainers, ExternalEvent, ExternalService};
 use atoll_driver::DockerDriver;
 use atoll_state::{Command, Deregistration, Registration, ServiceSpec};
 use tokio::sync::broadcast::error::RecvError;
@@ -16,10 +17,10 @@ pub const CONTAINER_META: &str = "external_container_id";
 
 /// Keeps this node's external containers registered for as long as the process lives.
 pub async fn run(cluster: ClusterHandle, docker: DockerDriver, node: String, address: String) {
-    let mut events = docker.external_events();
-    resync(cluster.as_ref(), &docker, &node, &address).await;
+    let mut externals = ExternalContainers::follow(&docker);
+    resync(cluster.as_ref(), &mut externals, &node, &address).await;
     loop {
-        match events.recv().await {
+        match externals.next().await {
             Ok(ExternalEvent::Started(service)) => {
                 register(cluster.as_ref(), &service, &node, &address).await
             }
@@ -27,14 +28,21 @@ pub async fn run(cluster: ClusterHandle, docker: DockerDriver, node: String, add
                 let ids = registered_for(cluster.as_ref(), &node, Some(&container_id));
                 deregister(cluster.as_ref(), &node, ids).await;
             }
-            Err(RecvError::Lagged(_)) => resync(cluster.as_ref(), &docker, &node, &address).await,
+            Err(RecvError::Lagged(_)) => {
+                resync(cluster.as_ref(), &mut externals, &node, &address).await
+            }
             Err(RecvError::Closed) => return,
         }
     }
 }
 
-async fn resync(cluster: &dyn Cluster, docker: &DockerDriver, node: &str, address: &str) {
-    let containers = match docker.external_containers().await {
+async fn resync(
+    cluster: &dyn Cluster,
+    externals: &mut ExternalContainers,
+    node: &str,
+    address: &str,
+) {
+    let containers = match externals.list().await {
         Ok(containers) => containers,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list external containers");

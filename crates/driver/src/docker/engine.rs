@@ -1,5 +1,5 @@
-//! Small helpers over the engine client: listing atoll's containers, removing one, and
-//! reading the engine's errors.
+//! Small helpers over the engine client: listing atoll's containers and the others, removing
+//! one, and reading the engine's errors.
 
 use super::{LABEL_MANAGED, LABEL_NODE, LABEL_TASK_ID};
 use bollard::errors::Error as EngineError;
@@ -37,6 +37,26 @@ pub(super) async fn list_managed(
     docker.list_containers(Some(options)).await
 }
 
+/// The ids of the running containers without `atoll.managed=true`, whichever node's.
+pub(super) async fn list_unmanaged(docker: &Docker) -> Result<Vec<String>, EngineError> {
+    let running = docker
+        .list_containers(Some(ListContainersOptions::default()))
+        .await?;
+    Ok(running
+        .into_iter()
+        .filter(|container| !is_managed(container.labels.as_ref()))
+        .filter_map(|container| container.id)
+        .collect())
+}
+
+/// Whether these labels (or event attributes, which include the labels) mark a container
+/// started by atoll, on any node.
+pub(super) fn is_managed(labels: Option<&HashMap<String, String>>) -> bool {
+    labels
+        .and_then(|labels| labels.get(LABEL_MANAGED))
+        .is_some_and(|value| value == "true")
+}
+
 /// Force-removes a container with its anonymous volumes and returns once it is gone. One
 /// already gone is fine; one being removed by someone else (the event follower, after an
 /// exit) is waited for.
@@ -63,7 +83,7 @@ pub(super) async fn remove_container(docker: &Docker, id: &str) -> Result<(), En
     }
 }
 
-pub(crate) fn status_code(error: &EngineError) -> Option<u16> {
+pub(super) fn status_code(error: &EngineError) -> Option<u16> {
     match error {
         EngineError::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,

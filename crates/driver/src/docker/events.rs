@@ -1,13 +1,12 @@
-//! The event follower: managed containers' exits as task events, and external service
-//! containers for the registrator.
+//! The event follower: managed containers' exits as task events, and every other container's
+//! starts and stops as raw container events.
 
-use super::engine::{list_managed, remove_container};
-use super::{LABEL_MANAGED, LABEL_NODE, LABEL_TASK_ID};
-use crate::registrator::{self, ExternalEvent};
+use super::engine::{is_managed, list_managed, list_unmanaged, remove_container};
+use super::{ContainerEvent, LABEL_MANAGED, LABEL_NODE, LABEL_TASK_ID};
 use crate::spec::TaskEvent;
 use bollard::errors::Error as EngineError;
 use bollard::models::{ContainerStateStatusEnum, ContainerSummaryStateEnum, EventMessage};
-use bollard::query_parameters::{EventsOptions, ListContainersOptions, LogsOptions};
+use bollard::query_parameters::{EventsOptions, LogsOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -29,11 +28,11 @@ pub(super) struct EventFollower {
     docker: Docker,
     node: Option<String>,
     task_events: broadcast::Sender<TaskEvent>,
-    external_events: broadcast::Sender<ExternalEvent>,
+    container_events: broadcast::Sender<ContainerEvent>,
     /// Managed containers seen running: container id to task id.
     tasks: HashMap<String, String>,
-    /// External containers reported as started.
-    externals: HashSet<String>,
+    /// The other containers seen running.
+    unmanaged: Unmanaged,
     /// Containers whose exit was reported, oldest first.
     reported_exits: VecDeque<String>,
 }
@@ -44,15 +43,15 @@ impl EventFollower {
         docker: Docker,
         node: Option<String>,
         task_events: broadcast::Sender<TaskEvent>,
-        external_events: broadcast::Sender<ExternalEvent>,
+        container_events: broadcast::Sender<ContainerEvent>,
     ) -> Self {
         EventFollower {
             docker,
             node,
             task_events,
-            external_events,
+            container_events,
             tasks: HashMap::new(),
-            externals: HashSet::new(),
+            unmanaged: Unmanaged::default(),
             reported_exits: VecDeque::new(),
         }
     }
@@ -119,7 +118,7 @@ impl EventFollower {
             return;
         };
         let action = event.action.unwrap_or_default();
-        if attributes.get(LABEL_MANAGED).map(String::as_str) == Some("true") {
+        if is_managed(Some(&attributes)) {
             if !self.is_ours(&attributes) {
                 return;
             }
@@ -140,26 +139,13 @@ impl EventFollower {
             }
             return;
         }
-        match action.as_str() {
-            "start" if !self.externals.contains(&id) => {
-                match registrator::inspect_external(&self.docker, &id).await {
-                    Ok(Some(service)) => {
-                        tracing::info!(container = %service.container_name, "external service container started");
-                        self.externals.insert(id);
-                        let _ = self.external_events.send(ExternalEvent::Started(service));
-                    }
-                    Ok(None) => {}
-                    Err(error) => {
-                        tracing::warn!(container = %id, %error, "could not inspect a started container");
-                    }
-                }
-            }
-            "die" if self.externals.remove(&id) => {
-                let _ = self
-                    .external_events
-                    .send(ExternalEvent::Stopped { container_id: id });
-            }
-            _ => {}
+        let event = match action.as_str() {
+            "start" => self.unmanaged.started(id),
+            "die" => self.unmanaged.stopped(id),
+            _ => None,
+        };
+        if let Some(event) = event {
+            let _ = self.container_events.send(event);
         }
     }
 
@@ -213,38 +199,12 @@ impl EventFollower {
             }
         }
 
-        let all_running = self
-            .docker
-            .list_containers(Some(ListContainersOptions::default()))
-            .await?;
-        let mut externals = HashSet::new();
-        for container in all_running {
-            let Some(id) = container.id else { continue };
-            let managed = container
-                .labels
-                .as_ref()
-                .and_then(|labels| labels.get(LABEL_MANAGED))
-                .is_some_and(|value| value == "true");
-            if managed {
-                continue;
-            }
-            if self.externals.contains(&id) {
-                externals.insert(id);
-                continue;
-            }
-            if let Some(service) = registrator::inspect_external(&self.docker, &id).await? {
-                externals.insert(id);
-                if !first_sync {
-                    let _ = self.external_events.send(ExternalEvent::Started(service));
-                }
+        let unmanaged = list_unmanaged(&self.docker).await?;
+        for event in self.unmanaged.resynced(unmanaged) {
+            if !first_sync {
+                let _ = self.container_events.send(event);
             }
         }
-        for gone in self.externals.difference(&externals) {
-            let _ = self.external_events.send(ExternalEvent::Stopped {
-                container_id: gone.clone(),
-            });
-        }
-        self.externals = externals;
         Ok(())
     }
 
@@ -335,6 +295,48 @@ impl EventFollower {
     }
 }
 
+/// The containers not started by atoll that were seen running, and the raw events their
+/// starts and stops make: one per start and one per stop, whether seen in the event stream,
+/// seen again in a stream replayed after a reconnect, or found by a resync.
+#[derive(Debug, Default)]
+struct Unmanaged {
+    running: HashSet<String>,
+}
+
+impl Unmanaged {
+    /// A `start` event; `None` when the container was already seen running.
+    fn started(&mut self, id: String) -> Option<ContainerEvent> {
+        self.running
+            .insert(id.clone())
+            .then_some(ContainerEvent::Started { id })
+    }
+
+    /// A `die` event; `None` when the container was not seen running.
+    fn stopped(&mut self, id: String) -> Option<ContainerEvent> {
+        self.running
+            .remove(&id)
+            .then_some(ContainerEvent::Stopped { id })
+    }
+
+    /// The containers running now, from the engine's list: what started and stopped since
+    /// what was seen.
+    fn resynced(&mut self, running: impl IntoIterator<Item = String>) -> Vec<ContainerEvent> {
+        let running: HashSet<String> = running.into_iter().collect();
+        let mut events: Vec<ContainerEvent> = self
+            .running
+            .difference(&running)
+            .map(|id| ContainerEvent::Stopped { id: id.clone() })
+            .collect();
+        events.extend(
+            running
+                .difference(&self.running)
+                .map(|id| ContainerEvent::Started { id: id.clone() }),
+        );
+        self.running = running;
+        events
+    }
+}
+
 /// The engine's `since` for a subscription made after a resync that starts now. It reaches
 /// one second back, so nothing between listing and subscribing is lost (and a little clock
 /// skew is absorbed); events seen twice are recognised by the follower.
@@ -347,4 +349,58 @@ pub(super) fn events_since_now() -> String {
         since_epoch.as_secs(),
         since_epoch.subsec_nanos()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(id: &str) -> ContainerEvent {
+        ContainerEvent::Started { id: id.into() }
+    }
+
+    fn stopped(id: &str) -> ContainerEvent {
+        ContainerEvent::Stopped { id: id.into() }
+    }
+
+    #[test]
+    fn each_start_and_stop_is_reported_once() {
+        let mut seen = Unmanaged::default();
+        assert_eq!(seen.started("a".into()), Some(started("a")));
+        // Replayed after a reconnect.
+        assert_eq!(seen.started("a".into()), None);
+        assert_eq!(seen.stopped("a".into()), Some(stopped("a")));
+        assert_eq!(seen.stopped("a".into()), None);
+        // Never seen running (it was running before and gone by the first sync).
+        assert_eq!(seen.stopped("b".into()), None);
+        // Restarted: a new start after its stop.
+        assert_eq!(seen.started("a".into()), Some(started("a")));
+    }
+
+    /// Events in a fixed order: stops first, then by id.
+    fn sorted(mut events: Vec<ContainerEvent>) -> Vec<ContainerEvent> {
+        events.sort_by_key(|event| match event {
+            ContainerEvent::Stopped { id } => (0, id.clone()),
+            ContainerEvent::Started { id } => (1, id.clone()),
+        });
+        events
+    }
+
+    #[test]
+    fn a_resync_reports_what_changed_while_the_stream_was_down() {
+        let mut seen = Unmanaged::default();
+        assert_eq!(
+            sorted(seen.resynced(["a".to_string(), "b".to_string()])),
+            vec![started("a"), started("b")]
+        );
+        assert_eq!(seen.resynced(["b".to_string(), "a".to_string()]), vec![]);
+        assert_eq!(
+            sorted(seen.resynced(["b".to_string(), "c".to_string()])),
+            vec![stopped("a"), started("c")]
+        );
+        // Events replayed from before the resync change nothing.
+        assert_eq!(seen.started("c".into()), None);
+        assert_eq!(seen.stopped("a".into()), None);
+        assert_eq!(seen.stopped("b".into()), Some(stopped("b")));
+    }
 }
