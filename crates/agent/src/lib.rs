@@ -8,4 +8,5 @@ mod liveness;
 mod runner;
 
 pub use checks::{TaskCommandRun, TaskCommands};
-pub use runner::{Agent, AgentConfig, AgentError, Autopilot, SERVER_SERVICE};
+pub use liveness::Autopilot;
+pub use runner::{Agent, AgentConfig, AgentError, SERVER_SERVICE};

@@ -17,12 +17,29 @@ use atoll_cluster::{Cluster, ClusterHandle};
 use atoll_state::{CheckStatus, Command, NODE_HEALTH_CHECK_ID};
 use tokio::time::Instant;
 
-use crate::runner::Autopilot;
-
 /// How often a node heartbeats.
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 /// How often the leader checks heartbeats.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// When the leader removes dead servers from the Raft configuration, as Consul's autopilot
+/// does with `cleanup_dead_servers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Autopilot {
+    /// A voter whose heartbeats have been missing this long is removed; `None` never removes.
+    pub dead_server_after: Option<Duration>,
+    /// Never shrink the voters below this many (0: no floor beyond the majority rule).
+    pub min_quorum: usize,
+}
+
+impl Default for Autopilot {
+    fn default() -> Self {
+        Autopilot {
+            dead_server_after: Some(Duration::from_secs(30)),
+            min_quorum: 0,
+        }
+    }
+}
 
 pub(crate) async fn send_heartbeats(cluster: ClusterHandle, node: String) {
     let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);

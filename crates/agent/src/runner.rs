@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::checks::{
     http_client, probe_http, probe_task_command, probe_tcp, HttpClient, TaskCommands,
 };
+use crate::liveness::Autopilot;
 
 /// Default run interval when a check gives none.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -50,25 +51,6 @@ pub struct AgentConfig {
     pub heartbeat_ttl: Duration,
     /// Dead-server cleanup, run by the leader.
     pub autopilot: Autopilot,
-}
-
-/// When the leader removes dead servers from the Raft configuration, as Consul's autopilot
-/// does with `cleanup_dead_servers`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Autopilot {
-    /// A voter whose heartbeats have been missing this long is removed; `None` never removes.
-    pub dead_server_after: Option<Duration>,
-    /// Never shrink the voters below this many (0: no floor beyond the majority rule).
-    pub min_quorum: usize,
-}
-
-impl Default for Autopilot {
-    fn default() -> Self {
-        Autopilot {
-            dead_server_after: Some(Duration::from_secs(30)),
-            min_quorum: 0,
-        }
-    }
 }
 
 /// Errors of agent operations.
