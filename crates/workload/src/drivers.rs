@@ -1,5 +1,6 @@
-//! The node's drivers, the translation from a placed task to a driver's task spec, and
-//! Marathon's COMMAND health checks run in tasks through them.
+//! The node's drivers, the translation from a placed task to a driver's task spec, the
+//! [`Report`]s their starts, stops and exits send to the task runner, and Marathon's COMMAND
+//! health checks run in tasks through them.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,7 +13,26 @@ use atoll_driver::{
 use atoll_state::{Allocation, AppSpec, CheckStatus, DockerNetwork, Runtime, TaskCommand};
 use tokio::sync::mpsc;
 
-use crate::node::Report;
+/// What a driver task reported, for the node's task runner: the outcome of a start or stop
+/// made through [`Drivers`], or a task's exit.
+#[derive(Debug)]
+pub(crate) enum Report {
+    Started {
+        id: String,
+    },
+    StartFailed {
+        id: String,
+        message: String,
+    },
+    Stopped {
+        id: String,
+    },
+    Exited {
+        id: String,
+        success: bool,
+        message: String,
+    },
+}
 
 /// The drivers this node offers: `exec` always, `docker` when an engine answers.
 #[derive(Clone)]

@@ -20,7 +20,7 @@ use atoll_state::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::drivers::{stop_grace, Drivers, STOP_GRACE};
+use crate::drivers::{stop_grace, Drivers, Report, STOP_GRACE};
 use crate::leader::now_rfc3339;
 use crate::naming::service_names;
 
@@ -44,26 +44,6 @@ pub struct NodeRunnerConfig {
     pub attributes: BTreeMap<String, String>,
     /// Dynamic port range.
     pub port_range: (u16, u16),
-}
-
-/// What a driver task reported.
-#[derive(Debug)]
-pub(crate) enum Report {
-    Started {
-        id: String,
-    },
-    StartFailed {
-        id: String,
-        message: String,
-    },
-    Stopped {
-        id: String,
-    },
-    Exited {
-        id: String,
-        success: bool,
-        message: String,
-    },
 }
 
 /// Runs the node's task runner until the process ends.
