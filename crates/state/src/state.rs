@@ -314,7 +314,7 @@ impl State {
         true
     }
 
-    pub(crate) fn upsert_service(&mut self, index: u64, mut instance: ServiceInstance) {
+    fn upsert_service(&mut self, index: u64, mut instance: ServiceInstance) {
         if let Some(existing) = self.services.row(&instance.node, &instance.id) {
             instance.create_index = existing.create_index;
             instance.modify_index = existing.modify_index;
@@ -353,7 +353,7 @@ impl State {
             .insert(instance.node.clone(), instance.id.clone(), instance);
     }
 
-    pub(crate) fn upsert_check(&mut self, index: u64, node: &str, spec: &CheckSpec) {
+    fn upsert_check(&mut self, index: u64, node: &str, spec: &CheckSpec) {
         let (service_name, service_tags) = if spec.service_id.is_empty() {
             (String::new(), Vec::new())
         } else {
@@ -429,7 +429,7 @@ impl State {
         Outcome::Done
     }
 
-    pub(crate) fn remove_service(&mut self, index: u64, node: &str, service_id: &str) {
+    fn remove_service(&mut self, index: u64, node: &str, service_id: &str) {
         let Some(instance) = self
             .services
             .remove(&node.to_string(), &service_id.to_string())
@@ -456,6 +456,36 @@ impl State {
             self.touch_services_of_node(index, node);
         } else {
             self.touch_service_id(index, node, &check.service_id);
+        }
+    }
+
+    /// Registers a task's services, each with its checks, on the task's node as it starts
+    /// running: the catalog's half of "a task's services are in the catalog exactly while
+    /// the task is running" (the workload's half records their ids on the task).
+    pub(crate) fn register_task_services(
+        &mut self,
+        index: u64,
+        node: &str,
+        services: &[(ServiceSpec, Vec<CheckSpec>)],
+    ) {
+        for (service, checks) in services {
+            self.upsert_service(index, service_instance(node, service, index));
+            for check in checks {
+                self.upsert_check(index, node, check);
+            }
+        }
+    }
+
+    /// Deregisters a task's services, with their checks, from the task's node as it stops
+    /// running. Ids no longer registered (deregistered by hand meanwhile) are skipped.
+    pub(crate) fn deregister_task_services(
+        &mut self,
+        index: u64,
+        node: &str,
+        service_ids: &[String],
+    ) {
+        for service_id in service_ids {
+            self.remove_service(index, node, service_id);
         }
     }
 
@@ -739,7 +769,7 @@ fn cas_holds(existing: Option<&KvEntry>, cas: Option<u64>) -> bool {
 
 /// The catalog row of a service spec registered on `node` at `index`: the one conversion,
 /// for agent registrations and for the services of a running task alike.
-pub(crate) fn service_instance(node: &str, spec: &ServiceSpec, index: u64) -> ServiceInstance {
+fn service_instance(node: &str, spec: &ServiceSpec, index: u64) -> ServiceInstance {
     ServiceInstance {
         node: node.to_string(),
         id: spec.id.clone(),

@@ -408,9 +408,7 @@ impl State {
             return Outcome::Done;
         }
         if state.is_terminal() {
-            for service_id in &task.services {
-                self.remove_service(index, &task.node, service_id);
-            }
+            self.deregister_task_services(index, &task.node, &task.services);
             if matches!(state, TaskState::Failed | TaskState::Lost)
                 || (state == TaskState::Finished && task.desired_running)
             {
@@ -435,14 +433,10 @@ impl State {
             && task.desired_running
             && self.nodes.contains_key(&task.node)
         {
-            for (service, checks) in services {
-                let instance = crate::state::service_instance(&task.node, service, index);
-                self.upsert_service(index, instance);
-                for check in checks {
-                    self.upsert_check(index, &task.node, check);
-                }
-                updated.services.push(service.id.clone());
-            }
+            self.register_task_services(index, &task.node, services);
+            updated
+                .services
+                .extend(services.iter().map(|(service, _)| service.id.clone()));
             updated.started_at = Some(at.to_string());
         }
         updated.state = state;
