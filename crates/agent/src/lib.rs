@@ -9,4 +9,4 @@ mod runner;
 
 pub use checks::{TaskCommandRun, TaskCommands};
 pub use liveness::Autopilot;
-pub use runner::{Agent, AgentConfig, AgentError, SERVER_SERVICE};
+pub use runner::{Agent, AgentConfig, AgentError, AgentLoops, Loop, SERVER_SERVICE};

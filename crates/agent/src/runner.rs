@@ -1,6 +1,8 @@
 //! The agent's check runner: one task owns every timer and probe of this node's checks.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +72,24 @@ pub enum AgentError {
     Rejected(#[from] Rejection),
 }
 
+/// A loop that runs for the life of the process, with the name it is reported under.
+pub type Loop = (&'static str, Pin<Box<dyn Future<Output = ()> + Send>>);
+
+/// The agent's long-lived loops: the check runner and the heartbeats (and, on servers, the
+/// leader's watch of them). The caller runs them for the life of the process and supervises
+/// them: a loop that ends or panics must not leave the node serving without it.
+#[must_use = "the agent's loops do nothing unless they are run"]
+pub struct AgentLoops(pub Vec<Loop>);
+
+impl AgentLoops {
+    /// Spawns every loop on the current runtime, unsupervised (for tests).
+    pub fn spawn(self) {
+        for (_, task) in self.0 {
+            tokio::spawn(task);
+        }
+    }
+}
+
 /// Handle on the local agent. Cloning shares it.
 #[derive(Clone)]
 pub struct Agent {
@@ -80,14 +100,15 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Registers this node (with its node health check) and starts the check runner.
-    /// `tasks` runs the commands of task command checks; nodes that run no tasks pass
-    /// `None`, and such checks are then critical.
+    /// Registers this node (with its node health check) and returns the agent with its
+    /// loops (the check runner, the heartbeats), which the caller runs. `tasks` runs the
+    /// commands of task command checks; nodes that run no tasks pass `None`, and such
+    /// checks are then critical.
     pub async fn start(
         cluster: ClusterHandle,
         config: AgentConfig,
         tasks: Option<Arc<dyn TaskCommands>>,
-    ) -> Result<Agent, AgentError> {
+    ) -> Result<(Agent, AgentLoops), AgentError> {
         let registration = Registration {
             node: config.node.clone(),
             address: config.address.clone(),
@@ -144,24 +165,33 @@ impl Agent {
             critical_since: HashMap::new(),
             generation: 0,
         };
-        tokio::spawn(runner.run(resets));
-        tokio::spawn(crate::liveness::send_heartbeats(
-            cluster.clone(),
-            config.node.clone(),
-        ));
+        let mut loops: Vec<Loop> = vec![
+            ("the check runner", Box::pin(runner.run(resets))),
+            (
+                "the heartbeats",
+                Box::pin(crate::liveness::send_heartbeats(
+                    cluster.clone(),
+                    config.node.clone(),
+                )),
+            ),
+        ];
         if config.server_port.is_some() {
-            tokio::spawn(crate::liveness::watch_heartbeats(
-                cluster.clone(),
-                config.heartbeat_ttl,
-                config.autopilot.clone(),
+            loops.push((
+                "the heartbeat watch",
+                Box::pin(crate::liveness::watch_heartbeats(
+                    cluster.clone(),
+                    config.heartbeat_ttl,
+                    config.autopilot.clone(),
+                )),
             ));
         }
-        Ok(Agent {
+        let agent = Agent {
             cluster,
             config,
             ttl_resets,
             stop: Arc::new(tokio::sync::Notify::new()),
-        })
+        };
+        Ok((agent, AgentLoops(loops)))
     }
 
     /// Leaves the cluster gracefully: the node and its services leave the catalog, the node
@@ -532,7 +562,9 @@ mod tests {
             heartbeat_ttl: Duration::from_secs(5),
             autopilot: Default::default(),
         };
-        Agent::start(cluster, config, tasks).await.expect("agent")
+        let (agent, loops) = Agent::start(cluster, config, tasks).await.expect("agent");
+        loops.spawn();
+        agent
     }
 
     async fn register_command_check(agent: &Agent, status: Option<CheckStatus>) {

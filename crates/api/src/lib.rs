@@ -88,9 +88,9 @@ impl ApiContext {
     }
 }
 
-/// The whole HTTP API.
+/// The whole HTTP API. Marathon's event stream is fed by [`marathon::events::feed`], which
+/// the caller runs for the life of the process.
 pub fn router(context: ApiContext) -> Router {
-    tokio::spawn(marathon::events::feed(context.clone()));
     consul::routes()
         .layer(axum::middleware::from_fn_with_state(
             context.clone(),

@@ -21,7 +21,7 @@ fn unjoined() -> Arc<MemoryCluster> {
 /// The API context of server `n1` of `dc1` over `cluster`, which is made to lead first.
 pub(crate) async fn joined_context(cluster: Arc<MemoryCluster>) -> ApiContext {
     cluster.set_leader(true);
-    let agent = Agent::start(
+    let (agent, loops) = Agent::start(
         cluster,
         AgentConfig {
             node: "n1".into(),
@@ -36,7 +36,10 @@ pub(crate) async fn joined_context(cluster: Arc<MemoryCluster>) -> ApiContext {
     )
     .await
     .unwrap();
-    ApiContext::new(agent, "test")
+    loops.spawn();
+    let context = ApiContext::new(agent, "test");
+    tokio::spawn(crate::marathon::events::feed(context.clone()));
+    context
 }
 
 async fn api() -> (Router, ApiContext) {

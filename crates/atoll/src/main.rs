@@ -268,7 +268,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         .context("cannot register this node")
     };
     let mut stopping = stop.clone();
-    let agent = tokio::select! {
+    let (agent, agent_loops) = tokio::select! {
         joined = join => joined?,
         _ = stopping.wait_for(|stop| *stop) => {
             finish(http_server, consensus, temporary).await;
@@ -316,10 +316,15 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             ),
         );
     }
-    api_switch.install(atoll_api::router(ApiContext::new(
-        agent.clone(),
-        env!("CARGO_PKG_VERSION"),
-    )));
+    for (name, task) in agent_loops.0 {
+        supervisor.spawn(name, task);
+    }
+    let api = ApiContext::new(agent.clone(), env!("CARGO_PKG_VERSION"));
+    supervisor.spawn(
+        "the Marathon event feed",
+        atoll_api::marathon::events::feed(api.clone()),
+    );
+    api_switch.install(atoll_api::router(api));
 
     let role = match settings.role {
         Role::Dev => "atoll dev",
