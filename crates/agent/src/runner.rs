@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use atoll_cluster::{ClusterError, ClusterHandle};
 use atoll_state::{
-    Check, CheckDefinition, CheckSpec, CheckStatus, Command, Deregistration, Outcome, Registration,
-    Rejection, ServiceSpec, Table, NODE_HEALTH_CHECK_ID,
+    Check, CheckDefinition, CheckKind, CheckSpec, CheckStatus, Command, Deregistration, Outcome,
+    Registration, Rejection, ServiceSpec, Table, NODE_HEALTH_CHECK_ID,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -238,7 +238,13 @@ impl Agent {
         let current = self.cluster.store().read(|s| {
             s.checks_on_node(&self.config.node)
                 .find(|c| c.check_id == check_id)
-                .map(|c| (c.definition.ttl_ms.is_some(), c.status, c.output.clone()))
+                .map(|c| {
+                    (
+                        matches!(c.definition.kind(), CheckKind::Ttl(_)),
+                        c.status,
+                        c.output.clone(),
+                    )
+                })
         });
         let Some((is_ttl, current_status, current_output)) = current else {
             return Err(AgentError::UnknownCheck(check_id.to_string()));
@@ -360,15 +366,11 @@ impl Runner {
                     .entry(check.check_id.clone())
                     .or_insert(now);
             }
-            if let Some(ttl) = definition.ttl_ms {
+            if let CheckKind::Ttl(ttl) = definition.kind() {
                 self.ttl_deadlines
                     .entry(check.check_id.clone())
                     .or_insert_with(|| (definition.clone(), now + Duration::from_millis(ttl)));
-            } else if (definition.http.is_some()
-                || definition.tcp.is_some()
-                || definition.task_command.is_some())
-                && !self.probes.contains_key(&check.check_id)
-            {
+            } else if definition.kind().is_probed() && !self.probes.contains_key(&check.check_id) {
                 self.generation += 1;
                 let task = tokio::spawn(probe_loop(
                     self.probers.clone(),
@@ -501,15 +503,17 @@ async fn probe_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let (status, output) = if let Some(url) = &definition.http {
-            let method = definition.method.as_deref().unwrap_or("GET");
-            probe_http(&probers.client, url, method, &definition.header, timeout).await
-        } else if let Some(address) = &definition.tcp {
-            probe_tcp(address, timeout).await
-        } else if let Some(command) = &definition.task_command {
-            probe_task_command(probers.tasks.as_deref(), command, timeout).await
-        } else {
-            return;
+        let (status, output) = match definition.kind() {
+            CheckKind::Http(url) => {
+                let method = definition.method.as_deref().unwrap_or("GET");
+                probe_http(&probers.client, url, method, &definition.header, timeout).await
+            }
+            CheckKind::Tcp(address) => probe_tcp(address, timeout).await,
+            CheckKind::TaskCommand(command) => {
+                probe_task_command(probers.tasks.as_deref(), command, timeout).await
+            }
+            // Not probed: a TTL runs on the runner's timers, a static check on nothing.
+            CheckKind::Ttl(_) | CheckKind::Static => return,
         };
         let result = ProbeResult {
             check_id: check_id.clone(),

@@ -19,7 +19,7 @@ pub use command::{
     CheckSpec, Command, Deregistration, Outcome, Registration, Rejection, ServiceSpec,
 };
 pub use model::{
-    Check, CheckDefinition, CheckStatus, KvEntry, Node, ServiceInstance, TaskCommand,
+    Check, CheckDefinition, CheckKind, CheckStatus, KvEntry, Node, ServiceInstance, TaskCommand,
     NODE_HEALTH_CHECK_ID,
 };
 pub use state::{aggregate_status, State, TableIndexes};

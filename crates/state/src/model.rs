@@ -137,19 +137,57 @@ pub struct TaskCommand {
     pub command: String,
 }
 
+/// What decides a check's status: the one reading of a definition's fields, in the order
+/// of precedence the agent and the API share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind<'a> {
+    /// Passing while updates keep coming within the time to live (milliseconds).
+    Ttl(u64),
+    /// An HTTP request to this URL.
+    Http(&'a str),
+    /// A TCP connection to this `host:port`.
+    Tcp(&'a str),
+    /// A command run in a task.
+    TaskCommand(&'a TaskCommand),
+    /// Nothing runs it: its status is whatever was last written (catalog checks, `serfHealth`).
+    Static,
+}
+
+impl CheckKind<'_> {
+    /// The kind as Consul names it in a check's `Type` (empty for a static check).
+    pub fn consul_type(self) -> &'static str {
+        match self {
+            CheckKind::Ttl(_) => "ttl",
+            CheckKind::Http(_) => "http",
+            CheckKind::Tcp(_) => "tcp",
+            CheckKind::TaskCommand(_) => "script",
+            CheckKind::Static => "",
+        }
+    }
+
+    /// Whether the agent probes it on an interval.
+    pub fn is_probed(self) -> bool {
+        matches!(
+            self,
+            CheckKind::Http(_) | CheckKind::Tcp(_) | CheckKind::TaskCommand(_)
+        )
+    }
+}
+
 impl CheckDefinition {
-    /// The kind of check, as Consul names it in `Type`.
-    pub fn kind(&self) -> &'static str {
-        if self.ttl_ms.is_some() {
-            "ttl"
-        } else if self.http.is_some() {
-            "http"
-        } else if self.tcp.is_some() {
-            "tcp"
-        } else if self.task_command.is_some() {
-            "script"
+    /// What kind of check this is. A definition naming several (which the API refuses)
+    /// counts as the first of TTL, HTTP, TCP, task command.
+    pub fn kind(&self) -> CheckKind<'_> {
+        if let Some(ttl) = self.ttl_ms {
+            CheckKind::Ttl(ttl)
+        } else if let Some(url) = &self.http {
+            CheckKind::Http(url)
+        } else if let Some(address) = &self.tcp {
+            CheckKind::Tcp(address)
+        } else if let Some(command) = &self.task_command {
+            CheckKind::TaskCommand(command)
         } else {
-            ""
+            CheckKind::Static
         }
     }
 }

@@ -541,3 +541,31 @@ fn a_batch_applies_each_command_in_order_in_one_entry() {
     assert!(changes.is_empty());
     assert_eq!(state, before);
 }
+
+#[test]
+fn a_check_has_one_kind_in_a_fixed_order_of_precedence() {
+    let command = TaskCommand {
+        task_id: "t".into(),
+        command: "true".into(),
+    };
+    let mut definition = CheckDefinition {
+        http: Some("http://x/".into()),
+        tcp: Some("x:1".into()),
+        task_command: Some(command.clone()),
+        ..Default::default()
+    };
+    assert_eq!(definition.kind(), CheckKind::Http("http://x/"));
+    definition.ttl_ms = Some(1000);
+    assert_eq!(definition.kind(), CheckKind::Ttl(1000));
+    assert_eq!(definition.kind().consul_type(), "ttl");
+    assert!(!definition.kind().is_probed());
+    definition.ttl_ms = None;
+    definition.http = None;
+    assert_eq!(definition.kind(), CheckKind::Tcp("x:1"));
+    definition.tcp = None;
+    assert_eq!(definition.kind(), CheckKind::TaskCommand(&command));
+    assert_eq!(definition.kind().consul_type(), "script");
+    assert!(definition.kind().is_probed());
+    assert_eq!(CheckDefinition::default().kind(), CheckKind::Static);
+    assert_eq!(CheckKind::Static.consul_type(), "");
+}

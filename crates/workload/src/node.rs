@@ -646,7 +646,7 @@ mod tests {
         assert_eq!(command.definition.interval_ms, Some(2000));
         assert_eq!(command.definition.timeout_ms, Some(3000));
         assert_eq!(command.definition.http, None);
-        assert_eq!(command.definition.kind(), "script");
+        assert_eq!(command.definition.kind().consul_type(), "script");
 
         let (_, second_checks) = &services[1];
         assert_eq!(second_checks.len(), 1);

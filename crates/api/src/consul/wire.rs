@@ -195,7 +195,7 @@ impl<'a> CheckJson<'a> {
             service_id: &check.service_id,
             service_name: &check.service_name,
             service_tags: &check.service_tags,
-            kind: definition.kind(),
+            kind: definition.kind().consul_type(),
             definition: CheckDefinitionJson {
                 http: definition.http.as_deref(),
                 tcp: definition.tcp.as_deref(),
