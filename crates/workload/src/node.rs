@@ -20,7 +20,7 @@ use atoll_state::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::drivers::{stop_grace, Drivers, Report, STOP_GRACE};
+use crate::drivers::{stop_grace, Drivers, Report};
 use crate::leader::now_rfc3339;
 use crate::naming::service_names;
 
@@ -83,100 +83,46 @@ pub async fn run(cluster: ClusterHandle, config: NodeRunnerConfig, drivers: Driv
     let mut catalog = store.watch(Table::Catalog);
     loop {
         let (mine, apps) = store.read(|state| tasks_and_apps(state, &config.node));
-        let known: HashSet<&str> = mine.iter().map(|t| t.id.as_str()).collect();
-        for task in &mine {
-            if busy.contains(&task.id) {
-                continue;
-            }
-            if task.desired_running && task.state == TaskState::Staging {
-                if running.contains(&task.id) {
-                    report(
-                        cluster.as_ref(),
-                        task,
-                        TaskState::Running,
-                        "re-adopted".into(),
-                        apps.get(&task.id),
-                        &config,
-                    )
-                    .await;
-                    continue;
-                }
-                let Some(app) = apps.get(&task.id) else {
-                    report(
-                        cluster.as_ref(),
-                        task,
-                        TaskState::Failed,
-                        "app version not found".into(),
-                        None,
-                        &config,
-                    )
-                    .await;
-                    continue;
-                };
-                busy.insert(task.id.clone());
-                drivers.start(app, task, &config.address, reports_tx.clone());
-            } else if !task.desired_running {
-                busy.insert(task.id.clone());
-                drivers.stop(
-                    app_runtime(apps.get(&task.id)),
-                    &task.id,
-                    stop_grace(apps.get(&task.id)),
-                    reports_tx.clone(),
-                );
-            } else if task.state == TaskState::Running && !running.contains(&task.id) {
-                report(
-                    cluster.as_ref(),
-                    task,
-                    TaskState::Failed,
-                    "task is no longer running".into(),
-                    None,
-                    &config,
-                )
-                .await;
-            } else if task.state == TaskState::Running {
-                if let Some(app) = apps.get(&task.id) {
-                    let failures = health_failures(&store, task, app, &mut critical_since);
-                    if failures.in_a_row != task.health_failures {
-                        let command = Command::TaskHealth {
-                            id: task.id.clone(),
-                            failures: failures.in_a_row,
-                        };
-                        if let Err(e) = cluster.write(command).await {
-                            tracing::debug!(task = %task.id, error = %e, "health failures not recorded");
-                        }
+        let health = running_health(&store, &mine, &apps, &running, &mut critical_since);
+        let actions = decide(&mine, &apps, &running, &busy, &health);
+        for action in actions {
+            match action {
+                Action::Report { id, state, message } => {
+                    if let Some(task) = mine.iter().find(|t| t.id == id) {
+                        let app = (state == TaskState::Running)
+                            .then(|| apps.get(&id))
+                            .flatten();
+                        report(cluster.as_ref(), task, state, message, app, &config).await;
                     }
-                    if failures.exhausted {
-                        tracing::warn!(task = %task.id, "health checks failed too many times; killing");
-                        busy.insert(task.id.clone());
-                        drivers.stop(
-                            Some(&app.runtime),
-                            &task.id,
-                            stop_grace(Some(app)),
-                            reports_tx.clone(),
-                        );
-                        report(
-                            cluster.as_ref(),
-                            task,
-                            TaskState::Failed,
-                            "health checks failed".into(),
-                            None,
-                            &config,
-                        )
-                        .await;
+                }
+                Action::Start { id } => {
+                    if let (Some(task), Some(app)) =
+                        (mine.iter().find(|t| t.id == id), apps.get(&id))
+                    {
+                        busy.insert(id.clone());
+                        drivers.start(app, task, &config.address, reports_tx.clone());
+                    }
+                }
+                Action::Stop { id } => {
+                    if known_task(&mine, &id) {
+                        tracing::debug!(task = %id, "stopping");
+                    } else {
+                        tracing::info!(task = %id, "stopping orphaned task");
+                    }
+                    busy.insert(id.clone());
+                    let app = apps.get(&id);
+                    drivers.stop(app_runtime(app), &id, stop_grace(app), reports_tx.clone());
+                }
+                Action::RecordHealth { id, failures } => {
+                    let command = Command::TaskHealth {
+                        id: id.clone(),
+                        failures,
+                    };
+                    if let Err(e) = cluster.write(command).await {
+                        tracing::debug!(task = %id, error = %e, "health failures not recorded");
                     }
                 }
             }
-        }
-        // Orphans: running here but no longer placed here (e.g. replaced while this node was lost).
-        for id in running
-            .iter()
-            .filter(|id| !known.contains(id.as_str()) && !busy.contains(*id))
-            .cloned()
-            .collect::<Vec<_>>()
-        {
-            tracing::info!(task = %id, "stopping orphaned task");
-            busy.insert(id.clone());
-            drivers.stop(None, &id, STOP_GRACE, reports_tx.clone());
         }
         if last_port_scan.elapsed() >= PORT_SCAN_EVERY {
             last_port_scan = Instant::now();
@@ -241,6 +187,130 @@ pub async fn run(cluster: ClusterHandle, config: NodeRunnerConfig, drivers: Driv
             }
         }
     }
+}
+
+/// What the task runner does in a round, decided by [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Action {
+    /// Report the task in `state` (a running one with its app's services).
+    Report {
+        /// The task.
+        id: String,
+        /// Its new state.
+        state: TaskState,
+        /// Why.
+        message: String,
+    },
+    /// Start the task through its app's driver.
+    Start {
+        /// The task.
+        id: String,
+    },
+    /// Stop it (with its app's driver and kill grace when the task is known here; an
+    /// orphan, with every driver and the default grace).
+    Stop {
+        /// The task.
+        id: String,
+    },
+    /// Record how many health checks it failed in a row.
+    RecordHealth {
+        /// The task.
+        id: String,
+        /// Failures in a row.
+        failures: u32,
+    },
+}
+
+fn known_task(mine: &[Allocation], id: &str) -> bool {
+    mine.iter().any(|t| t.id == id)
+}
+
+/// One round of the task runner, as a pure function of the tasks placed on this node, the
+/// app version of each, the tasks the drivers run, the tasks with a start or stop in flight
+/// (left alone), and the health of the running ones:
+/// - staging and wanted: reported running if a driver already runs it (re-adopted), failed
+///   if its app version is gone, else started;
+/// - not wanted: stopped;
+/// - running here by the state but not by the drivers: failed;
+/// - running: its failures in a row recorded when they changed, and killed (stopped and
+///   reported failed) once they are exhausted;
+/// - run by a driver but not placed here (an orphan): stopped.
+fn decide(
+    mine: &[Allocation],
+    apps: &HashMap<String, AppSpec>,
+    running: &HashSet<String>,
+    busy: &HashSet<String>,
+    health: &HashMap<String, Failures>,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let report = |id: &str, state, message: &str| Action::Report {
+        id: id.to_string(),
+        state,
+        message: message.to_string(),
+    };
+    for task in mine.iter().filter(|t| !busy.contains(&t.id)) {
+        let id = task.id.clone();
+        if task.desired_running && task.state == TaskState::Staging {
+            if running.contains(&id) {
+                actions.push(report(&id, TaskState::Running, "re-adopted"));
+            } else if !apps.contains_key(&id) {
+                actions.push(report(&id, TaskState::Failed, "app version not found"));
+            } else {
+                actions.push(Action::Start { id });
+            }
+        } else if !task.desired_running {
+            actions.push(Action::Stop { id });
+        } else if task.state == TaskState::Running && !running.contains(&id) {
+            actions.push(report(&id, TaskState::Failed, "task is no longer running"));
+        } else if task.state == TaskState::Running {
+            let Some(failures) = health.get(&id) else {
+                continue;
+            };
+            if failures.in_a_row != task.health_failures {
+                actions.push(Action::RecordHealth {
+                    id: id.clone(),
+                    failures: failures.in_a_row,
+                });
+            }
+            if failures.exhausted {
+                tracing::warn!(task = %id, "health checks failed too many times; killing");
+                actions.push(Action::Stop { id: id.clone() });
+                actions.push(report(&id, TaskState::Failed, "health checks failed"));
+            }
+        }
+    }
+    let mut orphans: Vec<&String> = running
+        .iter()
+        .filter(|id| !known_task(mine, id) && !busy.contains(*id))
+        .collect();
+    orphans.sort();
+    actions.extend(
+        orphans
+            .into_iter()
+            .map(|id| Action::Stop { id: id.clone() }),
+    );
+    actions
+}
+
+/// The health of each running task whose app has health checks, from the state's checks
+/// and this node's record of when each went critical.
+fn running_health(
+    store: &atoll_cluster::Store,
+    mine: &[Allocation],
+    apps: &HashMap<String, AppSpec>,
+    running: &HashSet<String>,
+    critical_since: &mut HashMap<String, Instant>,
+) -> HashMap<String, Failures> {
+    mine.iter()
+        .filter(|t| t.state == TaskState::Running && running.contains(&t.id))
+        .filter_map(|task| {
+            let app = apps.get(&task.id)?;
+            Some((
+                task.id.clone(),
+                health_failures(store, task, app, critical_since),
+            ))
+        })
+        .collect()
 }
 
 /// The tasks placed on `node`, and the app version each one runs, by task id.
@@ -599,7 +669,7 @@ mod tests {
 
     #[test]
     fn the_kill_grace_period_is_the_apps_for_every_stop() {
-        use crate::drivers::{stop_grace, task_spec};
+        use crate::drivers::{stop_grace, task_spec, STOP_GRACE};
         let mut web = app(0, vec![]);
         assert_eq!(stop_grace(Some(&web)), STOP_GRACE);
         assert_eq!(stop_grace(None), STOP_GRACE);
@@ -655,5 +725,109 @@ mod tests {
             Some("http://10.0.0.7:31001/health")
         );
         assert_eq!(second_checks[0].definition.task_command, None);
+    }
+
+    fn placed(id: &str, state: TaskState, desired_running: bool) -> Allocation {
+        let mut task = task(vec![]);
+        task.id = id.into();
+        task.state = state;
+        task.desired_running = desired_running;
+        task
+    }
+
+    fn set(ids: &[&str]) -> HashSet<String> {
+        ids.iter().map(|id| id.to_string()).collect()
+    }
+
+    fn reported(id: &str, state: TaskState, message: &str) -> Action {
+        Action::Report {
+            id: id.into(),
+            state,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn a_round_starts_adopts_stops_and_fails_what_the_state_and_drivers_say() {
+        let mine = vec![
+            placed("new", TaskState::Staging, true),
+            placed("adopted", TaskState::Staging, true),
+            placed("no-app", TaskState::Staging, true),
+            placed("unwanted", TaskState::Running, false),
+            placed("vanished", TaskState::Running, true),
+            placed("in-flight", TaskState::Staging, true),
+        ];
+        let apps: HashMap<String, AppSpec> =
+            ["new", "adopted", "unwanted", "vanished", "in-flight"]
+                .iter()
+                .map(|id| (id.to_string(), app(0, vec![])))
+                .collect();
+        let running = set(&["adopted", "unwanted", "orphan-b", "orphan-a", "busy-orphan"]);
+        let busy = set(&["in-flight", "busy-orphan"]);
+        let actions = decide(&mine, &apps, &running, &busy, &HashMap::new());
+        assert_eq!(
+            actions,
+            vec![
+                Action::Start { id: "new".into() },
+                reported("adopted", TaskState::Running, "re-adopted"),
+                reported("no-app", TaskState::Failed, "app version not found"),
+                Action::Stop {
+                    id: "unwanted".into()
+                },
+                reported("vanished", TaskState::Failed, "task is no longer running"),
+                Action::Stop {
+                    id: "orphan-a".into()
+                },
+                Action::Stop {
+                    id: "orphan-b".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_round_records_health_failures_and_kills_once_they_are_exhausted() {
+        let mut healthy = placed("ok", TaskState::Running, true);
+        healthy.health_failures = 0;
+        let mut failing = placed("failing", TaskState::Running, true);
+        failing.health_failures = 1;
+        let mut exhausted = placed("exhausted", TaskState::Running, true);
+        exhausted.health_failures = 3;
+        let mine = vec![healthy, failing, exhausted];
+        let apps: HashMap<String, AppSpec> = ["ok", "failing", "exhausted"]
+            .iter()
+            .map(|id| {
+                (
+                    id.to_string(),
+                    app(1, vec![check(HealthProtocol::Http, 0, None)]),
+                )
+            })
+            .collect();
+        let running = set(&["ok", "failing", "exhausted"]);
+        let failures = |in_a_row, exhausted| Failures {
+            in_a_row,
+            exhausted,
+        };
+        let health: HashMap<String, Failures> = [
+            ("ok".to_string(), failures(0, false)),
+            ("failing".to_string(), failures(2, false)),
+            ("exhausted".to_string(), failures(3, true)),
+        ]
+        .into_iter()
+        .collect();
+        let actions = decide(&mine, &apps, &running, &HashSet::new(), &health);
+        assert_eq!(
+            actions,
+            vec![
+                Action::RecordHealth {
+                    id: "failing".into(),
+                    failures: 2
+                },
+                Action::Stop {
+                    id: "exhausted".into()
+                },
+                reported("exhausted", TaskState::Failed, "health checks failed"),
+            ]
+        );
     }
 }
