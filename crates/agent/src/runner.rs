@@ -626,7 +626,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn task_command_checks_follow_the_command_in_the_task() {
         let healthy = Arc::new(AtomicBool::new(true));
         let tasks = FakeTasks {
@@ -643,7 +643,7 @@ mod tests {
         wait_for_check(&agent, CheckStatus::Passing).await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn task_command_checks_are_critical_where_no_tasks_run() {
         let agent = agent(None).await;
         register_command_check(&agent, Some(CheckStatus::Passing)).await;
