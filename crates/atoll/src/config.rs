@@ -2,12 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use atoll_agent::Autopilot;
 use atoll_api::HttpLimits;
+use atoll_raft::ClusterSecret;
 use clap::{Args, Parser, Subcommand};
 use hickory_proto::rr::Name;
 
@@ -257,7 +258,15 @@ pub struct AgentArgs {
     /// Dead-server cleanup never leaves fewer voters than this.
     #[arg(long, default_value_t = 0)]
     pub min_quorum: usize,
+    /// File holding the secret every node of the cluster shares: each RPC request carries
+    /// it and the RPC listener refuses (401) a request without it. Instead of a file, the
+    /// environment variable ATOLL_CLUSTER_SECRET may hold the secret itself.
+    #[arg(long, value_name = "PATH")]
+    pub cluster_secret_file: Option<PathBuf>,
 }
+
+/// The environment variable that may hold the cluster secret itself.
+pub const CLUSTER_SECRET_ENV: &str = "ATOLL_CLUSTER_SECRET";
 
 /// Validated settings of a node.
 #[derive(Debug, Clone)]
@@ -283,6 +292,8 @@ pub struct NodeSettings {
     pub role: Role,
     pub autopilot: Autopilot,
     pub http_limits: HttpLimits,
+    /// The secret RPC requests between the nodes carry (`--cluster-secret-file`).
+    pub cluster_secret: Option<ClusterSecret>,
 }
 
 /// What a node runs.
@@ -417,6 +428,7 @@ impl NodeArgs {
             role,
             autopilot: Autopilot::default(),
             http_limits,
+            cluster_secret: None,
         })
     }
 }
@@ -473,7 +485,42 @@ impl AgentArgs {
                 .then(|| Duration::from_secs_f64(self.dead_server_cleanup_after)),
             min_quorum: self.min_quorum,
         };
+        settings.cluster_secret = cluster_secret(
+            self.cluster_secret_file.as_deref(),
+            std::env::var_os(CLUSTER_SECRET_ENV),
+        )?;
         Ok(settings)
+    }
+}
+
+/// The cluster secret from `--cluster-secret-file` or from the environment variable
+/// [`CLUSTER_SECRET_ENV`], if either is given. An unreadable, empty or unusable secret is an
+/// error; no message repeats the secret.
+fn cluster_secret(
+    file: Option<&Path>,
+    env: Option<std::ffi::OsString>,
+) -> anyhow::Result<Option<ClusterSecret>> {
+    match (file, env) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => bail!(
+            "give the cluster secret either in --cluster-secret-file or in {CLUSTER_SECRET_ENV}, not both"
+        ),
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                anyhow!("cannot read the cluster secret from --cluster-secret-file {}: {e}", path.display())
+            })?;
+            ClusterSecret::new(&text)
+                .map(Some)
+                .map_err(|e| anyhow!("--cluster-secret-file {}: {e}", path.display()))
+        }
+        (None, Some(value)) => {
+            let text = value
+                .into_string()
+                .map_err(|_| anyhow!("{CLUSTER_SECRET_ENV}: the cluster secret is not UTF-8"))?;
+            ClusterSecret::new(&text)
+                .map(Some)
+                .map_err(|e| anyhow!("{CLUSTER_SECRET_ENV}: {e}"))
+        }
     }
 }
 
@@ -481,5 +528,56 @@ impl DevArgs {
     /// Validates the flags.
     pub fn settings(&self) -> anyhow::Result<NodeSettings> {
         self.node.settings(Role::Dev, DEFAULT_RPC_PORT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::cluster_secret;
+
+    #[test]
+    fn no_secret_given_is_no_secret() {
+        assert!(cluster_secret(None, None).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_secret_file_is_read_and_trimmed() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "s3cret").unwrap();
+        assert!(cluster_secret(Some(file.path()), None).unwrap().is_some());
+        assert!(cluster_secret(None, Some("s3cret".into()))
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn an_empty_missing_or_doubled_secret_is_an_error_that_does_not_show_it() {
+        let empty = tempfile::NamedTempFile::new().unwrap();
+        let error = cluster_secret(Some(empty.path()), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("--cluster-secret-file") && error.contains("empty"),
+            "{error}"
+        );
+        let missing = std::path::Path::new("/nonexistent/atoll-secret");
+        let error = cluster_secret(Some(missing), None).unwrap_err().to_string();
+        assert!(error.contains("cannot read"), "{error}");
+        let error = cluster_secret(None, Some("".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("ATOLL_CLUSTER_SECRET"), "{error}");
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "two words").unwrap();
+        let error = cluster_secret(Some(file.path()), None)
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("two words"), "{error}");
+        let error = cluster_secret(Some(file.path()), Some("x".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not both"), "{error}");
     }
 }

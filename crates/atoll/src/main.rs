@@ -156,6 +156,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             },
             snapshot_after_entries: settings.snapshot_after_entries,
             disk_reserve_bytes: settings.disk_reserve_bytes,
+            cluster_secret: settings.cluster_secret.clone(),
         },
         store,
     )

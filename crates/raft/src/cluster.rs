@@ -6,11 +6,11 @@
 //! them all, once. A node that has a log or a vote never bootstraps again, which is what
 //! makes a full-cluster restart recover by itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::consensus::Consensus;
-use crate::rpc::{Hello, JoinRequest, HELLO_PATH, JOIN_PATH};
+use crate::protocol::{Hello, JoinRequest, HELLO_PATH, JOIN_PATH};
 use atoll_cluster::ClusterError;
 
 /// Pause between rounds of hellos.
@@ -42,6 +42,7 @@ impl Consensus {
         }
         let mut announced = false;
         let mut mismatch_since: Option<tokio::time::Instant> = None;
+        let mut refusals = Refusals::default();
         loop {
             if self.is_initialized().await? {
                 if !announced {
@@ -55,7 +56,7 @@ impl Consensus {
             let mut agreeing = std::collections::BTreeSet::new();
             let mut disagreeing: BTreeMap<u64, (String, usize)> = BTreeMap::new();
             for address in &addresses {
-                let Some(peer) = self.say_hello(address, &me).await else {
+                let Some(peer) = self.say_hello(address, &me, &mut refusals).await else {
                     continue;
                 };
                 contacted += 1;
@@ -72,19 +73,18 @@ impl Consensus {
                     agreeing.insert(peer.id);
                 }
                 if peer.initialized || !server {
-                    if self.ask_to_join(address).await {
+                    if self.ask_to_join(address, &mut refusals).await {
                         announced = true;
                         break;
                     }
                     continue;
                 }
-                let mut known = self.inner.known.lock();
                 if peer.bootstrap_expect == plan.bootstrap_expect {
-                    known.insert(peer.id, peer.member.clone());
+                    self.remember_server(peer.id, peer.member.clone());
                 }
                 for (id, member) in peer.known {
                     if member.datacenter == self.member().datacenter && member.server {
-                        known.insert(id, member);
+                        self.remember_server(id, member);
                     }
                 }
             }
@@ -105,7 +105,7 @@ impl Consensus {
                 mismatch_since = None;
             }
             if server && !announced {
-                let mut servers: BTreeMap<u64, _> = self.inner.known.lock().clone();
+                let mut servers = self.known_servers();
                 servers.remove(&self.node_id());
                 servers.insert(self.node_id(), self.member().clone());
                 if servers.len() >= plan.bootstrap_expect {
@@ -131,6 +131,7 @@ impl Consensus {
     /// `--retry-join` addresses, to admit it again. Joining is idempotent, so asking while still a member is harmless;
     /// without a leader (no quorum) nobody can admit it and it keeps waiting.
     pub async fn stay_member(&self, plan: &JoinPlan) {
+        let mut refusals = Refusals::default();
         loop {
             tokio::time::sleep(ORPHAN_AFTER).await;
             let own_id = self.node_id();
@@ -151,13 +152,13 @@ impl Consensus {
                 }
             };
             for address in &addresses {
-                let Some(peer) = self.say_hello(address, &me).await else {
+                let Some(peer) = self.say_hello(address, &me, &mut refusals).await else {
                     continue;
                 };
                 if self.check_peer(&peer).is_err() || !peer.initialized {
                     continue;
                 }
-                if self.ask_to_join(address).await {
+                if self.ask_to_join(address, &mut refusals).await {
                     tracing::info!(via = %address, "no word from a leader: asked to be admitted again");
                     break;
                 }
@@ -165,13 +166,23 @@ impl Consensus {
         }
     }
 
-    /// Says hello to `address`; `None` if it does not answer in time.
-    async fn say_hello(&self, address: &str, me: &Hello) -> Option<Hello> {
-        self.inner
-            .client
+    /// Says hello to `address`; `None` if it does not answer in time or refuses this node.
+    async fn say_hello(&self, address: &str, me: &Hello, refusals: &mut Refusals) -> Option<Hello> {
+        match self
+            .client()
             .call::<Hello, Hello>(address, HELLO_PATH, me, HELLO_TIMEOUT)
             .await
-            .ok()
+        {
+            Ok(hello) => {
+                refusals.answered(address);
+                Some(hello)
+            }
+            Err(e) if e.unauthorized() => {
+                refusals.refused(address, "hello");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// Everyone worth a hello: the `--retry-join` addresses, the members of the Raft
@@ -179,7 +190,7 @@ impl Consensus {
     fn peer_addresses(&self, plan: &JoinPlan) -> Vec<String> {
         let mut addresses: Vec<String> = plan.retry_join.clone();
         addresses.extend(self.members().into_iter().map(|(_, m, _)| m.rpc_addr));
-        addresses.extend(self.inner.known.lock().values().map(|m| m.rpc_addr.clone()));
+        addresses.extend(self.known_servers().into_values().map(|m| m.rpc_addr));
         addresses.retain(|a| *a != self.member().rpc_addr);
         addresses.sort();
         addresses.dedup();
@@ -198,7 +209,7 @@ impl Consensus {
     }
 
     /// Asks `address` (or the leader it names) to add this node.
-    async fn ask_to_join(&self, address: &str) -> bool {
+    async fn ask_to_join(&self, address: &str, refusals: &mut Refusals) -> bool {
         let request = JoinRequest {
             id: self.node_id(),
             member: self.member().clone(),
@@ -206,8 +217,7 @@ impl Consensus {
         let mut target = address.to_string();
         for _ in 0..3 {
             let reply: Result<Result<(), ClusterError>, _> = self
-                .inner
-                .client
+                .client()
                 .call(&target, JOIN_PATH, &request, Duration::from_secs(30))
                 .await;
             match reply {
@@ -221,6 +231,10 @@ impl Consensus {
                     tracing::debug!(error = %e, "join not possible yet");
                     return false;
                 }
+                Err(e) if e.unauthorized() => {
+                    refusals.refused(&target, "join request");
+                    return false;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "join request failed");
                     return false;
@@ -228,5 +242,28 @@ impl Consensus {
             }
         }
         false
+    }
+}
+
+/// The peers that refused this node's cluster secret, so that each refusal is logged once
+/// (hellos go out several times a second) and again only after the peer let it in.
+#[derive(Default)]
+struct Refusals {
+    refused_by: BTreeSet<String>,
+}
+
+impl Refusals {
+    fn refused(&mut self, address: &str, what: &str) {
+        if self.refused_by.insert(address.to_string()) {
+            tracing::error!(
+                peer = %address,
+                "{what} refused: the peer does not accept this node's cluster secret; every node \
+                 of a cluster needs the same --cluster-secret-file (this node stays out until it has it)"
+            );
+        }
+    }
+
+    fn answered(&mut self, address: &str) {
+        self.refused_by.remove(address);
     }
 }

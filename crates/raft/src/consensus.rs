@@ -9,11 +9,16 @@ use std::time::Duration;
 use atoll_cluster::{ClusterError, Member, ReadMode, Store};
 use atoll_state::snapshot::{decode, encode};
 use atoll_state::{Command, Outcome};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use crate::auth::ClusterSecret;
 use crate::log_store::LogStore;
 use crate::network::Network;
 use crate::state_machine::StateMachine;
@@ -47,6 +52,8 @@ pub struct ConsensusConfig {
     pub snapshot_after_entries: u64,
     /// The leader refuses writes while the data dir's file system has less free space.
     pub disk_reserve_bytes: u64,
+    /// The secret every RPC request between the cluster's nodes carries, if any.
+    pub cluster_secret: Option<ClusterSecret>,
 }
 
 impl From<StorageFailure> for ClusterError {
@@ -58,27 +65,31 @@ impl From<StorageFailure> for ClusterError {
 /// One node's Raft instance and the state it replicates.
 #[derive(Clone)]
 pub struct Consensus {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
-    pub(crate) raft: Raft<TypeConfig>,
-    pub(crate) store: Store,
-    pub(crate) node_id: u64,
-    pub(crate) member: Member,
-    pub(crate) client: RpcClient,
+/// The node's state. Only this module touches it; the RPC listener (`rpc.rs`), cluster
+/// forming (`cluster.rs`) and forwarding (`forward.rs`) go through the methods below.
+struct Inner {
+    raft: Raft<TypeConfig>,
+    store: Store,
+    node_id: u64,
+    member: Member,
+    client: RpcClient,
+    /// What the RPC listener asks of callers, if the cluster has a secret.
+    secret: Option<Arc<ClusterSecret>>,
     /// Where the database lives, and the free space writes need there.
-    pub(crate) data_dir: PathBuf,
-    pub(crate) disk_reserve_bytes: u64,
+    data_dir: PathBuf,
+    disk_reserve_bytes: u64,
     /// Leader only: when each node last sent a heartbeat.
-    pub(crate) liveness: Mutex<HashMap<String, Instant>>,
+    liveness: Mutex<HashMap<String, Instant>>,
     /// Servers this node has heard of while looking for its cluster.
-    pub(crate) known: Mutex<BTreeMap<u64, Member>>,
+    known: Mutex<BTreeMap<u64, Member>>,
     /// Follower only: when the leader last reached this node.
-    pub(crate) leader_contact: Mutex<Option<Instant>>,
+    leader_contact: Mutex<Option<Instant>>,
     /// Leader only: the term and the time of the last leadership confirmation by a quorum,
     /// taken when the confirmation was asked for (see `LEADER_LEASE`).
-    pub(crate) lease: Mutex<Option<(u64, Instant)>>,
+    lease: Mutex<Option<(u64, Instant)>>,
 }
 
 impl Consensus {
@@ -131,7 +142,8 @@ impl Consensus {
                 .validate()
                 .map_err(|e| ClusterError::Stopped(e.to_string()))?,
         );
-        let client = RpcClient::default();
+        let secret = config.cluster_secret.map(Arc::new);
+        let client = RpcClient::new(secret.clone());
         let network = Network {
             client: client.clone(),
         };
@@ -151,6 +163,7 @@ impl Consensus {
                 node_id,
                 member: config.member,
                 client,
+                secret,
                 data_dir: config.data_dir,
                 disk_reserve_bytes: config.disk_reserve_bytes,
                 liveness: Mutex::new(HashMap::new()),
@@ -346,29 +359,6 @@ impl Consensus {
         }
     }
 
-    async fn forward_write(
-        &self,
-        leader: &str,
-        command: &Command,
-        deadline: Instant,
-    ) -> Result<(Outcome, u64), ClusterError> {
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        let reply: Result<Result<(Outcome, u64), ClusterError>, _> = self
-            .inner
-            .client
-            .call(leader, crate::rpc::WRITE_PATH, command, timeout)
-            .await;
-        match reply {
-            Ok(result) => result,
-            // The leader could not be reached: nothing was proposed, so the caller may look
-            // for the next leader and try again until the deadline.
-            Err(e) if e.not_sent => Err(ClusterError::NoLeader),
-            // Sent, but no answer (the leader died or stalled mid-request): it may have
-            // committed the entry, and trying again could apply it twice.
-            Err(_) => Err(ClusterError::Timeout),
-        }
-    }
-
     /// Waits until the local state has applied `index`.
     pub async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ClusterError> {
         let mut applied = self.inner.store.watch_applied();
@@ -392,18 +382,8 @@ impl Consensus {
         } else {
             let leader = self.leader_member().ok_or(ClusterError::NoLeader)?;
             let timeout = deadline.saturating_duration_since(Instant::now());
-            let reply: Result<u64, ClusterError> = self
-                .inner
-                .client
-                .call(
-                    &leader.rpc_addr,
-                    crate::rpc::READ_INDEX_PATH,
-                    &mode,
-                    timeout,
-                )
-                .await
-                .map_err(|_| ClusterError::NoLeader)?;
-            reply?
+            self.forward_read_index(&leader.rpc_addr, mode, timeout)
+                .await?
         };
         self.wait_applied(index, deadline).await
     }
@@ -491,6 +471,57 @@ impl Consensus {
             .is_some_and(|at| at.elapsed() < window)
     }
 
+    /// The client this node calls its peers with.
+    pub(crate) fn client(&self) -> &RpcClient {
+        &self.inner.client
+    }
+
+    /// What the RPC listener asks of callers, if the cluster has a secret.
+    pub(crate) fn cluster_secret(&self) -> Option<&Arc<ClusterSecret>> {
+        self.inner.secret.as_ref()
+    }
+
+    /// Hands an append from the leader to Raft, noting that the leader reached this node.
+    pub(crate) async fn receive_append(
+        &self,
+        request: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<AppendEntriesResponse<u64>, RaftError<u64>> {
+        self.note_leader_contact();
+        self.inner.raft.append_entries(request).await
+    }
+
+    /// Hands a snapshot chunk from the leader to Raft, noting that the leader reached this
+    /// node.
+    pub(crate) async fn receive_snapshot(
+        &self,
+        request: InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>> {
+        self.note_leader_contact();
+        self.inner.raft.install_snapshot(request).await
+    }
+
+    /// Hands a candidate's vote request to Raft.
+    pub(crate) async fn receive_vote(
+        &self,
+        request: VoteRequest<u64>,
+    ) -> Result<VoteResponse<u64>, RaftError<u64>> {
+        self.inner.raft.vote(request).await
+    }
+
+    fn note_leader_contact(&self) {
+        *self.inner.leader_contact.lock() = Some(Instant::now());
+    }
+
+    /// Notes a server heard of while looking for the cluster.
+    pub(crate) fn remember_server(&self, id: u64, member: Member) {
+        self.inner.known.lock().insert(id, member);
+    }
+
+    /// The servers heard of while looking for the cluster.
+    pub(crate) fn known_servers(&self) -> BTreeMap<u64, Member> {
+        self.inner.known.lock().clone()
+    }
+
     /// Raft addresses of the voters.
     pub fn peers(&self) -> Vec<String> {
         self.members()
@@ -527,18 +558,7 @@ impl Consensus {
             return Ok(());
         }
         let leader = self.leader_member().ok_or(ClusterError::NoLeader)?;
-        let reply: Result<(), ClusterError> = self
-            .inner
-            .client
-            .call(
-                &leader.rpc_addr,
-                crate::rpc::HEARTBEAT_PATH,
-                &node,
-                Duration::from_secs(1),
-            )
-            .await
-            .map_err(|_| ClusterError::NoLeader)?;
-        reply
+        self.forward_heartbeat(&leader.rpc_addr, node).await
     }
 
     /// Leader only: when each node last sent a heartbeat.
@@ -602,18 +622,7 @@ impl Consensus {
     pub async fn remove_member(&self, id: u64) -> Result<(), ClusterError> {
         if !self.is_leader() {
             let leader = self.leader_member().ok_or(ClusterError::NoLeader)?;
-            let reply: Result<(), ClusterError> = self
-                .inner
-                .client
-                .call(
-                    &leader.rpc_addr,
-                    crate::rpc::REMOVE_PATH,
-                    &id,
-                    WRITE_TIMEOUT,
-                )
-                .await
-                .map_err(|_| ClusterError::NoLeader)?;
-            return reply;
+            return self.forward_remove(&leader.rpc_addr, id).await;
         }
         let Some((_, member, voter)) = self.members().into_iter().find(|(i, _, _)| *i == id) else {
             return Err(ClusterError::Refused(format!(

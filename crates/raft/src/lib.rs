@@ -3,15 +3,19 @@
 //! openraft stays behind [`Consensus`] so that an upgrade of its API touches this crate only.
 #![forbid(unsafe_code)]
 
+mod auth;
 mod cluster;
 mod consensus;
+mod forward;
 mod log_store;
 mod network;
+mod protocol;
 mod rpc;
 mod state_machine;
 mod storage;
 mod transport;
 
+pub use auth::ClusterSecret;
 pub use cluster::JoinPlan;
 pub use consensus::{Consensus, ConsensusConfig};
 

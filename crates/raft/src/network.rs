@@ -14,19 +14,12 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::protocol::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use crate::transport::RpcClient;
 use crate::TypeConfig;
 use atoll_cluster::Member;
 
 type NodeId = u64;
-
-/// Paths of the Raft RPCs on the RPC listener, each followed by `/` and the Raft id the
-/// message is for: a node refuses messages meant for another id, so a server that lost its
-/// data dir and came back on the same address with a new id is never counted as the old one
-/// (its one vote would otherwise count twice).
-pub(crate) const APPEND_PATH: &str = "/raft/append";
-pub(crate) const VOTE_PATH: &str = "/raft/vote";
-pub(crate) const SNAPSHOT_PATH: &str = "/raft/snapshot";
 
 /// Creates a [`PeerClient`] per peer, sharing one HTTP client.
 pub(crate) struct Network {
@@ -95,7 +88,9 @@ impl PeerClient {
             )
             .await
             .map_err(|e| {
-                if e.message.contains("no answer") {
+                // A peer that took too long may be busy and is tried again at once; one that
+                // cannot be reached, refuses this node or answers garbage is backed off from.
+                if e.timed_out() {
                     RPCError::Network(NetworkError::new(&e))
                 } else {
                     RPCError::Unreachable(Unreachable::new(&e))

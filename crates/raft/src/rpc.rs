@@ -1,7 +1,7 @@
 //! The RPC listener of a node (`--bind IP`, port 8300): openraft's messages and the few
 //! cluster requests (hello, join, forwarded writes and reads, heartbeats, removal).
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use atoll_state::{Command, Outcome};
 use axum::extract::{Path, State};
@@ -13,55 +13,27 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::auth::require_secret;
 use crate::consensus::{Consensus, READ_TIMEOUT, WRITE_TIMEOUT};
-use crate::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
+use crate::protocol::{
+    Hello, JoinRequest, APPEND_PATH, HEARTBEAT_PATH, HELLO_PATH, JOIN_PATH, READ_INDEX_PATH,
+    REMOVE_PATH, SNAPSHOT_PATH, VOTE_PATH, WRITE_PATH,
+};
 use crate::TypeConfig;
-use atoll_cluster::Member;
 use atoll_cluster::{ClusterError, ReadMode};
-
-pub(crate) const HELLO_PATH: &str = "/cluster/hello";
-pub(crate) const JOIN_PATH: &str = "/cluster/join";
-pub(crate) const WRITE_PATH: &str = "/cluster/write";
-pub(crate) const READ_INDEX_PATH: &str = "/cluster/read-index";
-pub(crate) const HEARTBEAT_PATH: &str = "/cluster/heartbeat";
-pub(crate) const REMOVE_PATH: &str = "/cluster/remove";
 
 type NodeId = u64;
 
 /// Largest RPC body accepted: batches of log entries and snapshot chunks, JSON-encoded.
 const MAX_RPC_BODY: usize = 256 * 1024 * 1024;
 
-/// What nodes tell each other while finding their cluster.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Hello {
-    /// Raft id.
-    pub id: NodeId,
-    /// The node.
-    pub member: Member,
-    /// Servers expected before bootstrapping (0 for clients).
-    pub bootstrap_expect: usize,
-    /// Whether the node already belongs to a cluster.
-    pub initialized: bool,
-    /// Servers it has heard of.
-    pub known: BTreeMap<NodeId, Member>,
-}
-
-/// A request to be added to the cluster.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JoinRequest {
-    /// Raft id.
-    pub id: NodeId,
-    /// The node.
-    pub member: Member,
-}
-
 impl Consensus {
-    /// The RPC router; served on the node's RPC address.
+    /// The RPC router; served on the node's RPC address. When the cluster has a secret,
+    /// every request without it is refused before it reaches a handler (see `auth.rs`).
     pub fn rpc_router(&self, bootstrap_expect: usize) -> Router {
-        Router::new()
+        let router = Router::new()
             .route(&format!("{APPEND_PATH}/{{to}}"), post(append))
             .route(&format!("{VOTE_PATH}/{{to}}"), post(vote))
             .route(&format!("{SNAPSHOT_PATH}/{{to}}"), post(snapshot))
@@ -72,7 +44,14 @@ impl Consensus {
             .route(JOIN_PATH, post(join))
             .route(HELLO_PATH, post(hello))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_RPC_BODY))
-            .with_state((self.clone(), bootstrap_expect))
+            .with_state((self.clone(), bootstrap_expect));
+        match self.cluster_secret() {
+            Some(secret) => router.layer(axum::middleware::from_fn_with_state(
+                Arc::clone(secret),
+                require_secret,
+            )),
+            None => router,
+        }
     }
 
     /// This node's hello. Fails when Raft cannot say whether this node is initialized (it
@@ -86,7 +65,7 @@ impl Consensus {
             member: self.member().clone(),
             bootstrap_expect,
             initialized: self.is_initialized().await?,
-            known: self.inner.known.lock().clone(),
+            known: self.known_servers(),
         })
     }
 }
@@ -116,8 +95,7 @@ async fn append(
     Json(request): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Result<Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>, Misaddressed> {
     addressed_to_me(&consensus, to)?;
-    *consensus.inner.leader_contact.lock() = Some(Instant::now());
-    Ok(Json(consensus.inner.raft.append_entries(request).await))
+    Ok(Json(consensus.receive_append(request).await))
 }
 
 async fn vote(
@@ -126,7 +104,7 @@ async fn vote(
     Json(request): Json<VoteRequest<NodeId>>,
 ) -> Result<Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>>, Misaddressed> {
     addressed_to_me(&consensus, to)?;
-    Ok(Json(consensus.inner.raft.vote(request).await))
+    Ok(Json(consensus.receive_vote(request).await))
 }
 
 async fn snapshot(
@@ -138,8 +116,7 @@ async fn snapshot(
     Misaddressed,
 > {
     addressed_to_me(&consensus, to)?;
-    *consensus.inner.leader_contact.lock() = Some(Instant::now());
-    Ok(Json(consensus.inner.raft.install_snapshot(request).await))
+    Ok(Json(consensus.receive_snapshot(request).await))
 }
 
 async fn write(
@@ -198,11 +175,7 @@ async fn hello(
         && peer.member.datacenter == consensus.member().datacenter
         && (peer.bootstrap_expect == expect || peer.initialized)
     {
-        consensus
-            .inner
-            .known
-            .lock()
-            .insert(peer.id, peer.member.clone());
+        consensus.remember_server(peer.id, peer.member.clone());
     }
     match consensus.hello_message(expect).await {
         Ok(hello) => Ok(Json(hello)),
