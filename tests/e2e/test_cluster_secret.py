@@ -53,6 +53,11 @@ def test_servers_sharing_a_secret_form_and_refuse_another(new_cluster, pool, tmp
         wait_for(lambda: "does not accept this node's cluster secret" in stranger.output(), timeout=15.0,
                  message=lambda: f"{stranger.name} to log that it was refused\n{stranger.logs()}")
         assert SECRET not in stranger.output() and OTHER_SECRET not in stranger.output()
+        # The servers log that they refused someone (with the caller's address, which on loopback
+        # is 127.0.0.1: outgoing connections are not bound to the node's IP).
+        wait_for(lambda: any("refused an RPC request without this cluster's secret" in s.output()
+                             for s in cluster.servers), timeout=15.0,
+                 message=lambda: f"a server to log a refusal\n{cluster.logs()}")
 
         def stays_out() -> bool:
             assert stranger.running(), stranger.logs()

@@ -197,7 +197,9 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     if let Some(rpc) = rpc {
         let router = consensus.rpc_router(plan.bootstrap_expect);
         supervisor.spawn("the RPC listener", async move {
-            if let Err(e) = axum::serve(rpc, router).await {
+            // The caller's address is for the log line of a refused request.
+            let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            if let Err(e) = axum::serve(rpc, service).await {
                 tracing::error!(error = %e, "RPC listener failed");
             }
         });

@@ -9,13 +9,17 @@
 //! rest of the crate does not change.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
+use tokio::time::Instant;
 
 /// The scheme of the `authorization` header the secret travels in.
 const SCHEME: &str = "Bearer ";
@@ -84,17 +88,55 @@ pub(crate) fn constant_time_eq(expected: &[u8], presented: &[u8]) -> bool {
 pub(crate) const REFUSAL: &str = "this node's cluster requires its shared secret: \
      start the calling node with the same --cluster-secret-file";
 
+/// How often the listener logs a refusal: a stranger asks several times a second.
+const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(10);
+
+/// What the RPC listener checks callers with.
+pub(crate) struct Gate {
+    secret: Arc<ClusterSecret>,
+    /// When a refusal was last logged.
+    logged: Mutex<Option<Instant>>,
+}
+
+impl Gate {
+    pub(crate) fn new(secret: Arc<ClusterSecret>) -> Self {
+        Gate {
+            secret,
+            logged: Mutex::new(None),
+        }
+    }
+
+    /// Whether a refusal is worth a line in the log now.
+    fn log_refusal(&self) -> bool {
+        let mut logged = self.logged.lock();
+        if logged.is_some_and(|at| at.elapsed() < REFUSALS_LOGGED_EVERY) {
+            return false;
+        }
+        *logged = Some(Instant::now());
+        true
+    }
+}
+
 /// The layer of the RPC router when the cluster has a secret: a request without it is
 /// answered 401 and never reaches a handler.
 pub(crate) async fn require_secret(
-    State(secret): State<Arc<ClusterSecret>>,
+    State(gate): State<Arc<Gate>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if secret.admits(request.headers()) {
+    if gate.secret.admits(request.headers()) {
         return next.run(request).await;
     }
-    tracing::debug!(path = %request.uri().path(), "refused an RPC request without the cluster secret");
+    let caller = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.to_string())
+        .unwrap_or_else(|| "unknown".to_string());
+    if gate.log_refusal() {
+        tracing::warn!(%caller, path = %request.uri().path(), "refused an RPC request without this cluster's secret (logged at most every 10 s)");
+    } else {
+        tracing::debug!(%caller, path = %request.uri().path(), "refused an RPC request without this cluster's secret");
+    }
     (
         StatusCode::UNAUTHORIZED,
         [(CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -114,7 +156,7 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    use super::{constant_time_eq, require_secret, ClusterSecret, REFUSAL};
+    use super::{constant_time_eq, require_secret, ClusterSecret, Gate, REFUSAL};
 
     #[test]
     fn equal_bytes_compare_equal() {
@@ -146,10 +188,10 @@ mod tests {
     }
 
     fn router(secret: &str) -> Router {
-        let secret = Arc::new(ClusterSecret::new(secret).unwrap());
+        let gate = Arc::new(Gate::new(Arc::new(ClusterSecret::new(secret).unwrap())));
         Router::new()
             .route("/cluster/hello", post(|| async { "hello" }))
-            .layer(axum::middleware::from_fn_with_state(secret, require_secret))
+            .layer(axum::middleware::from_fn_with_state(gate, require_secret))
     }
 
     async fn status_of(authorization: Option<&str>, path: &str) -> (StatusCode, String) {

@@ -15,7 +15,7 @@ use openraft::raft::{
 };
 use tokio::time::Instant;
 
-use crate::auth::require_secret;
+use crate::auth::{require_secret, Gate};
 use crate::consensus::{Consensus, READ_TIMEOUT, WRITE_TIMEOUT};
 use crate::protocol::{
     Hello, JoinRequest, APPEND_PATH, HEARTBEAT_PATH, HELLO_PATH, JOIN_PATH, READ_INDEX_PATH,
@@ -47,7 +47,7 @@ impl Consensus {
             .with_state((self.clone(), bootstrap_expect));
         match self.cluster_secret() {
             Some(secret) => router.layer(axum::middleware::from_fn_with_state(
-                Arc::clone(secret),
+                Arc::new(Gate::new(Arc::clone(secret))),
                 require_secret,
             )),
             None => router,
