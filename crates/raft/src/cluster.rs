@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::consensus::Consensus;
 use crate::protocol::{Hello, JoinRequest, HELLO_PATH, JOIN_PATH};
-use atoll_cluster::ClusterError;
+use atoll_cluster::{ClusterError, Member};
 
 /// Pause between rounds of hellos.
 const ROUND: Duration = Duration::from_millis(300);
@@ -29,6 +29,30 @@ pub struct JoinPlan {
     pub retry_join: Vec<String>,
     /// Servers to wait for before bootstrapping (servers only; 0 for clients).
     pub bootstrap_expect: usize,
+}
+
+/// The servers that form the cluster, if this node is the one to initialize it: once
+/// `expect` servers (this one included) are known, the `expect` with the lowest ids, and only
+/// the lowest of those initializes. Every server comes to the same choice from what it
+/// learns, so exactly one initializes, in any start order.
+fn bootstrap_choice(
+    mut known: BTreeMap<u64, Member>,
+    (id, me): (u64, &Member),
+    expect: usize,
+) -> Option<BTreeMap<u64, Member>> {
+    known.insert(id, me.clone());
+    if known.len() < expect {
+        return None;
+    }
+    let chosen: BTreeMap<u64, Member> = known.into_iter().take(expect).collect();
+    (chosen.keys().next() == Some(&id)).then_some(chosen)
+}
+
+/// Whether a server seeing `disagreeing` peers expect another cluster size (and `agreeing`
+/// ones its own) gives up: at once when they outvote it (it is the misconfigured one), else
+/// after [`MISMATCH_PATIENCE`] of it going on.
+fn gives_up_on_mismatch(disagreeing: usize, agreeing: usize, going_on_for: Duration) -> bool {
+    disagreeing > agreeing + 1 || going_on_for > MISMATCH_PATIENCE
 }
 
 impl Consensus {
@@ -92,9 +116,8 @@ impl Consensus {
             // most peers contradict is the misconfigured one: it refuses to go on.
             if !disagreeing.is_empty() {
                 let (name, expect) = disagreeing.values().next().cloned().unwrap_or_default();
-                let outvoted = disagreeing.len() > agreeing.len() + 1;
                 let stuck = *mismatch_since.get_or_insert_with(tokio::time::Instant::now);
-                if outvoted || stuck.elapsed() > MISMATCH_PATIENCE {
+                if gives_up_on_mismatch(disagreeing.len(), agreeing.len(), stuck.elapsed()) {
                     return Err(ClusterError::Refused(format!(
                         "{name} expects {expect} servers, this server expects {}: every server needs the same --bootstrap-expect",
                         plan.bootstrap_expect
@@ -105,16 +128,11 @@ impl Consensus {
                 mismatch_since = None;
             }
             if server && !announced {
-                let mut servers = self.known_servers();
-                servers.remove(&self.node_id());
-                servers.insert(self.node_id(), self.member().clone());
-                if servers.len() >= plan.bootstrap_expect {
-                    let chosen: BTreeMap<u64, _> =
-                        servers.into_iter().take(plan.bootstrap_expect).collect();
-                    if chosen.keys().next() == Some(&self.node_id()) {
-                        self.initialize(chosen).await?;
-                        continue;
-                    }
+                let known = self.known_servers();
+                let me = (self.node_id(), self.member());
+                if let Some(chosen) = bootstrap_choice(known, me, plan.bootstrap_expect) {
+                    self.initialize(chosen).await?;
+                    continue;
                 }
             }
             if contacted == 0 {
@@ -265,5 +283,67 @@ impl Refusals {
 
     fn answered(&mut self, address: &str) {
         self.refused_by.remove(address);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(name: &str) -> Member {
+        Member {
+            name: name.into(),
+            server: true,
+            ..Default::default()
+        }
+    }
+
+    fn known(ids: &[u64]) -> BTreeMap<u64, Member> {
+        ids.iter()
+            .map(|id| (*id, server(&format!("s{id}"))))
+            .collect()
+    }
+
+    #[test]
+    fn the_lowest_of_the_first_expected_servers_bootstraps_them() {
+        let me = server("me");
+        // Not enough servers known yet.
+        assert_eq!(bootstrap_choice(known(&[7]), (3, &me), 3), None);
+        // Three known, this one lowest: it initializes the three.
+        let chosen = bootstrap_choice(known(&[7, 9]), (3, &me), 3).unwrap();
+        assert_eq!(chosen.keys().copied().collect::<Vec<_>>(), vec![3, 7, 9]);
+        assert_eq!(chosen[&3], me);
+        // Another is lower: it waits for that one to do it.
+        assert_eq!(bootstrap_choice(known(&[1, 9]), (3, &me), 3), None);
+        // More than expected: the lowest ids are the cluster, whichever this one is.
+        let chosen = bootstrap_choice(known(&[5, 8, 9]), (3, &me), 3).unwrap();
+        assert_eq!(chosen.keys().copied().collect::<Vec<_>>(), vec![3, 5, 8]);
+        assert_eq!(bootstrap_choice(known(&[1, 2, 9]), (3, &me), 3), None);
+        // Every server comes to the same choice: exactly one initializes.
+        let all = [3u64, 5, 8, 9];
+        let initializers: Vec<u64> = all
+            .iter()
+            .filter(|id| {
+                let others: Vec<u64> = all.iter().copied().filter(|o| o != *id).collect();
+                bootstrap_choice(known(&others), (**id, &server("x")), 3).is_some()
+            })
+            .copied()
+            .collect();
+        assert_eq!(initializers, vec![3]);
+    }
+
+    #[test]
+    fn a_server_outvoted_on_the_cluster_size_gives_up_at_once_else_after_its_patience() {
+        let soon = Duration::from_secs(1);
+        assert!(
+            gives_up_on_mismatch(2, 0, soon),
+            "two peers expect another size"
+        );
+        assert!(
+            !gives_up_on_mismatch(1, 0, soon),
+            "one to one: not outvoted yet"
+        );
+        assert!(!gives_up_on_mismatch(2, 1, soon));
+        assert!(gives_up_on_mismatch(1, 1, MISMATCH_PATIENCE + soon));
     }
 }
