@@ -19,8 +19,14 @@ use crate::ApiContext;
 /// Why a request was not carried out.
 #[derive(Debug, Clone)]
 pub enum Refusal {
-    /// The request names a datacenter this node cannot reach.
-    NoPathToDatacenter(String),
+    /// The request names a datacenter this node cannot reach, in `?dc=` or in a field of
+    /// its body (`field`).
+    NoPathToDatacenter {
+        /// The datacenter asked for.
+        dc: String,
+        /// The body field that named it; `None` for `?dc=`.
+        field: Option<&'static str>,
+    },
     /// The cluster could not commit or confirm it.
     Cluster(ClusterError),
     /// The state machine refused the command; nothing changed.
@@ -39,12 +45,32 @@ impl From<Rejection> for Refusal {
     }
 }
 
-/// Decides whether a request naming datacenter `dc` (none or empty: this one) can be served.
-/// The only place the API tells its own datacenter from another.
+/// Decides whether a request whose `?dc=` names `dc` (none or empty: this one) can be
+/// served. With [`reach_field`], the only place the API tells its own datacenter from another.
 pub fn reach(context: &ApiContext, dc: Option<&str>) -> Result<(), Refusal> {
+    reach_named(context, dc, None)
+}
+
+/// Like [`reach`], for a datacenter named by the body field `field`.
+pub fn reach_field(
+    context: &ApiContext,
+    field: &'static str,
+    dc: Option<&str>,
+) -> Result<(), Refusal> {
+    reach_named(context, dc, Some(field))
+}
+
+fn reach_named(
+    context: &ApiContext,
+    dc: Option<&str>,
+    field: Option<&'static str>,
+) -> Result<(), Refusal> {
     match dc {
         Some(dc) if !dc.is_empty() && dc != context.datacenter() => {
-            Err(Refusal::NoPathToDatacenter(dc.to_string()))
+            Err(Refusal::NoPathToDatacenter {
+                dc: dc.to_string(),
+                field,
+            })
         }
         _ => Ok(()),
     }
@@ -55,28 +81,33 @@ pub async fn write(context: &ApiContext, command: Command) -> Result<Outcome, Re
     write_in(context, None, command).await
 }
 
-/// Writes a command for datacenter `dc`; a rejection is a refusal.
+/// Writes a command for the datacenter its body's `Datacenter` names (`None`: this one); a
+/// rejection is a refusal.
 pub async fn write_in(
     context: &ApiContext,
     dc: Option<&str>,
     command: Command,
 ) -> Result<Outcome, Refusal> {
-    reach(context, dc)?;
+    reach_field(context, "Datacenter", dc)?;
     match context.cluster().write(command).await? {
         (Outcome::Rejected(rejection), _) => Err(rejection.into()),
         (outcome, _) => Ok(outcome),
     }
 }
 
-/// Consul's answers: a missing leader, a timeout and an unreachable datacenter are 500s
-/// (which its clients retry), an invalid request a 400.
+/// Consul's answers: a missing leader, a timeout and an unreachable `?dc=` are 500s (which
+/// its clients retry), an invalid request, a body naming an unreachable datacenter among them,
+/// a 400 naming the field.
 impl From<Refusal> for ApiError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
-            Refusal::NoPathToDatacenter(dc) => ApiError::with_status(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("No path to datacenter {dc:?}"),
-            ),
+            Refusal::NoPathToDatacenter { dc, field } => {
+                let message = format!("No path to datacenter {dc:?}");
+                match field {
+                    Some(field) => ApiError::field(field, message),
+                    None => ApiError::with_status(StatusCode::INTERNAL_SERVER_ERROR, message),
+                }
+            }
             Refusal::Cluster(e) => {
                 let status = match e {
                     ClusterError::Refused(_) => StatusCode::BAD_REQUEST,
@@ -116,7 +147,7 @@ impl From<Rejection> for ApiError {
 impl From<Refusal> for MarathonError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
-            Refusal::NoPathToDatacenter(dc) => MarathonError::new(
+            Refusal::NoPathToDatacenter { dc, .. } => MarathonError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("No path to datacenter {dc:?}"),
             ),
@@ -174,11 +205,16 @@ mod tests {
         let (context, _) = context().await;
         let before = context.store().applied();
         let refusal = write_in(&context, Some("dc2"), set("k")).await.unwrap_err();
-        assert!(matches!(&refusal, Refusal::NoPathToDatacenter(dc) if dc == "dc2"));
+        assert!(matches!(&refusal, Refusal::NoPathToDatacenter { dc, .. } if dc == "dc2"));
         assert_eq!(context.store().applied(), before);
+        // Named in the body: a 400 naming the field; in `?dc=`: Consul's 500.
         let consul = ApiError::from(refusal);
-        assert_eq!(consul.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(consul.status, StatusCode::BAD_REQUEST);
+        assert_eq!(consul.field.as_deref(), Some("Datacenter"));
         assert_eq!(consul.message, "No path to datacenter \"dc2\"");
+        let consul = ApiError::from(reach(&context, Some("dc2")).unwrap_err());
+        assert_eq!(consul.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(reach(&context, Some("dc1")).is_ok());
         // This datacenter, named or not, is written.
         assert!(write_in(&context, Some("dc1"), set("k")).await.is_ok());
         assert!(write_in(&context, Some(""), set("k")).await.is_ok());
