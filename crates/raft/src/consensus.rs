@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use atoll_cluster::{ClusterError, Member, ReadMode, Store};
+use atoll_cluster::{Cluster, ClusterError, Member, ReadMode, Store};
 use atoll_state::snapshot::{decode, encode};
 use atoll_state::{Command, Outcome};
 use openraft::error::{ClientWriteError, InstallSnapshotError, RaftError};
@@ -441,11 +441,6 @@ impl Consensus {
             .cloned()
     }
 
-    /// The Raft address of the current leader, if one is known.
-    pub fn leader_addr(&self) -> Option<String> {
-        self.leader_member().map(|m| m.rpc_addr)
-    }
-
     /// Whether this node is the leader.
     pub fn is_leader(&self) -> bool {
         let metrics = self.inner.raft.metrics().borrow().clone();
@@ -520,15 +515,6 @@ impl Consensus {
     /// The servers heard of while looking for the cluster.
     pub(crate) fn known_servers(&self) -> BTreeMap<u64, Member> {
         self.inner.known.lock().clone()
-    }
-
-    /// Raft addresses of the voters.
-    pub fn peers(&self) -> Vec<String> {
-        self.members()
-            .into_iter()
-            .filter(|(_, _, voter)| *voter)
-            .map(|(_, m, _)| m.rpc_addr)
-            .collect()
     }
 
     /// Every node in the membership: id, record, and whether it votes.
@@ -699,13 +685,5 @@ impl atoll_cluster::Cluster for Consensus {
 
     fn liveness(&self) -> HashMap<String, Instant> {
         Consensus::liveness(self)
-    }
-
-    fn leader_addr(&self) -> Option<String> {
-        Consensus::leader_addr(self)
-    }
-
-    fn peers(&self) -> Vec<String> {
-        Consensus::peers(self)
     }
 }

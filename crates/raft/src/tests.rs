@@ -1,3 +1,4 @@
+use atoll_cluster::Cluster;
 use atoll_state::{Command, Outcome};
 
 use crate::{Consensus, ConsensusConfig};

@@ -76,7 +76,7 @@ impl State {
     }
 
     /// Rebuilds derived indexes after deserialising a snapshot.
-    pub fn rebuild_derived(&mut self) {
+    fn rebuild_derived(&mut self) {
         self.by_name.clear();
         for (node, services) in &self.services {
             for (id, service) in services {

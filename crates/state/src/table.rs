@@ -75,15 +75,6 @@ impl<'a, K: Ord, V> IntoIterator for &'a Rows<K, V> {
     }
 }
 
-impl<K: Ord, V> From<BTreeMap<K, V>> for Rows<K, V> {
-    fn from(rows: BTreeMap<K, V>) -> Self {
-        Rows {
-            rows,
-            before: BTreeMap::new(),
-        }
-    }
-}
-
 impl<K: Ord + Clone, V: Clone + PartialEq> Rows<K, V> {
     fn note<Q>(&mut self, key: &Q)
     where
@@ -96,10 +87,15 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Rows<K, V> {
         }
     }
 
-    /// Sets a row, returning its previous value.
-    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        self.note(&key);
-        self.rows.insert(key, value)
+    /// Sets a row. Its previous value, if this is the row's first change since the last
+    /// drain, becomes the noted one without a copy.
+    pub fn insert(&mut self, key: K, value: V) {
+        if self.before.contains_key(&key) {
+            self.rows.insert(key, value);
+        } else {
+            let old = self.rows.insert(key.clone(), value);
+            self.before.insert(key, old);
+        }
     }
 
     /// Deletes a row, returning its value.
@@ -233,10 +229,12 @@ impl<G: Ord + Clone, K: Ord + Clone, V: Clone + PartialEq> Grouped<G, K, V> {
         self.groups.get(group).and_then(|rows| rows.get(key))
     }
 
-    /// Sets a row, returning its previous value.
-    pub fn insert(&mut self, group: G, key: K, value: V) -> Option<V> {
-        self.note(&group, &key);
-        self.groups.entry(group).or_default().insert(key, value)
+    /// Sets a row. Its previous value, if this is the row's first change since the last
+    /// drain, becomes the noted one without a copy.
+    pub fn insert(&mut self, group: G, key: K, value: V) {
+        let at = (group.clone(), key.clone());
+        let old = self.groups.entry(group).or_default().insert(key, value);
+        self.before.entry(at).or_insert(old);
     }
 
     /// Deletes a row (and its group if it was the last), returning its value.

@@ -135,16 +135,16 @@ pub async fn run(cluster: ClusterHandle) {
             &now_rfc3339(),
             &mut rand::random::<u64>,
         );
+        if commands.is_empty() {
+            continue;
+        }
         // One round, one entry.
-        let command = match commands.len() {
-            0 => continue,
-            1 => commands.into_iter().next(),
-            _ => Some(Command::Batch(commands)),
+        let command = match <[Command; 1]>::try_from(commands) {
+            Ok([one]) => one,
+            Err(several) => Command::Batch(several),
         };
-        if let Some(command) = command {
-            if let Err(e) = cluster.write(command).await {
-                tracing::warn!(error = %e, "control loop write failed");
-            }
+        if let Err(e) = cluster.write(command).await {
+            tracing::warn!(error = %e, "control loop write failed");
         }
     }
 }
