@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use atoll_cluster::{Cluster, ClusterError, Member, ReadMode, Store};
@@ -19,7 +19,8 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::auth::ClusterSecret;
-use crate::log_store::LogStore;
+use crate::group::{Propose, WriteGroup};
+use crate::log_store::{LogStore, LogWriter};
 use crate::network::Network;
 use crate::state_machine::StateMachine;
 use crate::storage::{self, StorageFailure, KEY_NODE_ID};
@@ -40,6 +41,29 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// past it the leader confirms again first, and a leader cut off from the others refuses
 /// instead of serving old values for as long as the partition lasts.
 const LEADER_LEASE: Duration = Duration::from_millis(300);
+
+/// Proposals of one write group in flight at once: while some commit (or cross to the
+/// leader and back), the next batch gathers.
+const WRITES_IN_FLIGHT: usize = 4;
+
+/// A group's proposer calling `propose` on the node while it exists.
+fn proposer<F, Fut>(node: Weak<Inner>, propose: F) -> Propose
+where
+    F: Fn(Consensus, Command) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(Outcome, u64), ClusterError>> + Send + 'static,
+{
+    let propose = Arc::new(propose);
+    Arc::new(move |command| {
+        let node = node.upgrade();
+        let propose = propose.clone();
+        Box::pin(async move {
+            match node {
+                Some(inner) => propose(Consensus { inner }, command).await,
+                None => Err(ClusterError::Stopped("the node has stopped".into())),
+            }
+        })
+    })
+}
 
 /// How a node's consensus is set up.
 #[derive(Debug, Clone)]
@@ -72,6 +96,8 @@ pub struct Consensus {
 /// forming (`cluster.rs`) and forwarding (`forward.rs`) go through the methods below.
 struct Inner {
     raft: Raft<TypeConfig>,
+    /// The log's writer thread, waited for on shutdown.
+    log_writer: LogWriter,
     store: Store,
     node_id: u64,
     member: Member,
@@ -90,6 +116,10 @@ struct Inner {
     /// Leader only: the term and the time of the last leadership confirmation by a quorum,
     /// taken when the confirmation was asked for (see `LEADER_LEASE`).
     lease: Mutex<Option<(u64, Instant)>>,
+    /// This node's writes, proposed together (`group.rs`): on the leader, or forwarded.
+    writes: WriteGroup,
+    /// Leader only: writes other nodes forwarded, proposed together.
+    forwarded: WriteGroup,
 }
 
 impl Consensus {
@@ -147,18 +177,23 @@ impl Consensus {
         let network = Network {
             client: client.clone(),
         };
-        let raft = Raft::new(
-            node_id,
-            raft_config,
-            network,
-            LogStore::new(db),
-            state_machine,
-        )
-        .await
-        .map_err(|e| ClusterError::Stopped(e.to_string()))?;
-        Ok(Consensus {
-            inner: Arc::new(Inner {
+        let log = LogStore::new(db)?;
+        let log_writer = log.writer();
+        let raft = Raft::new(node_id, raft_config, network, log, state_machine)
+            .await
+            .map_err(|e| ClusterError::Stopped(e.to_string()))?;
+        // The groups propose through the node they belong to, which they must not keep alive.
+        let inner = Arc::new_cyclic(|me: &Weak<Inner>| {
+            let writes = proposer(me.clone(), |consensus, command| async move {
+                consensus.write_anywhere(command).await
+            });
+            let forwarded = proposer(me.clone(), |consensus, command| async move {
+                let deadline = Instant::now() + WRITE_TIMEOUT;
+                consensus.local_write(command, deadline).await
+            });
+            Inner {
                 raft,
+                log_writer,
                 store,
                 node_id,
                 member: config.member,
@@ -170,8 +205,11 @@ impl Consensus {
                 known: Mutex::new(BTreeMap::new()),
                 leader_contact: Mutex::new(None),
                 lease: Mutex::new(None),
-            }),
-        })
+                writes: WriteGroup::new(WRITES_IN_FLIGHT, writes),
+                forwarded: WriteGroup::new(WRITES_IN_FLIGHT, forwarded),
+            }
+        });
+        Ok(Consensus { inner })
     }
 
     /// Whether this node already belongs to a cluster (has a log or a vote).
@@ -244,8 +282,27 @@ impl Consensus {
 
     /// Commits a command (forwarding it to the leader when this node is not the leader) and
     /// waits until it is applied locally, so the caller reads its own write. Returns the
-    /// outcome and the entry's index.
+    /// outcome and the entry's index. Concurrent writes are proposed together (`group.rs`).
     pub async fn write(&self, command: Command) -> Result<(Outcome, u64), ClusterError> {
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        let (outcome, index) = self.inner.writes.write(command).await?;
+        // Waited for here, not in the proposal: its slot is free for the next batch as soon
+        // as the leader answered.
+        self.wait_applied(index, deadline).await?;
+        Ok((outcome, index))
+    }
+
+    /// A write another node forwarded to this one, the leader: proposed with the others
+    /// forwarded at the same time, never forwarded again.
+    pub(crate) async fn forwarded_write(
+        &self,
+        command: Command,
+    ) -> Result<(Outcome, u64), ClusterError> {
+        self.inner.forwarded.write(command).await
+    }
+
+    /// Commits one entry through the leader, wherever it is.
+    async fn write_anywhere(&self, command: Command) -> Result<(Outcome, u64), ClusterError> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
         loop {
             let attempt = match self.leader_member() {
@@ -258,10 +315,7 @@ impl Consensus {
                 _ => self.local_write(command.clone(), deadline).await,
             };
             match attempt {
-                Ok((outcome, index)) => {
-                    self.wait_applied(index, deadline).await?;
-                    return Ok((outcome, index));
-                }
+                Ok(done) => return Ok(done),
                 Err(ClusterError::NoLeader) | Err(ClusterError::NotLeader(_))
                     if Instant::now() < deadline =>
                 {
@@ -634,6 +688,8 @@ impl Consensus {
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+        // What Raft queued last (its committed index) is written before the file is let go.
+        self.inner.log_writer.settled().await;
     }
 }
 

@@ -7,6 +7,7 @@ mod auth;
 mod cluster;
 mod consensus;
 mod forward;
+mod group;
 mod log_store;
 mod network;
 mod protocol;
@@ -14,6 +15,7 @@ mod rpc;
 mod state_machine;
 mod storage;
 mod transport;
+mod wire;
 
 pub use auth::ClusterSecret;
 pub use cluster::JoinPlan;

@@ -1,31 +1,122 @@
-//! openraft's log storage over redb. Every append is committed durably before openraft
-//! is told it is flushed, so an acknowledged write survives `kill -9`.
+//! openraft's log storage over redb, with group commit.
+//!
+//! Every change to the log and to the Raft metadata goes through one writer thread, in the
+//! order openraft asked for it. The thread takes everything queued at the moment it is free
+//! and writes it in one redb transaction, so concurrent writes share one durable commit and
+//! one fsync: while one commit syncs, the next batch gathers. An append is reported flushed
+//! to openraft (its `LogFlushed` callback) only after the transaction holding it committed
+//! durably, so an acknowledged write survives `kill -9`.
+//!
+//! Appended entries are also kept in memory (the tail) until they are durable and no longer
+//! among the newest: replication and the apply task read recent entries from there without
+//! touching the file, and an entry openraft already replicates is readable before its commit
+//! finished.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc;
 use std::sync::Arc;
 
 use atoll_state::snapshot::{decode, encode};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote};
+use parking_lot::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use crate::storage::{
-    get_meta, put_meta, StorageFailure, KEY_COMMITTED, KEY_PURGED, KEY_VOTE, LOG, META,
-};
+use crate::storage::{get_meta, StorageFailure, KEY_COMMITTED, KEY_PURGED, KEY_VOTE, LOG, META};
 use crate::TypeConfig;
 
 type NodeId = u64;
+type Shared = Arc<Entry<TypeConfig>>;
+
+/// Durable entries kept in memory besides the ones not yet durable.
+const TAIL_KEEP: u64 = 1024;
+/// Most jobs written in one transaction; a larger queue is written in several.
+const MAX_GROUP: usize = 4096;
 
 /// The Raft log of this node.
 #[derive(Clone)]
 pub(crate) struct LogStore {
     db: Arc<Database>,
+    tail: Arc<Mutex<Tail>>,
+    writer: mpsc::Sender<Job>,
+}
+
+/// Appended entries by index, and the last index known durable.
+#[derive(Default)]
+struct Tail {
+    entries: BTreeMap<u64, Shared>,
+    durable: u64,
+}
+
+impl Tail {
+    /// Forgets durable entries beyond the newest `TAIL_KEEP`.
+    fn trim(&mut self) {
+        let keep_from = self.durable.saturating_sub(TAIL_KEEP) + 1;
+        while let Some((&first, _)) = self.entries.first_key_value() {
+            if first >= keep_from {
+                break;
+            }
+            self.entries.pop_first();
+        }
+    }
+}
+
+/// One change for the writer thread.
+enum Job {
+    Append {
+        entries: Vec<Shared>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    Meta {
+        key: &'static str,
+        value: Vec<u8>,
+        done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    },
+    Remove {
+        from: Bound<u64>,
+        to: Bound<u64>,
+        purged: Option<Vec<u8>>,
+        done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
+    /// Answered once every job before it is written and the database let go.
+    Barrier(tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
+/// A handle on the log writer that does not hold the database open.
+pub(crate) struct LogWriter(mpsc::Sender<Job>);
+
+impl LogWriter {
+    /// Waits until everything queued so far is written and the writer holds no reference to
+    /// the database (so that, once Raft has stopped, the file is free to open again).
+    pub(crate) async fn settled(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.0.send(Job::Barrier(done)).is_ok() {
+            let _ = written.await;
+        }
+    }
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Database>) -> Self {
-        LogStore { db }
+    /// The log in `db`, with its writer thread (which ends once every handle is dropped).
+    pub(crate) fn new(db: Arc<Database>) -> Result<Self, StorageFailure> {
+        let (writer, jobs) = mpsc::channel();
+        let tail = Arc::new(Mutex::new(Tail::default()));
+        // The thread holds the database only while it writes: the file is released as soon as
+        // the last handle on the log is dropped, as without the thread.
+        let thread_db = Arc::downgrade(&db);
+        let thread_tail = tail.clone();
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || write_loop(&thread_db, &thread_tail, &jobs))
+            .map_err(|e| StorageFailure(format!("cannot start the log writer: {e}")))?;
+        Ok(LogStore { db, tail, writer })
+    }
+
+    /// A handle that waits for the writer without keeping the database open.
+    pub(crate) fn writer(&self) -> LogWriter {
+        LogWriter(self.writer.clone())
     }
 
     fn read_range(
@@ -33,13 +124,36 @@ impl LogStore {
         start: u64,
         end: Bound<u64>,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageFailure> {
+        let in_end = |index: u64| match end {
+            Bound::Included(e) => index <= e,
+            Bound::Excluded(e) => index < e,
+            Bound::Unbounded => true,
+        };
+        // The tail first: whatever it no longer holds below its first index is durable (it
+        // drops only durable entries), so the file has it.
+        let (from_tail, tail_first) = {
+            let tail = self.tail.lock();
+            let first = tail.entries.first_key_value().map(|(&i, _)| i);
+            let entries: Vec<Entry<TypeConfig>> = tail
+                .entries
+                .range((Bound::Included(start), end))
+                .map(|(_, entry)| Entry::clone(entry))
+                .collect();
+            (entries, first)
+        };
+        let file_end = match tail_first {
+            Some(first) if first <= start => return Ok(from_tail),
+            Some(first) if in_end(first) => Bound::Excluded(first),
+            _ => end,
+        };
         let txn = self.db.begin_read()?;
         let table = txn.open_table(LOG)?;
         let mut entries = Vec::new();
-        for item in table.range((Bound::Included(start), end))? {
+        for item in table.range((Bound::Included(start), file_end))? {
             let (_, value) = item?;
             entries.push(decode(value.value())?);
         }
+        entries.extend(from_tail);
         Ok(entries)
     }
 
@@ -51,6 +165,9 @@ impl LogStore {
     }
 
     fn last_entry_log_id(&self) -> Result<Option<LogId<NodeId>>, StorageFailure> {
+        if let Some((_, entry)) = self.tail.lock().entries.last_key_value() {
+            return Ok(Some(entry.log_id));
+        }
         let txn = self.db.begin_read()?;
         let table = txn.open_table(LOG)?;
         let last = table.last()?.map(|(_, value)| value.value().to_vec());
@@ -63,36 +180,133 @@ impl LogStore {
         }
     }
 
-    fn append_durably(&self, entries: Vec<Entry<TypeConfig>>) -> Result<(), StorageFailure> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(LOG)?;
-            for entry in &entries {
-                table.insert(entry.log_id.index, encode(entry)?.as_slice())?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
+    fn send(&self, job: Job) -> Result<(), StorageFailure> {
+        self.writer
+            .send(job)
+            .map_err(|_| StorageFailure("the log writer has stopped".into()))
     }
 
-    fn remove_range(
+    /// Queues a job and waits until the transaction holding it committed.
+    async fn write_and_wait(
+        &self,
+        job: impl FnOnce(tokio::sync::oneshot::Sender<Result<(), String>>) -> Job,
+    ) -> Result<(), StorageFailure> {
+        let (done, written) = tokio::sync::oneshot::channel();
+        self.send(job(done))?;
+        match written.await {
+            Ok(result) => result.map_err(StorageFailure),
+            Err(_) => Err(StorageFailure("the log writer has stopped".into())),
+        }
+    }
+
+    async fn remove_range(
         &self,
         from: Bound<u64>,
         to: Bound<u64>,
         purged: Option<&LogId<NodeId>>,
     ) -> Result<(), StorageFailure> {
-        let txn = self.db.begin_write()?;
+        let purged = purged.map(encode).transpose()?;
         {
-            let mut table = txn.open_table(LOG)?;
-            table.retain_in::<u64, _>((from, to), |_, _| false)?;
-            if let Some(purged) = purged {
-                let mut meta = txn.open_table(META)?;
-                meta.insert(KEY_PURGED, encode(purged)?.as_slice())?;
+            let mut tail = self.tail.lock();
+            let doomed: Vec<u64> = tail.entries.range((from, to)).map(|(&i, _)| i).collect();
+            for index in doomed {
+                tail.entries.remove(&index);
             }
         }
-        txn.commit()?;
-        Ok(())
+        self.write_and_wait(|done| Job::Remove {
+            from,
+            to,
+            purged,
+            done,
+        })
+        .await
     }
+}
+
+/// The writer thread: takes every queued job, writes them in order in one transaction,
+/// commits durably, then reports to each.
+fn write_loop(db: &std::sync::Weak<Database>, tail: &Mutex<Tail>, jobs: &mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let writes = group.iter().any(|job| !matches!(job, Job::Barrier(_)));
+        let result = match db.upgrade() {
+            _ if !writes => Ok(()),
+            Some(db) => write_group(&db, &group).map_err(|e| e.0),
+            None => Err("the database is closed".to_string()),
+        };
+        if result.is_ok() {
+            let mut tail = tail.lock();
+            for job in &group {
+                match job {
+                    Job::Append { entries, .. } => {
+                        if let Some(last) = entries.last() {
+                            tail.durable = tail.durable.max(last.log_id.index);
+                        }
+                    }
+                    // A truncation: what follows it is not durable until appended again.
+                    Job::Remove {
+                        from: Bound::Included(from),
+                        to: Bound::Unbounded,
+                        ..
+                    } => tail.durable = tail.durable.min(from.saturating_sub(1)),
+                    Job::Meta { .. } | Job::Remove { .. } | Job::Barrier(_) => {}
+                }
+            }
+            tail.trim();
+        }
+        for job in group {
+            match job {
+                Job::Append { callback, .. } => {
+                    callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+                }
+                Job::Meta { done, .. } => {
+                    if let Some(done) = done {
+                        let _ = done.send(result.clone());
+                    }
+                }
+                Job::Remove { done, .. } | Job::Barrier(done) => {
+                    let _ = done.send(result.clone());
+                }
+            }
+        }
+    }
+}
+
+fn write_group(db: &Database, group: &[Job]) -> Result<(), StorageFailure> {
+    let txn = db.begin_write()?;
+    {
+        let mut log = txn.open_table(LOG)?;
+        let mut meta = txn.open_table(META)?;
+        for job in group {
+            match job {
+                Job::Append { entries, .. } => {
+                    for entry in entries {
+                        log.insert(entry.log_id.index, encode(&**entry)?.as_slice())?;
+                    }
+                }
+                Job::Meta { key, value, .. } => {
+                    meta.insert(*key, value.as_slice())?;
+                }
+                Job::Remove {
+                    from, to, purged, ..
+                } => {
+                    log.retain_in::<u64, _>((*from, *to), |_, _| false)?;
+                    if let Some(purged) = purged {
+                        meta.insert(KEY_PURGED, purged.as_slice())?;
+                    }
+                }
+                Job::Barrier(_) => {}
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 fn read_err(e: StorageFailure) -> StorageError<NodeId> {
@@ -138,8 +352,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        put_meta(&self.db, &[(KEY_VOTE, &bytes)]).map_err(|e| StorageIOError::write_vote(&e).into())
+        let value = encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
+        self.write_and_wait(|done| Job::Meta {
+            key: KEY_VOTE,
+            value,
+            done: Some(done),
+        })
+        .await
+        .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
@@ -147,12 +367,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
+    /// Queued without waiting: the committed index only saves re-deriving it after a restart,
+    /// so it rides along with the next transaction instead of costing an fsync of its own.
     async fn save_committed(
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        let bytes = encode(&committed).map_err(|e| write_err(e.into()))?;
-        put_meta(&self.db, &[(KEY_COMMITTED, &bytes)]).map_err(write_err)
+        let value = encode(&committed).map_err(|e| write_err(e.into()))?;
+        self.send(Job::Meta {
+            key: KEY_COMMITTED,
+            value,
+            done: None,
+        })
+        .map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -171,21 +398,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let entries: Vec<_> = entries.into_iter().collect();
-        match self.append_durably(entries) {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.0.clone())));
-                Err(write_err(e))
+        let entries: Vec<Shared> = entries.into_iter().map(Arc::new).collect();
+        {
+            let mut tail = self.tail.lock();
+            for entry in &entries {
+                tail.entries.insert(entry.log_id.index, entry.clone());
             }
         }
+        // The callback is told once the transaction holding these entries is durable.
+        self.send(Job::Append { entries, callback })
+            .map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.remove_range(Bound::Included(log_id.index), Bound::Unbounded, None)
+            .await
             .map_err(write_err)
     }
 
@@ -195,6 +422,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Bound::Included(log_id.index),
             Some(&log_id),
         )
+        .await
         .map_err(write_err)
     }
 }

@@ -63,8 +63,8 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let payload =
-            serde_json::to_vec(request).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let payload = crate::wire::encode(request)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
         self.send_encoded(path, payload, timeout).await
     }
 
@@ -116,8 +116,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        let payload =
-            serde_json::to_vec(&rpc).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let payload = crate::wire::encode(&rpc)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
         if let Some(fit) = entries_within_budget(rpc.entries.len(), payload.len()) {
             return Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint(fit),

@@ -3,30 +3,28 @@
 
 use std::sync::Arc;
 
-use atoll_state::{Command, Outcome};
+use atoll_state::Command;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::post;
-use axum::{Json, Router};
-use openraft::error::{InstallSnapshotError, RaftError};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
+use axum::Router;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tokio::time::Instant;
 
 use crate::auth::{require_secret, Gate};
-use crate::consensus::{Consensus, READ_TIMEOUT, WRITE_TIMEOUT};
+use crate::consensus::{Consensus, READ_TIMEOUT};
 use crate::protocol::{
     Hello, JoinRequest, APPEND_PATH, HEARTBEAT_PATH, HELLO_PATH, JOIN_PATH, READ_INDEX_PATH,
     REMOVE_PATH, SNAPSHOT_PATH, VOTE_PATH, WRITE_PATH,
 };
+use crate::wire::Message;
 use crate::TypeConfig;
 use atoll_cluster::{ClusterError, ReadMode};
 
 type NodeId = u64;
 
-/// Largest RPC body accepted: batches of log entries and snapshot chunks, JSON-encoded.
+/// Largest RPC body accepted: batches of log entries and snapshot chunks.
 const MAX_RPC_BODY: usize = 256 * 1024 * 1024;
 
 impl Consensus {
@@ -92,83 +90,76 @@ fn addressed_to_me(consensus: &Consensus, to: NodeId) -> Result<(), Misaddressed
 async fn append(
     State((consensus, _)): RpcState,
     Path(to): Path<NodeId>,
-    Json(request): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Result<Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>, Misaddressed> {
+    Message(request, format): Message<AppendEntriesRequest<TypeConfig>>,
+) -> Result<Response, Misaddressed> {
     addressed_to_me(&consensus, to)?;
-    Ok(Json(consensus.receive_append(request).await))
+    Ok(format.reply(&consensus.receive_append(request).await))
 }
 
 async fn vote(
     State((consensus, _)): RpcState,
     Path(to): Path<NodeId>,
-    Json(request): Json<VoteRequest<NodeId>>,
-) -> Result<Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>>, Misaddressed> {
+    Message(request, format): Message<VoteRequest<NodeId>>,
+) -> Result<Response, Misaddressed> {
     addressed_to_me(&consensus, to)?;
-    Ok(Json(consensus.receive_vote(request).await))
+    Ok(format.reply(&consensus.receive_vote(request).await))
 }
 
 async fn snapshot(
     State((consensus, _)): RpcState,
     Path(to): Path<NodeId>,
-    Json(request): Json<InstallSnapshotRequest<TypeConfig>>,
-) -> Result<
-    Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>>,
-    Misaddressed,
-> {
+    Message(request, format): Message<InstallSnapshotRequest<TypeConfig>>,
+) -> Result<Response, Misaddressed> {
     addressed_to_me(&consensus, to)?;
-    Ok(Json(consensus.receive_snapshot(request).await))
+    Ok(format.reply(&consensus.receive_snapshot(request).await))
 }
 
 async fn write(
     State((consensus, _)): RpcState,
-    Json(command): Json<Command>,
-) -> Json<Result<(Outcome, u64), ClusterError>> {
-    let deadline = Instant::now() + WRITE_TIMEOUT;
-    Json(consensus.local_write(command, deadline).await)
+    Message(command, format): Message<Command>,
+) -> Response {
+    format.reply(&consensus.forwarded_write(command).await)
 }
 
 async fn read_index(
     State((consensus, _)): RpcState,
-    Json(mode): Json<ReadMode>,
-) -> Json<Result<u64, ClusterError>> {
+    Message(mode, format): Message<ReadMode>,
+) -> Response {
     if !consensus.is_leader() {
-        return Json(Err(ClusterError::NoLeader));
+        return format.reply(&Err::<u64, _>(ClusterError::NoLeader));
     }
     let deadline = Instant::now() + READ_TIMEOUT;
-    Json(consensus.leader_read_index(mode, deadline).await)
+    format.reply(&consensus.leader_read_index(mode, deadline).await)
 }
 
 async fn heartbeat(
     State((consensus, _)): RpcState,
-    Json(node): Json<String>,
-) -> Json<Result<(), ClusterError>> {
+    Message(node, format): Message<String>,
+) -> Response {
     if !consensus.is_leader() {
-        return Json(Err(ClusterError::NoLeader));
+        return format.reply(&Err::<(), _>(ClusterError::NoLeader));
     }
-    Json(consensus.heartbeat(&node).await)
+    format.reply(&consensus.heartbeat(&node).await)
 }
 
-async fn remove(
-    State((consensus, _)): RpcState,
-    Json(id): Json<NodeId>,
-) -> Json<Result<(), ClusterError>> {
+async fn remove(State((consensus, _)): RpcState, Message(id, format): Message<NodeId>) -> Response {
     if !consensus.is_leader() {
-        return Json(Err(ClusterError::NoLeader));
+        return format.reply(&Err::<(), _>(ClusterError::NoLeader));
     }
-    Json(consensus.remove_member(id).await)
+    format.reply(&consensus.remove_member(id).await)
 }
 
 async fn join(
     State((consensus, _)): RpcState,
-    Json(request): Json<JoinRequest>,
-) -> Json<Result<(), ClusterError>> {
-    Json(consensus.add_member(request.id, request.member).await)
+    Message(request, format): Message<JoinRequest>,
+) -> Response {
+    format.reply(&consensus.add_member(request.id, request.member).await)
 }
 
 async fn hello(
     State((consensus, expect)): RpcState,
-    Json(peer): Json<Hello>,
-) -> Result<Json<Hello>, (StatusCode, String)> {
+    Message(peer, format): Message<Hello>,
+) -> Result<Response, (StatusCode, String)> {
     // Only servers that would form the same cluster count towards bootstrapping: one with
     // another datacenter or another --bootstrap-expect is refused by its own side.
     if peer.member.server
@@ -178,7 +169,7 @@ async fn hello(
         consensus.remember_server(peer.id, peer.member.clone());
     }
     match consensus.hello_message(expect).await {
-        Ok(hello) => Ok(Json(hello)),
+        Ok(hello) => Ok(format.reply(&hello)),
         Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     }
 }

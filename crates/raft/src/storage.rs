@@ -167,6 +167,10 @@ fn init_tables(db: &Database) -> Result<(), StorageFailure> {
         txn.open_table(SNAPSHOT)?;
         let mut meta = txn.open_table(META)?;
         let stored = meta.get(KEY_FORMAT)?.map(|v| v.value().to_vec());
+        // The newest format any record may be in. Records keep their own version byte, so
+        // an older file opens as it is and its records are read as they were written; the
+        // marker moves up so a release that cannot read the new records refuses the file at
+        // start instead of at the first new record.
         match stored.as_deref() {
             None => {
                 meta.insert(
@@ -174,7 +178,13 @@ fn init_tables(db: &Database) -> Result<(), StorageFailure> {
                     [atoll_state::snapshot::FORMAT_VERSION].as_slice(),
                 )?;
             }
-            Some([v]) if *v <= atoll_state::snapshot::FORMAT_VERSION => {}
+            Some([v]) if *v < atoll_state::snapshot::FORMAT_VERSION => {
+                meta.insert(
+                    KEY_FORMAT,
+                    [atoll_state::snapshot::FORMAT_VERSION].as_slice(),
+                )?;
+            }
+            Some([v]) if *v == atoll_state::snapshot::FORMAT_VERSION => {}
             Some(other) => {
                 return Err(StorageFailure(format!(
                     "data dir was written by a newer atoll (format {other:?})"

@@ -123,7 +123,7 @@ impl
         let db = crate::storage::open(dir.path()).unwrap();
         let machine =
             crate::state_machine::StateMachine::restore(Default::default(), db.clone()).unwrap();
-        Ok((dir, crate::log_store::LogStore::new(db), machine))
+        Ok((dir, crate::log_store::LogStore::new(db).unwrap(), machine))
     }
 }
 

@@ -30,6 +30,7 @@ pub enum Command {
         /// The key.
         key: String,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Client flags.
         flags: u64,
@@ -123,8 +124,9 @@ pub enum Command {
         cas: Option<u64>,
     },
     /// Several commands in one entry, applied in order as if each were its own entry (one
-    /// refused does not stop the others). The control loop writes each round as one batch.
-    /// A batch holds no batch.
+    /// refused does not stop the others), each with its own outcome ([`Outcome::Each`]).
+    /// The control loop writes each round as one batch, and concurrent writes are proposed
+    /// together as one. A batch holds no batch.
     Batch(Vec<Command>),
 }
 
@@ -209,6 +211,8 @@ pub enum Outcome {
     Condition(bool),
     /// The command was rejected against current state; nothing changed.
     Rejected(Rejection),
+    /// A batch's outcomes, one per command, in order.
+    Each(Vec<Outcome>),
 }
 
 /// Why `apply` refused a command. The edge maps these to status codes.

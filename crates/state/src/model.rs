@@ -227,6 +227,7 @@ pub struct KvEntry {
     /// The key.
     pub key: String,
     /// Raw value bytes.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Opaque client flags.
     pub flags: u64,

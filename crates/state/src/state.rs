@@ -137,21 +137,18 @@ impl State {
         }
     }
 
-    /// Applies each command of a batch in order; the outcome is the first that is not
-    /// plainly done (a refusal or a failed condition), else done.
+    /// Applies each command of a batch in order, each with its own outcome.
     fn apply_batch(&mut self, index: u64, commands: &[Command]) -> Outcome {
         if commands.iter().any(|c| matches!(c, Command::Batch(_))) {
             return rejected_invalid("a batch cannot hold a batch");
         }
-        let mut first = Outcome::Done;
-        for command in commands {
-            // Each sub-command's changes join the entry's: they are drained once, at the end.
-            let outcome = self.apply_command(index, command);
-            if first == Outcome::Done && outcome != Outcome::Done {
-                first = outcome;
-            }
-        }
-        first
+        // Each sub-command's changes join the entry's: they are drained once, at the end.
+        Outcome::Each(
+            commands
+                .iter()
+                .map(|command| self.apply_command(index, command))
+                .collect(),
+        )
     }
 
     /// The rows changed since the last drain, table by table.
