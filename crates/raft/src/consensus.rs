@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::auth::ClusterSecret;
-use crate::group::{Propose, WriteGroup};
+use crate::group::{Propose, Wanted, WriteGroup};
 use crate::log_store::{LogStore, LogWriter};
 use crate::network::Network;
 use crate::state_machine::StateMachine;
@@ -49,16 +49,16 @@ const WRITES_IN_FLIGHT: usize = 4;
 /// A group's proposer calling `propose` on the node while it exists.
 fn proposer<F, Fut>(node: Weak<Inner>, propose: F) -> Propose
 where
-    F: Fn(Consensus, Command) -> Fut + Send + Sync + 'static,
+    F: Fn(Consensus, Command, Wanted) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(Outcome, u64), ClusterError>> + Send + 'static,
 {
     let propose = Arc::new(propose);
-    Arc::new(move |command| {
+    Arc::new(move |command, wanted| {
         let node = node.upgrade();
         let propose = propose.clone();
         Box::pin(async move {
             match node {
-                Some(inner) => propose(Consensus { inner }, command).await,
+                Some(inner) => propose(Consensus { inner }, command, wanted).await,
                 None => Err(ClusterError::Stopped("the node has stopped".into())),
             }
         })
@@ -184,10 +184,10 @@ impl Consensus {
             .map_err(|e| ClusterError::Stopped(e.to_string()))?;
         // The groups propose through the node they belong to, which they must not keep alive.
         let inner = Arc::new_cyclic(|me: &Weak<Inner>| {
-            let writes = proposer(me.clone(), |consensus, command| async move {
-                consensus.write_anywhere(command).await
+            let writes = proposer(me.clone(), |consensus, command, wanted| async move {
+                consensus.write_anywhere(command, wanted).await
             });
-            let forwarded = proposer(me.clone(), |consensus, command| async move {
+            let forwarded = proposer(me.clone(), |consensus, command, _| async move {
                 let deadline = Instant::now() + WRITE_TIMEOUT;
                 consensus.local_write(command, deadline).await
             });
@@ -301,8 +301,13 @@ impl Consensus {
         self.inner.forwarded.write(command).await
     }
 
-    /// Commits one entry through the leader, wherever it is.
-    async fn write_anywhere(&self, command: Command) -> Result<(Outcome, u64), ClusterError> {
+    /// Commits one entry through the leader, wherever it is. While no leader takes it, it is
+    /// tried again until the deadline, as long as somebody still waits for it.
+    async fn write_anywhere(
+        &self,
+        command: Command,
+        wanted: Wanted,
+    ) -> Result<(Outcome, u64), ClusterError> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
         loop {
             let attempt = match self.leader_member() {
@@ -320,6 +325,9 @@ impl Consensus {
                     if Instant::now() < deadline =>
                 {
                     tokio::time::sleep(RETRY_PAUSE).await;
+                    if !wanted.still() {
+                        return Err(ClusterError::Timeout);
+                    }
                 }
                 Err(e) => return Err(e),
             }

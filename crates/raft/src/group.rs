@@ -33,9 +33,22 @@ struct Waiting {
     reply: oneshot::Sender<Reply>,
 }
 
-/// How a batch is proposed: one command in, its outcome and index out.
+/// How a batch is proposed: one command in, its outcome and index out. A proposer that would
+/// try again (no leader yet) first asks [`Wanted::still`]: once every caller of the batch has
+/// gone away, nothing is sent again, so a write whose client gave up is not applied later.
 pub(crate) type Propose =
-    Arc<dyn Fn(Command) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
+    Arc<dyn Fn(Command, Wanted) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
+
+/// Whether anybody still waits for a proposal's outcome.
+#[derive(Clone)]
+pub(crate) struct Wanted(Arc<Mutex<Vec<oneshot::Sender<Reply>>>>);
+
+impl Wanted {
+    /// Whether at least one caller of the batch still waits for it.
+    pub(crate) fn still(&self) -> bool {
+        self.0.lock().iter().any(|reply| !reply.is_closed())
+    }
+}
 
 /// One queue of writes and the proposals in flight for it.
 pub(crate) struct WriteGroup {
@@ -83,6 +96,8 @@ impl WriteGroup {
     fn start_next(&self, slot: OwnedSemaphorePermit) {
         let group = {
             let mut queue = self.queue.lock();
+            // A write whose caller went away before it was proposed is never proposed.
+            queue.retain(|waiting| !waiting.reply.is_closed());
             let mut taken = 0;
             let mut commands = 0;
             let mut bytes = 0;
@@ -124,25 +139,27 @@ fn value_bytes(command: &Command) -> usize {
 }
 
 /// Proposes the group and gives each waiting write its outcome.
-async fn settle(mut group: Vec<Waiting>, propose: Propose) {
-    if group.len() == 1 && !group[0].batched && group[0].commands.len() == 1 {
-        let Some(waiting) = group.pop() else { return };
-        let Some(command) = waiting.commands.into_iter().next() else {
-            return;
-        };
-        let _ = waiting.reply.send(propose(command).await);
-        return;
-    }
+async fn settle(group: Vec<Waiting>, propose: Propose) {
+    let single = group.len() == 1 && !group[0].batched && group[0].commands.len() == 1;
     let mut shapes = Vec::with_capacity(group.len());
     let mut commands = Vec::new();
+    let mut replies = Vec::with_capacity(group.len());
     for waiting in group {
-        shapes.push((waiting.commands.len(), waiting.batched, waiting.reply));
+        shapes.push((waiting.commands.len(), waiting.batched));
         commands.extend(waiting.commands);
+        replies.push(waiting.reply);
     }
-    match propose(Command::Batch(commands)).await {
-        Ok((Outcome::Each(outcomes), index)) => {
+    let wanted = Wanted(Arc::new(Mutex::new(replies)));
+    let command = match (single, commands.pop()) {
+        (true, Some(command)) => command,
+        (_, last) => Command::Batch(commands.into_iter().chain(last).collect()),
+    };
+    let result = propose(command, wanted.clone()).await;
+    let replies = std::mem::take(&mut *wanted.0.lock());
+    match result {
+        Ok((Outcome::Each(outcomes), index)) if !single => {
             let mut outcomes = outcomes.into_iter();
-            for (count, batched, reply) in shapes {
+            for ((count, batched), reply) in shapes.into_iter().zip(replies) {
                 let mine: Vec<Outcome> = outcomes.by_ref().take(count).collect();
                 let outcome = match (batched, <[Outcome; 1]>::try_from(mine)) {
                     (false, Ok([one])) => one,
@@ -152,15 +169,10 @@ async fn settle(mut group: Vec<Waiting>, propose: Propose) {
                 let _ = reply.send(Ok((outcome, index)));
             }
         }
-        // A batch is refused whole only when it is malformed, which a group never is.
-        Ok((other, index)) => {
-            for (_, _, reply) in shapes {
-                let _ = reply.send(Ok((other.clone(), index)));
-            }
-        }
-        Err(e) => {
-            for (_, _, reply) in shapes {
-                let _ = reply.send(Err(e.clone()));
+        // A single write's outcome, or a batch refused whole (only a malformed one is).
+        other => {
+            for reply in replies {
+                let _ = reply.send(other.clone());
             }
         }
     }
@@ -184,7 +196,7 @@ mod tests {
     /// concurrent writes queue up behind the first.
     fn proposer(entries: Arc<AtomicUsize>) -> Propose {
         let state = Arc::new(Mutex::new(atoll_state::State::default()));
-        Arc::new(move |command| {
+        Arc::new(move |command, _| {
             let state = state.clone();
             let entries = entries.clone();
             Box::pin(async move {
@@ -257,7 +269,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_error_reaches_every_write_of_the_batch() {
-        let failing: Propose = Arc::new(|_| Box::pin(async { Err(ClusterError::Timeout) }));
+        let failing: Propose = Arc::new(|_, _| Box::pin(async { Err(ClusterError::Timeout) }));
         let group = Arc::new(WriteGroup::new(1, failing));
         let writes: Vec<_> = (0..5)
             .map(|i| {
@@ -281,10 +293,12 @@ mod tests {
         assert!(value_bytes(&big("a")) > MAX_VALUE_BYTES);
         let group = WriteGroup::new(
             1,
-            Arc::new(|_| Box::pin(async { Err(ClusterError::Timeout) })),
+            Arc::new(|_, _| Box::pin(async { Err(ClusterError::Timeout) })),
         );
+        let mut callers = Vec::new();
         for key in ["a", "b"] {
-            let (reply, _) = oneshot::channel();
+            let (reply, caller) = oneshot::channel();
+            callers.push(caller);
             group.queue.lock().push(Waiting {
                 commands: vec![big(key)],
                 batched: false,
@@ -299,5 +313,64 @@ mod tests {
             group.start_next(slot);
         });
         assert_eq!(group.queue.lock().len(), 1);
+        drop(callers);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_whose_caller_went_away_is_not_proposed_and_not_retried() {
+        let entries = Arc::new(AtomicUsize::new(0));
+        let group = Arc::new(WriteGroup::new(1, proposer(entries.clone())));
+        let first = tokio::spawn({
+            let group = group.clone();
+            async move { group.write(set("a", None)).await }
+        });
+        tokio::task::yield_now().await;
+        // Queued behind the first proposal, then abandoned by its caller.
+        let abandoned = tokio::spawn({
+            let group = group.clone();
+            async move { group.write(set("b", None)).await }
+        });
+        tokio::task::yield_now().await;
+        abandoned.abort();
+        let _ = abandoned.await;
+        first.await.unwrap().unwrap();
+        let after = tokio::spawn({
+            let group = group.clone();
+            async move { group.write(set("c", None)).await }
+        });
+        after.await.unwrap().unwrap();
+        // "a" alone, then "c" alone: "b" was dropped from the queue, never proposed.
+        assert_eq!(entries.load(Ordering::SeqCst), 2);
+
+        // A proposer that would retry asks first whether anybody still waits.
+        let asked = Arc::new(AtomicUsize::new(0));
+        let retrying: Propose = {
+            let asked = asked.clone();
+            Arc::new(move |_, wanted: Wanted| {
+                let asked = asked.clone();
+                Box::pin(async move {
+                    while wanted.still() {
+                        asked.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    Err(ClusterError::Timeout)
+                })
+            })
+        };
+        let group = Arc::new(WriteGroup::new(1, retrying));
+        let write = tokio::spawn({
+            let group = group.clone();
+            async move { group.write(set("d", None)).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+        write.abort();
+        let _ = write.await;
+        let before = asked.load(Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            before,
+            "kept retrying for nobody"
+        );
     }
 }
