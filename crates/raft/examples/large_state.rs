@@ -67,10 +67,7 @@ async fn main() {
     let consensus = Consensus::start(config, Default::default())
         .await
         .expect("consensus starts");
-    consensus
-        .bootstrap_single()
-        .await
-        .expect("the node leads");
+    consensus.bootstrap_single().await.expect("the node leads");
     let started = Instant::now();
 
     let value: Vec<u8> = (0..VALUE_BYTES).map(|i| b'a' + (i % 26) as u8).collect();
@@ -97,7 +94,12 @@ async fn main() {
         let node = i / PER_NODE;
         batch.push(Command::Register(Box::new(Registration {
             node: format!("large-node-{node:05}"),
-            address: format!("10.{}.{}.{}", node / 65536 % 256, node / 256 % 256, node % 256),
+            address: format!(
+                "10.{}.{}.{}",
+                node / 65536 % 256,
+                node / 256 % 256,
+                node % 256
+            ),
             datacenter: "dc1".into(),
             service: Some(ServiceSpec {
                 id: format!("svc-{}-{i}", i % 500),
