@@ -148,6 +148,8 @@ pub fn decode_state_parts<B: AsRef<[u8]>>(
     };
     let mut seen = 1u64;
     for part in parts {
+        let counted = seen;
+        seen += 1;
         match decode::<PartIn>(part.as_ref())? {
             PartIn::Head(_) => return Err(malformed("the snapshot has a second head")),
             PartIn::Nodes(rows) => {
@@ -170,17 +172,16 @@ pub fn decode_state_parts<B: AsRef<[u8]>>(
                     state.kv.put_row(key, Some(row));
                 }
             }
-            PartIn::End { parts } if parts == seen => {
+            PartIn::End { parts } if parts == counted => {
                 state.after_load();
                 return Ok(state);
             }
             PartIn::End { parts } => {
                 return Err(malformed(&format!(
-                    "the snapshot has {seen} parts before its end, which counts {parts}"
+                    "the snapshot has {counted} parts before its end, which counts {parts}"
                 )))
             }
         }
-        seen += 1;
     }
     Err(malformed("the snapshot ends before its last part"))
 }
