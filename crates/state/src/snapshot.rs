@@ -146,10 +146,8 @@ pub fn decode_state_parts<B: AsRef<[u8]>>(
         Some(Err(e)) => return Err(e),
         _ => return Err(malformed("the snapshot does not start with its head")),
     };
-    let mut seen = 1u64;
-    for part in parts {
-        let counted = seen;
-        seen += 1;
+    // Parts before the one at hand, the head included.
+    for (counted, part) in (1u64..).zip(parts) {
         match decode::<PartIn>(part.as_ref())? {
             PartIn::Head(_) => return Err(malformed("the snapshot has a second head")),
             PartIn::Nodes(rows) => {
