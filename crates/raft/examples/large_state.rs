@@ -8,7 +8,8 @@
 //! KEYS KV entries (default 1,000,000, 100-byte values, under `large/`) and INSTANCES service
 //! instances (default 100,000, 100 per node, on nodes `large-node-N`) are written as
 //! `Command::Batch` entries of 5,000 commands each; then small entries follow until a snapshot
-//! covers the last batch, so a start from the data dir loads that snapshot. The node is
+//! covers the last batch and the log it keeps (256 entries) no longer holds the batches, so a
+//! start from the data dir loads that snapshot and a log of small entries, as a node's would. The node is
 //! recorded as `bench` (the name `bench/large_state.py` starts `atoll dev` with).
 //! `bench/large_state.py` then measures restart, memory and writes during a snapshot.
 
@@ -119,10 +120,11 @@ async fn main() {
         services.elapsed().as_secs_f64()
     );
 
-    // Small entries until a snapshot covers the last batch (one is taken every 64 entries).
+    // Small entries until a snapshot covers the last batch and the 256 entries kept before it
+    // (one is taken every 64 entries).
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut filler = 0u64;
-    while consensus.snapshot_index().unwrap_or(0) < last {
+    while consensus.snapshot_index().unwrap_or(0) < last + 320 {
         assert!(Instant::now() < deadline, "no snapshot covered the data");
         write(
             &consensus,
@@ -139,6 +141,8 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    // The purge of the log before the snapshot follows it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     println!(
         "snapshot at index {} (last data entry {last}); {} s in all",
         consensus.snapshot_index().unwrap_or(0),

@@ -412,3 +412,226 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atoll_state::Command;
+    use openraft::CommittedLeaderId;
+
+    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    /// The i-th command of the test log: puts over 300 keys, every 7th a delete.
+    fn command(i: u64) -> Command {
+        let key = format!("k/{:03}", i % 300);
+        if i % 7 == 0 {
+            Command::KvDelete {
+                key,
+                recurse: false,
+                cas: None,
+            }
+        } else {
+            Command::KvSet {
+                key,
+                value: i.to_string().into_bytes(),
+                flags: 0,
+                cas: None,
+            }
+        }
+    }
+
+    /// The state after applying entries 1..=last.
+    fn state_at(last: u64) -> State {
+        let mut state = State::default();
+        for i in 1..=last {
+            state.apply(i, &command(i));
+        }
+        state
+    }
+
+    fn open(dir: &std::path::Path) -> (Store, StateMachine) {
+        let db = crate::storage::open(dir).unwrap();
+        let store = Store::default();
+        let machine = StateMachine::restore(store.clone(), db).unwrap();
+        (store, machine)
+    }
+
+    fn part_keys(db: &Database) -> usize {
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(SNAPSHOT).unwrap();
+        table
+            .range(PART_PREFIX..)
+            .unwrap()
+            .map(|item| item.unwrap().0.value().to_string())
+            .take_while(|key| key.starts_with(PART_PREFIX))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_taken_while_writes_go_on_holds_exactly_the_state_at_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut machine) = open(dir.path());
+        machine
+            .apply((1..=5_000).map(|i| entry(i, command(i))))
+            .await
+            .unwrap();
+        let mut builder = machine.get_snapshot_builder().await;
+        // The snapshot is written while later entries change, add and delete its rows.
+        let build = tokio::spawn(async move { builder.build_snapshot().await });
+        for i in 5_001..=6_000 {
+            machine.apply([entry(i, command(i))]).await.unwrap();
+            if i % 100 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let built = build.await.unwrap().unwrap();
+        assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(5_000));
+        assert_eq!(store.read(State::clone), state_at(6_000), "the live state");
+
+        let current = machine.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(5_000));
+        let sent = decode_state(current.snapshot.get_ref()).unwrap();
+        assert_eq!(sent, state_at(5_000), "the snapshot a follower is sent");
+        assert_ne!(sent, state_at(6_000));
+        drop(machine);
+
+        let (restored, machine) = open(dir.path());
+        assert_eq!(
+            restored.read(State::clone),
+            state_at(5_000),
+            "the stored snapshot"
+        );
+        assert_eq!(machine.last_applied.map(|l| l.index), Some(5_000));
+        assert_eq!(restored.applied(), 5_000);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_of_the_previous_format_loads_and_the_next_one_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_state = state_at(400);
+        {
+            let db = crate::storage::open(dir.path()).unwrap();
+            let meta = Meta {
+                last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 400)),
+                last_membership: Membership::default(),
+                snapshot_id: "1-400-1".into(),
+            };
+            // As earlier releases stored it: one record, format 1, the whole state as JSON.
+            let mut data = vec![1u8];
+            serde_json::to_writer(&mut data, &old_state).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(SNAPSHOT).unwrap();
+                table
+                    .insert(KEY_SNAPSHOT_META, encode(&meta).unwrap().as_slice())
+                    .unwrap();
+                table.insert(KEY_SNAPSHOT_DATA, data.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let (store, mut machine) = open(dir.path());
+        assert_eq!(store.read(State::clone), old_state);
+        assert_eq!(machine.last_applied.map(|l| l.index), Some(400));
+
+        machine
+            .apply((401..=450).map(|i| entry(i, command(i))))
+            .await
+            .unwrap();
+        machine
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let parts = part_keys(&machine.db);
+        assert!(parts >= 3, "head, rows, end: {parts}");
+        {
+            let txn = machine.db.begin_read().unwrap();
+            let table = txn.open_table(SNAPSHOT).unwrap();
+            assert!(table.get(KEY_SNAPSHOT_DATA).unwrap().is_none());
+        }
+        // A second snapshot leaves only its own parts.
+        machine
+            .apply((451..=460).map(|i| entry(i, command(i))))
+            .await
+            .unwrap();
+        machine
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(part_keys(&machine.db), parts);
+        drop(machine);
+        let (store, _) = open(dir.path());
+        assert_eq!(store.read(State::clone), state_at(460));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_missing_a_part_stops_the_start_with_the_remedy() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_, mut machine) = open(dir.path());
+            machine
+                .apply((1..=100).map(|i| entry(i, command(i))))
+                .await
+                .unwrap();
+            machine
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            let txn = machine.db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(SNAPSHOT).unwrap();
+                let key = table
+                    .range(PART_PREFIX..)
+                    .unwrap()
+                    .next()
+                    .unwrap()
+                    .unwrap()
+                    .0
+                    .value()
+                    .to_string();
+                table.remove(key.as_str()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let db = crate::storage::open(dir.path()).unwrap();
+        let Err(e) = StateMachine::restore(Store::default(), db) else {
+            panic!("a snapshot without its head loaded");
+        };
+        assert!(e.0.contains(DB_FILE), "{e}");
+        assert!(e.0.contains("part 0 of"), "{e}");
+        assert!(e.0.contains("move the data dir away"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_installed_from_a_leader_is_stored_and_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(2, 1), 300)),
+            last_membership: Membership::default(),
+            snapshot_id: "2-300-1".into(),
+        };
+        let state = state_at(300);
+        {
+            let (store, mut machine) = open(dir.path());
+            let blob = atoll_state::snapshot::encode_state(&state).unwrap();
+            machine
+                .install_snapshot(&meta, Box::new(Cursor::new(blob)))
+                .await
+                .unwrap();
+            assert_eq!(store.read(State::clone), state);
+            assert!(part_keys(&machine.db) >= 3);
+        }
+        let (store, _) = open(dir.path());
+        assert_eq!(store.read(State::clone), state);
+    }
+}

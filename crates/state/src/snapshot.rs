@@ -66,7 +66,9 @@ enum PartIn {
     Checks(Vec<((String, String), Check)>),
     Kv(Vec<(String, KvEntry)>),
     /// How many parts came before it: a snapshot that lost parts does not load.
-    End { parts: u64 },
+    End {
+        parts: u64,
+    },
 }
 
 /// [`PartIn`] as written: same variants in the same order, rows by reference.
@@ -328,7 +330,10 @@ mod tests {
         let state = large_state();
         let mut parts: Vec<Vec<u8>> = state_parts(&state).map(Result::unwrap).collect();
         let whole = join_state_parts(&parts);
-        assert!(decode_state(&whole[..whole.len() - 3]).is_err(), "cut inside a part");
+        assert!(
+            decode_state(&whole[..whole.len() - 3]).is_err(),
+            "cut inside a part"
+        );
         let end = parts.pop().unwrap();
         assert!(decode_state_parts(&parts).is_err(), "no end");
         parts.remove(2);
