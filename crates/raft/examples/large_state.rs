@@ -137,7 +137,7 @@ async fn main() {
         )
         .await;
         filler += 1;
-        if filler % 64 == 0 {
+        if filler.is_multiple_of(64) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

@@ -429,7 +429,7 @@ mod tests {
     /// The i-th command of the test log: puts over 300 keys, every 7th a delete.
     fn command(i: u64) -> Command {
         let key = format!("k/{:03}", i % 300);
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             Command::KvDelete {
                 key,
                 recurse: false,
@@ -485,7 +485,7 @@ mod tests {
         let build = tokio::spawn(async move { builder.build_snapshot().await });
         for i in 5_001..=6_000 {
             machine.apply([entry(i, command(i))]).await.unwrap();
-            if i % 100 == 0 {
+            if i.is_multiple_of(100) {
                 tokio::task::yield_now().await;
             }
         }
