@@ -51,7 +51,8 @@ from_redb!(
 pub(crate) const DB_FILE: &str = "atoll.redb";
 
 /// What to do about a damaged data dir, said with every such failure.
-const DAMAGED_ADVICE: &str = "move the data dir away (keep it for inspection) and start the \
+pub(crate) const DAMAGED_ADVICE: &str =
+    "move the data dir away (keep it for inspection) and start the \
 node again with an empty one: a server rejoins its cluster and catches up by snapshot; a dev \
 node starts empty";
 

@@ -1,11 +1,16 @@
 //! Tables that remember what an entry changed.
 //!
 //! Every replicated table is a [`Rows`] (one key) or a [`Grouped`] (a group key, then a row
-//! key, e.g. node then service id). Reads go through `Deref` to the plain `BTreeMap`; every
-//! write goes through a method that first notes the row's value before the entry touched it.
+//! key, e.g. node then service id). Reads go through `Deref` to the map; every write goes
+//! through a method that first notes the row's value before the entry touched it.
 //! After a command, [`Rows::drain`] turns those notes into [`RowChange`]s (old and new value,
 //! rows whose value ended where it started left out). Because there is no mutable access to
 //! the map itself, a change cannot be made without being reported.
+//!
+//! The maps are persistent B-trees (`imbl::OrdMap`): a clone shares every node with the
+//! original and costs O(1), and a write to either copies only the nodes on its path. That is
+//! how a snapshot copies the whole state on the apply task without stopping writes for the
+//! time of a copy (`atoll-raft`'s state machine), and how a feed subscriber gets its copy.
 //!
 //! Both serialize exactly as the map they hold, so stored snapshots keep their shape.
 
@@ -14,6 +19,9 @@ use std::collections::BTreeMap;
 use std::ops::Deref;
 
 use serde::{Deserialize, Serialize};
+
+/// The map a table holds: ordered by key, cloned in O(1).
+pub type Map<K, V> = imbl::OrdMap<K, V>;
 
 /// One row changed by one entry: its key, its value before and after (`None` = absent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,11 +40,11 @@ pub struct RowChange<K, V> {
     transparent,
     bound(
         serialize = "K: Serialize, V: Serialize",
-        deserialize = "K: Deserialize<'de>, V: Deserialize<'de>"
+        deserialize = "K: Deserialize<'de> + Clone, V: Deserialize<'de> + Clone"
     )
 )]
 pub struct Rows<K: Ord, V> {
-    rows: BTreeMap<K, V>,
+    rows: Map<K, V>,
     /// Value of each row touched since the last drain, as it was before.
     #[serde(skip)]
     before: BTreeMap<K, Option<V>>,
@@ -45,7 +53,7 @@ pub struct Rows<K: Ord, V> {
 impl<K: Ord, V> Default for Rows<K, V> {
     fn default() -> Self {
         Rows {
-            rows: BTreeMap::new(),
+            rows: Map::new(),
             before: BTreeMap::new(),
         }
     }
@@ -59,16 +67,16 @@ impl<K: Ord, V: PartialEq> PartialEq for Rows<K, V> {
 }
 
 impl<K: Ord, V> Deref for Rows<K, V> {
-    type Target = BTreeMap<K, V>;
+    type Target = Map<K, V>;
 
-    fn deref(&self) -> &BTreeMap<K, V> {
+    fn deref(&self) -> &Map<K, V> {
         &self.rows
     }
 }
 
 impl<'a, K: Ord, V> IntoIterator for &'a Rows<K, V> {
     type Item = (&'a K, &'a V);
-    type IntoIter = std::collections::btree_map::Iter<'a, K, V>;
+    type IntoIter = imbl::ordmap::Iter<'a, K, V, imbl::shared_ptr::DefaultSharedPtr>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.rows.iter()
@@ -170,11 +178,12 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Rows<K, V> {
     transparent,
     bound(
         serialize = "G: Serialize, K: Serialize, V: Serialize",
-        deserialize = "G: Deserialize<'de>, K: Deserialize<'de>, V: Deserialize<'de>"
+        deserialize = "G: Deserialize<'de> + Clone, K: Deserialize<'de> + Clone, \
+                       V: Deserialize<'de> + Clone"
     )
 )]
 pub struct Grouped<G: Ord, K: Ord, V> {
-    groups: BTreeMap<G, BTreeMap<K, V>>,
+    groups: Map<G, Map<K, V>>,
     #[serde(skip)]
     before: BTreeMap<(G, K), Option<V>>,
 }
@@ -182,7 +191,7 @@ pub struct Grouped<G: Ord, K: Ord, V> {
 impl<G: Ord, K: Ord, V> Default for Grouped<G, K, V> {
     fn default() -> Self {
         Grouped {
-            groups: BTreeMap::new(),
+            groups: Map::new(),
             before: BTreeMap::new(),
         }
     }
@@ -195,16 +204,16 @@ impl<G: Ord, K: Ord, V: PartialEq> PartialEq for Grouped<G, K, V> {
 }
 
 impl<G: Ord, K: Ord, V> Deref for Grouped<G, K, V> {
-    type Target = BTreeMap<G, BTreeMap<K, V>>;
+    type Target = Map<G, Map<K, V>>;
 
-    fn deref(&self) -> &BTreeMap<G, BTreeMap<K, V>> {
+    fn deref(&self) -> &Map<G, Map<K, V>> {
         &self.groups
     }
 }
 
 impl<'a, G: Ord, K: Ord, V> IntoIterator for &'a Grouped<G, K, V> {
-    type Item = (&'a G, &'a BTreeMap<K, V>);
-    type IntoIter = std::collections::btree_map::Iter<'a, G, BTreeMap<K, V>>;
+    type Item = (&'a G, &'a Map<K, V>);
+    type IntoIter = imbl::ordmap::Iter<'a, G, Map<K, V>, imbl::shared_ptr::DefaultSharedPtr>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.groups.iter()
@@ -250,7 +259,7 @@ impl<G: Ord + Clone, K: Ord + Clone, V: Clone + PartialEq> Grouped<G, K, V> {
     }
 
     /// Deletes a whole group, returning its rows.
-    pub fn remove_group(&mut self, group: &G) -> BTreeMap<K, V> {
+    pub fn remove_group(&mut self, group: &G) -> Map<K, V> {
         let keys: Vec<K> = self
             .groups
             .get(group)

@@ -305,7 +305,7 @@ pub fn decide(
     } else {
         place(view, &requests, at, random)
     };
-    if !allocations.is_empty() || unplaced != *tables.queue {
+    if !allocations.is_empty() || !unplaced.iter().eq(tables.queue.iter()) {
         commands.push(Command::Place {
             allocations,
             unplaced,
