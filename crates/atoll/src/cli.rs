@@ -170,6 +170,43 @@ pub async fn members(args: &ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `atoll operator raft storage`.
+pub async fn storage(args: &ClientArgs) -> anyhow::Result<()> {
+    let report = request(args, "GET", "/v1/operator/raft/storage").await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let number = |key: &str| report.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let mib = |key: &str| format!("{:.1} MiB", number(key) as f64 / (1024.0 * 1024.0));
+    let rows = vec![
+        vec!["File".into(), text(&report, "Path")],
+        vec!["File size".into(), mib("FileBytes")],
+        vec!["In use".into(), mib("AllocatedBytes")],
+        vec!["Stored".into(), mib("StoredBytes")],
+        vec![
+            "Raft log".into(),
+            format!(
+                "{} entries ({}..{}), {}",
+                number("LogEntries"),
+                number("LogFirstIndex"),
+                number("LogLastIndex"),
+                mib("LogBytes")
+            ),
+        ],
+        vec![
+            "Snapshot".into(),
+            format!(
+                "index {}, {}",
+                number("SnapshotIndex"),
+                mib("SnapshotBytes")
+            ),
+        ],
+    ];
+    print_table(rows);
+    Ok(())
+}
+
 /// `atoll operator raft list-peers`.
 pub async fn list_peers(args: &ClientArgs) -> anyhow::Result<()> {
     let configuration = request(args, "GET", "/v1/operator/raft/configuration").await?;

@@ -144,6 +144,9 @@ pub enum OperatorCommand {
 pub enum RaftCommand {
     /// List the Raft peers (servers) and the leader.
     ListPeers(ClientArgs),
+    /// Show what the agent's data dir holds: file size, room in use, the Raft log and the
+    /// last snapshot.
+    Storage(ClientArgs),
 }
 
 /// Flags of commands that talk to a running agent.

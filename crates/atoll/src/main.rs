@@ -65,6 +65,12 @@ fn main() -> ExitCode {
                         command: RaftCommand::ListPeers(args),
                     },
             } => cli::list_peers(&args).await,
+            CommandLine::Operator {
+                command:
+                    OperatorCommand::Raft {
+                        command: RaftCommand::Storage(args),
+                    },
+            } => cli::storage(&args).await,
             CommandLine::Leave(args) => cli::leave(&args).await,
             CommandLine::App { command } => app_cli::run(command).await,
             CommandLine::ForceLeave { node, client } => cli::force_leave(&client, &node).await,

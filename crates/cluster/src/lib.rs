@@ -105,6 +105,12 @@ pub trait Cluster: Send + Sync + 'static {
     /// Leader only: when each node last sent a heartbeat.
     fn liveness(&self) -> HashMap<String, Instant>;
 
+    /// What this node's data dir holds, for operators (`None`: the cluster keeps nothing on
+    /// disk). Reads the database, so it is asked for off the async threads.
+    fn storage_report(&self) -> Pending<'_, Option<StorageReport>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// The address of the current leader's RPC listener, if one is known.
     fn leader_addr(&self) -> Option<String> {
         self.leader_member().map(|m| m.rpc_addr)
@@ -118,4 +124,29 @@ pub trait Cluster: Send + Sync + 'static {
             .map(|(_, m, _)| m.rpc_addr)
             .collect()
     }
+}
+
+/// The size of a node's data dir and what takes the room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageReport {
+    /// The database file.
+    pub path: String,
+    /// The file's size in bytes.
+    pub file_bytes: u64,
+    /// Bytes of the file in use by pages (the rest is free inside the file).
+    pub allocated_bytes: u64,
+    /// Bytes of keys and values stored (without page overhead).
+    pub stored_bytes: u64,
+    /// Entries in the Raft log, and its first and last index.
+    pub log_entries: u64,
+    /// First index still in the log (0: empty).
+    pub log_first_index: u64,
+    /// Last index in the log (0: empty).
+    pub log_last_index: u64,
+    /// Bytes of the log's entries.
+    pub log_bytes: u64,
+    /// The last snapshot's index (0: none yet).
+    pub snapshot_index: u64,
+    /// Bytes of the stored snapshot.
+    pub snapshot_bytes: u64,
 }

@@ -98,6 +98,8 @@ struct Inner {
     raft: Raft<TypeConfig>,
     /// The log's writer thread, waited for on shutdown.
     log_writer: LogWriter,
+    /// The database, for reports; not kept open by this handle.
+    db: Weak<redb::Database>,
     store: Store,
     node_id: u64,
     member: Member,
@@ -177,6 +179,7 @@ impl Consensus {
         let network = Network {
             client: client.clone(),
         };
+        let weak_db = Arc::downgrade(&db);
         let log = LogStore::new(db)?;
         let log_writer = log.writer();
         let raft = Raft::new(node_id, raft_config, network, log, state_machine)
@@ -194,6 +197,7 @@ impl Consensus {
             Inner {
                 raft,
                 log_writer,
+                db: weak_db,
                 store,
                 node_id,
                 member: config.member,
@@ -609,6 +613,21 @@ impl Consensus {
         self.forward_heartbeat(&leader.rpc_addr, node).await
     }
 
+    /// What the data dir holds (see [`atoll_cluster::StorageReport`]).
+    pub async fn storage_report(&self) -> Result<atoll_cluster::StorageReport, ClusterError> {
+        let db = self
+            .inner
+            .db
+            .upgrade()
+            .ok_or_else(|| ClusterError::Stopped("the database is closed".into()))?;
+        let path = self.inner.data_dir.join(storage::DB_FILE);
+        let snapshot_index = self.snapshot_index().unwrap_or(0);
+        tokio::task::spawn_blocking(move || storage::report(&db, &path, snapshot_index))
+            .await
+            .map_err(|e| ClusterError::Stopped(e.to_string()))?
+            .map_err(ClusterError::from)
+    }
+
     /// Leader only: when each node last sent a heartbeat.
     pub fn liveness(&self) -> HashMap<String, Instant> {
         self.inner.liveness.lock().clone()
@@ -745,6 +764,10 @@ impl atoll_cluster::Cluster for Consensus {
 
     fn heartbeat<'a>(&'a self, node: &'a str) -> atoll_cluster::Pending<'a, ()> {
         Box::pin(Consensus::heartbeat(self, node))
+    }
+
+    fn storage_report(&self) -> atoll_cluster::Pending<'_, Option<atoll_cluster::StorageReport>> {
+        Box::pin(async { Consensus::storage_report(self).await.map(Some) })
     }
 
     fn liveness(&self) -> HashMap<String, Instant> {

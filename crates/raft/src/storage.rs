@@ -275,3 +275,46 @@ pub(crate) fn put_meta(db: &Database, records: &[(&str, &[u8])]) -> Result<(), S
     txn.commit()?;
     Ok(())
 }
+
+/// What the file holds: its size, the room in use, the log and the snapshot. Opens a write
+/// transaction for the page statistics (waiting for the log writer's commit in progress) and
+/// aborts it.
+pub(crate) fn report(
+    db: &Database,
+    path: &Path,
+    snapshot_index: u64,
+) -> Result<atoll_cluster::StorageReport, StorageFailure> {
+    use redb::ReadableTableMetadata;
+
+    let file_bytes = std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|e| StorageFailure(format!("cannot read {}: {e}", path.display())))?;
+    let (allocated_bytes, stored_bytes) = {
+        let txn = db.begin_write()?;
+        let stats = txn.stats()?;
+        let pages = stats.allocated_pages() * stats.page_size() as u64;
+        let stored = stats.stored_bytes();
+        txn.abort()?;
+        (pages, stored)
+    };
+    let txn = db.begin_read()?;
+    let log = txn.open_table(LOG)?;
+    let log_entries = log.len()?;
+    let log_first_index = log.first()?.map(|(k, _)| k.value()).unwrap_or(0);
+    let log_last_index = log.last()?.map(|(k, _)| k.value()).unwrap_or(0);
+    let log_bytes = log.stats()?.stored_bytes();
+    let snapshot = txn.open_table(SNAPSHOT)?;
+    let snapshot_bytes = snapshot.stats()?.stored_bytes();
+    Ok(atoll_cluster::StorageReport {
+        path: path.display().to_string(),
+        file_bytes,
+        allocated_bytes,
+        stored_bytes,
+        log_entries,
+        log_first_index,
+        log_last_index,
+        log_bytes,
+        snapshot_index,
+        snapshot_bytes,
+    })
+}

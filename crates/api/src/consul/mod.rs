@@ -66,6 +66,7 @@ pub fn routes() -> Router<ApiContext> {
             get(operator::configuration),
         )
         .route("/v1/operator/raft/peer", delete(operator::remove_peer))
+        .route("/v1/operator/raft/storage", get(operator::storage))
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
 }

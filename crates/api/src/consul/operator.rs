@@ -35,6 +35,29 @@ pub async fn configuration(State(context): State<ApiContext>) -> Response {
     json_with_index(index, &json!({ "Servers": servers, "Index": index }))
 }
 
+/// `GET /v1/operator/raft/storage` (atoll's own): what this node's data dir holds.
+pub async fn storage(State(context): State<ApiContext>) -> Result<Response, ApiError> {
+    let Some(report) = context.cluster().storage_report().await? else {
+        return Err(ApiError::not_found("This node keeps no Raft storage"));
+    };
+    let index = context.store().applied();
+    Ok(json_with_index(
+        index,
+        &json!({
+            "Path": report.path,
+            "FileBytes": report.file_bytes,
+            "AllocatedBytes": report.allocated_bytes,
+            "StoredBytes": report.stored_bytes,
+            "LogEntries": report.log_entries,
+            "LogFirstIndex": report.log_first_index,
+            "LogLastIndex": report.log_last_index,
+            "LogBytes": report.log_bytes,
+            "SnapshotIndex": report.snapshot_index,
+            "SnapshotBytes": report.snapshot_bytes,
+        }),
+    ))
+}
+
 /// `DELETE /v1/operator/raft/peer?id=ID` or `?address=IP:PORT`.
 pub async fn remove_peer(
     State(context): State<ApiContext>,
