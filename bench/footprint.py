@@ -246,6 +246,15 @@ def main() -> None:
                 print(f"{kind.name}: {ok} keys written in {took:.1f} s ({ok / took:,.0f}/s, {bad} failed); "
                       f"data dir {size / 1e6:.1f} MB; RSS {target.rss_mb():.0f} MB")
                 if kind is Atoll:
+                    conn = target.connection()
+                    _, body = target.request(conn, "GET", "/v1/operator/raft/storage", None)
+                    conn.close()
+                    report = json.loads(body)
+                    mb = lambda key: report[key] / 1e6  # noqa: E731 - a local shorthand
+                    print(f"atoll: file {mb('FileBytes'):.1f} MB, in use {mb('AllocatedBytes'):.1f} MB, "
+                          f"stored {mb('StoredBytes'):.1f} MB: log {report['LogEntries']} entries "
+                          f"{mb('LogBytes'):.1f} MB, snapshot at {report['SnapshotIndex']} "
+                          f"{mb('SnapshotBytes'):.1f} MB")
                     target.stop()
                     target.start()
                     took = target.wait_ready()
