@@ -16,9 +16,10 @@ connection and reads atoll's RSS 1 s and SETTLE_AFTER s later.
 registration must wake every watcher.
 
 --watch service: GET /v1/health/service/bench-b?index=CUR (bench-b is
-registered first). A registration of another service (bench-a) must wake
-none of them (counted after GRANULAR_WINDOW s); then a change of bench-b
-must wake all.
+registered first). GRANULAR_WRITES registrations of another service
+(bench-a) must answer none of them (counted after GRANULAR_WINDOW s; atoll's
+CPU time meanwhile, against the same time before without writes, shows
+watchers woken in vain); then a change of bench-b must wake all.
 
 Prints how many woke, the p50/p99/max wake-up latency, and atoll's VmRSS
 before the watchers, while they are parked (and the growth per watcher), and
@@ -29,7 +30,7 @@ is part of the tail they report.
 
 Environment: W (10000), WATCH (catalog), PROCS (W/16000 rounded up),
 SOURCE_SPAN (20000), WAIT ("300s"), SETTLE (2), SETTLE_AFTER (10),
-GRANULAR_WINDOW (2), WAKE_TIMEOUT (60), OPEN_TIMEOUT (240),
+GRANULAR_WRITES (5), GRANULAR_WINDOW (2), WAKE_TIMEOUT (60), OPEN_TIMEOUT (240),
 CONNECT_CONCURRENCY (256 per process), MAX_SECONDS (600, whole run),
 ATOLL_BIN, ATOLL_HTTP, ATOLL_PID.
 """
@@ -363,13 +364,15 @@ async def drive(args, atoll: Atoll, clients: Procs, path: str, cur: int,
         cpu_quiet = cpu_seconds(atoll.pid)
         await asyncio.sleep(args.granular_window)
         cpu_before = cpu_seconds(atoll.pid)
-        t_a, status = await register(host, port, SERVICE_A, 9001)
-        await asyncio.sleep(args.granular_window)
+        t_a = time.monotonic()
+        for i in range(args.granular_writes):
+            _, status = await register(host, port, SERVICE_A, 9001 + i)
+        await asyncio.sleep(max(0.0, args.granular_window - (time.monotonic() - t_a)))
         cpu_after = cpu_seconds(atoll.pid)
         woken = sum(c["done"] for c in await clients.ask("count", timeout=30)) - early
-        print(f"\nregistration of {SERVICE_A} (HTTP {status}): {woken} of {total - early}"
-              f" watchers of {SERVICE_B} answered within {args.granular_window:.1f} s"
-              f" (expected 0)")
+        print(f"\n{args.granular_writes} registrations of {SERVICE_A} (last HTTP {status}):"
+              f" {woken} of {total - early} watchers of {SERVICE_B} answered within"
+              f" {args.granular_window:.1f} s (expected 0)")
         if cpu_quiet is not None and cpu_before is not None and cpu_after is not None:
             # Watchers woken in vain answer nothing but cost CPU: this is where they show.
             print(f"  atoll CPU time meanwhile: {(cpu_after - cpu_before) * 1000:.0f} ms"
@@ -415,6 +418,7 @@ def main() -> int:
     p.add_argument("--settle", type=float, default=env_float("SETTLE", 2))
     p.add_argument("--settle-after", type=float, default=env_float("SETTLE_AFTER", 10))
     p.add_argument("--granular-window", type=float, default=env_float("GRANULAR_WINDOW", 2))
+    p.add_argument("--granular-writes", type=int, default=env_int("GRANULAR_WRITES", 5))
     p.add_argument("--wake-timeout", type=float, default=env_float("WAKE_TIMEOUT", 60))
     p.add_argument("--open-timeout", type=float, default=env_float("OPEN_TIMEOUT", 240))
     p.add_argument("--connect-concurrency", type=int, default=env_int("CONNECT_CONCURRENCY", 256))
