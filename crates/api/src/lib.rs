@@ -19,9 +19,8 @@ use std::sync::Arc;
 
 use atoll_agent::Agent;
 use atoll_cluster::{ClusterHandle, Store};
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderValue;
-use axum::middleware::Next;
 use axum::response::Response;
 use axum::Router;
 
@@ -91,11 +90,12 @@ impl ApiContext {
 /// The whole HTTP API. Marathon's event stream is fed by [`marathon::events::feed`], which
 /// the caller runs for the life of the process.
 pub fn router(context: ApiContext) -> Router {
+    let headers_of = context.clone();
     consul::routes()
-        .layer(axum::middleware::from_fn_with_state(
-            context.clone(),
-            consul_headers,
-        ))
+        // A plain map, not a middleware future of its own: parked blocking queries hold it.
+        .layer(tower::util::MapResponseLayer::new(move |response| {
+            consul_headers(&headers_of, response)
+        }))
         .merge(marathon::routes::routes())
         .fallback(extract::unknown_route)
         .method_not_allowed_fallback(extract::method_not_allowed)
@@ -104,12 +104,7 @@ pub fn router(context: ApiContext) -> Router {
 }
 
 /// Adds the headers Consul's clients require on every `/v1` answer, errors included.
-async fn consul_headers(
-    State(context): State<ApiContext>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let mut response = next.run(request).await;
+fn consul_headers(context: &ApiContext, mut response: Response) -> Response {
     let headers = response.headers_mut();
     let known_leader = context.cluster().leader_addr().is_some();
     headers.insert(

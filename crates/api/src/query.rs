@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use atoll_cluster::ReadMode;
-use atoll_state::{State, Table};
+use atoll_cluster::{ReadMode, Watch};
+use atoll_state::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use rand::Rng;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -130,28 +131,39 @@ pub fn check_datacenter(query: &Query, context: &ApiContext) -> Result<(), ApiEr
 }
 
 /// Runs `compute` against the state, blocking while its index is not above `min_index`.
-/// Woken by the table's watch, never by polling.
+/// Woken by the store when a change `watch` covers is applied (a table, or only one
+/// service's or KV key's rows), never by polling. As Consul, the wait is stretched by a
+/// random part of up to a sixteenth, so that queries started together do not time out
+/// together.
 pub async fn blocking<T>(
     context: &ApiContext,
     options: &ReadOptions,
-    table: Table,
+    watch: impl Into<Watch>,
     mut compute: impl FnMut(&State) -> (u64, T),
 ) -> Result<(u64, T), ApiError> {
     if let Some(mode) = options.mode {
         context.cluster().linearize(mode).await?;
     }
     let store = context.store();
-    let mut changes = store.watch(table);
-    let deadline = Instant::now() + options.wait;
-    loop {
-        changes.borrow_and_update();
-        let (index, value) = store.read(&mut compute);
-        let must_wait = matches!(options.min_index, Some(min) if min > 0 && index <= min);
-        if !must_wait {
+    let min_index = match options.min_index {
+        Some(min) if min > 0 => min,
+        _ => {
+            let (index, value) = store.read(&mut compute);
             return Ok((index.max(1), value));
         }
-        match tokio::time::timeout_at(deadline, changes.changed()).await {
-            Ok(Ok(())) => continue,
+    };
+    // Subscribed before the first read: a change between the read and the wait still wakes.
+    let mut waiter = store.waiter(&watch.into());
+    let deadline = Instant::now() + with_jitter(options.wait);
+    loop {
+        waiter.mark_seen();
+        let (index, value) = store.read(&mut compute);
+        if index > min_index {
+            return Ok((index.max(1), value));
+        }
+        drop(value);
+        match tokio::time::timeout_at(deadline, waiter.changed()).await {
+            Ok(true) => continue,
             // Timed out (or the store is going away): answer with what is there now.
             _ => {
                 let (index, value) = store.read(&mut compute);
@@ -159,6 +171,15 @@ pub async fn blocking<T>(
             }
         }
     }
+}
+
+/// `wait` plus up to `wait / 16` at random (Consul's jitter fraction).
+fn with_jitter(wait: Duration) -> Duration {
+    let sixteenth = wait / 16;
+    if sixteenth.is_zero() {
+        return wait;
+    }
+    wait + sixteenth.mul_f64(rand::thread_rng().gen::<f64>())
 }
 
 /// A JSON answer carrying `X-Consul-Index`.

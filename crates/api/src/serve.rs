@@ -2,22 +2,25 @@
 //! take to send a request, so that slow or silent clients cannot hold connections (and
 //! their memory and file descriptors) for ever.
 
+use std::convert::Infallible;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::Response;
 use axum::Router;
+use futures_util::future::{BoxFuture, Either};
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tower::{Layer, ServiceExt};
+use tower::{Service, ServiceExt};
 
 use crate::error::error_for_path;
 use crate::BODY_LIMIT;
@@ -48,8 +51,16 @@ pub async fn serve(
     limits: HttpLimits,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let service =
-        axum::middleware::from_fn_with_state(limits, read_body_in_time).layer(router.clone());
+    let service = ReadBodyInTime {
+        inner: router,
+        limits,
+    };
+    // HTTP/1 only, as Consul and Marathon serve without TLS: detecting HTTP/2 first would
+    // wait for a client's first bytes with no timeout at all.
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
     let graceful = GracefulShutdown::new();
     let stopped = async move {
         let _ = stop.wait_for(|stop| *stop).await;
@@ -73,22 +84,14 @@ pub async fn serve(
         let service = service
             .clone()
             .map_request(|request: Request<Incoming>| request.map(Body::new));
-        // HTTP/1 only, as Consul and Marathon serve without TLS: detecting HTTP/2 first would
-        // wait for a client's first bytes with no timeout at all.
-        let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout);
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
+        let connection =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        // The connection future is the task: an `async` block awaiting it would hold it twice.
+        tokio::spawn(graceful.watch(connection).map(|ended| {
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "HTTP connection ended with an error");
             }
-        });
+        }));
     }
     drop(listener);
     graceful.shutdown().await;
@@ -96,57 +99,97 @@ pub async fn serve(
 
 /// Reads the whole body before the router sees the request, within the body timeout and
 /// the size limit. A body declared larger than the limit is refused before it is invited
-/// (no `100 Continue`).
-async fn read_body_in_time(
-    State(limits): State<HttpLimits>,
+/// (no `100 Continue`). A request without a body (every blocking query) goes to the router
+/// as it is, its future not boxed again: a parked query holds no more than it needs.
+#[derive(Clone)]
+struct ReadBodyInTime<S> {
+    inner: S,
+    limits: HttpLimits,
+}
+
+impl<S> Service<Request> for ReadBodyInTime<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        if declared.is_none_or(|n| n <= BODY_LIMIT as u64) && request.body().is_end_stream() {
+            return Either::Left(self.inner.call(request));
+        }
+        // The service made ready is the one that will be called; a fresh clone stays here.
+        let inner = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, inner);
+        Either::Right(Box::pin(read_body_then(
+            inner,
+            self.limits,
+            declared,
+            request,
+        )))
+    }
+}
+
+async fn read_body_then<S>(
+    inner: S,
+    limits: HttpLimits,
+    declared: Option<u64>,
     request: Request,
-    next: Next,
-) -> Response {
+) -> Result<Response, Infallible>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
     let path = request.uri().path().to_string();
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
     if let Some(declared) = declared.filter(|n| *n > BODY_LIMIT as u64) {
-        return closing(error_for_path(
+        return Ok(closing(error_for_path(
             &path,
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("Request body of {declared} bytes exceeds the {BODY_LIMIT} byte limit"),
             None,
-        ));
-    }
-    if request.body().is_end_stream() {
-        return next.run(request).await;
+        )));
     }
     let (parts, body) = request.into_parts();
-    match tokio::time::timeout(limits.body_read_timeout, collect(body)).await {
-        Ok(Ok(bytes)) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
-        Ok(Err(BodyError::TooLarge)) => closing(error_for_path(
-            &path,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("Request body exceeds the {BODY_LIMIT} byte limit"),
-            None,
-        )),
-        Ok(Err(BodyError::Broken(e))) => closing(error_for_path(
-            &path,
-            StatusCode::BAD_REQUEST,
-            format!("Cannot read the request body: {e}"),
-            None,
-        )),
-        Err(_) => closing(error_for_path(
-            &path,
-            StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "Request body not received within {}s",
-                limits.body_read_timeout.as_secs_f64()
-            ),
-            None,
-        )),
-    }
+    Ok(
+        match tokio::time::timeout(limits.body_read_timeout, collect(body)).await {
+            Ok(Ok(bytes)) => {
+                return inner
+                    .oneshot(Request::from_parts(parts, Body::from(bytes)))
+                    .await
+            }
+            Ok(Err(BodyError::TooLarge)) => closing(error_for_path(
+                &path,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Request body exceeds the {BODY_LIMIT} byte limit"),
+                None,
+            )),
+            Ok(Err(BodyError::Broken(e))) => closing(error_for_path(
+                &path,
+                StatusCode::BAD_REQUEST,
+                format!("Cannot read the request body: {e}"),
+                None,
+            )),
+            Err(_) => closing(error_for_path(
+                &path,
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "Request body not received within {}s",
+                    limits.body_read_timeout.as_secs_f64()
+                ),
+                None,
+            )),
+        },
+    )
 }
 
 enum BodyError {

@@ -204,6 +204,53 @@ async fn blocking_query_returns_on_change_not_before() {
 }
 
 #[tokio::test]
+async fn a_blocking_query_on_one_service_returns_for_that_service_only() {
+    let (app, _) = api().await;
+    let register = |name: &'static str| {
+        let app = app.clone();
+        async move {
+            let body = format!(r#"{{"Name":"{name}","ID":"{name}-1","Port":80}}"#);
+            let (status, _, _) = call(&app, "PUT", "/v1/agent/service/register", &body).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+    };
+    register("b").await;
+    for path in ["/v1/health/service/b", "/v1/catalog/service/b"] {
+        let (_, headers, _) = call(&app, "GET", path, "").await;
+        let index: u64 = headers["x-consul-index"].to_str().unwrap().parse().unwrap();
+        let waiting = {
+            let app = app.clone();
+            let uri = format!("{path}?index={index}&wait=30s");
+            tokio::spawn(async move { call(&app, "GET", &uri, "").await })
+        };
+        register("a").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !waiting.is_finished(),
+            "{path}: returned for a change of another service"
+        );
+        let body = r#"{"Name":"b","ID":"b-1","Port":81}"#;
+        call(&app, "PUT", "/v1/agent/service/register", body).await;
+        let (status, headers, body) = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        let new_index: u64 = headers["x-consul-index"].to_str().unwrap().parse().unwrap();
+        assert!(new_index > index, "{path}");
+        let port = &body[0]["Service"]["Port"];
+        let port = if port.is_null() {
+            &body[0]["ServicePort"]
+        } else {
+            port
+        };
+        assert_eq!(port, 81, "{path}: {body}");
+        // Back to port 80 for the next path's round.
+        register("b").await;
+    }
+}
+
+#[tokio::test]
 async fn blocking_query_times_out_with_same_index() {
     let (app, _) = api().await;
     let (_, headers, _) = call(&app, "GET", "/v1/kv/a?recurse", "").await;

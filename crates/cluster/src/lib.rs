@@ -10,10 +10,12 @@
 mod member;
 mod memory;
 mod store;
+mod waiters;
 
 pub use member::Member;
 pub use memory::MemoryCluster;
 pub use store::{Applied, Store};
+pub use waiters::{Waiter, Watch};
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -1,11 +1,14 @@
 //! The shared handle on the state: one writer (the state machine), many readers, per-table
-//! watches that wake blocking queries, and the feed of changed rows.
+//! watches, keyed watches (one service, one KV key or prefix) that wake blocking queries, and
+//! the feed of changed rows.
 
 use std::sync::Arc;
 
 use atoll_state::{Change, Command, Outcome, State, Table};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, watch};
+
+use crate::waiters::{Keyed, Waiter, Watch};
 
 /// Entries a slow subscriber may fall behind before it is told it lagged.
 const FEED_CAPACITY: usize = 1024;
@@ -38,6 +41,8 @@ struct Inner {
     state: RwLock<State>,
     /// One watch per table, at `Table::slot`; each carries the index of its last change.
     tables: [watch::Sender<u64>; Table::ALL.len()],
+    /// The channels of keyed watches, woken from the same changes.
+    keyed: Arc<Mutex<Keyed>>,
     applied: watch::Sender<u64>,
     feed: broadcast::Sender<Arc<Applied>>,
 }
@@ -65,14 +70,15 @@ impl Store {
             inner: Arc::new(Inner {
                 state: RwLock::new(state),
                 tables,
+                keyed: Arc::default(),
                 applied: watch::Sender::new(applied),
                 feed: broadcast::Sender::new(FEED_CAPACITY),
             }),
         }
     }
 
-    /// Applies a command at `index`, wakes the watchers of the tables it changed and sends
-    /// its changes to the subscribers.
+    /// Applies a command at `index`, wakes the watchers of the tables and keys it changed and
+    /// sends its changes to the subscribers.
     pub fn apply(&self, index: u64, command: &Command) -> Outcome {
         let (outcome, changes) = {
             let mut state = self.inner.state.write();
@@ -95,6 +101,7 @@ impl Store {
                 self.inner.tables[slot].send_replace(index);
             }
         }
+        self.inner.keyed.lock().wake(index, &changes);
         outcome
     }
 
@@ -142,6 +149,7 @@ impl Store {
         for (sender, index) in self.inner.tables.iter().zip(indexes) {
             sender.send_replace(index.max(applied));
         }
+        self.inner.keyed.lock().wake_all(applied);
         self.inner.applied.send_replace(applied);
     }
 
@@ -153,6 +161,22 @@ impl Store {
     /// A receiver that changes whenever `table` changes.
     pub fn watch(&self, table: Table) -> watch::Receiver<u64> {
         self.inner.tables[table.slot()].subscribe()
+    }
+
+    /// A waiter woken by the changes `watch` covers: for a table, any change to it; for a
+    /// service, a KV key or a prefix, only the changes that can move the index a read of it
+    /// reports (and a snapshot install). Subscribe before reading the state, so that no change
+    /// falls between the read and the wait.
+    pub fn waiter(&self, watch: &Watch) -> Waiter {
+        match watch {
+            Watch::Table(table) => Waiter::table(self.watch(*table)),
+            keyed => Waiter::keyed(&self.inner.keyed, keyed, self.applied()),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn keyed_channels(&self) -> usize {
+        self.inner.keyed.lock().channels()
     }
 
     /// A receiver of the applied index (for read-your-writes waits).

@@ -226,6 +226,10 @@ impl LogStore {
 /// The writer thread: takes every queued job, writes them in order in one transaction,
 /// commits durably, then reports to each.
 fn write_loop(db: &std::sync::Weak<Database>, tail: &Mutex<Tail>, jobs: &mpsc::Receiver<Job>) {
+    // After a failed commit nothing more is written: every later job gets that first failure
+    // (a job with nobody to tell, like the committed index, may have met it), which names the
+    // cause, rather than redb's later "previous I/O error".
+    let mut failed: Option<String> = None;
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -235,11 +239,15 @@ fn write_loop(db: &std::sync::Weak<Database>, tail: &Mutex<Tail>, jobs: &mpsc::R
             }
         }
         let writes = group.iter().any(|job| !matches!(job, Job::Barrier(_)));
-        let result = match db.upgrade() {
+        let result = match (&failed, db.upgrade()) {
+            (Some(first), _) => Err(first.clone()),
             _ if !writes => Ok(()),
-            Some(db) => write_group(&db, &group).map_err(|e| e.0),
-            None => Err("the database is closed".to_string()),
+            (None, Some(db)) => write_group(&db, &group).map_err(|e| e.0),
+            (None, None) => Err("the database is closed".to_string()),
         };
+        if let Err(e) = &result {
+            failed.get_or_insert_with(|| e.clone());
+        }
         if result.is_ok() {
             let mut tail = tail.lock();
             for job in &group {

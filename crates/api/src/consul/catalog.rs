@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::extract::Path;
+use atoll_cluster::Watch;
 use atoll_state::{Command, ServiceInstance, State as CatalogState, Table};
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -153,7 +154,7 @@ pub async fn service(
     let options = ReadOptions::parse(&query, &context)?;
     let tags = query.all("tag");
     let filter = node_meta_filter(&query)?;
-    let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
+    let (index, body) = blocking(&context, &options, Watch::Service(name.clone()), |state| {
         let rows: Vec<CatalogServiceJson> = state
             .instances_of(&name)
             .into_iter()

@@ -1,6 +1,7 @@
 //! `/v1/health/*`: instances with their health.
 
 use crate::extract::Path;
+use atoll_cluster::Watch;
 use atoll_state::{aggregate_status, CheckStatus, Table};
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
@@ -23,7 +24,7 @@ pub async fn service(
     let tags = query.all("tag");
     let filter = node_meta_filter(&query)?;
     let datacenter = context.datacenter().to_string();
-    let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
+    let (index, body) = blocking(&context, &options, Watch::Service(name.clone()), |state| {
         let mut entries = Vec::new();
         for instance in state.instances_of(&name) {
             if !has_tags(instance, &tags) || !node_matches(state, &instance.node, &filter) {
@@ -58,7 +59,7 @@ pub async fn service_checks(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let options = ReadOptions::parse(&Query::parse(raw.as_deref()), &context)?;
-    let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
+    let (index, body) = blocking(&context, &options, Watch::Service(name.clone()), |state| {
         let checks: Vec<CheckJson> = state
             .instances_of(&name)
             .into_iter()

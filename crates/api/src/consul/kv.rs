@@ -3,7 +3,8 @@
 use std::collections::BTreeSet;
 
 use crate::extract::Path;
-use atoll_state::{Outcome, Table};
+use atoll_cluster::Watch;
+use atoll_state::Outcome;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
@@ -48,7 +49,12 @@ async fn read(context: ApiContext, key: String, raw: Option<String>) -> Result<R
     if exact && key.is_empty() {
         return Err(ApiError::field("key", "Missing key name"));
     }
-    let (index, result) = blocking(&context, &options, Table::Kv, |state| {
+    let watch = if exact {
+        Watch::Key(key.clone())
+    } else {
+        Watch::Prefix(key.clone())
+    };
+    let (index, result) = blocking(&context, &options, watch, |state| {
         let index = state.kv_index(&key, exact).max(if exact { 0 } else { 1 });
         let result = if keys {
             let mut listed = BTreeSet::new();
