@@ -300,6 +300,9 @@ pub struct Session {
     /// is not renewed within twice this.
     #[serde(default)]
     pub ttl: String,
+    /// The TTL in nanoseconds; 0 for none.
+    #[serde(default)]
+    pub ttl_ns: u64,
     /// Raft index that created the row.
     pub create_index: u64,
     /// Raft index that last changed the row.

@@ -392,6 +392,7 @@ fn session(id: &str, node: &str, checks: &[&str]) -> Session {
         lock_delay_ns: 15_000_000_000,
         behavior: SessionBehavior::Release,
         ttl: String::new(),
+        ttl_ns: 0,
         create_index: 0,
         modify_index: 0,
     }
