@@ -33,8 +33,16 @@ def append(path: str, record: dict) -> None:
 
 
 def contend(host: str, port: int, key: str, history: str, lock_delay: int = 1) -> None:
-    c = consul.Consul(host=host, port=port, timeout=30)
+    c = consul.Consul(host=host, port=port, connections_timeout=30)
     session = c.session.create(name=f"contender-{os.getpid()}", ttl=SESSION_TTL, lock_delay=lock_delay, checks=[])
+
+    def renew_forever():
+        # The session lives while this process does, waiting or holding, as Patroni's does.
+        while True:
+            time.sleep(SESSION_TTL / 3)
+            c.session.renew(session)
+
+    threading.Thread(target=renew_forever, daemon=True).start()
     index = None
     while True:
         if c.kv.put(key, str(os.getpid()), acquire=session):
@@ -43,7 +51,6 @@ def contend(host: str, port: int, key: str, history: str, lock_delay: int = 1) -
     _, entry = c.kv.get(key, consistency="consistent")
     append(history, {"pid": os.getpid(), "event": "acquired", "t": time.monotonic(), "lock_index": entry["LockIndex"], "session": session})
     while True:
-        c.session.renew(session)
         _, entry = c.kv.get(key, consistency="consistent")
         if entry is None or entry.get("Session") != session:
             append(history, {"pid": os.getpid(), "event": "lost", "t": time.monotonic()})
