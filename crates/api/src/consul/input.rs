@@ -745,3 +745,105 @@ fn seconds_if_tiny(nanos: f64) -> std::time::Duration {
     };
     std::time::Duration::from_nanos(nanos.min(u64::MAX as f64) as u64)
 }
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<Session, ApiError> {
+        parse_session_create(body.as_bytes(), "agent-node")
+    }
+
+    #[test]
+    fn an_empty_body_takes_consuls_defaults() {
+        let session = parse("").unwrap();
+        assert_eq!(session.node, "agent-node");
+        assert_eq!(session.node_checks, vec!["serfHealth".to_string()]);
+        assert!(session.checks.is_empty() && session.service_checks.is_empty());
+        assert_eq!(session.lock_delay_ns, 15_000_000_000);
+        assert_eq!(session.behavior, SessionBehavior::Release);
+        assert_eq!((session.ttl.as_str(), session.ttl_ns), ("", 0));
+    }
+
+    #[test]
+    fn empty_checks_make_a_ttl_only_session() {
+        for body in [
+            r#"{"checks": []}"#,
+            r#"{"Checks": null}"#,
+            r#"{"NodeChecks": []}"#,
+        ] {
+            let session = parse(body).unwrap();
+            assert!(session.checks.is_empty(), "{body}");
+            assert!(session.node_checks.is_empty(), "{body}");
+        }
+        // Deprecated `Checks` beside the default node check: both are kept.
+        let session = parse(r#"{"Checks": ["a"]}"#).unwrap();
+        assert_eq!(session.checks, vec!["a".to_string()]);
+        assert_eq!(session.node_checks, vec!["serfHealth".to_string()]);
+    }
+
+    #[test]
+    fn patroni_body_parses_with_lowercase_names_and_fractional_durations() {
+        let session = parse(
+            r#"{"name": "batman-pg1", "checks": [], "lockdelay": "0.001s", "behavior": "delete", "ttl": "15.0s"}"#,
+        )
+        .unwrap();
+        assert_eq!(session.name, "batman-pg1");
+        assert_eq!(session.lock_delay_ns, 1_000_000);
+        assert_eq!(session.behavior, SessionBehavior::Delete);
+        assert_eq!(
+            (session.ttl.as_str(), session.ttl_ns),
+            ("15.0s", 15_000_000_000)
+        );
+    }
+
+    #[test]
+    fn lock_delays_below_a_microsecond_are_seconds() {
+        assert_eq!(
+            parse(r#"{"LockDelay": 5}"#).unwrap().lock_delay_ns,
+            5_000_000_000
+        );
+        assert_eq!(
+            parse(r#"{"LockDelay": "5ns"}"#).unwrap().lock_delay_ns,
+            5_000_000_000
+        );
+        assert_eq!(
+            parse(r#"{"LockDelay": 2000000000}"#).unwrap().lock_delay_ns,
+            2_000_000_000
+        );
+        assert_eq!(
+            parse(r#"{"LockDelay": "later"}"#)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("LockDelay")
+        );
+        assert!(parse(r#"{"LockDelay": -1}"#).is_err());
+    }
+
+    #[test]
+    fn ttl_and_behavior_are_validated_with_consuls_text() {
+        let error = parse(r#"{"TTL": "5s"}"#).unwrap_err();
+        assert_eq!(error.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(error.plain);
+        assert_eq!(
+            error.message,
+            "Invalid Session TTL '5000000000', must be between [10s=24h0m0s]"
+        );
+        assert!(parse(r#"{"TTL": "24h0m1s"}"#).is_err());
+        assert_eq!(parse(r#"{"TTL": "0s"}"#).unwrap().ttl_ns, 0);
+        assert_eq!(
+            parse(r#"{"TTL": "24h"}"#).unwrap().ttl_ns,
+            86_400_000_000_000
+        );
+        assert_eq!(
+            parse(r#"{"TTL": "x"}"#).unwrap_err().field.as_deref(),
+            Some("TTL")
+        );
+        let error = parse(r#"{"Behavior": "keep"}"#).unwrap_err();
+        assert_eq!(
+            (error.field.as_deref(), error.message.as_str()),
+            (Some("Behavior"), "Invalid Behavior setting 'keep'")
+        );
+    }
+}
