@@ -6,7 +6,9 @@
 mod checks;
 mod liveness;
 mod runner;
+mod sessions;
 
 pub use checks::{TaskCommandRun, TaskCommands};
 pub use liveness::Autopilot;
 pub use runner::{Agent, AgentConfig, AgentError, AgentLoops, Loop, SERVER_SERVICE};
+pub use sessions::{lock_delays, remaining_delay, Sessions, MAX_LOCK_DELAY, TTL_MULTIPLIER};

@@ -97,6 +97,7 @@ pub struct Agent {
     config: Arc<AgentConfig>,
     ttl_resets: mpsc::UnboundedSender<String>,
     stop: Arc<tokio::sync::Notify>,
+    sessions: crate::sessions::Sessions,
 }
 
 impl Agent {
@@ -175,6 +176,8 @@ impl Agent {
                 )),
             ),
         ];
+        let (sessions, session_loop) = crate::sessions::Sessions::new(cluster.clone());
+        loops.push(("the session timers", session_loop));
         if config.server_port.is_some() {
             loops.push((
                 "the heartbeat watch",
@@ -190,6 +193,7 @@ impl Agent {
             config,
             ttl_resets,
             stop: Arc::new(tokio::sync::Notify::new()),
+            sessions,
         };
         Ok((agent, AgentLoops(loops)))
     }
@@ -225,6 +229,11 @@ impl Agent {
     /// The cluster handle this agent writes through.
     pub fn cluster(&self) -> &ClusterHandle {
         &self.cluster
+    }
+
+    /// Session renewals and lock delays (see the `sessions` module).
+    pub fn sessions(&self) -> &crate::sessions::Sessions {
+        &self.sessions
     }
 
     /// Sets a TTL check's status (Consul's `/v1/agent/check/{pass,warn,fail,update}`): resets

@@ -14,6 +14,9 @@ pub struct ApiError {
     pub message: String,
     /// The request field at fault, if one is.
     pub field: Option<String>,
+    /// Answer with the message alone, as plain text: Consul's body for errors its clients
+    /// match on by prefix (`Invalid Session TTL`, `invalid session`).
+    pub plain: bool,
 }
 
 impl ApiError {
@@ -23,6 +26,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
             field: Some(field.to_string()),
+            plain: false,
         }
     }
 
@@ -42,12 +46,32 @@ impl ApiError {
             status,
             message: message.into(),
             field: None,
+            plain: false,
+        }
+    }
+
+    /// Any status, with the message as a plain-text body (Consul's own error body).
+    pub fn plain(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            plain: true,
+            ..Self::with_status(status, message)
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.plain {
+            return (
+                self.status,
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8",
+                )],
+                self.message,
+            )
+                .into_response();
+        }
         let mut body = serde_json::json!({ "error": self.message });
         if let Some(field) = self.field {
             body["field"] = serde_json::Value::String(field);
@@ -89,6 +113,7 @@ pub fn error_for_path(
         status,
         message,
         field: field.map(str::to_string),
+        plain: false,
     }
     .into_response()
 }

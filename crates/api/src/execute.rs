@@ -97,7 +97,7 @@ pub async fn write_in(
 
 /// Consul's answers: a missing leader, a timeout and an unreachable `?dc=` are 500s (which
 /// its clients retry), an invalid request, a body naming an unreachable datacenter among them,
-/// a 400 naming the field.
+/// a 400 naming the field; a failed precondition is Consul's 500 with its plain-text body.
 impl From<Refusal> for ApiError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
@@ -125,6 +125,9 @@ impl From<Refusal> for ApiError {
             Refusal::Rejected(Rejection::Invalid(message)) => ApiError::bad_request(message),
             Refusal::Rejected(Rejection::Conflict(message)) => {
                 ApiError::with_status(StatusCode::CONFLICT, message)
+            }
+            Refusal::Rejected(Rejection::Precondition(message)) => {
+                ApiError::plain(StatusCode::INTERNAL_SERVER_ERROR, message)
             }
         }
     }
@@ -166,6 +169,9 @@ impl From<Refusal> for MarathonError {
             }
             Refusal::Rejected(Rejection::Conflict(message)) => {
                 MarathonError::new(StatusCode::CONFLICT, message)
+            }
+            Refusal::Rejected(Rejection::Precondition(message)) => {
+                MarathonError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
             }
         }
     }

@@ -47,6 +47,9 @@ pub enum CommandLine {
         #[command(subcommand)]
         command: AppCommand,
     },
+    /// Run a command while holding a lock (or one of N slots of a semaphore) on a KV prefix,
+    /// with the keys `consul lock` uses; exits with the command's status.
+    Lock(LockArgs),
     /// Remove a failed node from the cluster.
     ForceLeave {
         /// The node's name.
@@ -147,6 +150,25 @@ pub enum RaftCommand {
     /// Show what the agent's data dir holds: file size, room in use, the Raft log and the
     /// last snapshot.
     Storage(ClientArgs),
+}
+
+/// `atoll lock [-n N] [--name NAME] PREFIX -- CMD ARGS...`.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// How many may hold the lock at once: 1 is a lock, more a semaphore.
+    #[arg(short = 'n', long = "limit", default_value_t = 1)]
+    pub limit: u32,
+    /// The session's name (default: what runs where).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The KV prefix the lock lives under.
+    pub prefix: String,
+    /// The command and its arguments (one argument is run by `sh -c`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+    /// Common flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Flags of commands that talk to a running agent.

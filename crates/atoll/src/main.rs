@@ -5,6 +5,7 @@
 mod app_cli;
 mod cli;
 mod config;
+mod lock_cli;
 mod supervise;
 
 use std::process::ExitCode;
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            CommandLine::Lock(args) => return lock_cli::run(args).await,
             CommandLine::Dev(args) => run_node(args.settings()?).await,
             CommandLine::Agent(args) => run_node(args.settings()?).await,
             CommandLine::Members(args) => cli::members(&args).await,
@@ -81,9 +83,10 @@ fn main() -> ExitCode {
             CommandLine::App { command } => app_cli::run(command).await,
             CommandLine::ForceLeave { node, client } => cli::force_leave(&client, &node).await,
         }
+        .map(|()| ExitCode::SUCCESS)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("atoll: {e:#}");
             ExitCode::FAILURE

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Check, KvEntry, Node, ServiceInstance};
+use crate::model::{Check, KvEntry, Node, ServiceInstance, Session};
 use crate::table::RowChange;
 use crate::workload::{Allocation, AppSpec, ComputeNode, Deployment, TaskFailure, Unplaced};
 
@@ -16,7 +16,7 @@ use crate::workload::{Allocation, AppSpec, ComputeNode, Deployment, TaskFailure,
 pub enum Table {
     /// Nodes, services and checks.
     Catalog,
-    /// Key/value entries.
+    /// Key/value entries and sessions.
     Kv,
     /// Apps, tasks, deployments, compute nodes.
     Workload,
@@ -74,6 +74,8 @@ pub enum Change {
     LastFailure(RowChange<String, TaskFailure>),
     /// Instances of an app the scheduler could not place.
     Queue(RowChange<String, Unplaced>),
+    /// A session. Sessions share the KV watch group: a session's end changes the keys it held.
+    Session(RowChange<String, Session>),
 }
 
 impl Change {
@@ -83,7 +85,10 @@ impl Change {
             Change::Node(_) | Change::Service(_) | Change::Check(_) | Change::ServiceIndex(_) => {
                 Table::Catalog
             }
-            Change::Kv(_) | Change::KvTombstone(_) | Change::KvReaped { .. } => Table::Kv,
+            Change::Kv(_)
+            | Change::KvTombstone(_)
+            | Change::KvReaped { .. }
+            | Change::Session(_) => Table::Kv,
             Change::App(_)
             | Change::AppHistory(_)
             | Change::Definition(_)

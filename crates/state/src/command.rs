@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CheckDefinition, CheckStatus};
+use crate::model::{CheckDefinition, CheckStatus, Session};
 use crate::workload::{Allocation, AppSpec, ComputeNode, Deployment, TaskState, Unplaced};
 
 /// One change to the replicated state. Validated at the edge, re-checked by `apply`.
@@ -128,6 +128,41 @@ pub enum Command {
     /// The control loop writes each round as one batch, and concurrent writes are proposed
     /// together as one. A batch holds no batch.
     Batch(Vec<Command>),
+    /// Create a session (its id chosen by the proposer). Refused when the id is taken, its
+    /// node is not registered, or one of its checks is missing from the node or critical.
+    SessionCreate(Box<Session>),
+    /// Invalidate a session (destroyed, or its TTL ran out): the keys it holds are released
+    /// or deleted, as its behavior says, in this entry. Unknown ids are a no-op.
+    SessionDestroy {
+        /// The session.
+        id: String,
+    },
+    /// Take a key's lock for a session (`?acquire=`): `Condition(true)` when it holds the
+    /// lock afterwards (the value is written), `Condition(false)` when another session does.
+    KvAcquire {
+        /// The key.
+        key: String,
+        /// The value written with the lock.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// Client flags.
+        flags: u64,
+        /// The session taking the lock.
+        session: String,
+    },
+    /// Give up a key's lock (`?release=`): `Condition(true)` when the session held it (the
+    /// value is written and the lock cleared), else `Condition(false)`.
+    KvRelease {
+        /// The key.
+        key: String,
+        /// The value written with the release.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// Client flags.
+        flags: u64,
+        /// The session giving it up.
+        session: String,
+    },
 }
 
 /// Catalog registration, shaped after Consul's `/v1/catalog/register`.
@@ -227,4 +262,9 @@ pub enum Rejection {
     /// What the command would create already exists.
     #[error("{0}")]
     Conflict(String),
+    /// Something the command relies on in other rows does not hold (a session's node or
+    /// checks, the session of a lock). Consul answers these with its error text as a 500,
+    /// which its clients match on.
+    #[error("{0}")]
+    Precondition(String),
 }

@@ -8,6 +8,7 @@
 pub mod change;
 pub mod command;
 pub mod model;
+mod session_apply;
 pub mod snapshot;
 mod state;
 pub mod table;
@@ -19,8 +20,8 @@ pub use command::{
     CheckSpec, Command, Deregistration, Outcome, Registration, Rejection, ServiceSpec,
 };
 pub use model::{
-    Check, CheckDefinition, CheckKind, CheckStatus, KvEntry, Node, ServiceInstance, TaskCommand,
-    NODE_HEALTH_CHECK_ID,
+    Check, CheckDefinition, CheckKind, CheckStatus, KvEntry, Node, ServiceCheckRef,
+    ServiceInstance, Session, SessionBehavior, TaskCommand, NODE_HEALTH_CHECK_ID,
 };
 pub use state::{aggregate_status, State, TableIndexes};
 pub use table::{Grouped, RowChange, Rows};

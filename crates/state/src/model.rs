@@ -231,8 +231,98 @@ pub struct KvEntry {
     pub value: Vec<u8>,
     /// Opaque client flags.
     pub flags: u64,
+    /// The session holding the key's lock, if one does (`?acquire=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// How many times the lock was acquired by a new holder.
+    #[serde(default)]
+    pub lock_index: u64,
     /// Raft index that created the row.
     pub create_index: u64,
     /// Raft index that last changed the row.
     pub modify_index: u64,
+}
+
+/// What happens to the keys a session holds when it is invalidated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionBehavior {
+    /// The keys stay, unlocked (their `Session` cleared).
+    #[default]
+    Release,
+    /// The keys are deleted.
+    Delete,
+}
+
+impl SessionBehavior {
+    /// The name Consul uses on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionBehavior::Release => "release",
+            SessionBehavior::Delete => "delete",
+        }
+    }
+}
+
+/// A service check a session is tied to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceCheckRef {
+    /// The check id (on the session's node).
+    pub id: String,
+    /// Consul Enterprise's namespace; kept and echoed, otherwise unused.
+    #[serde(default)]
+    pub namespace: String,
+}
+
+/// A Consul session: a lease on a node, tied to health checks, that can hold KV locks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The session's id (a UUID).
+    pub id: String,
+    /// Free-form name.
+    pub name: String,
+    /// The node the session belongs to.
+    pub node: String,
+    /// The deprecated `Checks` field, as left after Consul's default-check fixup.
+    #[serde(default)]
+    pub checks: Vec<String>,
+    /// Node checks whose turning critical (or removal) invalidates the session.
+    #[serde(default)]
+    pub node_checks: Vec<String>,
+    /// Service checks (on the same node) that invalidate it likewise.
+    #[serde(default)]
+    pub service_checks: Vec<ServiceCheckRef>,
+    /// After invalidation, how long its keys cannot be acquired, in nanoseconds.
+    pub lock_delay_ns: u64,
+    /// What happens to its keys when it is invalidated.
+    pub behavior: SessionBehavior,
+    /// The TTL as the client gave it (empty: none); the leader expires the session when it
+    /// is not renewed within twice this.
+    #[serde(default)]
+    pub ttl: String,
+    /// The TTL in nanoseconds; 0 for none.
+    #[serde(default)]
+    pub ttl_ns: u64,
+    /// Raft index that created the row.
+    pub create_index: u64,
+    /// Raft index that last changed the row.
+    pub modify_index: u64,
+}
+
+impl Session {
+    /// Whether the check `check_id` (on the session's node) is tied to the session.
+    pub fn is_tied_to(&self, check_id: &str) -> bool {
+        self.checks.iter().any(|c| c == check_id)
+            || self.node_checks.iter().any(|c| c == check_id)
+            || self.service_checks.iter().any(|c| c.id == check_id)
+    }
+
+    /// Every check id tied to the session.
+    pub fn check_ids(&self) -> impl Iterator<Item = &str> {
+        self.checks
+            .iter()
+            .chain(&self.node_checks)
+            .map(String::as_str)
+            .chain(self.service_checks.iter().map(|c| c.id.as_str()))
+    }
 }

@@ -8,7 +8,7 @@ use crate::change::Change;
 use crate::command::{
     CheckSpec, Command, Deregistration, Outcome, Registration, Rejection, ServiceSpec,
 };
-use crate::model::{Check, CheckStatus, KvEntry, Node, ServiceInstance};
+use crate::model::{Check, CheckStatus, KvEntry, Node, ServiceInstance, Session};
 use crate::table::{Grouped, Rows};
 
 /// Tombstones kept for deleted KV keys before the oldest are folded into one index.
@@ -28,6 +28,9 @@ pub struct TableIndexes {
     /// Apps, tasks, deployments, compute nodes.
     #[serde(default)]
     pub workload: u64,
+    /// Sessions.
+    #[serde(default)]
+    pub sessions: u64,
 }
 
 impl TableIndexes {
@@ -60,9 +63,18 @@ pub struct State {
     /// Workloads: apps, tasks, deployments, compute nodes.
     #[serde(default)]
     pub workload: crate::workload_apply::WorkloadTables,
+    /// Consul sessions by id.
+    #[serde(default)]
+    pub sessions: Rows<String, Session>,
     /// Derived: (node, id) of every instance of a service name. Rebuilt on restore.
     #[serde(skip)]
     by_name: HashMap<String, BTreeSet<(String, String)>>,
+    /// Derived: the ids of each node's sessions. Rebuilt on restore.
+    #[serde(skip)]
+    pub(crate) sessions_by_node: HashMap<String, BTreeSet<String>>,
+    /// Derived: the keys each session holds. Rebuilt on restore.
+    #[serde(skip)]
+    pub(crate) held_keys: HashMap<String, BTreeSet<String>>,
 }
 
 impl State {
@@ -84,6 +96,22 @@ impl State {
                     .entry(service.name.clone())
                     .or_default()
                     .insert((node.clone(), id.clone()));
+            }
+        }
+        self.sessions_by_node.clear();
+        for (id, session) in &self.sessions {
+            self.sessions_by_node
+                .entry(session.node.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+        self.held_keys.clear();
+        for (key, entry) in &self.kv {
+            if let Some(session) = &entry.session {
+                self.held_keys
+                    .entry(session.clone())
+                    .or_default()
+                    .insert(key.clone());
             }
         }
     }
@@ -134,6 +162,23 @@ impl State {
             | Command::TaskHealth { .. }
             | Command::FinishDeployment { .. } => self.apply_workload(index, command),
             Command::Batch(commands) => self.apply_batch(index, commands),
+            Command::SessionCreate(session) => self.create_session(index, session),
+            Command::SessionDestroy { id } => {
+                self.invalidate_session(index, id);
+                Outcome::Done
+            }
+            Command::KvAcquire {
+                key,
+                value,
+                flags,
+                session,
+            } => self.kv_acquire(index, key, value, *flags, session),
+            Command::KvRelease {
+                key,
+                value,
+                flags,
+                session,
+            } => self.kv_release(index, key, value, *flags, session),
         }
     }
 
@@ -170,6 +215,7 @@ impl State {
                 .into_iter()
                 .map(Change::KvTombstone),
         );
+        changes.extend(self.sessions.drain().into_iter().map(Change::Session));
         self.workload.drain_into(&mut changes);
         changes
     }
@@ -182,6 +228,7 @@ impl State {
             Change::Service(_) => indexes.services = index,
             Change::Check(_) => indexes.checks = index,
             Change::Kv(_) => indexes.kv = index,
+            Change::Session(_) => indexes.sessions = index,
             // These accompany a change of the rows above.
             Change::ServiceIndex(_) | Change::KvTombstone(_) | Change::KvReaped { .. } => {}
             Change::App(_)
@@ -216,7 +263,24 @@ impl State {
                 }
                 Change::Check(row) => self.checks.put_row(row.key, row.new),
                 Change::ServiceIndex(row) => self.service_indexes.put_row(row.key, row.new),
-                Change::Kv(row) => self.kv.put_row(row.key, row.new),
+                Change::Kv(row) => {
+                    let old = row.old.as_ref().and_then(|e| e.session.as_deref());
+                    let new = row.new.as_ref().and_then(|e| e.session.as_deref());
+                    index_holder(&mut self.held_keys, &row.key, old, new);
+                    self.kv.put_row(row.key, row.new)
+                }
+                Change::Session(row) => {
+                    if let Some(old) = &row.old {
+                        unindex(&mut self.sessions_by_node, &old.node, &row.key);
+                    }
+                    if let Some(new) = &row.new {
+                        self.sessions_by_node
+                            .entry(new.node.clone())
+                            .or_default()
+                            .insert(row.key.clone());
+                    }
+                    self.sessions.put_row(row.key, row.new)
+                }
                 Change::KvTombstone(row) => self.kv_tombstones.put_row(row.key, row.new),
                 Change::KvReaped { new, .. } => self.kv_reaped_index = new,
                 other => self.workload.replay(other),
@@ -398,8 +462,12 @@ impl State {
         if check.service_id.is_empty() {
             self.touch_services_of_node(index, node);
         }
+        let critical = check.status == CheckStatus::Critical;
         self.checks
             .insert(node.to_string(), check.check_id.clone(), check);
+        if critical {
+            self.invalidate_tied_sessions(index, node, &spec.check_id);
+        }
     }
 
     fn deregister(&mut self, index: u64, request: &Deregistration) -> Outcome {
@@ -420,6 +488,7 @@ impl State {
             for service_id in service_ids {
                 self.remove_service(index, &request.node, &service_id);
             }
+            self.invalidate_node_sessions(index, &request.node);
             self.checks.remove_group(&request.node);
             self.nodes.remove(&request.node);
         }
@@ -449,6 +518,7 @@ impl State {
         let Some(check) = self.checks.remove(&node.to_string(), &check_id.to_string()) else {
             return;
         };
+        self.invalidate_tied_sessions(index, node, check_id);
         if check.service_id.is_empty() {
             self.touch_services_of_node(index, node);
         } else {
@@ -511,6 +581,9 @@ impl State {
             check.output = output.to_string();
             check.modify_index = index;
         }
+        if status == CheckStatus::Critical {
+            self.invalidate_tied_sessions(index, node, check_id);
+        }
         if service_id.is_empty() {
             self.touch_services_of_node(index, node);
         } else {
@@ -534,17 +607,17 @@ impl State {
         if !cas_holds(existing, cas) {
             return Outcome::Condition(false);
         }
-        let create_index = existing.map(|e| e.create_index).unwrap_or(index);
-        self.kv.insert(
-            key.to_string(),
-            KvEntry {
-                key: key.to_string(),
-                value: value.to_vec(),
-                flags,
-                create_index,
-                modify_index: index,
-            },
-        );
+        // A plain write keeps the key's lock and lock index, as Consul's does.
+        let entry = KvEntry {
+            key: key.to_string(),
+            value: value.to_vec(),
+            flags,
+            session: existing.and_then(|e| e.session.clone()),
+            lock_index: existing.map_or(0, |e| e.lock_index),
+            create_index: existing.map_or(index, |e| e.create_index),
+            modify_index: index,
+        };
+        self.put_kv(entry);
         self.kv_tombstones.remove(key);
         if cas.is_some() {
             Outcome::Condition(true)
@@ -557,7 +630,7 @@ impl State {
         if recurse {
             let doomed: Vec<String> = self.kv_prefix(key).map(|e| e.key.clone()).collect();
             for k in doomed {
-                self.kv.remove(&k);
+                self.remove_kv(&k);
                 self.bury(index, k);
             }
             return Outcome::Done;
@@ -566,7 +639,7 @@ impl State {
         if !cas_holds(existing, cas) {
             return Outcome::Condition(false);
         }
-        if self.kv.remove(key).is_some() {
+        if self.remove_kv(key).is_some() {
             self.bury(index, key.to_string());
         }
         if cas.is_some() {
@@ -576,7 +649,26 @@ impl State {
         }
     }
 
-    fn bury(&mut self, index: u64, key: String) {
+    /// Writes a KV row, keeping the derived index of held keys.
+    pub(crate) fn put_kv(&mut self, entry: KvEntry) {
+        let old = self.kv.get(&entry.key).and_then(|e| e.session.clone());
+        index_holder(
+            &mut self.held_keys,
+            &entry.key,
+            old.as_deref(),
+            entry.session.as_deref(),
+        );
+        self.kv.insert(entry.key.clone(), entry);
+    }
+
+    /// Deletes a KV row, keeping the derived index of held keys.
+    pub(crate) fn remove_kv(&mut self, key: &str) -> Option<KvEntry> {
+        let removed = self.kv.remove(key)?;
+        index_holder(&mut self.held_keys, key, removed.session.as_deref(), None);
+        Some(removed)
+    }
+
+    pub(crate) fn bury(&mut self, index: u64, key: String) {
         self.kv_tombstones.insert(key, index);
         if self.kv_tombstones.len() > MAX_KV_TOMBSTONES {
             // Drop the oldest tombstone; its index then counts for every prefix, which can
@@ -754,6 +846,36 @@ impl State {
     }
 }
 
+/// Moves `key` from the keys `old` holds to those `new` holds (either may be none).
+fn index_holder(
+    held: &mut HashMap<String, BTreeSet<String>>,
+    key: &str,
+    old: Option<&str>,
+    new: Option<&str>,
+) {
+    if old == new {
+        return;
+    }
+    if let Some(old) = old {
+        unindex(held, old, key);
+    }
+    if let Some(new) = new {
+        held.entry(new.to_string())
+            .or_default()
+            .insert(key.to_string());
+    }
+}
+
+/// Removes `member` from the set under `group`, dropping the set once empty.
+pub(crate) fn unindex(map: &mut HashMap<String, BTreeSet<String>>, group: &str, member: &str) {
+    if let Some(set) = map.get_mut(group) {
+        set.remove(member);
+        if set.is_empty() {
+            map.remove(group);
+        }
+    }
+}
+
 /// Whether a KV check-and-set condition holds: `None` always; `Some(0)` only for an absent
 /// key; `Some(i)` only when the key's modify index is `i`.
 fn cas_holds(existing: Option<&KvEntry>, cas: Option<u64>) -> bool {
@@ -781,7 +903,7 @@ fn service_instance(node: &str, spec: &ServiceSpec, index: u64) -> ServiceInstan
     }
 }
 
-fn rejected_invalid(message: &str) -> Outcome {
+pub(crate) fn rejected_invalid(message: &str) -> Outcome {
     Outcome::Rejected(Rejection::Invalid(message.to_string()))
 }
 

@@ -357,7 +357,64 @@ fn arb_single() -> impl Strategy<Value = Command> {
                 cas: None,
             }
         }),
+        (
+            prop::sample::select(vec!["s1", "s2", "s3"]),
+            node.clone(),
+            prop::sample::select(vec![vec![], vec!["service:a"], vec!["service:b"]]),
+            any::<bool>(),
+        )
+            .prop_map(|(id, n, checks, delete)| {
+                let mut session = session(id, n, &checks);
+                if delete {
+                    session.behavior = SessionBehavior::Delete;
+                }
+                Command::SessionCreate(Box::new(session))
+            }),
+        prop::sample::select(vec!["s1", "s2", "s3"])
+            .prop_map(|id| Command::SessionDestroy { id: id.into() }),
+        (
+            prop::sample::select(vec!["k/a", "k/b", "j"]),
+            prop::sample::select(vec!["s1", "s2", "s3", ""]),
+            any::<bool>(),
+        )
+            .prop_map(|(k, s, acquire)| lock(acquire, k, s)),
     ]
+}
+
+fn session(id: &str, node: &str, checks: &[&str]) -> Session {
+    Session {
+        id: id.into(),
+        name: String::new(),
+        node: node.into(),
+        checks: Vec::new(),
+        node_checks: checks.iter().map(|c| c.to_string()).collect(),
+        service_checks: Vec::new(),
+        lock_delay_ns: 15_000_000_000,
+        behavior: SessionBehavior::Release,
+        ttl: String::new(),
+        ttl_ns: 0,
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+fn lock(acquire: bool, key: &str, session: &str) -> Command {
+    let (key, value, flags, session) = (key.into(), b"v".to_vec(), 0, session.into());
+    if acquire {
+        Command::KvAcquire {
+            key,
+            value,
+            flags,
+            session,
+        }
+    } else {
+        Command::KvRelease {
+            key,
+            value,
+            flags,
+            session,
+        }
+    }
 }
 
 proptest! {
@@ -375,6 +432,22 @@ proptest! {
         let last = commands.len() as u64;
         // No row or table index is ever ahead of the log.
         prop_assert!(first.indexes.catalog() <= last && first.indexes.kv <= last);
+        // A key is held only by a live session, whose node and tied checks exist.
+        for entry in first.kv.values() {
+            if let Some(id) = &entry.session {
+                let session = first.sessions.get(id);
+                prop_assert!(session.is_some(), "{} held by the gone session {}", entry.key, id);
+                prop_assert!(entry.lock_index >= 1);
+            }
+        }
+        for session in first.sessions.values() {
+            prop_assert!(first.nodes.contains_key(&session.node));
+            for check_id in session.check_ids() {
+                let check = first.check(&session.node, check_id);
+                prop_assert!(check.is_some_and(|c| c.status != CheckStatus::Critical));
+            }
+            prop_assert!(session.modify_index <= first.indexes.sessions);
+        }
         for services in first.services.values() {
             for s in services.values() {
                 prop_assert!(s.create_index <= s.modify_index);
@@ -420,7 +493,7 @@ proptest! {
         // and deregistered again) keeps its index, where one by one moved it and back.
         let (b, s) = (&batched.indexes, &single.indexes);
         prop_assert!(b.nodes <= s.nodes && b.services <= s.services && b.checks <= s.checks);
-        prop_assert!(b.kv <= s.kv && b.workload <= s.workload);
+        prop_assert!(b.kv <= s.kv && b.workload <= s.workload && b.sessions <= s.sessions);
         batched.indexes = single.indexes.clone();
         prop_assert_eq!(&batched, &single);
     }
@@ -629,4 +702,265 @@ fn a_check_has_one_kind_in_a_fixed_order_of_precedence() {
     assert!(definition.kind().is_probed());
     assert_eq!(CheckDefinition::default().kind(), CheckKind::Static);
     assert_eq!(CheckKind::Static.consul_type(), "");
+}
+
+fn node_with_check(node: &str, check_id: &str, status: CheckStatus) -> Command {
+    Command::Register(Box::new(Registration {
+        node: node.into(),
+        address: "10.0.0.1".into(),
+        checks: vec![CheckSpec {
+            check_id: check_id.into(),
+            status: Some(status),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }))
+}
+
+fn set_check(node: &str, check_id: &str, status: CheckStatus) -> Command {
+    Command::UpdateCheck {
+        node: node.into(),
+        check_id: check_id.into(),
+        status,
+        output: String::new(),
+    }
+}
+
+#[test]
+fn a_session_needs_its_node_and_healthy_checks() {
+    let mut state = State::default();
+    let create =
+        |id: &str, checks: &[&str]| Command::SessionCreate(Box::new(session(id, "n1", checks)));
+    let precondition = |outcome: Outcome| match outcome {
+        Outcome::Rejected(Rejection::Precondition(message)) => message,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        precondition(state.apply(1, &create("s", &[])).0),
+        "Missing node registration"
+    );
+    state.apply(
+        2,
+        &node_with_check("n1", "serfHealth", CheckStatus::Passing),
+    );
+    assert_eq!(
+        precondition(state.apply(3, &create("s", &["nope"])).0),
+        "Missing check 'nope' registration"
+    );
+    state.apply(4, &set_check("n1", "serfHealth", CheckStatus::Critical));
+    assert_eq!(
+        precondition(state.apply(5, &create("s", &["serfHealth"])).0),
+        "Check 'serfHealth' is in critical state"
+    );
+    assert!(state.sessions.is_empty());
+    state.apply(6, &set_check("n1", "serfHealth", CheckStatus::Warning));
+    let (outcome, changes) = state.apply(7, &create("s", &["serfHealth"]));
+    assert_eq!(outcome, Outcome::Done);
+    assert!(changes.iter().all(|c| c.table() == Table::Kv));
+    assert_eq!(state.sessions["s"].create_index, 7);
+    assert_eq!(state.indexes.sessions, 7);
+    assert!(matches!(
+        state.apply(8, &create("s", &[])).0,
+        Outcome::Rejected(Rejection::Conflict(_))
+    ));
+}
+
+#[test]
+fn acquire_and_release_follow_consuls_lock_rules() {
+    let mut state = State::default();
+    state.apply(
+        1,
+        &node_with_check("n1", "serfHealth", CheckStatus::Passing),
+    );
+    for id in ["a", "b"] {
+        state.apply(2, &Command::SessionCreate(Box::new(session(id, "n1", &[]))));
+    }
+    let acquired =
+        |state: &mut State, index, session: &str| state.apply(index, &lock(true, "k", session)).0;
+    assert_eq!(acquired(&mut state, 3, "a"), Outcome::Condition(true));
+    let entry = state.kv["k"].clone();
+    assert_eq!(
+        (
+            entry.lock_index,
+            entry.session.as_deref(),
+            entry.create_index
+        ),
+        (1, Some("a"), 3)
+    );
+    // Its holder again: the value is written, the lock index stays.
+    assert_eq!(acquired(&mut state, 4, "a"), Outcome::Condition(true));
+    assert_eq!(
+        (state.kv["k"].lock_index, state.kv["k"].modify_index),
+        (1, 4)
+    );
+    // Another session: refused, nothing changes.
+    let before = state.clone();
+    let (outcome, changes) = state.apply(5, &lock(true, "k", "b"));
+    assert_eq!(outcome, Outcome::Condition(false));
+    assert!(changes.is_empty() && state == before);
+    // A release by another session is refused; by the holder, it clears the lock.
+    assert_eq!(
+        state.apply(6, &lock(false, "k", "b")).0,
+        Outcome::Condition(false)
+    );
+    assert_eq!(
+        state.apply(7, &lock(false, "k", "a")).0,
+        Outcome::Condition(true)
+    );
+    assert_eq!(
+        (state.kv["k"].session.as_deref(), state.kv["k"].lock_index),
+        (None, 1)
+    );
+    // A new holder moves the lock index.
+    assert_eq!(acquired(&mut state, 8, "b"), Outcome::Condition(true));
+    assert_eq!(state.kv["k"].lock_index, 2);
+    // A plain write keeps the lock.
+    state.apply(
+        9,
+        &Command::KvSet {
+            key: "k".into(),
+            value: b"x".to_vec(),
+            flags: 3,
+            cas: None,
+        },
+    );
+    assert_eq!(
+        (state.kv["k"].session.as_deref(), state.kv["k"].lock_index),
+        (Some("b"), 2)
+    );
+    // An unknown session is Consul's `invalid session`.
+    assert_eq!(
+        state.apply(10, &lock(true, "k", "ghost")).0,
+        Outcome::Rejected(Rejection::Precondition("invalid session \"ghost\"".into()))
+    );
+    assert_eq!(state.keys_held_by("b").collect::<Vec<_>>(), vec!["k"]);
+}
+
+#[test]
+fn invalidation_releases_or_deletes_held_keys_in_the_same_entry() {
+    let mut state = State::default();
+    state.apply(
+        1,
+        &node_with_check("n1", "serfHealth", CheckStatus::Passing),
+    );
+    state.apply(2, &node_with_check("n1", "app", CheckStatus::Passing));
+    let mut deleting = session("del", "n1", &["app"]);
+    deleting.behavior = SessionBehavior::Delete;
+    state.apply(
+        3,
+        &Command::SessionCreate(Box::new(session("rel", "n1", &["serfHealth"]))),
+    );
+    state.apply(4, &Command::SessionCreate(Box::new(deleting)));
+    state.apply(5, &lock(true, "a", "rel"));
+    state.apply(6, &lock(true, "b", "del"));
+
+    // The check goes critical: the tied session ends and its key is deleted in that entry.
+    let (_, changes) = state.apply(7, &set_check("n1", "app", CheckStatus::Critical));
+    assert!(!state.sessions.contains_key("del") && !state.kv.contains_key("b"));
+    assert!(changes.iter().any(|c| matches!(c, Change::Check(_))));
+    assert!(changes
+        .iter()
+        .any(|c| matches!(c, Change::Session(r) if r.new.is_none())));
+    assert!(changes
+        .iter()
+        .any(|c| matches!(c, Change::Kv(r) if r.key == "b" && r.new.is_none())));
+    assert_eq!(state.kv_index("b", true), 7);
+    // Warning ends nothing.
+    state.apply(8, &set_check("n1", "serfHealth", CheckStatus::Warning));
+    assert!(state.sessions.contains_key("rel"));
+    // The node fails: the serfHealth session ends, its key is released, lock index kept.
+    state.apply(9, &set_check("n1", "serfHealth", CheckStatus::Critical));
+    assert!(state.sessions.is_empty());
+    let a = &state.kv["a"];
+    assert_eq!(
+        (
+            a.session.as_deref(),
+            a.lock_index,
+            a.modify_index,
+            a.value.as_slice()
+        ),
+        (None, 1, 9, &b"v"[..])
+    );
+    assert_eq!((state.indexes.kv, state.indexes.sessions), (9, 9));
+}
+
+#[test]
+fn deregistering_a_tied_check_or_the_node_ends_its_sessions() {
+    let mut state = State::default();
+    state.apply(1, &register("n1", "web1", "web", 80));
+    state.apply(
+        2,
+        &node_with_check("n1", "serfHealth", CheckStatus::Passing),
+    );
+    state.apply(
+        3,
+        &Command::Register(Box::new(Registration {
+            node: "n1".into(),
+            skip_node_update: true,
+            checks: vec![CheckSpec {
+                check_id: "service:web1".into(),
+                service_id: "web1".into(),
+                status: Some(CheckStatus::Passing),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+    );
+    let mut by_service = session("svc", "n1", &[]);
+    by_service.service_checks = vec![ServiceCheckRef {
+        id: "service:web1".into(),
+        namespace: String::new(),
+    }];
+    state.apply(4, &Command::SessionCreate(Box::new(by_service)));
+    state.apply(
+        5,
+        &Command::SessionCreate(Box::new(session("node", "n1", &["serfHealth"]))),
+    );
+    state.apply(
+        6,
+        &Command::SessionCreate(Box::new(session("bare", "n1", &[]))),
+    );
+    // The service goes, with its check: the session tied to that check ends.
+    state.apply(
+        7,
+        &Command::Deregister(Deregistration {
+            node: "n1".into(),
+            service_id: Some("web1".into()),
+            check_id: None,
+        }),
+    );
+    assert!(!state.sessions.contains_key("svc") && state.sessions.len() == 2);
+    // The node goes: every session of it ends, tied to a check or not.
+    state.apply(
+        8,
+        &Command::Deregister(Deregistration {
+            node: "n1".into(),
+            ..Default::default()
+        }),
+    );
+    assert!(state.sessions.is_empty());
+}
+
+#[test]
+fn sessions_and_locks_survive_a_snapshot_and_older_rows_load() {
+    let mut state = State::default();
+    state.apply(
+        1,
+        &node_with_check("n1", "serfHealth", CheckStatus::Passing),
+    );
+    state.apply(
+        2,
+        &Command::SessionCreate(Box::new(session("s", "n1", &["serfHealth"]))),
+    );
+    state.apply(3, &lock(true, "k", "s"));
+    let restored = snapshot::decode_state(&snapshot::encode_state(&state).unwrap()).unwrap();
+    assert_eq!(restored, state);
+    assert_eq!(restored.keys_held_by("s").collect::<Vec<_>>(), vec!["k"]);
+    assert_eq!(restored.sessions_of_node("n1").count(), 1);
+    // A KV row of an earlier release, without lock fields, loads unlocked.
+    let old: KvEntry = serde_json::from_str(
+        r#"{"key":"k","value":[1],"flags":0,"create_index":1,"modify_index":1}"#,
+    )
+    .unwrap();
+    assert_eq!((old.session, old.lock_index), (None, 0));
 }

@@ -120,7 +120,8 @@ impl WorkloadTables {
             | Change::ServiceIndex(_)
             | Change::Kv(_)
             | Change::KvTombstone(_)
-            | Change::KvReaped { .. } => {}
+            | Change::KvReaped { .. }
+            | Change::Session(_) => {}
         }
     }
 }

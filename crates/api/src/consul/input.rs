@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use atoll_state::{
-    CheckDefinition, CheckSpec, CheckStatus, Command, Deregistration, Registration, ServiceSpec,
+    CheckDefinition, CheckSpec, CheckStatus, Command, Deregistration, Registration,
+    ServiceCheckRef, ServiceSpec, Session, SessionBehavior, NODE_HEALTH_CHECK_ID,
 };
 use axum::http::StatusCode;
 use serde::Deserialize;
@@ -518,16 +519,51 @@ pub fn kv_set_command(key: String, query: &Query, value: &[u8]) -> Result<Comman
             ),
         ));
     }
-    if query.get("acquire").is_some() || query.get("release").is_some() {
-        return Err(ApiError::bad_request(
-            "Sessions (acquire/release) are not supported",
-        ));
+    let acquire = query.get("acquire");
+    let release = query.get("release");
+    let cas = query.u64("cas")?;
+    let given = [acquire.is_some(), release.is_some(), cas.is_some()];
+    if given.iter().filter(|given| **given).count() > 1 {
+        let raw: Vec<String> = ["acquire", "release", "cas"]
+            .iter()
+            .filter_map(|name| query.get(name).map(|value| format!("{name}={value}")))
+            .collect();
+        return Err(ApiError::bad_request(format!(
+            "Conflicting flags: {}",
+            raw.join("&")
+        )));
     }
-    Ok(Command::KvSet {
-        key,
-        value: value.to_vec(),
-        flags: query.u64("flags")?.unwrap_or(0),
-        cas: query.u64("cas")?,
+    let flags = query.u64("flags")?.unwrap_or(0);
+    let value = value.to_vec();
+    let session = |name: &str, session: &str| {
+        if session.is_empty() {
+            Err(ApiError::field(
+                name,
+                format!("missing session in ?{name}="),
+            ))
+        } else {
+            Ok(session.to_string())
+        }
+    };
+    Ok(match (acquire, release) {
+        (Some(acquire), _) => Command::KvAcquire {
+            key,
+            value,
+            flags,
+            session: session("acquire", acquire)?,
+        },
+        (_, Some(release)) => Command::KvRelease {
+            key,
+            value,
+            flags,
+            session: session("release", release)?,
+        },
+        (None, None) => Command::KvSet {
+            key,
+            value,
+            flags,
+            cas,
+        },
     })
 }
 
@@ -545,4 +581,269 @@ pub fn kv_delete_command(key: String, query: &Query) -> Result<Command, ApiError
         ));
     }
     Ok(Command::KvDelete { key, recurse, cas })
+}
+
+/// The body of `PUT /v1/session/create`, as decoded. `Checks` and `NodeChecks` tell a field
+/// given as `null` or `[]` (no checks) from an absent one (the default, `serfHealth`).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SessionIn {
+    name: Option<String>,
+    node: Option<String>,
+    #[serde(deserialize_with = "present")]
+    checks: Option<Option<Vec<String>>>,
+    #[serde(deserialize_with = "present")]
+    nodechecks: Option<Option<Vec<String>>>,
+    servicechecks: Option<Vec<ServiceCheckIn>>,
+    lockdelay: Option<LockDelayIn>,
+    behavior: Option<String>,
+    ttl: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ServiceCheckIn {
+    id: String,
+    namespace: String,
+}
+
+/// A lock delay: Go duration text or nanoseconds.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LockDelayIn {
+    Text(String),
+    Nanos(f64),
+}
+
+/// A field that is present, even as `null`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// Default lock delay of a session (Consul's).
+pub const DEFAULT_LOCK_DELAY: std::time::Duration = std::time::Duration::from_secs(15);
+/// Shortest session TTL (Consul's default `session_ttl_min`).
+pub const SESSION_TTL_MIN: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest session TTL (Consul's `SessionTTLMax`).
+pub const SESSION_TTL_MAX: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Below this many nanoseconds, Consul reads a lock delay as seconds (`5` is 5 s).
+const LOCK_DELAY_SECONDS_BELOW: f64 = 1000.0;
+
+/// The body of `PUT /v1/session/create` (empty: every default) as the session to create,
+/// without its id: Consul's defaults (`node`: this agent's node, `serfHealth`, 15 s lock
+/// delay, `release`) and its default-check fixup. An out-of-range TTL is Consul's 500 with
+/// its text (clients match on it); malformed fields are 400s naming the field.
+pub fn parse_session_create(body: &[u8], node: &str) -> Result<Session, ApiError> {
+    let input: SessionIn = if body.iter().all(u8::is_ascii_whitespace) {
+        SessionIn::default()
+    } else {
+        decode_body(body)?
+    };
+    let serf = || vec![NODE_HEALTH_CHECK_ID.to_string()];
+    let mut checks = match input.checks {
+        None => serf(),
+        Some(given) => given.unwrap_or_default(),
+    };
+    let mut node_checks = match input.nodechecks {
+        None => serf(),
+        Some(given) => given.unwrap_or_default(),
+    };
+    // Consul's `fixupEmptySessionChecks`.
+    if checks.is_empty() {
+        node_checks.clear();
+    } else if checks == serf() || node_checks.is_empty() {
+        checks.clear();
+    }
+    let lock_delay = match input.lockdelay {
+        None => DEFAULT_LOCK_DELAY,
+        Some(LockDelayIn::Text(text)) => {
+            let parsed = parse_duration(&text).ok_or_else(|| {
+                ApiError::field("LockDelay", format!("Invalid LockDelay {text:?}"))
+            })?;
+            seconds_if_tiny(parsed.as_nanos() as f64)
+        }
+        Some(LockDelayIn::Nanos(nanos)) if nanos >= 0.0 && nanos.is_finite() => {
+            seconds_if_tiny(nanos)
+        }
+        Some(LockDelayIn::Nanos(nanos)) => {
+            return Err(ApiError::field(
+                "LockDelay",
+                format!("Invalid LockDelay {nanos}: must not be negative"),
+            ))
+        }
+    };
+    let behavior = match input.behavior.as_deref().unwrap_or("") {
+        "" | "release" => SessionBehavior::Release,
+        "delete" => SessionBehavior::Delete,
+        other => {
+            return Err(ApiError::field(
+                "Behavior",
+                format!("Invalid Behavior setting '{other}'"),
+            ))
+        }
+    };
+    let ttl = input.ttl.unwrap_or_default();
+    let ttl_ns = if ttl.is_empty() {
+        0
+    } else {
+        let parsed = parse_duration(&ttl).ok_or_else(|| {
+            ApiError::field(
+                "TTL",
+                format!("Session TTL '{ttl}' invalid: not a duration"),
+            )
+        })?;
+        if !parsed.is_zero() && (parsed < SESSION_TTL_MIN || parsed > SESSION_TTL_MAX) {
+            return Err(ApiError::plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "Invalid Session TTL '{}', must be between [10s=24h0m0s]",
+                    parsed.as_nanos()
+                ),
+            ));
+        }
+        u64::try_from(parsed.as_nanos()).unwrap_or(u64::MAX)
+    };
+    let node = input
+        .node
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| node.to_string());
+    Ok(Session {
+        id: String::new(),
+        name: input.name.unwrap_or_default(),
+        node,
+        checks,
+        node_checks,
+        service_checks: input
+            .servicechecks
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| ServiceCheckRef {
+                id: c.id,
+                namespace: c.namespace,
+            })
+            .collect(),
+        lock_delay_ns: lock_delay.as_nanos().try_into().unwrap_or(u64::MAX),
+        behavior,
+        ttl,
+        ttl_ns,
+        create_index: 0,
+        modify_index: 0,
+    })
+}
+
+/// A lock delay in nanoseconds; below a microsecond, Consul takes the number as seconds.
+fn seconds_if_tiny(nanos: f64) -> std::time::Duration {
+    let nanos = if nanos < LOCK_DELAY_SECONDS_BELOW {
+        nanos * 1e9
+    } else {
+        nanos
+    };
+    std::time::Duration::from_nanos(nanos.min(u64::MAX as f64) as u64)
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<Session, ApiError> {
+        parse_session_create(body.as_bytes(), "agent-node")
+    }
+
+    #[test]
+    fn an_empty_body_takes_consuls_defaults() {
+        let session = parse("").unwrap();
+        assert_eq!(session.node, "agent-node");
+        assert_eq!(session.node_checks, vec!["serfHealth".to_string()]);
+        assert!(session.checks.is_empty() && session.service_checks.is_empty());
+        assert_eq!(session.lock_delay_ns, 15_000_000_000);
+        assert_eq!(session.behavior, SessionBehavior::Release);
+        assert_eq!((session.ttl.as_str(), session.ttl_ns), ("", 0));
+    }
+
+    #[test]
+    fn empty_checks_make_a_ttl_only_session() {
+        for body in [
+            r#"{"checks": []}"#,
+            r#"{"Checks": null}"#,
+            r#"{"NodeChecks": []}"#,
+        ] {
+            let session = parse(body).unwrap();
+            assert!(session.checks.is_empty(), "{body}");
+            assert!(session.node_checks.is_empty(), "{body}");
+        }
+        // Deprecated `Checks` beside the default node check: both are kept.
+        let session = parse(r#"{"Checks": ["a"]}"#).unwrap();
+        assert_eq!(session.checks, vec!["a".to_string()]);
+        assert_eq!(session.node_checks, vec!["serfHealth".to_string()]);
+    }
+
+    #[test]
+    fn patroni_body_parses_with_lowercase_names_and_fractional_durations() {
+        let session = parse(
+            r#"{"name": "batman-pg1", "checks": [], "lockdelay": "0.001s", "behavior": "delete", "ttl": "15.0s"}"#,
+        )
+        .unwrap();
+        assert_eq!(session.name, "batman-pg1");
+        assert_eq!(session.lock_delay_ns, 1_000_000);
+        assert_eq!(session.behavior, SessionBehavior::Delete);
+        assert_eq!(
+            (session.ttl.as_str(), session.ttl_ns),
+            ("15.0s", 15_000_000_000)
+        );
+    }
+
+    #[test]
+    fn lock_delays_below_a_microsecond_are_seconds() {
+        assert_eq!(
+            parse(r#"{"LockDelay": 5}"#).unwrap().lock_delay_ns,
+            5_000_000_000
+        );
+        assert_eq!(
+            parse(r#"{"LockDelay": "5ns"}"#).unwrap().lock_delay_ns,
+            5_000_000_000
+        );
+        assert_eq!(
+            parse(r#"{"LockDelay": 2000000000}"#).unwrap().lock_delay_ns,
+            2_000_000_000
+        );
+        assert_eq!(
+            parse(r#"{"LockDelay": "later"}"#)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("LockDelay")
+        );
+        assert!(parse(r#"{"LockDelay": -1}"#).is_err());
+    }
+
+    #[test]
+    fn ttl_and_behavior_are_validated_with_consuls_text() {
+        let error = parse(r#"{"TTL": "5s"}"#).unwrap_err();
+        assert_eq!(error.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(error.plain);
+        assert_eq!(
+            error.message,
+            "Invalid Session TTL '5000000000', must be between [10s=24h0m0s]"
+        );
+        assert!(parse(r#"{"TTL": "24h0m1s"}"#).is_err());
+        assert_eq!(parse(r#"{"TTL": "0s"}"#).unwrap().ttl_ns, 0);
+        assert_eq!(
+            parse(r#"{"TTL": "24h"}"#).unwrap().ttl_ns,
+            86_400_000_000_000
+        );
+        assert_eq!(
+            parse(r#"{"TTL": "x"}"#).unwrap_err().field.as_deref(),
+            Some("TTL")
+        );
+        let error = parse(r#"{"Behavior": "keep"}"#).unwrap_err();
+        assert_eq!(
+            (error.field.as_deref(), error.message.as_str()),
+            (Some("Behavior"), "Invalid Behavior setting 'keep'")
+        );
+    }
 }

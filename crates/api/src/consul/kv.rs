@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use crate::extract::Path;
 use atoll_cluster::Watch;
-use atoll_state::Outcome;
+use atoll_state::{Command, Outcome};
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
@@ -55,7 +55,16 @@ async fn read(context: ApiContext, key: String, raw: Option<String>) -> Result<R
         Watch::Prefix(key.clone())
     };
     let (index, result) = blocking(&context, &options, watch, |state| {
-        let index = state.kv_index(&key, exact).max(if exact { 0 } else { 1 });
+        // One key: its ModifyIndex when it exists, else the table's (Consul's answer, which
+        // Patroni compares with the ModifyIndex it knows).
+        let index = if exact {
+            state
+                .kv
+                .get(&key)
+                .map_or(state.indexes.kv, |entry| entry.modify_index)
+        } else {
+            state.kv_index(&key, exact).max(1)
+        };
         let result = if keys {
             let mut listed = BTreeSet::new();
             for entry in state.kv_prefix(&key) {
@@ -89,7 +98,7 @@ async fn read(context: ApiContext, key: String, raw: Option<String>) -> Result<R
                 ),
             }
         };
-        (index.max(state.indexes.kv.min(1)), result)
+        (index.max(1), result)
     })
     .await?;
     Ok(match result {
@@ -114,7 +123,8 @@ pub async fn put_root() -> Result<Response, ApiError> {
     Err(ApiError::field("key", "Missing key name"))
 }
 
-/// `PUT /v1/kv/:key` (`?flags=`, `?cas=`); answers `true` or `false`.
+/// `PUT /v1/kv/:key` (`?flags=`, `?cas=`, `?acquire=`, `?release=`); answers `true` or
+/// `false`.
 pub async fn put(
     State(context): State<ApiContext>,
     Path(key): Path<String>,
@@ -124,6 +134,13 @@ pub async fn put(
     let query = Query::parse(raw.as_deref());
     check_datacenter(&query, &context)?;
     let command = kv_set_command(key, &query, &body)?;
+    if let Command::KvAcquire { key, .. } = &command {
+        // Lock delay is checked before proposing, as Consul's leader does.
+        if let Some(left) = context.agent().sessions().lock_delay(key).await? {
+            tracing::debug!(%key, ?left, "refusing to lock the key during its lock delay");
+            return Ok(json_with_index(context.store().applied(), &false));
+        }
+    }
     let outcome = write(&context, command).await?;
     Ok(json_with_index(
         context.store().applied(),

@@ -6,6 +6,7 @@ mod health;
 pub mod input;
 mod kv;
 mod operator;
+mod session;
 mod status;
 pub mod wire;
 
@@ -59,6 +60,12 @@ pub fn routes() -> Router<ApiContext> {
             "/v1/kv/{*key}",
             get(kv::get).put(kv::put).delete(kv::delete),
         )
+        .route("/v1/session/create", put(session::create))
+        .route("/v1/session/destroy/{id}", put(session::destroy))
+        .route("/v1/session/renew/{id}", put(session::renew))
+        .route("/v1/session/info/{id}", get(session::info))
+        .route("/v1/session/node/{node}", get(session::node))
+        .route("/v1/session/list", get(session::list))
         .route("/v1/agent/leave", put(operator::leave))
         .route("/v1/agent/force-leave/{node}", put(operator::force_leave))
         .route(

@@ -243,10 +243,68 @@ impl<'a> KvJson<'a> {
             value: (!entry.value.is_empty())
                 .then(|| base64::engine::general_purpose::STANDARD.encode(&entry.value)),
             flags: entry.flags,
-            session: None,
-            lock_index: 0,
+            session: entry.session.as_deref(),
+            lock_index: entry.lock_index,
             create_index: entry.create_index,
             modify_index: entry.modify_index,
+        }
+    }
+}
+
+/// A session, as `/v1/session/*` shows it (Consul 1.10's shape: `LockDelay` in nanoseconds,
+/// `TTL` as given, the deprecated `Checks` only when set).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SessionJson<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    name: &'a str,
+    node: &'a str,
+    lock_delay: u64,
+    behavior: &'static str,
+    #[serde(rename = "TTL")]
+    ttl: &'a str,
+    node_checks: &'a [String],
+    service_checks: Option<Vec<ServiceCheckJson<'a>>>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    checks: &'a [String],
+    create_index: u64,
+    modify_index: u64,
+}
+
+/// A service check a session is tied to.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ServiceCheckJson<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    namespace: &'a str,
+}
+
+impl<'a> SessionJson<'a> {
+    /// Converts a session.
+    pub fn new(session: &'a atoll_state::Session) -> Self {
+        SessionJson {
+            id: &session.id,
+            name: &session.name,
+            node: &session.node,
+            lock_delay: session.lock_delay_ns,
+            behavior: session.behavior.as_str(),
+            ttl: &session.ttl,
+            node_checks: &session.node_checks,
+            service_checks: (!session.service_checks.is_empty()).then(|| {
+                session
+                    .service_checks
+                    .iter()
+                    .map(|c| ServiceCheckJson {
+                        id: &c.id,
+                        namespace: &c.namespace,
+                    })
+                    .collect()
+            }),
+            checks: &session.checks,
+            create_index: session.create_index,
+            modify_index: session.modify_index,
         }
     }
 }

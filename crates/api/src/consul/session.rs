@@ -1,0 +1,159 @@
+//! `/v1/session/*`: Consul's sessions. Creating and destroying one are Raft writes;
+//! renewing one resets the leader's timer (see `atoll_agent::Sessions`) and writes nothing.
+
+use atoll_state::{Command, Rejection, Session, State as StateView, Table};
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use rand::RngCore;
+
+use super::input::parse_session_create;
+use super::wire::SessionJson;
+use crate::error::ApiError;
+use crate::execute::{write, Refusal};
+use crate::extract::Path;
+use crate::query::{blocking, check_datacenter, json_with_index, Query, ReadOptions};
+use crate::ApiContext;
+
+/// How many fresh ids a create tries when one is taken (a UUID collision).
+const ID_ATTEMPTS: usize = 3;
+
+/// `PUT /v1/session/create`: answers `{"ID": ...}`.
+pub async fn create(
+    State(context): State<ApiContext>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref());
+    check_datacenter(&query, &context)?;
+    let mut session = parse_session_create(&body, context.node())?;
+    for attempt in 1..=ID_ATTEMPTS {
+        session.id = new_id();
+        let command = Command::SessionCreate(Box::new(session.clone()));
+        match write(&context, command).await {
+            Ok(_) => {
+                return Ok(json_with_index(
+                    context.store().applied(),
+                    &serde_json::json!({ "ID": session.id }),
+                ))
+            }
+            Err(Refusal::Rejected(Rejection::Conflict(_))) if attempt < ID_ATTEMPTS => continue,
+            Err(refusal) => return Err(refusal.into()),
+        }
+    }
+    Err(ApiError::with_status(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Failed to generate a unique session ID",
+    ))
+}
+
+/// `PUT /v1/session/destroy/:id`: `true`, also for a session that no longer exists.
+pub async fn destroy(
+    State(context): State<ApiContext>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref());
+    check_datacenter(&query, &context)?;
+    write(&context, Command::SessionDestroy { id }).await?;
+    Ok(json_with_index(context.store().applied(), &true))
+}
+
+/// `PUT /v1/session/renew/:id`: a one-element array of the session; 404 with Consul's
+/// text when the leader knows no such session.
+pub async fn renew(
+    State(context): State<ApiContext>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref());
+    check_datacenter(&query, &context)?;
+    let not_found = || {
+        ApiError::plain(
+            StatusCode::NOT_FOUND,
+            format!("Session id '{id}' not found"),
+        )
+    };
+    if !context.agent().sessions().renew(&id).await? {
+        return Err(not_found());
+    }
+    // The leader has it; this node shows it once it has applied as far as the leader.
+    context
+        .cluster()
+        .linearize(atoll_cluster::ReadMode::Default)
+        .await?;
+    let body = context.store().read(|state| {
+        state
+            .sessions
+            .get(&id)
+            .map(|session| serde_json::to_value(vec![SessionJson::new(session)]))
+    });
+    match body {
+        Some(Ok(body)) => Ok(json_with_index(context.store().applied(), &body)),
+        _ => Err(not_found()),
+    }
+}
+
+/// `GET /v1/session/info/:id`: an array of zero or one session (blocking).
+pub async fn info(
+    state: State<ApiContext>,
+    Path(id): Path<String>,
+    raw: RawQuery,
+) -> Result<Response, ApiError> {
+    list_where(state.0, raw.0, move |session| session.id == id).await
+}
+
+/// `GET /v1/session/node/:node`: the node's sessions (blocking).
+pub async fn node(
+    state: State<ApiContext>,
+    Path(node): Path<String>,
+    raw: RawQuery,
+) -> Result<Response, ApiError> {
+    list_where(state.0, raw.0, move |session| session.node == node).await
+}
+
+/// `GET /v1/session/list`: every session (blocking).
+pub async fn list(state: State<ApiContext>, raw: RawQuery) -> Result<Response, ApiError> {
+    list_where(state.0, raw.0, |_| true).await
+}
+
+async fn list_where(
+    context: ApiContext,
+    raw: Option<String>,
+    keep: impl Fn(&Session) -> bool,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref());
+    let options = ReadOptions::parse(&query, &context)?;
+    let (index, body) = blocking(&context, &options, Table::Kv, |state: &StateView| {
+        let sessions: Vec<SessionJson> = state
+            .sessions
+            .values()
+            .filter(|session| keep(session))
+            .map(SessionJson::new)
+            .collect();
+        (
+            state.indexes.sessions,
+            serde_json::to_value(sessions).unwrap_or_default(),
+        )
+    })
+    .await?;
+    Ok(json_with_index(index, &body))
+}
+
+/// A random (version 4) UUID, as Consul's session ids.
+fn new_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
