@@ -42,9 +42,12 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// instead of serving old values for as long as the partition lasts.
 const LEADER_LEASE: Duration = Duration::from_millis(300);
 
-/// Proposals of one write group in flight at once: while some commit (or cross to the
-/// leader and back), the next batch gathers.
-const WRITES_IN_FLIGHT: usize = 4;
+/// Proposals of one write group in flight at once. One: while it commits (or crosses to the
+/// leader and back), the next batch gathers, and the fewer and larger the entries the less
+/// each write costs (measured on one node with 16 writers: 17,900 writes/s with one slot,
+/// 13,100 with two, 9,000 with four; through a follower of three servers, 4,500 with one
+/// slot, 3,600 with four). Throughput then grows with the batch, not with entries in flight.
+const WRITES_IN_FLIGHT: usize = 1;
 
 /// A group's proposer calling `propose` on the node while it exists.
 fn proposer<F, Fut>(node: Weak<Inner>, propose: F) -> Propose
