@@ -35,19 +35,48 @@ pub struct RowChange<K, V> {
 }
 
 /// A table of rows by key that reports its changes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(
-    transparent,
-    bound(
-        serialize = "K: Serialize, V: Serialize",
-        deserialize = "K: Deserialize<'de> + Clone, V: Deserialize<'de> + Clone"
-    )
-)]
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent, bound(serialize = "K: Serialize, V: Serialize"))]
 pub struct Rows<K: Ord, V> {
     rows: Map<K, V>,
     /// Value of each row touched since the last drain, as it was before.
     #[serde(skip)]
     before: BTreeMap<K, Option<V>>,
+}
+
+// Read through std's maps: a stored map's length comes from the bytes, and serde sizes std's
+// maps cautiously where the persistent map would reserve whatever length a damaged record
+// claims (and abort on it instead of failing to decode).
+impl<'de, K, V> Deserialize<'de> for Rows<K, V>
+where
+    K: Ord + Clone + Deserialize<'de>,
+    V: Clone + Deserialize<'de>,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let rows = BTreeMap::<K, V>::deserialize(deserializer)?;
+        Ok(Rows {
+            rows: rows.into_iter().collect(),
+            before: BTreeMap::new(),
+        })
+    }
+}
+
+impl<'de, G, K, V> Deserialize<'de> for Grouped<G, K, V>
+where
+    G: Ord + Clone + Deserialize<'de>,
+    K: Ord + Clone + Deserialize<'de>,
+    V: Clone + Deserialize<'de>,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let groups = BTreeMap::<G, BTreeMap<K, V>>::deserialize(deserializer)?;
+        Ok(Grouped {
+            groups: groups
+                .into_iter()
+                .map(|(group, rows)| (group, rows.into_iter().collect::<Map<K, V>>()))
+                .collect(),
+            before: BTreeMap::new(),
+        })
+    }
 }
 
 impl<K: Ord, V> Default for Rows<K, V> {
@@ -173,14 +202,10 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Rows<K, V> {
 
 /// A table of rows under a group key (node, then id), reporting changes per row. A group
 /// exists only while it holds rows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(
     transparent,
-    bound(
-        serialize = "G: Serialize, K: Serialize, V: Serialize",
-        deserialize = "G: Deserialize<'de> + Clone, K: Deserialize<'de> + Clone, \
-                       V: Deserialize<'de> + Clone"
-    )
+    bound(serialize = "G: Serialize, K: Serialize, V: Serialize")
 )]
 pub struct Grouped<G: Ord, K: Ord, V> {
     groups: Map<G, Map<K, V>>,
@@ -369,6 +394,22 @@ mod tests {
         replay.put_row(("n1".into(), "a".into()), Some(1));
         replay.put_row(("n1".into(), "a".into()), None);
         assert_eq!(replay, table);
+    }
+
+    #[test]
+    fn a_record_claiming_a_huge_table_fails_to_decode_instead_of_aborting() {
+        // MessagePack map32 with 2^32-1 entries, then nothing: before, the persistent map
+        // reserved room for every claimed entry and the process aborted.
+        let claims = [
+            crate::snapshot::FORMAT_VERSION,
+            0xdf,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+        ];
+        assert!(crate::snapshot::decode::<Rows<String, u32>>(&claims).is_err());
+        assert!(crate::snapshot::decode::<Grouped<String, String, u32>>(&claims).is_err());
     }
 
     #[test]
