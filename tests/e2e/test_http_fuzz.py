@@ -753,7 +753,12 @@ class Fuzzer:
             ("flags=", "flags", 400), ("flags=0x1", "flags", 400), ("cas=%ff", "cas", 400),
         ]
         if method == "PUT":
-            breakers += [("acquire=x", None, 400), ("release=x", None, 400), ("dc=elsewhere", None, 500)]
+            # A lock without its session, or two of acquire, release and cas at once (a bogus
+            # session itself is Consul's 500 "invalid session" for acquire and a plain
+            # `false` for release: not malformed).
+            breakers += [("acquire=", "acquire", 400), ("release=", "release", 400),
+                         ("acquire=x&release=x", None, 400), ("acquire=x&cas=0", None, 400),
+                         ("dc=elsewhere", None, 500)]
         else:
             breakers = [b for b in breakers if b[1] == "cas"] + [("recurse&cas=0", "cas", 400),
                                                                   ("dc=elsewhere", None, 500)]

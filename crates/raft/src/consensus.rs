@@ -292,7 +292,11 @@ impl Consensus {
     /// outcome and the entry's index. Concurrent writes are proposed together (`group.rs`).
     pub async fn write(&self, command: Command) -> Result<(Outcome, u64), ClusterError> {
         let deadline = Instant::now() + WRITE_TIMEOUT;
-        let (outcome, index) = self.inner.writes.write(command).await?;
+        // The deadline counts from here, not from the proposal: a write queued behind a
+        // proposal that cannot commit (no quorum) is not kept waiting for two timeouts.
+        let (outcome, index) = tokio::time::timeout_at(deadline, self.inner.writes.write(command))
+            .await
+            .map_err(|_| ClusterError::Timeout)??;
         // Waited for here, not in the proposal: its slot is free for the next batch as soon
         // as the leader answered.
         self.wait_applied(index, deadline).await?;
