@@ -724,6 +724,16 @@ impl Consensus {
         }
         // What Raft queued last (its committed index) is written before the file is let go.
         self.inner.log_writer.settled().await;
+        // A snapshot openraft was building when told to stop still holds the file; the data
+        // dir is free for the next owner only once that task is done.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.inner.db.strong_count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("the database is still held 30 s after shutdown");
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 }
 
