@@ -16,6 +16,7 @@ import threading
 import time
 
 import consul
+import requests
 
 LOCK_FLAG = 0x2DDCCBC058A50C18
 LOCK_KEY = ".lock"
@@ -32,31 +33,73 @@ def append(path: str, record: dict) -> None:
         os.close(fd)
 
 
+def retrying(call, *args, **kwargs):
+    """`call`, retried while the cluster cannot answer (a leader election in progress):
+    500s and refused or reset connections. Everything else is raised."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except (consul.ConsulException, OSError, requests.RequestException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def contend(host: str, port: int, key: str, history: str, lock_delay: int = 1) -> None:
-    c = consul.Consul(host=host, port=port, connections_timeout=30)
-    session = c.session.create(name=f"contender-{os.getpid()}", ttl=SESSION_TTL, lock_delay=lock_delay, checks=[])
+    c = consul.Consul(host=host, port=port, connections_timeout=10)
+    session = retrying(c.session.create, name=f"contender-{os.getpid()}", ttl=SESSION_TTL,
+                       lock_delay=lock_delay, checks=[])
 
     def renew_forever():
         # The session lives while this process does, waiting or holding, as Patroni's does.
         while True:
             time.sleep(SESSION_TTL / 3)
-            c.session.renew(session)
+            retrying(c.session.renew, session)
 
     threading.Thread(target=renew_forever, daemon=True).start()
     index = None
     while True:
-        if c.kv.put(key, str(os.getpid()), acquire=session):
+        if retrying(c.kv.put, key, str(os.getpid()), acquire=session):
             break
-        index, _ = c.kv.get(key, index=index, wait="2s")
-    _, entry = c.kv.get(key, consistency="consistent")
+        index, _ = retrying(c.kv.get, key, index=index, wait="2s")
+    _, entry = retrying(c.kv.get, key, consistency="consistent")
     append(history, {"pid": os.getpid(), "event": "acquired", "t": time.monotonic(), "lock_index": entry["LockIndex"], "session": session})
     while True:
-        _, entry = c.kv.get(key, consistency="consistent")
+        # Only a consistent read that names this session counts as holding; while the
+        # cluster cannot answer, nothing is recorded.
+        _, entry = retrying(c.kv.get, key, consistency="consistent")
         if entry is None or entry.get("Session") != session:
             append(history, {"pid": os.getpid(), "event": "lost", "t": time.monotonic()})
             return
         append(history, {"pid": os.getpid(), "event": "held", "t": time.monotonic(), "lock_index": entry["LockIndex"]})
         time.sleep(0.3)
+
+
+def read_history(path) -> list[dict]:
+    """The records contenders appended to `path`, in the order they were written."""
+    try:
+        text = open(path).read()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def assert_never_two_holders(records: list[dict]) -> list[tuple[float, float, int]]:
+    """Checks a recorded election: each holder's span (from `acquired` to its last `held`)
+    saw one lock index, spans are disjoint, and every holder had its own lock index.
+    Returns the spans (start, end, lock index) in time order."""
+    spans: dict[int, tuple[float, float, int]] = {}
+    for r in records:
+        if r["event"] in ("acquired", "held"):
+            start, end, index = spans.get(r["pid"], (r["t"], r["t"], r["lock_index"]))
+            assert r["lock_index"] == index, f"{r['pid']} saw the lock change hands while holding it"
+            spans[r["pid"]] = (min(start, r["t"]), max(end, r["t"]), index)
+    ordered = sorted(spans.values())
+    for (_, end, _), (start, _, _) in zip(ordered, ordered[1:]):
+        assert end < start, f"two holders at once: {ordered}"
+    assert len({index for _, _, index in ordered}) == len(ordered)
+    return ordered
 
 
 class ConsulLayoutLock:
