@@ -208,18 +208,20 @@ mod tests {
         })
     }
 
+    /// A write through `group` on a task of its own.
+    fn spawn_write(group: &Arc<WriteGroup>, command: Command) -> tokio::task::JoinHandle<Reply> {
+        let group = group.clone();
+        tokio::spawn(async move { group.write(command).await })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn concurrent_writes_share_entries_and_each_gets_its_own_outcome() {
         let entries = Arc::new(AtomicUsize::new(0));
         let group = Arc::new(WriteGroup::new(1, proposer(entries.clone())));
         let mut writes = Vec::new();
         for i in 0..50 {
-            let group = group.clone();
             // Every key twice, create-only: exactly one of each pair succeeds.
-            let key = format!("k{}", i % 25);
-            writes.push(tokio::spawn(async move {
-                group.write(set(&key, Some(0))).await
-            }));
+            writes.push(spawn_write(&group, set(&format!("k{}", i % 25), Some(0))));
         }
         let mut held = 0;
         for write in writes {
@@ -238,23 +240,13 @@ mod tests {
     async fn a_batch_in_a_group_gets_its_slice_of_outcomes() {
         let entries = Arc::new(AtomicUsize::new(0));
         let group = Arc::new(WriteGroup::new(1, proposer(entries.clone())));
-        let first = tokio::spawn({
-            let group = group.clone();
-            async move { group.write(set("a", None)).await }
-        });
+        let first = spawn_write(&group, set("a", None));
         tokio::task::yield_now().await;
-        let batch = tokio::spawn({
-            let group = group.clone();
-            async move {
-                group
-                    .write(Command::Batch(vec![set("b", Some(0)), set("b", Some(0))]))
-                    .await
-            }
-        });
-        let single = tokio::spawn({
-            let group = group.clone();
-            async move { group.write(set("c", Some(0))).await }
-        });
+        let batch = spawn_write(
+            &group,
+            Command::Batch(vec![set("b", Some(0)), set("b", Some(0))]),
+        );
+        let single = spawn_write(&group, set("c", Some(0)));
         assert_eq!(first.await.unwrap().unwrap().0, Outcome::Done);
         let (batch, index) = batch.await.unwrap().unwrap();
         assert_eq!(
@@ -272,10 +264,7 @@ mod tests {
         let failing: Propose = Arc::new(|_, _| Box::pin(async { Err(ClusterError::Timeout) }));
         let group = Arc::new(WriteGroup::new(1, failing));
         let writes: Vec<_> = (0..5)
-            .map(|i| {
-                let group = group.clone();
-                tokio::spawn(async move { group.write(set(&format!("k{i}"), None)).await })
-            })
+            .map(|i| spawn_write(&group, set(&format!("k{i}"), None)))
             .collect();
         for write in writes {
             assert_eq!(write.await.unwrap(), Err(ClusterError::Timeout));
@@ -320,24 +309,15 @@ mod tests {
     async fn a_write_whose_caller_went_away_is_not_proposed_and_not_retried() {
         let entries = Arc::new(AtomicUsize::new(0));
         let group = Arc::new(WriteGroup::new(1, proposer(entries.clone())));
-        let first = tokio::spawn({
-            let group = group.clone();
-            async move { group.write(set("a", None)).await }
-        });
+        let first = spawn_write(&group, set("a", None));
         tokio::task::yield_now().await;
         // Queued behind the first proposal, then abandoned by its caller.
-        let abandoned = tokio::spawn({
-            let group = group.clone();
-            async move { group.write(set("b", None)).await }
-        });
+        let abandoned = spawn_write(&group, set("b", None));
         tokio::task::yield_now().await;
         abandoned.abort();
         let _ = abandoned.await;
         first.await.unwrap().unwrap();
-        let after = tokio::spawn({
-            let group = group.clone();
-            async move { group.write(set("c", None)).await }
-        });
+        let after = spawn_write(&group, set("c", None));
         after.await.unwrap().unwrap();
         // "a" alone, then "c" alone: "b" was dropped from the queue, never proposed.
         assert_eq!(entries.load(Ordering::SeqCst), 2);
@@ -358,10 +338,7 @@ mod tests {
             })
         };
         let group = Arc::new(WriteGroup::new(1, retrying));
-        let write = tokio::spawn({
-            let group = group.clone();
-            async move { group.write(set("d", None)).await }
-        });
+        let write = spawn_write(&group, set("d", None));
         tokio::time::sleep(std::time::Duration::from_millis(350)).await;
         write.abort();
         let _ = write.await;

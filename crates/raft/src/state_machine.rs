@@ -461,6 +461,23 @@ mod tests {
         (store, machine)
     }
 
+    /// Applies the test log's entries in `indexes`, then takes a snapshot at the last one.
+    async fn apply_and_snapshot(
+        machine: &mut StateMachine,
+        indexes: std::ops::RangeInclusive<u64>,
+    ) {
+        machine
+            .apply(indexes.map(|i| entry(i, command(i))))
+            .await
+            .unwrap();
+        machine
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+    }
+
     fn part_keys(db: &Database) -> usize {
         let txn = db.begin_read().unwrap();
         let table = txn.open_table(SNAPSHOT).unwrap();
@@ -538,16 +555,7 @@ mod tests {
         assert_eq!(store.read(State::clone), old_state);
         assert_eq!(machine.last_applied.map(|l| l.index), Some(400));
 
-        machine
-            .apply((401..=450).map(|i| entry(i, command(i))))
-            .await
-            .unwrap();
-        machine
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        apply_and_snapshot(&mut machine, 401..=450).await;
         let parts = part_keys(&machine.db);
         assert!(parts >= 3, "head, rows, end: {parts}");
         {
@@ -556,16 +564,7 @@ mod tests {
             assert!(table.get(KEY_SNAPSHOT_DATA).unwrap().is_none());
         }
         // A second snapshot leaves only its own parts.
-        machine
-            .apply((451..=460).map(|i| entry(i, command(i))))
-            .await
-            .unwrap();
-        machine
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        apply_and_snapshot(&mut machine, 451..=460).await;
         assert_eq!(part_keys(&machine.db), parts);
         drop(machine);
         let (store, _) = open(dir.path());
@@ -577,16 +576,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (_, mut machine) = open(dir.path());
-            machine
-                .apply((1..=100).map(|i| entry(i, command(i))))
-                .await
-                .unwrap();
-            machine
-                .get_snapshot_builder()
-                .await
-                .build_snapshot()
-                .await
-                .unwrap();
+            apply_and_snapshot(&mut machine, 1..=100).await;
             let txn = machine.db.begin_write().unwrap();
             {
                 let mut table = txn.open_table(SNAPSHOT).unwrap();
