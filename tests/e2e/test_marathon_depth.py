@@ -310,3 +310,24 @@ def test_delete_leader_abdicates_and_leadership_comes_back(env):
     url = "http://127.0.0.1:9/after-abdication"
     wait_for(lambda: client.create_event_subscription(url), timeout=20, message="a write after abdicating")
     assert client.list_event_subscriptions() == [url]
+
+
+def test_delete_leader_moves_leadership_to_another_server(new_cluster):
+    cluster = new_cluster("abdicate")
+    cluster.add_servers(3)
+    cluster.start()
+    old = cluster.wait_converged(voters=3)
+    follower = next(s for s in cluster.servers if s is not old)
+    # Asked of a follower, the request goes on to the leader (a redirect keeping the method).
+    r = follower.delete("/v2/leader")
+    assert r.status_code == 200 and r.json() == {"message": "Leadership abdicated"}, r.text
+    assert [h.status_code for h in r.history] == [307], r.history
+
+    def moved():
+        leader = cluster.agreement(voters=3)
+        return leader if leader and leader != old.rpc_addr else None
+
+    new = cluster.by_rpc(wait_for(moved, timeout=20, interval=0.1,
+                                  message=lambda: "another server to lead\n" + cluster.logs()))
+    assert new.get_json("/v2/leader") == {"leader": new.http_addr}
+    assert old.get_json("/v2/info")["elected"] is False
