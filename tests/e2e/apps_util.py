@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import contextlib
 import json
 import os
 import secrets
@@ -482,6 +483,24 @@ def best_effort_remove_apps(inst: Atoll, timeout: float = 15.0) -> None:
             time.sleep(0.2)
     except Exception:  # noqa: BLE001 - cleanup continues with the janitors
         return
+
+
+@contextlib.contextmanager
+def prefixed_node(atoll_factory, name: str):
+    """A running atoll on a node named after a fresh app prefix: yields (inst, prefix); at the
+    end removes the apps, stops atoll and kills whatever processes of the prefix are left."""
+    prefix = unique_prefix()
+    inst = atoll_factory.start(name, node=f"{prefix}-node")
+    try:
+        r = inst.get("/v2/info")
+        require(r.status_code == 200, f"this atoll has no Marathon API (GET /v2/info -> {r.status_code})")
+        yield inst, prefix
+    finally:
+        best_effort_remove_apps(inst)
+        try:
+            inst.close()
+        finally:
+            kill_task_processes(f"/{prefix}/")
 
 
 # ---------------------------------------------------------------------------

@@ -23,40 +23,28 @@ import requests
 from apps_util import (
     app_json,
     app_tasks,
-    best_effort_remove_apps,
     destroy_app,
     exec_site_definition,
     healthy,
-    kill_task_processes,
     listening_pids,
+    prefixed_node,
     process_environ,
     srv_rcode,
     task_ids,
     task_process_groups,
     task_processes,
-    unique_prefix,
     wait_for_failure_of,
     wait_running,
     wait_srv,
 )
-from conftest import catalog_service_ids, require, require_tool, stays, wait_for
+from conftest import catalog_service_ids, require_tool, stays, wait_for
 
 
 @pytest.fixture
 def node(atoll_factory):
     """A running atoll with a fixed data dir, and this test's app prefix."""
-    prefix = unique_prefix()
-    inst = atoll_factory.start("readopt", node=f"{prefix}-node")
-    try:
-        r = inst.get("/v2/info")
-        require(r.status_code == 200, f"this atoll has no Marathon API (GET /v2/info -> {r.status_code})")
-        yield inst, prefix
-    finally:
-        best_effort_remove_apps(inst)
-        try:
-            inst.close()
-        finally:
-            kill_task_processes(f"/{prefix}/")
+    with prefixed_node(atoll_factory, "readopt") as running:
+        yield running
 
 
 def sandbox_name(task_id: str) -> str:

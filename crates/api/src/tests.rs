@@ -437,3 +437,70 @@ async fn slow_clients_are_dropped_after_the_timeouts() {
     let answer = read_until_closed(&mut too_large, within).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
+
+#[tokio::test]
+async fn the_leader_abdicates_and_without_one_there_is_none() {
+    let cluster = unjoined();
+    let context = joined_context(cluster.clone()).await;
+    let app = router(context);
+    let (status, _, answer) = call(&app, "DELETE", "/v2/leader", "").await;
+    assert_eq!(
+        (status, answer),
+        (
+            StatusCode::OK,
+            serde_json::json!({ "message": "Leadership abdicated" })
+        )
+    );
+    cluster.set_leader(false);
+    for method in ["GET", "DELETE"] {
+        let (status, _, answer) = call(&app, method, "/v2/leader", "").await;
+        assert_eq!(
+            (status, answer),
+            (
+                StatusCode::NOT_FOUND,
+                serde_json::json!({ "message": "There is no leader" })
+            ),
+            "{method}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn event_subscriptions_are_stored_listed_and_refused_without_a_usable_url() {
+    let (app, context) = api().await;
+    let url = "/v2/eventSubscriptions?callbackUrl=http%3A%2F%2F127.0.0.1%3A9%2Fcb";
+    let (status, _, answer) = call(&app, "POST", url, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["eventType"], "subscribe_event");
+    assert_eq!(answer["callbackUrl"], "http://127.0.0.1:9/cb");
+    let (_, _, listed) = call(&app, "GET", "/v2/eventSubscriptions", "").await;
+    assert_eq!(
+        listed,
+        serde_json::json!({ "callbackUrls": ["http://127.0.0.1:9/cb"] })
+    );
+    let before = context.store().read(|s| s.clone());
+    for (uri, wanted) in [
+        ("/v2/eventSubscriptions", StatusCode::BAD_REQUEST),
+        (
+            "/v2/eventSubscriptions?callbackUrl=ftp%3A%2F%2Fx%2F",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v2/eventSubscriptions?callbackUrl=not%20a%20url",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let (status, _, error) = call(&app, "POST", uri, "").await;
+        assert_eq!(status, wanted, "{uri}");
+        assert!(
+            error["message"].as_str().unwrap().contains("callbackUrl"),
+            "{uri}: {error}"
+        );
+    }
+    assert_eq!(context.store().read(|s| s.clone()), before);
+    let (status, _, answer) = call(&app, "DELETE", url, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["eventType"], "unsubscribe_event");
+    let (_, _, listed) = call(&app, "GET", "/v2/eventSubscriptions", "").await;
+    assert_eq!(listed, serde_json::json!({ "callbackUrls": [] }));
+}

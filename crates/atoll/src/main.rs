@@ -349,6 +349,10 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         "the Marathon event feed",
         atoll_api::marathon::events::feed(api.clone()),
     );
+    supervisor.spawn(
+        "the Marathon event subscribers",
+        atoll_api::marathon::subscriptions::deliver(api.clone()),
+    );
     api_switch.install(atoll_api::router(api));
 
     let role = match settings.role {

@@ -98,6 +98,11 @@ pub trait Cluster: Send + Sync + 'static {
     /// Every node in the membership: id, record, and whether it votes.
     fn members(&self) -> Vec<(u64, Member, bool)>;
 
+    /// Leader only: gives up leadership so that another voter can be elected (Marathon's
+    /// `DELETE /v2/leader`). Returns once the step-down has begun; a cluster of one node
+    /// elects the same node again.
+    fn step_down(&self) -> Pending<'_, ()>;
+
     /// Removes a node from the membership (leader only).
     fn remove_member(&self, id: u64) -> Pending<'_, ()>;
 

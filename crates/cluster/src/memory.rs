@@ -101,6 +101,12 @@ impl Cluster for MemoryCluster {
         vec![(0, self.member.clone(), true)]
     }
 
+    fn step_down(&self) -> Pending<'_, ()> {
+        // The only node: it is elected again at once.
+        let result = self.leading();
+        Box::pin(async move { result })
+    }
+
     fn remove_member(&self, id: u64) -> Pending<'_, ()> {
         let result = match self.leading() {
             Err(e) => Err(e),

@@ -42,6 +42,10 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// instead of serving old values for as long as the partition lasts.
 const LEADER_LEASE: Duration = Duration::from_millis(300);
 
+/// How long a leader that steps down stays silent: several election timeouts (200-300 ms)
+/// after the followers' last heartbeat, so that one of them has stood and won.
+const STEP_DOWN_SILENCE: Duration = Duration::from_millis(2000);
+
 /// Proposals of one write group in flight at once. One: while it commits (or crosses to the
 /// leader and back), the next batch gathers, and the fewer and larger the entries the less
 /// each write costs (measured on one node with 16 writers: 17,900 writes/s with one slot,
@@ -520,6 +524,34 @@ impl Consensus {
         metrics.current_leader == Some(self.inner.node_id) && metrics.state == ServerState::Leader
     }
 
+    /// Gives up leadership. openraft 0.9 has no leadership transfer, and a leader ignores an
+    /// election it is asked to start, so the leader falls silent instead: it stops its
+    /// heartbeats and its own elections for [`STEP_DOWN_SILENCE`]. The followers' election
+    /// timers run out, one of them is elected (the old leader grants its vote once its lease
+    /// has passed) and the old leader follows the new term. Then heartbeats and elections are
+    /// enabled again. A leader that replicates client writes meanwhile keeps its followers'
+    /// timers fresh, so under steady writes the step-down may not happen; with one voter the
+    /// same node stays leader.
+    pub async fn step_down(&self) -> Result<(), ClusterError> {
+        if !self.is_leader() {
+            return Err(match self.leader_member() {
+                Some(leader) => ClusterError::NotLeader(leader.http_addr),
+                None => ClusterError::NoLeader,
+            });
+        }
+        let runtime = self.inner.raft.runtime_config();
+        runtime.heartbeat(false);
+        runtime.elect(false);
+        let raft = self.inner.raft.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(STEP_DOWN_SILENCE).await;
+            let runtime = raft.runtime_config();
+            runtime.heartbeat(true);
+            runtime.elect(true);
+        });
+        Ok(())
+    }
+
     /// Milliseconds since this node last heard from the leader (0 on the leader).
     pub fn last_contact_ms(&self) -> u64 {
         if self.is_leader() {
@@ -773,6 +805,10 @@ impl atoll_cluster::Cluster for Consensus {
 
     fn members(&self) -> Vec<(u64, Member, bool)> {
         Consensus::members(self)
+    }
+
+    fn step_down(&self) -> atoll_cluster::Pending<'_, ()> {
+        Box::pin(Consensus::step_down(self))
     }
 
     fn remove_member(&self, id: u64) -> atoll_cluster::Pending<'_, ()> {

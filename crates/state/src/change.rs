@@ -74,6 +74,8 @@ pub enum Change {
     LastFailure(RowChange<String, TaskFailure>),
     /// Instances of an app the scheduler could not place.
     Queue(RowChange<String, Unplaced>),
+    /// A Marathon event subscriber (callback URL) and when it was registered.
+    Subscription(RowChange<String, String>),
     /// A session. Sessions share the KV watch group: a session's end changes the keys it held.
     Session(RowChange<String, Session>),
 }
@@ -96,7 +98,8 @@ impl Change {
             | Change::Deployment(_)
             | Change::ComputeNode(_)
             | Change::LastFailure(_)
-            | Change::Queue(_) => Table::Workload,
+            | Change::Queue(_)
+            | Change::Subscription(_) => Table::Workload,
         }
     }
 }

@@ -109,6 +109,19 @@ pub enum Command {
         /// Failures in a row; 0 once it passes again.
         failures: u32,
     },
+    /// Register a Marathon event subscriber (`POST /v2/eventSubscriptions`); registering a
+    /// URL already registered changes nothing.
+    Subscribe {
+        /// The URL events are posted to.
+        callback_url: String,
+        /// When it was registered (RFC 3339), chosen by the proposer.
+        at: String,
+    },
+    /// Remove a Marathon event subscriber; an unknown URL is a no-op.
+    Unsubscribe {
+        /// The URL given at registration.
+        callback_url: String,
+    },
     /// A deployment has converged (or was cancelled).
     FinishDeployment {
         /// Deployment id.

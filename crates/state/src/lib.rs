@@ -30,7 +30,7 @@ pub use workload::{
     HealthCheckSpec, HealthProtocol, PortSpec, Runtime, TaskFailure, TaskState, Unplaced,
     UpgradeStrategy, FIT_EPSILON,
 };
-pub use workload_apply::WorkloadTables;
+pub use workload_apply::{WorkloadTables, VERSIONS_KEPT};
 
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ use crate::workload::{
 };
 
 /// Old versions kept per app for `/v2/apps/{id}/versions`.
-const VERSIONS_KEPT: usize = 20;
+pub const VERSIONS_KEPT: usize = 20;
 
 /// The workload tables.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -39,6 +39,9 @@ pub struct WorkloadTables {
     /// Instances the scheduler could not place at its last try, per app, with its reasons.
     #[serde(default)]
     pub queue: Rows<String, Unplaced>,
+    /// Marathon's event subscribers: callback URL to when it was registered.
+    #[serde(default)]
+    pub subscriptions: Rows<String, String>,
 }
 
 impl WorkloadTables {
@@ -101,6 +104,12 @@ impl WorkloadTables {
                 .map(Change::LastFailure),
         );
         changes.extend(self.queue.drain().into_iter().map(Change::Queue));
+        changes.extend(
+            self.subscriptions
+                .drain()
+                .into_iter()
+                .map(Change::Subscription),
+        );
     }
 
     /// Replays one changed workload row; other tables' changes are not for these tables.
@@ -114,6 +123,7 @@ impl WorkloadTables {
             Change::ComputeNode(row) => self.compute.put_row(row.key, row.new),
             Change::LastFailure(row) => self.last_failures.put_row(row.key, row.new),
             Change::Queue(row) => self.queue.put_row(row.key, row.new),
+            Change::Subscription(row) => self.subscriptions.put_row(row.key, row.new),
             Change::Node(_)
             | Change::Service(_)
             | Change::Check(_)
@@ -174,6 +184,18 @@ impl State {
             Command::TaskHealth { id, failures } => self.task_health(index, id, *failures),
             Command::FinishDeployment { id } => {
                 self.workload.deployments.remove(id);
+                Outcome::Done
+            }
+            Command::Subscribe { callback_url, at } => {
+                if !self.workload.subscriptions.contains_key(callback_url) {
+                    self.workload
+                        .subscriptions
+                        .insert(callback_url.clone(), at.clone());
+                }
+                Outcome::Done
+            }
+            Command::Unsubscribe { callback_url } => {
+                self.workload.subscriptions.remove(callback_url);
                 Outcome::Done
             }
             _ => Outcome::Done,
@@ -634,18 +656,59 @@ mod tests {
         tables["workload"]["apps"] = serde_json::json!({ "/old": legacy_app_json("v2") });
         tables["workload"]["history"] =
             serde_json::json!({ "/old": [legacy_app_json("v1"), legacy_app_json("v2")] });
-        tables["workload"]
-            .as_object_mut()
-            .unwrap()
-            .remove("definitions");
-        let bytes = crate::snapshot::encode(&tables).unwrap();
-        let state = crate::snapshot::decode_state(&bytes).unwrap();
+        let state = load_without(tables, "definitions");
         let versions: Vec<&String> = state.workload.definitions["/old"].keys().collect();
         assert_eq!(versions, vec!["v1", "v2"]);
         assert_eq!(state.workload.apps["/old"].kill_grace_seconds, Some(9.0));
         assert!(state.workload.history["/old"]
             .iter()
             .all(|kept| kept.legacy_definition.is_null() && kept.kill_grace_seconds == Some(9.0)));
+    }
+
+    #[test]
+    fn event_subscriptions_are_registered_once_and_removed_and_replay() {
+        let mut state = State::default();
+        let subscribe = |url: &str, at: &str| Command::Subscribe {
+            callback_url: url.into(),
+            at: at.into(),
+        };
+        let (outcome, changes) = state.apply(1, &subscribe("http://a/cb", "t1"));
+        assert_eq!(outcome, Outcome::Done);
+        assert!(workload_changed(&changes));
+        let mut copy = State::default();
+        copy.replay(1, &changes);
+        assert_eq!(copy.workload.subscriptions, state.workload.subscriptions);
+        // Registering it again keeps the first registration and changes no row.
+        let (_, changes) = state.apply(2, &subscribe("http://a/cb", "t2"));
+        assert!(changes.is_empty());
+        assert_eq!(state.workload.subscriptions["http://a/cb"], "t1");
+        state.apply(3, &subscribe("http://b/cb", "t3"));
+        let gone = Command::Unsubscribe {
+            callback_url: "http://a/cb".into(),
+        };
+        state.apply(4, &gone);
+        let (outcome, changes) = state.apply(5, &gone);
+        assert_eq!(outcome, Outcome::Done);
+        assert!(changes.is_empty());
+        assert_eq!(
+            state.workload.subscriptions.keys().collect::<Vec<_>>(),
+            vec!["http://b/cb"]
+        );
+    }
+
+    /// The state a snapshot of `tables` loads as when it lacks workload table `missing`, as one
+    /// written by a release before that table.
+    fn load_without(mut tables: serde_json::Value, missing: &str) -> State {
+        tables["workload"].as_object_mut().unwrap().remove(missing);
+        let bytes = crate::snapshot::encode(&tables).unwrap();
+        crate::snapshot::decode_state(&bytes).unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_without_subscriptions_loads_with_none() {
+        let tables = serde_json::to_value(State::default()).unwrap();
+        let state = load_without(tables, "subscriptions");
+        assert!(state.workload.subscriptions.is_empty());
     }
 
     #[test]

@@ -71,6 +71,7 @@ impl ControlView {
             compute: tables.compute.clone(),
             last_failures: tables.last_failures.clone(),
             queue: tables.queue.clone(),
+            subscriptions: Default::default(),
         };
         let down = tables
             .tasks

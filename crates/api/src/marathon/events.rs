@@ -2,7 +2,8 @@
 //!
 //! One feed task per node turns changes of the workload tables into Marathon events
 //! (`status_update_event`, `deployment_info`, `deployment_success`,
-//! `health_status_changed_event`, `api_post_event`) and broadcasts them to every stream.
+//! `health_status_changed_event`, `api_post_event`, `subscribe_event`,
+//! `unsubscribe_event`) and broadcasts them to every stream.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -36,6 +37,7 @@ struct Seen {
     tasks: BTreeMap<String, (TaskState, Option<bool>)>,
     deployments: BTreeSet<String>,
     versions: BTreeMap<String, String>,
+    subscriptions: BTreeMap<String, String>,
 }
 
 fn snapshot(state: &Tables) -> Seen {
@@ -57,6 +59,12 @@ fn snapshot(state: &Tables) -> Seen {
         .values()
         .map(|a| (a.id.clone(), a.version.clone()))
         .collect();
+    seen.subscriptions = state
+        .workload
+        .subscriptions
+        .iter()
+        .map(|(url, at)| (url.clone(), at.clone()))
+        .collect();
     seen
 }
 
@@ -68,6 +76,16 @@ fn diff(
 ) -> Vec<Value> {
     let at = now_rfc3339();
     let mut events = Vec::new();
+    for (url, registered) in &after.subscriptions {
+        if !before.subscriptions.contains_key(url) {
+            events.push(super::subscriptions::subscribed(url, registered));
+        }
+    }
+    for url in before.subscriptions.keys() {
+        if !after.subscriptions.contains_key(url) {
+            events.push(super::subscriptions::unsubscribed(url, &at));
+        }
+    }
     for (app_id, version) in &after.versions {
         if before.versions.get(app_id) != Some(version) {
             if let Some(app) = state.workload.apps.get(app_id) {

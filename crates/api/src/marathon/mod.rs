@@ -2,4 +2,6 @@
 
 pub mod events;
 pub mod routes;
+pub mod selector;
+pub mod subscriptions;
 pub mod wire;

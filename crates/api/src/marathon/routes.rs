@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use super::selector::{Embed, LabelSelector};
 use super::wire::{
     absolute_app_id, app_json, parse_app, parse_app_put, task_json, MarathonApp, PutAppError,
 };
@@ -52,7 +53,13 @@ pub fn routes() -> Router<ApiContext> {
             get(|| async { ([(header::CONTENT_TYPE, "text/plain")], "pong") }),
         )
         .route("/v2/info", get(info))
-        .route("/v2/leader", get(leader))
+        .route("/v2/leader", get(leader).delete(abdicate))
+        .route(
+            "/v2/eventSubscriptions",
+            get(super::subscriptions::list)
+                .post(super::subscriptions::subscribe)
+                .delete(super::subscriptions::unsubscribe),
+        )
         .route("/v2/apps", get(list_apps).post(create_app))
         .route("/v2/apps/", get(list_apps).post(create_app))
         .route(
@@ -165,7 +172,17 @@ fn render_task(state: &Tables, task: &Allocation) -> Value {
     )
 }
 
-fn render_app(state: &Tables, app: &AppSpec, embed_tasks: bool) -> Value {
+/// What `GET /v2/apps` always embeds, whatever `?embed=` asks (Marathon 1.x).
+const LIST_EMBED: Embed = Embed {
+    counts: true,
+    deployments: true,
+    tasks: false,
+    last_task_failure: false,
+    task_stats: false,
+    readiness: false,
+};
+
+fn render_app(state: &Tables, app: &AppSpec, embed: Embed) -> Value {
     let app = &MarathonApp::stored(state, app);
     let tasks: Vec<Allocation> = state.workload.tasks_of(&app.id).cloned().collect();
     let deployments: Vec<Value> = state
@@ -175,17 +192,22 @@ fn render_app(state: &Tables, app: &AppSpec, embed_tasks: bool) -> Value {
         .filter(|d| d.app_id == app.id)
         .map(|d| json!({ "id": d.id }))
         .collect();
-    let failure = state.workload.last_failures.get(&app.id).map(|f| {
-        json!({
-            "appId": app.id,
-            "host": host_of(state, &f.host),
-            "message": f.message,
-            "state": f.state.mesos_name(),
-            "taskId": f.task_id,
-            "timestamp": f.timestamp,
-            "version": f.version,
-        })
-    });
+    let failure = state
+        .workload
+        .last_failures
+        .get(&app.id)
+        .filter(|_| embed.last_task_failure)
+        .map(|f| {
+            json!({
+                "appId": app.id,
+                "host": host_of(state, &f.host),
+                "message": f.message,
+                "state": f.state.mesos_name(),
+                "taskId": f.task_id,
+                "timestamp": f.timestamp,
+                "version": f.version,
+            })
+        });
     let hosts = |node: &str| host_of(state, node);
     let healthy = |task: &Allocation| -> Option<bool> {
         if app.health_checks.is_empty() {
@@ -195,12 +217,78 @@ fn render_app(state: &Tables, app: &AppSpec, embed_tasks: bool) -> Value {
         }
     };
     let mut rendered = app_json(app, &tasks, &hosts, &healthy, &deployments, failure, false);
-    if embed_tasks {
-        rendered["tasks"] = Value::Array(tasks.iter().map(|t| render_task(state, t)).collect());
+    if let Value::Object(out) = &mut rendered {
+        if !embed.counts {
+            for key in [
+                "tasksStaged",
+                "tasksRunning",
+                "tasksHealthy",
+                "tasksUnhealthy",
+            ] {
+                out.remove(key);
+            }
+        }
+        if !embed.deployments {
+            out.remove("deployments");
+        }
+        if embed.tasks {
+            let live = tasks.iter().filter(|t| !t.state.is_terminal());
+            out.insert(
+                "tasks".into(),
+                Value::Array(live.map(|t| render_task(state, t)).collect()),
+            );
+        }
+        if embed.task_stats {
+            out.insert("taskStats".into(), task_stats(state, app, &tasks));
+        }
+        if embed.readiness {
+            // atoll has no readiness checks, so there are never results.
+            out.insert("readinessCheckResults".into(), json!([]));
+        }
     }
     rendered
 }
 
+/// Marathon's `taskStats`: counts of the live tasks in total, of those running the current
+/// version (also those started since the last scaling, which atoll does not tell apart) and
+/// of those on an older one; a group without tasks is left out, as Marathon does. Lifetimes
+/// are not reported.
+fn task_stats(state: &Tables, app: &AppSpec, tasks: &[Allocation]) -> Value {
+    let live: Vec<&Allocation> = tasks.iter().filter(|t| !t.state.is_terminal()).collect();
+    let stats = |group: &[&Allocation]| -> Option<Value> {
+        if group.is_empty() {
+            return None;
+        }
+        let count =
+            |wanted: &dyn Fn(&Allocation) -> bool| group.iter().filter(|t| wanted(t)).count();
+        let checked = !app.health_checks.is_empty();
+        let running = |t: &Allocation| t.state == atoll_state::TaskState::Running;
+        Some(json!({ "stats": { "counts": {
+            "staged": count(&|t| matches!(t.state, atoll_state::TaskState::Staging | atoll_state::TaskState::Starting)),
+            "running": count(&running),
+            "healthy": count(&|t| checked && running(t) && state.task_healthy(t)),
+            "unhealthy": count(&|t| checked && running(t) && !state.task_healthy(t)),
+        } } }))
+    };
+    let (latest, outdated): (Vec<&Allocation>, Vec<&Allocation>) =
+        live.iter().partition(|t| t.app_version == app.version);
+    let mut out = serde_json::Map::new();
+    for (name, group) in [
+        ("startedAfterLastScaling", &latest),
+        ("withLatestConfig", &latest),
+        ("withOutdatedConfig", &outdated),
+        ("totalSummary", &live),
+    ] {
+        if let Some(value) = stats(group) {
+            out.insert(name.into(), value);
+        }
+    }
+    Value::Object(out)
+}
+
+/// `GET /v2/info`: Marathon's sections, filled from this node. Marathon's settings that
+/// belong to Mesos or ZooKeeper, which atoll does not use, are `null` where nothing here
+/// corresponds; the ZooKeeper section describes the Raft servers that hold the state.
 async fn info(State(context): State<ApiContext>) -> Json<Value> {
     let leader = leader_http(&context);
     // This node's host port range (`--port-range`) when it runs tasks, else the default.
@@ -208,6 +296,17 @@ async fn info(State(context): State<ApiContext>) -> Json<Value> {
         .store()
         .read(|s| s.workload.compute.get(context.node()).map(|c| c.port_range))
         .unwrap_or(atoll_workload::node::DEFAULT_PORT_RANGE);
+    let callbacks: Vec<String> = context
+        .store()
+        .read(|s| s.workload.subscriptions.keys().cloned().collect());
+    let servers: Vec<String> = context.cluster().peers();
+    let http_port = context
+        .cluster()
+        .member()
+        .http_addr
+        .parse::<std::net::SocketAddr>()
+        .map(|a| Value::from(a.port()))
+        .unwrap_or(Value::Null);
     Json(json!({
         "name": "marathon",
         "version": "1.10.0",
@@ -216,12 +315,43 @@ async fn info(State(context): State<ApiContext>) -> Json<Value> {
         "leader": leader,
         "frameworkId": format!("atoll-{}", context.datacenter()),
         "marathon_config": {
-            "hostname": context.node(),
+            // No Mesos master: atoll places tasks on its own compute nodes.
+            "master": null,
+            "failover_timeout": 604800,
             "framework_name": "marathon",
+            // Every server can lead: leadership is decided by Raft.
+            "ha": true,
+            "checkpoint": true,
             "local_port_min": port_min,
             "local_port_max": port_max,
+            "executor": "//cmd",
+            "hostname": context.node(),
+            "webui_url": null,
+            "mesos_role": null,
+            "mesos_user": null,
+            "mesos_leader_ui_url": null,
+            "task_launch_timeout": 300000,
+            "task_reservation_timeout": 20000,
+            "reconciliation_initial_delay": 15000,
+            "reconciliation_interval": 600000,
+            // Writes reach the leader through the cluster's RPC, not an HTTP proxy.
+            "leader_proxy_connection_timeout_ms": null,
+            "leader_proxy_read_timeout_ms": null,
+            "maintenance_mode": false,
+            "features": [],
         },
-        "http_config": { "http_port": 8080 },
+        "zookeeper_config": {
+            // No ZooKeeper: the state lives in the Raft log of these servers.
+            "zk": null,
+            "zk_hosts": servers.join(","),
+            "zk_path": null,
+            "zk_state": null,
+            "zk_timeout": null,
+            "zk_session_timeout": null,
+            "zk_max_versions": atoll_state::VERSIONS_KEPT,
+        },
+        "http_config": { "http_port": http_port, "https_port": null },
+        "event_subscriber": { "type": "http_callback", "http_endpoints": callbacks },
     }))
 }
 
@@ -239,27 +369,72 @@ async fn leader(State(context): State<ApiContext>) -> Result<Json<Value>> {
     }
 }
 
-async fn list_apps(State(context): State<ApiContext>, RawQuery(raw): RawQuery) -> Json<Value> {
+/// `DELETE /v2/leader`: the leader gives up leadership and a new one is elected. Asked of
+/// another node, the request is sent on to the leader (a redirect keeping the method).
+async fn abdicate(State(context): State<ApiContext>) -> Result<Response> {
+    let no_leader = || MarathonError::new(StatusCode::NOT_FOUND, "There is no leader");
+    if !context.cluster().is_leader() {
+        let leader = leader_http(&context).ok_or_else(no_leader)?;
+        return Ok((
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, format!("http://{leader}/v2/leader"))],
+        )
+            .into_response());
+    }
+    match context.cluster().step_down().await {
+        Ok(()) => Ok(Json(json!({ "message": "Leadership abdicated" })).into_response()),
+        Err(atoll_cluster::ClusterError::NoLeader) => Err(no_leader()),
+        Err(e) => Err(MarathonError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
+    }
+}
+
+/// Case-insensitive substring, as Marathon's `?id=` and `?cmd=` filters match.
+fn contains_ignoring_case(text: &str, part: &str) -> bool {
+    text.to_lowercase().contains(&part.to_lowercase())
+}
+
+async fn list_apps(
+    State(context): State<ApiContext>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>> {
     let query = Query::parse(raw.as_deref());
-    let embed = query.all("embed").iter().any(|e| e.contains("tasks"));
+    let embed = Embed::parse(query.all("embed"));
+    let embed = Embed {
+        counts: true,
+        deployments: true,
+        ..embed
+    };
     let filter_id = query.get("id").map(str::to_string);
-    let label = query.get("label").map(str::to_string);
+    let filter_cmd = query.get("cmd").map(str::to_string);
+    let selector = query
+        .get("label")
+        .map(LabelSelector::parse)
+        .transpose()
+        .map_err(|e| MarathonError::new(StatusCode::BAD_REQUEST, format!("label: {e}")))?;
     let apps = context.store().read(|state| {
         state
             .workload
             .apps
             .values()
-            .filter(|a| filter_id.as_deref().is_none_or(|f| a.id.contains(f)))
             .filter(|a| {
-                label.as_deref().is_none_or(|l| match l.split_once("==") {
-                    Some((k, v)) => a.labels.get(k.trim()).map(String::as_str) == Some(v.trim()),
-                    None => a.labels.contains_key(l.trim()),
+                filter_id
+                    .as_deref()
+                    .is_none_or(|f| contains_ignoring_case(&a.id, f))
+            })
+            .filter(|a| {
+                filter_cmd.as_deref().is_none_or(|f| {
+                    let cmd = MarathonApp::stored(state, a).definition["cmd"].clone();
+                    cmd.as_str().is_some_and(|c| contains_ignoring_case(c, f))
                 })
             })
+            .filter(|a| selector.as_ref().is_none_or(|s| s.matches(&a.labels)))
             .map(|a| render_app(state, a, embed))
             .collect::<Vec<_>>()
     });
-    Json(json!({ "apps": apps }))
+    Ok(Json(json!({ "apps": apps })))
 }
 
 fn validation_error(error: super::wire::ValidationError) -> MarathonError {
@@ -291,7 +466,12 @@ async fn create_app(State(context): State<ApiContext>, body: Bytes) -> Result<Re
     .await?;
     let rendered = context
         .store()
-        .read(|s| s.workload.apps.get(&id).map(|a| render_app(s, a, false)))
+        .read(|s| {
+            s.workload
+                .apps
+                .get(&id)
+                .map(|a| render_app(s, a, LIST_EMBED))
+        })
         .unwrap_or(Value::Null);
     Ok((
         StatusCode::CREATED,
@@ -310,7 +490,12 @@ async fn app_get(
     match parse_app_path(&rest) {
         AppPath::App(id) => context
             .store()
-            .read(|s| s.workload.apps.get(&id).map(|a| render_app(s, a, true)))
+            .read(|s| {
+                s.workload
+                    .apps
+                    .get(&id)
+                    .map(|a| render_app(s, a, Embed::ALL))
+            })
             .map(|app| Json(json!({ "app": app })).into_response())
             .ok_or_else(|| MarathonError::app_missing(&id)),
         AppPath::Versions(id) => context
@@ -425,6 +610,9 @@ async fn app_put(
     if !locks.is_empty() && !force {
         return Err(locked_error(locks));
     }
+    if let Some(version) = rollback_version(&body)? {
+        return roll_back(&context, &id, &version, base.as_ref()).await;
+    }
     let (app, action) =
         parse_app_put(&id, &body, &now_rfc3339(), base.as_ref()).map_err(|e| match e {
             PutAppError::Json(message) => MarathonError {
@@ -454,6 +642,59 @@ async fn app_put(
         &version,
         &deployment_id,
     ))
+}
+
+/// The version a `PUT /v2/apps/{id}` body asks to go back to: `{"version": "..."}`, which
+/// Marathon allows beside `id` only.
+fn rollback_version(body: &[u8]) -> Result<Option<String>> {
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+        return Ok(None);
+    };
+    let Some(version) = fields.get("version").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let invalid = |message: &str| MarathonError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        body: json!({
+            "message": "Object is not valid",
+            "details": [{ "path": "/version", "errors": [message] }],
+        }),
+    };
+    if fields.keys().any(|k| k != "version" && k != "id") {
+        return Err(invalid(
+            "The 'version' field may only be combined with the 'id' field.",
+        ));
+    }
+    match version.as_str() {
+        Some(version) => Ok(Some(version.to_string())),
+        None => Err(invalid("version must be a timestamp string")),
+    }
+}
+
+/// Deploys a kept version of an app again, as a new version with the old definition.
+async fn roll_back(
+    context: &ApiContext,
+    id: &str,
+    version: &str,
+    base: Option<&MarathonApp>,
+) -> Result<Response> {
+    let Some(base) = base else {
+        return Err(MarathonError::app_missing(id));
+    };
+    let kept = context.store().read(|s| {
+        s.workload
+            .history
+            .get(id)
+            .and_then(|h| h.iter().find(|a| a.version == version))
+            .map(|a| MarathonApp::stored(s, a))
+    });
+    let Some(app) = kept else {
+        return Err(MarathonError::new(
+            StatusCode::NOT_FOUND,
+            format!("App '{id}' does not exist in version {version}"),
+        ));
+    };
+    redeploy(context, app, base).await
 }
 
 async fn app_delete(
@@ -577,20 +818,30 @@ async fn app_post(
     let (base, locks) = context
         .store()
         .read(|s| (MarathonApp::current(s, &id), locked_by(s, &id)));
-    let Some(mut app) = base else {
+    let Some(app) = base else {
         return Err(MarathonError::app_missing(&id));
     };
     if !locks.is_empty() && !query.boolean("force") {
         return Err(locked_error(locks));
     }
     // A restart is a new version of the same definition: a rolling replacement.
-    let before = app.clone();
+    let before = app.spec.clone();
+    redeploy(&context, app, &before).await
+}
+
+/// Deploys `app` (a definition the app had: its current one for a restart, a kept one for a
+/// rollback) as a new version replacing `before`, with a rolling restart.
+async fn redeploy(
+    context: &ApiContext,
+    mut app: MarathonApp,
+    before: &AppSpec,
+) -> Result<Response> {
     app.version = now_rfc3339();
     app.definition["version"] = Value::String(app.version.clone());
-    let deployment = deployment_for(&id, &app.version, "RestartApplication", Some(&before));
+    let deployment = deployment_for(&app.id, &app.version, "RestartApplication", Some(before));
     let (version, deployment_id) = (app.version.clone(), deployment.id.clone());
     write(
-        &context,
+        context,
         Command::PutApp {
             app: Box::new(app.spec),
             deployment: Some(deployment),
@@ -759,7 +1010,7 @@ async fn queue(State(context): State<ApiContext>) -> Json<Value> {
             .filter_map(|(app_id, waiting)| {
                 let app = s.workload.apps.get(app_id)?;
                 Some(json!({
-                    "app": render_app(s, app, false),
+                    "app": render_app(s, app, LIST_EMBED),
                     "count": waiting.count,
                     "delay": { "timeLeftSeconds": 0, "overdue": true },
                     "since": app.version,
