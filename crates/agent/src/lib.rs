@@ -1,5 +1,6 @@
 //! The node agent: registers its node and runs the health checks defined on it
-//! (TTL, HTTP, TCP, and commands inside tasks through [`TaskCommands`]), writing only
+//! (TTL, HTTP and HTTPS, TCP, scripts, commands in Docker containers, and commands inside
+//! tasks through [`TaskCommands`]), writing only
 //! status changes through Raft.
 #![forbid(unsafe_code)]
 
@@ -8,7 +9,7 @@ mod liveness;
 mod runner;
 mod sessions;
 
-pub use checks::{TaskCommandRun, TaskCommands};
+pub use checks::{ContainerOutcome, ContainerRun, TaskCommandRun, TaskCommands};
 pub use liveness::Autopilot;
 pub use runner::{Agent, AgentConfig, AgentError, AgentLoops, Loop, SERVER_SERVICE};
 pub use sessions::{lock_delays, remaining_delay, Sessions, MAX_LOCK_DELAY, TTL_MULTIPLIER};

@@ -16,7 +16,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::checks::{
-    http_client, probe_http, probe_task_command, probe_tcp, HttpClient, TaskCommands,
+    http_client, probe_docker, probe_http, probe_script, probe_task_command, probe_tcp,
+    TaskCommands, Thresholds,
 };
 use crate::liveness::Autopilot;
 
@@ -24,6 +25,8 @@ use crate::liveness::Autopilot;
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// Default per-run timeout, as Consul's.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default per-run timeout of script and Docker checks, as Consul's.
+const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often start-up repeats, as a warning, that it is still waiting to register the node.
 const REGISTER_NAG: Duration = Duration::from_secs(30);
 /// Pause between attempts to register the node at start-up.
@@ -53,6 +56,9 @@ pub struct AgentConfig {
     pub heartbeat_ttl: Duration,
     /// Dead-server cleanup, run by the leader.
     pub autopilot: Autopilot,
+    /// Whether script and Docker checks may be registered and are run
+    /// (`--enable-script-checks`, Consul's `enable_script_checks`).
+    pub enable_script_checks: bool,
 }
 
 /// Errors of agent operations.
@@ -158,8 +164,8 @@ impl Agent {
             cluster: cluster.clone(),
             node: config.node.clone(),
             probers: Probers {
-                client: http_client(),
                 tasks,
+                scripts: config.enable_script_checks,
             },
             probes: HashMap::new(),
             ttl_deadlines: HashMap::new(),
@@ -285,6 +291,9 @@ struct ProbeResult {
     generation: u64,
     status: CheckStatus,
     output: String,
+    /// The first result of this probe: its output is written even without a status
+    /// change, so a check that starts as it was registered still says why.
+    first: bool,
 }
 
 struct Probe {
@@ -293,11 +302,12 @@ struct Probe {
     task: JoinHandle<()>,
 }
 
-/// What the probes run with: the HTTP client and whatever runs commands in tasks.
+/// What the probes run with: whatever runs commands in tasks and containers, and whether
+/// script and Docker checks may run.
 #[derive(Clone)]
 struct Probers {
-    client: HttpClient,
     tasks: Option<Arc<dyn TaskCommands>>,
+    scripts: bool,
 }
 
 struct Runner {
@@ -420,8 +430,9 @@ impl Runner {
         let Some(check) = checks.iter().find(|c| c.check_id == result.check_id) else {
             return;
         };
-        // Only a status change goes through Raft; a new output alone does not.
-        if check.status == result.status {
+        // Only a status change goes through Raft; a new output alone does not, except
+        // for a probe's first result.
+        if check.status == result.status && !(result.first && check.output != result.output) {
             return;
         }
         self.write_status(&result.check_id, result.status, result.output)
@@ -506,30 +517,58 @@ async fn probe_loop(
     generation: u64,
     results: mpsc::Sender<ProbeResult>,
 ) {
+    let kind = definition.kind();
     let interval = millis(definition.interval_ms, DEFAULT_INTERVAL);
-    let timeout = millis(definition.timeout_ms, DEFAULT_TIMEOUT);
+    let default_timeout = if kind.runs_script() {
+        DEFAULT_SCRIPT_TIMEOUT
+    } else {
+        DEFAULT_TIMEOUT
+    };
+    let timeout = millis(definition.timeout_ms, default_timeout);
+    let client = match kind {
+        CheckKind::Http(_) => Some(http_client(&definition)),
+        _ => None,
+    };
+    let mut thresholds = Thresholds::new(&definition);
+    let mut first = true;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let (status, output) = match definition.kind() {
-            CheckKind::Http(url) => {
-                let method = definition.method.as_deref().unwrap_or("GET");
-                probe_http(&probers.client, url, method, &definition.header, timeout).await
-            }
+        let (status, output) = match kind {
+            _ if kind.runs_script() && !probers.scripts => (
+                CheckStatus::Critical,
+                "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' to true".to_string(),
+            ),
+            CheckKind::Http(url) => match &client {
+                Some(Ok(client)) => probe_http(client, url, &definition, timeout).await,
+                Some(Err(e)) => (CheckStatus::Critical, e.clone()),
+                None => return,
+            },
             CheckKind::Tcp(address) => probe_tcp(address, timeout).await,
             CheckKind::TaskCommand(command) => {
                 probe_task_command(probers.tasks.as_deref(), command, timeout).await
             }
+            CheckKind::Script(args) => probe_script(args, timeout).await,
+            CheckKind::Docker {
+                container,
+                shell,
+                args,
+            } => probe_docker(probers.tasks.as_deref(), container, shell, args, timeout).await,
             // Not probed: a TTL runs on the runner's timers, a static check on nothing.
             CheckKind::Ttl(_) | CheckKind::Static => return,
         };
+        if !thresholds.admit(status) {
+            continue;
+        }
         let result = ProbeResult {
             check_id: check_id.clone(),
             generation,
             status,
             output,
+            first,
         };
+        first = false;
         if results.send(result).await.is_err() {
             return;
         }
@@ -562,6 +601,17 @@ mod tests {
             };
             Box::pin(async move { answer })
         }
+
+        fn run_in_container(
+            &self,
+            _container: &str,
+            command: Vec<String>,
+            _timeout: Duration,
+        ) -> crate::checks::ContainerRun {
+            let code = i64::from(!self.healthy.load(Ordering::SeqCst));
+            let output = command.join(" ");
+            Box::pin(async move { crate::checks::ContainerOutcome::Exited { code, output } })
+        }
     }
 
     async fn agent(tasks: Option<Arc<dyn TaskCommands>>) -> Agent {
@@ -574,6 +624,7 @@ mod tests {
             node_meta: Default::default(),
             heartbeat_ttl: Duration::from_secs(5),
             autopilot: Default::default(),
+            enable_script_checks: true,
         };
         let (agent, loops) = Agent::start(cluster, config, tasks).await.expect("agent");
         loops.spawn();
@@ -581,6 +632,24 @@ mod tests {
     }
 
     async fn register_command_check(agent: &Agent, status: Option<CheckStatus>) {
+        let definition = CheckDefinition {
+            interval_ms: Some(50),
+            timeout_ms: Some(1000),
+            task_command: Some(TaskCommand {
+                task_id: "web-1".into(),
+                command: "test -f healthy".into(),
+            }),
+            ..Default::default()
+        };
+        register_check(agent, status, definition).await;
+    }
+
+    /// Registers service `web-1` with the check `marathon:web-1:0` defined as given.
+    async fn register_check(
+        agent: &Agent,
+        status: Option<CheckStatus>,
+        definition: CheckDefinition,
+    ) {
         let registration = Registration {
             node: "n1".into(),
             address: "127.0.0.1".into(),
@@ -596,15 +665,7 @@ mod tests {
                 name: "command".into(),
                 status,
                 service_id: "web-1".into(),
-                definition: CheckDefinition {
-                    interval_ms: Some(50),
-                    timeout_ms: Some(1000),
-                    task_command: Some(TaskCommand {
-                        task_id: "web-1".into(),
-                        command: "test -f healthy".into(),
-                    }),
-                    ..Default::default()
-                },
+                definition,
                 ..Default::default()
             }],
             skip_node_update: true,
@@ -615,6 +676,15 @@ mod tests {
             .write(Command::Register(Box::new(registration)))
             .await
             .expect("register");
+    }
+
+    /// An agent whose fake tasks and containers succeed while the flag is set.
+    async fn agent_with_fake_tasks() -> (Agent, Arc<AtomicBool>) {
+        let healthy = Arc::new(AtomicBool::new(true));
+        let tasks = FakeTasks {
+            healthy: Arc::clone(&healthy),
+        };
+        (agent(Some(Arc::new(tasks))).await, healthy)
     }
 
     async fn wait_for_check(agent: &Agent, status: CheckStatus) -> String {
@@ -637,11 +707,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn task_command_checks_follow_the_command_in_the_task() {
-        let healthy = Arc::new(AtomicBool::new(true));
-        let tasks = FakeTasks {
-            healthy: Arc::clone(&healthy),
-        };
-        let agent = agent(Some(Arc::new(tasks))).await;
+        let (agent, healthy) = agent_with_fake_tasks().await;
         register_command_check(&agent, None).await;
         let output = wait_for_check(&agent, CheckStatus::Passing).await;
         assert_eq!(output, "test -f healthy: ok");
@@ -650,6 +716,22 @@ mod tests {
         assert_eq!(output, "test -f healthy: exit status 1");
         healthy.store(true, Ordering::SeqCst);
         wait_for_check(&agent, CheckStatus::Passing).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn docker_checks_run_shell_and_args_in_the_container() {
+        let (agent, healthy) = agent_with_fake_tasks().await;
+        let definition = CheckDefinition {
+            interval_ms: Some(50),
+            docker_container_id: Some("c1".into()),
+            args: vec!["test -f /ok".into()],
+            ..Default::default()
+        };
+        register_check(&agent, None, definition).await;
+        let output = wait_for_check(&agent, CheckStatus::Passing).await;
+        assert_eq!(output, "/bin/sh -c test -f /ok");
+        healthy.store(false, Ordering::SeqCst);
+        wait_for_check(&agent, CheckStatus::Warning).await;
     }
 
     #[tokio::test(start_paused = true)]

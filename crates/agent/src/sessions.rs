@@ -21,7 +21,7 @@ use http_body_util::Empty;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::checks::{http_client, HttpClient};
+use crate::checks::{plain_http_client, PlainClient};
 
 /// How much longer than its TTL a session lives without renewal (Consul's
 /// `SessionTTLMultiplier`).
@@ -44,7 +44,7 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Sessions {
     cluster: ClusterHandle,
     requests: mpsc::UnboundedSender<Request>,
-    client: HttpClient,
+    client: PlainClient,
 }
 
 enum Request {
@@ -73,7 +73,7 @@ impl Sessions {
         let handle = Sessions {
             cluster: cluster.clone(),
             requests,
-            client: http_client(),
+            client: plain_http_client(),
         };
         (handle, Box::pin(run(cluster, incoming)))
     }

@@ -31,6 +31,7 @@ pub(crate) async fn joined_context(cluster: Arc<MemoryCluster>) -> ApiContext {
             node_meta: Default::default(),
             heartbeat_ttl: Duration::from_secs(5),
             autopilot: Default::default(),
+            enable_script_checks: false,
         },
         None,
     )
@@ -142,7 +143,7 @@ async fn rejected_registration_stores_nothing() {
 }
 
 #[tokio::test]
-async fn script_checks_are_refused_by_the_agent_api() {
+async fn script_checks_are_refused_without_enable_script_checks() {
     let (app, context) = api().await;
     let before = context.store().read(|s| s.clone());
     for (uri, body) in [
@@ -158,11 +159,19 @@ async fn script_checks_are_refused_by_the_agent_api() {
             "/v1/agent/check/register",
             r#"{"Name": "c", "Args": ["sh", "-c", "true"], "Interval": "1s"}"#,
         ),
+        (
+            "/v1/agent/check/register",
+            r#"{"Name": "d", "DockerContainerID": "c1", "Args": ["true"], "Interval": "1s"}"#,
+        ),
     ] {
         let (status, _, error) = call(&app, "PUT", uri, body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         let message = error["error"].as_str().unwrap_or_default();
-        assert!(message.contains("script"), "{body}: {message}");
+        assert_eq!(
+            message,
+            "Scripts are disabled on this agent from remote calls; to enable, configure 'enable_script_checks' to true",
+            "{body}"
+        );
     }
     assert_eq!(context.store().read(|s| s.clone()), before);
 }

@@ -245,6 +245,10 @@ pub struct NodeArgs {
     /// Seconds a client may take to send a request's body, once its head is in; a 408 after.
     #[arg(long, default_value_t = 60.0)]
     pub http_body_timeout: f64,
+    /// Let the agent API register script and Docker checks, which run commands chosen by
+    /// whoever can reach the API (Consul's `enable_script_checks`); refused without it.
+    #[arg(long)]
+    pub enable_script_checks: bool,
     /// Log level (also `ATOLL_LOG`).
     #[arg(long, default_value = "info,openraft=warn")]
     pub log_level: String,
@@ -317,6 +321,8 @@ pub struct NodeSettings {
     pub role: Role,
     pub autopilot: Autopilot,
     pub http_limits: HttpLimits,
+    /// Whether script and Docker checks are accepted and run (`--enable-script-checks`).
+    pub enable_script_checks: bool,
     /// The secret RPC requests between the nodes carry (`--cluster-secret-file`).
     pub cluster_secret: Option<ClusterSecret>,
 }
@@ -445,6 +451,7 @@ impl NodeArgs {
             dns_service_ttl: self.dns_service_ttl,
             dns_node_ttl: self.dns_node_ttl,
             dns_only_passing: self.dns_only_passing,
+            enable_script_checks: self.enable_script_checks,
             snapshot_after_entries: self.snapshot_after_entries,
             disk_reserve_bytes: self.disk_reserve_mb.saturating_mul(1024 * 1024),
             node_meta,

@@ -286,6 +286,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 node_meta: settings.node_meta.clone(),
                 heartbeat_ttl: settings.heartbeat_ttl,
                 autopilot: settings.autopilot.clone(),
+                enable_script_checks: settings.enable_script_checks,
             },
             task_commands,
         )

@@ -126,6 +126,36 @@ pub struct CheckDefinition {
     /// runs; the Consul API does not accept them (script checks are refused there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_command: Option<TaskCommand>,
+    /// A script check's program and arguments, run on the node (Consul's `Args`; its old
+    /// `Script` is kept as `["/bin/sh", "-c", SCRIPT]`). With `docker_container_id`, the
+    /// arguments given to the shell inside the container instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// A Docker check: the container the command runs in (`docker exec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_container_id: Option<String>,
+    /// A Docker check's shell (default `/bin/sh`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub shell: String,
+    /// The body an HTTP check sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// An HTTPS check accepts any certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_skip_verify: bool,
+    /// The name an HTTPS check sends (SNI) and verifies, instead of the URL's host.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tls_server_name: String,
+    /// Consecutive successes before the status becomes passing or warning.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub success_before_passing: u32,
+    /// Consecutive failures before the status becomes critical.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures_before_critical: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A command a check runs inside a task, through the driver that runs the task.
@@ -149,6 +179,17 @@ pub enum CheckKind<'a> {
     Tcp(&'a str),
     /// A command run in a task.
     TaskCommand(&'a TaskCommand),
+    /// A program run on the node, with its arguments.
+    Script(&'a [String]),
+    /// A command run in a container through the Docker engine: `SHELL -c ARGS...`.
+    Docker {
+        /// The container.
+        container: &'a str,
+        /// The shell (empty: `/bin/sh`).
+        shell: &'a str,
+        /// What follows `-c`.
+        args: &'a [String],
+    },
     /// Nothing runs it: its status is whatever was last written (catalog checks, `serfHealth`).
     Static,
 }
@@ -160,7 +201,8 @@ impl CheckKind<'_> {
             CheckKind::Ttl(_) => "ttl",
             CheckKind::Http(_) => "http",
             CheckKind::Tcp(_) => "tcp",
-            CheckKind::TaskCommand(_) => "script",
+            CheckKind::TaskCommand(_) | CheckKind::Script(_) => "script",
+            CheckKind::Docker { .. } => "docker",
             CheckKind::Static => "",
         }
     }
@@ -169,14 +211,24 @@ impl CheckKind<'_> {
     pub fn is_probed(self) -> bool {
         matches!(
             self,
-            CheckKind::Http(_) | CheckKind::Tcp(_) | CheckKind::TaskCommand(_)
+            CheckKind::Http(_)
+                | CheckKind::Tcp(_)
+                | CheckKind::TaskCommand(_)
+                | CheckKind::Script(_)
+                | CheckKind::Docker { .. }
         )
+    }
+
+    /// Whether it runs a command chosen by whoever registered it (script and Docker
+    /// checks), which an agent runs only when script checks are enabled.
+    pub fn runs_script(self) -> bool {
+        matches!(self, CheckKind::Script(_) | CheckKind::Docker { .. })
     }
 }
 
 impl CheckDefinition {
     /// What kind of check this is. A definition naming several (which the API refuses)
-    /// counts as the first of TTL, HTTP, TCP, task command.
+    /// counts as the first of TTL, HTTP, TCP, task command, Docker, script.
     pub fn kind(&self) -> CheckKind<'_> {
         if let Some(ttl) = self.ttl_ms {
             CheckKind::Ttl(ttl)
@@ -186,6 +238,14 @@ impl CheckDefinition {
             CheckKind::Tcp(address)
         } else if let Some(command) = &self.task_command {
             CheckKind::TaskCommand(command)
+        } else if let Some(container) = &self.docker_container_id {
+            CheckKind::Docker {
+                container,
+                shell: &self.shell,
+                args: &self.args,
+            }
+        } else if !self.args.is_empty() {
+            CheckKind::Script(&self.args)
         } else {
             CheckKind::Static
         }

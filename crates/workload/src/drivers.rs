@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use atoll_agent::{TaskCommandRun, TaskCommands};
+use atoll_agent::{ContainerOutcome, ContainerRun, TaskCommandRun, TaskCommands};
 use atoll_driver::{
     CommandExit, CommandOutcome, Driver, DriverError, ExecDriver, PortBinding, TaskEvent, TaskKind,
     TaskSpec,
@@ -228,6 +228,38 @@ impl TaskCommands for Drivers {
         let drivers = self.clone();
         let check = check.clone();
         Box::pin(async move { drivers.run_command_check(&check, timeout).await })
+    }
+
+    fn run_in_container(
+        &self,
+        container: &str,
+        command: Vec<String>,
+        timeout: Duration,
+    ) -> ContainerRun {
+        let engine = self.engine.clone();
+        let container = container.to_string();
+        Box::pin(async move {
+            let Some(engine) = engine else {
+                return ContainerOutcome::Failed(
+                    "this node has no Docker engine to run the check in".to_string(),
+                );
+            };
+            let what = format!("container {container}");
+            match engine.exec(&container, command, timeout, &what).await {
+                Ok(CommandOutcome {
+                    exit: CommandExit::Code(code),
+                    output,
+                }) => ContainerOutcome::Exited { code, output },
+                Ok(CommandOutcome {
+                    exit: CommandExit::TimedOut,
+                    ..
+                }) => ContainerOutcome::TimedOut,
+                Ok(CommandOutcome { exit, output }) => {
+                    ContainerOutcome::Failed(format!("{exit}: {output}"))
+                }
+                Err(e) => ContainerOutcome::Failed(e.to_string()),
+            }
+        })
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use crate::extract::Path;
 use atoll_agent::SERVER_SERVICE;
 use atoll_state::{
-    CheckStatus, Command, Deregistration, Registration, Table, NODE_HEALTH_CHECK_ID,
+    CheckSpec, CheckStatus, Command, Deregistration, Registration, Table, NODE_HEALTH_CHECK_ID,
 };
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -186,6 +186,20 @@ fn local_registration(context: &ApiContext) -> Registration {
     }
 }
 
+/// Refuses script and Docker checks unless this agent runs them (`--enable-script-checks`),
+/// with Consul's words.
+fn allow_scripts(context: &ApiContext, checks: &[CheckSpec]) -> Result<(), ApiError> {
+    if context.agent().config().enable_script_checks
+        || !checks.iter().any(|c| c.definition.kind().runs_script())
+    {
+        return Ok(());
+    }
+    Err(ApiError::field(
+        "Args",
+        "Scripts are disabled on this agent from remote calls; to enable, configure 'enable_script_checks' to true",
+    ))
+}
+
 /// `PUT /v1/agent/service/register`.
 pub async fn register_service(
     State(context): State<ApiContext>,
@@ -195,6 +209,7 @@ pub async fn register_service(
     let query = Query::parse(raw.as_deref());
     check_datacenter(&query, &context)?;
     let (service, checks) = parse_service_registration(&body)?;
+    allow_scripts(&context, &checks)?;
     let registration = Registration {
         service: Some(service),
         checks,
@@ -233,6 +248,7 @@ pub async fn register_check(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let spec = parse_check_registration(&body)?;
+    allow_scripts(&context, std::slice::from_ref(&spec))?;
     if !spec.service_id.is_empty() {
         let exists = context
             .store()

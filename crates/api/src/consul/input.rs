@@ -72,12 +72,29 @@ pub struct CheckIn {
     pub timeout: Option<DurationIn>,
     /// Deregister after critical this long.
     pub deregistercriticalserviceafter: Option<DurationIn>,
-    /// Script checks (not supported).
+    /// Script checks: the program and its arguments (with `DockerContainerID`, what follows
+    /// the shell's `-c`).
     pub args: Option<Vec<String>>,
-    /// Script checks (not supported).
+    /// Script checks, the old way: one command run through `/bin/sh -c`.
     pub script: Option<String>,
+    /// Docker checks: the container to run the command in.
+    pub dockercontainerid: Option<String>,
+    /// Docker checks: the shell (default `/bin/sh`).
+    pub shell: Option<String>,
+    /// HTTP checks: the request body.
+    pub body: Option<String>,
+    /// HTTPS checks: accept any certificate.
+    pub tlsskipverify: Option<bool>,
+    /// HTTPS checks: the server name to send and verify.
+    pub tlsservername: Option<String>,
+    /// Consecutive successes before passing.
+    pub successbeforepassing: Option<u32>,
+    /// Consecutive failures before critical.
+    pub failuresbeforecritical: Option<u32>,
     /// gRPC checks (not supported).
     pub grpc: Option<String>,
+    /// HTTP/2 ping checks (not supported).
+    pub h2ping: Option<String>,
     /// Output.
     pub output: Option<String>,
 }
@@ -91,17 +108,40 @@ impl CheckIn {
         default_name: String,
         service_id: Option<&str>,
     ) -> Result<CheckSpec, ApiError> {
-        if self.args.is_some() || self.script.is_some() || self.grpc.is_some() {
+        for (name, given) in [("GRPC", &self.grpc), ("H2PING", &self.h2ping)] {
+            if given.as_deref().is_some_and(|v| !v.is_empty()) {
+                return Err(ApiError::field(
+                    &format!("{field}.{name}"),
+                    format!("{field}.{name}: {name} checks are not supported; use TTL, HTTP, TCP, script or Docker checks"),
+                ));
+            }
+        }
+        let args = self.args.clone().filter(|a| !a.is_empty());
+        let script = self.script.clone().filter(|s| !s.is_empty());
+        if args.is_some() && script.is_some() {
             return Err(ApiError::field(
-                field,
-                format!("{field}: script and gRPC checks are not supported; use TTL, HTTP or TCP"),
+                &format!("{field}.Script"),
+                format!("{field}: Args and Script cannot both be specified"),
             ));
         }
-        let kinds = [self.ttl.is_some(), self.http.is_some(), self.tcp.is_some()];
+        let docker = self.dockercontainerid.clone().filter(|c| !c.is_empty());
+        let command = args.is_some() || script.is_some();
+        if docker.is_some() && !command {
+            return Err(ApiError::field(
+                &format!("{field}.Args"),
+                format!("{field}: a Docker check needs Args or Script"),
+            ));
+        }
+        let kinds = [
+            self.ttl.is_some(),
+            self.http.is_some(),
+            self.tcp.is_some(),
+            command,
+        ];
         if kinds.iter().filter(|k| **k).count() != 1 {
             return Err(ApiError::field(
                 field,
-                format!("{field}: exactly one of TTL, HTTP or TCP is required"),
+                format!("{field}: exactly one of TTL, HTTP, TCP or Args (script and Docker checks) is required"),
             ));
         }
         if self.ttl.is_some() && self.interval.is_some() {
@@ -125,7 +165,9 @@ impl CheckIn {
             let Some(interval) = &self.interval else {
                 return Err(ApiError::field(
                     &format!("{field}.Interval"),
-                    format!("{field}: Interval is required for HTTP and TCP checks"),
+                    format!(
+                        "{field}: Interval is required for HTTP, TCP, script and Docker checks"
+                    ),
                 ));
             };
             let (ms, text) = interval.millis(&format!("{field}.Interval"))?;
@@ -150,7 +192,24 @@ impl CheckIn {
             definition.http = Some(http.clone());
             definition.method = self.method.clone().filter(|m| !m.is_empty());
             definition.header = self.header.clone().unwrap_or_default();
+            definition.body = self.body.clone().filter(|b| !b.is_empty());
+            definition.tls_skip_verify = self.tlsskipverify.unwrap_or(false);
+            definition.tls_server_name = self.tlsservername.clone().unwrap_or_default();
         }
+        if let Some(args) = args {
+            definition.args = args;
+        } else if let Some(script) = script {
+            // A Docker check hands the script to its shell; a script check to /bin/sh.
+            definition.args = if docker.is_some() {
+                vec![script]
+            } else {
+                vec!["/bin/sh".to_string(), "-c".to_string(), script]
+            };
+        }
+        definition.docker_container_id = docker;
+        definition.shell = self.shell.clone().unwrap_or_default();
+        definition.success_before_passing = self.successbeforepassing.unwrap_or(0);
+        definition.failures_before_critical = self.failuresbeforecritical.unwrap_or(0);
         if let Some(tcp) = &self.tcp {
             if tcp
                 .rsplit_once(':')
@@ -845,5 +904,110 @@ mod session_tests {
             (error.field.as_deref(), error.message.as_str()),
             (Some("Behavior"), "Invalid Behavior setting 'keep'")
         );
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+
+    fn check(body: &str) -> Result<CheckSpec, ApiError> {
+        parse_check_registration(body.as_bytes())
+    }
+
+    #[test]
+    fn script_checks_keep_args_and_run_old_scripts_through_sh() {
+        let spec =
+            check(r#"{"Name": "c", "Args": ["/bin/check", "-v"], "Interval": "5s"}"#).unwrap();
+        assert_eq!(spec.definition.args, vec!["/bin/check", "-v"]);
+        assert_eq!(spec.definition.kind().consul_type(), "script");
+        assert!(spec.definition.kind().runs_script());
+        assert_eq!(spec.definition.timeout_ms, None);
+        let spec = check(r#"{"name": "c", "script": "exit 1", "interval": "5s"}"#).unwrap();
+        assert_eq!(spec.definition.args, vec!["/bin/sh", "-c", "exit 1"]);
+    }
+
+    #[test]
+    fn docker_checks_name_container_shell_and_args() {
+        let spec = check(
+            r#"{"Name": "d", "DockerContainerID": "abc", "Shell": "/bin/bash", "Args": ["/check.sh"], "Interval": "5s"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.definition.kind(),
+            atoll_state::CheckKind::Docker {
+                container: "abc",
+                shell: "/bin/bash",
+                args: &["/check.sh".to_string()],
+            }
+        );
+        let spec = check(
+            r#"{"name": "d", "docker_container_id": "abc", "script": "exit 0", "interval": "5s"}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.definition.args, vec!["exit 0"]);
+        assert_eq!(spec.definition.shell, "");
+        let error =
+            check(r#"{"Name": "d", "DockerContainerID": "abc", "Interval": "5s"}"#).unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("Check.Args"));
+    }
+
+    #[test]
+    fn http_options_and_thresholds_are_kept() {
+        let spec = check(
+            r#"{"Name": "h", "HTTP": "https://127.0.0.1:1/x", "Method": "POST",
+                "Header": {"X-A": ["1", "2"]}, "Body": "{}", "TLSSkipVerify": true,
+                "TLSServerName": "example.test", "Interval": "1s",
+                "SuccessBeforePassing": 2, "FailuresBeforeCritical": 3}"#,
+        )
+        .unwrap();
+        let d = &spec.definition;
+        assert_eq!(d.method.as_deref(), Some("POST"));
+        assert_eq!(d.header["X-A"], vec!["1", "2"]);
+        assert_eq!(d.body.as_deref(), Some("{}"));
+        assert!(d.tls_skip_verify);
+        assert_eq!(d.tls_server_name, "example.test");
+        assert_eq!(
+            (d.success_before_passing, d.failures_before_critical),
+            (2, 3)
+        );
+        // py-consul's snake case spelling.
+        let spec = check(
+            r#"{"name": "t", "tcp": "a:1", "interval": "1s", "success_before_passing": 4, "failures_before_critical": 5}"#,
+        )
+        .unwrap();
+        let d = &spec.definition;
+        assert_eq!(
+            (d.success_before_passing, d.failures_before_critical),
+            (4, 5)
+        );
+        let error =
+            check(r#"{"Name": "t", "TCP": "a:1", "Interval": "1s", "FailuresBeforeCritical": -1}"#)
+                .unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("failuresbeforecritical"));
+    }
+
+    #[test]
+    fn unsupported_and_ambiguous_checks_are_refused_naming_the_field() {
+        for (body, field) in [
+            (
+                r#"{"Name": "g", "GRPC": "127.0.0.1:1", "Interval": "1s"}"#,
+                "Check.GRPC",
+            ),
+            (
+                r#"{"Name": "p", "H2PING": "127.0.0.1:1", "Interval": "1s"}"#,
+                "Check.H2PING",
+            ),
+            (
+                r#"{"Name": "s", "Args": ["true"], "Script": "true", "Interval": "1s"}"#,
+                "Check.Script",
+            ),
+            (r#"{"Name": "s", "Args": ["true"], "TTL": "1s"}"#, "Check"),
+            (r#"{"Name": "s", "Args": ["true"]}"#, "Check.Interval"),
+        ] {
+            let error = check(body).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(error.field.as_deref(), Some(field), "{body}");
+        }
     }
 }

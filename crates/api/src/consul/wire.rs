@@ -157,6 +157,20 @@ pub struct CheckDefinitionJson<'a> {
     timeout: &'a str,
     #[serde(rename = "TTL", skip_serializing_if = "str::is_empty")]
     ttl: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+    #[serde(rename = "TLSSkipVerify", skip_serializing_if = "std::ops::Not::not")]
+    tls_skip_verify: bool,
+    #[serde(rename = "TLSServerName", skip_serializing_if = "str::is_empty")]
+    tls_server_name: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    script_args: &'a [String],
+    #[serde(rename = "DockerContainerID", skip_serializing_if = "Option::is_none")]
+    docker_container_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    shell: &'a str,
 }
 
 /// A check as every endpoint shows it.
@@ -202,6 +216,13 @@ impl<'a> CheckJson<'a> {
                 interval: &definition.interval_text,
                 timeout: &definition.timeout_text,
                 ttl: &definition.ttl_text,
+                method: definition.method.as_deref(),
+                body: definition.body.as_deref(),
+                tls_skip_verify: definition.tls_skip_verify,
+                tls_server_name: &definition.tls_server_name,
+                script_args: &definition.args,
+                docker_container_id: definition.docker_container_id.as_deref(),
+                shell: &definition.shell,
             },
             create_index: check.create_index,
             modify_index: check.modify_index,

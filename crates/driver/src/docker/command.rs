@@ -34,17 +34,32 @@ impl DockerDriver {
             .ok_or_else(|| DriverError::NotRunning {
                 task_id: task_id.to_string(),
             })?;
+        let command = vec!["sh".into(), "-c".into(), command.into()];
+        self.exec(&container, command, timeout, &format!("task {task_id}"))
+            .await
+    }
+
+    /// Runs `command` (program and arguments) inside the container `container` (`docker
+    /// exec`) and returns how it ended; `what` names the container in errors. Killed after
+    /// `timeout` as [`DockerDriver::run_command`] says.
+    pub async fn exec(
+        &self,
+        container: &str,
+        command: Vec<String>,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<CommandOutcome, DriverError> {
         let docker = &self.inner.docker;
         let config = ExecConfig {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
-            cmd: Some(vec!["sh".into(), "-c".into(), command.into()]),
+            cmd: Some(command),
             ..Default::default()
         };
         let exec = docker
-            .create_exec(&container, config)
+            .create_exec(container, config)
             .await
-            .map_err(|e| DriverError::docker(format!("creating a command in task {task_id}"), e))?;
+            .map_err(|e| DriverError::docker(format!("creating a command in {what}"), e))?;
         let run = async {
             let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
             if let StartExecResults::Attached { mut output, .. } =
@@ -68,12 +83,12 @@ impl DockerDriver {
             Ok(Ok(output)) => output,
             Ok(Err(e)) => {
                 return Err(DriverError::docker(
-                    format!("running a command in task {task_id}"),
+                    format!("running a command in {what}"),
                     e,
                 ))
             }
             Err(_) => {
-                self.kill_exec(&container, &exec.id).await;
+                self.kill_exec(container, &exec.id).await;
                 return Ok(CommandOutcome {
                     exit: CommandExit::TimedOut,
                     output: format!("timed out after {timeout:?}"),
@@ -83,9 +98,10 @@ impl DockerDriver {
         // The output ends a moment before the engine records the exit code.
         let deadline = tokio::time::Instant::now() + EXEC_SETTLE;
         loop {
-            let inspected = docker.inspect_exec(&exec.id).await.map_err(|e| {
-                DriverError::docker(format!("inspecting a command in task {task_id}"), e)
-            })?;
+            let inspected = docker
+                .inspect_exec(&exec.id)
+                .await
+                .map_err(|e| DriverError::docker(format!("inspecting a command in {what}"), e))?;
             match (inspected.running, inspected.exit_code) {
                 (Some(false), Some(code)) => {
                     return Ok(CommandOutcome {
@@ -94,7 +110,7 @@ impl DockerDriver {
                     })
                 }
                 _ if tokio::time::Instant::now() >= deadline => {
-                    self.kill_exec(&container, &exec.id).await;
+                    self.kill_exec(container, &exec.id).await;
                     return Ok(CommandOutcome {
                         exit: CommandExit::TimedOut,
                         output: "the engine did not report the command's exit".into(),
