@@ -416,14 +416,16 @@ impl State {
         };
         match outcome {
             Outcome::Rejected(rejection) => return Err(rejection.to_string()),
-            Outcome::Condition(false) => return Err(match op.verb {
-                KvVerb::Cas => format!("failed to set key {key:?}, index is stale"),
-                KvVerb::Lock => format!("failed to lock key {key:?}, lock is already held"),
-                KvVerb::Unlock => format!(
+            Outcome::Condition(false) => {
+                return Err(match op.verb {
+                    KvVerb::Cas => format!("failed to set key {key:?}, index is stale"),
+                    KvVerb::Lock => format!("failed to lock key {key:?}, lock is already held"),
+                    KvVerb::Unlock => format!(
                     "failed to unlock key {key:?}, lock isn't held, or is held by another session"
                 ),
-                _ => format!("failed to delete key {key:?}, index is stale"),
-            }),
+                    _ => format!("failed to delete key {key:?}, index is stale"),
+                })
+            }
             _ => {}
         }
         let written = matches!(
