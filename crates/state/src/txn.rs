@@ -189,8 +189,8 @@ pub enum TxnResult {
     Node(Node),
     /// A service instance.
     Service(ServiceInstance),
-    /// A check.
-    Check(Check),
+    /// A check (boxed: a check carries its definition).
+    Check(Box<Check>),
 }
 
 /// A failed operation: its position in the transaction and Consul's text.
@@ -317,7 +317,7 @@ impl State {
                 )),
             },
             TxnOp::Check { node, check, .. } => match self.check(node, &check.check_id) {
-                Some(found) => Ok(vec![TxnResult::Check(found.clone())]),
+                Some(found) => Ok(vec![TxnResult::Check(Box::new(found.clone()))]),
                 None => Err(format!(
                     "check {:?} on node {node:?} doesn't exist",
                     check.check_id
@@ -445,40 +445,27 @@ impl State {
         node: &Registration,
         cas: u64,
     ) -> OpResult {
-        let name = &node.node;
-        let current = self.nodes.get(name).map(|n| n.modify_index);
-        match verb {
-            CatalogVerb::Cas if !cas_holds(current, cas) => {
-                return Err(format!("failed to set node {name:?}, index is stale"))
-            }
-            CatalogVerb::DeleteCas if current != Some(cas) => {
-                return Err(format!("failed to delete node {name:?}, index is stale"))
-            }
-            _ => {}
-        }
-        match verb {
-            CatalogVerb::Set | CatalogVerb::Cas => {
-                let registration = Registration {
-                    service: None,
-                    checks: Vec::new(),
-                    skip_node_update: false,
-                    replace_service_checks: false,
-                    ..node.clone()
-                };
-                refused(self.register(index, &registration))?;
-                Ok(self
-                    .nodes
-                    .get(name)
-                    .map(|n| vec![TxnResult::Node(n.clone())])
-                    .unwrap_or_default())
-            }
-            _ => {
-                if current.is_some() {
-                    refused(self.deregister(index, &whole_node(name)))?;
-                }
-                Ok(Vec::new())
-            }
-        }
+        let name = node.node.clone();
+        let target = CatalogTarget {
+            current: self.nodes.get(&name).map(|n| n.modify_index),
+            named: format!("node {name:?}"),
+            register: Registration {
+                service: None,
+                checks: Vec::new(),
+                skip_node_update: false,
+                replace_service_checks: false,
+                ..node.clone()
+            },
+            deregister: whole_node(&name),
+        };
+        self.write_catalog(
+            index,
+            verb,
+            cas,
+            target,
+            |_| Ok(()),
+            |state| state.nodes.get(&name).map(|n| TxnResult::Node(n.clone())),
+        )
     }
 
     fn write_service(
@@ -490,48 +477,32 @@ impl State {
         cas: u64,
     ) -> OpResult {
         let id = &service.id;
-        let current = self.service(node, id).map(|s| s.modify_index);
-        match verb {
-            CatalogVerb::Cas if !cas_holds(current, cas) => {
-                return Err(format!(
-                    "failed to set service {id:?} on node {node:?}, index is stale"
-                ))
-            }
-            CatalogVerb::DeleteCas if current != Some(cas) => {
-                return Err(format!(
-                    "failed to delete service {id:?} on node {node:?}, index is stale"
-                ))
-            }
-            _ => {}
-        }
-        match verb {
-            CatalogVerb::Set | CatalogVerb::Cas => {
-                if !self.nodes.contains_key(node) {
-                    return Err("Missing node registration".to_string());
-                }
-                let registration = Registration {
-                    node: node.to_string(),
-                    skip_node_update: true,
-                    service: Some(service.clone()),
-                    ..Default::default()
-                };
-                refused(self.register(index, &registration))?;
-                Ok(self
+        let target = CatalogTarget {
+            current: self.service(node, id).map(|s| s.modify_index),
+            named: format!("service {id:?} on node {node:?}"),
+            register: Registration {
+                node: node.to_string(),
+                skip_node_update: true,
+                service: Some(service.clone()),
+                ..Default::default()
+            },
+            deregister: Deregistration {
+                service_id: Some(id.clone()),
+                ..whole_node(node)
+            },
+        };
+        self.write_catalog(
+            index,
+            verb,
+            cas,
+            target,
+            |state| node_exists(state, node),
+            |state| {
+                state
                     .service(node, id)
-                    .map(|s| vec![TxnResult::Service(s.clone())])
-                    .unwrap_or_default())
-            }
-            _ => {
-                if current.is_some() {
-                    let request = Deregistration {
-                        service_id: Some(id.clone()),
-                        ..whole_node(node)
-                    };
-                    refused(self.deregister(index, &request))?;
-                }
-                Ok(Vec::new())
-            }
-        }
+                    .map(|s| TxnResult::Service(s.clone()))
+            },
+        )
     }
 
     fn write_check(
@@ -543,56 +514,89 @@ impl State {
         cas: u64,
     ) -> OpResult {
         let id = &check.check_id;
-        let current = self.check(node, id).map(|c| c.modify_index);
-        match verb {
-            CatalogVerb::Cas if !cas_holds(current, cas) => {
-                return Err(format!(
-                    "failed to set check {id:?} on node {node:?}, index is stale"
-                ))
-            }
-            CatalogVerb::DeleteCas if current != Some(cas) => {
-                return Err(format!(
-                    "failed to delete check {id:?} on node {node:?}, index is stale"
-                ))
-            }
-            _ => {}
-        }
-        match verb {
-            CatalogVerb::Set | CatalogVerb::Cas => {
-                if !self.nodes.contains_key(node) {
-                    return Err("Missing node registration".to_string());
-                }
-                if !check.service_id.is_empty() && self.service(node, &check.service_id).is_none() {
-                    return Err("Missing service registration".to_string());
-                }
+        let target = CatalogTarget {
+            current: self.check(node, id).map(|c| c.modify_index),
+            named: format!("check {id:?} on node {node:?}"),
+            register: Registration {
+                node: node.to_string(),
+                skip_node_update: true,
                 // A check written without a status is critical, as Consul's are.
-                let spec = CheckSpec {
+                checks: vec![CheckSpec {
                     status: Some(check.status.unwrap_or(CheckStatus::Critical)),
                     ..check.clone()
-                };
-                let registration = Registration {
-                    node: node.to_string(),
-                    skip_node_update: true,
-                    checks: vec![spec],
-                    ..Default::default()
-                };
-                refused(self.register(index, &registration))?;
-                Ok(self
-                    .check(node, id)
-                    .map(|c| vec![TxnResult::Check(c.clone())])
-                    .unwrap_or_default())
+                }],
+                ..Default::default()
+            },
+            deregister: Deregistration {
+                check_id: Some(id.clone()),
+                ..whole_node(node)
+            },
+        };
+        let service_id = &check.service_id;
+        let valid = |state: &State| {
+            node_exists(state, node)?;
+            if !service_id.is_empty() && state.service(node, service_id).is_none() {
+                return Err("Missing service registration".to_string());
             }
-            _ => {
+            Ok(())
+        };
+        self.write_catalog(index, verb, cas, target, valid, |state| {
+            state
+                .check(node, id)
+                .map(|c| TxnResult::Check(Box::new(c.clone())))
+        })
+    }
+
+    /// A catalog write: the verb's condition on the row's modify index, then the
+    /// registration (after `valid`, answering the row as `read` finds it) or the
+    /// deregistration (of a row that exists).
+    fn write_catalog(
+        &mut self,
+        index: u64,
+        verb: CatalogVerb,
+        cas: u64,
+        target: CatalogTarget,
+        valid: impl FnOnce(&State) -> Result<(), String>,
+        read: impl FnOnce(&State) -> Option<TxnResult>,
+    ) -> OpResult {
+        let CatalogTarget { current, named, .. } = &target;
+        match verb {
+            CatalogVerb::Cas if !cas_holds(*current, cas) => {
+                Err(format!("failed to set {named}, index is stale"))
+            }
+            CatalogVerb::DeleteCas if *current != Some(cas) => {
+                Err(format!("failed to delete {named}, index is stale"))
+            }
+            CatalogVerb::Set | CatalogVerb::Cas => {
+                valid(self)?;
+                refused(self.register(index, &target.register))?;
+                Ok(read(self).into_iter().collect())
+            }
+            CatalogVerb::Get => Err(format!("{named}: not a write")),
+            CatalogVerb::Delete | CatalogVerb::DeleteCas => {
                 if current.is_some() {
-                    let request = Deregistration {
-                        check_id: Some(id.clone()),
-                        ..whole_node(node)
-                    };
-                    refused(self.deregister(index, &request))?;
+                    refused(self.deregister(index, &target.deregister))?;
                 }
                 Ok(Vec::new())
             }
         }
+    }
+}
+
+/// The row a catalog write targets: its modify index (absent: `None`), how Consul's errors
+/// name it, and the registration and deregistration that write it.
+struct CatalogTarget {
+    current: Option<u64>,
+    named: String,
+    register: Registration,
+    deregister: Deregistration,
+}
+
+fn node_exists(state: &State, node: &str) -> Result<(), String> {
+    if state.nodes.contains_key(node) {
+        Ok(())
+    } else {
+        Err("Missing node registration".to_string())
     }
 }
 
