@@ -327,6 +327,7 @@ MISSING_TARGET_WRITES = [
 METHODS_OF = {
     "/v1/kv/fuzz/a": {"GET", "PUT", "DELETE"},
     "/v1/agent/service/register": {"PUT"},
+    "/v1/txn": {"PUT"},
     "/v1/catalog/services": {"GET"},
     "/v1/operator/raft/peer": {"DELETE"},
     "/v2/apps": {"GET", "POST"},

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{CheckDefinition, CheckStatus, Session};
+use crate::txn::{TxnOp, TxnOutcome};
 use crate::workload::{Allocation, AppSpec, ComputeNode, Deployment, TaskState, Unplaced};
 
 /// One change to the replicated state. Validated at the edge, re-checked by `apply`.
@@ -176,6 +177,9 @@ pub enum Command {
         /// The session giving it up.
         session: String,
     },
+    /// A Consul transaction (`PUT /v1/txn`): its operations applied in order, all or none
+    /// ([`Outcome::Txn`]).
+    Txn(Vec<TxnOp>),
 }
 
 /// Catalog registration, shaped after Consul's `/v1/catalog/register`.
@@ -261,6 +265,8 @@ pub enum Outcome {
     Rejected(Rejection),
     /// A batch's outcomes, one per command, in order.
     Each(Vec<Outcome>),
+    /// A transaction's results, or its failed operations (then nothing was applied).
+    Txn(TxnOutcome),
 }
 
 /// Why `apply` refused a command. The edge maps these to status codes.

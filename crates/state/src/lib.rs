@@ -12,6 +12,7 @@ mod session_apply;
 pub mod snapshot;
 mod state;
 pub mod table;
+mod txn;
 pub mod workload;
 mod workload_apply;
 
@@ -25,6 +26,7 @@ pub use model::{
 };
 pub use state::{aggregate_status, State, TableIndexes};
 pub use table::{Grouped, RowChange, Rows};
+pub use txn::{CatalogVerb, KvVerb, TxnError, TxnKv, TxnOp, TxnOutcome, TxnResult};
 pub use workload::{
     Allocation, AppSpec, ComputeNode, Constraint, ConstraintOperator, Deployment, DockerNetwork,
     HealthCheckSpec, HealthProtocol, PortSpec, Runtime, TaskFailure, TaskState, Unplaced,

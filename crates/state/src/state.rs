@@ -68,7 +68,7 @@ pub struct State {
     pub sessions: Rows<String, Session>,
     /// Derived: (node, id) of every instance of a service name. Rebuilt on restore.
     #[serde(skip)]
-    by_name: HashMap<String, BTreeSet<(String, String)>>,
+    pub(crate) by_name: HashMap<String, BTreeSet<(String, String)>>,
     /// Derived: the ids of each node's sessions. Rebuilt on restore.
     #[serde(skip)]
     pub(crate) sessions_by_node: HashMap<String, BTreeSet<String>>,
@@ -181,6 +181,7 @@ impl State {
                 flags,
                 session,
             } => self.kv_release(index, key, value, *flags, session),
+            Command::Txn(ops) => self.apply_txn(index, ops),
         }
     }
 
@@ -292,7 +293,7 @@ impl State {
         }
     }
 
-    fn register(&mut self, index: u64, registration: &Registration) -> Outcome {
+    pub(crate) fn register(&mut self, index: u64, registration: &Registration) -> Outcome {
         if registration.node.is_empty() {
             return rejected_invalid("Node name is missing");
         }
@@ -473,7 +474,7 @@ impl State {
         }
     }
 
-    fn deregister(&mut self, index: u64, request: &Deregistration) -> Outcome {
+    pub(crate) fn deregister(&mut self, index: u64, request: &Deregistration) -> Outcome {
         if request.node.is_empty() {
             return rejected_invalid("Node name is missing");
         }
@@ -595,7 +596,7 @@ impl State {
         Outcome::Done
     }
 
-    fn kv_set(
+    pub(crate) fn kv_set(
         &mut self,
         index: u64,
         key: &str,
@@ -629,7 +630,13 @@ impl State {
         }
     }
 
-    fn kv_delete(&mut self, index: u64, key: &str, recurse: bool, cas: Option<u64>) -> Outcome {
+    pub(crate) fn kv_delete(
+        &mut self,
+        index: u64,
+        key: &str,
+        recurse: bool,
+        cas: Option<u64>,
+    ) -> Outcome {
         if recurse {
             let doomed: Vec<String> = self.kv_prefix(key).map(|e| e.key.clone()).collect();
             for k in doomed {

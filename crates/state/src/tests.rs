@@ -378,6 +378,66 @@ fn arb_single() -> impl Strategy<Value = Command> {
             any::<bool>(),
         )
             .prop_map(|(k, s, acquire)| lock(acquire, k, s)),
+        prop::collection::vec(arb_txn_op(), 1..5).prop_map(Command::Txn),
+    ]
+}
+
+/// One operation of a transaction: KV verbs on a few keys and sessions (some failing),
+/// catalog writes and reads on a few nodes.
+fn arb_txn_op() -> impl Strategy<Value = TxnOp> {
+    let kv = (
+        prop::sample::select(KvVerb::ALL.map(|(verb, _)| verb).to_vec()),
+        prop::sample::select(vec!["k/a", "k/b", "k/", "j"]),
+        0u64..6,
+        prop::sample::select(vec!["s1", "s2", ""]),
+    )
+        .prop_map(|(verb, key, index, session)| {
+            TxnOp::Kv(TxnKv {
+                verb,
+                key: key.into(),
+                value: b"t".to_vec(),
+                flags: 1,
+                index,
+                session: session.into(),
+            })
+        });
+    let verb = prop::sample::select(CatalogVerb::ALL.map(|(verb, _)| verb).to_vec());
+    let node = prop::sample::select(vec!["n1", "n2"]);
+    prop_oneof![
+        3 => kv,
+        1 => (verb.clone(), node.clone(), 0u64..6).prop_map(|(verb, n, index)| TxnOp::Node {
+            verb,
+            node: Registration {
+                node: n.into(),
+                address: "10.0.0.9".into(),
+                datacenter: "dc1".into(),
+                ..Default::default()
+            },
+            index,
+        }),
+        1 => (verb.clone(), node.clone(), prop::sample::select(vec!["a", "b"]), 0u64..6)
+            .prop_map(|(verb, n, id, index)| TxnOp::Service {
+                verb,
+                node: n.into(),
+                service: ServiceSpec {
+                    id: id.into(),
+                    name: "web".into(),
+                    ..Default::default()
+                },
+                index,
+            }),
+        1 => (verb, node, prop::sample::select(vec!["a", "b"]), 0u64..6)
+            .prop_map(|(verb, n, id, index)| TxnOp::Check {
+                verb,
+                node: n.into(),
+                check: CheckSpec {
+                    check_id: format!("service:{id}"),
+                    name: "t".into(),
+                    service_id: id.into(),
+                    ..Default::default()
+                },
+                index,
+            }),
     ]
 }
 

@@ -400,16 +400,41 @@ pub fn parse_check_update(body: &[u8]) -> Result<(CheckStatus, String), ApiError
     Ok((status, input.output.unwrap_or_default()))
 }
 
+/// A service instance in a catalog registration or a transaction.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct CatalogServiceIn {
-    id: Option<String>,
-    service: Option<String>,
+pub(crate) struct CatalogServiceIn {
+    pub(crate) id: Option<String>,
+    pub(crate) service: Option<String>,
     tags: Option<Vec<String>>,
     address: Option<String>,
     port: Option<u16>,
     meta: Option<BTreeMap<String, String>>,
     enabletagoverride: Option<bool>,
+    /// Compared by a transaction's `cas` and `delete-cas`.
+    pub(crate) modifyindex: u64,
+}
+
+impl CatalogServiceIn {
+    /// Validates into a spec (the id defaults to the name); `field` names it in errors.
+    pub(crate) fn into_spec(self, field: &str) -> Result<ServiceSpec, ApiError> {
+        let name = self.service.unwrap_or_default();
+        validate_name(&format!("{field}.Service"), &name)?;
+        let id = self
+            .id
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| name.clone());
+        validate_name(&format!("{field}.ID"), &id)?;
+        Ok(ServiceSpec {
+            id,
+            name,
+            tags: self.tags.unwrap_or_default(),
+            address: self.address.unwrap_or_default(),
+            port: self.port.unwrap_or(0),
+            meta: self.meta.unwrap_or_default(),
+            enable_tag_override: self.enabletagoverride.unwrap_or(false),
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -429,7 +454,9 @@ struct CatalogRegisterIn {
 /// Catalog checks carry no runnable definition: their status is set by whoever registers them.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct CatalogCheckIn {
+pub(crate) struct CatalogCheckIn {
+    /// The node (in a transaction).
+    pub(crate) node: Option<String>,
     checkid: Option<String>,
     name: Option<String>,
     notes: Option<String>,
@@ -437,6 +464,50 @@ struct CatalogCheckIn {
     serviceid: Option<String>,
     output: Option<String>,
     definition: Option<CheckIn>,
+    /// Compared by a transaction's `cas` and `delete-cas`.
+    pub(crate) modifyindex: u64,
+}
+
+impl CatalogCheckIn {
+    /// Validates into a spec (the id defaults to the name); `field` names it in errors.
+    pub(crate) fn into_spec(self, field: &str) -> Result<CheckSpec, ApiError> {
+        let check_id = self.checkid.or(self.name.clone()).unwrap_or_default();
+        if check_id.is_empty() {
+            return Err(ApiError::field(field, "Check must have a CheckID or Name"));
+        }
+        let status = match self.status.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(CheckStatus::parse(text).ok_or_else(|| {
+                ApiError::field(
+                    &format!("{field}.Status"),
+                    format!("Invalid check status {text:?}"),
+                )
+            })?),
+        };
+        let mut spec = CheckSpec {
+            check_id: check_id.clone(),
+            name: self.name.unwrap_or_else(|| check_id.clone()),
+            status,
+            notes: self.notes.unwrap_or_default(),
+            output: self.output.unwrap_or_default(),
+            service_id: self.serviceid.unwrap_or_default(),
+            definition: Default::default(),
+        };
+        if let Some(definition) = self
+            .definition
+            .filter(|d| d.ttl.is_some() || d.http.is_some() || d.tcp.is_some())
+        {
+            spec.definition = definition
+                .into_spec(
+                    &format!("{field}.Definition"),
+                    check_id,
+                    spec.name.clone(),
+                    None,
+                )?
+                .definition;
+        }
+        Ok(spec)
+    }
 }
 
 /// The body of `PUT /v1/catalog/register`, decoded and validated into a registration in the
@@ -459,69 +530,17 @@ pub fn parse_catalog_registration(
         .datacenter
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| local_datacenter.to_string());
-    let service = match input.service {
-        None => None,
-        Some(service) => {
-            let name = service.service.unwrap_or_default();
-            validate_name("Service.Service", &name)?;
-            let id = service
-                .id
-                .filter(|id| !id.is_empty())
-                .unwrap_or_else(|| name.clone());
-            validate_name("Service.ID", &id)?;
-            Some(ServiceSpec {
-                id,
-                name,
-                tags: service.tags.unwrap_or_default(),
-                address: service.address.unwrap_or_default(),
-                port: service.port.unwrap_or(0),
-                meta: service.meta.unwrap_or_default(),
-                enable_tag_override: service.enabletagoverride.unwrap_or(false),
-            })
-        }
-    };
+    let service = input
+        .service
+        .map(|service| service.into_spec("Service"))
+        .transpose()?;
     let mut checks_in: Vec<CatalogCheckIn> = input.check.into_iter().collect();
     checks_in.extend(input.checks.unwrap_or_default());
-    let mut checks = Vec::new();
-    for (i, check) in checks_in.into_iter().enumerate() {
-        let field = format!("Checks[{i}]");
-        let check_id = check.checkid.or(check.name.clone()).unwrap_or_default();
-        if check_id.is_empty() {
-            return Err(ApiError::field(&field, "Check must have a CheckID or Name"));
-        }
-        let status = match check.status.as_deref() {
-            None | Some("") => None,
-            Some(text) => Some(CheckStatus::parse(text).ok_or_else(|| {
-                ApiError::field(
-                    &format!("{field}.Status"),
-                    format!("Invalid check status {text:?}"),
-                )
-            })?),
-        };
-        let mut spec = CheckSpec {
-            check_id: check_id.clone(),
-            name: check.name.unwrap_or_else(|| check_id.clone()),
-            status,
-            notes: check.notes.unwrap_or_default(),
-            output: check.output.unwrap_or_default(),
-            service_id: check.serviceid.unwrap_or_default(),
-            definition: Default::default(),
-        };
-        if let Some(definition) = check
-            .definition
-            .filter(|d| d.ttl.is_some() || d.http.is_some() || d.tcp.is_some())
-        {
-            spec.definition = definition
-                .into_spec(
-                    &format!("{field}.Definition"),
-                    check_id.clone(),
-                    spec.name.clone(),
-                    None,
-                )?
-                .definition;
-        }
-        checks.push(spec);
-    }
+    let checks = checks_in
+        .into_iter()
+        .enumerate()
+        .map(|(i, check)| check.into_spec(&format!("Checks[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
     let registration = Registration {
         node,
         address,

@@ -8,6 +8,7 @@ mod kv;
 mod operator;
 mod session;
 mod status;
+pub mod txn;
 pub mod wire;
 
 use axum::routing::{delete, get, put};
@@ -60,6 +61,7 @@ pub fn routes() -> Router<ApiContext> {
             "/v1/kv/{*key}",
             get(kv::get).put(kv::put).delete(kv::delete),
         )
+        .route("/v1/txn", put(txn::apply))
         .route("/v1/session/create", put(session::create))
         .route("/v1/session/destroy/{id}", put(session::destroy))
         .route("/v1/session/renew/{id}", put(session::renew))
