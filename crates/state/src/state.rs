@@ -160,7 +160,9 @@ impl State {
             | Command::StopTasks { .. }
             | Command::UpdateTask { .. }
             | Command::TaskHealth { .. }
-            | Command::FinishDeployment { .. } => self.apply_workload(index, command),
+            | Command::FinishDeployment { .. }
+            | Command::PutGroup(_)
+            | Command::DeleteGroup { .. } => self.apply_workload(index, command),
             Command::Batch(commands) => self.apply_batch(index, commands),
             Command::SessionCreate(session) => self.create_session(index, session),
             Command::SessionDestroy { id } => {
@@ -238,7 +240,8 @@ impl State {
             | Change::Deployment(_)
             | Change::ComputeNode(_)
             | Change::LastFailure(_)
-            | Change::Queue(_) => indexes.workload = index,
+            | Change::Queue(_)
+            | Change::Group(_) => indexes.workload = index,
         }
     }
 

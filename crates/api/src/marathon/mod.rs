@@ -1,5 +1,6 @@
 //! Marathon-compatible endpoints (`/v2/...`).
 
 pub mod events;
+pub mod groups;
 pub mod routes;
 pub mod wire;
