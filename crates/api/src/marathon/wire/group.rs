@@ -142,9 +142,7 @@ fn parse_node(
                 .enumerate()
                 .filter_map(|(i, group)| {
                     let path = index(&groups_path, i);
-                    let Some(child) = r.object(Some(group), &path) else {
-                        return None;
-                    };
+                    let child = r.object(Some(group), &path)?;
                     let child_id = child_id(r, child.get("id"), &path, id)?;
                     Some(parse_node(r, child, &path, &child_id, version))
                 })
