@@ -26,6 +26,10 @@ use crate::ApiContext;
 
 type Result<T> = std::result::Result<T, MarathonError>;
 
+/// The version of a group with nothing in it or below it (the root of an empty cluster):
+/// fixed, so reading it twice gives the same answer.
+const EMPTY_VERSION: &str = "1970-01-01T00:00:00.000Z";
+
 /// The group id a path names (`prod/back/` → `/prod/back`, empty → the root).
 fn group_id(rest: &str) -> String {
     let id = absolute_app_id(rest);
@@ -89,8 +93,8 @@ fn render_node(state: &Tables, ids: &BTreeSet<String>, id: &str) -> Value {
                 .map(|a| a.version.as_str()),
         )
         .max()
-        .map(str::to_string)
-        .unwrap_or_else(now_rfc3339);
+        .unwrap_or(EMPTY_VERSION)
+        .to_string();
     let dependencies = tables
         .groups
         .get(id)
