@@ -262,6 +262,14 @@ def test_dependencies_order_the_deployment_steps_and_the_starts(env):
     stays(lambda: not app_tasks(inst, env.gid("front", "web")) and not app_tasks(inst, env.gid("api")),
           duration=3.0, message="web and api must not start before db is healthy")
     assert inst.get_json(f"/v2/deployments/{deployment_id}")["currentStep"] == 1
+    # While it deploys, the group is locked unless forced.
+    for r in (requests.put(inst.url(f"/v2/groups{env.gid()}"), json={"dependencies": []}, timeout=10),
+              inst.delete(f"/v2/groups{env.gid('front')}")):
+        assert r.status_code == 409, r.text
+        assert [d["id"] for d in r.json()["deployments"]] == [deployment_id], r.text
+    assert inst.get(f"/v2/deployments/{deployment_id}").status_code == 200
+    r = requests.put(inst.url(f"/v2/groups{env.gid()}"), params={"force": "true"}, json={"dependencies": []}, timeout=10)
+    assert r.status_code == 200 and set(r.json()) >= {"version", "deploymentId"}, r.text
 
     ready.touch()
     wait_running(inst, env.gid("back", "db"), 1, want_healthy=True)
