@@ -228,6 +228,7 @@ pub fn sample_commands() -> Vec<Command> {
             action: "StartApplication".into(),
             create_index: 0,
             previous: None,
+            steps: Vec::new(),
         };
         commands.push(Command::Place {
             allocations: vec![allocation(&app)],

@@ -303,6 +303,8 @@ READ_ROUTES = [
     ("/v2/deployments", False),
     ("/v2/deployments/{deployment}", False),
     ("/v2/queue", False),
+    ("/v2/groups", False),
+    ("/v2/groups/{app}", False),
 ]
 
 # Writes to something that does not exist: refused with 404 (400 when the path itself is bad).
@@ -321,6 +323,7 @@ MISSING_TARGET_WRITES = [
     ("DELETE", "/v2/apps/{missing}/tasks/{missing}"),
     ("DELETE", "/v2/apps/" + APP_ID.strip("/") + "/tasks/{missing}"),
     ("DELETE", "/v2/deployments/{missing}"),
+    ("DELETE", "/v2/groups/{missing}"),
 ]
 
 # Routes of the API that no method but the listed ones may use.
@@ -827,7 +830,7 @@ def seed_state(inst) -> str:
 def state_of(inst) -> dict[str, Any]:
     """Everything a client can read of the stored state."""
     paths = ["/v1/catalog/nodes", "/v1/catalog/services", "/v1/health/state/any", "/v1/agent/services",
-             "/v1/agent/checks", "/v2/apps?embed=apps.tasks", "/v2/deployments", "/v2/queue", "/v2/tasks"]
+             "/v1/agent/checks", "/v2/apps?embed=apps.tasks", "/v2/deployments", "/v2/queue", "/v2/tasks", "/v2/groups"]
     state: dict[str, Any] = {}
     r = inst.get("/v1/kv/?recurse")
     state["/v1/kv/?recurse"] = r.json() if r.status_code == 200 else r.status_code

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Check, KvEntry, Node, ServiceInstance, Session};
 use crate::table::RowChange;
-use crate::workload::{Allocation, AppSpec, ComputeNode, Deployment, TaskFailure, Unplaced};
+use crate::workload::{
+    Allocation, AppSpec, ComputeNode, Deployment, GroupSpec, TaskFailure, Unplaced,
+};
 
 /// A group of tables a blocking query can wait on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,6 +80,8 @@ pub enum Change {
     Subscription(RowChange<String, String>),
     /// A session. Sessions share the KV watch group: a session's end changes the keys it held.
     Session(RowChange<String, Session>),
+    /// A stored group.
+    Group(RowChange<String, GroupSpec>),
 }
 
 impl Change {
@@ -99,7 +103,8 @@ impl Change {
             | Change::ComputeNode(_)
             | Change::LastFailure(_)
             | Change::Queue(_)
-            | Change::Subscription(_) => Table::Workload,
+            | Change::Subscription(_)
+            | Change::Group(_) => Table::Workload,
         }
     }
 }

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{CheckDefinition, CheckStatus, Session};
 use crate::txn::{TxnOp, TxnOutcome};
-use crate::workload::{Allocation, AppSpec, ComputeNode, Deployment, TaskState, Unplaced};
+use crate::workload::{
+    Allocation, AppSpec, ComputeNode, Deployment, GroupSpec, TaskState, Unplaced,
+};
 
 /// One change to the replicated state. Validated at the edge, re-checked by `apply`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,6 +182,36 @@ pub enum Command {
     /// A Consul transaction (`PUT /v1/txn`): its operations applied in order, all or none
     /// ([`Outcome::Txn`]).
     Txn(Vec<TxnOp>),
+    /// Create or change a group tree (`POST`/`PUT /v2/groups`) in one deployment: the
+    /// groups and apps given are written, the ids in `remove` go with everything below them.
+    /// `apply` checks the dependencies of what is written (unknown or circular ones are
+    /// refused with [`Rejection::Invalid`]) and orders the deployment's steps by them.
+    PutGroup(Box<GroupUpdate>),
+    /// Remove a group and every app and group below it; the deployment stops the apps,
+    /// dependents first.
+    DeleteGroup {
+        /// The group.
+        id: String,
+        /// The deployment stopping its apps (its steps are filled in by `apply`).
+        deployment: Option<Deployment>,
+    },
+}
+
+/// A change to a group tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupUpdate {
+    /// The group the request names.
+    pub id: String,
+    /// Refuse with [`Rejection::Conflict`] when the group exists (`POST`).
+    pub create: bool,
+    /// Group records to write.
+    pub groups: Vec<GroupSpec>,
+    /// Apps to write, each with the definition the API echoes for it.
+    pub apps: Vec<(AppSpec, serde_json::Value)>,
+    /// App and group ids to remove, with everything below them.
+    pub remove: Vec<String>,
+    /// The deployment rolling it out; `apply` fills in its steps from what changes.
+    pub deployment: Option<Deployment>,
 }
 
 /// Catalog registration, shaped after Consul's `/v1/catalog/register`.

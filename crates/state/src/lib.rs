@@ -7,6 +7,7 @@
 
 pub mod change;
 pub mod command;
+pub mod groups;
 pub mod model;
 mod session_apply;
 pub mod snapshot;
@@ -18,7 +19,7 @@ mod workload_apply;
 
 pub use change::{Change, Table};
 pub use command::{
-    CheckSpec, Command, Deregistration, Outcome, Registration, Rejection, ServiceSpec,
+    CheckSpec, Command, Deregistration, GroupUpdate, Outcome, Registration, Rejection, ServiceSpec,
 };
 pub use model::{
     Check, CheckDefinition, CheckKind, CheckStatus, KvEntry, Node, ServiceCheckRef,
@@ -28,9 +29,9 @@ pub use state::{aggregate_status, State, TableIndexes};
 pub use table::{Grouped, RowChange, Rows};
 pub use txn::{CatalogVerb, KvVerb, TxnError, TxnKv, TxnOp, TxnOutcome, TxnResult};
 pub use workload::{
-    Allocation, AppSpec, ComputeNode, Constraint, ConstraintOperator, Deployment, DockerNetwork,
-    HealthCheckSpec, HealthProtocol, PortSpec, Runtime, TaskFailure, TaskState, Unplaced,
-    UpgradeStrategy, FIT_EPSILON,
+    Allocation, AppSpec, ComputeNode, Constraint, ConstraintOperator, Deployment, DeploymentAction,
+    DockerNetwork, GroupSpec, HealthCheckSpec, HealthProtocol, PortSpec, Runtime, TaskFailure,
+    TaskState, Unplaced, UpgradeStrategy, FIT_EPSILON, STOP_APPLICATION,
 };
 pub use workload_apply::{WorkloadTables, VERSIONS_KEPT};
 

@@ -162,7 +162,9 @@ impl State {
             | Command::TaskHealth { .. }
             | Command::FinishDeployment { .. }
             | Command::Subscribe { .. }
-            | Command::Unsubscribe { .. } => self.apply_workload(index, command),
+            | Command::Unsubscribe { .. }
+            | Command::PutGroup(_)
+            | Command::DeleteGroup { .. } => self.apply_workload(index, command),
             Command::Batch(commands) => self.apply_batch(index, commands),
             Command::SessionCreate(session) => self.create_session(index, session),
             Command::SessionDestroy { id } => {
@@ -242,7 +244,8 @@ impl State {
             | Change::ComputeNode(_)
             | Change::LastFailure(_)
             | Change::Queue(_)
-            | Change::Subscription(_) => indexes.workload = index,
+            | Change::Subscription(_)
+            | Change::Group(_) => indexes.workload = index,
         }
     }
 

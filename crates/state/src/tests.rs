@@ -430,12 +430,12 @@ fn arb_txn_op() -> impl Strategy<Value = TxnOp> {
             .prop_map(|(verb, n, id, index)| TxnOp::Check {
                 verb,
                 node: n.into(),
-                check: CheckSpec {
+                check: Box::new(CheckSpec {
                     check_id: format!("service:{id}"),
                     name: "t".into(),
                     service_id: id.into(),
                     ..Default::default()
-                },
+                }),
                 index,
             }),
     ]

@@ -156,7 +156,7 @@ pub enum TxnOp {
         /// The node.
         node: String,
         /// The check (its id alone for `get` and the deletes).
-        check: CheckSpec,
+        check: Box<CheckSpec>,
         /// The modify index compared by `cas` and `delete-cas`.
         index: u64,
     },

@@ -329,12 +329,12 @@ fn catalog_verbs_follow_consul() {
     let check = |verb, index| TxnOp::Check {
         verb,
         node: "n2".into(),
-        check: CheckSpec {
+        check: Box::new(CheckSpec {
             check_id: "c".into(),
             name: "c".into(),
             service_id: "w1".into(),
             ..Default::default()
-        },
+        }),
         index,
     };
     let node_op = |verb, index| TxnOp::Node {

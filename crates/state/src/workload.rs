@@ -167,6 +167,10 @@ pub struct AppSpec {
     /// [`AppSpec::kill_grace_seconds`].
     #[serde(default)]
     pub kill_grace_seconds: Option<f64>,
+    /// Absolute ids of the apps and groups this app depends on (Marathon's
+    /// `dependencies`): a deployment starts it only after them, and stops it before them.
+    #[serde(default)]
+    pub dependencies: Vec<String>,
     /// The Marathon definition as releases before the definitions table stored it inside
     /// the app. Read only to move it there when an old entry or snapshot is loaded, so it
     /// is `Null` (and not written) in the state and in every new entry; a decoded old
@@ -316,6 +320,74 @@ pub struct Deployment {
     /// app: cancelling removes it).
     #[serde(default)]
     pub previous: Option<Box<AppSpec>>,
+    /// For a deployment of several apps (a group's), its steps in order: the actions of a
+    /// step run together, and a step starts once the one before it is done. Empty for a
+    /// deployment of one app, whose one action is `action` on `app_id`.
+    #[serde(default)]
+    pub steps: Vec<Vec<DeploymentAction>>,
+}
+
+impl Deployment {
+    /// The apps it changes.
+    pub fn affected_apps(&self) -> Vec<&str> {
+        if self.steps.is_empty() {
+            return vec![self.app_id.as_str()];
+        }
+        let mut apps: Vec<&str> = self
+            .steps
+            .iter()
+            .flatten()
+            .map(|a| a.app_id.as_str())
+            .collect();
+        apps.sort_unstable();
+        apps.dedup();
+        apps
+    }
+
+    /// Whether it changes app `app_id`.
+    pub fn affects(&self, app_id: &str) -> bool {
+        if self.steps.is_empty() {
+            return self.app_id == app_id;
+        }
+        self.steps.iter().flatten().any(|a| a.app_id == app_id)
+    }
+
+    /// Its steps, a deployment of one app being one step of one action.
+    pub fn plan(&self) -> Vec<Vec<DeploymentAction>> {
+        if self.steps.is_empty() {
+            vec![vec![DeploymentAction {
+                action: self.action.clone(),
+                app_id: self.app_id.clone(),
+            }]]
+        } else {
+            self.steps.clone()
+        }
+    }
+}
+
+/// One action of a deployment step: Marathon's `{"action": ..., "app": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentAction {
+    /// `StartApplication`, `ScaleApplication`, `RestartApplication` or `StopApplication`.
+    pub action: String,
+    /// The app.
+    pub app_id: String,
+}
+
+/// Marathon's action that stops and removes an app.
+pub const STOP_APPLICATION: &str = "StopApplication";
+
+/// A group of apps (Marathon's groups), stored when created explicitly so that an empty
+/// group is listed until deleted; groups above an app's id exist implicitly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSpec {
+    /// Absolute id (`/prod/db`).
+    pub id: String,
+    /// When it was last changed (RFC 3339).
+    pub version: String,
+    /// Absolute ids of the apps and groups every app below it depends on.
+    #[serde(default)]
+    pub dependencies: Vec<String>,
 }
 
 /// The last task failure of an app, as Marathon reports it.

@@ -7,11 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::change::Change;
-use crate::command::{Command, Outcome, Rejection};
+use crate::command::{Command, GroupUpdate, Outcome, Rejection};
+use crate::groups::{self, DependencyGraph};
 use crate::state::State;
 use crate::table::{Grouped, Rows};
 use crate::workload::{
-    Allocation, AppSpec, ComputeNode, Deployment, TaskFailure, TaskState, Unplaced, FIT_EPSILON,
+    Allocation, AppSpec, ComputeNode, Deployment, DeploymentAction, GroupSpec, TaskFailure,
+    TaskState, Unplaced, FIT_EPSILON, STOP_APPLICATION,
 };
 
 /// Old versions kept per app for `/v2/apps/{id}/versions`.
@@ -42,6 +44,10 @@ pub struct WorkloadTables {
     /// Marathon's event subscribers: callback URL to when it was registered.
     #[serde(default)]
     pub subscriptions: Rows<String, String>,
+    /// Groups created explicitly (`/v2/groups`), by id; groups above apps exist without a
+    /// record.
+    #[serde(default)]
+    pub groups: Rows<String, GroupSpec>,
 }
 
 impl WorkloadTables {
@@ -110,6 +116,7 @@ impl WorkloadTables {
                 .into_iter()
                 .map(Change::Subscription),
         );
+        changes.extend(self.groups.drain().into_iter().map(Change::Group));
     }
 
     /// Replays one changed workload row; other tables' changes are not for these tables.
@@ -124,6 +131,7 @@ impl WorkloadTables {
             Change::LastFailure(row) => self.last_failures.put_row(row.key, row.new),
             Change::Queue(row) => self.queue.put_row(row.key, row.new),
             Change::Subscription(row) => self.subscriptions.put_row(row.key, row.new),
+            Change::Group(row) => self.groups.put_row(row.key, row.new),
             Change::Node(_)
             | Change::Service(_)
             | Change::Check(_)
@@ -198,6 +206,10 @@ impl State {
                 self.workload.subscriptions.remove(callback_url);
                 Outcome::Done
             }
+            Command::PutGroup(update) => self.put_group(index, update),
+            Command::DeleteGroup { id, deployment } => {
+                self.delete_group(index, id, deployment.as_ref())
+            }
             _ => Outcome::Done,
         }
     }
@@ -212,6 +224,25 @@ impl State {
         if app.id.is_empty() || !app.id.starts_with('/') {
             return Outcome::Rejected(Rejection::Invalid(format!("invalid app id {:?}", app.id)));
         }
+        if !app.dependencies.is_empty() {
+            let mut graph = DependencyGraph::of(&self.workload);
+            graph.apps.insert(app.id.clone(), app.dependencies.clone());
+            if let Err(e) = graph
+                .check_known([app.id.as_str()])
+                .and(graph.levels().map(drop))
+            {
+                return Outcome::Rejected(Rejection::Invalid(e.to_string()));
+            }
+        }
+        self.store_app(app, definition);
+        // A new deployment of an app supersedes the one in progress.
+        self.workload.deployments.retain(|_, d| !d.affects(&app.id));
+        self.start_deployment(index, deployment);
+        Outcome::Done
+    }
+
+    /// Writes an app's version, its definition and its kept history.
+    fn store_app(&mut self, app: &AppSpec, definition: &serde_json::Value) {
         // An entry written by an older release carries the definition inside the app.
         let mut app = app.clone();
         let legacy = app.take_legacy_definition();
@@ -253,8 +284,10 @@ impl State {
             self.workload.definitions.remove(&app.id, &version);
         }
         self.workload.history.insert(app.id.clone(), history);
-        // A new deployment of an app supersedes the one in progress.
-        self.workload.deployments.retain(|_, d| d.app_id != app.id);
+    }
+
+    /// Records a deployment as started at `index`.
+    fn start_deployment(&mut self, index: u64, deployment: Option<&Deployment>) {
         if let Some(deployment) = deployment {
             let mut deployment = deployment.clone();
             deployment.create_index = index;
@@ -262,20 +295,157 @@ impl State {
                 .deployments
                 .insert(deployment.id.clone(), deployment);
         }
-        Outcome::Done
     }
 
-    fn delete_app(&mut self, index: u64, app_id: &str, deployment: Option<&Deployment>) -> Outcome {
+    /// Drops an app's rows (not its tasks).
+    fn drop_app_rows(&mut self, app_id: &str) -> bool {
         if self.workload.apps.remove(app_id).is_none() {
-            return Outcome::Rejected(Rejection::NotFound(format!(
-                "App '{app_id}' does not exist"
-            )));
+            return false;
         }
         self.workload.history.remove(app_id);
         self.workload.definitions.remove_group(&app_id.to_string());
         self.workload.last_failures.remove(app_id);
         self.workload.queue.remove(app_id);
-        self.workload.deployments.retain(|_, d| d.app_id != app_id);
+        true
+    }
+
+    /// Writes a group tree in one deployment (see [`Command::PutGroup`]). Apps a removal
+    /// drops keep their tasks: the control loop stops them when the deployment reaches
+    /// their step, so an app stops before the apps it depends on.
+    fn put_group(&mut self, index: u64, update: &GroupUpdate) -> Outcome {
+        let invalid = |message: String| Outcome::Rejected(Rejection::Invalid(message));
+        let before = DependencyGraph::of(&self.workload);
+        if update.create && before.group_exists(&update.id) {
+            return Outcome::Rejected(Rejection::Conflict(format!(
+                "Group {} is already created. Use PUT to change this group.",
+                update.id
+            )));
+        }
+        let written = update
+            .groups
+            .iter()
+            .map(|g| g.id.as_str())
+            .chain(update.apps.iter().map(|(a, _)| a.id.as_str()));
+        for id in written
+            .clone()
+            .chain(update.remove.iter().map(String::as_str))
+        {
+            if !id.starts_with('/') || !groups::is_under(id, &update.id) {
+                return invalid(format!("'{id}' is not below group '{}'", update.id));
+            }
+        }
+        let mut after = before.clone();
+        for removed in &update.remove {
+            after.apps.retain(|id, _| !groups::is_under(id, removed));
+            after.groups.retain(|id, _| !groups::is_under(id, removed));
+        }
+        for group in &update.groups {
+            after
+                .groups
+                .insert(group.id.clone(), group.dependencies.clone());
+        }
+        for (app, _) in &update.apps {
+            after.apps.insert(app.id.clone(), app.dependencies.clone());
+        }
+        for (app, _) in &update.apps {
+            if after.group_exists(&app.id) {
+                return invalid(format!(
+                    "'{}' is both an app and a group; ids of apps and groups must differ",
+                    app.id
+                ));
+            }
+        }
+        if let Err(e) = after.check_known(written) {
+            return invalid(e.to_string());
+        }
+        let levels = match after.levels() {
+            Ok(levels) => levels,
+            Err(e) => return invalid(e.to_string()),
+        };
+        let stop_levels = before.levels().unwrap_or_default();
+
+        let action = |action: &str, app_id: &str| DeploymentAction {
+            action: action.to_string(),
+            app_id: app_id.to_string(),
+        };
+        let mut actions = Vec::new();
+        for app_id in before.apps.keys() {
+            if !after.apps.contains_key(app_id) {
+                actions.push(action(STOP_APPLICATION, app_id));
+            }
+        }
+        for (app, _) in &update.apps {
+            let name = match self.workload.apps.get(&app.id) {
+                None => Some("StartApplication"),
+                Some(current) if current.version != app.version => Some("RestartApplication"),
+                Some(current) if current.instances != app.instances => Some("ScaleApplication"),
+                Some(_) => None,
+            };
+            if let Some(name) = name {
+                actions.push(action(name, &app.id));
+            }
+        }
+
+        for action in actions.iter().filter(|a| a.action == STOP_APPLICATION) {
+            self.drop_app_rows(&action.app_id);
+        }
+        let dropped: Vec<String> = self
+            .workload
+            .groups
+            .keys()
+            .filter(|id| !after.groups.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in dropped {
+            self.workload.groups.remove(&id);
+        }
+        for group in &update.groups {
+            if self.workload.groups.get(&group.id) != Some(group) {
+                self.workload.groups.insert(group.id.clone(), group.clone());
+            }
+        }
+        for (app, definition) in &update.apps {
+            if self.workload.apps.get(&app.id) != Some(app) {
+                self.store_app(app, definition);
+            }
+        }
+        // A deployment of an app supersedes the ones in progress for it.
+        self.workload
+            .deployments
+            .retain(|_, d| !actions.iter().any(|a| d.affects(&a.app_id)));
+        if actions.is_empty() {
+            return Outcome::Done;
+        }
+        let deployment = update.deployment.clone().map(|mut deployment| {
+            deployment.steps = groups::order_steps(actions, &stop_levels, &levels);
+            deployment
+        });
+        self.start_deployment(index, deployment.as_ref());
+        Outcome::Done
+    }
+
+    fn delete_group(&mut self, index: u64, id: &str, deployment: Option<&Deployment>) -> Outcome {
+        if !DependencyGraph::of(&self.workload).group_exists(id) {
+            return Outcome::Rejected(Rejection::NotFound(format!("Group '{id}' does not exist")));
+        }
+        let update = GroupUpdate {
+            id: id.to_string(),
+            create: false,
+            groups: Vec::new(),
+            apps: Vec::new(),
+            remove: vec![id.to_string()],
+            deployment: deployment.cloned(),
+        };
+        self.put_group(index, &update)
+    }
+
+    fn delete_app(&mut self, index: u64, app_id: &str, deployment: Option<&Deployment>) -> Outcome {
+        if !self.drop_app_rows(app_id) {
+            return Outcome::Rejected(Rejection::NotFound(format!(
+                "App '{app_id}' does not exist"
+            )));
+        }
+        self.workload.deployments.retain(|_, d| !d.affects(app_id));
         let ids: Vec<String> = self
             .workload
             .tasks_of(app_id)
@@ -287,13 +457,7 @@ impl State {
                 task.modify_index = index;
             }
         }
-        if let Some(deployment) = deployment {
-            let mut deployment = deployment.clone();
-            deployment.create_index = index;
-            self.workload
-                .deployments
-                .insert(deployment.id.clone(), deployment);
-        }
+        self.start_deployment(index, deployment);
         Outcome::Done
     }
 
@@ -500,6 +664,7 @@ mod tests {
             backoff_factor: 1.15,
             max_launch_delay_seconds: 3600.0,
             kill_grace_seconds: None,
+            dependencies: Vec::new(),
             legacy_definition: serde_json::Value::Null,
         }
     }
@@ -524,6 +689,165 @@ mod tests {
                 .collect(),
         };
         state.apply(index, &command).1
+    }
+
+    fn group_update(id: &str, create: bool, apps: Vec<AppSpec>, remove: &[&str]) -> Command {
+        Command::PutGroup(Box::new(GroupUpdate {
+            id: id.into(),
+            create,
+            groups: vec![GroupSpec {
+                id: id.into(),
+                version: "v1".into(),
+                dependencies: Vec::new(),
+            }],
+            apps: apps
+                .into_iter()
+                .map(|a| (a, serde_json::Value::Null))
+                .collect(),
+            remove: remove.iter().map(|r| r.to_string()).collect(),
+            deployment: Some(Deployment {
+                id: "d".into(),
+                app_id: id.into(),
+                version: "v1".into(),
+                action: "UpdateGroup".into(),
+                create_index: 0,
+                previous: None,
+                steps: Vec::new(),
+            }),
+        }))
+    }
+
+    fn depending(id: &str, on: &[&str]) -> AppSpec {
+        let mut spec = app(id);
+        spec.dependencies = on.iter().map(|d| d.to_string()).collect();
+        spec
+    }
+
+    fn steps(state: &State) -> Vec<Vec<(String, String)>> {
+        state.workload.deployments["d"]
+            .steps
+            .iter()
+            .map(|s| {
+                s.iter()
+                    .map(|a| (a.action.clone(), a.app_id.clone()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn action(name: &str, app: &str) -> (String, String) {
+        (name.to_string(), app.to_string())
+    }
+
+    #[test]
+    fn a_group_is_written_in_one_deployment_ordered_by_its_dependencies() {
+        let mut state = State::default();
+        let apps = vec![
+            depending("/g/web", &["/g/db"]),
+            app("/g/db"),
+            depending("/g/api", &["/g/web"]),
+        ];
+        assert_eq!(
+            state.apply(1, &group_update("/g", true, apps, &[])).0,
+            Outcome::Done
+        );
+        assert_eq!(
+            steps(&state),
+            vec![
+                vec![action("StartApplication", "/g/db")],
+                vec![action("StartApplication", "/g/web")],
+                vec![action("StartApplication", "/g/api")],
+            ]
+        );
+        assert!(state.workload.groups.contains_key("/g"));
+        // Creating it again is a conflict that changes nothing.
+        let before = state.clone();
+        let (outcome, changes) = state.apply(2, &group_update("/g", true, vec![], &[]));
+        assert!(matches!(outcome, Outcome::Rejected(Rejection::Conflict(_))));
+        assert!(changes.is_empty() && state == before);
+        // Removing the group stops the dependents first; the tasks are left to the loop.
+        let (outcome, _) = state.apply(
+            3,
+            &Command::DeleteGroup {
+                id: "/g".into(),
+                deployment: before.workload.deployments.get("d").cloned(),
+            },
+        );
+        assert_eq!(outcome, Outcome::Done);
+        assert_eq!(
+            steps(&state),
+            vec![
+                vec![action(STOP_APPLICATION, "/g/api")],
+                vec![action(STOP_APPLICATION, "/g/web")],
+                vec![action(STOP_APPLICATION, "/g/db")],
+            ]
+        );
+        assert!(state.workload.apps.is_empty() && state.workload.groups.is_empty());
+        let (outcome, _) = state.apply(
+            4,
+            &Command::DeleteGroup {
+                id: "/g".into(),
+                deployment: None,
+            },
+        );
+        assert!(matches!(outcome, Outcome::Rejected(Rejection::NotFound(_))));
+    }
+
+    #[test]
+    fn unknown_and_circular_dependencies_are_refused_and_change_nothing() {
+        let mut state = State::default();
+        let refused = [
+            group_update("/g", true, vec![depending("/g/a", &["/nope"])], &[]),
+            group_update(
+                "/g",
+                true,
+                vec![depending("/g/a", &["/g/b"]), depending("/g/b", &["/g/a"])],
+                &[],
+            ),
+            group_update("/g", true, vec![app("/elsewhere/a")], &[]),
+            Command::PutApp {
+                app: Box::new(depending("/solo", &["/nope"])),
+                deployment: None,
+                definition: serde_json::Value::Null,
+            },
+        ];
+        for command in refused {
+            let before = state.clone();
+            let (outcome, changes) = state.apply(1, &command);
+            assert!(
+                matches!(outcome, Outcome::Rejected(Rejection::Invalid(_))),
+                "{outcome:?}"
+            );
+            assert!(changes.is_empty() && state == before);
+        }
+    }
+
+    #[test]
+    fn an_update_writes_only_what_changes() {
+        let mut state = State::default();
+        let apps = vec![app("/g/a"), app("/g/b")];
+        state.apply(1, &group_update("/g", true, apps, &[]));
+        state.workload.deployments.clear();
+        // a scaled (same version), b removed, c new; a depends on nothing.
+        let mut scaled = app("/g/a");
+        scaled.instances = 3;
+        let update = group_update("/g", false, vec![scaled, app("/g/c")], &["/g/b"]);
+        assert_eq!(state.apply(2, &update).0, Outcome::Done);
+        assert_eq!(
+            steps(&state),
+            vec![
+                vec![action(STOP_APPLICATION, "/g/b")],
+                vec![
+                    action("ScaleApplication", "/g/a"),
+                    action("StartApplication", "/g/c")
+                ],
+            ]
+        );
+        // Nothing changes: no deployment.
+        state.workload.deployments.clear();
+        let same = group_update("/g", false, vec![], &[]);
+        assert_eq!(state.apply(3, &same).0, Outcome::Done);
+        assert!(state.workload.deployments.is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use atoll_cluster::ClusterHandle;
 use atoll_scheduler as scheduler;
+use atoll_state::groups;
 use atoll_state::{
     Allocation, AppSpec, Command, ConstraintOperator, State, Table, TaskState, Unplaced,
     WorkloadTables,
@@ -72,6 +73,7 @@ impl ControlView {
             last_failures: tables.last_failures.clone(),
             queue: tables.queue.clone(),
             subscriptions: Default::default(),
+            groups: Default::default(),
         };
         let down = tables
             .tasks
@@ -183,7 +185,22 @@ pub fn decide(
 
     let mut requests = Vec::new();
     let mut stops: Vec<(String, String)> = Vec::new();
+    let order = StepOrder::of(view);
+    // Tasks of removed apps are stopped when their deployment step comes (dependents before
+    // what they depend on); tasks of a removed app no deployment holds are stopped at once.
+    for task in tables.tasks.values() {
+        if task.desired_running
+            && !tables.apps.contains_key(&task.app_id)
+            && !order.held.contains(task.app_id.as_str())
+        {
+            stops.push((task.id.clone(), "app removed".into()));
+        }
+    }
     for app in tables.apps.values() {
+        // Its deployment's step has not come: it waits for the apps it depends on.
+        if order.held.contains(app.id.as_str()) {
+            continue;
+        }
         let backoff = backoffs.0.entry(app.id.clone()).or_default();
         // A task lost with its node is not the app's fault: replaced at once, as Nomad does.
         if let Some(failure) = tables
@@ -316,6 +333,7 @@ pub fn decide(
     // Deployments that have converged.
     for deployment in tables.deployments.values() {
         let done = match tables.apps.get(&deployment.app_id) {
+            _ if !deployment.steps.is_empty() => order.finished.contains(deployment.id.as_str()),
             None => tables.tasks_of(&deployment.app_id).next().is_none(),
             Some(app) => {
                 let live: Vec<&Allocation> = tables
@@ -337,6 +355,34 @@ pub fn decide(
         }
     }
     commands
+}
+
+/// Where the deployments of several apps are: the apps whose step has not come yet, and
+/// the deployments whose every step is done.
+struct StepOrder<'a> {
+    held: BTreeSet<&'a str>,
+    finished: BTreeSet<&'a str>,
+}
+
+impl<'a> StepOrder<'a> {
+    fn of(view: &'a ControlView) -> Self {
+        let tables = &view.workload;
+        let healthy = |task: &Allocation| view.healthy(task);
+        let mut order = StepOrder {
+            held: BTreeSet::new(),
+            finished: BTreeSet::new(),
+        };
+        for deployment in tables.deployments.values() {
+            let current = groups::current_step(tables, &deployment.steps, &healthy);
+            if current == deployment.steps.len() {
+                order.finished.insert(deployment.id.as_str());
+            }
+            for step in deployment.steps.iter().skip(current + 1) {
+                order.held.extend(step.iter().map(|a| a.app_id.as_str()));
+            }
+        }
+        order
+    }
 }
 
 fn operator(op: ConstraintOperator) -> scheduler::ConstraintOperator {

@@ -80,6 +80,7 @@ mod tests {
             backoff_factor: 1.15,
             max_launch_delay_seconds: 300.0,
             kill_grace_seconds: None,
+            dependencies: Vec::new(),
             legacy_definition: serde_json::Value::Null,
         }
     }

@@ -165,7 +165,7 @@ fn parse_op(at: &str, op: TxnOpIn, datacenter: &str) -> Result<TxnOp, ApiError> 
             Ok(TxnOp::Check {
                 verb,
                 node,
-                check: op.check.into_spec(&format!("{at}.Check"))?,
+                check: Box::new(op.check.into_spec(&format!("{at}.Check"))?),
                 index,
             })
         }
@@ -298,7 +298,7 @@ enum ResultJson<'a> {
     Kv(KvJson<'a>),
     Node(NodeJson<'a>),
     Service(ServiceJson<'a>),
-    Check(CheckJson<'a>),
+    Check(Box<CheckJson<'a>>),
 }
 
 #[derive(Serialize)]
@@ -319,7 +319,7 @@ fn answer(context: &ApiContext, index: u64, outcome: &TxnOutcome) -> Response {
                 TxnResult::Service(service) => {
                     ResultJson::Service(ServiceJson::new(service, context.datacenter()))
                 }
-                TxnResult::Check(check) => ResultJson::Check(CheckJson::new(check)),
+                TxnResult::Check(check) => ResultJson::Check(Box::new(CheckJson::new(check))),
             })
             .collect();
         return json_with_index(

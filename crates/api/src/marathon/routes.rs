@@ -1,7 +1,8 @@
 //! Marathon's REST API (`/v2/...`, `/ping`), over the workload tables.
 
 use crate::extract::Path;
-use atoll_state::{Allocation, AppSpec, Command, Deployment, State as Tables};
+use atoll_state::groups;
+use atoll_state::{Allocation, AppSpec, Command, Deployment, DeploymentAction, State as Tables};
 use atoll_workload::now_rfc3339;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -74,6 +75,27 @@ pub fn routes() -> Router<ApiContext> {
             get(deployment).delete(cancel_deployment),
         )
         .route("/v2/queue", get(queue))
+        .route(
+            "/v2/groups",
+            get(super::groups::get_root)
+                .post(super::groups::post_root)
+                .put(super::groups::put_root)
+                .delete(super::groups::delete_root),
+        )
+        .route(
+            "/v2/groups/",
+            get(super::groups::get_root)
+                .post(super::groups::post_root)
+                .put(super::groups::put_root)
+                .delete(super::groups::delete_root),
+        )
+        .route(
+            "/v2/groups/{*rest}",
+            get(super::groups::get_group)
+                .post(super::groups::post_group)
+                .put(super::groups::put_group)
+                .delete(super::groups::delete_group),
+        )
         .route("/v2/events", get(super::events::stream))
 }
 
@@ -127,7 +149,7 @@ fn new_deployment_id() -> String {
     )
 }
 
-fn deployment_for(
+pub(super) fn deployment_for(
     app_id: &str,
     version: &str,
     action: &str,
@@ -140,6 +162,7 @@ fn deployment_for(
         action: action.to_string(),
         create_index: 0,
         previous: previous.map(|app| Box::new(app.clone())),
+        steps: Vec::new(),
     }
 }
 
@@ -173,7 +196,7 @@ fn render_task(state: &Tables, task: &Allocation) -> Value {
 }
 
 /// What `GET /v2/apps` always embeds, whatever `?embed=` asks (Marathon 1.x).
-const LIST_EMBED: Embed = Embed {
+pub(super) const LIST_EMBED: Embed = Embed {
     counts: true,
     deployments: true,
     tasks: false,
@@ -182,14 +205,14 @@ const LIST_EMBED: Embed = Embed {
     readiness: false,
 };
 
-fn render_app(state: &Tables, app: &AppSpec, embed: Embed) -> Value {
+pub(super) fn render_app(state: &Tables, app: &AppSpec, embed: Embed) -> Value {
     let app = &MarathonApp::stored(state, app);
     let tasks: Vec<Allocation> = state.workload.tasks_of(&app.id).cloned().collect();
     let deployments: Vec<Value> = state
         .workload
         .deployments
         .values()
-        .filter(|d| d.app_id == app.id)
+        .filter(|d| d.affects(&app.id))
         .map(|d| json!({ "id": d.id }))
         .collect();
     let failure = state
@@ -437,14 +460,14 @@ async fn list_apps(
     Ok(Json(json!({ "apps": apps })))
 }
 
-fn validation_error(error: super::wire::ValidationError) -> MarathonError {
+pub(super) fn validation_error(error: super::wire::ValidationError) -> MarathonError {
     MarathonError {
         status: StatusCode::UNPROCESSABLE_ENTITY,
         body: error.to_json(),
     }
 }
 
-async fn write(context: &ApiContext, command: Command) -> Result<()> {
+pub(super) async fn write(context: &ApiContext, command: Command) -> Result<()> {
     crate::execute::write(context, command).await?;
     Ok(())
 }
@@ -566,12 +589,12 @@ fn locked_by(state: &Tables, app_id: &str) -> Vec<String> {
         .workload
         .deployments
         .values()
-        .filter(|d| d.app_id == app_id)
+        .filter(|d| d.affects(app_id))
         .map(|d| d.id.clone())
         .collect()
 }
 
-fn locked_error(ids: Vec<String>) -> MarathonError {
+pub(super) fn locked_error(ids: Vec<String>) -> MarathonError {
     let first = ids.first().cloned().unwrap_or_default();
     MarathonError {
         status: StatusCode::CONFLICT,
@@ -582,7 +605,7 @@ fn locked_error(ids: Vec<String>) -> MarathonError {
     }
 }
 
-fn deployment_answer(status: StatusCode, version: &str, deployment: &str) -> Response {
+pub(super) fn deployment_answer(status: StatusCode, version: &str, deployment: &str) -> Response {
     (
         status,
         Json(json!({ "version": version, "deploymentId": deployment })),
@@ -897,16 +920,27 @@ async fn delete_tasks(
     )
 }
 
-fn render_deployment(deployment: &Deployment) -> Value {
-    let action = json!({ "action": deployment.action, "app": deployment.app_id });
+/// A deployment as Marathon shows it: its steps in order, each with the actions that run
+/// together, and the step it is at (the first one not done; the last once all are).
+fn render_deployment(state: &Tables, deployment: &Deployment) -> Value {
+    let steps = deployment.plan();
+    let healthy = |task: &Allocation| state.task_healthy(task);
+    let current =
+        groups::current_step(&state.workload, &steps, &healthy).min(steps.len().saturating_sub(1));
+    let actions = |step: &[DeploymentAction]| {
+        step.iter()
+            .map(|a| json!({ "action": a.action, "app": a.app_id }))
+            .collect::<Vec<_>>()
+    };
     json!({
         "id": deployment.id,
         "version": deployment.version,
-        "affectedApps": [deployment.app_id],
-        "steps": [{ "actions": [action.clone()] }],
-        "currentActions": [action],
-        "currentStep": 1,
-        "totalSteps": 1,
+        "affectedApps": deployment.affected_apps(),
+        "affectedPods": [],
+        "steps": steps.iter().map(|s| json!({ "actions": actions(s) })).collect::<Vec<_>>(),
+        "currentActions": steps.get(current).map(|s| actions(s)).unwrap_or_default(),
+        "currentStep": current + 1,
+        "totalSteps": steps.len(),
     })
 }
 
@@ -915,7 +949,7 @@ async fn deployments(State(context): State<ApiContext>) -> Json<Value> {
         s.workload
             .deployments
             .values()
-            .map(render_deployment)
+            .map(|d| render_deployment(s, d))
             .collect::<Vec<_>>()
     });
     Json(Value::Array(list))
@@ -927,7 +961,12 @@ async fn deployment(
 ) -> Result<Json<Value>> {
     context
         .store()
-        .read(|s| s.workload.deployments.get(&id).map(render_deployment))
+        .read(|s| {
+            s.workload
+                .deployments
+                .get(&id)
+                .map(|d| render_deployment(s, d))
+        })
         .map(Json)
         .ok_or_else(|| {
             MarathonError::new(
@@ -955,7 +994,9 @@ async fn cancel_deployment(
         ));
     };
     let force = Query::parse(raw.as_deref()).boolean("force");
-    if force || deployment.action == "StopApplication" {
+    // A deployment of several apps (a group's) is not rolled back: cancelling it stops
+    // tracking it, which also releases the apps its later steps held.
+    if force || deployment.action == "StopApplication" || !deployment.steps.is_empty() {
         write(&context, Command::FinishDeployment { id: id.clone() }).await?;
         return Ok((
             StatusCode::ACCEPTED,

@@ -10,6 +10,7 @@
 
 mod app;
 mod error;
+mod group;
 mod id;
 mod merge;
 mod parse;
@@ -18,10 +19,12 @@ mod render;
 
 pub use app::MarathonApp;
 pub use error::{PutAppError, ValidationError};
+pub use group::{parse_group, GroupBody, GroupRequest};
 pub(crate) use id::absolute_app_id;
-pub use id::normalize_app_id;
+pub use id::{normalize_app_id, resolve_id};
 pub use merge::parse_app_put;
 pub use parse::parse_app;
+
 pub use render::{app_json, task_json};
 
 #[cfg(test)]

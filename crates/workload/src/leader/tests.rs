@@ -6,8 +6,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use atoll_state::{
-    Allocation, AppSpec, Command, ComputeNode, Deployment, Runtime, TaskFailure, TaskState,
-    UpgradeStrategy,
+    Allocation, AppSpec, Command, ComputeNode, Deployment, DeploymentAction, Runtime, TaskFailure,
+    TaskState, UpgradeStrategy, STOP_APPLICATION,
 };
 
 use super::{decide, Backoffs, ControlView};
@@ -39,6 +39,7 @@ fn app(id: &str, version: &str, instances: u32) -> AppSpec {
         backoff_factor: 1.15,
         max_launch_delay_seconds: 3600.0,
         kill_grace_seconds: None,
+        dependencies: Vec::new(),
         legacy_definition: serde_json::Value::Null,
     }
 }
@@ -335,6 +336,7 @@ fn a_deployment_finishes_when_every_instance_runs_the_version_healthy() {
             action: "RestartApplication".into(),
             create_index: 1,
             previous: None,
+            steps: Vec::new(),
         },
     );
     add_task(&mut view, "a", &web, "v2", true);
@@ -368,4 +370,119 @@ fn a_deployment_finishes_when_every_instance_runs_the_version_healthy() {
         &mut Backoffs::default(),
         Instant::now()
     )));
+}
+
+fn group_deployment(id: &str, steps: &[&[(&str, &str)]]) -> Deployment {
+    Deployment {
+        id: id.into(),
+        app_id: "/g".into(),
+        version: "v1".into(),
+        action: "StartApplication".into(),
+        create_index: 1,
+        previous: None,
+        steps: steps
+            .iter()
+            .map(|step| {
+                step.iter()
+                    .map(|(action, app_id)| DeploymentAction {
+                        action: action.to_string(),
+                        app_id: app_id.to_string(),
+                    })
+                    .collect()
+            })
+            .collect(),
+    }
+}
+
+fn placed_apps(commands: &[Command]) -> Vec<String> {
+    let mut apps: Vec<String> = placed(commands).into_iter().map(|a| a.app_id).collect();
+    apps.dedup();
+    apps
+}
+
+#[test]
+fn a_group_deployment_starts_an_app_only_once_its_dependencies_run_healthy() {
+    let db = app("/g/db", "v1", 1);
+    let web = app("/g/web", "v1", 2);
+    let mut view = view(&[&db, &web]);
+    let start = "StartApplication";
+    view.workload.deployments.insert(
+        "d1".into(),
+        group_deployment("d1", &[&[(start, "/g/db")], &[(start, "/g/web")]]),
+    );
+    // Only the first step's app is placed.
+    let commands = round(&view, &mut Backoffs::default(), Instant::now());
+    assert_eq!(placed_apps(&commands), vec!["/g/db".to_string()]);
+    // Running but not yet healthy: the dependent still waits.
+    add_task(&mut view, "db1", &db, "v1", false);
+    let commands = round(&view, &mut Backoffs::default(), Instant::now());
+    assert!(placed_apps(&commands).is_empty(), "{commands:?}");
+    // Healthy: the next step starts, and the deployment is not finished yet.
+    view.healthy.insert("db1".into());
+    let commands = round(&view, &mut Backoffs::default(), Instant::now());
+    assert_eq!(placed_apps(&commands), vec!["/g/web".to_string()]);
+    assert!(!commands
+        .iter()
+        .any(|c| matches!(c, Command::FinishDeployment { .. })));
+    // Every step done: the deployment finishes.
+    add_task(&mut view, "web1", &web, "v1", true);
+    add_task(&mut view, "web2", &web, "v1", true);
+    let commands = round(&view, &mut Backoffs::default(), Instant::now());
+    assert!(commands
+        .iter()
+        .any(|c| matches!(c, Command::FinishDeployment { id } if id == "d1")));
+}
+
+#[test]
+fn a_group_removal_stops_dependents_before_their_dependencies() {
+    let db = app("/g/db", "v1", 1);
+    let web = app("/g/web", "v1", 1);
+    // Both apps were removed from the state; their tasks still run.
+    let mut view = view(&[]);
+    add_task(&mut view, "db1", &db, "v1", true);
+    add_task(&mut view, "web1", &web, "v1", true);
+    let stop = STOP_APPLICATION;
+    view.workload.deployments.insert(
+        "d1".into(),
+        group_deployment("d1", &[&[(stop, "/g/web")], &[(stop, "/g/db")]]),
+    );
+    let commands = round(&view, &mut Backoffs::default(), Instant::now());
+    assert_eq!(
+        stops(&commands),
+        vec![("web1".into(), "app removed".into())]
+    );
+    // Once web's task is gone, db's is stopped.
+    view.workload.tasks.remove("web1");
+    let commands = round(&view, &mut Backoffs::default(), Instant::now());
+    assert_eq!(stops(&commands), vec![("db1".into(), "app removed".into())]);
+    // A removed app's task that no deployment holds is stopped at once.
+    let mut view = view_without_deployments(&db);
+    let commands = round(&view, &mut Backoffs::default(), Instant::now());
+    assert_eq!(stops(&commands), vec![("db1".into(), "app removed".into())]);
+    view.workload.tasks.get_mut("db1").unwrap().desired_running = false;
+    let commands = round(&view, &mut Backoffs::default(), Instant::now());
+    assert!(stops(&commands).is_empty());
+}
+
+fn view_without_deployments(removed: &AppSpec) -> ControlView {
+    let mut view = view(&[]);
+    add_task(&mut view, "db1", removed, "v1", true);
+    view
+}
+
+#[test]
+fn a_held_restart_keeps_the_old_tasks_until_its_step() {
+    let db = app("/g/db", "v2", 1);
+    let web = app("/g/web", "v2", 1);
+    let mut view = view(&[&db, &web]);
+    add_task(&mut view, "db-old", &db, "v1", true);
+    add_task(&mut view, "web-old", &web, "v1", true);
+    let restart = "RestartApplication";
+    view.workload.deployments.insert(
+        "d1".into(),
+        group_deployment("d1", &[&[(restart, "/g/db")], &[(restart, "/g/web")]]),
+    );
+    let commands = round(&view, &mut Backoffs::default(), Instant::now());
+    assert_eq!(placed_apps(&commands), vec!["/g/db".to_string()]);
+    assert!(stops(&commands).iter().all(|(id, _)| id != "web-old"));
 }

@@ -37,6 +37,42 @@ pub fn normalize_app_id(raw: &str) -> Result<String, String> {
     Ok(absolute_app_id(trimmed))
 }
 
+/// Resolves an id against the group `base`, as Marathon resolves ids given inside a group
+/// (children, dependencies): an absolute id stands as it is, a relative one is taken from
+/// `base`, `..` going up a group and `.` staying. Segments follow the id rule.
+pub fn resolve_id(raw: &str, base: &str) -> Result<String, String> {
+    if raw.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if raw.starts_with('/') {
+        return normalize_app_id(raw);
+    }
+    let mut segments: Vec<&str> = base.split('/').filter(|s| !s.is_empty()).collect();
+    let relative = raw.strip_suffix('/').unwrap_or(raw);
+    for segment in relative.split('/') {
+        match segment {
+            "." => {}
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(format!("'{raw}' goes above the root group"));
+                }
+            }
+            "" => return Err(format!("'{raw}' contains an empty path segment")),
+            label if is_dns_label(label) => segments.push(label),
+            label => {
+                return Err(format!(
+                    "path segment '{label}' must be lowercase letters, digits and '-', \
+                     starting and ending with a letter or digit"
+                ))
+            }
+        }
+    }
+    if segments.is_empty() {
+        return Err(format!("'{raw}' names the root group"));
+    }
+    Ok(absolute_app_id(&segments.join("/")))
+}
+
 /// `[a-z0-9]([a-z0-9-]*[a-z0-9])?`: Marathon's rule for id segments and port names.
 pub(super) fn is_dns_label(text: &str) -> bool {
     let bytes = text.as_bytes();

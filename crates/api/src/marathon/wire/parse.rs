@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use atoll_state::groups::parent_of;
 use atoll_state::{
     AppSpec, Constraint, ConstraintOperator, DockerNetwork, HealthCheckSpec, HealthProtocol,
     PortSpec, Runtime, UpgradeStrategy,
@@ -11,7 +12,7 @@ use serde_json::{Map, Value};
 
 use super::app::MarathonApp;
 use super::error::ValidationError;
-use super::id::{is_dns_label, normalize_app_id};
+use super::id::{is_dns_label, normalize_app_id, resolve_id};
 use super::merge::merge_update;
 use super::reader::{at, describe, index, present, Reader};
 use super::render::{operator_name, render_definition, Echo, HealthEcho, PortEcho};
@@ -231,6 +232,12 @@ fn parse_definition(
         DEFAULT_MAX_LAUNCH_DELAY_SECONDS,
     );
     parse_ignored(&mut r, object, &mut echo);
+    let dependencies = parse_dependencies(
+        &mut r,
+        object.get("dependencies"),
+        "/dependencies",
+        parent_of(&id),
+    );
     // Validated with the fields kept for the echo; the platform acts on the typed value.
     let kill_grace_seconds = present(object.get("taskKillGracePeriodSeconds"))
         .and_then(Value::as_f64)
@@ -260,6 +267,7 @@ fn parse_definition(
         backoff_factor,
         max_launch_delay_seconds,
         kill_grace_seconds,
+        dependencies,
         legacy_definition: Value::Null,
     };
     let definition = render_definition(&app, &echo);
@@ -882,6 +890,31 @@ fn parse_upgrade_strategy(r: &mut Reader, value: Option<&Value>) -> UpgradeStrat
     }
 }
 
+/// `dependencies`: ids of apps or groups, a relative one taken from `base` (the group
+/// holding the declaring app or group), as Marathon resolves them. Returned absolute,
+/// without duplicates.
+pub(super) fn parse_dependencies(
+    r: &mut Reader,
+    value: Option<&Value>,
+    path: &str,
+    base: &str,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, raw) in r
+        .strings(value, path)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        match resolve_id(raw, base) {
+            Ok(id) if !out.contains(&id) => out.push(id),
+            Ok(_) => {}
+            Err(message) => r.fail(&index(path, i), message),
+        }
+    }
+    out
+}
+
 /// Fields Marathon clients send that atoll accepts and echoes but does not act on, and
 /// the ones it can only accept in their "off" form.
 fn parse_ignored(r: &mut Reader, object: &Map<String, Value>, echo: &mut Echo) {
@@ -896,7 +929,6 @@ fn parse_ignored(r: &mut Reader, object: &Map<String, Value>, echo: &mut Echo) {
         "uris",
         "fetch",
         "storeUrls",
-        "dependencies",
         "acceptedResourceRoles",
         "residency",
         "unreachableStrategy",
@@ -910,7 +942,6 @@ fn parse_ignored(r: &mut Reader, object: &Map<String, Value>, echo: &mut Echo) {
     r.strings(object.get("uris"), "/uris");
     r.array(object.get("fetch"), "/fetch");
     r.strings(object.get("storeUrls"), "/storeUrls");
-    r.strings(object.get("dependencies"), "/dependencies");
     r.strings(
         object.get("acceptedResourceRoles"),
         "/acceptedResourceRoles",

@@ -327,7 +327,7 @@ pub(super) fn render_definition(app: &AppSpec, echo: &Echo) -> Value {
         "container": container,
         "healthChecks": health_checks,
         "readinessChecks": [],
-        "dependencies": [],
+        "dependencies": app.dependencies,
         "upgradeStrategy": {
             "minimumHealthCapacity": number(app.upgrade_strategy.minimum_health_capacity),
             "maximumOverCapacity": number(app.upgrade_strategy.maximum_over_capacity),
