@@ -13,6 +13,8 @@ use axum::response::Response;
 use serde_json::json;
 
 use super::input::{parse_check_registration, parse_check_update, parse_service_registration};
+use super::listing::Listing;
+use super::wire::shapes::{CHECK, SERVICE};
 use super::wire::{CheckJson, ServiceJson};
 use crate::error::ApiError;
 use crate::execute::write;
@@ -103,12 +105,14 @@ pub async fn members(State(context): State<ApiContext>) -> Response {
     json_with_index(context.store().applied(), &members)
 }
 
-/// `GET /v1/agent/services`.
+/// `GET /v1/agent/services` (`?filter=`).
 pub async fn services(
     State(context): State<ApiContext>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let options = ReadOptions::parse(&Query::parse(raw.as_deref()), &context)?;
+    let query = Query::parse(raw.as_deref());
+    let options = ReadOptions::parse(&query, &context)?;
+    let listing = Listing::filter_only(&query, &SERVICE)?;
     let node = context.node().to_string();
     let datacenter = context.datacenter().to_string();
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
@@ -117,10 +121,7 @@ pub async fn services(
             .filter(|s| s.id != SERVER_SERVICE)
             .map(|s| (s.id.as_str(), ServiceJson::new(s, &datacenter)))
             .collect();
-        (
-            state.indexes.catalog(),
-            serde_json::to_value(services).unwrap_or_default(),
-        )
+        (state.indexes.catalog(), listing.answer(services))
     })
     .await?;
     Ok(json_with_index(index, &body))
@@ -147,12 +148,14 @@ pub async fn service(
     }
 }
 
-/// `GET /v1/agent/checks`.
+/// `GET /v1/agent/checks` (`?filter=`).
 pub async fn checks(
     State(context): State<ApiContext>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let options = ReadOptions::parse(&Query::parse(raw.as_deref()), &context)?;
+    let query = Query::parse(raw.as_deref());
+    let options = ReadOptions::parse(&query, &context)?;
+    let listing = Listing::filter_only(&query, &CHECK)?;
     let node = context.node().to_string();
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
         let checks: BTreeMap<&str, CheckJson> = state
@@ -161,10 +164,7 @@ pub async fn checks(
             .filter(|c| c.check_id != NODE_HEALTH_CHECK_ID)
             .map(|c| (c.check_id.as_str(), CheckJson::new(c)))
             .collect();
-        (
-            state.indexes.catalog(),
-            serde_json::to_value(checks).unwrap_or_default(),
-        )
+        (state.indexes.catalog(), listing.answer(checks))
     })
     .await?;
     Ok(json_with_index(index, &body))

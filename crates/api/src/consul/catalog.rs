@@ -4,13 +4,15 @@ use std::collections::BTreeMap;
 
 use crate::extract::Path;
 use atoll_cluster::Watch;
-use atoll_state::{Command, ServiceInstance, State as CatalogState, Table};
+use atoll_state::{Command, ServiceInstance, Table};
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use serde_json::json;
 
 use super::input::{parse_catalog_deregistration, parse_catalog_registration};
+use super::listing::{node_matches, node_meta_filter, Listing};
+use super::wire::shapes::{CATALOG_SERVICE, NODE, SERVICE};
 use super::wire::{CatalogServiceJson, NodeJson, ServiceJson};
 use crate::error::ApiError;
 use crate::execute::write_in;
@@ -53,32 +55,6 @@ pub async fn datacenters(State(context): State<ApiContext>) -> Response {
     json_with_index(context.store().applied(), &vec![context.datacenter()])
 }
 
-/// Parses `?node-meta=key:value` filters (repeatable).
-pub(crate) fn node_meta_filter(query: &Query) -> Result<Vec<(String, String)>, ApiError> {
-    query
-        .all("node-meta")
-        .into_iter()
-        .map(|pair| {
-            pair.split_once(':')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| {
-                    ApiError::field(
-                        "node-meta",
-                        format!("Invalid node-meta filter {pair:?}: expected key:value"),
-                    )
-                })
-        })
-        .collect()
-}
-
-pub(crate) fn node_matches(state: &CatalogState, node: &str, filter: &[(String, String)]) -> bool {
-    filter.is_empty()
-        || state
-            .nodes
-            .get(node)
-            .is_some_and(|n| filter.iter().all(|(k, v)| n.meta.get(k) == Some(v)))
-}
-
 /// Whether an instance carries every requested tag (case-insensitive, as Consul's DNS and
 /// API compare tags).
 pub(crate) fn has_tags(service: &ServiceInstance, tags: &[&str]) -> bool {
@@ -86,25 +62,23 @@ pub(crate) fn has_tags(service: &ServiceInstance, tags: &[&str]) -> bool {
         .all(|tag| service.tags.iter().any(|t| t.eq_ignore_ascii_case(tag)))
 }
 
-/// `GET /v1/catalog/nodes`.
+/// `GET /v1/catalog/nodes` (`?node-meta=`, `?near=`, `?filter=`).
 pub async fn nodes(
     State(context): State<ApiContext>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
     let options = ReadOptions::parse(&query, &context)?;
-    let filter = node_meta_filter(&query)?;
+    let listing = Listing::parse(&query, context.node(), &NODE)?;
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
         let nodes: Vec<NodeJson> = state
             .nodes
             .values()
-            .filter(|n| node_matches(state, &n.name, &filter))
+            .filter(|n| listing.node_matches(state, &n.name))
             .map(NodeJson::new)
             .collect();
-        (
-            state.indexes.nodes,
-            serde_json::to_value(nodes).unwrap_or_default(),
-        )
+        let nodes = listing.nearest(nodes, NodeJson::name);
+        (state.indexes.nodes, listing.answer(nodes))
     })
     .await?;
     Ok(json_with_index(index, &body))
@@ -144,7 +118,7 @@ pub async fn services(
     Ok(json_with_index(index, &body))
 }
 
-/// `GET /v1/catalog/service/:name` (`?tag=` repeatable, `?node-meta=`).
+/// `GET /v1/catalog/service/:name` (`?tag=` repeatable, `?node-meta=`, `?near=`, `?filter=`).
 pub async fn service(
     State(context): State<ApiContext>,
     Path(name): Path<String>,
@@ -153,12 +127,16 @@ pub async fn service(
     let query = Query::parse(raw.as_deref());
     let options = ReadOptions::parse(&query, &context)?;
     let tags = query.all("tag");
-    let filter = node_meta_filter(&query)?;
+    let listing = Listing::parse(&query, context.node(), &CATALOG_SERVICE)?;
     let (index, body) = blocking(&context, &options, Watch::Service(name.clone()), |state| {
-        let rows: Vec<CatalogServiceJson> = state
+        let instances: Vec<&ServiceInstance> = state
             .instances_of(&name)
             .into_iter()
-            .filter(|s| has_tags(s, &tags) && node_matches(state, &s.node, &filter))
+            .filter(|s| has_tags(s, &tags) && listing.node_matches(state, &s.node))
+            .collect();
+        let rows: Vec<CatalogServiceJson> = listing
+            .nearest(instances, |s| &s.node)
+            .into_iter()
             .filter_map(|s| {
                 state
                     .nodes
@@ -166,16 +144,14 @@ pub async fn service(
                     .map(|n| CatalogServiceJson::new(n, s))
             })
             .collect();
-        (
-            state.service_index(&name),
-            serde_json::to_value(rows).unwrap_or_default(),
-        )
+        (state.service_index(&name), listing.answer(rows))
     })
     .await?;
     Ok(json_with_index(index, &body))
 }
 
-/// `GET /v1/catalog/node/:node`: the node and its services, or `null` if unknown.
+/// `GET /v1/catalog/node/:node`: the node and its services, or `null` if unknown
+/// (`?filter=` applies to the services).
 pub async fn node(
     State(context): State<ApiContext>,
     Path(node): Path<String>,
@@ -184,6 +160,7 @@ pub async fn node(
     let query = Query::parse(raw.as_deref());
     // `ReadOptions::parse` also refuses a foreign `dc`.
     let options = ReadOptions::parse(&query, &context)?;
+    let listing = Listing::filter_only(&query, &SERVICE)?;
     let datacenter = context.datacenter().to_string();
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
         let body = match state.nodes.get(&node) {
@@ -193,7 +170,7 @@ pub async fn node(
                     .services_on_node(&node)
                     .map(|s| (s.id.as_str(), ServiceJson::new(s, &datacenter)))
                     .collect();
-                json!({ "Node": NodeJson::new(n), "Services": services })
+                json!({ "Node": NodeJson::new(n), "Services": listing.answer(services) })
             }
         };
         (state.indexes.catalog(), body)

@@ -6,13 +6,16 @@ use atoll_state::{aggregate_status, CheckStatus, Table};
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 
-use super::catalog::{has_tags, node_matches, node_meta_filter};
+use super::catalog::has_tags;
+use super::listing::Listing;
+use super::wire::shapes::{CHECK, HEALTH_ENTRY};
 use super::wire::{CheckJson, HealthEntryJson, NodeJson, ServiceJson};
 use crate::error::ApiError;
 use crate::query::{blocking, json_with_index, Query, ReadOptions};
 use crate::ApiContext;
 
-/// `GET /v1/health/service/:name` (`?passing`, `?tag=` repeatable, `?node-meta=`).
+/// `GET /v1/health/service/:name` (`?passing`, `?tag=` repeatable, `?node-meta=`, `?near=`,
+/// `?filter=`).
 pub async fn service(
     State(context): State<ApiContext>,
     Path(name): Path<String>,
@@ -22,12 +25,13 @@ pub async fn service(
     let options = ReadOptions::parse(&query, &context)?;
     let passing_only = query.flag("passing");
     let tags = query.all("tag");
-    let filter = node_meta_filter(&query)?;
+    let listing = Listing::parse(&query, context.node(), &HEALTH_ENTRY)?;
     let datacenter = context.datacenter().to_string();
     let (index, body) = blocking(&context, &options, Watch::Service(name.clone()), |state| {
         let mut entries = Vec::new();
-        for instance in state.instances_of(&name) {
-            if !has_tags(instance, &tags) || !node_matches(state, &instance.node, &filter) {
+        let instances = listing.nearest(state.instances_of(&name), |s| &s.node);
+        for instance in instances {
+            if !has_tags(instance, &tags) || !listing.node_matches(state, &instance.node) {
                 continue;
             }
             let Some(node) = state.nodes.get(&instance.node) else {
@@ -43,26 +47,26 @@ pub async fn service(
                 checks: checks.into_iter().map(CheckJson::new).collect(),
             });
         }
-        (
-            state.service_index(&name),
-            serde_json::to_value(entries).unwrap_or_default(),
-        )
+        (state.service_index(&name), listing.answer(entries))
     })
     .await?;
     Ok(json_with_index(index, &body))
 }
 
-/// `GET /v1/health/checks/:service`.
+/// `GET /v1/health/checks/:service` (`?node-meta=`, `?near=`, `?filter=`).
 pub async fn service_checks(
     State(context): State<ApiContext>,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let options = ReadOptions::parse(&Query::parse(raw.as_deref()), &context)?;
+    let query = Query::parse(raw.as_deref());
+    let options = ReadOptions::parse(&query, &context)?;
+    let listing = Listing::parse(&query, context.node(), &CHECK)?;
     let (index, body) = blocking(&context, &options, Watch::Service(name.clone()), |state| {
         let checks: Vec<CheckJson> = state
             .instances_of(&name)
             .into_iter()
+            .filter(|instance| listing.node_matches(state, &instance.node))
             .flat_map(|instance| {
                 state
                     .checks_on_node(&instance.node)
@@ -70,34 +74,32 @@ pub async fn service_checks(
             })
             .map(CheckJson::new)
             .collect();
-        (
-            state.service_index(&name),
-            serde_json::to_value(checks).unwrap_or_default(),
-        )
+        let checks = listing.nearest(checks, CheckJson::node);
+        (state.service_index(&name), listing.answer(checks))
     })
     .await?;
     Ok(json_with_index(index, &body))
 }
 
-/// `GET /v1/health/node/:node`.
+/// `GET /v1/health/node/:node` (`?filter=`).
 pub async fn node(
     State(context): State<ApiContext>,
     Path(node): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let options = ReadOptions::parse(&Query::parse(raw.as_deref()), &context)?;
+    let query = Query::parse(raw.as_deref());
+    let options = ReadOptions::parse(&query, &context)?;
+    let listing = Listing::filter_only(&query, &CHECK)?;
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
         let checks: Vec<CheckJson> = state.checks_on_node(&node).map(CheckJson::new).collect();
-        (
-            state.indexes.checks,
-            serde_json::to_value(checks).unwrap_or_default(),
-        )
+        (state.indexes.checks, listing.answer(checks))
     })
     .await?;
     Ok(json_with_index(index, &body))
 }
 
-/// `GET /v1/health/state/:state` (`any`, `passing`, `warning`, `critical`).
+/// `GET /v1/health/state/:state` (`any`, `passing`, `warning`, `critical`; `?node-meta=`,
+/// `?near=`, `?filter=`).
 pub async fn state(
     State(context): State<ApiContext>,
     Path(wanted): Path<String>,
@@ -114,17 +116,18 @@ pub async fn state(
             )
         })?),
     };
-    let options = ReadOptions::parse(&Query::parse(raw.as_deref()), &context)?;
+    let query = Query::parse(raw.as_deref());
+    let options = ReadOptions::parse(&query, &context)?;
+    let listing = Listing::parse(&query, context.node(), &CHECK)?;
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
         let checks: Vec<CheckJson> = state
             .all_checks()
             .filter(|c| filter.is_none_or(|f| c.status == f))
+            .filter(|c| listing.node_matches(state, &c.node))
             .map(CheckJson::new)
             .collect();
-        (
-            state.indexes.checks,
-            serde_json::to_value(checks).unwrap_or_default(),
-        )
+        let checks = listing.nearest(checks, CheckJson::node);
+        (state.indexes.checks, listing.answer(checks))
     })
     .await?;
     Ok(json_with_index(index, &body))

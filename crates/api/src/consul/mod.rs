@@ -2,9 +2,12 @@
 
 pub(crate) mod agent;
 mod catalog;
+pub mod filter;
 mod health;
 pub mod input;
 mod kv;
+mod listing;
+mod near;
 mod operator;
 mod session;
 mod status;

@@ -42,6 +42,11 @@ impl<'a> NodeJson<'a> {
             modify_index: node.modify_index,
         }
     }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        self.node
+    }
 }
 
 /// Consul's load-balancing weights; atoll does not weight, so these are the defaults.
@@ -228,6 +233,11 @@ impl<'a> CheckJson<'a> {
             modify_index: check.modify_index,
         }
     }
+
+    /// The node the check belongs to.
+    pub fn node(&self) -> &str {
+        self.node
+    }
 }
 
 /// One entry of `/v1/health/service/NAME`.
@@ -328,4 +338,95 @@ impl<'a> SessionJson<'a> {
             modify_index: session.modify_index,
         }
     }
+}
+
+/// The shapes `?filter=` expressions are checked against: one per JSON type above, field
+/// for field (a test checks that they match what the types serialize).
+pub mod shapes {
+    use crate::consul::filter::Shape;
+
+    const TEXT_MAP: Shape = Shape::Map(&Shape::Text);
+    const TEXT_LIST: Shape = Shape::List(&Shape::Text);
+    const WEIGHTS: Shape =
+        Shape::Object(&[("Passing", Shape::Integer), ("Warning", Shape::Integer)]);
+
+    /// [`super::NodeJson`].
+    pub const NODE: Shape = Shape::Object(&[
+        ("ID", Shape::Text),
+        ("Node", Shape::Text),
+        ("Address", Shape::Text),
+        ("Datacenter", Shape::Text),
+        ("TaggedAddresses", TEXT_MAP),
+        ("Meta", TEXT_MAP),
+        ("CreateIndex", Shape::Integer),
+        ("ModifyIndex", Shape::Integer),
+    ]);
+
+    /// [`super::ServiceJson`].
+    pub const SERVICE: Shape = Shape::Object(&[
+        ("ID", Shape::Text),
+        ("Service", Shape::Text),
+        ("Tags", TEXT_LIST),
+        ("Address", Shape::Text),
+        ("Meta", TEXT_MAP),
+        ("Port", Shape::Integer),
+        ("Weights", WEIGHTS),
+        ("EnableTagOverride", Shape::Boolean),
+        ("Datacenter", Shape::Text),
+        ("CreateIndex", Shape::Integer),
+        ("ModifyIndex", Shape::Integer),
+    ]);
+
+    /// [`super::CatalogServiceJson`].
+    pub const CATALOG_SERVICE: Shape = Shape::Object(&[
+        ("ID", Shape::Text),
+        ("Node", Shape::Text),
+        ("Address", Shape::Text),
+        ("Datacenter", Shape::Text),
+        ("TaggedAddresses", TEXT_MAP),
+        ("NodeMeta", TEXT_MAP),
+        ("ServiceID", Shape::Text),
+        ("ServiceName", Shape::Text),
+        ("ServiceTags", TEXT_LIST),
+        ("ServiceAddress", Shape::Text),
+        ("ServicePort", Shape::Integer),
+        ("ServiceMeta", TEXT_MAP),
+        ("ServiceWeights", WEIGHTS),
+        ("ServiceEnableTagOverride", Shape::Boolean),
+        ("CreateIndex", Shape::Integer),
+        ("ModifyIndex", Shape::Integer),
+    ]);
+
+    /// [`super::CheckJson`].
+    pub const CHECK: Shape = Shape::Object(&[
+        ("Node", Shape::Text),
+        ("CheckID", Shape::Text),
+        ("Name", Shape::Text),
+        ("Status", Shape::Text),
+        ("Notes", Shape::Text),
+        ("Output", Shape::Text),
+        ("ServiceID", Shape::Text),
+        ("ServiceName", Shape::Text),
+        ("ServiceTags", TEXT_LIST),
+        ("Type", Shape::Text),
+        (
+            "Definition",
+            Shape::Object(&[
+                ("HTTP", Shape::Text),
+                ("TCP", Shape::Text),
+                ("Interval", Shape::Text),
+                ("Timeout", Shape::Text),
+                ("TTL", Shape::Text),
+            ]),
+        ),
+        ("CreateIndex", Shape::Integer),
+        ("ModifyIndex", Shape::Integer),
+    ]);
+
+    /// [`super::HealthEntryJson`].
+    pub const HEALTH_ENTRY: Shape = Shape::Object(&[
+        ("Node", NODE),
+        ("Service", SERVICE),
+        ("Checks", Shape::List(&CHECK)),
+    ]);
 }
