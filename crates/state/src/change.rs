@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Check, KvEntry, Node, ServiceInstance, Session};
+use crate::model::{Check, KvEntry, Node, ServiceInstance, Session, UserEvent};
 use crate::table::RowChange;
 use crate::workload::{Allocation, AppSpec, ComputeNode, Deployment, TaskFailure, Unplaced};
 
@@ -20,11 +20,13 @@ pub enum Table {
     Kv,
     /// Apps, tasks, deployments, compute nodes.
     Workload,
+    /// User events.
+    Events,
 }
 
 impl Table {
     /// Every table, in the order of [`Table::slot`].
-    pub const ALL: [Table; 3] = [Table::Catalog, Table::Kv, Table::Workload];
+    pub const ALL: [Table; 4] = [Table::Catalog, Table::Kv, Table::Workload, Table::Events];
 
     /// Position of the table in [`Table::ALL`].
     pub fn slot(self) -> usize {
@@ -76,6 +78,8 @@ pub enum Change {
     Queue(RowChange<String, Unplaced>),
     /// A session. Sessions share the KV watch group: a session's end changes the keys it held.
     Session(RowChange<String, Session>),
+    /// A user event, keyed by its Lamport time.
+    Event(RowChange<u64, UserEvent>),
 }
 
 impl Change {
@@ -97,6 +101,7 @@ impl Change {
             | Change::ComputeNode(_)
             | Change::LastFailure(_)
             | Change::Queue(_) => Table::Workload,
+            Change::Event(_) => Table::Events,
         }
     }
 }

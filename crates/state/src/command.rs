@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CheckDefinition, CheckStatus, Session};
+use crate::model::{CheckDefinition, CheckStatus, ServiceAddress, Session, UserEvent};
 use crate::workload::{Allocation, AppSpec, ComputeNode, Deployment, TaskState, Unplaced};
 
 /// One change to the replicated state. Validated at the edge, re-checked by `apply`.
@@ -163,6 +163,9 @@ pub enum Command {
         /// The session giving it up.
         session: String,
     },
+    /// Record a user event; `apply` gives it the next Lamport time and drops the oldest
+    /// beyond the last [`crate::model::MAX_USER_EVENTS`].
+    FireEvent(Box<UserEvent>),
 }
 
 /// Catalog registration, shaped after Consul's `/v1/catalog/register`.
@@ -205,6 +208,9 @@ pub struct ServiceSpec {
     pub meta: BTreeMap<String, String>,
     /// Consul's tag-override flag.
     pub enable_tag_override: bool,
+    /// Tagged addresses of the instance.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tagged_addresses: BTreeMap<String, ServiceAddress>,
 }
 
 /// A check as submitted.

@@ -121,7 +121,8 @@ impl WorkloadTables {
             | Change::Kv(_)
             | Change::KvTombstone(_)
             | Change::KvReaped { .. }
-            | Change::Session(_) => {}
+            | Change::Session(_)
+            | Change::Event(_) => {}
         }
     }
 }

@@ -175,29 +175,59 @@ pub async fn service(
     Ok(json_with_index(index, &body))
 }
 
-/// `GET /v1/catalog/node/:node`: the node and its services, or `null` if unknown.
-pub async fn node(
-    State(context): State<ApiContext>,
-    Path(node): Path<String>,
-    RawQuery(raw): RawQuery,
+/// Answers a read of one node from what `render` makes of its row (if known) and its
+/// services, blocking on the catalog.
+async fn read_node(
+    context: ApiContext,
+    node: String,
+    raw: Option<String>,
+    render: impl Fn(Option<NodeJson>, Vec<ServiceJson>) -> serde_json::Value,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
     // `ReadOptions::parse` also refuses a foreign `dc`.
     let options = ReadOptions::parse(&query, &context)?;
     let datacenter = context.datacenter().to_string();
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
-        let body = match state.nodes.get(&node) {
-            None => serde_json::Value::Null,
-            Some(n) => {
-                let services: BTreeMap<&str, ServiceJson> = state
-                    .services_on_node(&node)
-                    .map(|s| (s.id.as_str(), ServiceJson::new(s, &datacenter)))
-                    .collect();
-                json!({ "Node": NodeJson::new(n), "Services": services })
-            }
-        };
+        let services = state
+            .services_on_node(&node)
+            .map(|s| ServiceJson::new(s, &datacenter))
+            .collect();
+        let body = render(state.nodes.get(&node).map(NodeJson::new), services);
         (state.indexes.catalog(), body)
     })
     .await?;
     Ok(json_with_index(index, &body))
+}
+
+/// `GET /v1/catalog/node/:node`: the node and its services by id, or `null` if unknown.
+pub async fn node(
+    State(context): State<ApiContext>,
+    Path(node): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    read_node(context, node, raw, |node, services| match node {
+        None => serde_json::Value::Null,
+        Some(node) => {
+            let services: BTreeMap<&str, &ServiceJson> =
+                services.iter().map(|s| (s.id(), s)).collect();
+            json!({ "Node": node, "Services": services })
+        }
+    })
+    .await
+}
+
+/// `GET /v1/catalog/node-services/:node`: Consul 1.10's shape, the node and a list of its
+/// services (`{"Node": null, "Services": []}` for an unknown node).
+pub async fn node_services(
+    State(context): State<ApiContext>,
+    Path(node): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    read_node(
+        context,
+        node,
+        raw,
+        |node, services| json!({ "Node": node, "Services": services }),
+    )
+    .await
 }
