@@ -37,18 +37,41 @@ struct ContextInner {
     agent: Agent,
     version: String,
     events: marathon::events::EventBus,
+    facts: NodeFacts,
+}
+
+/// What the node was started with, as `/v1/agent/self` and `/v1/agent/host` report it.
+#[derive(Debug, Clone, Default)]
+pub struct NodeFacts {
+    /// The node's effective settings, shown as `DebugConfig`.
+    pub debug_config: serde_json::Value,
+    /// A server's `--bootstrap-expect` (0: none).
+    pub bootstrap_expect: usize,
+    /// The data dir, whose file system `/v1/agent/host` reports (`/` without one).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl ApiContext {
     /// A context over the local agent.
     pub fn new(agent: Agent, version: impl Into<String>) -> Self {
+        Self::with_facts(agent, version, NodeFacts::default())
+    }
+
+    /// A context over the local agent, with what the node was started with.
+    pub fn with_facts(agent: Agent, version: impl Into<String>, facts: NodeFacts) -> Self {
         ApiContext {
             inner: Arc::new(ContextInner {
                 agent,
                 version: version.into(),
                 events: marathon::events::bus(),
+                facts,
             }),
         }
+    }
+
+    /// What the node was started with.
+    pub fn facts(&self) -> &NodeFacts {
+        &self.inner.facts
     }
 
     /// Marathon's event bus.

@@ -139,7 +139,19 @@ pub async fn blocking<T>(
     context: &ApiContext,
     options: &ReadOptions,
     watch: impl Into<Watch>,
+    compute: impl FnMut(&State) -> (u64, T),
+) -> Result<(u64, T), ApiError> {
+    blocking_until(context, options, watch, compute, |index, min| index > min).await
+}
+
+/// [`blocking`] for answers whose index is not monotonic (a hash: user events, a service's
+/// content hash): the answer is ready when `ready(index, min_index)` says so.
+pub async fn blocking_until<T>(
+    context: &ApiContext,
+    options: &ReadOptions,
+    watch: impl Into<Watch>,
     mut compute: impl FnMut(&State) -> (u64, T),
+    ready: impl Fn(u64, u64) -> bool,
 ) -> Result<(u64, T), ApiError> {
     if let Some(mode) = options.mode {
         context.cluster().linearize(mode).await?;
@@ -158,7 +170,7 @@ pub async fn blocking<T>(
     loop {
         waiter.mark_seen();
         let (index, value) = store.read(&mut compute);
-        if index > min_index {
+        if ready(index, min_index) {
             return Ok((index.max(1), value));
         }
         drop(value);

@@ -513,3 +513,76 @@ async fn event_subscriptions_are_stored_listed_and_refused_without_a_usable_url(
     let (_, _, listed) = call(&app, "GET", "/v2/eventSubscriptions", "").await;
     assert_eq!(listed, serde_json::json!({ "callbackUrls": [] }));
 }
+
+#[tokio::test]
+async fn maintenance_makes_instances_critical_and_is_undone() {
+    let (app, _) = api().await;
+    let body = r#"{"ID":"web-1","Name":"web","Port":80}"#;
+    let (status, _, _) = call(&app, "PUT", "/v1/agent/service/register", body).await;
+    assert_eq!(status, StatusCode::OK);
+    let health = "/v1/agent/health/service/id/web-1";
+    let passing = "/v1/health/service/web?passing";
+    let (status, _, _) = call(&app, "GET", health, "").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, _, _) = call(&app, "PUT", "/v1/agent/maintenance?enable=true", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, answer) = call(&app, "GET", health, "").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer["AggregatedStatus"], "maintenance");
+    let (_, _, entries) = call(&app, "GET", passing, "").await;
+    assert_eq!(entries, serde_json::json!([]));
+    let (status, _, _) = call(&app, "PUT", "/v1/agent/maintenance?enable=false", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, entries) = call(&app, "GET", passing, "").await;
+    assert_eq!(entries.as_array().map(Vec::len), Some(1));
+
+    let service_on = "/v1/agent/service/maintenance/web-1?enable=true&reason=drain";
+    let (status, _, _) = call(&app, "PUT", service_on, "").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, checks) = call(&app, "GET", "/v1/agent/checks", "").await;
+    let check = &checks["_service_maintenance:web-1"];
+    assert_eq!(
+        (&check["Status"], &check["Notes"], &check["Type"]),
+        (
+            &serde_json::json!("critical"),
+            &serde_json::json!("drain"),
+            &serde_json::json!("maintenance")
+        )
+    );
+
+    let (status, _, error) = call(&app, "PUT", "/v1/agent/maintenance", "").await;
+    assert_eq!(
+        (status, &error["field"]),
+        (StatusCode::BAD_REQUEST, &serde_json::json!("enable"))
+    );
+    let unknown = "/v1/agent/service/maintenance/nope?enable=true";
+    let (status, _, _) = call(&app, "PUT", unknown, "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn fired_events_are_listed_and_a_blocked_list_wakes_for_a_new_one() {
+    let (app, _) = api().await;
+    let (status, _, fired) = call(&app, "PUT", "/v1/event/fire/deploy", "v1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (&fired["Name"], &fired["LTime"]),
+        (&serde_json::json!("deploy"), &serde_json::json!(1))
+    );
+    let (_, headers, events) = call(&app, "GET", "/v1/event/list", "").await;
+    assert_eq!(events[0]["ID"], fired["ID"]);
+    let index = headers["x-consul-index"].to_str().unwrap().to_string();
+
+    let waiting = {
+        let app = app.clone();
+        let uri = format!("/v1/event/list?index={index}&wait=30s");
+        tokio::spawn(async move { call(&app, "GET", &uri, "").await })
+    };
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished());
+    let (_, _, second) = call(&app, "PUT", "/v1/event/fire/deploy", "v2").await;
+    let (_, headers, events) = waiting.await.unwrap();
+    assert_ne!(headers["x-consul-index"].to_str().unwrap(), index);
+    assert_eq!(events[1]["ID"], second["ID"]);
+}

@@ -327,6 +327,49 @@ pub struct NodeSettings {
     pub cluster_secret: Option<ClusterSecret>,
 }
 
+impl NodeSettings {
+    /// The node's effective settings under Consul's `DebugConfig` names where Consul has
+    /// one, as `/v1/agent/self` shows them (the cluster secret only as whether one is set).
+    pub fn debug_config(&self, data_dir: &std::path::Path) -> serde_json::Value {
+        let (mode, retry_join, bootstrap_expect) = match &self.role {
+            Role::Dev => ("dev", Vec::new(), 1),
+            Role::Server {
+                bootstrap_expect,
+                retry_join,
+            } => ("server", retry_join.clone(), *bootstrap_expect),
+            Role::Client { retry_join } => ("client", retry_join.clone(), 0),
+        };
+        let seconds = |d: Duration| format!("{}s", d.as_secs_f64());
+        serde_json::json!({
+            "Mode": mode,
+            "DataDir": data_dir.display().to_string(),
+            "BindAddr": self.bind.to_string(),
+            "AdvertiseAddrLAN": self.bind.to_string(),
+            "HTTPAddrs": [format!("tcp://{}", self.http_addr)],
+            "MarathonAddr": self.marathon_addr.map(|a| a.to_string()),
+            "DNSAddrs": [format!("udp://{}", self.dns_addr), format!("tcp://{}", self.dns_addr)],
+            "RPCAdvertiseAddr": format!("tcp://{}", self.rpc_addr),
+            "DNSDomain": format!("{}", self.domain),
+            "DNSRecursors": self.recursors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "DNSServiceTTL": { "*": format!("{}s", self.dns_service_ttl) },
+            "DNSNodeTTL": format!("{}s", self.dns_node_ttl),
+            "DNSOnlyPassing": self.dns_only_passing,
+            "RetryJoinLAN": retry_join,
+            "BootstrapExpect": bootstrap_expect,
+            "RaftSnapshotThreshold": self.snapshot_after_entries,
+            "DiskReserveBytes": self.disk_reserve_bytes,
+            "HeartbeatTTL": seconds(self.heartbeat_ttl),
+            "DeadServerCleanupAfter": self.autopilot.dead_server_after.map(seconds),
+            "AutopilotMinQuorum": self.autopilot.min_quorum,
+            "PortRange": format!("{}-{}", self.port_range.0, self.port_range.1),
+            "HTTPHeaderTimeout": seconds(self.http_limits.header_read_timeout),
+            "HTTPBodyTimeout": seconds(self.http_limits.body_read_timeout),
+            "ClusterSecretSet": self.cluster_secret.is_some(),
+            "ACLsEnabled": false,
+        })
+    }
+}
+
 /// What a node runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {

@@ -345,7 +345,21 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     for (name, task) in agent_loops.0 {
         supervisor.spawn(name, task);
     }
-    let api = ApiContext::new(agent.clone(), env!("CARGO_PKG_VERSION"));
+    let api = ApiContext::with_facts(
+        agent.clone(),
+        env!("CARGO_PKG_VERSION"),
+        atoll_api::NodeFacts {
+            debug_config: settings.debug_config(&data_dir),
+            bootstrap_expect: match &settings.role {
+                Role::Dev => 1,
+                Role::Server {
+                    bootstrap_expect, ..
+                } => *bootstrap_expect,
+                Role::Client { .. } => 0,
+            },
+            data_dir: Some(data_dir.clone()),
+        },
+    );
     supervisor.spawn(
         "the Marathon event feed",
         atoll_api::marathon::events::feed(api.clone()),

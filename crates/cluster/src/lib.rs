@@ -118,6 +118,27 @@ pub trait Cluster: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
 
+    /// Raft's figures for this node (`/v1/agent/self`'s `Stats.raft`). Without Raft, a
+    /// single voter whose log is the applied state.
+    fn raft_stats(&self) -> RaftStats {
+        let applied = self.store().applied();
+        RaftStats {
+            state: if self.is_leader() {
+                "Leader"
+            } else {
+                "Follower"
+            },
+            term: 1,
+            last_log_index: applied,
+            last_log_term: 1,
+            commit_index: applied,
+            applied_index: applied,
+            last_snapshot_index: 0,
+            last_snapshot_term: 0,
+            num_peers: self.peers().len().saturating_sub(1),
+        }
+    }
+
     /// The address of the current leader's RPC listener, if one is known.
     fn leader_addr(&self) -> Option<String> {
         self.leader_member().map(|m| m.rpc_addr)
@@ -131,6 +152,29 @@ pub trait Cluster: Send + Sync + 'static {
             .map(|(_, m, _)| m.rpc_addr)
             .collect()
     }
+}
+
+/// Raft's figures for one node, as Consul's agent reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftStats {
+    /// `Leader`, `Follower` (non-voters included), `Candidate` or `Shutdown`.
+    pub state: &'static str,
+    /// The current term.
+    pub term: u64,
+    /// Index of the last entry in the log.
+    pub last_log_index: u64,
+    /// Term of that entry.
+    pub last_log_term: u64,
+    /// Highest index known committed (on a follower, what it applied).
+    pub commit_index: u64,
+    /// Highest index applied to the state.
+    pub applied_index: u64,
+    /// Index of the last snapshot (0: none).
+    pub last_snapshot_index: u64,
+    /// Term of the last snapshot.
+    pub last_snapshot_term: u64,
+    /// Voters other than this node.
+    pub num_peers: usize,
 }
 
 /// The size of a node's data dir and what takes the room.

@@ -53,6 +53,7 @@ fn table_index(state: &State, table: Table) -> u64 {
         Table::Catalog => state.indexes.catalog(),
         Table::Kv => state.indexes.kv,
         Table::Workload => state.indexes.workload,
+        Table::Events => state.indexes.events,
     }
 }
 

@@ -633,6 +633,34 @@ impl Consensus {
             .collect()
     }
 
+    /// Raft's figures for `/v1/agent/self`. openraft reports the applied entry, not the
+    /// committed one; a node has applied everything it knows committed within moments, so
+    /// the applied index stands for both, as does the applied entry's term for the last
+    /// entry's.
+    pub fn raft_stats(&self) -> atoll_cluster::RaftStats {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters = membership.voter_ids().count();
+        let is_voter = membership.voter_ids().any(|id| id == self.inner.node_id);
+        let applied = metrics.last_applied;
+        atoll_cluster::RaftStats {
+            state: match metrics.state {
+                ServerState::Leader => "Leader",
+                ServerState::Candidate => "Candidate",
+                ServerState::Shutdown => "Shutdown",
+                ServerState::Follower | ServerState::Learner => "Follower",
+            },
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            last_log_term: applied.map_or(0, |l| l.leader_id.term),
+            commit_index: applied.map_or(0, |l| l.index),
+            applied_index: applied.map_or(0, |l| l.index),
+            last_snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+            last_snapshot_term: metrics.snapshot.map_or(0, |l| l.leader_id.term),
+            num_peers: voters - usize::from(is_voter),
+        }
+    }
+
     /// Index of the last snapshot, if any (used to observe compaction).
     pub fn snapshot_index(&self) -> Option<u64> {
         self.inner.raft.metrics().borrow().snapshot.map(|l| l.index)
@@ -825,5 +853,9 @@ impl atoll_cluster::Cluster for Consensus {
 
     fn liveness(&self) -> HashMap<String, Instant> {
         Consensus::liveness(self)
+    }
+
+    fn raft_stats(&self) -> atoll_cluster::RaftStats {
+        Consensus::raft_stats(self)
     }
 }

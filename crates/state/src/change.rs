@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Check, KvEntry, Node, ServiceInstance, Session};
+use crate::model::{Check, KvEntry, Node, ServiceInstance, Session, UserEvent};
 use crate::table::RowChange;
 use crate::workload::{
     Allocation, AppSpec, ComputeNode, Deployment, GroupSpec, TaskFailure, Unplaced,
@@ -22,11 +22,13 @@ pub enum Table {
     Kv,
     /// Apps, tasks, deployments, compute nodes.
     Workload,
+    /// User events.
+    Events,
 }
 
 impl Table {
     /// Every table, in the order of [`Table::slot`].
-    pub const ALL: [Table; 3] = [Table::Catalog, Table::Kv, Table::Workload];
+    pub const ALL: [Table; 4] = [Table::Catalog, Table::Kv, Table::Workload, Table::Events];
 
     /// Position of the table in [`Table::ALL`].
     pub fn slot(self) -> usize {
@@ -82,6 +84,8 @@ pub enum Change {
     Session(RowChange<String, Session>),
     /// A stored group.
     Group(RowChange<String, GroupSpec>),
+    /// A user event, keyed by its Lamport time.
+    Event(RowChange<u64, UserEvent>),
 }
 
 impl Change {
@@ -105,6 +109,7 @@ impl Change {
             | Change::Queue(_)
             | Change::Subscription(_)
             | Change::Group(_) => Table::Workload,
+            Change::Event(_) => Table::Events,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CheckDefinition, CheckStatus, Session};
+use crate::model::{CheckDefinition, CheckStatus, ServiceAddress, Session, UserEvent};
 use crate::txn::{TxnOp, TxnOutcome};
 use crate::workload::{
     Allocation, AppSpec, ComputeNode, Deployment, GroupSpec, TaskState, Unplaced,
@@ -195,6 +195,9 @@ pub enum Command {
         /// The deployment stopping its apps (its steps are filled in by `apply`).
         deployment: Option<Deployment>,
     },
+    /// Record a user event; `apply` gives it the next Lamport time and drops the oldest
+    /// beyond the last [`crate::model::MAX_USER_EVENTS`].
+    FireEvent(Box<UserEvent>),
 }
 
 /// A change to a group tree.
@@ -254,6 +257,9 @@ pub struct ServiceSpec {
     pub meta: BTreeMap<String, String>,
     /// Consul's tag-override flag.
     pub enable_tag_override: bool,
+    /// Tagged addresses of the instance.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tagged_addresses: BTreeMap<String, ServiceAddress>,
 }
 
 /// A check as submitted.

@@ -22,8 +22,9 @@ pub use command::{
     CheckSpec, Command, Deregistration, GroupUpdate, Outcome, Registration, Rejection, ServiceSpec,
 };
 pub use model::{
-    Check, CheckDefinition, CheckKind, CheckStatus, KvEntry, Node, ServiceCheckRef,
-    ServiceInstance, Session, SessionBehavior, TaskCommand, NODE_HEALTH_CHECK_ID,
+    Check, CheckDefinition, CheckKind, CheckStatus, KvEntry, Node, ServiceAddress, ServiceCheckRef,
+    ServiceInstance, Session, SessionBehavior, TaskCommand, UserEvent, MAX_USER_EVENTS,
+    NODE_HEALTH_CHECK_ID,
 };
 pub use state::{aggregate_status, State, TableIndexes};
 pub use table::{Grouped, RowChange, Rows};

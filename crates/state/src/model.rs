@@ -78,10 +78,22 @@ pub struct ServiceInstance {
     pub meta: BTreeMap<String, String>,
     /// Consul's anti-entropy flag, kept for compatibility.
     pub enable_tag_override: bool,
+    /// Extra addresses of the instance by purpose (`lan`, `wan`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tagged_addresses: BTreeMap<String, ServiceAddress>,
     /// Raft index that created the row.
     pub create_index: u64,
     /// Raft index that last changed the row.
     pub modify_index: u64,
+}
+
+/// One tagged address of a service instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceAddress {
+    /// The address.
+    pub address: String,
+    /// The port.
+    pub port: u16,
 }
 
 impl ServiceInstance {
@@ -280,6 +292,30 @@ pub struct Check {
     /// Raft index that last changed the row.
     pub modify_index: u64,
 }
+
+/// A user event (`PUT /v1/event/fire/NAME`), kept in the replicated state so that every node
+/// lists it. The last [`MAX_USER_EVENTS`] are kept, as each Consul agent keeps its last 256.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserEvent {
+    /// The event's id (a UUID chosen by the node that fired it).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Opaque payload.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// Regex of the node names that process it (empty: all).
+    pub node_filter: String,
+    /// Regex of the service names a node must run to process it (empty: any).
+    pub service_filter: String,
+    /// Regex of the tags that service must carry (empty: any).
+    pub tag_filter: String,
+    /// Its position among events, 1 for the first (Consul's Lamport time); set by `apply`.
+    pub ltime: u64,
+}
+
+/// How many user events the state keeps.
+pub const MAX_USER_EVENTS: usize = 256;
 
 /// A key/value entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

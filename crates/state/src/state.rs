@@ -8,7 +8,9 @@ use crate::change::Change;
 use crate::command::{
     CheckSpec, Command, Deregistration, Outcome, Registration, Rejection, ServiceSpec,
 };
-use crate::model::{Check, CheckStatus, KvEntry, Node, ServiceInstance, Session};
+use crate::model::{
+    Check, CheckStatus, KvEntry, Node, ServiceInstance, Session, UserEvent, MAX_USER_EVENTS,
+};
 use crate::table::{Grouped, Rows};
 
 /// Tombstones kept for deleted KV keys before the oldest are folded into one index.
@@ -31,6 +33,9 @@ pub struct TableIndexes {
     /// Sessions.
     #[serde(default)]
     pub sessions: u64,
+    /// User events.
+    #[serde(default)]
+    pub events: u64,
 }
 
 impl TableIndexes {
@@ -66,6 +71,9 @@ pub struct State {
     /// Consul sessions by id.
     #[serde(default)]
     pub sessions: Rows<String, Session>,
+    /// The last user events, by Lamport time.
+    #[serde(default)]
+    pub events: Rows<u64, UserEvent>,
     /// Derived: (node, id) of every instance of a service name. Rebuilt on restore.
     #[serde(skip)]
     pub(crate) by_name: HashMap<String, BTreeSet<(String, String)>>,
@@ -184,6 +192,7 @@ impl State {
                 session,
             } => self.kv_release(index, key, value, *flags, session),
             Command::Txn(ops) => self.apply_txn(index, ops),
+            Command::FireEvent(event) => self.fire_event(event),
         }
     }
 
@@ -221,6 +230,7 @@ impl State {
                 .map(Change::KvTombstone),
         );
         changes.extend(self.sessions.drain().into_iter().map(Change::Session));
+        changes.extend(self.events.drain().into_iter().map(Change::Event));
         self.workload.drain_into(&mut changes);
         changes
     }
@@ -234,6 +244,7 @@ impl State {
             Change::Check(_) => indexes.checks = index,
             Change::Kv(_) => indexes.kv = index,
             Change::Session(_) => indexes.sessions = index,
+            Change::Event(_) => indexes.events = index,
             // These accompany a change of the rows above.
             Change::ServiceIndex(_) | Change::KvTombstone(_) | Change::KvReaped { .. } => {}
             Change::App(_)
@@ -290,10 +301,34 @@ impl State {
                 }
                 Change::KvTombstone(row) => self.kv_tombstones.put_row(row.key, row.new),
                 Change::KvReaped { new, .. } => self.kv_reaped_index = new,
+                Change::Event(row) => self.events.put_row(row.key, row.new),
                 other => self.workload.replay(other),
             }
             self.bump_index(index, change);
         }
+    }
+
+    /// Records a user event at the next Lamport time, keeping the last [`MAX_USER_EVENTS`].
+    fn fire_event(&mut self, event: &UserEvent) -> Outcome {
+        if event.name.is_empty() {
+            return rejected_invalid("Missing name");
+        }
+        // Events are only ever dropped from the front, so the last one keeps the clock.
+        let ltime = self.events.keys().next_back().map_or(1, |last| last + 1);
+        self.events.insert(
+            ltime,
+            UserEvent {
+                ltime,
+                ..event.clone()
+            },
+        );
+        while self.events.len() > MAX_USER_EVENTS {
+            let Some(oldest) = self.events.keys().next().copied() else {
+                break;
+            };
+            self.events.remove(&oldest);
+        }
+        Outcome::Done
     }
 
     pub(crate) fn register(&mut self, index: u64, registration: &Registration) -> Outcome {
@@ -911,6 +946,7 @@ fn service_instance(node: &str, spec: &ServiceSpec, index: u64) -> ServiceInstan
         port: spec.port,
         meta: spec.meta.clone(),
         enable_tag_override: spec.enable_tag_override,
+        tagged_addresses: spec.tagged_addresses.clone(),
         create_index: index,
         modify_index: index,
     }

@@ -378,6 +378,14 @@ fn arb_single() -> impl Strategy<Value = Command> {
             any::<bool>(),
         )
             .prop_map(|(k, s, acquire)| lock(acquire, k, s)),
+        prop::sample::select(vec!["deploy", ""]).prop_map(|name| Command::FireEvent(Box::new(
+            UserEvent {
+                id: "e".into(),
+                name: name.into(),
+                payload: vec![1],
+                ..Default::default()
+            }
+        ))),
         prop::collection::vec(arb_txn_op(), 1..5).prop_map(Command::Txn),
     ]
 }
@@ -439,6 +447,34 @@ fn arb_txn_op() -> impl Strategy<Value = TxnOp> {
                 index,
             }),
     ]
+}
+
+#[test]
+fn user_events_take_the_next_lamport_time_and_keep_the_last_256() {
+    let mut state = State::default();
+    let fire = |name: &str| {
+        Command::FireEvent(Box::new(UserEvent {
+            id: format!("id-{name}"),
+            name: name.into(),
+            ..Default::default()
+        }))
+    };
+    let (outcome, changes) = state.apply(3, &fire(""));
+    assert!(matches!(outcome, Outcome::Rejected(_)) && changes.is_empty());
+    for i in 0..(MAX_USER_EVENTS as u64 + 10) {
+        let (outcome, _) = state.apply(10 + i, &fire(&format!("e{i}")));
+        assert_eq!(outcome, Outcome::Done);
+    }
+    assert_eq!(state.events.len(), MAX_USER_EVENTS);
+    let first = state.events.values().next().unwrap();
+    assert_eq!((first.ltime, first.name.as_str()), (11, "e10"));
+    let last = state.events.values().next_back().unwrap();
+    assert_eq!(last.ltime, MAX_USER_EVENTS as u64 + 10);
+    assert_eq!(state.indexes.events, 10 + MAX_USER_EVENTS as u64 + 9);
+
+    let bytes = snapshot::encode_state(&state).unwrap();
+    let restored = snapshot::decode_state(&bytes).unwrap();
+    assert_eq!(restored.events, state.events);
 }
 
 fn session(id: &str, node: &str, checks: &[&str]) -> Session {

@@ -139,7 +139,8 @@ impl WorkloadTables {
             | Change::Kv(_)
             | Change::KvTombstone(_)
             | Change::KvReaped { .. }
-            | Change::Session(_) => {}
+            | Change::Session(_)
+            | Change::Event(_) => {}
         }
     }
 }

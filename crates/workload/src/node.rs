@@ -516,6 +516,7 @@ pub fn services_for(
                     port,
                     meta,
                     enable_tag_override: false,
+                    tagged_addresses: Default::default(),
                 },
                 checks,
             ))

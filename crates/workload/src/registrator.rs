@@ -96,6 +96,7 @@ async fn register(cluster: &dyn Cluster, container: &ExternalService, node: &str
                 port: registration.port,
                 meta,
                 enable_tag_override: false,
+                tagged_addresses: Default::default(),
             }),
             ..Default::default()
         }));

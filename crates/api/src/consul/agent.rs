@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 
 use crate::extract::Path;
 use atoll_agent::SERVER_SERVICE;
+use atoll_cluster::Watch;
 use atoll_state::{
-    CheckSpec, CheckStatus, Command, Deregistration, Registration, Table, NODE_HEALTH_CHECK_ID,
+    CheckSpec, CheckStatus, Command, Deregistration, Registration, ServiceInstance, Table,
+    NODE_HEALTH_CHECK_ID,
 };
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -18,7 +20,9 @@ use super::wire::shapes::{CHECK, SERVICE};
 use super::wire::{CheckJson, ServiceJson};
 use crate::error::ApiError;
 use crate::execute::write;
-use crate::query::{blocking, check_datacenter, json_with_index, set_index, Query, ReadOptions};
+use crate::query::{
+    blocking, blocking_until, check_datacenter, json_with_index, set_index, Query, ReadOptions,
+};
 use crate::ApiContext;
 
 /// Port Consul's LAN gossip uses, reported in member listings.
@@ -49,18 +53,28 @@ pub(crate) fn member_value(
         .rpc_addr
         .rsplit_once(':')
         .unwrap_or((&member.rpc_addr, ""));
+    let mut tags = json!({
+        "dc": member.datacenter,
+        "role": if member.server { "consul" } else { "node" },
+        "build": version,
+        "id": node_uuid(&member.name),
+        "raft_id": id.to_string(),
+        "segment": "",
+        "vsn": "2",
+        "vsn_min": "2",
+        "vsn_max": "3",
+    });
+    if member.server {
+        tags["port"] = json!(port);
+        tags["raft_vsn"] = json!("3");
+        tags["acls"] = json!("0");
+        tags["use_tls"] = json!("0");
+    }
     json!({
         "Name": member.name,
-        "Addr": address,
+        "Addr": address.trim_start_matches('[').trim_end_matches(']'),
         "Port": SERF_LAN_PORT,
-        "Tags": {
-            "dc": member.datacenter,
-            "role": if member.server { "consul" } else { "node" },
-            "build": version,
-            "port": port,
-            "id": id.to_string(),
-            "vsn": "2",
-        },
+        "Tags": tags,
         "Status": code,
         "ProtocolMin": 1,
         "ProtocolMax": 5,
@@ -71,27 +85,37 @@ pub(crate) fn member_value(
     })
 }
 
-fn own_member_json(context: &ApiContext) -> serde_json::Value {
-    let cluster = context.cluster();
-    member_json(context, cluster.node_id(), cluster.member())
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The 64-bit FNV-1a hash of `bytes`, from `seed`.
+fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(seed, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
-/// `GET /v1/agent/self`.
-pub async fn self_info(State(context): State<ApiContext>) -> Response {
-    let body = json!({
-        "Config": {
-            "Datacenter": context.datacenter(),
-            "PrimaryDatacenter": context.datacenter(),
-            "NodeName": context.node(),
-            "NodeID": "",
-            "Server": context.cluster().member().server,
-            "Revision": "",
-            "Version": context.version(),
-        },
-        "Member": own_member_json(&context),
-        "Meta": {},
-    });
-    json_with_index(context.store().applied(), &body)
+/// A node's id as Consul shows it (a UUID): derived from its name, so every node computes
+/// the same one for a member.
+pub(crate) fn node_uuid(name: &str) -> String {
+    let (high, low) = (
+        fnv1a(FNV_OFFSET, name.as_bytes()),
+        fnv1a(FNV_OFFSET.rotate_left(32), name.as_bytes()),
+    );
+    let high = (high & !0xf000) | 0x4000;
+    let low = (low & !(0xc << 60)) | (0x8 << 60);
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        high >> 32,
+        (high >> 16) & 0xffff,
+        high & 0xffff,
+        low >> 48,
+        low & 0xffff_ffff_ffff
+    )
+}
+
+pub(crate) fn own_member_json(context: &ApiContext) -> serde_json::Value {
+    let cluster = context.cluster();
+    member_json(context, cluster.node_id(), cluster.member())
 }
 
 /// `GET /v1/agent/members`.
@@ -127,25 +151,68 @@ pub async fn services(
     Ok(json_with_index(index, &body))
 }
 
-/// `GET /v1/agent/service/:id`.
+/// A service as `/v1/agent/service/:id` shows it: without the Raft indexes, with the
+/// `ContentHash` of the rest, and that hash as a number.
+fn agent_service_value(service: &ServiceInstance, datacenter: &str) -> (u64, serde_json::Value) {
+    let mut value = serde_json::to_value(ServiceJson::new(service, datacenter)).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("CreateIndex");
+        fields.remove("ModifyIndex");
+    }
+    // FNV-1a over the canonical (key-sorted) JSON of the definition.
+    let hash = fnv1a(FNV_OFFSET, value.to_string().as_bytes());
+    value["ContentHash"] = json!(format!("{hash:016x}"));
+    (hash, value)
+}
+
+/// `GET /v1/agent/service/:id`; `?hash=H` blocks while the service's `ContentHash` is `H`
+/// (up to `?wait=`), as Consul's hash-based blocking does.
 pub async fn service(
     State(context): State<ApiContext>,
     Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref());
+    let mut options = ReadOptions::parse(&query, &context)?;
     let datacenter = context.datacenter().to_string();
-    let found = context.store().read(|state| {
-        let service = state.service(context.node(), &id);
-        service.filter(|s| s.id != SERVER_SERVICE).map(|s| {
-            (
-                s.modify_index,
-                serde_json::to_value(ServiceJson::new(s, &datacenter)).unwrap_or_default(),
-            )
-        })
+    let node = context.node().to_string();
+    let name = context.store().read(|state| {
+        let service = state.service(&node, &id);
+        service
+            .filter(|s| s.id != SERVER_SERVICE)
+            .map(|s| s.name.clone())
     });
-    match found {
-        Some((index, body)) => Ok(json_with_index(index, &body)),
-        None => Err(ApiError::not_found(format!("unknown service ID: {id}"))),
+    let Some(name) = name else {
+        return Err(ApiError::not_found(format!("unknown service ID: {id}")));
+    };
+    options.min_index = match query.get("hash") {
+        Some(text) => Some(u64::from_str_radix(text, 16).map_err(|_| {
+            ApiError::field(
+                "hash",
+                format!("Invalid hash {text:?}: expected a ContentHash"),
+            )
+        })?),
+        None => None,
+    };
+    let (hash, body) = blocking_until(
+        &context,
+        &options,
+        Watch::Service(name),
+        |state| match state.service(&node, &id) {
+            Some(s) => agent_service_value(s, &datacenter),
+            None => (0, serde_json::Value::Null),
+        },
+        |hash, wanted| hash != wanted,
+    )
+    .await?;
+    if body.is_null() {
+        return Err(ApiError::not_found(format!("unknown service ID: {id}")));
     }
+    let mut response = json_with_index(context.store().applied(), &body);
+    if let Ok(value) = axum::http::HeaderValue::from_str(&format!("{hash:016x}")) {
+        response.headers_mut().insert("x-consul-contenthash", value);
+    }
+    Ok(response)
 }
 
 /// `GET /v1/agent/checks` (`?filter=`).
@@ -177,7 +244,7 @@ pub(crate) fn empty_ok(context: &ApiContext) -> Response {
     response
 }
 
-fn local_registration(context: &ApiContext) -> Registration {
+pub(crate) fn local_registration(context: &ApiContext) -> Registration {
     Registration {
         node: context.node().to_string(),
         datacenter: context.datacenter().to_string(),

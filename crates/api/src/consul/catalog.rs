@@ -150,12 +150,14 @@ pub async fn service(
     Ok(json_with_index(index, &body))
 }
 
-/// `GET /v1/catalog/node/:node`: the node and its services, or `null` if unknown
-/// (`?filter=` applies to the services).
-pub async fn node(
-    State(context): State<ApiContext>,
-    Path(node): Path<String>,
-    RawQuery(raw): RawQuery,
+/// Answers a read of one node from what `render` makes of its row (if known) and its
+/// services (`?filter=` is handed to `render`, which applies it to the services), blocking
+/// on the catalog.
+async fn read_node(
+    context: ApiContext,
+    node: String,
+    raw: Option<String>,
+    render: impl Fn(Option<NodeJson>, &Listing, Vec<ServiceJson>) -> serde_json::Value,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
     // `ReadOptions::parse` also refuses a foreign `dc`.
@@ -163,18 +165,51 @@ pub async fn node(
     let listing = Listing::filter_only(&query, &SERVICE)?;
     let datacenter = context.datacenter().to_string();
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
-        let body = match state.nodes.get(&node) {
-            None => serde_json::Value::Null,
-            Some(n) => {
-                let services: BTreeMap<&str, ServiceJson> = state
-                    .services_on_node(&node)
-                    .map(|s| (s.id.as_str(), ServiceJson::new(s, &datacenter)))
-                    .collect();
-                json!({ "Node": NodeJson::new(n), "Services": listing.answer(services) })
-            }
-        };
+        let services = state
+            .services_on_node(&node)
+            .map(|s| ServiceJson::new(s, &datacenter))
+            .collect();
+        let body = render(
+            state.nodes.get(&node).map(NodeJson::new),
+            &listing,
+            services,
+        );
         (state.indexes.catalog(), body)
     })
     .await?;
     Ok(json_with_index(index, &body))
+}
+
+/// `GET /v1/catalog/node/:node`: the node and its services by id, or `null` if unknown
+/// (`?filter=` applies to the services).
+pub async fn node(
+    State(context): State<ApiContext>,
+    Path(node): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    read_node(context, node, raw, |node, listing, services| match node {
+        None => serde_json::Value::Null,
+        Some(node) => {
+            let services: BTreeMap<&str, &ServiceJson> =
+                services.iter().map(|s| (s.id(), s)).collect();
+            json!({ "Node": node, "Services": listing.answer(services) })
+        }
+    })
+    .await
+}
+
+/// `GET /v1/catalog/node-services/:node`: Consul 1.10's shape, the node and a list of its
+/// services (`{"Node": null, "Services": []}` for an unknown node).
+pub async fn node_services(
+    State(context): State<ApiContext>,
+    Path(node): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    read_node(
+        context,
+        node,
+        raw,
+        |node, listing, services| json!({ "Node": node, "Services": listing.answer(services) }),
+    )
+    .await
 }

@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 
 use atoll_state::{
-    CheckDefinition, CheckSpec, CheckStatus, Command, Deregistration, Registration,
+    CheckDefinition, CheckSpec, CheckStatus, Command, Deregistration, Registration, ServiceAddress,
     ServiceCheckRef, ServiceSpec, Session, SessionBehavior, NODE_HEALTH_CHECK_ID,
 };
 use axum::http::StatusCode;
 use serde::Deserialize;
 
-use crate::decode::{decode_body, parse_duration};
+use crate::decode::{decode_body, normalize_name, parse_duration};
 use crate::error::ApiError;
 use crate::query::Query;
 
@@ -289,6 +289,55 @@ pub struct AgentServiceIn {
     pub checks: Option<Vec<CheckIn>>,
     /// Service kind (only plain services are supported).
     pub kind: Option<String>,
+    /// Tagged addresses: `{"lan": {"Address": ..., "Port": ...}}`.
+    pub taggedaddresses: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// A service's `TaggedAddresses` (their keys kept verbatim, the fields of each matched as
+/// every field is): each an object with an `Address` and an optional `Port`.
+fn service_addresses(
+    field: &str,
+    input: Option<BTreeMap<String, serde_json::Value>>,
+) -> Result<BTreeMap<String, ServiceAddress>, ApiError> {
+    let mut addresses = BTreeMap::new();
+    for (tag, value) in input.unwrap_or_default() {
+        let at = format!("{field}.{tag}");
+        let serde_json::Value::Object(fields) = value else {
+            return Err(ApiError::field(
+                &at,
+                format!("Invalid tagged address {tag:?}: expected an object with Address and Port"),
+            ));
+        };
+        let mut address = ServiceAddress::default();
+        for (name, value) in fields {
+            match (normalize_name(&name).as_str(), value) {
+                ("address", serde_json::Value::String(text)) => address.address = text,
+                ("port", serde_json::Value::Number(n)) => {
+                    address.port =
+                        n.as_u64()
+                            .and_then(|p| u16::try_from(p).ok())
+                            .ok_or_else(|| {
+                                ApiError::field(&format!("{at}.Port"), format!("Invalid port {n}"))
+                            })?;
+                }
+                ("address" | "port", other) => {
+                    return Err(ApiError::field(
+                        &format!("{at}.{name}"),
+                        format!("Invalid value {other} for {name}"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if address.address.trim().is_empty() {
+            return Err(ApiError::field(
+                &format!("{at}.Address"),
+                format!("Tagged address {tag:?} has no Address"),
+            ));
+        }
+        addresses.insert(tag, address);
+    }
+    Ok(addresses)
 }
 
 /// Validates a service name or id used in DNS labels and URL paths.
@@ -351,6 +400,7 @@ impl AgentServiceIn {
             port: self.port.unwrap_or(0),
             meta: self.meta.unwrap_or_default(),
             enable_tag_override: self.enabletagoverride.unwrap_or(false),
+            tagged_addresses: service_addresses("TaggedAddresses", self.taggedaddresses)?,
         };
         Ok((spec, checks))
     }
@@ -413,6 +463,7 @@ pub(crate) struct CatalogServiceIn {
     enabletagoverride: Option<bool>,
     /// Compared by a transaction's `cas` and `delete-cas`.
     pub(crate) modifyindex: u64,
+    taggedaddresses: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 impl CatalogServiceIn {
@@ -433,6 +484,10 @@ impl CatalogServiceIn {
             port: self.port.unwrap_or(0),
             meta: self.meta.unwrap_or_default(),
             enable_tag_override: self.enabletagoverride.unwrap_or(false),
+            tagged_addresses: service_addresses(
+                &format!("{field}.TaggedAddresses"),
+                self.taggedaddresses,
+            )?,
         })
     }
 }

@@ -1,12 +1,15 @@
 //! Consul-compatible endpoints, grouped as Consul groups them.
 
 pub(crate) mod agent;
+mod agent_info;
 mod catalog;
+mod event;
 pub mod filter;
 mod health;
 pub mod input;
 mod kv;
 mod listing;
+mod maintenance;
 mod near;
 mod operator;
 mod session;
@@ -22,7 +25,26 @@ use crate::ApiContext;
 /// Routes of every `/v1` endpoint.
 pub fn routes() -> Router<ApiContext> {
     Router::new()
-        .route("/v1/agent/self", get(agent::self_info))
+        .route("/v1/agent/self", get(agent_info::self_info))
+        .route("/v1/agent/host", get(agent_info::host))
+        .route("/v1/agent/version", get(agent_info::version))
+        .route("/v1/agent/reload", put(agent_info::reload))
+        .route("/v1/agent/token/{kind}", put(agent_info::token))
+        .route("/v1/agent/maintenance", put(maintenance::node))
+        .route(
+            "/v1/agent/service/maintenance/{id}",
+            put(maintenance::service),
+        )
+        .route(
+            "/v1/agent/health/service/id/{id}",
+            get(maintenance::health_by_id),
+        )
+        .route(
+            "/v1/agent/health/service/name/{name}",
+            get(maintenance::health_by_name),
+        )
+        .route("/v1/event/fire/{name}", put(event::fire))
+        .route("/v1/event/list", get(event::list))
         .route("/v1/agent/members", get(agent::members))
         .route("/v1/agent/services", get(agent::services))
         .route("/v1/agent/service/{id}", get(agent::service))
@@ -48,6 +70,10 @@ pub fn routes() -> Router<ApiContext> {
         .route("/v1/catalog/services", get(catalog::services))
         .route("/v1/catalog/service/{name}", get(catalog::service))
         .route("/v1/catalog/node/{node}", get(catalog::node))
+        .route(
+            "/v1/catalog/node-services/{node}",
+            get(catalog::node_services),
+        )
         .route("/v1/health/service/{name}", get(health::service))
         .route("/v1/health/checks/{name}", get(health::service_checks))
         .route("/v1/health/node/{node}", get(health::node))

@@ -84,11 +84,16 @@ pub async fn leave(State(context): State<ApiContext>) -> Result<Response, ApiErr
     Ok(empty_ok(&context))
 }
 
-/// `PUT /v1/agent/force-leave/:node`: removes a (failed) node from the cluster and the catalog.
+/// `PUT /v1/agent/force-leave/:node` (`?prune`): removes a (failed) node from the cluster and
+/// the catalog. The member list is the Raft membership, which keeps no left members, so the
+/// node leaves the list at once, with or without `?prune` (Consul's `?prune` form).
 pub async fn force_leave(
     State(context): State<ApiContext>,
     Path(node): Path<String>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref());
+    crate::query::check_datacenter(&query, &context)?;
     let member = context
         .cluster()
         .members()

@@ -142,7 +142,7 @@ async fn list_where(
 }
 
 /// A random (version 4) UUID, as Consul's session ids.
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut bytes);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;

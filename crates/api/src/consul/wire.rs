@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use atoll_state::{Check, KvEntry, Node, ServiceInstance};
+use atoll_state::{Check, KvEntry, Node, ServiceAddress, ServiceInstance};
 use base64::Engine;
 use serde::Serialize;
 
@@ -29,8 +29,19 @@ impl<'a> NodeJson<'a> {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        tagged_addresses.entry("lan").or_insert(&node.address);
-        tagged_addresses.entry("wan").or_insert(&node.address);
+        // Consul's agent tags its node's address for both networks and, by family, as
+        // `lan_ipv4`/`wan_ipv4` (or `_ipv6`).
+        let family = match node.address.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(_)) => Some(["lan_ipv4", "wan_ipv4"]),
+            Ok(std::net::IpAddr::V6(_)) => Some(["lan_ipv6", "wan_ipv6"]),
+            Err(_) => None,
+        };
+        for tag in ["lan", "wan"]
+            .into_iter()
+            .chain(family.into_iter().flatten())
+        {
+            tagged_addresses.entry(tag).or_insert(&node.address);
+        }
         NodeJson {
             id: "",
             node: &node.name,
@@ -62,6 +73,31 @@ const DEFAULT_WEIGHTS: Weights = Weights {
     warning: 1,
 };
 
+/// A tagged address of a service.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceAddressJson<'a> {
+    address: &'a str,
+    port: u16,
+}
+
+fn service_addresses(
+    addresses: &BTreeMap<String, ServiceAddress>,
+) -> BTreeMap<&str, ServiceAddressJson<'_>> {
+    addresses
+        .iter()
+        .map(|(tag, a)| {
+            (
+                tag.as_str(),
+                ServiceAddressJson {
+                    address: &a.address,
+                    port: a.port,
+                },
+            )
+        })
+        .collect()
+}
+
 /// A service instance as the agent and health endpoints show it.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -71,6 +107,8 @@ pub struct ServiceJson<'a> {
     service: &'a str,
     tags: &'a [String],
     address: &'a str,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    tagged_addresses: BTreeMap<&'a str, ServiceAddressJson<'a>>,
     meta: &'a BTreeMap<String, String>,
     port: u16,
     weights: Weights,
@@ -81,6 +119,11 @@ pub struct ServiceJson<'a> {
 }
 
 impl<'a> ServiceJson<'a> {
+    /// The instance's id.
+    pub fn id(&self) -> &'a str {
+        self.id
+    }
+
     /// Converts an instance row.
     pub fn new(service: &'a ServiceInstance, datacenter: &'a str) -> Self {
         ServiceJson {
@@ -88,6 +131,7 @@ impl<'a> ServiceJson<'a> {
             service: &service.name,
             tags: &service.tags,
             address: &service.address,
+            tagged_addresses: service_addresses(&service.tagged_addresses),
             meta: &service.meta,
             port: service.port,
             weights: DEFAULT_WEIGHTS,
@@ -115,6 +159,8 @@ pub struct CatalogServiceJson<'a> {
     service_name: &'a str,
     service_tags: &'a [String],
     service_address: &'a str,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    service_tagged_addresses: BTreeMap<&'a str, ServiceAddressJson<'a>>,
     service_port: u16,
     service_meta: &'a BTreeMap<String, String>,
     service_weights: Weights,
@@ -138,6 +184,7 @@ impl<'a> CatalogServiceJson<'a> {
             service_name: &service.name,
             service_tags: &service.tags,
             service_address: &service.address,
+            service_tagged_addresses: service_addresses(&service.tagged_addresses),
             service_port: service.port,
             service_meta: &service.meta,
             service_weights: DEFAULT_WEIGHTS,
@@ -214,7 +261,11 @@ impl<'a> CheckJson<'a> {
             service_id: &check.service_id,
             service_name: &check.service_name,
             service_tags: &check.service_tags,
-            kind: definition.kind().consul_type(),
+            kind: if is_maintenance_check(&check.check_id) {
+                "maintenance"
+            } else {
+                definition.kind().consul_type()
+            },
             definition: CheckDefinitionJson {
                 http: definition.http.as_deref(),
                 tcp: definition.tcp.as_deref(),
@@ -238,6 +289,16 @@ impl<'a> CheckJson<'a> {
     pub fn node(&self) -> &str {
         self.node
     }
+}
+
+/// The check id of a node's maintenance mode.
+pub const NODE_MAINTENANCE_CHECK_ID: &str = "_node_maintenance";
+/// The prefix of the check id of a service's maintenance mode (followed by its id).
+pub const SERVICE_MAINTENANCE_PREFIX: &str = "_service_maintenance:";
+
+/// Whether a check is one of the maintenance-mode checks (Consul's type `maintenance`).
+pub fn is_maintenance_check(check_id: &str) -> bool {
+    check_id == NODE_MAINTENANCE_CHECK_ID || check_id.starts_with(SERVICE_MAINTENANCE_PREFIX)
 }
 
 /// One entry of `/v1/health/service/NAME`.

@@ -413,6 +413,7 @@ fn shapes_follow_the_json_types() {
         port: 80,
         meta: Default::default(),
         enable_tag_override: false,
+        tagged_addresses: Default::default(),
         create_index: 1,
         modify_index: 1,
     };
