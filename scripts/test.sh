@@ -67,6 +67,8 @@ APT_NEEDS=(
     "ip:iproute2"
     "iptables:iptables"
     "g++:g++"
+    # A self-signed certificate for the HTTPS check test (tests/e2e/test_check_types.py).
+    "openssl:openssl"
     # A private engine for the engine-restart test (tests/e2e/test_docker_engine_restart.py).
     "dockerd:docker.io"
     # Small tmpfs data dirs for the disk-fault tests.
