@@ -791,8 +791,9 @@ class Fuzzer:
     def missing_target(self) -> Case:
         rng = self.rng
         method, template = rng.choice(MISSING_TARGET_WRITES)
-        # Junk under an existing app could decode to one of its own paths (%2f is a '/').
-        junk_ok = APP_ID.strip("/") not in template
+        # Junk under an existing app could decode to one of its own paths (%2f is a '/'), and
+        # junk as a group id to the root group, which exists (DELETE /v2/groups/%2f is the root's).
+        junk_ok = APP_ID.strip("/") not in template and not template.startswith("/v2/groups/")
         name = self.missing_name() if rng.random() < 0.7 or not junk_ok else self.junk_segment()
         target = template.replace("{missing}", name)
         body = b""
