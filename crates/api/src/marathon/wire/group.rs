@@ -8,8 +8,8 @@ use serde_json::{Map, Value};
 use super::app::MarathonApp;
 use super::error::ValidationError;
 use super::id::resolve_id;
-use super::parse::{parse_app, parse_dependencies};
-use super::reader::{at, describe, index, present, Reader};
+use super::parse::{json_object, parse_app, parse_dependencies};
+use super::reader::{at, index, present, Reader};
 
 /// One group of a definition. A field left out is `None`: `PUT` keeps what is there.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,20 +42,7 @@ pub fn parse_group(
     create: bool,
     version: &str,
 ) -> Result<GroupRequest, ValidationError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ValidationError::single(
-            "/",
-            "the request body is empty; expected a JSON object",
-        ));
-    }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ValidationError::single("/", format!("invalid JSON: {e}")))?;
-    let Value::Object(object) = value else {
-        return Err(ValidationError::single(
-            "/",
-            format!("expected a JSON object, got {}", describe(&value)),
-        ));
-    };
+    let object = json_object(body)?;
     let mut r = Reader::default();
     if let Some(factor) = present(object.get("scaleBy")) {
         return match factor.as_f64() {

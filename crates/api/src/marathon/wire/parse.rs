@@ -46,20 +46,7 @@ pub fn parse_app(
     version: &str,
     base: Option<&MarathonApp>,
 ) -> Result<MarathonApp, ValidationError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ValidationError::single(
-            "/",
-            "the request body is empty; expected a JSON object",
-        ));
-    }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ValidationError::single("/", format!("invalid JSON: {e}")))?;
-    let Value::Object(object) = value else {
-        return Err(ValidationError::single(
-            "/",
-            format!("expected a JSON object, got {}", describe(&value)),
-        ));
-    };
+    let object = json_object(body)?;
     let object = match base {
         Some(base) => merge_update(base, object),
         None => object,
@@ -893,6 +880,26 @@ fn parse_upgrade_strategy(r: &mut Reader, value: Option<&Value>) -> UpgradeStrat
 /// `dependencies`: ids of apps or groups, a relative one taken from `base` (the group
 /// holding the declaring app or group), as Marathon resolves them. Returned absolute,
 /// without duplicates.
+/// A request body that must be one JSON object: empty, unreadable or another kind of value is
+/// a validation error at `/`.
+pub(super) fn json_object(body: &[u8]) -> Result<Map<String, Value>, ValidationError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ValidationError::single(
+            "/",
+            "the request body is empty; expected a JSON object",
+        ));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ValidationError::single("/", format!("invalid JSON: {e}")))?;
+    let Value::Object(object) = value else {
+        return Err(ValidationError::single(
+            "/",
+            format!("expected a JSON object, got {}", describe(&value)),
+        ));
+    };
+    Ok(object)
+}
+
 pub(super) fn parse_dependencies(
     r: &mut Reader,
     value: Option<&Value>,
