@@ -18,7 +18,7 @@ pub use serve::{serve, HttpLimits};
 use std::sync::Arc;
 
 use atoll_agent::Agent;
-use atoll_cluster::{ClusterHandle, Store};
+use atoll_cluster::{Alone, ClusterHandle, Federation, Store};
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderValue;
 use axum::response::Response;
@@ -38,6 +38,7 @@ struct ContextInner {
     version: String,
     events: marathon::events::EventBus,
     facts: NodeFacts,
+    federation: Arc<dyn Federation>,
 }
 
 /// What the node was started with, as `/v1/agent/self` and `/v1/agent/host` report it.
@@ -59,14 +60,34 @@ impl ApiContext {
 
     /// A context over the local agent, with what the node was started with.
     pub fn with_facts(agent: Agent, version: impl Into<String>, facts: NodeFacts) -> Self {
+        let federation = Arc::new(Alone::new(
+            agent.config().datacenter.clone(),
+            agent.cluster().member().server,
+        ));
+        Self::federated(agent, version, facts, federation)
+    }
+
+    /// A context over the local agent in a federation of datacenters.
+    pub fn federated(
+        agent: Agent,
+        version: impl Into<String>,
+        facts: NodeFacts,
+        federation: Arc<dyn Federation>,
+    ) -> Self {
         ApiContext {
             inner: Arc::new(ContextInner {
                 agent,
                 version: version.into(),
                 events: marathon::events::bus(),
                 facts,
+                federation,
             }),
         }
+    }
+
+    /// The other datacenters, as this node knows them.
+    pub fn federation(&self) -> &Arc<dyn Federation> {
+        &self.inner.federation
     }
 
     /// What the node was started with.

@@ -7,11 +7,17 @@
 //! single-node implementation without Raft or storage, for tests of the edges.
 #![forbid(unsafe_code)]
 
+mod coordinate;
+mod federation;
 mod member;
 mod memory;
 mod store;
 mod waiters;
 
+pub use coordinate::{Coordinate, DIMENSIONS};
+pub use federation::{
+    Alone, DatacenterCoordinates, Federation, MemberStatus, PoolMember, Relay, Route,
+};
 pub use member::Member;
 pub use memory::MemoryCluster;
 pub use store::{Applied, Store};
