@@ -7,6 +7,7 @@ pub mod decode;
 pub mod error;
 pub mod execute;
 pub mod extract;
+pub mod federate;
 pub mod forming;
 pub mod marathon;
 pub mod query;
@@ -39,6 +40,7 @@ struct ContextInner {
     events: marathon::events::EventBus,
     facts: NodeFacts,
     federation: Arc<dyn Federation>,
+    forwarder: federate::Forwarder,
 }
 
 /// What the node was started with, as `/v1/agent/self` and `/v1/agent/host` report it.
@@ -81,6 +83,7 @@ impl ApiContext {
                 events: marathon::events::bus(),
                 facts,
                 federation,
+                forwarder: federate::Forwarder::default(),
             }),
         }
     }
@@ -88,6 +91,11 @@ impl ApiContext {
     /// The other datacenters, as this node knows them.
     pub fn federation(&self) -> &Arc<dyn Federation> {
         &self.inner.federation
+    }
+
+    /// The client requests for other datacenters leave through.
+    pub fn forwarder(&self) -> &federate::Forwarder {
+        &self.inner.forwarder
     }
 
     /// What the node was started with.
@@ -144,6 +152,9 @@ pub fn router(context: ApiContext) -> Router {
         .fallback(extract::unknown_route)
         .method_not_allowed_fallback(extract::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Outermost: a request for another datacenter leaves before any handler (or the
+        // local Consul headers) sees it.
+        .layer(federate::ForwardLayer::new(context.clone()))
         .with_state(context)
 }
 
