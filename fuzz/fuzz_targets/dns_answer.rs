@@ -46,6 +46,9 @@ fn check_reply(packet: &[u8], reply: &PacketReply, transport: Transport, config:
         PacketReply::Forward => {
             assert!(config.has_recursors, "forwarded without a recursor");
         }
+        PacketReply::Remote(dc) => {
+            assert_ne!(dc, &config.datacenter, "its own datacenter sent elsewhere");
+        }
         PacketReply::Answers(answers) => {
             let request = Message::from_vec(packet).expect("an answered request parses");
             assert!(!answers.is_empty(), "a request that parses got no answer");

@@ -11,9 +11,11 @@ pub mod federate;
 pub mod forming;
 pub mod marathon;
 pub mod query;
+pub mod relay;
 pub mod serve;
 
 pub use forming::{ApiSwitch, Forming};
+pub use relay::RelayFederation;
 pub use serve::{serve, HttpLimits};
 
 use std::sync::Arc;

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use atoll_agent::{Agent, AgentConfig};
-use atoll_api::{ApiContext, ApiSwitch, Forming};
+use atoll_api::{ApiContext, ApiSwitch, Forming, RelayFederation};
 use atoll_cluster::Store;
-use atoll_cluster::{ClusterHandle, Member};
+use atoll_cluster::{Alone, ClusterHandle, Federation, Member};
 use atoll_dns::{DnsConfig, DnsServer};
 use atoll_raft::{Consensus, ConsensusConfig, JoinPlan};
 use clap::Parser;
@@ -36,6 +36,8 @@ const EXIT_TASK_FAILED: i32 = 70;
 
 /// How long open HTTP connections get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// How often a compute node relearns the servers it relays through and the datacenters.
+const RELAY_REFRESH: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -136,12 +138,25 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         only_passing: settings.dns_only_passing,
         has_recursors: false,
     };
+    // Where requests for other datacenters go. A compute node relays through the servers of
+    // its own datacenter (learnt from the membership once joined, below).
+    let relays = match settings.role {
+        Role::Client { .. } => Some(Arc::new(RelayFederation::new(settings.datacenter.clone()))),
+        _ => None,
+    };
+    let federation: Arc<dyn Federation> = match &relays {
+        Some(relays) => relays.clone(),
+        // SERVER FEDERATION: servers and dev nodes answer for their own datacenter alone
+        // until the WAN gossip pool is wired in here.
+        None => Arc::new(Alone::new(settings.datacenter.clone(), true)),
+    };
     let store = Store::default();
     let dns = DnsServer::bind(
         settings.dns_addr,
         dns_config,
         settings.recursors.clone(),
         store.clone(),
+        federation.clone(),
     )
     .map_err(|e| anyhow!("{e} (port {})", settings.dns_addr.port()))?;
     let temporary = match &settings.data_dir {
@@ -168,6 +183,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 http_addr: settings.http_addr.to_string(),
                 server,
                 datacenter: settings.datacenter.clone(),
+                dns_addr: settings.dns_addr.to_string(),
             },
             snapshot_after_entries: settings.snapshot_after_entries,
             disk_reserve_bytes: settings.disk_reserve_bytes,
@@ -345,7 +361,13 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     for (name, task) in agent_loops.0 {
         supervisor.spawn(name, task);
     }
-    let api = ApiContext::with_facts(
+    if let Some(relays) = relays {
+        supervisor.spawn(
+            "the datacenter relays",
+            relays.run(cluster.clone(), RELAY_REFRESH),
+        );
+    }
+    let api = ApiContext::federated(
         agent.clone(),
         env!("CARGO_PKG_VERSION"),
         atoll_api::NodeFacts {
@@ -359,6 +381,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             },
             data_dir: Some(data_dir.clone()),
         },
+        federation,
     );
     supervisor.spawn(
         "the Marathon event feed",
