@@ -253,8 +253,23 @@ fn answer_timeout(uri: &Uri) -> Duration {
     wait + wait / 16 + BLOCKING_MARGIN
 }
 
-/// Sends `request` to the datacenter `dc` and answers with what comes back.
+/// Sends `request` to the datacenter `dc` and answers with what comes back: the other
+/// datacenter's answer as it is, or this node's refusal with the headers Consul's clients
+/// expect on every `/v1` answer.
 pub async fn forward(context: &ApiContext, dc: &str, request: Request<Bytes>) -> Response {
+    let path = request.uri().path().to_string();
+    match forward_or_refuse(context, dc, request).await {
+        Ok(answer) => answer,
+        Err(refusal) if is_marathon_path(&path) => refusal,
+        Err(refusal) => crate::consul_headers(context, refusal),
+    }
+}
+
+async fn forward_or_refuse(
+    context: &ApiContext,
+    dc: &str,
+    request: Request<Bytes>,
+) -> Result<Response, Response> {
     let path = request.uri().path().to_string();
     let hops = request
         .headers()
@@ -266,9 +281,11 @@ pub async fn forward(context: &ApiContext, dc: &str, request: Request<Bytes>) ->
         // The layer serves a datacenter routed here itself; a caller that did not ask first
         // gets Consul's answer for a datacenter it cannot forward to.
         Route::Local | Route::Unknown => {
-            return failure(&path, StatusCode::INTERNAL_SERVER_ERROR, NO_PATH)
+            return Err(failure(&path, StatusCode::INTERNAL_SERVER_ERROR, NO_PATH))
         }
-        Route::Unreachable => return failure(&path, StatusCode::INTERNAL_SERVER_ERROR, NO_SERVER),
+        Route::Unreachable => {
+            return Err(failure(&path, StatusCode::INTERNAL_SERVER_ERROR, NO_SERVER))
+        }
         Route::Via(relays) => relays,
     };
     if hops >= MAX_HOPS {
@@ -277,17 +294,18 @@ pub async fn forward(context: &ApiContext, dc: &str, request: Request<Bytes>) ->
             hops,
             "a forwarded request came back: not forwarded again"
         );
-        return failure(&path, StatusCode::INTERNAL_SERVER_ERROR, NO_PATH);
+        return Err(failure(&path, StatusCode::INTERNAL_SERVER_ERROR, NO_PATH));
     }
-    match send(context.forwarder(), &relays, request, hops + 1).await {
-        Ok(response) => response,
-        Err(Unanswered::NoServer) => failure(&path, StatusCode::INTERNAL_SERVER_ERROR, NO_SERVER),
-        Err(Unanswered::Failed(relay, reason)) => failure(
-            &path,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("rpc error forwarding to datacenter {dc} through {relay}: {reason}"),
-        ),
-    }
+    send(context.forwarder(), &relays, request, hops + 1)
+        .await
+        .map_err(|unanswered| match unanswered {
+            Unanswered::NoServer => failure(&path, StatusCode::INTERNAL_SERVER_ERROR, NO_SERVER),
+            Unanswered::Failed(relay, reason) => failure(
+                &path,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("rpc error forwarding to datacenter {dc} through {relay}: {reason}"),
+            ),
+        })
 }
 
 /// Why no answer came back.

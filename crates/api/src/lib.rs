@@ -161,7 +161,7 @@ pub fn router(context: ApiContext) -> Router {
 }
 
 /// Adds the headers Consul's clients require on every `/v1` answer, errors included.
-fn consul_headers(context: &ApiContext, mut response: Response) -> Response {
+pub(crate) fn consul_headers(context: &ApiContext, mut response: Response) -> Response {
     let headers = response.headers_mut();
     let known_leader = context.cluster().leader_addr().is_some();
     headers.insert(

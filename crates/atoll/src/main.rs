@@ -68,7 +68,8 @@ fn main() -> ExitCode {
             CommandLine::Lock(args) => return lock_cli::run(args).await,
             CommandLine::Dev(args) => run_node(args.settings()?).await,
             CommandLine::Agent(args) => run_node(args.settings()?).await,
-            CommandLine::Members(args) => cli::members(&args).await,
+            CommandLine::Members(args) => cli::members(&args.client, args.wan).await,
+            CommandLine::Join(args) => cli::join(&args).await,
             CommandLine::Operator {
                 command:
                     OperatorCommand::Raft {

@@ -84,6 +84,29 @@ pub fn reply_to_packet(
     })
 }
 
+/// The answer to `packet` (which asked for another datacenter) when no route leads there:
+/// NXDOMAIN with the SOA, within the transport's limit; FORMERR if it does not parse.
+pub fn unknown_datacenter_reply(
+    packet: &[u8],
+    store: &Store,
+    config: &DnsConfig,
+    transport: Transport,
+) -> Vec<u8> {
+    let id = u16::from_be_bytes([
+        packet.first().copied().unwrap_or(0),
+        packet.get(1).copied().unwrap_or(0),
+    ]);
+    let Ok(request) = Message::from_vec(packet) else {
+        return format_error(id);
+    };
+    let limit = match transport {
+        Transport::Udp => udp_limit(&request),
+        Transport::Tcp => MAX_MESSAGE,
+    };
+    let response = store.read(|state| unknown_datacenter(&request, state, config));
+    encode_within(response, limit).unwrap_or_else(|| format_error(id))
+}
+
 #[cfg(test)]
 mod tests {
     use atoll_state::{Command, Registration, ServiceSpec, State};
@@ -225,27 +248,4 @@ mod tests {
         let forwarded = reply_to_packet(&packet, &store, &forwarding, 0, Transport::Tcp);
         assert!(matches!(forwarded, PacketReply::Forward));
     }
-}
-
-/// The answer to `packet` (which asked for another datacenter) when no route leads there:
-/// NXDOMAIN with the SOA, within the transport's limit; FORMERR if it does not parse.
-pub fn unknown_datacenter_reply(
-    packet: &[u8],
-    store: &Store,
-    config: &DnsConfig,
-    transport: Transport,
-) -> Vec<u8> {
-    let id = u16::from_be_bytes([
-        packet.first().copied().unwrap_or(0),
-        packet.get(1).copied().unwrap_or(0),
-    ]);
-    let Ok(request) = Message::from_vec(packet) else {
-        return format_error(id);
-    };
-    let limit = match transport {
-        Transport::Udp => udp_limit(&request),
-        Transport::Tcp => MAX_MESSAGE,
-    };
-    let response = store.read(|state| unknown_datacenter(&request, state, config));
-    encode_within(response, limit).unwrap_or_else(|| format_error(id))
 }
