@@ -494,8 +494,20 @@ mod tests {
         listener.local_addr().unwrap()
     }
 
-    /// Starts the API of a one-node datacenter `dc` with `federation` on a loopback port.
+    /// Starts the API of a one-node datacenter `dc` routing as `routes` say, on a loopback port.
     async fn start(dc: &str, listener: tokio::net::TcpListener, routes: HashMap<String, Route>) {
+        let federation = Arc::new(Fixed {
+            datacenter: dc.into(),
+            routes,
+        });
+        start_with(dc, listener, federation).await;
+    }
+
+    async fn start_with(
+        dc: &str,
+        listener: tokio::net::TcpListener,
+        federation: Arc<dyn Federation>,
+    ) {
         let cluster = Arc::new(MemoryCluster::new("n1", dc));
         cluster.set_leader(true);
         let (agent, loops) = Agent::start(
@@ -515,10 +527,6 @@ mod tests {
         .await
         .unwrap();
         loops.spawn();
-        let federation = Arc::new(Fixed {
-            datacenter: dc.into(),
-            routes,
-        });
         let context = ApiContext::federated(agent, "test", NodeFacts::default(), federation);
         let (stop, stopped) = tokio::sync::watch::channel(false);
         // The server lives as long as the test's runtime.
@@ -683,6 +691,43 @@ mod tests {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["message"], NO_PATH);
+    }
+
+    #[tokio::test]
+    async fn a_compute_node_goes_through_a_server_of_its_own_datacenter() {
+        let (dc1, dc2) = two_datacenters().await;
+        let relays = Arc::new(crate::RelayFederation::new("dc1"));
+        relays.learn_servers(&[(
+            1,
+            atoll_cluster::Member {
+                name: "s1".into(),
+                http_addr: dc1.to_string(),
+                server: true,
+                datacenter: "dc1".into(),
+                ..Default::default()
+            },
+            true,
+        )]);
+        let (listener, client) = listener().await;
+        start_with("dc1", listener, relays).await;
+        call(dc2, "PUT", "/v1/kv/far", "away").await;
+        // Client, then dc1's server, then dc2.
+        let (status, _, body) = call(client, "GET", "/v1/kv/far?dc=dc2&raw", "").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "away"));
+        // The server tells what it cannot reach.
+        let (status, _, body) = call(client, "GET", "/v1/kv/far?dc=nowhere", "").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::INTERNAL_SERVER_ERROR, NO_PATH)
+        );
+        let (status, _, body) = call(client, "GET", "/v1/kv/far?dc=dc3", "").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::INTERNAL_SERVER_ERROR, NO_SERVER)
+        );
+        // Its own datacenter stays local.
+        let (status, _, _) = call(client, "GET", "/v1/kv/far?dc=dc1", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]
