@@ -707,6 +707,8 @@ class Fuzzer:
             elif not route.marathon and not isinstance(value, Raw) and fieldname not in ("Check", "Checks", "Service", "Kind", "Args",
                                                           "Datacenter", "ServiceID", "Status"):
                 case.field = fieldname
+            if fieldname == "Datacenter" and isinstance(value, str):
+                case.foreign_dc = True  # forwarded there, as Consul does, before any check
             case.name = f"mutated body ({fieldname}={str(value)[:40]!r})"
             case.body = text.encode()
         else:
