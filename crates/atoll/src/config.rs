@@ -261,8 +261,9 @@ pub struct NodeArgs {
 #[derive(Debug, Args)]
 pub struct WanArgs {
     /// Port of the WAN gossip pool on BIND (UDP and TCP; servers only); 0 turns WAN
-    /// gossip off.
-    #[arg(long, default_value_t = DEFAULT_WAN_PORT)]
+    /// gossip off. Given twice, the last one counts (so a harness's default can be
+    /// overridden).
+    #[arg(long, default_value_t = DEFAULT_WAN_PORT, overrides_with = "serf_wan_port")]
     pub serf_wan_port: u16,
     /// WAN address of a server of another datacenter (or of this one) to join (`IP` or
     /// `IP:PORT`, port 8302 by default; repeatable); retried until one join works.
@@ -768,7 +769,15 @@ mod tests {
         assert_eq!(wan.addr, "127.0.0.9:8302".parse().unwrap());
         assert_eq!(wan.retry_join, ["127.0.0.10:8302", "127.0.0.11:9302"]);
         assert_eq!(wan.retry_interval, std::time::Duration::from_secs(5));
-        let dev = node_settings(&["atoll", "dev", "--serf-wan-port", "9000"]).unwrap();
+        let dev = node_settings(&[
+            "atoll",
+            "dev",
+            "--serf-wan-port",
+            "0",
+            "--serf-wan-port",
+            "9000",
+        ])
+        .unwrap();
         assert_eq!(dev.wan.expect("on").addr, "127.0.0.1:9000".parse().unwrap());
     }
 
