@@ -175,7 +175,8 @@ enum Input {
     Datagram(Vec<u8>, SocketAddr),
     Timer(Timer<NodeId>),
     Snapshot(oneshot::Sender<Exchange>),
-    Apply(Box<Exchange>),
+    /// A peer's state, and who waits for it to be applied.
+    Apply(Box<Exchange>, Option<oneshot::Sender<()>>),
     Leave(oneshot::Sender<()>),
 }
 
@@ -401,8 +402,11 @@ async fn exchange_with(
     let theirs = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))??;
-    tx.send(Input::Apply(Box::new(theirs)))
+    let (applied, done) = oneshot::channel();
+    tx.send(Input::Apply(Box::new(theirs), Some(applied)))
         .await
+        .map_err(|_| io::Error::other("the gossip pool is stopped"))?;
+    done.await
         .map_err(|_| io::Error::other("the gossip pool is stopped"))
 }
 
@@ -459,7 +463,7 @@ async fn accept(listener: TcpListener, tx: mpsc::Sender<Input>, timeout: Duratio
             };
             match tokio::time::timeout(timeout, served).await {
                 Ok(Ok(theirs)) => {
-                    let _ = tx.send(Input::Apply(Box::new(theirs))).await;
+                    let _ = tx.send(Input::Apply(Box::new(theirs), None)).await;
                 }
                 Ok(Err(e)) => tracing::debug!(peer = %from, error = %e, "gossip state exchange"),
                 Err(_) => tracing::debug!(peer = %from, "gossip state exchange timed out"),
@@ -573,9 +577,17 @@ impl Owner {
             Input::Snapshot(reply) => {
                 let _ = reply.send(self.exchange());
             }
-            Input::Apply(exchange) => self.apply(*exchange),
+            Input::Apply(exchange, applied) => {
+                self.apply(*exchange);
+                if let Some(applied) = applied {
+                    self.publish();
+                    let _ = applied.send(());
+                }
+            }
             Input::Leave(reply) => {
                 self.leave();
+                // The caller sees itself left once `leave` returns.
+                self.publish();
                 let _ = reply.send(());
             }
         }
