@@ -56,7 +56,7 @@ impl Profile {
     pub fn wan() -> Self {
         Profile {
             probe_period: Duration::from_secs(2),
-            probe_rtt: Duration::from_millis(1200),
+            probe_rtt: Duration::from_secs(1),
             indirect_probes: 3,
             suspect_to_down_after: Duration::from_secs(8),
             gossip_period: Duration::from_millis(500),
@@ -72,7 +72,7 @@ impl Profile {
     pub fn fast() -> Self {
         Profile {
             probe_period: Duration::from_millis(100),
-            probe_rtt: Duration::from_millis(60),
+            probe_rtt: Duration::from_millis(50),
             indirect_probes: 3,
             suspect_to_down_after: Duration::from_millis(400),
             gossip_period: Duration::from_millis(50),
