@@ -489,7 +489,8 @@ impl From<ExecuteError> for ApiError {
     }
 }
 
-/// `GET /v1/query/:id-or-name/execute` (`?limit=`, `?near=`, `?stale`, `?consistent`).
+/// `GET /v1/query/:id-or-name/execute` (`?limit=`, `?near=`, `?connect`, `?stale`,
+/// `?consistent`).
 pub async fn execute(
     State(context): State<ApiContext>,
     Path(id_or_name): Path<String>,
@@ -499,10 +500,12 @@ pub async fn execute(
     let options = ReadOptions::parse(&query, &context)?;
     let limit = limit_of(&query)?;
     let near = query.get("near").map(str::to_string);
+    // As Consul, the parameter's presence asks for Connect-capable instances.
+    let connect = query.get("connect").is_some();
     if let Some(mode) = options.mode {
         context.cluster().linearize(mode).await?;
     }
-    let response = run(&context, &id_or_name, limit, near.as_deref()).await?;
+    let response = run(&context, &id_or_name, limit, near.as_deref(), connect).await?;
     Ok(json_with_index(context.store().applied(), &response))
 }
 
@@ -585,17 +588,20 @@ fn local_response(
 
 /// Runs the query `id_or_name` as Consul's `PreparedQuery.Execute` does: here first, then,
 /// only when nothing was found, the failover datacenters in order until one has instances.
-/// `near` (`?near=`) overrides the query's `Near`; `_agent` is this node.
+/// `near` (`?near=`) overrides the query's `Near`; `_agent` is this node. `connect` asks
+/// for Connect-capable instances, whatever the query says.
 pub async fn run(
     context: &ApiContext,
     id_or_name: &str,
     limit: usize,
     near: Option<&str>,
+    connect: bool,
 ) -> Result<ExecuteResponse, ExecuteError> {
     let datacenter = context.datacenter().to_string();
     let resolved = context.store().read(|state| {
         let definition = resolve(&state.queries, id_or_name)?;
-        Some(render(definition, id_or_name).map(|rendered| {
+        Some(render(definition, id_or_name).map(|mut rendered| {
+            rendered.service.connect |= connect;
             let near = match near.unwrap_or(&rendered.service.near) {
                 "_agent" => context.node().to_string(),
                 // The caller's address is not known here, so `_ip` names no node.
@@ -777,10 +783,12 @@ impl PreparedQueries for DnsQueries {
                 return Err(QueryFailure::Failed("the API is not serving yet".into()));
             };
             // DNS reads this node's state, as Consul's DNS allows stale reads by default.
-            let response = run(context, name, 0, None).await.map_err(|e| match e {
-                ExecuteError::NotFound => QueryFailure::NotFound,
-                ExecuteError::Failed(e) => QueryFailure::Failed(e.message),
-            })?;
+            let response = run(context, name, 0, None, false)
+                .await
+                .map_err(|e| match e {
+                    ExecuteError::NotFound => QueryFailure::NotFound,
+                    ExecuteError::Failed(e) => QueryFailure::Failed(e.message),
+                })?;
             Ok(dns_answer(&response))
         })
     }

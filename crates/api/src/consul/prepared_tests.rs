@@ -273,6 +273,9 @@ async fn execute_filters_limits_and_explain_renders_templates() {
     assert_eq!(strict["Nodes"][0]["Service"]["ID"], "web-1");
     let (_, limited) = json(&app, "GET", "/v1/query/web/execute?limit=1", "").await;
     assert_eq!(limited["Nodes"].as_array().unwrap().len(), 1);
+    // No instance is Connect-capable.
+    let (_, connect) = json(&app, "GET", "/v1/query/web/execute?connect=true", "").await;
+    assert_eq!(connect["Nodes"], serde_json::json!([]));
     // `?near=_agent` puts this node's instance first whenever it is among the results.
     for _ in 0..5 {
         let (_, near) = json(&app, "GET", "/v1/query/web/execute?near=_agent", "").await;
