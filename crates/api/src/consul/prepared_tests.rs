@@ -413,3 +413,45 @@ async fn dns_answers_carry_the_instances_and_the_query_ttl() {
         }]
     );
 }
+
+#[tokio::test]
+async fn a_blocked_list_returns_when_a_query_is_created_and_not_for_a_kv_write() {
+    let app = router(context_in("n1", "dc1", alone("dc1")).await);
+    let request = Request::builder()
+        .uri("/v1/query")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let index: u64 = response.headers()["x-consul-index"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let waiting = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            json(
+                &app,
+                "GET",
+                &format!("/v1/query?index={index}&wait=30s"),
+                "",
+            )
+            .await
+        })
+    };
+    let (status, _) = call(&app, "PUT", "/v1/kv/other", "v").await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "woken by a write to another table");
+    create(
+        &app,
+        serde_json::json!({"Name": "q", "Service": {"Service": "web"}}),
+    )
+    .await;
+    let (status, listed) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed[0]["Name"], "q");
+}
