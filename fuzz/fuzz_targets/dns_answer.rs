@@ -48,6 +48,12 @@ fn check_reply(packet: &[u8], reply: &PacketReply, transport: Transport, config:
         }
         PacketReply::Remote(dc) => {
             assert_ne!(dc, &config.datacenter, "its own datacenter sent elsewhere");
+        PacketReply::Query(name) => {
+            // Run by the server: the request's one question names that query.
+            let request = Message::from_vec(packet).expect("a request run as a query parses");
+            let asked = request.queries[0].name.to_lowercase();
+            let first = asked.iter().next().map(String::from_utf8_lossy);
+            assert_eq!(first.as_deref(), Some(name.as_str()), "{asked} ran query {name}");
         }
         PacketReply::Answers(answers) => {
             let request = Message::from_vec(packet).expect("an answered request parses");

@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod lock_cli;
 mod supervise;
+mod wan;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use atoll_api::{ApiContext, ApiSwitch, Forming, RelayFederation};
 use atoll_cluster::Store;
 use atoll_cluster::{Alone, ClusterHandle, Federation, Member};
 use atoll_dns::{DnsConfig, DnsServer};
+use atoll_gossip::GossipFederation;
 use atoll_raft::{Consensus, ConsensusConfig, JoinPlan};
 use clap::Parser;
 
@@ -139,24 +141,35 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         only_passing: settings.dns_only_passing,
         has_recursors: false,
     };
-    // Where requests for other datacenters go. A compute node relays through the servers of
-    // its own datacenter (learnt from the membership once joined, below).
+    let store = Store::default();
+    // DNS is bound before the API exists; prepared queries reach the API once it does.
+    let dns_queries = atoll_api::consul::prepared::DnsQueries::new();
+    // Servers gossip with the servers of every datacenter (`--serf-wan-port 0`: alone).
+    let wan_pool = match &settings.wan {
+        Some(wan) => Some(wan::start(&settings, wan).await?),
+        None => None,
+    };
+    // Where requests for other datacenters go: a server sends them to the servers of that
+    // datacenter (from the WAN pool); a compute node relays through the servers of its own
+    // (learnt from the membership once joined, below).
     let relays = match settings.role {
         Role::Client { .. } => Some(Arc::new(RelayFederation::new(settings.datacenter.clone()))),
         _ => None,
     };
-    let federation: Arc<dyn Federation> = match &relays {
-        Some(relays) => relays.clone(),
-        // SERVER FEDERATION: servers and dev nodes answer for their own datacenter alone
-        // until the WAN gossip pool is wired in here.
-        None => Arc::new(Alone::new(settings.datacenter.clone(), true)),
+    let federation: Arc<dyn Federation> = match (&relays, &wan_pool) {
+        (Some(relays), _) => relays.clone(),
+        (None, Some(pool)) => Arc::new(GossipFederation::new(
+            settings.datacenter.clone(),
+            pool.clone(),
+        )),
+        (None, None) => Arc::new(Alone::new(settings.datacenter.clone(), true)),
     };
-    let store = Store::default();
     let dns = DnsServer::bind(
         settings.dns_addr,
         dns_config,
         settings.recursors.clone(),
         store.clone(),
+        dns_queries.clone(),
         federation.clone(),
     )
     .map_err(|e| anyhow!("{e} (port {})", settings.dns_addr.port()))?;
@@ -226,6 +239,26 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         },
     };
     let (supervisor, mut failures) = supervise::Supervisor::new();
+    if let (Some(pool), Some(wan)) = (&wan_pool, &settings.wan) {
+        let mut addresses = wan.retry_join.clone();
+        for peer in wan::load_peers(&data_dir) {
+            if !addresses.contains(&peer) {
+                addresses.push(peer);
+            }
+        }
+        supervisor.spawn_may_end(
+            "the WAN retry-join",
+            wan::retry_join(pool.clone(), addresses, wan.retry_interval),
+        );
+        supervisor.spawn(
+            "the WAN peers file",
+            wan::persist_peers(pool.clone(), data_dir.clone()),
+        );
+        supervisor.spawn(
+            "the WAN join of local servers",
+            wan::flood_join(pool.clone(), cluster.clone(), settings.node.clone()),
+        );
+    }
     if let Some(rpc) = rpc {
         let router = consensus.rpc_router(plan.bootstrap_expect);
         supervisor.spawn("the RPC listener", async move {
@@ -293,7 +326,16 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 member.stay_member(&plan).await
             });
         }
-        Agent::start(
+        let server_meta = wan_pool
+            .iter()
+            .map(|pool| {
+                (
+                    atoll_agent::WAN_JOIN_PORT_META.to_string(),
+                    pool.local_addr().port().to_string(),
+                )
+            })
+            .collect();
+        Agent::start_with_server_meta(
             cluster.clone(),
             AgentConfig {
                 node: settings.node.clone(),
@@ -305,6 +347,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 autopilot: settings.autopilot.clone(),
                 enable_script_checks: settings.enable_script_checks,
             },
+            server_meta,
             task_commands,
         )
         .await
@@ -318,6 +361,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             return Ok(());
         }
         _ = leave_before_joining.notified() => {
+            leave_wan(wan_pool.as_ref()).await;
             let _ = stop_tx.send(true);
             finish(http_server, consensus, temporary).await;
             return Ok(());
@@ -384,6 +428,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         },
         federation,
     );
+    dns_queries.serve(api.clone());
     supervisor.spawn(
         "the Marathon event feed",
         atoll_api::marathon::events::feed(api.clone()),
@@ -414,6 +459,9 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     if settings.role != Role::Dev {
         println!("  RPC:      {}", settings.rpc_addr);
     }
+    if let Some(pool) = &wan_pool {
+        println!("  WAN:      {} (udp, tcp)", pool.local_addr());
+    }
     match &temporary {
         Some(_) => println!(
             "  data dir: {} (temporary, removed on exit)",
@@ -433,6 +481,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             std::process::exit(EXIT_TASK_FAILED);
         }
         _ = agent.stopped() => {
+            leave_wan(wan_pool.as_ref()).await;
             if let Some(drivers) = &drain_with {
                 atoll_workload::node::drain(cluster.as_ref(), drivers, &settings.node).await;
             }
@@ -441,6 +490,16 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     }
     finish(http_server, consensus, temporary).await;
     Ok(())
+}
+
+/// A graceful leave of the WAN pool, when the node leaves its cluster.
+async fn leave_wan(pool: Option<&atoll_gossip::Pool>) {
+    if let Some(pool) = pool {
+        match pool.leave().await {
+            Ok(()) => tracing::info!("left the WAN pool"),
+            Err(e) => tracing::warn!(error = %e, "cannot leave the WAN pool"),
+        }
+    }
 }
 
 /// Shutdown once stopping was decided: open connections get a moment (blocking queries may

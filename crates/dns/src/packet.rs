@@ -38,6 +38,9 @@ pub enum PacketReply {
     /// The name asks for another datacenter (named here): the packet goes there as it is
     /// and the answer comes back unchanged; never cached.
     Remote(String),
+    /// A prepared query of this datacenter: run it (off the UDP threads), answer with
+    /// [`crate::answer::query_response`] and cache nothing.
+    Query(String),
     /// Encoded answers, each within the transport's limit: over UDP up to
     /// [`UDP_VARIANTS`] shufflings of the same answer (the first is sent, all are cached).
     Answers(Vec<Vec<u8>>),
@@ -69,6 +72,7 @@ pub fn reply_to_packet(
             match resolve(&request, state, config, seed.wrapping_add(variant)) {
                 Resolution::Forward => return PacketReply::Forward,
                 Resolution::Remote(dc) => return PacketReply::Remote(dc),
+                Resolution::Query { name } => return PacketReply::Query(name),
                 Resolution::Answer(response) => {
                     let several = response.answers.len() > 1;
                     if let Some(bytes) = encode_within(*response, limit) {
