@@ -1,10 +1,7 @@
-"""Requests for other datacenters on a compute node: it relays them through the servers of
-its own datacenter, which decide whether the datacenter is known.
-
-Until servers of several datacenters federate through the WAN pool, a server knows only its
-own datacenter; what is checked here is the compute node's relay: Consul's answers for an
-unknown datacenter come from its server, and for a datacenter whose relays are all down
-the node gives up within two seconds.
+"""Requests for other datacenters: a server sends them to a server of that datacenter (found
+in the WAN pool), a compute node relays them through the servers of its own datacenter, and
+the answer comes back as it was given there. Consul's answers for an unknown datacenter come
+from the server; a datacenter whose relays are all down is given up within two seconds.
 """
 
 from __future__ import annotations
@@ -63,3 +60,40 @@ def test_a_compute_node_relays_other_datacenters_through_its_servers(new_cluster
     reply = client.dns("web.service.dc2.consul.", timeout=5)
     assert reply.rcode() == dns.rcode.SERVFAIL
     assert time.monotonic() - started < RELAY_BUDGET + 0.5
+
+
+def test_requests_for_another_datacenter_are_answered_there(new_cluster):
+    east = new_cluster("fwdeast")
+    (e1,) = east.add_servers(1, datacenter="east")
+    west = new_cluster("fwdwest")
+    (w1,) = west.add_servers(1, datacenter="west")
+    wc = west.add_client("wc1", datacenter="west")
+    w1.extra_args += ["--retry-join-wan", e1.ip]
+    east.start()
+    west.start()
+    wait_for(lambda: w1.get_json("/v1/catalog/datacenters") == ["west", "east"], timeout=45,
+             message="west to know east")
+    wait_for(lambda: "east" in wc.get_json("/v1/catalog/datacenters"), timeout=30,
+             message="the west client to learn of east")
+
+    assert e1.put("/v1/kv/where", data="east").json() is True
+    e1.register("web", "web-east", 8080)
+    for node in (w1, wc):  # a server through the WAN pool; a client through its server
+        answer = node.get("/v1/kv/where?dc=east&raw")
+        assert (answer.status_code, answer.text) == (200, "east"), node.name
+        assert "X-Consul-Index" in answer.headers
+        assert node.get("/v1/kv/where").status_code == 404  # nothing written in west
+        services = node.get_json("/v1/catalog/services?dc=east")
+        assert "web" in services, services
+        wait_for(lambda: node.dns_a("web.service.east.consul.") == [e1.ip], timeout=10,
+                 message=f"{node.name} to resolve web in east")
+        reply = node.dns("web.service.nowhere.consul.")
+        assert reply.rcode() == dns.rcode.NXDOMAIN
+
+    # A write from west lands in east; a blocking query waits there.
+    assert wc.put("/v1/kv/from-west?dc=east", data="hi").json() is True
+    assert e1.kv_get("from-west") == "hi"
+    index = int(w1.get("/v1/kv/from-west?dc=east").headers["X-Consul-Index"])
+    started = time.monotonic()
+    answer = w1.get(f"/v1/kv/from-west?dc=east&index={index}&wait=1s", timeout=10)
+    assert answer.status_code == 200 and time.monotonic() - started >= 0.9
