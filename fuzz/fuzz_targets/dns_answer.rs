@@ -48,6 +48,7 @@ fn check_reply(packet: &[u8], reply: &PacketReply, transport: Transport, config:
         }
         PacketReply::Remote(dc) => {
             assert_ne!(dc, &config.datacenter, "its own datacenter sent elsewhere");
+        }
         PacketReply::Query(name) => {
             // Run by the server: the request's one question names that query.
             let request = Message::from_vec(packet).expect("a request run as a query parses");
