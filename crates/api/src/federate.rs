@@ -42,6 +42,8 @@ pub const NO_SERVER: &str = "Remote DC has no server currently reachable";
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(650);
 /// How long all relays together may take before the datacenter counts as unreachable.
 const REACH_BUDGET: Duration = Duration::from_secs(2);
+/// How long bytes sent to a relay may stay unacknowledged before its connection is closed.
+const UNACKNOWLEDGED_LIMIT: Duration = Duration::from_millis(1500);
 /// How long a relay that accepted a request may take to answer one that does not block.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Added to a blocking query's wait (and its jitter) for the trip there and back.
@@ -80,6 +82,13 @@ impl Default for Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
+        // A kept-alive connection to a datacenter whose link was cut would otherwise take a
+        // request and hold it until the answer timeout: bytes unacknowledged for this long
+        // close it, and idle connections are probed so a dead one is found before it is used.
+        connector.set_tcp_user_timeout(Some(UNACKNOWLEDGED_LIMIT));
+        connector.set_keepalive(Some(Duration::from_secs(2)));
+        connector.set_keepalive_interval(Some(Duration::from_secs(1)));
+        connector.set_keepalive_retries(Some(2));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -362,6 +371,12 @@ async fn send(
                 Ok(Ok(answer)) => answer,
                 Ok(Err(e)) if e.is_connect() => {
                     tracing::debug!(relay = %relay.name, error = %e, "relay not reachable");
+                    continue;
+                }
+                // A read that failed before any answer can go to the next relay: nothing
+                // was changed, whether or not the relay saw it.
+                Ok(Err(e)) if parts.method == Method::GET || parts.method == Method::HEAD => {
+                    tracing::debug!(relay = %relay.name, error = %e, "relay gave no answer");
                     continue;
                 }
                 Ok(Err(e)) => return Err(Unanswered::Failed(relay.name.clone(), e.to_string())),
