@@ -96,6 +96,38 @@ impl Default for Forwarder {
     }
 }
 
+impl Forwarder {
+    /// Sends one request to another node's HTTP API and reads the whole answer; the caller
+    /// bounds the time the exchange may take.
+    pub async fn call(
+        &self,
+        node: std::net::SocketAddr,
+        method: Method,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{node}{path_and_query}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+}
+
 /// The paths whose `?dc=` is answered by the local node whatever it names.
 fn always_local(path: &str) -> bool {
     path.starts_with("/v1/agent/")
