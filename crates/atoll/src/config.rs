@@ -448,6 +448,16 @@ pub struct NodeSettings {
 }
 
 impl NodeSettings {
+    /// The HTTP address other nodes are told (a wildcard listener is reached at `--bind`).
+    pub fn advertised_http_addr(&self) -> SocketAddr {
+        advertised(self.http_addr, self.bind)
+    }
+
+    /// The DNS address other nodes are told (a wildcard listener is reached at `--bind`).
+    pub fn advertised_dns_addr(&self) -> SocketAddr {
+        advertised(self.dns_addr, self.bind)
+    }
+
     /// The node's effective settings under Consul's `DebugConfig` names where Consul has
     /// one, as `/v1/agent/self` shows them (the cluster secret only as whether one is set).
     pub fn debug_config(&self, data_dir: &std::path::Path) -> serde_json::Value {
@@ -512,6 +522,16 @@ pub enum Role {
     },
 }
 
+/// `address` as other nodes can reach it: a wildcard IP (`0.0.0.0`, `::`) is replaced by
+/// the node's `--bind` IP, with the same port.
+fn advertised(address: SocketAddr, bind: IpAddr) -> SocketAddr {
+    if address.ip().is_unspecified() {
+        SocketAddr::new(bind, address.port())
+    } else {
+        address
+    }
+}
+
 fn valid_label(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= 63
@@ -539,9 +559,12 @@ impl NodeArgs {
                 "--node {node:?} is not a valid name: use letters, digits, '-' or '_' (at most 63)"
             );
         }
-        if !valid_label(&self.datacenter) {
+        // DNS names are matched in lower case, so a datacenter with capitals could never
+        // be named there (Consul refuses them too).
+        if !valid_label(&self.datacenter) || self.datacenter.chars().any(|c| c.is_ascii_uppercase())
+        {
             bail!(
-                "--datacenter {:?} is not a valid name: use letters, digits, '-' or '_'",
+                "--datacenter {:?} is not a valid name: use lowercase letters, digits, '-' or '_'",
                 self.datacenter
             );
         }

@@ -194,10 +194,10 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             member: Member {
                 name: settings.node.clone(),
                 rpc_addr: settings.rpc_addr.to_string(),
-                http_addr: settings.http_addr.to_string(),
+                http_addr: settings.advertised_http_addr().to_string(),
                 server,
                 datacenter: settings.datacenter.clone(),
-                dns_addr: settings.dns_addr.to_string(),
+                dns_addr: settings.advertised_dns_addr().to_string(),
             },
             snapshot_after_entries: settings.snapshot_after_entries,
             disk_reserve_bytes: settings.disk_reserve_bytes,

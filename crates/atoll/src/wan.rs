@@ -46,8 +46,8 @@ pub async fn start(settings: &NodeSettings, wan: &WanSettings) -> anyhow::Result
         ("build", version.to_string()),
         ("segment", String::new()),
         ("acls", "0".to_string()),
-        ("http", settings.http_addr.to_string()),
-        ("dns", settings.dns_addr.to_string()),
+        ("http", settings.advertised_http_addr().to_string()),
+        ("dns", settings.advertised_dns_addr().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

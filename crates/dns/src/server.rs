@@ -36,6 +36,10 @@ const CACHE_ENTRIES: usize = 4096;
 const RECURSOR_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the relays of another datacenter get, all together, to answer.
 const REMOTE_BUDGET: Duration = Duration::from_secs(2);
+/// Requests answered on the runtime (other datacenters, prepared queries) at once.
+const MAX_IN_FLIGHT: usize = 512;
+/// How long a prepared query, its failovers included, may take before SERVFAIL.
+const QUERY_BUDGET: Duration = Duration::from_secs(5);
 /// Idle TCP connections are closed after this.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
@@ -67,6 +71,11 @@ struct Shared {
     store: Store,
     queries: Arc<dyn PreparedQueries>,
     federation: Arc<dyn Federation>,
+    /// The address the server listens on, so a relay that is this server is never asked.
+    own: SocketAddr,
+    /// Requests handed to the runtime (other datacenters, prepared queries) that may be in
+    /// flight at once; a request beyond gets SERVFAIL at once.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl DnsServer {
@@ -111,6 +120,8 @@ impl DnsServer {
                 store,
                 queries,
                 federation,
+                own: address,
+                in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             }),
         })
     }
@@ -152,6 +163,8 @@ struct CacheEntry {
 }
 
 fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: Handle) {
+    // Shared with the tasks that answer on the runtime, instead of a descriptor each.
+    let socket = Arc::new(socket);
     let mut buffer = vec![0u8; MAX_MESSAGE];
     let mut out = Vec::with_capacity(4096);
     let mut cache: HashMap<Vec<u8>, CacheEntry> = HashMap::new();
@@ -237,18 +250,21 @@ fn send_with_id(
 
 /// Hands a request to the runtime: to the recursors, or (`remote`) to another datacenter.
 fn forward_udp(
-    socket: &UdpSocket,
+    socket: &Arc<UdpSocket>,
     shared: &Arc<Shared>,
     runtime: &Handle,
     packet: Vec<u8>,
     peer: SocketAddr,
     remote: Option<String>,
 ) {
-    let Ok(reply_socket) = socket.try_clone() else {
+    let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
+        let _ = socket.send_to(&servfail(&packet), peer);
         return;
     };
+    let reply_socket = socket.clone();
     let shared = shared.clone();
     runtime.spawn(async move {
+        let _permit = permit;
         let answer = match remote {
             Some(dc) => ask_datacenter(&shared, &dc, &packet, Transport::Udp).await,
             None => ask_recursors(&shared.recursors, &packet)
@@ -270,7 +286,11 @@ async fn ask_datacenter(shared: &Shared, dc: &str, packet: &[u8], transport: Tra
             return unknown_datacenter_reply(packet, &shared.store, &shared.config, transport)
         }
         Route::Unreachable => return servfail(packet),
-        Route::Via(relays) => relays.iter().filter_map(|relay| relay.dns_addr).collect(),
+        Route::Via(relays) => relays
+            .iter()
+            .filter_map(|relay| relay.dns_addr)
+            .filter(|relay| !is_self(shared.own, *relay))
+            .collect(),
     };
     let deadline = tokio::time::Instant::now() + REMOTE_BUDGET;
     // A fresh id upstream: an answer is matched to this request, not to a guess.
@@ -297,6 +317,14 @@ async fn ask_datacenter(shared: &Shared, dc: &str, packet: &[u8], transport: Tra
         }
     }
     servfail(packet)
+}
+
+/// Whether `relay` is this server's own address (asking it would loop).
+fn is_self(own: SocketAddr, relay: SocketAddr) -> bool {
+    relay == own
+        || (relay.port() == own.port()
+            && own.ip().is_unspecified()
+            && (relay.ip().is_loopback() || relay.ip().is_unspecified()))
 }
 
 async fn ask_udp(relay: SocketAddr, packet: &[u8], id: u16) -> Option<Vec<u8>> {
@@ -336,18 +364,21 @@ async fn ask_tcp(relay: SocketAddr, packet: &[u8], id: u16) -> Option<Vec<u8>> {
 /// Runs a prepared query on the runtime and sends its answer from there, so the UDP thread
 /// goes on serving meanwhile.
 fn query_udp(
-    socket: &UdpSocket,
+    socket: &Arc<UdpSocket>,
     shared: &Arc<Shared>,
     runtime: &Handle,
     packet: Vec<u8>,
     name: String,
     peer: SocketAddr,
 ) {
-    let Ok(reply_socket) = socket.try_clone() else {
+    let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
+        let _ = socket.send_to(&servfail(&packet), peer);
         return;
     };
+    let reply_socket = socket.clone();
     let shared = shared.clone();
     runtime.spawn(async move {
+        let _permit = permit;
         let answer = answer_query(&shared, &packet, &name, Transport::Udp).await;
         let _ = reply_socket.send_to(&answer, peer);
     });
@@ -358,7 +389,9 @@ async fn answer_query(shared: &Shared, packet: &[u8], name: &str, transport: Tra
     let Ok(request) = Message::from_vec(packet) else {
         return servfail(packet);
     };
-    let result = shared.queries.execute(name).await;
+    let Ok(result) = tokio::time::timeout(QUERY_BUDGET, shared.queries.execute(name)).await else {
+        return servfail(packet);
+    };
     let limit = match transport {
         Transport::Udp => udp_limit(&request),
         Transport::Tcp => MAX_MESSAGE,

@@ -16,6 +16,10 @@ use crate::Pool;
 
 /// The tag naming a member's datacenter.
 pub const TAG_DC: &str = "dc";
+/// The tag naming a member's role; servers carry [`ROLE_SERVER`].
+pub const TAG_ROLE: &str = "role";
+/// The role of a server, as Consul tags its servers.
+pub const ROLE_SERVER: &str = "consul";
 /// The tag holding a server's HTTP address (`IP:PORT`).
 pub const TAG_HTTP: &str = "http";
 /// The tag holding a server's DNS address (`IP:PORT`).
@@ -97,8 +101,13 @@ impl Federation for GossipFederation {
     }
 }
 
-/// A member's datacenter: its `dc` tag, else what follows the last dot of its name.
+/// A server's datacenter: its `dc` tag, else what follows the last dot of its name. `None`
+/// for a member that is not a server (no `role=consul` tag): only servers route, as Consul
+/// refuses any other member in its WAN pool.
 pub fn member_datacenter(member: &PoolMember) -> Option<&str> {
+    if member.tags.get(TAG_ROLE).map(String::as_str) != Some(ROLE_SERVER) {
+        return None;
+    }
     member
         .tags
         .get(TAG_DC)
@@ -170,9 +179,11 @@ pub fn route_for(
     if dc.is_empty() || dc == local {
         return Route::Local;
     }
+    // Servers that left are gone, as Consul's router drops them: a datacenter whose servers
+    // all left has no path, like one never seen.
     let servers: Vec<&PoolMember> = members
         .iter()
-        .filter(|m| member_datacenter(m) == Some(dc))
+        .filter(|m| m.status != MemberStatus::Left && member_datacenter(m) == Some(dc))
         .collect();
     if servers.is_empty() {
         return Route::Unknown;
@@ -247,6 +258,7 @@ mod tests {
 
     fn server(name: &str, dc: &str, status: MemberStatus, http: u16) -> PoolMember {
         let tags = [
+            ("role".to_string(), "consul".to_string()),
             ("dc".to_string(), dc.to_string()),
             ("http".to_string(), format!("127.0.0.1:{http}")),
             ("dns".to_string(), format!("127.0.0.1:{}", http + 100)),
@@ -339,10 +351,7 @@ mod tests {
             route_for("dc3", "dc1", &own, &members, &c),
             Route::Unreachable
         );
-        assert_eq!(
-            route_for("dc4", "dc1", &own, &members, &c),
-            Route::Unreachable
-        );
+        assert_eq!(route_for("dc4", "dc1", &own, &members, &c), Route::Unknown);
         let Route::Via(relays) = route_for("dc2", "dc1", &own, &members, &c) else {
             panic!("dc2 has live servers");
         };

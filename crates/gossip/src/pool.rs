@@ -443,8 +443,16 @@ async fn receive(socket: Arc<UdpSocket>, tx: mpsc::Sender<Input>) {
 }
 
 /// Serves state exchanges: reads the peer's state, answers with ours, applies theirs.
+/// State exchanges served at once; a connection beyond waits for a slot before it is read.
+const MAX_EXCHANGES: usize = 16;
+
 async fn accept(listener: TcpListener, tx: mpsc::Sender<Input>, timeout: Duration) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_EXCHANGES));
     loop {
+        // Each exchange may hold a large message in memory: bound how many run at once.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (mut stream, from) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -455,6 +463,7 @@ async fn accept(listener: TcpListener, tx: mpsc::Sender<Input>, timeout: Duratio
         };
         let tx = tx.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let served = async {
                 let theirs = wire::read_exchange(&mut stream).await?;
                 let ours = snapshot(&tx).await?;

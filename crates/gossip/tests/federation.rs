@@ -8,6 +8,7 @@ use atoll_gossip::{GossipFederation, Pool, PoolConfig, Profile};
 
 async fn server(node: &str, dc: &str, ip: &str, http: u16) -> Pool {
     let tags: BTreeMap<String, String> = [
+        ("role", "consul".to_string()),
         ("dc", dc.to_string()),
         ("http", format!("{ip}:{http}")),
         ("dns", format!("{ip}:{}", http + 100)),
@@ -61,11 +62,11 @@ async fn two_datacenters_see_and_route_to_each_other() {
     let members = dc1.wan_members().expect("a server has WAN members");
     assert_eq!(members[0].name, "a1.dc1");
     assert_eq!(members.len(), 3);
-    // Both dc2 servers leave: dc2 is unreachable and no longer listed.
+    // Both dc2 servers leave: dc2 is gone (no path, as one never seen) and no longer listed.
     b1.leave().await.expect("leave");
     b2.leave().await.expect("leave");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while dc1.route("dc2") != Route::Unreachable || dc1.datacenters().len() != 1 {
+    while dc1.route("dc2") != Route::Unknown || dc1.datacenters().len() != 1 {
         assert!(tokio::time::Instant::now() < deadline, "dc2 still routable");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
