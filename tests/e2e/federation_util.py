@@ -45,7 +45,7 @@ import requests
 import requests.adapters
 
 from cluster_util import Cluster, Node
-from conftest import require, require_tool, wait_for
+from conftest import GiveUp, require, require_tool, wait_for
 
 RPC_PORT = 8300
 WAN_PORT = 8302
@@ -70,6 +70,9 @@ def dc_prefix(index: int) -> str:
 
 def _bindable(ip: str, port: int, kind: int) -> bool:
     with socket.socket(socket.AF_INET, kind) as s:
+        if kind == socket.SOCK_STREAM:
+            # As a listener does: connections of an earlier run in TIME_WAIT do not hold the port.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((ip, port))
         except OSError:
@@ -229,15 +232,24 @@ class Federation:
         self.check_ports()
         for node in self.nodes:
             node.spawn()
-        for dc in self.dcs.values():
-            dc.cluster.wait_converged(timeout=FORM_TIMEOUT)
+
+        def formed() -> bool:
+            self.check_exits()
+            return all(dc.cluster.agreement() for dc in self.dcs.values())
+
+        wait_for(formed, timeout=FORM_TIMEOUT, interval=0.1,
+                 message=lambda: "a leader every node of its datacenter names, in every datacenter\n" + self.logs())
         if self.wan:
             self.wait_wan()
         return self
 
     def check_exits(self) -> None:
+        """Stop any wait at once (GiveUp) when a node exited that was not killed here."""
         for dc in self.dcs.values():
-            dc.cluster.check_exits()
+            try:
+                dc.cluster.check_exits()
+            except AssertionError as exc:
+                raise GiveUp(str(exc)) from None
 
     def wan_view(self, server: Node) -> dict[str, int]:
         """Member name -> status in `server`'s WAN pool."""
