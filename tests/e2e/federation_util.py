@@ -229,6 +229,7 @@ class Federation:
                           "or set ATOLL_E2E_FED_NET to another 127.X")
 
     def start(self) -> "Federation":
+        self.remove_stale_rules()
         self.check_ports()
         for node in self.nodes:
             node.spawn()
@@ -354,6 +355,26 @@ class Federation:
         for proto, port in (("tcp", WAN_PORT), ("udp", WAN_PORT), ("tcp", HTTP_PORT), ("tcp", DNS_PORT),
                             ("udp", DNS_PORT)):
             self._rule("-s", "127.0.0.1", "-d", cut, "-p", proto, "--dport", str(port))
+
+    @staticmethod
+    def remove_stale_rules() -> list[str]:
+        """Delete cut rules a run that died mid-cut left behind (their comment names a dead pid)."""
+        iptables = shutil.which("iptables") or "/usr/sbin/iptables"
+        if os.geteuid() != 0 or not os.access(iptables, os.X_OK):
+            return []
+        listed = subprocess.run([iptables, "-w", "-S", "INPUT"], capture_output=True, text=True, timeout=20)
+        removed = []
+        for line in listed.stdout.splitlines():
+            words = line.split()
+            if words[:2] != ["-A", "INPUT"] or "--comment" not in words:
+                continue
+            comment = words[words.index("--comment") + 1].strip('"')
+            prefix, _, pid = comment.rpartition("-")
+            if prefix != COMMENT.rpartition("-")[0] or not pid.isdigit() or Path(f"/proc/{pid}").exists():
+                continue
+            subprocess.run([iptables, "-w", "-D", *words[1:]], capture_output=True, text=True, timeout=20)
+            removed.append(line)
+        return removed
 
     def heal(self) -> None:
         """Delete exactly the rules `cut` added."""

@@ -41,6 +41,7 @@ import dns.rdatatype
 import pytest
 import requests
 
+from apps_util import kill_task_processes, task_processes
 from cluster_util import run_cli
 from conftest import require, require_binary, require_tool, wait_for
 from federation_util import (ALIVE, DNS_PORT, FAILED, HTTP_PORT, RPC_PORT, WAN_PORT, Federation, dig, dns_query,
@@ -83,7 +84,11 @@ def fed(tmp_path_factory, request):
         if request.session.testsfailed > failed_before:
             _keep_logs(federation, "tests")
     finally:
-        federation.close()
+        try:
+            federation.close()
+        finally:
+            # Tasks outlive a killed compute node: stop what the app test may have left.
+            kill_task_processes(APP_PREFIX)
 
 
 def _keep_logs(federation: Federation, what: str) -> None:
@@ -433,6 +438,19 @@ def test_prepared_query_fails_over_to_the_nearest_datacenters(fed):
 # Marathon
 
 
+APP_PREFIX = "/fed-hello"  # every app id of the module starts with it
+
+
+def _eventually(predicate, timeout: float) -> bool:
+    """Whether predicate() becomes true within timeout (no failure when it does not)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return bool(predicate())
+
+
 def _app(node, app_id: str, dc: str) -> dict | None:
     r = node.get(f"/v2/apps{app_id}?dc={dc}&embed=app.tasks")
     return r.json()["app"] if r.status_code == 200 else None
@@ -464,8 +482,10 @@ def test_apps_deploy_into_another_datacenter(fed, tmp_path):
     finally:
         for app_id in ("fed-hello", "fed-hello-cli"):
             origin.delete(f"/v2/apps/{app_id}?dc=dc2&force=true", timeout=15)
-    wait_for(lambda: origin.get("/v2/apps/fed-hello?dc=dc2").status_code == 404, timeout=30, interval=0.2,
-             message="/fed-hello removed from dc2")
+        stopped = _eventually(lambda: not task_processes(APP_PREFIX), timeout=30)
+        leftovers = kill_task_processes(APP_PREFIX)
+    assert stopped and not leftovers, f"dc2's compute node left the tasks running: {leftovers}"
+    assert origin.get("/v2/apps/fed-hello?dc=dc2").status_code == 404
 
 
 # ---------------------------------------------------------------------------
