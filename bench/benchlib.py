@@ -113,7 +113,7 @@ class Atoll:
         self.log_path = self._log.name
         self.proc = subprocess.Popen(
             [binary, "dev", "--http-addr", f"127.0.0.1:{self.port}",
-             "--dns-addr", f"127.0.0.1:{dns_port}", "--node", "bench",
+             "--dns-addr", f"127.0.0.1:{dns_port}", "--node", "bench", "--serf-wan-port", "0",
              *shlex.split(os.environ.get("ATOLL_ARGS", ""))],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
         )

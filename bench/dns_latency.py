@@ -100,7 +100,7 @@ class DevAtoll(Atoll):
         self.proc = subprocess.Popen(
             [binary, "dev", "--http-addr", f"127.0.0.1:{self.port}",
              "--dns-addr", f"127.0.0.1:{self.dns_port}", "--data-dir", self.data_dir,
-             "--node", "bench", *shlex.split(os.environ.get("ATOLL_ARGS", ""))],
+             "--node", "bench", "--serf-wan-port", "0", *shlex.split(os.environ.get("ATOLL_ARGS", ""))],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
         )
         self.pid = self.proc.pid

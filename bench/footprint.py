@@ -97,7 +97,8 @@ class Atoll(Target):
         self.log = open(self.root / "log", "ab")
         self.proc = subprocess.Popen(
             [atoll_bin(), "dev", "--data-dir", str(self.root / "data"), "--http-addr",
-             f"127.0.0.1:{self.port}", "--dns-addr", f"127.0.0.1:{self.dns}", "--node", "bench"],
+             f"127.0.0.1:{self.port}", "--dns-addr", f"127.0.0.1:{self.dns}", "--node", "bench",
+             "--serf-wan-port", "0"],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
 
     def ready(self) -> bool:

@@ -242,7 +242,7 @@ def main() -> int:
             dns_port = free_port()
         base = f"http://127.0.0.1:{port}"
         cmd = [binary, "dev", "--data-dir", str(copy), "--http-addr", f"127.0.0.1:{port}",
-               "--dns-addr", f"127.0.0.1:{dns_port}", "--node", "bench",
+               "--dns-addr", f"127.0.0.1:{dns_port}", "--node", "bench", "--serf-wan-port", "0",
                "--snapshot-after-entries", str(args.snapshot_after_entries),
                *os.environ.get("ATOLL_ARGS", "").split()]
         t0 = time.monotonic()

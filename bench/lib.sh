@@ -82,7 +82,7 @@ start_atoll() {
     [ -x "$ATOLL_BIN" ] || die "atoll binary not found at $ATOLL_BIN (build it or set ATOLL_BIN)"
     # shellcheck disable=SC2086
     "$ATOLL_BIN" dev --http-addr "127.0.0.1:$http_port" --dns-addr "127.0.0.1:$dns_port" \
-        --node bench ${ATOLL_ARGS:-} >"$logfile" 2>&1 &
+        --node bench --serf-wan-port 0 ${ATOLL_ARGS:-} >"$logfile" 2>&1 &
     ATOLL_PID=$!
     BG_PIDS+=("$ATOLL_PID")
     ATOLL_HTTP="http://127.0.0.1:$http_port"

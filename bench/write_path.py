@@ -151,7 +151,7 @@ def atoll_dev(root: Path) -> tuple[Process, str]:
     while dns == port:
         dns = free_port()
     cmd = [atoll_bin(), "dev", "--data-dir", str(root / "atoll"), "--http-addr", f"127.0.0.1:{port}",
-           "--dns-addr", f"127.0.0.1:{dns}", "--node", "bench"]
+           "--dns-addr", f"127.0.0.1:{dns}", "--node", "bench", "--serf-wan-port", "0"]
     proc = Process(cmd, root / "atoll.log")
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: json.loads(http(url + "/v1/status/leader") or b'""') != "", "atoll")

@@ -333,6 +333,10 @@ class Atoll(ClientEndpoints):
         ]
         if self.data_dir is not None:
             cmd += ["--data-dir", str(self.data_dir)]
+        # Dev nodes share 127.0.0.1: without a port of their own they would all gossip on
+        # 8302, so WAN gossip is off unless the test asks for it (a later --serf-wan-port in
+        # extra_args wins).
+        cmd += ["--serf-wan-port", "0"]
         return cmd + self.extra_args
 
     def spawn(self) -> subprocess.Popen:

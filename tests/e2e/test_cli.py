@@ -59,6 +59,22 @@ def test_dns_port_in_use(atoll_factory, kind):
         blocker.close()
 
 
+@pytest.mark.parametrize("kind", [socket.SOCK_DGRAM, socket.SOCK_STREAM], ids=["udp", "tcp"])
+def test_wan_gossip_port_in_use(atoll_factory, kind):
+    port = free_port(udp_too=True)
+    blocker = socket.socket(socket.AF_INET, kind)
+    blocker.bind(("127.0.0.1", port))
+    if kind == socket.SOCK_STREAM:
+        blocker.listen(1)
+    try:
+        inst = atoll_factory.create(f"wan-conflict-{kind}", extra_args=["--serf-wan-port", str(port)])
+        inst.spawn()
+        _assert_port_conflict(inst, port)
+        assert "--serf-wan-port" in inst.stderr(), inst.stderr()
+    finally:
+        blocker.close()
+
+
 def test_port_conflict_message_is_one_line(atoll_factory):
     blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     blocker.bind(("127.0.0.1", 0))

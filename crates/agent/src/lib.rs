@@ -11,5 +11,7 @@ mod sessions;
 
 pub use checks::{ContainerOutcome, ContainerRun, TaskCommandRun, TaskCommands};
 pub use liveness::Autopilot;
-pub use runner::{Agent, AgentConfig, AgentError, AgentLoops, Loop, SERVER_SERVICE};
+pub use runner::{
+    Agent, AgentConfig, AgentError, AgentLoops, Loop, SERVER_SERVICE, WAN_JOIN_PORT_META,
+};
 pub use sessions::{lock_delays, remaining_delay, Sessions, MAX_LOCK_DELAY, TTL_MULTIPLIER};

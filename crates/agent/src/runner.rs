@@ -1,6 +1,6 @@
 //! The agent's check runner: one task owns every timer and probe of this node's checks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,6 +37,10 @@ const RETRY: Duration = Duration::from_secs(1);
 /// Service (name and id) under which servers register themselves. Like Consul's, it lives
 /// in the catalog only, not among the agent's own services.
 pub const SERVER_SERVICE: &str = "consul";
+
+/// Meta key of the `consul` service holding the server's WAN gossip port: the servers of a
+/// datacenter find each other's WAN address through it and join (Consul's flood join).
+pub const WAN_JOIN_PORT_META: &str = "wan_join_port";
 
 /// Identity of this node.
 #[derive(Debug, Clone)]
@@ -116,6 +120,18 @@ impl Agent {
         config: AgentConfig,
         tasks: Option<Arc<dyn TaskCommands>>,
     ) -> Result<(Agent, AgentLoops), AgentError> {
+        Self::start_with_server_meta(cluster, config, BTreeMap::new(), tasks).await
+    }
+
+    /// [`Agent::start`], with service metadata for the `consul` service a server registers
+    /// (such as `wan_join_port`, the port of its WAN gossip pool, through which the other
+    /// servers of its datacenter join it); ignored on a node that is not a server.
+    pub async fn start_with_server_meta(
+        cluster: ClusterHandle,
+        config: AgentConfig,
+        server_meta: BTreeMap<String, String>,
+        tasks: Option<Arc<dyn TaskCommands>>,
+    ) -> Result<(Agent, AgentLoops), AgentError> {
         let registration = Registration {
             node: config.node.clone(),
             address: config.address.clone(),
@@ -132,6 +148,7 @@ impl Agent {
                 id: SERVER_SERVICE.to_string(),
                 name: SERVER_SERVICE.to_string(),
                 port,
+                meta: server_meta,
                 ..Default::default()
             }),
             ..Default::default()
@@ -703,6 +720,33 @@ mod tests {
             assert!(Instant::now() < deadline, "check never became {status:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_registers_the_consul_service_with_its_meta() {
+        let cluster: ClusterHandle = Arc::new(atoll_cluster::MemoryCluster::new("n1", "dc1"));
+        let config = AgentConfig {
+            node: "n1".into(),
+            address: "127.0.0.1".into(),
+            datacenter: "dc1".into(),
+            server_port: Some(8300),
+            node_meta: Default::default(),
+            heartbeat_ttl: Duration::from_secs(5),
+            autopilot: Default::default(),
+            enable_script_checks: false,
+        };
+        let meta: BTreeMap<String, String> =
+            [(WAN_JOIN_PORT_META.to_string(), "8302".to_string())].into();
+        let (_agent, _loops) =
+            Agent::start_with_server_meta(cluster.clone(), config, meta.clone(), None)
+                .await
+                .expect("agent");
+        let (port, stored) = cluster.store().read(|state| {
+            let instance = state.service("n1", SERVER_SERVICE).expect("consul service");
+            (instance.port, instance.meta.clone())
+        });
+        assert_eq!(port, 8300);
+        assert_eq!(stored, meta);
     }
 
     #[tokio::test(start_paused = true)]

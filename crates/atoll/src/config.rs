@@ -15,6 +15,9 @@ use hickory_proto::rr::Name;
 /// The Raft/RPC port, as Consul's server RPC port.
 pub const DEFAULT_RPC_PORT: u16 = 8300;
 
+/// The WAN gossip port (UDP and TCP), as Consul's `serf_wan`.
+pub const DEFAULT_WAN_PORT: u16 = 8302;
+
 /// atoll: containers and service discovery in one binary.
 #[derive(Debug, Parser)]
 #[command(name = "atoll", version, about)]
@@ -254,12 +257,72 @@ pub struct NodeArgs {
     pub log_level: String,
 }
 
+/// Flags of the WAN gossip pool the servers of every datacenter share.
+#[derive(Debug, Args)]
+pub struct WanArgs {
+    /// Port of the WAN gossip pool on BIND (UDP and TCP; servers only); 0 turns WAN
+    /// gossip off. Given twice, the last one counts (so a harness's default can be
+    /// overridden).
+    #[arg(long, default_value_t = DEFAULT_WAN_PORT, overrides_with = "serf_wan_port")]
+    pub serf_wan_port: u16,
+    /// WAN address of a server of another datacenter (or of this one) to join (`IP` or
+    /// `IP:PORT`, port 8302 by default; repeatable); retried until one join works.
+    #[arg(long = "retry-join-wan")]
+    pub retry_join_wan: Vec<String>,
+    /// Seconds between attempts to join the `--retry-join-wan` addresses.
+    #[arg(long, default_value_t = 30.0)]
+    pub retry_interval_wan: f64,
+}
+
+impl WanArgs {
+    /// The WAN settings of a server binding `bind` (`None`: WAN gossip is off).
+    fn settings(&self, bind: IpAddr) -> anyhow::Result<Option<WanSettings>> {
+        let retry_join = self
+            .retry_join_wan
+            .iter()
+            .map(|a| {
+                parse_addr(a, DEFAULT_WAN_PORT)
+                    .map(|a| a.to_string())
+                    .map_err(|_| {
+                        anyhow!("--retry-join-wan {a:?} is not an address (IP or IP:PORT)")
+                    })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let retry_interval = positive_seconds("--retry-interval-wan", self.retry_interval_wan)?;
+        if self.serf_wan_port == 0 {
+            if !retry_join.is_empty() {
+                bail!("--retry-join-wan needs WAN gossip, which --serf-wan-port 0 turns off");
+            }
+            return Ok(None);
+        }
+        Ok(Some(WanSettings {
+            addr: SocketAddr::new(bind, self.serf_wan_port),
+            retry_join,
+            retry_interval,
+        }))
+    }
+}
+
+/// Validated WAN gossip settings of a server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WanSettings {
+    /// Where the pool listens (UDP and TCP) and what it advertises.
+    pub addr: SocketAddr,
+    /// `--retry-join-wan` addresses (`IP:PORT`).
+    pub retry_join: Vec<String>,
+    /// `--retry-interval-wan`.
+    pub retry_interval: Duration,
+}
+
 /// Flags of `atoll dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Node flags.
     #[command(flatten)]
     pub node: NodeArgs,
+    /// WAN gossip flags.
+    #[command(flatten)]
+    pub wan: WanArgs,
 }
 
 /// Flags of `atoll agent`.
@@ -268,6 +331,9 @@ pub struct AgentArgs {
     /// Node flags.
     #[command(flatten)]
     pub node: NodeArgs,
+    /// WAN gossip flags (servers only).
+    #[command(flatten)]
+    pub wan: WanArgs,
     /// Run as a server (control node): Raft voter, scheduler, API.
     #[arg(long)]
     pub server: bool,
@@ -325,6 +391,8 @@ pub struct NodeSettings {
     pub enable_script_checks: bool,
     /// The secret RPC requests between the nodes carry (`--cluster-secret-file`).
     pub cluster_secret: Option<ClusterSecret>,
+    /// The WAN gossip pool of a server (`None` on clients and with `--serf-wan-port 0`).
+    pub wan: Option<WanSettings>,
 }
 
 impl NodeSettings {
@@ -365,6 +433,9 @@ impl NodeSettings {
             "HTTPHeaderTimeout": seconds(self.http_limits.header_read_timeout),
             "HTTPBodyTimeout": seconds(self.http_limits.body_read_timeout),
             "ClusterSecretSet": self.cluster_secret.is_some(),
+            "SerfBindAddrWAN": self.wan.as_ref().map(|w| w.addr.to_string()),
+            "RetryJoinWAN": self.wan.as_ref().map(|w| w.retry_join.clone()).unwrap_or_default(),
+            "RetryJoinIntervalWAN": self.wan.as_ref().map(|w| seconds(w.retry_interval)),
             "ACLsEnabled": false,
         })
     }
@@ -504,6 +575,7 @@ impl NodeArgs {
             autopilot: Autopilot::default(),
             http_limits,
             cluster_secret: None,
+            wan: None,
         })
     }
 }
@@ -564,6 +636,11 @@ impl AgentArgs {
             self.cluster_secret_file.as_deref(),
             std::env::var_os(CLUSTER_SECRET_ENV),
         )?;
+        if self.server {
+            settings.wan = self.wan.settings(settings.bind)?;
+        } else if !self.wan.retry_join_wan.is_empty() {
+            bail!("--retry-join-wan only applies to servers (add --server)");
+        }
         Ok(settings)
     }
 }
@@ -602,7 +679,9 @@ fn cluster_secret(
 impl DevArgs {
     /// Validates the flags.
     pub fn settings(&self) -> anyhow::Result<NodeSettings> {
-        self.node.settings(Role::Dev, DEFAULT_RPC_PORT)
+        let mut settings = self.node.settings(Role::Dev, DEFAULT_RPC_PORT)?;
+        settings.wan = self.wan.settings(settings.bind)?;
+        Ok(settings)
     }
 }
 
@@ -654,5 +733,108 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("not both"), "{error}");
+    }
+
+    fn node_settings(args: &[&str]) -> anyhow::Result<super::NodeSettings> {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from(args.iter().copied())?;
+        match cli.command {
+            super::CommandLine::Agent(agent) => agent.settings(),
+            super::CommandLine::Dev(dev) => dev.settings(),
+            other => panic!("not a node: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn servers_gossip_on_the_wan_port_by_default() {
+        let settings = node_settings(&[
+            "atoll",
+            "agent",
+            "--server",
+            "--bootstrap-expect",
+            "1",
+            "--data-dir",
+            "d",
+            "--bind",
+            "127.0.0.9",
+            "--retry-join-wan",
+            "127.0.0.10",
+            "--retry-join-wan",
+            "127.0.0.11:9302",
+            "--retry-interval-wan",
+            "5",
+        ])
+        .unwrap();
+        let wan = settings.wan.expect("WAN gossip on");
+        assert_eq!(wan.addr, "127.0.0.9:8302".parse().unwrap());
+        assert_eq!(wan.retry_join, ["127.0.0.10:8302", "127.0.0.11:9302"]);
+        assert_eq!(wan.retry_interval, std::time::Duration::from_secs(5));
+        let dev = node_settings(&[
+            "atoll",
+            "dev",
+            "--serf-wan-port",
+            "0",
+            "--serf-wan-port",
+            "9000",
+        ])
+        .unwrap();
+        assert_eq!(dev.wan.expect("on").addr, "127.0.0.1:9000".parse().unwrap());
+    }
+
+    #[test]
+    fn port_zero_and_clients_have_no_wan_pool() {
+        let off = node_settings(&["atoll", "dev", "--serf-wan-port", "0"]).unwrap();
+        assert!(off.wan.is_none());
+        let client = node_settings(&[
+            "atoll",
+            "agent",
+            "--data-dir",
+            "d",
+            "--retry-join",
+            "127.0.0.2",
+        ])
+        .unwrap();
+        assert!(client.wan.is_none());
+    }
+
+    #[test]
+    fn bad_wan_flags_are_refused_by_name() {
+        for (args, flag) in [
+            (
+                vec!["atoll", "dev", "--retry-join-wan", "nowhere:x"],
+                "--retry-join-wan",
+            ),
+            (
+                vec![
+                    "atoll",
+                    "dev",
+                    "--serf-wan-port",
+                    "0",
+                    "--retry-join-wan",
+                    "127.0.0.2",
+                ],
+                "--retry-join-wan",
+            ),
+            (
+                vec!["atoll", "dev", "--retry-interval-wan", "0"],
+                "--retry-interval-wan",
+            ),
+            (
+                vec![
+                    "atoll",
+                    "agent",
+                    "--data-dir",
+                    "d",
+                    "--retry-join",
+                    "127.0.0.2",
+                    "--retry-join-wan",
+                    "127.0.0.3",
+                ],
+                "--retry-join-wan",
+            ),
+        ] {
+            let error = node_settings(&args).unwrap_err().to_string();
+            assert!(error.contains(flag), "{args:?}: {error}");
+        }
     }
 }

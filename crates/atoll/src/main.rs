@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod lock_cli;
 mod supervise;
+mod wan;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,8 +17,9 @@ use anyhow::{anyhow, Context};
 use atoll_agent::{Agent, AgentConfig};
 use atoll_api::{ApiContext, ApiSwitch, Forming};
 use atoll_cluster::Store;
-use atoll_cluster::{ClusterHandle, Member};
+use atoll_cluster::{Alone, ClusterHandle, Federation, Member};
 use atoll_dns::{DnsConfig, DnsServer};
+use atoll_gossip::GossipFederation;
 use atoll_raft::{Consensus, ConsensusConfig, JoinPlan};
 use clap::Parser;
 
@@ -144,6 +146,11 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         store.clone(),
     )
     .map_err(|e| anyhow!("{e} (port {})", settings.dns_addr.port()))?;
+    // Servers gossip with the servers of every datacenter (`--serf-wan-port 0`: alone).
+    let wan_pool = match &settings.wan {
+        Some(wan) => Some(wan::start(&settings, wan).await?),
+        None => None,
+    };
     let temporary = match &settings.data_dir {
         Some(_) => None,
         None => Some(
@@ -209,6 +216,26 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         },
     };
     let (supervisor, mut failures) = supervise::Supervisor::new();
+    if let (Some(pool), Some(wan)) = (&wan_pool, &settings.wan) {
+        let mut addresses = wan.retry_join.clone();
+        for peer in wan::load_peers(&data_dir) {
+            if !addresses.contains(&peer) {
+                addresses.push(peer);
+            }
+        }
+        supervisor.spawn_may_end(
+            "the WAN retry-join",
+            wan::retry_join(pool.clone(), addresses, wan.retry_interval),
+        );
+        supervisor.spawn(
+            "the WAN peers file",
+            wan::persist_peers(pool.clone(), data_dir.clone()),
+        );
+        supervisor.spawn(
+            "the WAN join of local servers",
+            wan::flood_join(pool.clone(), cluster.clone(), settings.node.clone()),
+        );
+    }
     if let Some(rpc) = rpc {
         let router = consensus.rpc_router(plan.bootstrap_expect);
         supervisor.spawn("the RPC listener", async move {
@@ -276,7 +303,16 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 member.stay_member(&plan).await
             });
         }
-        Agent::start(
+        let server_meta = wan_pool
+            .iter()
+            .map(|pool| {
+                (
+                    atoll_agent::WAN_JOIN_PORT_META.to_string(),
+                    pool.local_addr().port().to_string(),
+                )
+            })
+            .collect();
+        Agent::start_with_server_meta(
             cluster.clone(),
             AgentConfig {
                 node: settings.node.clone(),
@@ -288,6 +324,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 autopilot: settings.autopilot.clone(),
                 enable_script_checks: settings.enable_script_checks,
             },
+            server_meta,
             task_commands,
         )
         .await
@@ -301,6 +338,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             return Ok(());
         }
         _ = leave_before_joining.notified() => {
+            leave_wan(wan_pool.as_ref()).await;
             let _ = stop_tx.send(true);
             finish(http_server, consensus, temporary).await;
             return Ok(());
@@ -345,7 +383,14 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     for (name, task) in agent_loops.0 {
         supervisor.spawn(name, task);
     }
-    let api = ApiContext::with_facts(
+    let federation: Arc<dyn Federation> = match &wan_pool {
+        Some(pool) => Arc::new(GossipFederation::new(
+            settings.datacenter.clone(),
+            pool.clone(),
+        )),
+        None => Arc::new(Alone::new(settings.datacenter.clone(), server)),
+    };
+    let api = ApiContext::federated(
         agent.clone(),
         env!("CARGO_PKG_VERSION"),
         atoll_api::NodeFacts {
@@ -359,6 +404,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             },
             data_dir: Some(data_dir.clone()),
         },
+        federation,
     );
     supervisor.spawn(
         "the Marathon event feed",
@@ -390,6 +436,9 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     if settings.role != Role::Dev {
         println!("  RPC:      {}", settings.rpc_addr);
     }
+    if let Some(pool) = &wan_pool {
+        println!("  WAN:      {} (udp, tcp)", pool.local_addr());
+    }
     match &temporary {
         Some(_) => println!(
             "  data dir: {} (temporary, removed on exit)",
@@ -409,6 +458,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             std::process::exit(EXIT_TASK_FAILED);
         }
         _ = agent.stopped() => {
+            leave_wan(wan_pool.as_ref()).await;
             if let Some(drivers) = &drain_with {
                 atoll_workload::node::drain(cluster.as_ref(), drivers, &settings.node).await;
             }
@@ -417,6 +467,16 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     }
     finish(http_server, consensus, temporary).await;
     Ok(())
+}
+
+/// A graceful leave of the WAN pool, when the node leaves its cluster.
+async fn leave_wan(pool: Option<&atoll_gossip::Pool>) {
+    if let Some(pool) = pool {
+        match pool.leave().await {
+            Ok(()) => tracing::info!("left the WAN pool"),
+            Err(e) => tracing::warn!(error = %e, "cannot leave the WAN pool"),
+        }
+    }
 }
 
 /// Shutdown once stopping was decided: open connections get a moment (blocking queries may

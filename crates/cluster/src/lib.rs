@@ -14,7 +14,9 @@ mod memory;
 mod store;
 mod waiters;
 
-pub use coordinate::{Coordinate, DIMENSIONS};
+pub use coordinate::{
+    Coordinate, Vivaldi, VivaldiConfig, VivaldiError, DIMENSIONS, MAX_RTT_SECONDS,
+};
 pub use federation::{
     Alone, DatacenterCoordinates, Federation, MemberStatus, PoolMember, Relay, Route,
 };

@@ -1,0 +1,847 @@
+//! A running pool: one task owns foca and everything it knows; the sockets and timers feed
+//! it through a channel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use atoll_cluster::{Coordinate, MemberStatus, PoolMember, Vivaldi, VivaldiConfig};
+use foca::{Foca, Member, NoCustomBroadcast, Notification, PostcardCodec, Runtime, State, Timer};
+use rand::seq::SliceRandom;
+use rand09::SeedableRng;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::wire::{self, Exchange, Leave, Ping, Pong};
+use crate::{NodeId, Profile};
+
+/// What a pool is started with.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// This member's name (`NODE.DC` in the WAN pool).
+    pub name: String,
+    /// Where to listen (UDP and TCP on the same port; port 0 picks a free one). The address
+    /// bound is the one other members are told, so it must not be a wildcard.
+    pub bind: SocketAddr,
+    /// This member's tags.
+    pub tags: BTreeMap<String, String>,
+    /// Timings.
+    pub profile: Profile,
+    /// The port [`Pool::join`] uses for an address given without one.
+    pub default_port: u16,
+}
+
+/// Why a pool could not start or join.
+#[derive(Debug, thiserror::Error)]
+pub enum GossipError {
+    /// The UDP or TCP socket could not be bound.
+    #[error("cannot listen for gossip on {addr} (port {port}, {protocol}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Its port.
+        port: u16,
+        /// `udp` or `tcp`.
+        protocol: &'static str,
+        /// Why.
+        source: io::Error,
+    },
+    /// The pool's task is gone (it was shut down).
+    #[error("the gossip pool is stopped")]
+    Stopped,
+    /// No address given could be joined.
+    #[error("{0}")]
+    Join(String),
+}
+
+/// What a pool knows, published after every change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct View {
+    /// This member's identity.
+    pub local: NodeId,
+    /// Whether this member has left the pool.
+    pub left: bool,
+    /// Every other member known, with its state (failed and left ones until reaped).
+    pub members: Vec<(NodeId, MemberStatus)>,
+    /// This member's coordinate.
+    pub coordinate: Coordinate,
+    /// The last coordinate known of each other member.
+    pub peer_coordinates: BTreeMap<String, Coordinate>,
+}
+
+impl View {
+    /// Every member, this one first, then the others by name.
+    pub fn pool_members(&self) -> Vec<PoolMember> {
+        let own = PoolMember {
+            name: self.local.name.clone(),
+            addr: self.local.addr,
+            tags: self.local.tags.clone(),
+            status: if self.left {
+                MemberStatus::Left
+            } else {
+                MemberStatus::Alive
+            },
+        };
+        let mut others: Vec<PoolMember> = self
+            .members
+            .iter()
+            .map(|(id, status)| PoolMember {
+                name: id.name.clone(),
+                addr: id.addr,
+                tags: id.tags.clone(),
+                status: *status,
+            })
+            .collect();
+        others.sort_by(|a, b| a.name.cmp(&b.name));
+        std::iter::once(own).chain(others).collect()
+    }
+
+    /// The gossip addresses of the other members, failed ones included: worth joining
+    /// again after a restart.
+    pub fn known_peers(&self) -> Vec<SocketAddr> {
+        let mut peers: Vec<SocketAddr> = self
+            .members
+            .iter()
+            .filter(|(_, status)| *status != MemberStatus::Left)
+            .map(|(id, _)| id.addr)
+            .filter(|addr| *addr != self.local.addr)
+            .collect();
+        peers.sort();
+        peers.dedup();
+        peers
+    }
+}
+
+/// A handle on a running pool; clones share it. The pool stops when the last handle is
+/// dropped or on [`Pool::shutdown`].
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: mpsc::Sender<Input>,
+    view: watch::Receiver<Arc<View>>,
+    local: SocketAddr,
+    default_port: u16,
+    exchange_timeout: Duration,
+    tasks: tasks::Tasks,
+}
+
+/// Task handles, aborted together.
+mod tasks {
+    use std::sync::Mutex;
+    use tokio::task::JoinHandle;
+
+    #[derive(Default)]
+    pub struct Tasks(Mutex<Vec<JoinHandle<()>>>);
+
+    impl Tasks {
+        pub fn new(tasks: Vec<JoinHandle<()>>) -> Self {
+            Tasks(Mutex::new(tasks))
+        }
+
+        pub fn abort(&self) {
+            let tasks = match self.0.lock() {
+                Ok(mut tasks) => std::mem::take(&mut *tasks),
+                Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+            };
+            for task in tasks {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tasks.abort();
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("local", &self.inner.local)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Input {
+    Datagram(Vec<u8>, SocketAddr),
+    Timer(Timer<NodeId>),
+    Snapshot(oneshot::Sender<Exchange>),
+    /// A peer's state, and who waits for it to be applied.
+    Apply(Box<Exchange>, Option<oneshot::Sender<()>>),
+    Leave(oneshot::Sender<()>),
+}
+
+type Swim = Foca<NodeId, PostcardCodec, rand09::rngs::SmallRng, NoCustomBroadcast>;
+
+impl Pool {
+    /// Binds the sockets and starts the pool, alone until it joins others.
+    pub async fn start(config: PoolConfig) -> Result<Pool, GossipError> {
+        let (udp, tcp) = bind(config.bind).await?;
+        let local = udp.local_addr().map_err(|source| GossipError::Bind {
+            addr: config.bind,
+            port: config.bind.port(),
+            protocol: "udp",
+            source,
+        })?;
+        let udp = Arc::new(udp);
+        let identity = NodeId {
+            name: config.name.clone(),
+            addr: local,
+            started: now_micros(),
+            bump: 0,
+            tags: config.tags.clone(),
+        };
+        let seed: u64 = rand::random();
+        let foca = Foca::new(
+            identity.clone(),
+            config.profile.foca_config(),
+            rand09::rngs::SmallRng::seed_from_u64(seed),
+            PostcardCodec,
+        );
+        let vivaldi = Vivaldi::new(VivaldiConfig::default(), seed);
+        let (view_tx, view_rx) = watch::channel(Arc::new(View {
+            local: identity,
+            left: false,
+            members: Vec::new(),
+            coordinate: vivaldi.coordinate().clone(),
+            peer_coordinates: BTreeMap::new(),
+        }));
+        let (tx, rx) = mpsc::channel(4096);
+        let owner = Owner {
+            foca,
+            socket: udp.clone(),
+            tx: tx.clone(),
+            vivaldi,
+            peer_coordinates: BTreeMap::new(),
+            pings: HashMap::new(),
+            next_seq: 0,
+            left: HashMap::new(),
+            we_left: false,
+            view: view_tx,
+            profile: config.profile.clone(),
+        };
+        let timeout = config.profile.exchange_timeout;
+        let tasks = vec![
+            tokio::spawn(owner.run(rx)),
+            tokio::spawn(receive(udp, tx.clone())),
+            tokio::spawn(accept(tcp, tx.clone(), timeout)),
+        ];
+        Ok(Pool {
+            inner: Arc::new(Inner {
+                tx,
+                view: view_rx,
+                local,
+                default_port: config.default_port,
+                exchange_timeout: timeout,
+                tasks: tasks::Tasks::new(tasks),
+            }),
+        })
+    }
+
+    /// The address the pool listens on (UDP and TCP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    /// What the pool knows now.
+    pub fn view(&self) -> Arc<View> {
+        self.inner.view.borrow().clone()
+    }
+
+    /// Follows the pool's view as it changes.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<View>> {
+        self.inner.view.clone()
+    }
+
+    /// Every member, this one first.
+    pub fn members(&self) -> Vec<PoolMember> {
+        self.view().pool_members()
+    }
+
+    /// This member's coordinate.
+    pub fn coordinate(&self) -> Coordinate {
+        self.view().coordinate.clone()
+    }
+
+    /// The last coordinate known of each other member.
+    pub fn peer_coordinates(&self) -> BTreeMap<String, Coordinate> {
+        self.view().peer_coordinates.clone()
+    }
+
+    /// Gossip addresses worth joining again after a restart.
+    pub fn known_peers(&self) -> Vec<SocketAddr> {
+        self.view().known_peers()
+    }
+
+    /// Joins the pools of the addresses given (`IP`, `IP:PORT`, `HOST` or `HOST:PORT`),
+    /// exchanging the full state with each over TCP; returns how many answered. Fails when
+    /// none did, naming why for each.
+    pub async fn join(&self, addresses: &[String]) -> Result<usize, GossipError> {
+        let mut failures = Vec::new();
+        let mut targets = Vec::new();
+        for address in addresses {
+            match resolve(address, self.inner.default_port).await {
+                Ok(addr) => targets.push(addr),
+                Err(e) => failures.push(format!("{address}: {e}")),
+            }
+        }
+        let mut exchanges = JoinSet::new();
+        for addr in targets {
+            let tx = self.inner.tx.clone();
+            let timeout = self.inner.exchange_timeout;
+            exchanges.spawn(async move { (addr, exchange_with(addr, tx, timeout).await) });
+        }
+        let mut joined = 0;
+        while let Some(done) = exchanges.join_next().await {
+            match done {
+                Ok((_, Ok(()))) => joined += 1,
+                Ok((addr, Err(e))) => failures.push(format!("{addr}: {e}")),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        if joined == 0 {
+            if failures.is_empty() {
+                return Err(GossipError::Join("no address to join".into()));
+            }
+            return Err(GossipError::Join(format!(
+                "cannot join: {}",
+                failures.join("; ")
+            )));
+        }
+        Ok(joined)
+    }
+
+    /// Leaves the pool gracefully: the members are told, and show this one as left.
+    pub async fn leave(&self) -> Result<(), GossipError> {
+        let (reply, done) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Input::Leave(reply))
+            .await
+            .map_err(|_| GossipError::Stopped)?;
+        done.await.map_err(|_| GossipError::Stopped)
+    }
+
+    /// Stops the pool at once, without telling anyone (as if the process died).
+    pub fn shutdown(&self) {
+        self.inner.tasks.abort();
+    }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Binds UDP and TCP on one port (a free one when the port is 0).
+async fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), GossipError> {
+    let bind_error = |protocol, source| GossipError::Bind {
+        addr,
+        port: addr.port(),
+        protocol,
+        source,
+    };
+    let attempts = if addr.port() == 0 { 20 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let udp = UdpSocket::bind(addr)
+            .await
+            .map_err(|e| bind_error("udp", e))?;
+        let port = udp.local_addr().map_err(|e| bind_error("udp", e))?.port();
+        match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(bind_error(
+        "tcp",
+        last.unwrap_or_else(|| io::Error::other("no port found")),
+    ))
+}
+
+async fn resolve(address: &str, default_port: u16) -> io::Result<SocketAddr> {
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = address.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    let found = if address.contains(':') {
+        tokio::net::lookup_host(address).await?.next()
+    } else {
+        tokio::net::lookup_host((address, default_port))
+            .await?
+            .next()
+    };
+    found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address found"))
+}
+
+/// Sends this pool's state to `addr` and applies the state it answers with.
+async fn exchange_with(
+    addr: SocketAddr,
+    tx: mpsc::Sender<Input>,
+    timeout: Duration,
+) -> io::Result<()> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let ours = snapshot(&tx).await?;
+        wire::write_exchange(&mut stream, &ours).await?;
+        wire::read_exchange(&mut stream).await
+    };
+    let theirs = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))??;
+    let (applied, done) = oneshot::channel();
+    tx.send(Input::Apply(Box::new(theirs), Some(applied)))
+        .await
+        .map_err(|_| io::Error::other("the gossip pool is stopped"))?;
+    done.await
+        .map_err(|_| io::Error::other("the gossip pool is stopped"))
+}
+
+async fn snapshot(tx: &mpsc::Sender<Input>) -> io::Result<Exchange> {
+    let (reply, answer) = oneshot::channel();
+    tx.send(Input::Snapshot(reply))
+        .await
+        .map_err(|_| io::Error::other("the gossip pool is stopped"))?;
+    answer
+        .await
+        .map_err(|_| io::Error::other("the gossip pool is stopped"))
+}
+
+/// Feeds datagrams to the owner; drops them when it is too far behind (as a lossy network
+/// would).
+async fn receive(socket: Arc<UdpSocket>, tx: mpsc::Sender<Input>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                let packet = buf.get(..n).unwrap_or_default().to_vec();
+                match tx.try_send(Input::Datagram(packet, from)) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            }
+            Err(e) => {
+                // ICMP errors of earlier sends surface here on some systems; keep going.
+                tracing::trace!(error = %e, "gossip receive");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Serves state exchanges: reads the peer's state, answers with ours, applies theirs.
+async fn accept(listener: TcpListener, tx: mpsc::Sender<Input>, timeout: Duration) {
+    loop {
+        let (mut stream, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::debug!(error = %e, "gossip accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let served = async {
+                let theirs = wire::read_exchange(&mut stream).await?;
+                let ours = snapshot(&tx).await?;
+                wire::write_exchange(&mut stream, &ours).await?;
+                io::Result::Ok(theirs)
+            };
+            match tokio::time::timeout(timeout, served).await {
+                Ok(Ok(theirs)) => {
+                    let _ = tx.send(Input::Apply(Box::new(theirs), None)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(peer = %from, error = %e, "gossip state exchange"),
+                Err(_) => tracing::debug!(peer = %from, "gossip state exchange timed out"),
+            }
+        });
+    }
+}
+
+/// foca's way out: datagrams, timers and notifications.
+struct Io<'a> {
+    socket: &'a UdpSocket,
+    tx: &'a mpsc::Sender<Input>,
+}
+
+impl Runtime<NodeId> for Io<'_> {
+    fn notify(&mut self, notification: Notification<'_, NodeId>) {
+        match notification {
+            Notification::MemberUp(id) => tracing::debug!(member = %id.name, "gossip member up"),
+            Notification::MemberDown(id) => {
+                tracing::info!(member = %id.name, "gossip member failed or left")
+            }
+            Notification::Rename(old, new) => tracing::debug!(
+                member = %new.name,
+                old = old.started,
+                new = new.started,
+                "gossip member restarted"
+            ),
+            Notification::Rejoin(id) => {
+                tracing::info!(
+                    bump = id.bump,
+                    "rejoined the gossip pool after being failed"
+                )
+            }
+            Notification::Defunct => tracing::warn!("declared failed by the gossip pool"),
+            Notification::Active | Notification::Idle => {}
+        }
+    }
+
+    fn send_to(&mut self, to: NodeId, data: &[u8]) {
+        let mut packet = Vec::with_capacity(data.len() + 1);
+        packet.push(wire::FOCA);
+        packet.extend_from_slice(data);
+        send(self.socket, &packet, to.addr);
+    }
+
+    fn submit_after(&mut self, event: Timer<NodeId>, after: Duration) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = tx.send(Input::Timer(event)).await;
+        });
+    }
+}
+
+fn send(socket: &UdpSocket, packet: &[u8], to: SocketAddr) {
+    if let Err(e) = socket.try_send_to(packet, to) {
+        tracing::trace!(peer = %to, error = %e, "gossip send");
+    }
+}
+
+struct Owner {
+    foca: Swim,
+    socket: Arc<UdpSocket>,
+    tx: mpsc::Sender<Input>,
+    vivaldi: Vivaldi,
+    peer_coordinates: BTreeMap<String, Coordinate>,
+    /// Pings in flight: sequence number → (member, sent at).
+    pings: HashMap<u64, (String, Instant)>,
+    next_seq: u64,
+    /// Members known to have left: name → start of the identity that left.
+    left: HashMap<String, u64>,
+    we_left: bool,
+    view: watch::Sender<Arc<View>>,
+    profile: Profile,
+}
+
+impl Owner {
+    async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+        let mut probe = tokio::time::interval(self.profile.probe_period);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut push_pull = tokio::time::interval_at(
+            Instant::now() + self.profile.push_pull_period,
+            self.profile.push_pull_period,
+        );
+        push_pull.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                input = inputs.recv() => match input {
+                    Some(input) => self.handle(input),
+                    None => return,
+                },
+                _ = probe.tick() => self.ping_someone(),
+                _ = push_pull.tick() => self.push_pull(),
+            }
+            self.publish();
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Datagram(packet, from) => self.datagram(&packet, from),
+            Input::Timer(timer) => {
+                let io = Io {
+                    socket: &self.socket,
+                    tx: &self.tx,
+                };
+                if let Err(e) = self.foca.handle_timer(timer, io) {
+                    tracing::debug!(error = %e, "gossip timer");
+                }
+            }
+            Input::Snapshot(reply) => {
+                let _ = reply.send(self.exchange());
+            }
+            Input::Apply(exchange, applied) => {
+                self.apply(*exchange);
+                if let Some(applied) = applied {
+                    self.publish();
+                    let _ = applied.send(());
+                }
+            }
+            Input::Leave(reply) => {
+                self.leave();
+                // The caller sees itself left once `leave` returns.
+                self.publish();
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn local_name(&self) -> &str {
+        &self.foca.identity().name
+    }
+
+    fn datagram(&mut self, packet: &[u8], from: SocketAddr) {
+        let Some((&kind, body)) = packet.split_first() else {
+            return;
+        };
+        match kind {
+            wire::FOCA => {
+                let io = Io {
+                    socket: &self.socket,
+                    tx: &self.tx,
+                };
+                if let Err(e) = self.foca.handle_data(body, io) {
+                    tracing::trace!(peer = %from, error = %e, "gossip packet");
+                }
+            }
+            wire::PING => {
+                let Ok(ping) = rmp_serde::from_slice::<Ping>(body) else {
+                    return;
+                };
+                if ping.from == self.local_name() {
+                    return;
+                }
+                self.note_coordinate(&ping.from, ping.coordinate);
+                let pong = Pong {
+                    seq: ping.seq,
+                    from: self.local_name().to_string(),
+                    coordinate: self.vivaldi.coordinate().clone(),
+                };
+                if let Some(packet) = wire::datagram(wire::PONG, &pong) {
+                    send(&self.socket, &packet, from);
+                }
+            }
+            wire::PONG => {
+                let Ok(pong) = rmp_serde::from_slice::<Pong>(body) else {
+                    return;
+                };
+                let Some((member, sent)) = self.pings.remove(&pong.seq) else {
+                    return;
+                };
+                if member != pong.from {
+                    return;
+                }
+                let rtt = sent.elapsed().as_secs_f64();
+                if let Err(e) = self.vivaldi.update(&member, &pong.coordinate, rtt) {
+                    tracing::debug!(member = %member, error = %e, "coordinate update refused");
+                }
+                self.note_coordinate(&member, pong.coordinate);
+            }
+            wire::LEAVE => {
+                let Ok(leave) = rmp_serde::from_slice::<Leave>(body) else {
+                    return;
+                };
+                self.note_left(leave.name, leave.started);
+            }
+            _ => tracing::trace!(peer = %from, kind, "unknown gossip datagram"),
+        }
+    }
+
+    fn note_coordinate(&mut self, member: &str, coordinate: Coordinate) {
+        if coordinate.is_valid() && coordinate.vec.len() == atoll_cluster::DIMENSIONS {
+            self.peer_coordinates.insert(member.to_string(), coordinate);
+        }
+    }
+
+    fn note_left(&mut self, name: String, started: u64) {
+        if name == self.local_name() {
+            return;
+        }
+        self.vivaldi.forget(&name);
+        let newest = self.left.get(&name).is_none_or(|known| *known < started);
+        if newest {
+            self.left.insert(name, started);
+        }
+    }
+
+    /// Sends a ping to a random live member, to measure the round trip.
+    fn ping_someone(&mut self) {
+        let now = Instant::now();
+        self.pings
+            .retain(|_, (_, sent)| now.duration_since(*sent) < Duration::from_secs(10));
+        if self.we_left {
+            return;
+        }
+        let live: Vec<NodeId> = self.foca.iter_members().map(|m| m.id().clone()).collect();
+        let Some(target) = live.choose(&mut rand::thread_rng()) else {
+            return;
+        };
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let ping = Ping {
+            seq: self.next_seq,
+            from: self.local_name().to_string(),
+            coordinate: self.vivaldi.coordinate().clone(),
+        };
+        if let Some(packet) = wire::datagram(wire::PING, &ping) {
+            self.pings.insert(self.next_seq, (target.name.clone(), now));
+            send(&self.socket, &packet, target.addr);
+        }
+    }
+
+    /// Exchanges the full state with a random live member (anti-entropy).
+    fn push_pull(&mut self) {
+        if self.we_left {
+            return;
+        }
+        let live: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+        let Some(&target) = live.choose(&mut rand::thread_rng()) else {
+            return;
+        };
+        let tx = self.tx.clone();
+        let timeout = self.profile.exchange_timeout;
+        tokio::spawn(async move {
+            if let Err(e) = exchange_with(target, tx, timeout).await {
+                tracing::debug!(peer = %target, error = %e, "gossip state exchange");
+            }
+        });
+    }
+
+    fn exchange(&self) -> Exchange {
+        let mut coordinates: Vec<(String, Coordinate)> = self
+            .peer_coordinates
+            .iter()
+            .map(|(name, c)| (name.clone(), c.clone()))
+            .collect();
+        coordinates.push((
+            self.local_name().to_string(),
+            self.vivaldi.coordinate().clone(),
+        ));
+        let mut left: Vec<(String, u64)> = self
+            .left
+            .iter()
+            .map(|(name, started)| (name.clone(), *started))
+            .collect();
+        if self.we_left {
+            left.push((self.local_name().to_string(), self.foca.identity().started));
+        }
+        Exchange {
+            version: wire::EXCHANGE_VERSION,
+            from: self.foca.identity().clone(),
+            members: self.foca.iter_membership_state().cloned().collect(),
+            left,
+            coordinates,
+        }
+    }
+
+    fn apply(&mut self, exchange: Exchange) {
+        let Exchange {
+            from,
+            members,
+            left,
+            coordinates,
+            ..
+        } = exchange;
+        if from.name == self.local_name() {
+            return;
+        }
+        for (name, started) in left {
+            self.note_left(name, started);
+        }
+        for (name, coordinate) in coordinates {
+            let fresh = name == from.name || !self.peer_coordinates.contains_key(&name);
+            if fresh && name != self.local_name() {
+                self.note_coordinate(&name, coordinate);
+            }
+        }
+        if self.we_left {
+            return;
+        }
+        let sender_left = self.left.get(&from.name) == Some(&from.started);
+        let mut updates = members;
+        if !sender_left {
+            updates.push(Member::alive(from));
+        }
+        let io = Io {
+            socket: &self.socket,
+            tx: &self.tx,
+        };
+        if let Err(e) = self.foca.apply_many(updates.into_iter(), true, io) {
+            tracing::debug!(error = %e, "applying a gossip state exchange");
+        }
+    }
+
+    fn leave(&mut self) {
+        if self.we_left {
+            return;
+        }
+        self.we_left = true;
+        let leave = Leave {
+            name: self.local_name().to_string(),
+            started: self.foca.identity().started,
+        };
+        if let Some(packet) = wire::datagram(wire::LEAVE, &leave) {
+            let targets: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+            // Twice: one lost datagram should not turn a leave into a failure.
+            for _ in 0..2 {
+                for addr in &targets {
+                    send(&self.socket, &packet, *addr);
+                }
+            }
+        }
+        let io = Io {
+            socket: &self.socket,
+            tx: &self.tx,
+        };
+        if let Err(e) = self.foca.leave_cluster(io) {
+            tracing::debug!(error = %e, "leaving the gossip pool");
+        }
+    }
+
+    fn publish(&mut self) {
+        let mut members = Vec::new();
+        for member in self.foca.iter_membership_state() {
+            let id = member.id();
+            if id.name == self.foca.identity().name {
+                // An earlier run of this member, which this one replaced.
+                continue;
+            }
+            let status = if self.left.get(&id.name) == Some(&id.started) {
+                MemberStatus::Left
+            } else {
+                match member.state() {
+                    State::Alive | State::Suspect => MemberStatus::Alive,
+                    State::Down => MemberStatus::Failed,
+                }
+            };
+            members.push((id.clone(), status));
+        }
+        // Forget what belongs to reaped members.
+        let known: std::collections::HashSet<&str> =
+            members.iter().map(|(id, _)| id.name.as_str()).collect();
+        self.left.retain(|name, _| known.contains(name.as_str()));
+        self.peer_coordinates
+            .retain(|name, _| known.contains(name.as_str()));
+        let view = View {
+            local: self.foca.identity().clone(),
+            left: self.we_left,
+            members,
+            coordinate: self.vivaldi.coordinate().clone(),
+            peer_coordinates: self.peer_coordinates.clone(),
+        };
+        self.view.send_if_modified(|current| {
+            if **current == view {
+                false
+            } else {
+                *current = Arc::new(view);
+                true
+            }
+        });
+    }
+}

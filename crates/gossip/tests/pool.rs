@@ -1,0 +1,219 @@
+//! Pools on loopback addresses, with the fast profile.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use atoll_cluster::MemberStatus;
+use atoll_gossip::{Pool, PoolConfig, Profile};
+
+async fn start(name: &str, bind: &str) -> Pool {
+    let mut tags = BTreeMap::new();
+    tags.insert("dc".to_string(), "dc1".to_string());
+    Pool::start(PoolConfig {
+        name: name.to_string(),
+        bind: bind.parse().expect("address"),
+        tags,
+        profile: Profile::fast(),
+        default_port: 8302,
+    })
+    .await
+    .expect("pool starts")
+}
+
+/// Waits until `check` holds, failing after `limit`; returns how long it took.
+async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let started = tokio::time::Instant::now();
+    loop {
+        if check() {
+            return started.elapsed();
+        }
+        if started.elapsed() > limit {
+            panic!("{what}: not within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn status_of(pool: &Pool, name: &str) -> Option<MemberStatus> {
+    pool.members()
+        .into_iter()
+        .find(|m| m.name == name)
+        .map(|m| m.status)
+}
+
+fn all_alive(pools: &[&Pool], names: &[&str]) -> bool {
+    pools.iter().all(|pool| {
+        let members = pool.members();
+        members.len() == names.len()
+            && names.iter().all(|name| {
+                members
+                    .iter()
+                    .any(|m| m.name == *name && m.status == MemberStatus::Alive)
+            })
+    })
+}
+
+/// Starts `n` pools on 127.0.`net`.1.. and joins them in a chain (each to the previous).
+async fn chain(net: u8, n: u8) -> (Vec<Pool>, Vec<String>) {
+    let mut pools: Vec<Pool> = Vec::new();
+    let mut names = Vec::new();
+    for i in 1..=n {
+        let name = format!("s{i}.dc1");
+        let pool = start(&name, &format!("127.0.{net}.{i}:0")).await;
+        if let Some(previous) = pools.last() {
+            let joined = pool
+                .join(&[previous.local_addr().to_string()])
+                .await
+                .expect("join");
+            assert_eq!(joined, 1);
+        }
+        pools.push(pool);
+        names.push(name);
+    }
+    (pools, names)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_spread_to_every_member() {
+    let (pools, names) = chain(61, 5).await;
+    let refs: Vec<&Pool> = pools.iter().collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    eventually(Duration::from_secs(5), "everyone knows everyone", || {
+        all_alive(&refs, &names)
+    })
+    .await;
+    // The tags travel with the identity.
+    let seen = pools[4].members();
+    let first = seen.iter().find(|m| m.name == "s1.dc1").expect("s1 known");
+    assert_eq!(first.tags.get("dc").map(String::as_str), Some("dc1"));
+    assert_eq!(first.addr, pools[0].local_addr());
+    // Everyone remembers the others' addresses.
+    let mut peers = pools[0].known_peers();
+    peers.sort();
+    let mut expected: Vec<SocketAddr> = pools[1..].iter().map(Pool::local_addr).collect();
+    expected.sort();
+    assert_eq!(peers, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_an_address_nobody_listens_on_fails_with_the_reason() {
+    let pool = start("lonely.dc1", "127.0.62.1:0").await;
+    let error = pool
+        .join(&["127.0.62.2:9".to_string(), "not an address".to_string()])
+        .await
+        .expect_err("nobody there");
+    let text = error.to_string();
+    assert!(text.contains("127.0.62.2:9"), "{text}");
+    assert!(text.contains("not an address"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_member_is_failed_and_a_restart_brings_it_back() {
+    let (pools, names) = chain(63, 4).await;
+    let refs: Vec<&Pool> = pools.iter().collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    eventually(Duration::from_secs(5), "everyone knows everyone", || {
+        all_alive(&refs, &names)
+    })
+    .await;
+    let dead_addr = pools[2].local_addr();
+    let old_start = pools[1]
+        .view()
+        .members
+        .iter()
+        .find(|(id, _)| id.name == "s3.dc1")
+        .map(|(id, _)| id.started)
+        .expect("s3 known");
+    pools[2].shutdown();
+    // Fast profile: probes every 100 ms, 400 ms of suspicion.
+    let took = eventually(Duration::from_secs(4), "s3 failed everywhere", || {
+        [0, 1, 3]
+            .iter()
+            .all(|&i| status_of(&pools[i], "s3.dc1") == Some(MemberStatus::Failed))
+    })
+    .await;
+    assert!(
+        took >= Duration::from_millis(300),
+        "failed too soon: {took:?}"
+    );
+    // The others stay alive.
+    for i in [0, 1, 3] {
+        for name in ["s1.dc1", "s2.dc1", "s4.dc1"] {
+            assert_eq!(
+                status_of(&pools[i], name),
+                Some(MemberStatus::Alive),
+                "{name}"
+            );
+        }
+    }
+    // The same member starts again on the same address and joins one member.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let restarted = start("s3.dc1", &dead_addr.to_string()).await;
+    restarted
+        .join(&[pools[0].local_addr().to_string()])
+        .await
+        .expect("rejoin");
+    eventually(Duration::from_secs(5), "s3 alive again everywhere", || {
+        [0, 1, 3].iter().all(|&i| {
+            pools[i].view().members.iter().any(|(id, status)| {
+                id.name == "s3.dc1" && id.started > old_start && *status == MemberStatus::Alive
+            })
+        }) && restarted.members().len() == 4
+            && restarted
+                .members()
+                .iter()
+                .all(|m| m.status == MemberStatus::Alive)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_leave_shows_left_not_failed() {
+    let (pools, names) = chain(64, 3).await;
+    let refs: Vec<&Pool> = pools.iter().collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    eventually(Duration::from_secs(5), "everyone knows everyone", || {
+        all_alive(&refs, &names)
+    })
+    .await;
+    pools[1].leave().await.expect("leave");
+    assert_eq!(status_of(&pools[1], "s2.dc1"), Some(MemberStatus::Left));
+    eventually(Duration::from_secs(2), "s2 left everywhere", || {
+        [0, 2]
+            .iter()
+            .all(|&i| status_of(&pools[i], "s2.dc1") == Some(MemberStatus::Left))
+    })
+    .await;
+    pools[1].shutdown();
+    // Well past the failure bound, it is still shown as left.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in [0, 2] {
+        assert_eq!(status_of(&pools[i], "s2.dc1"), Some(MemberStatus::Left));
+        assert!(!pools[i].known_peers().contains(&pools[1].local_addr()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinates_move_and_stay_finite() {
+    let (pools, _) = chain(65, 3).await;
+    eventually(Duration::from_secs(8), "coordinates measured", || {
+        pools.iter().all(|pool| {
+            let own = pool.coordinate();
+            own.is_valid()
+                && own.vec.iter().any(|x| *x != 0.0)
+                && own.error < 1.5
+                && pool.peer_coordinates().len() == 2
+        })
+    })
+    .await;
+    for pool in &pools {
+        let own = pool.coordinate();
+        for other in pool.peer_coordinates().values() {
+            let distance = own.distance(other);
+            assert!(distance.is_finite() && distance >= 0.0, "{distance}");
+            // Loopback round trips are far below a second.
+            assert!(distance < 1.0, "{distance}");
+        }
+    }
+}
