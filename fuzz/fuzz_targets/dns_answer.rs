@@ -46,6 +46,13 @@ fn check_reply(packet: &[u8], reply: &PacketReply, transport: Transport, config:
         PacketReply::Forward => {
             assert!(config.has_recursors, "forwarded without a recursor");
         }
+        PacketReply::Query(name) => {
+            // Run by the server: the request's one question names that query.
+            let request = Message::from_vec(packet).expect("a request run as a query parses");
+            let asked = request.queries[0].name.to_lowercase();
+            let first = asked.iter().next().map(String::from_utf8_lossy);
+            assert_eq!(first.as_deref(), Some(name.as_str()), "{asked} ran query {name}");
+        }
         PacketReply::Answers(answers) => {
             let request = Message::from_vec(packet).expect("an answered request parses");
             assert!(!answers.is_empty(), "a request that parses got no answer");

@@ -11,7 +11,8 @@ use atoll_cluster::Member;
 use atoll_raft::TypeConfig;
 use atoll_state::{
     Allocation, AppSpec, CheckSpec, CheckStatus, Command, ComputeNode, Deployment, Deregistration,
-    Registration, ServiceSpec, State, TaskState, Unplaced,
+    PreparedQuery, QueryDns, QueryFailover, QueryTemplate, Registration, ServiceQuery, ServiceSpec,
+    State, TaskState, Unplaced,
 };
 use hickory_proto::rr::Name;
 use openraft::{
@@ -287,6 +288,38 @@ pub fn sample_commands() -> Vec<Command> {
             },
         );
     }
+    // Prepared queries: a template, its update, and a delete of an unknown id (refused).
+    let template = PreparedQuery {
+        id: "8c3f7a2e-1d4b-4e6f-9a0b-2c5d7e9f1a3b".into(),
+        name: "geo-db-".into(),
+        service: ServiceQuery {
+            service: "${match(1)}".into(),
+            failover: QueryFailover {
+                nearest_n: 2,
+                datacenters: vec!["dc2".into()],
+            },
+            tags: vec!["primary".into(), "!canary".into()],
+            ..Default::default()
+        },
+        dns: QueryDns { ttl: "10s".into() },
+        template: QueryTemplate {
+            kind: "name_prefix_match".into(),
+            regexp: r"^geo-db-(.*?)$".into(),
+            remove_empty_tags: true,
+        },
+        ..Default::default()
+    };
+    commands.push(Command::QueryCreate(Box::new(template.clone())));
+    commands.push(Command::QueryUpdate(Box::new(PreparedQuery {
+        service: ServiceQuery {
+            only_passing: true,
+            ..template.service.clone()
+        },
+        ..template
+    })));
+    commands.push(Command::QueryDelete {
+        id: "no-such-query".into(),
+    });
     // A round of the control loop as one entry.
     commands.push(Command::Batch(vec![
         Command::TaskHealth {

@@ -139,11 +139,14 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         has_recursors: false,
     };
     let store = Store::default();
+    // DNS is bound before the API exists; prepared queries reach the API once it does.
+    let dns_queries = atoll_api::consul::prepared::DnsQueries::new();
     let dns = DnsServer::bind(
         settings.dns_addr,
         dns_config,
         settings.recursors.clone(),
         store.clone(),
+        dns_queries.clone(),
     )
     .map_err(|e| anyhow!("{e} (port {})", settings.dns_addr.port()))?;
     // Servers gossip with the servers of every datacenter (`--serf-wan-port 0`: alone).
@@ -406,6 +409,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         },
         federation,
     );
+    dns_queries.serve(api.clone());
     supervisor.spawn(
         "the Marathon event feed",
         atoll_api::marathon::events::feed(api.clone()),

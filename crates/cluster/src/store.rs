@@ -54,6 +54,7 @@ fn table_index(state: &State, table: Table) -> u64 {
         Table::Kv => state.indexes.kv,
         Table::Workload => state.indexes.workload,
         Table::Events => state.indexes.events,
+        Table::Queries => state.indexes.queries,
     }
 }
 

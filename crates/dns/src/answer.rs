@@ -8,6 +8,7 @@ use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 use crate::name::{hex_ip, parse_lookup, Lookup};
+use crate::query::{QueryAnswer, QueryFailure};
 
 /// Payload size assumed for UDP clients that do not announce one (RFC 1035).
 pub const CLASSIC_UDP_PAYLOAD: usize = 512;
@@ -36,6 +37,12 @@ pub enum Resolution {
     Answer(Box<Message>),
     /// Forward the request to a recursor unchanged.
     Forward,
+    /// Run the prepared query `name` of this datacenter, then answer with
+    /// [`query_response`]; an answer that depends on other datacenters is never cached.
+    Query {
+        /// The query's id or name.
+        name: String,
+    },
 }
 
 fn reply(request: &Message, code: ResponseCode, config: &DnsConfig) -> Message {
@@ -87,7 +94,9 @@ pub fn resolve(request: &Message, state: &State, config: &DnsConfig, seed: u64) 
     let qtype = query.query_type;
     let foreign = |dc: &Option<String>| dc.as_deref().is_some_and(|dc| dc != config.datacenter);
     match lookup {
-        Lookup::Service { datacenter, .. } | Lookup::Node { datacenter, .. }
+        Lookup::Service { datacenter, .. }
+        | Lookup::Node { datacenter, .. }
+        | Lookup::Query { datacenter, .. }
             if foreign(&datacenter) =>
         {
             // No federation yet: another datacenter cannot be reached.
@@ -129,6 +138,7 @@ pub fn resolve(request: &Message, state: &State, config: &DnsConfig, seed: u64) 
                 }
             }
         }
+        Lookup::Query { name, .. } => return Resolution::Query { name },
         Lookup::Node { name, .. } => match state.nodes.get(&name) {
             None => nxdomain(&mut response, config, state),
             Some(node) => {
@@ -158,6 +168,74 @@ pub fn resolve(request: &Message, state: &State, config: &DnsConfig, seed: u64) 
         response.add_authority(soa(config, state));
     }
     answer(response)
+}
+
+/// The answer to a request for a prepared query (`NAME.query[.DC].DOMAIN`, A, AAAA, ANY or
+/// SRV) once it ran: its instances in the order it gave them, with the query's TTL (else the
+/// service TTL); `Query not found` and an empty result are NXDOMAIN, any other failure
+/// SERVFAIL. SRV targets name the nodes in the datacenter that answered.
+pub fn query_response(
+    request: &Message,
+    state: &State,
+    config: &DnsConfig,
+    result: &Result<QueryAnswer, QueryFailure>,
+) -> Message {
+    let mut response = reply(request, ResponseCode::NoError, config);
+    let Some(query) = request.queries.first() else {
+        response.metadata.response_code = ResponseCode::FormErr;
+        return response;
+    };
+    let answer = match result {
+        Err(QueryFailure::NotFound) => {
+            nxdomain(&mut response, config, state);
+            return response;
+        }
+        Err(QueryFailure::Failed(why)) => {
+            tracing::debug!(name = %query.name, "prepared query failed: {why}");
+            response.metadata.response_code = ResponseCode::ServFail;
+            return response;
+        }
+        Ok(answer) => answer,
+    };
+    if answer.instances.is_empty() {
+        nxdomain(&mut response, config, state);
+        return response;
+    }
+    let ttl = answer.ttl.unwrap_or(config.service_ttl);
+    let owner = query.name.clone();
+    for instance in &answer.instances {
+        let address = if instance.address.is_empty() {
+            &instance.node_address
+        } else {
+            &instance.address
+        };
+        let ip: Option<IpAddr> = address.parse().ok();
+        if query.query_type == RecordType::SRV {
+            let relative = match ip {
+                Some(ip) if *address != instance.node_address => {
+                    format!("{}.addr.{}", hex_ip(ip), answer.datacenter)
+                }
+                _ => format!("{}.node.{}", instance.node, answer.datacenter),
+            };
+            let target = Name::from_ascii(&relative)
+                .and_then(|n| n.append_domain(&config.domain))
+                .unwrap_or_else(|_| config.domain.clone());
+            response.add_answer(Record::from_rdata(
+                owner.clone(),
+                ttl,
+                RData::SRV(SRV::new(1, 1, instance.port, target.clone())),
+            ));
+            if let Some(ip) = ip {
+                response.add_additional(address_record(target, ip, ttl));
+            }
+        } else if let Some(ip) = ip.filter(|ip| wants(query.query_type, ip)) {
+            response.add_answer(address_record(owner.clone(), ip, ttl));
+        }
+    }
+    if response.answers.is_empty() {
+        response.add_authority(soa(config, state));
+    }
+    response
 }
 
 fn answer(message: Message) -> Resolution {

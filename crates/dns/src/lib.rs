@@ -5,7 +5,11 @@
 pub mod answer;
 pub mod name;
 pub mod packet;
+pub mod query;
 mod server;
 
 pub use answer::DnsConfig;
+pub use query::{
+    NoQueries, PreparedQueries, QueryAnswer, QueryFailure, QueryInstance, QueryPending,
+};
 pub use server::{DnsServer, DnsServerError};

@@ -26,6 +26,13 @@ pub enum Lookup {
         /// The address.
         address: IpAddr,
     },
+    /// `NAME.query[.DC]`: a prepared query, by id or name.
+    Query {
+        /// The query's id or name.
+        name: String,
+        /// Datacenter, if named.
+        datacenter: Option<String>,
+    },
     /// The domain itself (`consul.`): its SOA.
     Apex,
     /// Under the domain but not a form atoll knows.
@@ -79,6 +86,10 @@ pub fn parse_lookup(labels: &[&str], datacenters: &dyn Fn(&str) -> bool) -> Look
             name: (*name).to_string(),
             datacenter,
         },
+        ("query", [name]) => Lookup::Query {
+            name: (*name).to_string(),
+            datacenter,
+        },
         ("addr", [hex]) => parse_hex_ip(hex)
             .map(|address| Lookup::Addr { address })
             .unwrap_or(Lookup::Unknown),
@@ -87,7 +98,7 @@ pub fn parse_lookup(labels: &[&str], datacenters: &dyn Fn(&str) -> bool) -> Look
 }
 
 fn is_kind(label: &str) -> bool {
-    matches!(label, "service" | "node" | "addr")
+    matches!(label, "service" | "node" | "addr" | "query")
 }
 
 /// `_name._tag`: RFC 2782 form; `_tcp`/`_udp` mean "no tag filter", as Consul reads them.
@@ -171,6 +182,18 @@ mod tests {
             parse("_web._v1.dc1"),
             service("web", Some("v1"), Some("dc1"))
         );
+    }
+
+    #[test]
+    fn query_forms() {
+        let query = |name: &str, dc: Option<&str>| Lookup::Query {
+            name: name.into(),
+            datacenter: dc.map(Into::into),
+        };
+        assert_eq!(parse("web.query"), query("web", None));
+        assert_eq!(parse("web.query.dc2"), query("web", Some("dc2")));
+        assert_eq!(parse("query"), Lookup::Unknown);
+        assert_eq!(parse("a.b.query"), Lookup::Unknown);
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub enum PacketReply {
     FormatError(Vec<u8>),
     /// The name is outside the domain and recursors are configured: forward the packet.
     Forward,
+    /// A prepared query of this datacenter: run it (off the UDP threads), answer with
+    /// [`crate::answer::query_response`] and cache nothing.
+    Query(String),
     /// Encoded answers, each within the transport's limit: over UDP up to
     /// [`UDP_VARIANTS`] shufflings of the same answer (the first is sent, all are cached).
     Answers(Vec<Vec<u8>>),
@@ -63,6 +66,7 @@ pub fn reply_to_packet(
         for variant in 0..variants {
             match resolve(&request, state, config, seed.wrapping_add(variant)) {
                 Resolution::Forward => return PacketReply::Forward,
+                Resolution::Query { name } => return PacketReply::Query(name),
                 Resolution::Answer(response) => {
                     let several = response.answers.len() > 1;
                     if let Some(bytes) = encode_within(*response, limit) {

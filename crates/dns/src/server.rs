@@ -18,8 +18,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 
-use crate::answer::{bare_response, format_error, DnsConfig};
+use crate::answer::{
+    bare_response, encode_within, format_error, query_response, udp_limit, DnsConfig,
+};
 use crate::packet::{reply_to_packet, PacketReply, Transport, HEADER_LEN, MAX_MESSAGE};
+use crate::query::PreparedQueries;
 
 /// Entries per thread before the cache is emptied (bounds memory under random names).
 const CACHE_ENTRIES: usize = 4096;
@@ -54,15 +57,18 @@ struct Shared {
     config: DnsConfig,
     recursors: Vec<SocketAddr>,
     store: Store,
+    queries: Arc<dyn PreparedQueries>,
 }
 
 impl DnsServer {
-    /// Binds TCP and one UDP socket per worker at `address`.
+    /// Binds TCP and one UDP socket per worker at `address`. Prepared queries
+    /// (`NAME.query.DOMAIN`) are run through `queries`.
     pub fn bind(
         address: SocketAddr,
         config: DnsConfig,
         recursors: Vec<SocketAddr>,
         store: Store,
+        queries: Arc<dyn PreparedQueries>,
     ) -> Result<Self, DnsServerError> {
         let bind_error = |protocol| {
             move |source| DnsServerError::Bind {
@@ -92,6 +98,7 @@ impl DnsServer {
                 },
                 recursors,
                 store,
+                queries,
             }),
         })
     }
@@ -181,6 +188,10 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: Handle) {
                 forward_udp(&socket, &shared, &runtime, packet.to_vec(), peer);
                 continue;
             }
+            PacketReply::Query(name) => {
+                query_udp(&socket, &shared, &runtime, packet.to_vec(), name, peer);
+                continue;
+            }
             PacketReply::Answers(variants) => variants,
         };
         let Some(first) = variants.first() else {
@@ -226,6 +237,42 @@ fn forward_udp(
         };
         let _ = reply_socket.send_to(&answer, peer);
     });
+}
+
+/// Runs a prepared query on the runtime and sends its answer from there, so the UDP thread
+/// goes on serving meanwhile.
+fn query_udp(
+    socket: &UdpSocket,
+    shared: &Arc<Shared>,
+    runtime: &Handle,
+    packet: Vec<u8>,
+    name: String,
+    peer: SocketAddr,
+) {
+    let Ok(reply_socket) = socket.try_clone() else {
+        return;
+    };
+    let shared = shared.clone();
+    runtime.spawn(async move {
+        let answer = answer_query(&shared, &packet, &name, Transport::Udp).await;
+        let _ = reply_socket.send_to(&answer, peer);
+    });
+}
+
+/// The encoded answer to a prepared query's request, within the transport's limit.
+async fn answer_query(shared: &Shared, packet: &[u8], name: &str, transport: Transport) -> Vec<u8> {
+    let Ok(request) = Message::from_vec(packet) else {
+        return servfail(packet);
+    };
+    let result = shared.queries.execute(name).await;
+    let limit = match transport {
+        Transport::Udp => udp_limit(&request),
+        Transport::Tcp => MAX_MESSAGE,
+    };
+    let response = shared
+        .store
+        .read(|state| query_response(&request, state, &shared.config, &result));
+    encode_within(response, limit).unwrap_or_else(|| servfail(packet))
 }
 
 fn servfail(packet: &[u8]) -> Vec<u8> {
@@ -314,6 +361,9 @@ async fn serve_tcp_connection(mut stream: TcpStream, shared: Arc<Shared>) {
                 PacketReply::Forward => ask_recursors(&shared.recursors, &packet)
                     .await
                     .unwrap_or_else(|| servfail(&packet)),
+                PacketReply::Query(name) => {
+                    answer_query(&shared, &packet, &name, Transport::Tcp).await
+                }
             };
         let mut framed = Vec::with_capacity(answer.len() + 2);
         framed.extend_from_slice(&(answer.len() as u16).to_be_bytes());
@@ -321,5 +371,108 @@ async fn serve_tcp_connection(mut stream: TcpStream, shared: Arc<Shared>) {
         if stream.write_all(&framed).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use hickory_proto::op::{MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+
+    use super::*;
+    use crate::query::{QueryAnswer, QueryFailure, QueryInstance, QueryPending};
+
+    /// Answers `web` with a new address each time, slowly; knows no other query.
+    #[derive(Default)]
+    struct Counting {
+        runs: AtomicU32,
+    }
+
+    impl PreparedQueries for Counting {
+        fn execute<'a>(&'a self, name: &'a str) -> QueryPending<'a> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if name != "web" {
+                    return Err(QueryFailure::NotFound);
+                }
+                let run = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
+                Ok(QueryAnswer {
+                    ttl: Some(9),
+                    datacenter: "dc1".into(),
+                    instances: vec![QueryInstance {
+                        node: "n1".into(),
+                        node_address: format!("127.0.0.{run}"),
+                        address: String::new(),
+                        port: 80,
+                    }],
+                })
+            })
+        }
+    }
+
+    fn ask(socket: &UdpSocket, server: SocketAddr, id: u16, name: &str) -> Message {
+        let mut request = Message::new(id, MessageType::Query, OpCode::Query);
+        request.add_query(Query::query(
+            Name::from_ascii(name).expect("a valid name"),
+            RecordType::A,
+        ));
+        let bytes = request.to_vec().expect("the request encodes");
+        socket.send_to(&bytes, server).expect("sent");
+        let mut buffer = [0u8; 4096];
+        let (len, _) = socket.recv_from(&mut buffer).expect("an answer");
+        Message::from_vec(&buffer[..len]).expect("the answer parses")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prepared_queries_are_answered_over_udp_and_never_cached() {
+        let config = DnsConfig {
+            domain: Name::from_ascii("consul.").expect("a valid domain"),
+            datacenter: "dc1".into(),
+            service_ttl: 0,
+            node_ttl: 0,
+            only_passing: false,
+            has_recursors: false,
+        };
+        let queries = Arc::new(Counting::default());
+        // UDP sockets bound to port 0 would each get their own port: take a free one first.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = free.local_addr().expect("an address").port();
+        drop(free);
+        let server = DnsServer::bind(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            config,
+            Vec::new(),
+            Store::default(),
+            queries.clone(),
+        )
+        .expect("bound");
+        let address = server.local_addr().expect("an address");
+        server.start(Handle::current()).expect("started");
+        let answers = tokio::task::spawn_blocking(move || {
+            let socket = UdpSocket::bind("127.0.0.1:0").expect("a client socket");
+            socket
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("a timeout");
+            [
+                ask(&socket, address, 1, "web.query.consul."),
+                ask(&socket, address, 2, "web.query.consul."),
+                ask(&socket, address, 3, "gone.query.consul."),
+            ]
+        })
+        .await
+        .expect("the client ran");
+        let [first, second, missing] = answers;
+        assert_eq!(first.metadata.id, 1);
+        assert_eq!(first.answers[0].data.to_string(), "127.0.0.1");
+        assert_eq!(first.answers[0].ttl, 9);
+        assert_eq!(
+            second.answers[0].data.to_string(),
+            "127.0.0.2",
+            "not cached"
+        );
+        assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(queries.runs.load(Ordering::SeqCst), 2);
     }
 }

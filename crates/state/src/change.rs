@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Check, KvEntry, Node, ServiceInstance, Session, UserEvent};
+use crate::prepared::PreparedQuery;
 use crate::table::RowChange;
 use crate::workload::{
     Allocation, AppSpec, ComputeNode, Deployment, GroupSpec, TaskFailure, Unplaced,
@@ -24,11 +25,19 @@ pub enum Table {
     Workload,
     /// User events.
     Events,
+    /// Prepared queries.
+    Queries,
 }
 
 impl Table {
     /// Every table, in the order of [`Table::slot`].
-    pub const ALL: [Table; 4] = [Table::Catalog, Table::Kv, Table::Workload, Table::Events];
+    pub const ALL: [Table; 5] = [
+        Table::Catalog,
+        Table::Kv,
+        Table::Workload,
+        Table::Events,
+        Table::Queries,
+    ];
 
     /// Position of the table in [`Table::ALL`].
     pub fn slot(self) -> usize {
@@ -86,6 +95,8 @@ pub enum Change {
     Group(RowChange<String, GroupSpec>),
     /// A user event, keyed by its Lamport time.
     Event(RowChange<u64, UserEvent>),
+    /// A prepared query, keyed by its id.
+    Query(RowChange<String, PreparedQuery>),
 }
 
 impl Change {
@@ -110,6 +121,7 @@ impl Change {
             | Change::Subscription(_)
             | Change::Group(_) => Table::Workload,
             Change::Event(_) => Table::Events,
+            Change::Query(_) => Table::Queries,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{CheckDefinition, CheckStatus, ServiceAddress, Session, UserEvent};
+use crate::prepared::PreparedQuery;
 use crate::txn::{TxnOp, TxnOutcome};
 use crate::workload::{
     Allocation, AppSpec, ComputeNode, Deployment, GroupSpec, TaskState, Unplaced,
@@ -198,6 +199,18 @@ pub enum Command {
     /// Record a user event; `apply` gives it the next Lamport time and drops the oldest
     /// beyond the last [`crate::model::MAX_USER_EVENTS`].
     FireEvent(Box<UserEvent>),
+    /// Store a new prepared query (its id chosen by the proposer). Refused when the id is
+    /// taken, or the definition fails Consul's checks (a service name; a name that is no
+    /// other query's name or id; one catch-all template; an existing session; a template
+    /// that compiles).
+    QueryCreate(Box<PreparedQuery>),
+    /// Replace an existing prepared query (same checks as [`Command::QueryCreate`]).
+    QueryUpdate(Box<PreparedQuery>),
+    /// Remove a prepared query; an unknown id is refused.
+    QueryDelete {
+        /// The query.
+        id: String,
+    },
 }
 
 /// A change to a group tree.

@@ -9,6 +9,7 @@ pub mod change;
 pub mod command;
 pub mod groups;
 pub mod model;
+pub mod prepared;
 mod session_apply;
 pub mod snapshot;
 mod state;
@@ -26,6 +27,7 @@ pub use model::{
     ServiceInstance, Session, SessionBehavior, TaskCommand, UserEvent, MAX_USER_EVENTS,
     NODE_HEALTH_CHECK_ID,
 };
+pub use prepared::{PreparedQuery, QueryDns, QueryFailover, QueryTemplate, ServiceQuery};
 pub use state::{aggregate_status, State, TableIndexes};
 pub use table::{Grouped, RowChange, Rows};
 pub use txn::{CatalogVerb, KvVerb, TxnError, TxnKv, TxnOp, TxnOutcome, TxnResult};

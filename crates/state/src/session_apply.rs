@@ -52,6 +52,8 @@ impl State {
             return;
         };
         unindex(&mut self.sessions_by_node, &session.node, id);
+        // As in Consul, the prepared queries bound to the session go with it.
+        self.delete_session_queries(id);
         let keys: Vec<String> = self
             .held_keys
             .get(id)

@@ -11,6 +11,7 @@ use crate::command::{
 use crate::model::{
     Check, CheckStatus, KvEntry, Node, ServiceInstance, Session, UserEvent, MAX_USER_EVENTS,
 };
+use crate::prepared::PreparedQuery;
 use crate::table::{Grouped, Rows};
 
 /// Tombstones kept for deleted KV keys before the oldest are folded into one index.
@@ -36,6 +37,9 @@ pub struct TableIndexes {
     /// User events.
     #[serde(default)]
     pub events: u64,
+    /// Prepared queries.
+    #[serde(default)]
+    pub queries: u64,
 }
 
 impl TableIndexes {
@@ -74,6 +78,9 @@ pub struct State {
     /// The last user events, by Lamport time.
     #[serde(default)]
     pub events: Rows<u64, UserEvent>,
+    /// Prepared queries by id.
+    #[serde(default)]
+    pub queries: Rows<String, PreparedQuery>,
     /// Derived: (node, id) of every instance of a service name. Rebuilt on restore.
     #[serde(skip)]
     pub(crate) by_name: HashMap<String, BTreeSet<(String, String)>>,
@@ -193,6 +200,9 @@ impl State {
             } => self.kv_release(index, key, value, *flags, session),
             Command::Txn(ops) => self.apply_txn(index, ops),
             Command::FireEvent(event) => self.fire_event(event),
+            Command::QueryCreate(query) => self.create_query(index, query),
+            Command::QueryUpdate(query) => self.update_query(index, query),
+            Command::QueryDelete { id } => self.delete_query(id),
         }
     }
 
@@ -231,6 +241,7 @@ impl State {
         );
         changes.extend(self.sessions.drain().into_iter().map(Change::Session));
         changes.extend(self.events.drain().into_iter().map(Change::Event));
+        changes.extend(self.queries.drain().into_iter().map(Change::Query));
         self.workload.drain_into(&mut changes);
         changes
     }
@@ -245,6 +256,7 @@ impl State {
             Change::Kv(_) => indexes.kv = index,
             Change::Session(_) => indexes.sessions = index,
             Change::Event(_) => indexes.events = index,
+            Change::Query(_) => indexes.queries = index,
             // These accompany a change of the rows above.
             Change::ServiceIndex(_) | Change::KvTombstone(_) | Change::KvReaped { .. } => {}
             Change::App(_)
@@ -302,6 +314,7 @@ impl State {
                 Change::KvTombstone(row) => self.kv_tombstones.put_row(row.key, row.new),
                 Change::KvReaped { new, .. } => self.kv_reaped_index = new,
                 Change::Event(row) => self.events.put_row(row.key, row.new),
+                Change::Query(row) => self.queries.put_row(row.key, row.new),
                 other => self.workload.replay(other),
             }
             self.bump_index(index, change);

@@ -387,6 +387,34 @@ fn arb_single() -> impl Strategy<Value = Command> {
             }
         ))),
         prop::collection::vec(arb_txn_op(), 1..5).prop_map(Command::Txn),
+        (
+            prop::sample::select(vec!["q1", "q2", "q3"]),
+            prop::sample::select(vec!["", "red", "Red", "blue"]),
+            prop::sample::select(vec!["", "s1", "s2"]),
+            any::<bool>(),
+            0u8..3,
+        )
+            .prop_map(|(id, name, session, template, verb)| {
+                let query = crate::PreparedQuery {
+                    id: id.into(),
+                    name: name.into(),
+                    session: session.into(),
+                    service: crate::ServiceQuery {
+                        service: "web".into(),
+                        ..Default::default()
+                    },
+                    template: crate::QueryTemplate {
+                        kind: if template { "name_prefix_match" } else { "" }.into(),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                match verb {
+                    0 => Command::QueryCreate(Box::new(query)),
+                    1 => Command::QueryUpdate(Box::new(query)),
+                    _ => Command::QueryDelete { id: id.into() },
+                }
+            }),
     ]
 }
 

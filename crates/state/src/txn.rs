@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{CheckSpec, Deregistration, Outcome, Registration, ServiceSpec};
 use crate::model::{Check, CheckStatus, KvEntry, Node, ServiceInstance, Session};
+use crate::prepared::PreparedQuery;
 use crate::state::State;
 use crate::table::{Grouped, Rows};
 
@@ -226,6 +227,8 @@ struct Checkpoint {
     kv_tombstones: Rows<String, u64>,
     kv_reaped_index: u64,
     sessions: Rows<String, Session>,
+    /// A node removed ends its sessions, and with them their prepared queries.
+    queries: Rows<String, PreparedQuery>,
     catalog: Option<CatalogDerived>,
     held_keys: HashMap<String, BTreeSet<String>>,
 }
@@ -278,6 +281,7 @@ impl State {
             kv_tombstones: self.kv_tombstones.clone(),
             kv_reaped_index: self.kv_reaped_index,
             sessions: self.sessions.clone(),
+            queries: self.queries.clone(),
             catalog: catalog.then(|| CatalogDerived {
                 by_name: self.by_name.clone(),
                 sessions_by_node: self.sessions_by_node.clone(),
@@ -295,6 +299,7 @@ impl State {
         self.kv_tombstones = checkpoint.kv_tombstones;
         self.kv_reaped_index = checkpoint.kv_reaped_index;
         self.sessions = checkpoint.sessions;
+        self.queries = checkpoint.queries;
         if let Some(catalog) = checkpoint.catalog {
             self.by_name = catalog.by_name;
             self.sessions_by_node = catalog.sessions_by_node;

@@ -140,7 +140,8 @@ impl WorkloadTables {
             | Change::KvTombstone(_)
             | Change::KvReaped { .. }
             | Change::Session(_)
-            | Change::Event(_) => {}
+            | Change::Event(_)
+            | Change::Query(_) => {}
         }
     }
 }

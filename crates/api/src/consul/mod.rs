@@ -12,6 +12,7 @@ mod listing;
 mod maintenance;
 mod near;
 mod operator;
+pub mod prepared;
 mod session;
 mod status;
 pub mod txn;
@@ -105,6 +106,19 @@ pub fn routes() -> Router<ApiContext> {
         )
         .route("/v1/operator/raft/peer", delete(operator::remove_peer))
         .route("/v1/operator/raft/storage", get(operator::storage))
+        .route("/v1/query", get(prepared::list).post(prepared::create))
+        .route(
+            "/v1/query/{id}",
+            get(prepared::get)
+                .put(prepared::update)
+                .delete(prepared::delete),
+        )
+        .route("/v1/query/{id}/execute", get(prepared::execute))
+        .route("/v1/query/{id}/explain", get(prepared::explain))
+        .route(
+            prepared::EXECUTE_REMOTE_PATH,
+            axum::routing::post(prepared::execute_remote),
+        )
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
 }

@@ -57,6 +57,7 @@ fn ask(state: &State, name: &str, qtype: RecordType) -> Message {
     match resolve(&request, state, &config(), 1) {
         Resolution::Answer(message) => *message,
         Resolution::Forward => panic!("unexpected forward"),
+        Resolution::Query { name } => panic!("unexpected prepared query {name}"),
     }
 }
 
@@ -211,4 +212,120 @@ fn bare_responses_are_headers_only_with_the_code() {
         assert!(message.queries.is_empty() && message.answers.is_empty());
     }
     assert_eq!(format_error(7), bare_response(7, ResponseCode::FormErr));
+}
+
+fn request_for(name: &str, qtype: RecordType) -> Message {
+    let mut request = Message::new(7, MessageType::Query, OpCode::Query);
+    request.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    request
+}
+
+#[test]
+fn prepared_query_names_of_this_datacenter_are_run_and_others_are_not() {
+    let state = State::default();
+    for name in ["web.query.consul.", "Web.query.dc1.consul."] {
+        let request = request_for(name, RecordType::A);
+        match resolve(&request, &state, &config(), 1) {
+            Resolution::Query { name } => assert_eq!(name, "web"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    let foreign = ask(&state, "web.query.dc9.consul.", RecordType::A);
+    assert_eq!(foreign.metadata.response_code, ResponseCode::ServFail);
+}
+
+fn instance(node: &str, node_address: &str, address: &str, port: u16) -> crate::QueryInstance {
+    crate::QueryInstance {
+        node: node.into(),
+        node_address: node_address.into(),
+        address: address.into(),
+        port,
+    }
+}
+
+#[test]
+fn prepared_query_answers_carry_its_ttl_and_name_the_answering_datacenter() {
+    let state = state_with(&[]);
+    let result = Ok(crate::QueryAnswer {
+        ttl: Some(30),
+        datacenter: "dc2".into(),
+        instances: vec![
+            instance("m1", "10.2.0.1", "", 80),
+            instance("m2", "10.2.0.2", "10.2.0.9", 81),
+        ],
+    });
+    let a = query_response(
+        &request_for("web.query.consul.", RecordType::A),
+        &state,
+        &config(),
+        &result,
+    );
+    assert_eq!(a.metadata.response_code, ResponseCode::NoError);
+    let ips: Vec<String> = a.answers.iter().map(|r| r.data.to_string()).collect();
+    assert_eq!(ips, vec!["10.2.0.1", "10.2.0.9"]);
+    assert!(a.answers.iter().all(|r| r.ttl == 30));
+    let srv = query_response(
+        &request_for("web.query.consul.", RecordType::SRV),
+        &state,
+        &config(),
+        &result,
+    );
+    let targets: Vec<String> = srv
+        .answers
+        .iter()
+        .map(|r| match &r.data {
+            RData::SRV(srv) => format!("{} {}", srv.port, srv.target),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        targets,
+        vec!["80 m1.node.dc2.consul.", "81 0a020009.addr.dc2.consul."]
+    );
+    assert_eq!(srv.additionals.len(), 2);
+    // Without a TTL of its own, the service TTL.
+    let untimed = Ok(crate::QueryAnswer {
+        ttl: None,
+        ..result.clone().unwrap()
+    });
+    let configured = DnsConfig {
+        service_ttl: 5,
+        ..config()
+    };
+    let a = query_response(
+        &request_for("web.query.consul.", RecordType::A),
+        &state,
+        &configured,
+        &untimed,
+    );
+    assert!(a.answers.iter().all(|r| r.ttl == 5));
+}
+
+#[test]
+fn an_unknown_or_empty_query_is_nxdomain_and_a_failed_one_servfail() {
+    let state = state_with(&[]);
+    let request = request_for("web.query.consul.", RecordType::A);
+    let missing = query_response(
+        &request,
+        &state,
+        &config(),
+        &Err(crate::QueryFailure::NotFound),
+    );
+    assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
+    assert!(matches!(missing.authorities[0].data, RData::SOA(_)));
+    let empty = query_response(
+        &request,
+        &state,
+        &config(),
+        &Ok(crate::QueryAnswer::default()),
+    );
+    assert_eq!(empty.metadata.response_code, ResponseCode::NXDomain);
+    assert!(matches!(empty.authorities[0].data, RData::SOA(_)));
+    let failed = query_response(
+        &request,
+        &state,
+        &config(),
+        &Err(crate::QueryFailure::Failed("no leader".into())),
+    );
+    assert_eq!(failed.metadata.response_code, ResponseCode::ServFail);
 }
