@@ -203,6 +203,10 @@ def test_one_join_per_datacenter_federates_every_server(fed):
                 assert tags["http"] == f"{node.ip}:{HTTP_PORT}" and tags["dns"] == f"{node.ip}:{DNS_PORT}", member
                 assert (member["ProtocolMin"], member["ProtocolMax"], member["ProtocolCur"]) == (1, 5, 2), member
                 assert (member["DelegateMin"], member["DelegateMax"], member["DelegateCur"]) == (2, 5, 4), member
+    # The LAN members stay each datacenter's own.
+    for dc in fed.dcs.values():
+        lan = {m["Name"] for m in dc.server.get_json("/v1/agent/members")}
+        assert lan == {n.name for n in dc.nodes}, (dc.name, lan)
     # The CLI shows the same pool.
     for server in (fed["dc1"].servers[1], fed["dc3"].server):
         out = _members_cli(server)
