@@ -46,6 +46,9 @@ fn check_reply(packet: &[u8], reply: &PacketReply, transport: Transport, config:
         PacketReply::Forward => {
             assert!(config.has_recursors, "forwarded without a recursor");
         }
+        PacketReply::Remote(dc) => {
+            assert_ne!(dc, &config.datacenter, "its own datacenter sent elsewhere");
+        }
         PacketReply::Query(name) => {
             // Run by the server: the request's one question names that query.
             let request = Message::from_vec(packet).expect("a request run as a query parses");

@@ -343,6 +343,7 @@ fn member(name: &str, port: u16, server: bool) -> Member {
         http_addr: format!("127.0.0.1:{}", port + 200),
         server,
         datacenter: DATACENTER.into(),
+        dns_addr: format!("127.0.0.1:{}", port + 300),
     }
 }
 

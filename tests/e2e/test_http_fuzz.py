@@ -207,7 +207,7 @@ class Case:
     statuses: frozenset[int] | None = None  # the exact statuses allowed, when known
     field: str | None = None  # the field a /v1 error must name
     mentions: str | None = None  # text the error body must contain
-    foreign_dc: bool = False  # carries dc=<unknown>: Consul answers 500 "No path to datacenter"
+    foreign_dc: bool = False  # carries dc=<unknown>: Consul answers 500 "No path to datacenter" (/v2: a 503)
     raw: bytes | None = None  # sent verbatim over a socket instead
     half_close: bool = False
 
@@ -230,7 +230,7 @@ def check_answer(case: Case, answer: Answer) -> str | None:
             return None
         return "dropped: " + answer.describe()
     status = answer.status
-    if case.foreign_dc and status == 500:
+    if case.foreign_dc and status in (500, 503):
         return None if b"No path to datacenter" in answer.body else "500 without 'No path to datacenter'"
     if status >= 500:
         return f"server error: {answer.describe()}"
@@ -709,6 +709,8 @@ class Fuzzer:
             elif not route.marathon and not isinstance(value, Raw) and fieldname not in ("Check", "Checks", "Service", "Kind", "Args",
                                                           "Datacenter", "ServiceID", "Status"):
                 case.field = fieldname
+            if fieldname == "Datacenter" and isinstance(value, str):
+                case.foreign_dc = True  # forwarded there, as Consul does, before any check
             case.name = f"mutated body ({fieldname}={str(value)[:40]!r})"
             case.body = text.encode()
         else:

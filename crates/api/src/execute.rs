@@ -3,8 +3,8 @@
 //!
 //! Handlers parse a request into a typed [`Command`] (or read options), then hand it here.
 //! This is where a request meets the cluster: the datacenter it names is decided here
-//! ([`reach`]; a request for another datacenter will be forwarded from here once
-//! datacenters federate), rejections of the state machine and cluster failures become one
+//! ([`reach`]; a request for another datacenter is forwarded before it reaches a handler, by
+//! [`crate::federate`], so what reaches `reach` naming another is one no route leads to), rejections of the state machine and cluster failures become one
 //! [`Refusal`], and each API turns a refusal into its own status and body in one `From`
 //! impl. Authorization of a command (ACLs) belongs in [`write_in`], before it is proposed.
 
@@ -13,6 +13,7 @@ use atoll_state::{Command, Outcome, Rejection};
 use axum::http::StatusCode;
 
 use crate::error::ApiError;
+use crate::federate::NO_PATH;
 use crate::marathon::routes::MarathonError;
 use crate::ApiContext;
 
@@ -66,7 +67,11 @@ fn reach_named(
     field: Option<&'static str>,
 ) -> Result<(), Refusal> {
     match dc {
-        Some(dc) if !dc.is_empty() && dc != context.datacenter() => {
+        Some(dc)
+            if !dc.is_empty()
+                && dc != context.datacenter()
+                && context.federation().route(dc) != atoll_cluster::Route::Local =>
+        {
             Err(Refusal::NoPathToDatacenter {
                 dc: dc.to_string(),
                 field,
@@ -101,13 +106,11 @@ pub async fn write_in(
 impl From<Refusal> for ApiError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
-            Refusal::NoPathToDatacenter { dc, field } => {
-                let message = format!("No path to datacenter {dc:?}");
-                match field {
-                    Some(field) => ApiError::field(field, message),
-                    None => ApiError::with_status(StatusCode::INTERNAL_SERVER_ERROR, message),
-                }
-            }
+            // Consul's exact text, which its clients and tools match on.
+            Refusal::NoPathToDatacenter { field, .. } => match field {
+                Some(field) => ApiError::field(field, NO_PATH),
+                None => ApiError::plain(StatusCode::INTERNAL_SERVER_ERROR, NO_PATH),
+            },
             Refusal::Cluster(e) => {
                 let status = match e {
                     ClusterError::Refused(_) => StatusCode::BAD_REQUEST,
@@ -150,10 +153,9 @@ impl From<Rejection> for ApiError {
 impl From<Refusal> for MarathonError {
     fn from(refusal: Refusal) -> Self {
         match refusal {
-            Refusal::NoPathToDatacenter { dc, .. } => MarathonError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("No path to datacenter {dc:?}"),
-            ),
+            Refusal::NoPathToDatacenter { .. } => {
+                MarathonError::new(StatusCode::SERVICE_UNAVAILABLE, NO_PATH)
+            }
             Refusal::Cluster(e) => {
                 let status = match e {
                     ClusterError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -217,9 +219,11 @@ mod tests {
         let consul = ApiError::from(refusal);
         assert_eq!(consul.status, StatusCode::BAD_REQUEST);
         assert_eq!(consul.field.as_deref(), Some("Datacenter"));
-        assert_eq!(consul.message, "No path to datacenter \"dc2\"");
+        assert_eq!(consul.message, "No path to datacenter");
         let consul = ApiError::from(reach(&context, Some("dc2")).unwrap_err());
         assert_eq!(consul.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(consul.plain);
+        assert_eq!(consul.message, "No path to datacenter");
         assert!(reach(&context, Some("dc1")).is_ok());
         // This datacenter, named or not, is written.
         assert!(write_in(&context, Some("dc1"), set("k")).await.is_ok());

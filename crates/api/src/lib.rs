@@ -7,12 +7,15 @@ pub mod decode;
 pub mod error;
 pub mod execute;
 pub mod extract;
+pub mod federate;
 pub mod forming;
 pub mod marathon;
 pub mod query;
+pub mod relay;
 pub mod serve;
 
 pub use forming::{ApiSwitch, Forming};
+pub use relay::RelayFederation;
 pub use serve::{serve, HttpLimits};
 
 use std::sync::Arc;
@@ -39,6 +42,7 @@ struct ContextInner {
     events: marathon::events::EventBus,
     facts: NodeFacts,
     federation: Arc<dyn Federation>,
+    forwarder: federate::Forwarder,
 }
 
 /// What the node was started with, as `/v1/agent/self` and `/v1/agent/host` report it.
@@ -81,6 +85,7 @@ impl ApiContext {
                 events: marathon::events::bus(),
                 facts,
                 federation,
+                forwarder: federate::Forwarder::default(),
             }),
         }
     }
@@ -88,6 +93,11 @@ impl ApiContext {
     /// The other datacenters, as this node knows them.
     pub fn federation(&self) -> &Arc<dyn Federation> {
         &self.inner.federation
+    }
+
+    /// The client requests for other datacenters leave through.
+    pub fn forwarder(&self) -> &federate::Forwarder {
+        &self.inner.forwarder
     }
 
     /// What the node was started with.
@@ -144,11 +154,14 @@ pub fn router(context: ApiContext) -> Router {
         .fallback(extract::unknown_route)
         .method_not_allowed_fallback(extract::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Outermost: a request for another datacenter leaves before any handler (or the
+        // local Consul headers) sees it.
+        .layer(federate::ForwardLayer::new(context.clone()))
         .with_state(context)
 }
 
 /// Adds the headers Consul's clients require on every `/v1` answer, errors included.
-fn consul_headers(context: &ApiContext, mut response: Response) -> Response {
+pub(crate) fn consul_headers(context: &ApiContext, mut response: Response) -> Response {
     let headers = response.headers_mut();
     let known_leader = context.cluster().leader_addr().is_some();
     headers.insert(

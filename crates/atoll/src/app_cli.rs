@@ -20,15 +20,16 @@ pub async fn run(command: AppCommand) -> anyhow::Result<()> {
             force,
             timeout,
             client,
-        } => deploy(&client, &file, force, timeout).await,
-        AppCommand::List { client } => list(&client).await,
-        AppCommand::Show { id, client } => show(&client, &id).await,
+        } => deploy(&client.into_client(), &file, force, timeout).await,
+        AppCommand::List { client } => list(&client.into_client()).await,
+        AppCommand::Show { id, client } => show(&client.into_client(), &id).await,
         AppCommand::Scale {
             id,
             instances,
             timeout,
             client,
         } => {
+            let client = client.into_client();
             let body = serde_json::to_vec(&json!({ "instances": instances }))?;
             let (_, answer) = request_with_body(
                 &client,
@@ -44,6 +45,7 @@ pub async fn run(command: AppCommand) -> anyhow::Result<()> {
             timeout,
             client,
         } => {
+            let client = client.into_client();
             let (_, answer) = request_with_body(
                 &client,
                 "POST",
@@ -58,6 +60,7 @@ pub async fn run(command: AppCommand) -> anyhow::Result<()> {
             timeout,
             client,
         } => {
+            let client = client.into_client();
             let (_, answer) = request_with_body(
                 &client,
                 "DELETE",

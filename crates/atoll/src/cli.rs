@@ -9,7 +9,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use crate::config::ClientArgs;
+use crate::config::{ClientArgs, JoinArgs};
 
 async fn request(args: &ClientArgs, method: &str, path: &str) -> anyhow::Result<Value> {
     request_with_body(args, method, path, None)
@@ -26,6 +26,10 @@ pub async fn request_with_body(
     body: Option<Vec<u8>>,
 ) -> anyhow::Result<(u16, Value)> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let path = match &args.dc {
+        Some(dc) => for_datacenter(path, dc)?,
+        None => path.to_string(),
+    };
     let url = format!("http://{}{path}", args.http_addr);
     let request = hyper::Request::builder()
         .method(method)
@@ -98,6 +102,18 @@ pub async fn request_with_body(
     Ok((status.as_u16(), value))
 }
 
+/// `path` with `dc=DC` added to its query.
+fn for_datacenter(path: &str, dc: &str) -> anyhow::Result<String> {
+    if !dc
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        bail!("invalid datacenter name {dc:?}: use letters, digits, '-' and '_'");
+    }
+    let separator = if path.contains('?') { '&' } else { '?' };
+    Ok(format!("{path}{separator}dc={dc}"))
+}
+
 /// A 4xx/5xx answer.
 #[derive(Debug, thiserror::Error)]
 #[error("{status}: {message}")]
@@ -131,11 +147,20 @@ pub fn text(value: &Value, key: &str) -> String {
     }
 }
 
-/// `atoll members`.
-pub async fn members(args: &ClientArgs) -> anyhow::Result<()> {
-    let members = request(args, "GET", "/v1/agent/members").await?;
+/// `atoll members [--wan]`.
+pub async fn members(args: &ClientArgs, wan: bool) -> anyhow::Result<()> {
+    let path = if wan {
+        "/v1/agent/members?wan=1"
+    } else {
+        "/v1/agent/members"
+    };
+    let members = request(args, "GET", path).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&members)?);
+        return Ok(());
+    }
+    if wan {
+        print_table(wan_rows(&members));
         return Ok(());
     }
     let mut rows = vec![vec![
@@ -168,6 +193,80 @@ pub async fn members(args: &ClientArgs) -> anyhow::Result<()> {
     }
     print_table(rows);
     Ok(())
+}
+
+/// The WAN pool as `consul members -wan` prints it.
+fn wan_rows(members: &Value) -> Vec<Vec<String>> {
+    let mut rows = vec![[
+        "Node", "Address", "Status", "Type", "Build", "Protocol", "DC",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for member in members.as_array().into_iter().flatten() {
+        let tags = member.get("Tags").cloned().unwrap_or(Value::Null);
+        let status = match member.get("Status").and_then(Value::as_u64) {
+            Some(1) => "alive",
+            Some(2) => "leaving",
+            Some(3) => "left",
+            Some(4) => "failed",
+            _ => "unknown",
+        };
+        let kind = if text(&tags, "role") == "consul" {
+            "server"
+        } else {
+            "client"
+        };
+        let addr = text(member, "Addr");
+        let addr = if addr.contains(':') {
+            format!("[{addr}]")
+        } else {
+            addr
+        };
+        rows.push(vec![
+            text(member, "Name"),
+            format!("{addr}:{}", text(member, "Port")),
+            status.into(),
+            kind.into(),
+            text(&tags, "build"),
+            text(&tags, "vsn"),
+            text(&tags, "dc"),
+        ]);
+    }
+    rows
+}
+
+/// `atoll join [--wan] ADDR...`: asks the agent to join through each address; succeeds
+/// when one was contacted.
+pub async fn join(args: &JoinArgs) -> anyhow::Result<()> {
+    let mut joined = 0;
+    for address in &args.addresses {
+        let mut path = format!("/v1/agent/join/{}", path_segment(address));
+        if args.wan {
+            path.push_str("?wan=1");
+        }
+        match request(&args.client, "PUT", &path).await {
+            Ok(_) => joined += 1,
+            Err(e) => eprintln!("Error joining address '{address}': {e}"),
+        }
+    }
+    if joined == 0 {
+        bail!("Failed to join any nodes.");
+    }
+    println!("Successfully joined cluster by contacting {joined} nodes.");
+    Ok(())
+}
+
+/// `text` percent-encoded for one path segment (an address may hold `[`, `]` and `%`).
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'~') {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// `atoll operator raft storage`.
@@ -262,4 +361,54 @@ pub async fn force_leave(args: &ClientArgs, node: &str) -> anyhow::Result<()> {
     request(args, "PUT", &format!("/v1/agent/force-leave/{node}")).await?;
     println!("Node {node} removed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_datacenter_is_added_to_the_query() {
+        assert_eq!(
+            for_datacenter("/v2/apps", "dc2").unwrap(),
+            "/v2/apps?dc=dc2"
+        );
+        assert_eq!(
+            for_datacenter("/v2/apps/a?force=true", "dc-2").unwrap(),
+            "/v2/apps/a?force=true&dc=dc-2"
+        );
+        assert!(for_datacenter("/v2/apps", "dc2&x=1").is_err());
+    }
+
+    #[test]
+    fn wan_members_are_listed_as_consul_lists_them() {
+        let members = serde_json::json!([{
+            "Name": "s1.dc2", "Addr": "127.0.0.2", "Port": 8302, "Status": 1,
+            "Tags": {"role": "consul", "dc": "dc2", "build": "0.1.0", "vsn": "2"}
+        }]);
+        let rows = wan_rows(&members);
+        assert_eq!(
+            rows[0],
+            ["Node", "Address", "Status", "Type", "Build", "Protocol", "DC"]
+        );
+        assert_eq!(
+            rows[1],
+            [
+                "s1.dc2",
+                "127.0.0.2:8302",
+                "alive",
+                "server",
+                "0.1.0",
+                "2",
+                "dc2"
+            ]
+        );
+    }
+
+    #[test]
+    fn join_addresses_are_one_path_segment() {
+        assert_eq!(path_segment("127.0.0.1:8302"), "127.0.0.1:8302");
+        assert_eq!(path_segment("[::1]:8302"), "%5B::1%5D:8302");
+        assert_eq!(path_segment("a/b"), "a%2Fb");
+    }
 }

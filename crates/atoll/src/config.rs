@@ -34,8 +34,10 @@ pub enum CommandLine {
     Dev(DevArgs),
     /// Run a server (`--server`) or a client node of a cluster.
     Agent(AgentArgs),
-    /// List the nodes of the cluster.
-    Members(ClientArgs),
+    /// List the nodes of the cluster (`--wan`: the servers of every datacenter).
+    Members(MembersArgs),
+    /// Join the WAN pool (`--wan`) through the given addresses.
+    Join(JoinArgs),
     /// Operator commands.
     Operator {
         /// Operator subcommand.
@@ -81,13 +83,13 @@ pub enum AppCommand {
         timeout: u64,
         /// Common flags.
         #[command(flatten)]
-        client: ClientArgs,
+        client: AppClientArgs,
     },
     /// List apps.
     List {
         /// Common flags.
         #[command(flatten)]
-        client: ClientArgs,
+        client: AppClientArgs,
     },
     /// Show one app and its tasks.
     Show {
@@ -95,7 +97,7 @@ pub enum AppCommand {
         id: String,
         /// Common flags.
         #[command(flatten)]
-        client: ClientArgs,
+        client: AppClientArgs,
     },
     /// Change the number of instances.
     Scale {
@@ -108,7 +110,7 @@ pub enum AppCommand {
         timeout: u64,
         /// Common flags.
         #[command(flatten)]
-        client: ClientArgs,
+        client: AppClientArgs,
     },
     /// Replace every instance, honouring the upgrade strategy.
     Restart {
@@ -119,7 +121,7 @@ pub enum AppCommand {
         timeout: u64,
         /// Common flags.
         #[command(flatten)]
-        client: ClientArgs,
+        client: AppClientArgs,
     },
     /// Stop every instance and remove the app.
     Destroy {
@@ -130,7 +132,7 @@ pub enum AppCommand {
         timeout: u64,
         /// Common flags.
         #[command(flatten)]
-        client: ClientArgs,
+        client: AppClientArgs,
     },
 }
 
@@ -183,6 +185,56 @@ pub struct ClientArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The datacenter every request is for (`?dc=`); set by the commands that take `--dc`.
+    #[arg(skip)]
+    pub dc: Option<String>,
+}
+
+/// Flags of `atoll app` commands: the agent, and the datacenter the app lives in.
+#[derive(Debug, Args)]
+pub struct AppClientArgs {
+    /// Common flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The datacenter to act in (default: the agent's own).
+    #[arg(long)]
+    pub dc: Option<String>,
+}
+
+impl AppClientArgs {
+    /// The agent's flags, with every request sent for `--dc`.
+    pub fn into_client(self) -> ClientArgs {
+        ClientArgs {
+            dc: self.dc.filter(|dc| !dc.is_empty()),
+            ..self.client
+        }
+    }
+}
+
+/// `atoll members [--wan]`.
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    /// List the WAN pool: the servers of every datacenter.
+    #[arg(long)]
+    pub wan: bool,
+    /// Common flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `atoll join [--wan] ADDR...`.
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Join the WAN pool (servers only): `IP` or `IP:PORT` of another datacenter's server
+    /// (its WAN port, 8302 by default).
+    #[arg(long)]
+    pub wan: bool,
+    /// Addresses to join through.
+    #[arg(required = true)]
+    pub addresses: Vec<String>,
+    /// Common flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Flags every node has.

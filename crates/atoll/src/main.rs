@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use atoll_agent::{Agent, AgentConfig};
-use atoll_api::{ApiContext, ApiSwitch, Forming};
+use atoll_api::{ApiContext, ApiSwitch, Forming, RelayFederation};
 use atoll_cluster::Store;
 use atoll_cluster::{Alone, ClusterHandle, Federation, Member};
 use atoll_dns::{DnsConfig, DnsServer};
@@ -38,6 +38,8 @@ const EXIT_TASK_FAILED: i32 = 70;
 
 /// How long open HTTP connections get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// How often a compute node relearns the servers it relays through and the datacenters.
+const RELAY_REFRESH: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -68,7 +70,8 @@ fn main() -> ExitCode {
             CommandLine::Lock(args) => return lock_cli::run(args).await,
             CommandLine::Dev(args) => run_node(args.settings()?).await,
             CommandLine::Agent(args) => run_node(args.settings()?).await,
-            CommandLine::Members(args) => cli::members(&args).await,
+            CommandLine::Members(args) => cli::members(&args.client, args.wan).await,
+            CommandLine::Join(args) => cli::join(&args).await,
             CommandLine::Operator {
                 command:
                     OperatorCommand::Raft {
@@ -141,19 +144,35 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     let store = Store::default();
     // DNS is bound before the API exists; prepared queries reach the API once it does.
     let dns_queries = atoll_api::consul::prepared::DnsQueries::new();
+    // Servers gossip with the servers of every datacenter (`--serf-wan-port 0`: alone).
+    let wan_pool = match &settings.wan {
+        Some(wan) => Some(wan::start(&settings, wan).await?),
+        None => None,
+    };
+    // Where requests for other datacenters go: a server sends them to the servers of that
+    // datacenter (from the WAN pool); a compute node relays through the servers of its own
+    // (learnt from the membership once joined, below).
+    let relays = match settings.role {
+        Role::Client { .. } => Some(Arc::new(RelayFederation::new(settings.datacenter.clone()))),
+        _ => None,
+    };
+    let federation: Arc<dyn Federation> = match (&relays, &wan_pool) {
+        (Some(relays), _) => relays.clone(),
+        (None, Some(pool)) => Arc::new(GossipFederation::new(
+            settings.datacenter.clone(),
+            pool.clone(),
+        )),
+        (None, None) => Arc::new(Alone::new(settings.datacenter.clone(), true)),
+    };
     let dns = DnsServer::bind(
         settings.dns_addr,
         dns_config,
         settings.recursors.clone(),
         store.clone(),
         dns_queries.clone(),
+        federation.clone(),
     )
     .map_err(|e| anyhow!("{e} (port {})", settings.dns_addr.port()))?;
-    // Servers gossip with the servers of every datacenter (`--serf-wan-port 0`: alone).
-    let wan_pool = match &settings.wan {
-        Some(wan) => Some(wan::start(&settings, wan).await?),
-        None => None,
-    };
     let temporary = match &settings.data_dir {
         Some(_) => None,
         None => Some(
@@ -178,6 +197,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 http_addr: settings.http_addr.to_string(),
                 server,
                 datacenter: settings.datacenter.clone(),
+                dns_addr: settings.dns_addr.to_string(),
             },
             snapshot_after_entries: settings.snapshot_after_entries,
             disk_reserve_bytes: settings.disk_reserve_bytes,
@@ -386,13 +406,12 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     for (name, task) in agent_loops.0 {
         supervisor.spawn(name, task);
     }
-    let federation: Arc<dyn Federation> = match &wan_pool {
-        Some(pool) => Arc::new(GossipFederation::new(
-            settings.datacenter.clone(),
-            pool.clone(),
-        )),
-        None => Arc::new(Alone::new(settings.datacenter.clone(), server)),
-    };
+    if let Some(relays) = relays {
+        supervisor.spawn(
+            "the datacenter relays",
+            relays.run(cluster.clone(), RELAY_REFRESH),
+        );
+    }
     let api = ApiContext::federated(
         agent.clone(),
         env!("CARGO_PKG_VERSION"),

@@ -31,6 +31,7 @@ impl MemoryCluster {
                 http_addr: "127.0.0.1:8500".to_string(),
                 server: true,
                 datacenter: datacenter.to_string(),
+                dns_addr: "127.0.0.1:8600".to_string(),
             },
             writes: Mutex::new(()),
             leading: AtomicBool::new(true),

@@ -7,7 +7,7 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use crate::name::{hex_ip, parse_lookup, Lookup};
+use crate::name::{hex_ip, named_datacenter, parse_lookup, Lookup};
 use crate::query::{QueryAnswer, QueryFailure};
 
 /// Payload size assumed for UDP clients that do not announce one (RFC 1035).
@@ -37,6 +37,8 @@ pub enum Resolution {
     Answer(Box<Message>),
     /// Forward the request to a recursor unchanged.
     Forward,
+    /// The name asks for another datacenter (named here): the request goes there as it is.
+    Remote(String),
     /// Run the prepared query `name` of this datacenter, then answer with
     /// [`query_response`]; an answer that depends on other datacenters is never cached.
     Query {
@@ -88,6 +90,9 @@ pub fn resolve(request: &Message, state: &State, config: &DnsConfig, seed: u64) 
         .map(|l| String::from_utf8_lossy(l).into_owned())
         .collect();
     let labels: Vec<&str> = owned.iter().map(String::as_str).collect();
+    if let Some(dc) = named_datacenter(&labels).filter(|dc| *dc != config.datacenter) {
+        return Resolution::Remote(dc.to_string());
+    }
     let lookup = parse_lookup(&labels, &|dc| dc == config.datacenter);
     let mut response = reply(request, ResponseCode::NoError, config);
     let owner = query.name.clone();
@@ -99,7 +104,8 @@ pub fn resolve(request: &Message, state: &State, config: &DnsConfig, seed: u64) 
         | Lookup::Query { datacenter, .. }
             if foreign(&datacenter) =>
         {
-            // No federation yet: another datacenter cannot be reached.
+            // `named_datacenter` sends every such form there first; a form it does not know
+            // cannot be answered here.
             response.metadata.response_code = ResponseCode::ServFail;
         }
         Lookup::Service { name, tag, .. } => {
@@ -301,6 +307,14 @@ fn soa(config: &DnsConfig, state: &State) -> Record {
         0,
     );
     Record::from_rdata(config.domain.clone(), 0, RData::SOA(data))
+}
+
+/// The answer for a name in a datacenter no route leads to: NXDOMAIN with the SOA, as
+/// Consul answers `No path to datacenter` (a SERVFAIL would be retried for ever).
+pub fn unknown_datacenter(request: &Message, state: &State, config: &DnsConfig) -> Message {
+    let mut response = reply(request, ResponseCode::NoError, config);
+    nxdomain(&mut response, config, state);
+    response
 }
 
 fn nxdomain(response: &mut Message, config: &DnsConfig, state: &State) {

@@ -97,6 +97,16 @@ pub fn parse_lookup(labels: &[&str], datacenters: &dyn Fn(&str) -> bool) -> Look
     }
 }
 
+/// The datacenter a name for another datacenter's answer names: `[TAG.]NAME.service.DC`,
+/// `_NAME._TAG.service.DC`, `NODE.node.DC` and `NAME.query.DC`, each answered there as a
+/// whole. `HEXIP.addr.DC` is not among them: the address is spelled in the name itself.
+pub fn named_datacenter<'a>(labels: &[&'a str]) -> Option<&'a str> {
+    match labels {
+        [_, "service", dc] | [_, _, "service", dc] | [_, "node", dc] | [_, "query", dc] => Some(dc),
+        _ => None,
+    }
+}
+
 fn is_kind(label: &str) -> bool {
     matches!(label, "service" | "node" | "addr" | "query")
 }
@@ -227,6 +237,33 @@ mod tests {
         assert_eq!(parse("a.b.c.service"), Lookup::Unknown);
         assert_eq!(parse("web.bogus"), Lookup::Unknown);
         assert_eq!(parse_lookup(&[], &|_| true), Lookup::Apex);
+    }
+
+    #[test]
+    fn names_answered_in_another_datacenter() {
+        let named = |name: &str| {
+            let labels: Vec<&str> = name.split('.').collect();
+            named_datacenter(&labels).map(str::to_string)
+        };
+        for name in [
+            "web.service.dc2",
+            "v1.web.service.dc2",
+            "_web._tcp.service.dc2",
+            "n1.node.dc2",
+            "geo.query.dc2",
+        ] {
+            assert_eq!(named(name).as_deref(), Some("dc2"), "{name}");
+        }
+        for name in [
+            "web.service",
+            "n1.node",
+            "7f000001.addr.dc2",
+            "a.b.c.service.dc2",
+            "x.y.node.dc2",
+            "_web._tcp.dc2",
+        ] {
+            assert_eq!(named(name), None, "{name}");
+        }
     }
 
     proptest! {

@@ -5,7 +5,9 @@
 use atoll_cluster::Store;
 use hickory_proto::op::Message;
 
-use crate::answer::{encode_within, format_error, resolve, udp_limit, DnsConfig, Resolution};
+use crate::answer::{
+    encode_within, format_error, resolve, udp_limit, unknown_datacenter, DnsConfig, Resolution,
+};
 
 /// Largest message accepted or sent (and the limit of TCP answers).
 pub const MAX_MESSAGE: usize = 65_535;
@@ -33,6 +35,9 @@ pub enum PacketReply {
     FormatError(Vec<u8>),
     /// The name is outside the domain and recursors are configured: forward the packet.
     Forward,
+    /// The name asks for another datacenter (named here): the packet goes there as it is
+    /// and the answer comes back unchanged; never cached.
+    Remote(String),
     /// A prepared query of this datacenter: run it (off the UDP threads), answer with
     /// [`crate::answer::query_response`] and cache nothing.
     Query(String),
@@ -66,6 +71,7 @@ pub fn reply_to_packet(
         for variant in 0..variants {
             match resolve(&request, state, config, seed.wrapping_add(variant)) {
                 Resolution::Forward => return PacketReply::Forward,
+                Resolution::Remote(dc) => return PacketReply::Remote(dc),
                 Resolution::Query { name } => return PacketReply::Query(name),
                 Resolution::Answer(response) => {
                     let several = response.answers.len() > 1;
@@ -80,6 +86,29 @@ pub fn reply_to_packet(
         }
         PacketReply::Answers(encoded)
     })
+}
+
+/// The answer to `packet` (which asked for another datacenter) when no route leads there:
+/// NXDOMAIN with the SOA, within the transport's limit; FORMERR if it does not parse.
+pub fn unknown_datacenter_reply(
+    packet: &[u8],
+    store: &Store,
+    config: &DnsConfig,
+    transport: Transport,
+) -> Vec<u8> {
+    let id = u16::from_be_bytes([
+        packet.first().copied().unwrap_or(0),
+        packet.get(1).copied().unwrap_or(0),
+    ]);
+    let Ok(request) = Message::from_vec(packet) else {
+        return format_error(id);
+    };
+    let limit = match transport {
+        Transport::Udp => udp_limit(&request),
+        Transport::Tcp => MAX_MESSAGE,
+    };
+    let response = store.read(|state| unknown_datacenter(&request, state, config));
+    encode_within(response, limit).unwrap_or_else(|| format_error(id))
 }
 
 #[cfg(test)]

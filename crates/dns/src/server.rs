@@ -3,6 +3,10 @@
 //!
 //! The cache is keyed by the request bytes after the id, so a hit needs no parsing, and it
 //! is emptied whenever the catalog's index moves, so it never serves a stale answer.
+//!
+//! A name in another datacenter is sent, over the transport it came in on, to a relay of
+//! the federation's route (a server of that datacenter, or of this one on a compute node)
+//! and the answer passed back; the UDP threads hand that to the runtime and never cache it.
 
 use std::collections::HashMap;
 use std::io;
@@ -10,7 +14,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-use atoll_cluster::Store;
+use atoll_cluster::{Federation, Route, Store};
 use atoll_state::Table;
 use hickory_proto::op::{Message, ResponseCode};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -21,13 +25,17 @@ use tokio::runtime::Handle;
 use crate::answer::{
     bare_response, encode_within, format_error, query_response, udp_limit, DnsConfig,
 };
-use crate::packet::{reply_to_packet, PacketReply, Transport, HEADER_LEN, MAX_MESSAGE};
+use crate::packet::{
+    reply_to_packet, unknown_datacenter_reply, PacketReply, Transport, HEADER_LEN, MAX_MESSAGE,
+};
 use crate::query::PreparedQueries;
 
 /// Entries per thread before the cache is emptied (bounds memory under random names).
 const CACHE_ENTRIES: usize = 4096;
 /// How long a recursor gets to answer.
 const RECURSOR_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the relays of another datacenter get, all together, to answer.
+const REMOTE_BUDGET: Duration = Duration::from_secs(2);
 /// Idle TCP connections are closed after this.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
@@ -58,17 +66,20 @@ struct Shared {
     recursors: Vec<SocketAddr>,
     store: Store,
     queries: Arc<dyn PreparedQueries>,
+    federation: Arc<dyn Federation>,
 }
 
 impl DnsServer {
     /// Binds TCP and one UDP socket per worker at `address`. Prepared queries
-    /// (`NAME.query.DOMAIN`) are run through `queries`.
+    /// (`NAME.query.DOMAIN`) are run through `queries`; names in other datacenters go where
+    /// `federation` routes them.
     pub fn bind(
         address: SocketAddr,
         config: DnsConfig,
         recursors: Vec<SocketAddr>,
         store: Store,
         queries: Arc<dyn PreparedQueries>,
+        federation: Arc<dyn Federation>,
     ) -> Result<Self, DnsServerError> {
         let bind_error = |protocol| {
             move |source| DnsServerError::Bind {
@@ -99,6 +110,7 @@ impl DnsServer {
                 recursors,
                 store,
                 queries,
+                federation,
             }),
         })
     }
@@ -185,7 +197,11 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: Handle) {
                 continue;
             }
             PacketReply::Forward => {
-                forward_udp(&socket, &shared, &runtime, packet.to_vec(), peer);
+                forward_udp(&socket, &shared, &runtime, packet.to_vec(), peer, None);
+                continue;
+            }
+            PacketReply::Remote(dc) => {
+                forward_udp(&socket, &shared, &runtime, packet.to_vec(), peer, Some(dc));
                 continue;
             }
             PacketReply::Query(name) => {
@@ -219,24 +235,102 @@ fn send_with_id(
     let _ = socket.send_to(out, peer);
 }
 
+/// Hands a request to the runtime: to the recursors, or (`remote`) to another datacenter.
 fn forward_udp(
     socket: &UdpSocket,
     shared: &Arc<Shared>,
     runtime: &Handle,
     packet: Vec<u8>,
     peer: SocketAddr,
+    remote: Option<String>,
 ) {
     let Ok(reply_socket) = socket.try_clone() else {
         return;
     };
     let shared = shared.clone();
     runtime.spawn(async move {
-        let answer = match ask_recursors(&shared.recursors, &packet).await {
-            Some(answer) => answer,
-            None => servfail(&packet),
+        let answer = match remote {
+            Some(dc) => ask_datacenter(&shared, &dc, &packet, Transport::Udp).await,
+            None => ask_recursors(&shared.recursors, &packet)
+                .await
+                .unwrap_or_else(|| servfail(&packet)),
         };
         let _ = reply_socket.send_to(&answer, peer);
     });
+}
+
+/// The answer of datacenter `dc` to `packet`: from the first of its route's relays that
+/// answers within [`REMOTE_BUDGET`], its id restored; NXDOMAIN when no route leads there;
+/// SERVFAIL when none answers.
+async fn ask_datacenter(shared: &Shared, dc: &str, packet: &[u8], transport: Transport) -> Vec<u8> {
+    let relays: Vec<SocketAddr> = match shared.federation.route(dc) {
+        // `resolve` answers this datacenter's names itself; a route saying otherwise names
+        // a datacenter this node cannot tell apart from its own.
+        Route::Local | Route::Unknown => {
+            return unknown_datacenter_reply(packet, &shared.store, &shared.config, transport)
+        }
+        Route::Unreachable => return servfail(packet),
+        Route::Via(relays) => relays.iter().filter_map(|relay| relay.dns_addr).collect(),
+    };
+    let deadline = tokio::time::Instant::now() + REMOTE_BUDGET;
+    // A fresh id upstream: an answer is matched to this request, not to a guess.
+    let id: u16 = rand::random();
+    let mut outgoing = packet.to_vec();
+    outgoing[..2].copy_from_slice(&id.to_be_bytes());
+    for (i, relay) in relays.iter().enumerate() {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            break;
+        }
+        // Each remaining relay gets an equal share of what is left.
+        let share = (deadline - now) / (relays.len() - i) as u32;
+        let asked = match transport {
+            Transport::Udp => tokio::time::timeout(share, ask_udp(*relay, &outgoing, id)).await,
+            Transport::Tcp => tokio::time::timeout(share, ask_tcp(*relay, &outgoing, id)).await,
+        };
+        match asked {
+            Ok(Some(mut answer)) => {
+                answer[..2].copy_from_slice(&packet[..2]);
+                return answer;
+            }
+            _ => tracing::debug!(%relay, dc, "relay did not answer a DNS request"),
+        }
+    }
+    servfail(packet)
+}
+
+async fn ask_udp(relay: SocketAddr, packet: &[u8], id: u16) -> Option<Vec<u8>> {
+    let local: SocketAddr = if relay.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let socket = tokio::net::UdpSocket::bind(local).await.ok()?;
+    socket.connect(relay).await.ok()?;
+    socket.send(packet).await.ok()?;
+    let mut buffer = vec![0u8; MAX_MESSAGE];
+    loop {
+        // A connected socket only receives from the relay; a stray answer is skipped.
+        let len = socket.recv(&mut buffer).await.ok()?;
+        if len >= HEADER_LEN && buffer[..2] == id.to_be_bytes() {
+            buffer.truncate(len);
+            return Some(buffer);
+        }
+    }
+}
+
+async fn ask_tcp(relay: SocketAddr, packet: &[u8], id: u16) -> Option<Vec<u8>> {
+    let mut stream = TcpStream::connect(relay).await.ok()?;
+    let length = u16::try_from(packet.len()).ok()?;
+    let mut framed = Vec::with_capacity(packet.len() + 2);
+    framed.extend_from_slice(&length.to_be_bytes());
+    framed.extend_from_slice(packet);
+    stream.write_all(&framed).await.ok()?;
+    let mut length = [0u8; 2];
+    stream.read_exact(&mut length).await.ok()?;
+    let mut answer = vec![0u8; u16::from_be_bytes(length) as usize];
+    stream.read_exact(&mut answer).await.ok()?;
+    (answer.len() >= HEADER_LEN && answer[..2] == id.to_be_bytes()).then_some(answer)
 }
 
 /// Runs a prepared query on the runtime and sends its answer from there, so the UDP thread
@@ -361,6 +455,9 @@ async fn serve_tcp_connection(mut stream: TcpStream, shared: Arc<Shared>) {
                 PacketReply::Forward => ask_recursors(&shared.recursors, &packet)
                     .await
                     .unwrap_or_else(|| servfail(&packet)),
+                PacketReply::Remote(dc) => {
+                    ask_datacenter(&shared, &dc, &packet, Transport::Tcp).await
+                }
                 PacketReply::Query(name) => {
                     answer_query(&shared, &packet, &name, Transport::Tcp).await
                 }
@@ -446,6 +543,7 @@ mod tests {
             Vec::new(),
             Store::default(),
             queries.clone(),
+            Arc::new(atoll_cluster::Alone::new("dc1", true)),
         )
         .expect("bound");
         let address = server.local_addr().expect("an address");
@@ -474,5 +572,272 @@ mod tests {
         );
         assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
         assert_eq!(queries.runs.load(Ordering::SeqCst), 2);
+    }
+}
+
+#[cfg(test)]
+mod remote_tests {
+    use std::collections::HashMap;
+
+    use atoll_cluster::{Alone, DatacenterCoordinates, Pending, PoolMember, Relay, Store};
+    use atoll_state::{Command, Registration, ServiceSpec, State};
+    use hickory_proto::op::{MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+
+    use super::*;
+    use crate::query::NoQueries;
+
+    struct Fixed {
+        datacenter: String,
+        routes: HashMap<String, Route>,
+    }
+
+    impl Federation for Fixed {
+        fn datacenter(&self) -> &str {
+            &self.datacenter
+        }
+        fn datacenters(&self) -> Vec<String> {
+            vec![self.datacenter.clone()]
+        }
+        fn route(&self, dc: &str) -> Route {
+            self.routes.get(dc).cloned().unwrap_or(Route::Unknown)
+        }
+        fn wan_members(&self) -> Option<Vec<PoolMember>> {
+            None
+        }
+        fn wan_coordinates(&self) -> Vec<DatacenterCoordinates> {
+            Vec::new()
+        }
+        fn join_wan<'a>(&'a self, _: &'a [String]) -> Pending<'a, usize> {
+            Box::pin(async { Ok(0) })
+        }
+    }
+
+    fn config(dc: &str) -> DnsConfig {
+        DnsConfig {
+            domain: Name::from_ascii("consul.").unwrap(),
+            datacenter: dc.into(),
+            service_ttl: 0,
+            node_ttl: 0,
+            only_passing: false,
+            has_recursors: false,
+        }
+    }
+
+    /// A state where node `far` of `dc` runs service `web` at 10.2.0.1.
+    fn catalog(dc: &str) -> Store {
+        let mut state = State::default();
+        state.apply(
+            1,
+            &Command::Register(Box::new(Registration {
+                node: "far".into(),
+                address: "10.2.0.1".into(),
+                datacenter: dc.into(),
+                service: Some(ServiceSpec {
+                    id: "web".into(),
+                    name: "web".into(),
+                    port: 80,
+                    tags: vec!["v1".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        );
+        Store::new(state, 1)
+    }
+
+    /// Serves DNS for `dc` on a free port of `ip` (UDP and TCP on the same port: the UDP
+    /// sockets are bound one per worker, so the port cannot be left to the system).
+    fn start(ip: &str, dc: &str, store: Store, federation: Arc<dyn Federation>) -> SocketAddr {
+        let free = std::net::UdpSocket::bind(format!("{ip}:0")).unwrap();
+        let address = free.local_addr().unwrap();
+        drop(free);
+        let server = DnsServer::bind(
+            address,
+            config(dc),
+            Vec::new(),
+            store,
+            Arc::new(NoQueries),
+            federation,
+        )
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        server.start(Handle::current()).unwrap();
+        addr
+    }
+
+    fn request(name: &str, qtype: RecordType) -> Vec<u8> {
+        let mut request = Message::new(0x4242, MessageType::Query, OpCode::Query);
+        request.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        request.to_vec().unwrap()
+    }
+
+    async fn over_udp(server: SocketAddr, name: &str, qtype: RecordType) -> Message {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.send_to(&request(name, qtype), server).await.unwrap();
+        let mut buffer = vec![0u8; MAX_MESSAGE];
+        let (len, _) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buffer))
+            .await
+            .unwrap()
+            .unwrap();
+        Message::from_vec(&buffer[..len]).unwrap()
+    }
+
+    async fn over_tcp(server: SocketAddr, name: &str, qtype: RecordType) -> Message {
+        let packet = request(name, qtype);
+        let mut stream = TcpStream::connect(server).await.unwrap();
+        let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&packet);
+        stream.write_all(&framed).await.unwrap();
+        let mut length = [0u8; 2];
+        stream.read_exact(&mut length).await.unwrap();
+        let mut answer = vec![0u8; u16::from_be_bytes(length) as usize];
+        stream.read_exact(&mut answer).await.unwrap();
+        Message::from_vec(&answer).unwrap()
+    }
+
+    async fn ask_over(tcp: bool, server: SocketAddr, name: &str, qtype: RecordType) -> Message {
+        if tcp {
+            over_tcp(server, name, qtype).await
+        } else {
+            over_udp(server, name, qtype).await
+        }
+    }
+
+    fn addresses(message: &Message) -> Vec<String> {
+        message
+            .answers
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::A(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// dc2's server on 127.0.20.1 and dc1's on 127.0.10.1, which routes dc2 there, dc3 to
+    /// no live server, dc4 to a relay that never answers (a bound, silent UDP port).
+    async fn two_datacenters() -> (SocketAddr, tokio::net::UdpSocket) {
+        let dc2 = start(
+            "127.0.20.1",
+            "dc2",
+            catalog("dc2"),
+            Arc::new(Alone::new("dc2", true)),
+        );
+        let silent = tokio::net::UdpSocket::bind("127.0.30.1:0").await.unwrap();
+        let relay = |name: &str, dns_addr| Relay {
+            name: name.into(),
+            http_addr: "127.0.0.1:1".parse().unwrap(),
+            dns_addr: Some(dns_addr),
+        };
+        let routes = HashMap::from([
+            ("dc2".into(), Route::Via(vec![relay("s.dc2", dc2)])),
+            ("dc3".into(), Route::Unreachable),
+            (
+                "dc4".into(),
+                Route::Via(vec![relay("quiet.dc4", silent.local_addr().unwrap())]),
+            ),
+        ]);
+        let dc1 = start(
+            "127.0.10.1",
+            "dc1",
+            Store::default(),
+            Arc::new(Fixed {
+                datacenter: "dc1".into(),
+                routes,
+            }),
+        );
+        (dc1, silent)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn names_in_another_datacenter_are_answered_there() {
+        let (dc1, _silent) = two_datacenters().await;
+        for tcp in [false, true] {
+            let answer = ask_over(tcp, dc1, "web.service.dc2.consul.", RecordType::A).await;
+            assert_eq!(answer.metadata.id, 0x4242);
+            assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+            assert_eq!(addresses(&answer), vec!["10.2.0.1"]);
+            let answer = ask_over(tcp, dc1, "v1.web.service.dc2.consul.", RecordType::A).await;
+            assert_eq!(addresses(&answer), vec!["10.2.0.1"]);
+            let answer = ask_over(tcp, dc1, "far.node.dc2.consul.", RecordType::A).await;
+            assert_eq!(addresses(&answer), vec!["10.2.0.1"]);
+            let answer = ask_over(tcp, dc1, "_web._tcp.service.dc2.consul.", RecordType::SRV).await;
+            assert_eq!(answer.answers.len(), 1);
+            // Not there either: dc2's own NXDOMAIN.
+            let answer = ask_over(tcp, dc1, "db.service.dc2.consul.", RecordType::A).await;
+            assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
+            // Not asked elsewhere when it names this datacenter.
+            let answer = ask_over(tcp, dc1, "web.service.dc1.consul.", RecordType::A).await;
+            assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_and_unreachable_datacenters_get_consuls_codes() {
+        let (dc1, _silent) = two_datacenters().await;
+        for tcp in [false, true] {
+            let answer = ask_over(tcp, dc1, "web.service.nowhere.consul.", RecordType::A).await;
+            assert_eq!(answer.metadata.id, 0x4242);
+            assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
+            assert!(matches!(answer.authorities[0].data, RData::SOA(_)));
+            let answer = ask_over(tcp, dc1, "web.service.dc3.consul.", RecordType::A).await;
+            assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
+        }
+        // A relay that never answers: SERVFAIL once the budget is spent, not later.
+        let started = tokio::time::Instant::now();
+        let answer = over_udp(dc1, "web.service.dc4.consul.", RecordType::A).await;
+        assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
+        assert_eq!(answer.metadata.id, 0x4242);
+        let took = started.elapsed();
+        assert!(
+            took >= REMOTE_BUDGET - Duration::from_millis(100),
+            "{took:?}"
+        );
+        assert!(
+            took < REMOTE_BUDGET + Duration::from_millis(500),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn remote_answers_are_not_cached() {
+        let dc2_store = catalog("dc2");
+        let dc2 = start(
+            "127.0.21.1",
+            "dc2",
+            dc2_store.clone(),
+            Arc::new(Alone::new("dc2", true)),
+        );
+        let routes = HashMap::from([(
+            "dc2".into(),
+            Route::Via(vec![Relay {
+                name: "s.dc2".into(),
+                http_addr: "127.0.0.1:1".parse().unwrap(),
+                dns_addr: Some(dc2),
+            }]),
+        )]);
+        let dc1 = start(
+            "127.0.11.1",
+            "dc1",
+            Store::default(),
+            Arc::new(Fixed {
+                datacenter: "dc1".into(),
+                routes,
+            }),
+        );
+        let answer = over_udp(dc1, "web.service.dc2.consul.", RecordType::A).await;
+        assert_eq!(addresses(&answer), vec!["10.2.0.1"]);
+        // dc2 changes; dc1's catalog does not, so only a cache would keep the old answer.
+        dc2_store.apply(
+            2,
+            &Command::Deregister(atoll_state::Deregistration {
+                node: "far".into(),
+                service_id: Some("web".into()),
+                check_id: None,
+            }),
+        );
+        let answer = over_udp(dc1, "web.service.dc2.consul.", RecordType::A).await;
+        assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
     }
 }

@@ -60,6 +60,7 @@ async fn main() {
             http_addr: "127.0.0.1:8500".into(),
             server: true,
             datacenter: "dc1".into(),
+            dns_addr: "127.0.0.1:8600".into(),
         },
         snapshot_after_entries: 64,
         disk_reserve_bytes: 0,

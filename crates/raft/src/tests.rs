@@ -12,6 +12,7 @@ pub(crate) fn config(dir: &std::path::Path, snapshot_after_entries: u64) -> Cons
             http_addr: "127.0.0.1:8500".into(),
             server: true,
             datacenter: "dc1".into(),
+            dns_addr: "127.0.0.1:8600".into(),
         },
         snapshot_after_entries,
         disk_reserve_bytes: 0,

@@ -118,15 +118,22 @@ pub(crate) fn own_member_json(context: &ApiContext) -> serde_json::Value {
     member_json(context, cluster.node_id(), cluster.member())
 }
 
-/// `GET /v1/agent/members`.
-pub async fn members(State(context): State<ApiContext>) -> Response {
+/// `GET /v1/agent/members` (`?wan=1`: the WAN pool).
+pub async fn members(
+    State(context): State<ApiContext>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref());
+    if super::wan::wants_wan(&query) {
+        return super::wan::wan_members(&context, &query);
+    }
     let members: Vec<_> = context
         .cluster()
         .members()
         .iter()
         .map(|(id, member, _)| member_json(&context, *id, member))
         .collect();
-    json_with_index(context.store().applied(), &members)
+    Ok(json_with_index(context.store().applied(), &members))
 }
 
 /// `GET /v1/agent/services` (`?filter=`).

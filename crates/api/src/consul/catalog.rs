@@ -50,11 +50,6 @@ pub async fn deregister(
     Ok(json_with_index(context.store().applied(), &true))
 }
 
-/// `GET /v1/catalog/datacenters`.
-pub async fn datacenters(State(context): State<ApiContext>) -> Response {
-    json_with_index(context.store().applied(), &vec![context.datacenter()])
-}
-
 /// Whether an instance carries every requested tag (case-insensitive, as Consul's DNS and
 /// API compare tags).
 pub(crate) fn has_tags(service: &ServiceInstance, tags: &[&str]) -> bool {

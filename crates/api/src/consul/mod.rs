@@ -16,6 +16,7 @@ pub mod prepared;
 mod session;
 mod status;
 pub mod txn;
+mod wan;
 pub mod wire;
 
 use axum::routing::{delete, get, put};
@@ -66,7 +67,12 @@ pub fn routes() -> Router<ApiContext> {
         .route("/v1/agent/check/update/{id}", put(agent::update))
         .route("/v1/catalog/register", put(catalog::register))
         .route("/v1/catalog/deregister", put(catalog::deregister))
-        .route("/v1/catalog/datacenters", get(catalog::datacenters))
+        .route("/v1/catalog/datacenters", get(wan::datacenters))
+        .route(
+            "/v1/coordinate/datacenters",
+            get(wan::coordinate_datacenters),
+        )
+        .route("/v1/agent/join/{address}", put(wan::join))
         .route("/v1/catalog/nodes", get(catalog::nodes))
         .route("/v1/catalog/services", get(catalog::services))
         .route("/v1/catalog/service/{name}", get(catalog::service))

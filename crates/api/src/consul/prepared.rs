@@ -22,9 +22,9 @@ use atoll_state::{
 };
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, Full};
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -41,8 +41,6 @@ use crate::ApiContext;
 const ID_ATTEMPTS: usize = 3;
 /// The path a failover sends the rendered query to.
 pub const EXECUTE_REMOTE_PATH: &str = "/v1/internal/query/execute-remote";
-/// How long connecting to a relay may take.
-const RELAY_CONNECT_TIMEOUT: Duration = Duration::from_millis(700);
 /// How long one datacenter of a failover may take, all its relays together.
 const DATACENTER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Consul's text for an id or name no query has.
@@ -662,7 +660,7 @@ pub async fn run(
             }
         };
         let addresses: Vec<SocketAddr> = relays.iter().map(|relay| relay.http_addr).collect();
-        match execute_in(&addresses, &dc, &body).await {
+        match execute_in(context.forwarder(), &addresses, &dc, &body).await {
             Ok(remote) => {
                 let found = !remote.nodes.is_empty();
                 response.nodes = remote.nodes;
@@ -683,6 +681,7 @@ pub async fn run(
 /// Asks the relays of `dc`, in order, to run a rendered query there; the first that answers
 /// decides. Within [`DATACENTER_TIMEOUT`] for all of them.
 async fn execute_in(
+    forwarder: &crate::federate::Forwarder,
     relays: &[SocketAddr],
     dc: &str,
     body: &[u8],
@@ -691,7 +690,10 @@ async fn execute_in(
     let ask = async {
         let mut last = format!("no server of {dc} is known");
         for relay in relays {
-            match send_to_relay(*relay, "POST", &path, body.to_vec()).await {
+            match forwarder
+                .call(*relay, Method::POST, &path, Bytes::copy_from_slice(body))
+                .await
+            {
                 Ok((status, bytes)) if status == StatusCode::OK => {
                     return serde_json::from_slice::<ExecuteResponse>(&bytes)
                         .map_err(|e| format!("{relay} answered unreadable JSON: {e}"));
@@ -710,41 +712,6 @@ async fn execute_in(
     tokio::time::timeout(DATACENTER_TIMEOUT, ask)
         .await
         .unwrap_or_else(|_| Err(format!("no answer from {dc} within {DATACENTER_TIMEOUT:?}")))
-}
-
-/// Sends one request to another node's HTTP API and reads the whole answer. The one
-/// client this module uses to reach other nodes (connection timeout
-/// [`RELAY_CONNECT_TIMEOUT`]; the caller bounds the whole exchange).
-pub async fn send_to_relay(
-    relay: SocketAddr,
-    method: &str,
-    path_and_query: &str,
-    body: Vec<u8>,
-) -> Result<(StatusCode, Bytes), String> {
-    use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(RELAY_CONNECT_TIMEOUT));
-    connector.set_nodelay(true);
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(connector);
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(format!("http://{relay}{path_and_query}"))
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let response = client.request(request).await.map_err(|e| e.to_string())?;
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, bytes))
 }
 
 /// Percent-encodes a query-string value.

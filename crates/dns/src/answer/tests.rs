@@ -57,6 +57,7 @@ fn ask(state: &State, name: &str, qtype: RecordType) -> Message {
     match resolve(&request, state, &config(), 1) {
         Resolution::Answer(message) => *message,
         Resolution::Forward => panic!("unexpected forward"),
+        Resolution::Remote(dc) => panic!("unexpected remote lookup in {dc}"),
         Resolution::Query { name } => panic!("unexpected prepared query {name}"),
     }
 }
@@ -149,8 +150,35 @@ fn node_lookup_and_foreign_datacenter() {
         a_records(&ask(&state, "n1.node.consul.", RecordType::A)),
         vec!["10.0.0.1"]
     );
-    let response = ask(&state, "web.service.dc9.consul.", RecordType::A);
-    assert_eq!(response.metadata.response_code, ResponseCode::ServFail);
+    // This datacenter named: answered here.
+    assert_eq!(
+        a_records(&ask(&state, "n1.node.dc1.consul.", RecordType::A)),
+        vec!["10.0.0.1"]
+    );
+    // Another: sent there, whichever form names it.
+    for name in [
+        "web.service.dc9.consul.",
+        "v1.web.service.dc9.consul.",
+        "_web._tcp.service.dc9.consul.",
+        "n1.node.dc9.consul.",
+        "geo.query.dc9.consul.",
+    ] {
+        let mut request = Message::new(7, MessageType::Query, OpCode::Query);
+        request.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        assert!(
+            matches!(resolve(&request, &state, &config(), 1), Resolution::Remote(dc) if dc == "dc9"),
+            "{name}"
+        );
+    }
+    // No route: NXDOMAIN with the SOA.
+    let mut request = Message::new(7, MessageType::Query, OpCode::Query);
+    request.add_query(Query::query(
+        Name::from_ascii("web.service.dc9.consul.").unwrap(),
+        RecordType::A,
+    ));
+    let response = unknown_datacenter(&request, &state, &config());
+    assert_eq!(response.metadata.response_code, ResponseCode::NXDomain);
+    assert!(matches!(response.authorities[0].data, RData::SOA(_)));
 }
 
 #[test]
@@ -230,8 +258,12 @@ fn prepared_query_names_of_this_datacenter_are_run_and_others_are_not() {
             other => panic!("{name}: {other:?}"),
         }
     }
-    let foreign = ask(&state, "web.query.dc9.consul.", RecordType::A);
-    assert_eq!(foreign.metadata.response_code, ResponseCode::ServFail);
+    // Another datacenter's query runs there.
+    let request = request_for("web.query.dc9.consul.", RecordType::A);
+    assert!(matches!(
+        resolve(&request, &state, &config(), 1),
+        Resolution::Remote(dc) if dc == "dc9"
+    ));
 }
 
 fn instance(node: &str, node_address: &str, address: &str, port: u16) -> crate::QueryInstance {
