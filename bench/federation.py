@@ -105,7 +105,7 @@ def ms(seconds: float) -> str:
 def summary(values: list[float]) -> str:
     if not values:
         return "n/a"
-    return f"{statistics.median(values):.2f} s (min {min(values):.2f}, max {max(values):.2f})"
+    return f"{statistics.median(values):.3f} s (min {min(values):.3f}, max {max(values):.3f})"
 
 
 def main() -> int:
