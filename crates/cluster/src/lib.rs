@@ -20,7 +20,7 @@ pub use coordinate::{
 pub use federation::{
     Alone, DatacenterCoordinates, Federation, MemberStatus, PoolMember, Relay, Route,
 };
-pub use member::Member;
+pub use member::{node_uuid, Member};
 pub use memory::MemoryCluster;
 pub use store::{Applied, Store};
 pub use waiters::{Waiter, Watch};

@@ -21,6 +21,31 @@ pub struct Member {
     pub dns_addr: String,
 }
 
+/// A node's id as Consul shows it (a UUID, version 4 layout), derived from its name so that
+/// every node computes the same one for a member (the members' `id` tag, `NodeID`).
+pub fn node_uuid(name: &str) -> String {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    let fnv1a = |seed: u64, bytes: &[u8]| {
+        bytes.iter().fold(seed, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let (high, low) = (
+        fnv1a(FNV_OFFSET, name.as_bytes()),
+        fnv1a(FNV_OFFSET.rotate_left(32), name.as_bytes()),
+    );
+    let high = (high & !0xf000) | 0x4000;
+    let low = (low & !(0xc << 60)) | (0x8 << 60);
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        high >> 32,
+        (high >> 16) & 0xffff,
+        high & 0xffff,
+        low >> 48,
+        low & 0xffff_ffff_ffff
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::extract::Path;
 use atoll_agent::SERVER_SERVICE;
+pub(crate) use atoll_cluster::node_uuid;
 use atoll_cluster::Watch;
 use atoll_state::{
     CheckSpec, CheckStatus, Command, Deregistration, Registration, ServiceInstance, Table,
@@ -92,25 +93,6 @@ fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
     bytes.iter().fold(seed, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
-}
-
-/// A node's id as Consul shows it (a UUID): derived from its name, so every node computes
-/// the same one for a member.
-pub(crate) fn node_uuid(name: &str) -> String {
-    let (high, low) = (
-        fnv1a(FNV_OFFSET, name.as_bytes()),
-        fnv1a(FNV_OFFSET.rotate_left(32), name.as_bytes()),
-    );
-    let high = (high & !0xf000) | 0x4000;
-    let low = (low & !(0xc << 60)) | (0x8 << 60);
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        high >> 32,
-        (high >> 16) & 0xffff,
-        high & 0xffff,
-        low >> 48,
-        low & 0xffff_ffff_ffff
-    )
 }
 
 pub(crate) fn own_member_json(context: &ApiContext) -> serde_json::Value {
