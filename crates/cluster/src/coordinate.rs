@@ -45,6 +45,12 @@ impl Coordinate {
         euclidean + self.height + other.height
     }
 
+    /// The estimated round-trip time to `other` as [`Coordinate::distance`]; `None` when the
+    /// two have different dimensions and cannot be compared.
+    pub fn distance_to(&self, other: &Coordinate) -> Option<f64> {
+        (self.vec.len() == other.vec.len()).then(|| self.distance(other))
+    }
+
     /// Whether every component is a finite number.
     pub fn is_valid(&self) -> bool {
         self.vec.iter().all(|x| x.is_finite())

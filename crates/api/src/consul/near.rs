@@ -6,40 +6,7 @@
 //! the node named by `near` has no coordinate. The sort itself is complete: once coordinates
 //! are kept, a lookup that returns them is all the endpoints need.
 
-/// A node's position in the Vivaldi model, in seconds, as Consul's `coordinate.Coordinate`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Coordinate {
-    /// The Euclidean part.
-    pub vec: Vec<f64>,
-    /// How unsure the node is of its position (not used to estimate distances).
-    pub error: f64,
-    /// A correction added to every distance from this node.
-    pub adjustment: f64,
-    /// The node's distance to the core of the network (its access link).
-    pub height: f64,
-}
-
-impl Coordinate {
-    /// Estimated round-trip time to `other`, in seconds; `None` when the two coordinates have
-    /// different dimensions (they cannot be compared).
-    pub fn distance_to(&self, other: &Coordinate) -> Option<f64> {
-        if self.vec.len() != other.vec.len() {
-            return None;
-        }
-        let euclidean = self
-            .vec
-            .iter()
-            .zip(&other.vec)
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum::<f64>()
-            .sqrt();
-        let distance = euclidean + self.height + other.height;
-        // The adjustments correct for what the model misses, but never below the raw distance's
-        // sign: a negative estimate would mean nothing.
-        let adjusted = distance + self.adjustment + other.adjustment;
-        Some(if adjusted > 0.0 { adjusted } else { distance })
-    }
-}
+pub use atoll_cluster::Coordinate;
 
 /// Where coordinates come from.
 pub trait Coordinates {
