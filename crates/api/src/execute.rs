@@ -11,10 +11,13 @@
 use atoll_cluster::ClusterError;
 use atoll_state::{Command, Outcome, Rejection};
 use axum::http::StatusCode;
+use axum::response::Response;
+use rand::RngCore;
 
 use crate::error::ApiError;
 use crate::federate::NO_PATH;
 use crate::marathon::routes::MarathonError;
+use crate::query::json_with_index;
 use crate::ApiContext;
 
 /// Why a request was not carried out.
@@ -84,6 +87,54 @@ fn reach_named(
 /// Writes a command for this datacenter; a rejection is a refusal.
 pub async fn write(context: &ApiContext, command: Command) -> Result<Outcome, Refusal> {
     write_in(context, None, command).await
+}
+
+/// How many fresh ids a create tries when one is taken (a UUID collision).
+const ID_ATTEMPTS: usize = 3;
+
+/// Writes the command `make` builds around a fresh random id (a session's, a prepared
+/// query's), trying another id when the state machine finds that one taken; answers Consul's
+/// `{"ID": ...}` with the id written. `what` names the object in the error when every attempt
+/// collided.
+pub async fn create_with_new_id(
+    context: &ApiContext,
+    what: &str,
+    mut make: impl FnMut(&str) -> Command,
+) -> Result<Response, ApiError> {
+    for attempt in 1..=ID_ATTEMPTS {
+        let id = new_id();
+        match write(context, make(&id)).await {
+            Ok(_) => {
+                return Ok(json_with_index(
+                    context.store().applied(),
+                    &serde_json::json!({ "ID": id }),
+                ))
+            }
+            Err(Refusal::Rejected(Rejection::Conflict(_))) if attempt < ID_ATTEMPTS => continue,
+            Err(refusal) => return Err(refusal.into()),
+        }
+    }
+    Err(ApiError::with_status(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("Failed to generate a unique {what} ID"),
+    ))
+}
+
+/// A random (version 4) UUID, as Consul's session and prepared query ids.
+pub(crate) fn new_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// Writes a command for the datacenter its body's `Datacenter` names (`None`: this one); a

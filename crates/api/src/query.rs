@@ -125,6 +125,14 @@ impl ReadOptions {
     }
 }
 
+/// The query string of a request this datacenter answers, refusing a `dc` this node cannot
+/// reach (see [`check_datacenter`]).
+pub fn local_query(raw: Option<&str>, context: &ApiContext) -> Result<Query, ApiError> {
+    let query = Query::parse(raw);
+    check_datacenter(&query, context)?;
+    Ok(query)
+}
+
 /// Refuses requests whose `dc` this node cannot reach (see [`crate::execute::reach`]).
 pub fn check_datacenter(query: &Query, context: &ApiContext) -> Result<(), ApiError> {
     Ok(crate::execute::reach(context, query.get("dc"))?)

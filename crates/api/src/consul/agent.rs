@@ -22,7 +22,7 @@ use super::wire::{CheckJson, ServiceJson};
 use crate::error::ApiError;
 use crate::execute::write;
 use crate::query::{
-    blocking, blocking_until, check_datacenter, json_with_index, set_index, Query, ReadOptions,
+    blocking, blocking_until, json_with_index, local_query, set_index, Query, ReadOptions,
 };
 use crate::ApiContext;
 
@@ -262,8 +262,7 @@ pub async fn register_service(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(raw.as_deref());
-    check_datacenter(&query, &context)?;
+    let query = local_query(raw.as_deref(), &context)?;
     let (service, checks) = parse_service_registration(&body)?;
     allow_scripts(&context, &checks)?;
     let registration = Registration {

@@ -11,10 +11,10 @@ use axum::response::Response;
 use base64::Engine;
 use serde::Serialize;
 
-use super::session::new_id;
 use crate::error::ApiError;
+use crate::execute::new_id;
 use crate::execute::write;
-use crate::query::{blocking_until, check_datacenter, json_with_index, Query, ReadOptions};
+use crate::query::{blocking_until, json_with_index, local_query, Query, ReadOptions};
 use crate::ApiContext;
 
 /// Consul's limit on a user event (name and payload), from Serf's.
@@ -106,8 +106,7 @@ pub async fn fire(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(raw.as_deref());
-    check_datacenter(&query, &context)?;
+    let query = local_query(raw.as_deref(), &context)?;
     if name.is_empty() {
         return Err(ApiError::field("name", "Missing name"));
     }

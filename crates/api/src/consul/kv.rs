@@ -14,7 +14,7 @@ use super::input::{kv_delete_command, kv_set_command};
 use super::wire::KvJson;
 use crate::error::ApiError;
 use crate::execute::write;
-use crate::query::{blocking, check_datacenter, json_with_index, set_index, Query, ReadOptions};
+use crate::query::{blocking, json_with_index, local_query, set_index, Query, ReadOptions};
 use crate::ApiContext;
 
 enum KvRead {
@@ -131,8 +131,7 @@ pub async fn put(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(raw.as_deref());
-    check_datacenter(&query, &context)?;
+    let query = local_query(raw.as_deref(), &context)?;
     let command = kv_set_command(key, &query, &body)?;
     if let Command::KvAcquire { key, .. } = &command {
         // Lock delay is checked before proposing, as Consul's leader does.
@@ -167,8 +166,7 @@ async fn delete_key(
     key: String,
     raw: Option<String>,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(raw.as_deref());
-    check_datacenter(&query, &context)?;
+    let query = local_query(raw.as_deref(), &context)?;
     let command = kv_delete_command(key, &query)?;
     let outcome = write(&context, command).await?;
     Ok(json_with_index(

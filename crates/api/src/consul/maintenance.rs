@@ -23,7 +23,7 @@ use super::wire::{
 };
 use crate::error::ApiError;
 use crate::execute::write;
-use crate::query::{check_datacenter, set_index, Query};
+use crate::query::{local_query, set_index, Query};
 use crate::ApiContext;
 
 const NODE_DEFAULT_REASON: &str =
@@ -90,8 +90,7 @@ pub async fn node(
     State(context): State<ApiContext>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(raw.as_deref());
-    check_datacenter(&query, &context)?;
+    let query = local_query(raw.as_deref(), &context)?;
     let (enable, reason) = parse_toggle(&query)?;
     let notes = if reason.is_empty() {
         NODE_DEFAULT_REASON.to_string()
@@ -113,8 +112,7 @@ pub async fn service(
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(raw.as_deref());
-    check_datacenter(&query, &context)?;
+    let query = local_query(raw.as_deref(), &context)?;
     let (enable, reason) = parse_toggle(&query)?;
     let exists = context.store().read(|s| {
         s.service(context.node(), &id)

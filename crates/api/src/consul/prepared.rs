@@ -17,7 +17,7 @@ use atoll_state::prepared::{
     TEMPLATE_NAME_PREFIX_MATCH,
 };
 use atoll_state::{
-    Command, PreparedQuery, QueryDns, QueryFailover, QueryTemplate, Rejection, ServiceQuery,
+    Command, PreparedQuery, QueryDns, QueryFailover, QueryTemplate, ServiceQuery,
     State as StateView, Table,
 };
 use axum::body::Bytes;
@@ -28,17 +28,15 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::session::new_id;
 use super::wire::{CheckJson, HealthEntryJson, NodeJson, ServiceJson};
 use crate::decode::{decode_body, parse_duration};
 use crate::error::ApiError;
-use crate::execute::{write, Refusal};
+use crate::execute::{create_with_new_id, write};
 use crate::extract::Path;
-use crate::query::{blocking, check_datacenter, json_with_index, Query, ReadOptions};
+use crate::query::{blocking, json_with_index, local_query, Query, ReadOptions};
 use crate::ApiContext;
 
 /// How many fresh ids a create tries when one is taken (a UUID collision).
-const ID_ATTEMPTS: usize = 3;
 /// The path a failover sends the rendered query to.
 pub const EXECUTE_REMOTE_PATH: &str = "/v1/internal/query/execute-remote";
 /// How long one datacenter of a failover may take, all its relays together.
@@ -345,8 +343,7 @@ pub async fn create(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(raw.as_deref());
-    check_datacenter(&query, &context)?;
+    local_query(raw.as_deref(), &context)?;
     let (id, mut definition) = parse_definition(&body)?;
     if id.is_some() {
         return Err(ApiError::field(
@@ -354,24 +351,11 @@ pub async fn create(
             "ID must be empty when creating a new prepared query",
         ));
     }
-    for attempt in 1..=ID_ATTEMPTS {
-        definition.id = new_id();
-        let command = Command::QueryCreate(Box::new(definition.clone()));
-        match write(&context, command).await {
-            Ok(_) => {
-                return Ok(json_with_index(
-                    context.store().applied(),
-                    &serde_json::json!({ "ID": definition.id }),
-                ))
-            }
-            Err(Refusal::Rejected(Rejection::Conflict(_))) if attempt < ID_ATTEMPTS => continue,
-            Err(refusal) => return Err(refusal.into()),
-        }
-    }
-    Err(ApiError::with_status(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "Failed to generate a unique prepared query ID",
-    ))
+    create_with_new_id(&context, "prepared query", |id| {
+        definition.id = id.to_string();
+        Command::QueryCreate(Box::new(definition.clone()))
+    })
+    .await
 }
 
 /// `GET /v1/query`: every definition, by id (blocking).
@@ -415,8 +399,7 @@ pub async fn update(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(raw.as_deref());
-    check_datacenter(&query, &context)?;
+    local_query(raw.as_deref(), &context)?;
     let (_, mut definition) = parse_definition(&body)?;
     definition.id = id;
     write(&context, Command::QueryUpdate(Box::new(definition))).await?;
@@ -429,8 +412,7 @@ pub async fn delete(
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(raw.as_deref());
-    check_datacenter(&query, &context)?;
+    local_query(raw.as_deref(), &context)?;
     write(&context, Command::QueryDelete { id }).await?;
     Ok(empty_ok(&context))
 }

@@ -1,23 +1,19 @@
 //! `/v1/session/*`: Consul's sessions. Creating and destroying one are Raft writes;
 //! renewing one resets the leader's timer (see `atoll_agent::Sessions`) and writes nothing.
 
-use atoll_state::{Command, Rejection, Session, State as StateView, Table};
+use atoll_state::{Command, Session, State as StateView, Table};
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use rand::RngCore;
 
 use super::input::parse_session_create;
 use super::wire::SessionJson;
 use crate::error::ApiError;
-use crate::execute::{write, Refusal};
+use crate::execute::{create_with_new_id, write};
 use crate::extract::Path;
-use crate::query::{blocking, check_datacenter, json_with_index, Query, ReadOptions};
+use crate::query::{blocking, json_with_index, local_query, Query, ReadOptions};
 use crate::ApiContext;
-
-/// How many fresh ids a create tries when one is taken (a UUID collision).
-const ID_ATTEMPTS: usize = 3;
 
 /// `PUT /v1/session/create`: answers `{"ID": ...}`.
 pub async fn create(
@@ -25,27 +21,13 @@ pub async fn create(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(raw.as_deref());
-    check_datacenter(&query, &context)?;
+    local_query(raw.as_deref(), &context)?;
     let mut session = parse_session_create(&body, context.node())?;
-    for attempt in 1..=ID_ATTEMPTS {
-        session.id = new_id();
-        let command = Command::SessionCreate(Box::new(session.clone()));
-        match write(&context, command).await {
-            Ok(_) => {
-                return Ok(json_with_index(
-                    context.store().applied(),
-                    &serde_json::json!({ "ID": session.id }),
-                ))
-            }
-            Err(Refusal::Rejected(Rejection::Conflict(_))) if attempt < ID_ATTEMPTS => continue,
-            Err(refusal) => return Err(refusal.into()),
-        }
-    }
-    Err(ApiError::with_status(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "Failed to generate a unique session ID",
-    ))
+    create_with_new_id(&context, "session", |id| {
+        session.id = id.to_string();
+        Command::SessionCreate(Box::new(session.clone()))
+    })
+    .await
 }
 
 /// `PUT /v1/session/destroy/:id`: `true`, also for a session that no longer exists.
@@ -54,8 +36,7 @@ pub async fn destroy(
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(raw.as_deref());
-    check_datacenter(&query, &context)?;
+    local_query(raw.as_deref(), &context)?;
     write(&context, Command::SessionDestroy { id }).await?;
     Ok(json_with_index(context.store().applied(), &true))
 }
@@ -67,8 +48,7 @@ pub async fn renew(
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(raw.as_deref());
-    check_datacenter(&query, &context)?;
+    local_query(raw.as_deref(), &context)?;
     let not_found = || {
         ApiError::plain(
             StatusCode::NOT_FOUND,
@@ -139,21 +119,4 @@ async fn list_where(
     })
     .await?;
     Ok(json_with_index(index, &body))
-}
-
-/// A random (version 4) UUID, as Consul's session ids.
-pub(crate) fn new_id() -> String {
-    let mut bytes = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
 }

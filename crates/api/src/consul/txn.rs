@@ -20,7 +20,7 @@ use super::wire::{CheckJson, KvJson, NodeJson, ServiceJson};
 use crate::decode::decode_body;
 use crate::error::ApiError;
 use crate::execute::write;
-use crate::query::{check_datacenter, json_with_index, Query, ReadOptions};
+use crate::query::{json_with_index, local_query, ReadOptions};
 use crate::ApiContext;
 
 /// Most operations in one transaction (Consul 1.10's `maxTxnOps`, reads included).
@@ -240,8 +240,7 @@ pub async fn apply(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let query = Query::parse(raw.as_deref());
-    check_datacenter(&query, &context)?;
+    let query = local_query(raw.as_deref(), &context)?;
     let ops = parse_txn(&body, context.datacenter())?;
     if !ops.iter().any(TxnOp::is_write) {
         // Reads alone: from this node's state, as fresh as `?stale`/`?consistent` ask.
