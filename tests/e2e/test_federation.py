@@ -371,6 +371,9 @@ def test_remote_dns_forms(fed):
         assert dig(where, "primary.web.service.dc2.consul", "+short", "+tcp").split() == [web2]
         assert dig(where, "_web._tcp.service.dc2.consul", "SRV", "+short").split() == \
             ["1", "1", str(WEB_PORT), "dc2-c1.node.dc2.consul."]
+        # RFC 2782 without `service`: the datacenter follows the protocol label.
+        assert dig(where, "_web._tcp.dc2.consul", "SRV", "+short").split() == \
+            ["1", "1", str(WEB_PORT), "dc2-c1.node.dc2.consul."]
         assert dig(where, "dc2-c1.node.dc2.consul", "+short").split() == [web2]
     # The local names still answer locally.
     assert _a_records(dns_query(fed["dc1"].client.ip, "web.service.consul")) == [fed["dc1"].client.ip]

@@ -98,11 +98,13 @@ pub fn parse_lookup(labels: &[&str], datacenters: &dyn Fn(&str) -> bool) -> Look
 }
 
 /// The datacenter a name for another datacenter's answer names: `[TAG.]NAME.service.DC`,
-/// `_NAME._TAG.service.DC`, `NODE.node.DC` and `NAME.query.DC`, each answered there as a
-/// whole. `HEXIP.addr.DC` is not among them: the address is spelled in the name itself.
+/// `_NAME._TAG.service.DC`, `_NAME._TAG.DC`, `NODE.node.DC` and `NAME.query.DC`, each
+/// answered there as a whole. `HEXIP.addr.DC` is not among them: the address is spelled in
+/// the name itself.
 pub fn named_datacenter<'a>(labels: &[&'a str]) -> Option<&'a str> {
     match labels {
         [_, "service", dc] | [_, _, "service", dc] | [_, "node", dc] | [_, "query", dc] => Some(dc),
+        [first, second, dc] if !is_kind(dc) && rfc2782(first, second, None).is_some() => Some(dc),
         _ => None,
     }
 }
@@ -251,6 +253,8 @@ mod tests {
             "_web._tcp.service.dc2",
             "n1.node.dc2",
             "geo.query.dc2",
+            "_web._tcp.dc2",
+            "_web._v1.dc2",
         ] {
             assert_eq!(named(name).as_deref(), Some("dc2"), "{name}");
         }
@@ -260,7 +264,9 @@ mod tests {
             "7f000001.addr.dc2",
             "a.b.c.service.dc2",
             "x.y.node.dc2",
-            "_web._tcp.dc2",
+            "_web.tcp.dc2",
+            "_._tcp.dc2",
+            "_web._v2.service",
         ] {
             assert_eq!(named(name), None, "{name}");
         }
