@@ -48,9 +48,14 @@ fuzz_target!(|bytes: &[u8]| {
     let Ok(mut state) = decode_state(bytes) else {
         return;
     };
-    let again = decode_state(&encode_state(&state).expect("a decoded state encodes"))
-        .expect("a re-encoded snapshot decodes");
-    assert!(again == state, "snapshot changed on re-encoding");
+    let encoded = encode_state(&state).expect("a decoded state encodes");
+    let again = decode_state(&encoded).expect("a re-encoded snapshot decodes");
+    // A float read as NaN (any resource figure) is never equal to itself, so a state holding
+    // one differs from its copy as a value; it must still encode to the same bytes.
+    assert!(
+        again == state || encode_state(&again).ok().as_ref() == Some(&encoded),
+        "snapshot changed on re-encoding"
+    );
     let fixture = fixture();
     for request in &fixture.requests {
         if let Resolution::Answer(answer) = resolve(request, &state, &fixture.config, 3) {

@@ -145,6 +145,25 @@ pub fn catalog_state() -> State {
     state
 }
 
+/// The catalog with a compute node whose CPU figure is NaN: what a snapshot's bytes can say,
+/// though no API accepts it.
+pub fn nan_state() -> State {
+    let mut state = catalog_state();
+    state.apply(
+        1_000,
+        &Command::RegisterCompute(ComputeNode {
+            node: "nan".into(),
+            cpus: f64::NAN,
+            mem: 1024.0,
+            port_range: (31_000, 31_010),
+            attributes: BTreeMap::new(),
+            drivers: vec!["exec".into()],
+            busy_ports: Vec::new(),
+        }),
+    );
+    state
+}
+
 /// A Marathon app definition with ports, a health check, constraints and labels.
 pub const BASE_APP_JSON: &str = r#"{
   "id": "/shop/web",

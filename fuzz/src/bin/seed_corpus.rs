@@ -330,6 +330,12 @@ fn snapshot_seeds(dir: &Path) -> io::Result<()> {
         "catalog-kv-apps",
         &encode_state(&atoll_fuzz::snapshot_state()).map_err(io::Error::other)?,
     )?;
+    // A resource figure that reads back as NaN: a value unequal to itself.
+    write(
+        dir,
+        "compute-node-nan",
+        &encode_state(&atoll_fuzz::nan_state()).map_err(io::Error::other)?,
+    )?;
     Ok(())
 }
 
