@@ -485,9 +485,11 @@ fn agent_address(text: &str) -> Result<String, String> {
     let text = text.trim();
     let bare = match text.split_once("://") {
         Some(("http", rest)) => rest,
-        Some((scheme, _)) => return Err(format!(
+        Some((scheme, _)) => {
+            return Err(format!(
             "{text:?}: the scheme {scheme}:// is not supported; give HOST:PORT or http://HOST:PORT"
-        )),
+        ))
+        }
         None => text,
     };
     let bare = bare.strip_suffix('/').unwrap_or(bare);
