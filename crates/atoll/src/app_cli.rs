@@ -356,7 +356,6 @@ impl Progress {
             indicatif::ProgressDrawTarget::stdout(),
         )
         .with_style(style);
-        bar.enable_steady_tick(Duration::from_millis(120));
         Progress::Live(bar, Summary::default())
     }
 
@@ -366,6 +365,10 @@ impl Progress {
                 bar.set_length(summary.wanted);
                 bar.set_position(summary.ready().min(summary.wanted));
                 bar.set_message(summary.lines()[1..].join("\n"));
+                // Ticking (drawing) starts once there is something to draw.
+                if !last.exists && summary.exists {
+                    bar.enable_steady_tick(Duration::from_millis(120));
+                }
                 *last = summary.clone();
             }
             Progress::Lines(last) => {
