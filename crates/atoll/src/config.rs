@@ -479,6 +479,10 @@ const CONSUL_HTTP_ADDR_ENV: &str = "CONSUL_HTTP_ADDR";
 /// The local agent's HTTP address.
 const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 
+/// What an agent's address may look like, and where it comes from.
+const ADDRESS_FORMS: &str = "give the agent's address (--http-addr, ATOLL_HTTP_ADDR or \
+     CONSUL_HTTP_ADDR) as HOST:PORT or http://HOST:PORT";
+
 /// An agent's address as `HOST:PORT`, from `HOST:PORT`, `HOST` (port 8500) or
 /// `http://HOST:PORT`.
 fn agent_address(text: &str) -> Result<String, String> {
@@ -487,16 +491,14 @@ fn agent_address(text: &str) -> Result<String, String> {
         Some(("http", rest)) => rest,
         Some((scheme, _)) => {
             return Err(format!(
-            "{text:?}: the scheme {scheme}:// is not supported; give HOST:PORT or http://HOST:PORT"
-        ))
+                "{text:?}: the scheme {scheme}:// is not supported; {ADDRESS_FORMS}"
+            ))
         }
         None => text,
     };
     let bare = bare.strip_suffix('/').unwrap_or(bare);
     if bare.is_empty() || bare.contains(['/', '?', '#', '@', ' ']) {
-        return Err(format!(
-            "{text:?} is not an address: give HOST:PORT or http://HOST:PORT"
-        ));
+        return Err(format!("{text:?} is not an address; {ADDRESS_FORMS}"));
     }
     // A port is what follows the last colon outside brackets (`[::1]:8500`).
     let has_port = match bare.rsplit_once(':') {
