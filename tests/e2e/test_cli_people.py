@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from apps_util import app_json, destroy_app, kill_task_processes, unique_prefix
-from conftest import free_port, require_tool, wait_for
+from conftest import free_port, require_binary, require_tool, wait_for
+
+pytestmark = pytest.mark.client_api
 
 CLI_TIMEOUT = 60
 
@@ -23,7 +25,7 @@ CLI_TIMEOUT = 60
 def run(inst, *args: str, stdin: bytes | None = None, env: dict | None = None, addr: bool = True,
         timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
     """Runs `atoll ARGS...` (with `--http-addr` of `inst` unless `addr` is false)."""
-    command = [str(inst.binary), *args]
+    command = [str(require_binary()), *args]
     if addr:
         command += ["--http-addr", inst.http_addr]
     environment = clean_env()
@@ -278,7 +280,7 @@ def test_watch_runs_its_handler_at_start_and_on_each_change(atoll, tmp_path):
     calls = tmp_path / "calls"
     calls.mkdir()
     handler = f'n=$(ls {calls}/*.json 2>/dev/null | wc -l); cat > {calls}/$n.json; echo "$CONSUL_INDEX" > {calls}/$n.index'
-    proc = subprocess.Popen([str(atoll.binary), "watch", "-type", "key", "-key", "watched/k",
+    proc = subprocess.Popen([str(require_binary()), "watch", "-type", "key", "-key", "watched/k",
                              "-http-addr", atoll.http_addr, handler],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=clean_env())
     try:
@@ -307,7 +309,7 @@ def test_watch_runs_its_handler_at_start_and_on_each_change(atoll, tmp_path):
 def test_watch_without_handler_prints_json_and_stops_on_sigint(atoll, tmp_path):
     output = tmp_path / "watch.out"
     with open(output, "wb") as sink:
-        proc = subprocess.Popen([str(atoll.binary), "watch", "--type", "keyprefix", "--prefix", "wp/",
+        proc = subprocess.Popen([str(require_binary()), "watch", "--type", "keyprefix", "--prefix", "wp/",
                                  "--http-addr", atoll.http_addr],
                                 stdout=sink, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=clean_env())
     try:
