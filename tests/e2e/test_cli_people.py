@@ -106,6 +106,13 @@ def test_kv_put_and_get_in_every_form(atoll, tmp_path):
     as_json = run(atoll, "kv", "get", "--recurse", "--json", "cli/")
     assert [e["Key"] for e in json.loads(out(as_json))] == ["cli/a", "cli/b", "cli/sub/c"], shown(as_json)
 
+    as_base64 = run(atoll, "kv", "get", "-base64", "cli/b")
+    assert out(as_base64) == base64.b64encode(b"from stdin\x00\xff").decode() + "\n", shown(as_base64)
+    put_base64 = run(atoll, "kv", "put", "-base64", "cli/d", "AAH/")
+    assert put_base64.returncode == 0 and stored_value(atoll, "cli/d") == b"\x00\x01\xff", shown(put_base64)
+    not_base64 = run(atoll, "kv", "put", "--base64", "cli/e", "%%")
+    assert not_base64.returncode != 0 and "--base64" in err(not_base64), shown(not_base64)
+
 
 def test_a_missing_key_is_exit_1_with_consuls_message(atoll):
     missing = run(atoll, "kv", "get", "cli/nothing-here")
@@ -330,6 +337,22 @@ def test_watch_without_handler_prints_json_and_stops_on_sigint(atoll, tmp_path):
         assert [e["Key"] for e in shown_now[1]] == ["wp/a"]
     finally:
         code = stop_watch(proc, signal.SIGINT)
+    assert code == 0, proc.stderr.read().decode(errors="replace")
+
+
+def test_watch_of_a_service_can_keep_only_passing_instances(atoll, tmp_path):
+    register_ttl(atoll, "pw-1", "pw", ["x"], "passing")
+    register_ttl(atoll, "pw-2", "pw", ["x"], "critical")
+    output = tmp_path / "watch.out"
+    with open(output, "wb") as sink:
+        proc = subprocess.Popen([str(require_binary()), "watch", "-type", "service", "-service", "pw", "-passingonly",
+                                 "-tag", "x", "-http-addr", atoll.http_addr],
+                                stdout=sink, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=clean_env())
+    try:
+        first = wait_for(lambda: json.loads(output.read_text()), timeout=15, interval=0.1, message="the first result")
+        assert [i["Service"]["ID"] for i in first] == ["pw-1"], first
+    finally:
+        code = stop_watch(proc)
     assert code == 0, proc.stderr.read().decode(errors="replace")
 
 

@@ -214,6 +214,9 @@ pub struct KvGetArgs {
     /// With `--keys`: list key names only up to this string (empty: every key).
     #[arg(long, default_value = "/")]
     pub separator: String,
+    /// Print values base64-encoded.
+    #[arg(long)]
+    pub base64: bool,
     /// Common flags.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -238,6 +241,9 @@ pub struct KvPutArgs {
     /// An opaque unsigned number stored with the value.
     #[arg(long)]
     pub flags: Option<u64>,
+    /// The value given is base64: write what it decodes to.
+    #[arg(long)]
+    pub base64: bool,
     /// Common flags.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -324,6 +330,16 @@ pub struct WatchArgs {
     /// The service, for `--type service` (and `checks`).
     #[arg(long)]
     pub service: Option<String>,
+    /// With `--type service`: only instances of this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// With `--type service`: only instances whose checks all pass.
+    #[arg(long)]
+    pub passingonly: bool,
+    /// With `--type checks`: only checks in this state (`any`, `passing`, `warning`,
+    /// `critical`), instead of `--service`.
+    #[arg(long, conflicts_with = "service")]
+    pub state: Option<String>,
     /// A command run by `sh -c` with the JSON on standard input at each change (its words
     /// are joined by spaces); without one the JSON is printed.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

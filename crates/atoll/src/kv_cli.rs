@@ -103,10 +103,18 @@ fn field(entry: &Value, name: &str) -> String {
     }
 }
 
+/// An entry's value as printed: its bytes, or with `base64` as stored.
+fn printed_value(entry: &Value, base64: bool) -> anyhow::Result<Vec<u8>> {
+    if base64 {
+        return Ok(field(entry, "Value").into_bytes());
+    }
+    value_of(entry)
+}
+
 /// `consul kv get -detailed`'s block for one entry.
-fn detailed(entry: &Value) -> anyhow::Result<Vec<u8>> {
+fn detailed(entry: &Value, base64: bool) -> anyhow::Result<Vec<u8>> {
     let session = field(entry, "Session");
-    let value = value_of(entry)?;
+    let value = printed_value(entry, base64)?;
     let mut out = Vec::new();
     for (name, text) in [
         ("CreateIndex", field(entry, "CreateIndex")),
@@ -169,10 +177,10 @@ async fn get(args: &KvGetArgs) -> anyhow::Result<Outcome> {
                 if i > 0 {
                     out.push(b'\n');
                 }
-                out.extend(detailed(entry)?);
+                out.extend(detailed(entry, args.base64)?);
             } else {
                 write!(out, "{}:", field(entry, "Key"))?;
-                out.extend(value_of(entry)?);
+                out.extend(printed_value(entry, args.base64)?);
                 out.push(b'\n');
             }
         }
@@ -186,9 +194,9 @@ async fn get(args: &KvGetArgs) -> anyhow::Result<Outcome> {
             return Ok(Ok(()));
         }
         if args.detailed {
-            out.extend(detailed(entry)?);
+            out.extend(detailed(entry, args.base64)?);
         } else {
-            out.extend(value_of(entry)?);
+            out.extend(printed_value(entry, args.base64)?);
             out.push(b'\n');
         }
     }
@@ -230,10 +238,16 @@ async fn put(args: &KvPutArgs) -> anyhow::Result<Outcome> {
     if let Err(refusal) = checked_key(&args.key, false) {
         return Ok(Err(refusal));
     }
-    let value = match &args.value {
+    let mut value = match &args.value {
         Some(argument) => read_data(argument)?,
         None => Vec::new(),
     };
+    if args.base64 {
+        let text = String::from_utf8_lossy(&value);
+        value = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|e| anyhow!("--base64: the value is not base64: {e}"))?;
+    }
     let mut query = Vec::new();
     if let Some(flags) = args.flags {
         query.push(format!("flags={flags}"));
@@ -404,9 +418,11 @@ mod tests {
     fn details_list_every_field() {
         let entry = json!({"Key": "k", "Flags": 3, "Value": "dg==", "CreateIndex": 5,
             "ModifyIndex": 6, "LockIndex": 0, "Session": ""});
-        let text = String::from_utf8(detailed(&entry).unwrap()).unwrap();
+        let text = String::from_utf8(detailed(&entry, false).unwrap()).unwrap();
         assert!(text.contains("Flags            3\n"), "{text}");
         assert!(text.contains("Session          -\n"), "{text}");
         assert!(text.ends_with("Value            v\n"), "{text}");
+        let text = String::from_utf8(detailed(&entry, true).unwrap()).unwrap();
+        assert!(text.ends_with("Value            dg==\n"), "{text}");
     }
 }

@@ -46,6 +46,14 @@ fn view(args: &WatchArgs) -> anyhow::Result<View> {
         &args.service,
         matches!(args.kind, WatchKind::Service | WatchKind::Checks),
     )?;
+    named("--tag", &args.tag, args.kind == WatchKind::Service)?;
+    named("--state", &args.state, args.kind == WatchKind::Checks)?;
+    if args.passingonly && args.kind != WatchKind::Service {
+        bail!(
+            "--passingonly does not apply to --type {}",
+            kind_name(args.kind)
+        );
+    }
     let required = |flag: &str, value: &Option<String>| -> anyhow::Result<String> {
         value
             .clone()
@@ -86,25 +94,40 @@ fn view(args: &WatchArgs) -> anyhow::Result<View> {
         ),
         WatchKind::Services => view("/v1/catalog/services".into(), Value::Null, false),
         WatchKind::Nodes => view("/v1/catalog/nodes".into(), Value::Null, false),
-        WatchKind::Service => view(
-            format!(
+        WatchKind::Service => {
+            let mut path = format!(
                 "/v1/health/service/{}",
                 name("--service", required("--service", &args.service)?)?
-            ),
-            Value::Array(Vec::new()),
-            false,
-        ),
+            );
+            let mut query = Vec::new();
+            if let Some(tag) = &args.tag {
+                query.push(format!("tag={}", escape(tag).replace('/', "%2F")));
+            }
+            if args.passingonly {
+                query.push("passing".to_string());
+            }
+            if !query.is_empty() {
+                path = format!("{path}?{}", query.join("&"));
+            }
+            view(path, Value::Array(Vec::new()), false)
+        }
         WatchKind::Checks => match &args.service {
             Some(service) => view(
                 format!("/v1/health/checks/{}", name("--service", service.clone())?),
                 Value::Array(Vec::new()),
                 false,
             ),
-            None => view(
-                "/v1/health/state/any".into(),
-                Value::Array(Vec::new()),
-                false,
-            ),
+            None => {
+                let state = args.state.as_deref().unwrap_or("any");
+                if !matches!(state, "any" | "passing" | "warning" | "critical") {
+                    bail!("--state {state:?} is not one of any, passing, warning, critical");
+                }
+                view(
+                    format!("/v1/health/state/{state}"),
+                    Value::Array(Vec::new()),
+                    false,
+                )
+            }
         },
     })
 }
@@ -302,6 +325,28 @@ mod tests {
             view(&parsed(&["--type", "checks"])).unwrap().path,
             "/v1/health/state/any"
         );
+        assert_eq!(
+            view(&parsed(&[
+                "--type",
+                "service",
+                "--service",
+                "web",
+                "--tag",
+                "v 1",
+                "--passingonly"
+            ]))
+            .unwrap()
+            .path,
+            "/v1/health/service/web?tag=v%201&passing"
+        );
+        assert_eq!(
+            view(&parsed(&["--type", "checks", "--state", "critical"]))
+                .unwrap()
+                .path,
+            "/v1/health/state/critical"
+        );
+        assert!(view(&parsed(&["--type", "checks", "--state", "bad"])).is_err());
+        assert!(view(&parsed(&["--type", "nodes", "--passingonly"])).is_err());
         let handler = parsed(&["--type", "nodes", "cat", "-n"]);
         assert_eq!(handler.handler, ["cat", "-n"]);
     }
