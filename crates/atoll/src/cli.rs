@@ -9,7 +9,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use crate::config::{ClientArgs, JoinArgs};
+use crate::config::{ClientArgs, CompletionShell, JoinArgs};
 
 async fn request(args: &ClientArgs, method: &str, path: &str) -> anyhow::Result<Value> {
     request_with_body(args, method, path, None)
@@ -42,7 +42,7 @@ pub async fn request_with_body(
         .map_err(|_| anyhow!("{url}: no answer within 30s"))?
         .with_context(|| {
             format!(
-                "cannot reach the agent at {} (is it running? see --http-addr)",
+                "cannot reach the agent at {} (is it running? {ADDRESS_HINT})",
                 args.http_addr
             )
         })?;
@@ -102,6 +102,122 @@ pub async fn request_with_body(
     Ok((status.as_u16(), value))
 }
 
+/// What to do when the agent cannot be reached.
+pub const ADDRESS_HINT: &str =
+    "give its address with --http-addr, or in ATOLL_HTTP_ADDR or CONSUL_HTTP_ADDR";
+
+/// An answer to a read that may block: `X-Consul-Index` and the JSON body (`None` for a 404).
+#[derive(Debug)]
+pub struct Indexed {
+    /// `X-Consul-Index`.
+    pub index: u64,
+    /// The JSON body; `None` when the agent answered 404.
+    pub body: Option<Value>,
+}
+
+/// A GET of a Consul endpoint that reports `X-Consul-Index`, waiting at most `timeout` (a
+/// blocking query asks `?index=&wait=` and waits for as long); a 404 is an answer without
+/// a body, other 4xx/5xx are [`HttpFailure`]s. It connects as [`request_with_body`] does
+/// (whatever connection options that gains belong here too), but keeps the index header
+/// that function drops.
+pub async fn get_indexed(
+    args: &ClientArgs,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<Indexed> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let url = format!("http://{}{path}", args.http_addr);
+    let request = hyper::Request::builder()
+        .method("GET")
+        .uri(&url)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| anyhow!("invalid address {:?}: {e}", args.http_addr))?;
+    let response = tokio::time::timeout(timeout, client.request(request))
+        .await
+        .map_err(|_| anyhow!("{url}: no answer within {}s", timeout.as_secs()))?
+        .with_context(|| {
+            format!(
+                "cannot reach the agent at {} (is it running? {ADDRESS_HINT})",
+                args.http_addr
+            )
+        })?;
+    let status = response.status();
+    let index = response
+        .headers()
+        .get("x-consul-index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .context("reading the answer")?
+        .to_bytes();
+    if status == hyper::StatusCode::NOT_FOUND {
+        return Ok(Indexed { index, body: None });
+    }
+    if !status.is_success() {
+        return Err(HttpFailure {
+            status: status.as_u16(),
+            message: String::from_utf8_lossy(&body).trim().to_string(),
+        }
+        .into());
+    }
+    let body =
+        serde_json::from_slice(&body).with_context(|| format!("{url}: the answer is not JSON"))?;
+    Ok(Indexed {
+        index,
+        body: Some(body),
+    })
+}
+
+/// Whether to print colours on standard output: only to a terminal, and never when
+/// `NO_COLOR` is set (no-color.org).
+pub fn colour_on_stdout() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Terminal colours of table cells.
+#[derive(Debug, Clone, Copy)]
+pub enum Colour {
+    /// Passing.
+    Green,
+    /// Warning.
+    Yellow,
+    /// Critical.
+    Red,
+}
+
+/// `text` in `colour` (when `on`).
+pub fn paint(text: &str, colour: Colour, on: bool) -> String {
+    if !on {
+        return text.to_string();
+    }
+    let code = match colour {
+        Colour::Green => 32,
+        Colour::Yellow => 33,
+        Colour::Red => 31,
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
+
+/// How many columns `text` takes on a terminal: its characters less colour sequences.
+fn visible_width(text: &str) -> usize {
+    let mut width = 0;
+    let mut in_escape = false;
+    for c in text.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (false, _) => width += 1,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+        }
+    }
+    width
+}
+
 /// `path` with `dc=DC` added to its query.
 fn for_datacenter(path: &str, dc: &str) -> anyhow::Result<String> {
     if !dc
@@ -124,16 +240,25 @@ pub struct HttpFailure {
     pub message: String,
 }
 
+/// Prints rows in aligned columns (cells may be coloured with [`paint`]).
 pub fn print_table(rows: Vec<Vec<String>>) {
     let columns = rows.first().map(Vec::len).unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| visible_width(c)))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for row in rows {
         let line: Vec<String> = row
             .iter()
             .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
+            .map(|(cell, w)| {
+                let padding = w.saturating_sub(visible_width(cell));
+                format!("{cell}{}", " ".repeat(padding))
+            })
             .collect();
         println!("{}", line.join("  ").trim_end());
     }
@@ -346,6 +471,21 @@ pub async fn list_peers(args: &ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `atoll completion SHELL`: the completion script of every command and flag.
+pub fn completion(shell: CompletionShell) -> anyhow::Result<()> {
+    use clap_complete::Shell;
+    let shell = match shell {
+        CompletionShell::Bash => Shell::Bash,
+        CompletionShell::Zsh => Shell::Zsh,
+        CompletionShell::Fish => Shell::Fish,
+    };
+    let mut command = <crate::config::Cli as clap::CommandFactory>::command();
+    let mut stdout = std::io::stdout().lock();
+    clap_complete::generate(shell, &mut command, "atoll", &mut stdout);
+    std::io::Write::flush(&mut stdout)?;
+    Ok(())
+}
+
 /// `atoll leave`.
 pub async fn leave(args: &ClientArgs) -> anyhow::Result<()> {
     request(args, "PUT", "/v1/agent/leave").await?;
@@ -403,6 +543,14 @@ mod tests {
                 "dc2"
             ]
         );
+    }
+
+    #[test]
+    fn colours_take_no_width_in_a_table() {
+        let red = paint("3", Colour::Red, true);
+        assert_ne!(red, "3");
+        assert_eq!(visible_width(&red), 1);
+        assert_eq!(paint("3", Colour::Red, false), "3");
     }
 
     #[test]

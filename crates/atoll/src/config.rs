@@ -1,6 +1,7 @@
 //! Command-line configuration, parsed once and passed down.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +26,72 @@ pub struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub command: CommandLine,
+}
+
+/// The command line with Consul's single-dash long flags (`-recurse`, `-modify-index=3`)
+/// spelled as clap reads them (`--recurse`), so commands typed for `consul` work. As Go's
+/// flag package does, flags are read only before the first argument that is not one (and
+/// not before `--`): what follows, a value or a handler's own flags, is left as given.
+pub fn with_double_dashes(args: Vec<OsString>) -> Vec<OsString> {
+    let root = <Cli as clap::CommandFactory>::command();
+    let mut command = &root;
+    let mut out = Vec::with_capacity(args.len());
+    let mut words = args.into_iter();
+    out.extend(words.next());
+    let mut pending: Option<OsString> = None;
+    // The subcommands named first.
+    for word in words.by_ref() {
+        match word.to_str().and_then(|w| command.find_subcommand(w)) {
+            Some(sub) => {
+                command = sub;
+                out.push(word);
+            }
+            None => {
+                pending = Some(word);
+                break;
+            }
+        }
+    }
+    let mut takes_value_next = false;
+    for word in pending.into_iter().chain(words.by_ref()) {
+        if takes_value_next {
+            takes_value_next = false;
+            out.push(word);
+            continue;
+        }
+        let Some(text) = word.to_str() else {
+            out.push(word);
+            break;
+        };
+        if text == "--" || !text.starts_with('-') || text == "-" {
+            out.push(word);
+            break;
+        }
+        let (name, has_value) = match text.trim_start_matches('-').split_once('=') {
+            Some((name, _)) => (name, true),
+            None => (text.trim_start_matches('-'), false),
+        };
+        let short = (!text.starts_with("--") && name.len() == 1)
+            .then(|| name.chars().next())
+            .flatten();
+        let flag = command.get_arguments().find(|a| match short {
+            Some(short) => a.get_short() == Some(short),
+            None => a.get_long() == Some(name),
+        });
+        match flag {
+            Some(flag) => {
+                takes_value_next = !has_value && flag.get_action().takes_values();
+                if text.starts_with("--") || short.is_some() {
+                    out.push(word);
+                } else {
+                    out.push(format!("-{text}").into());
+                }
+            }
+            None => out.push(word),
+        }
+    }
+    out.extend(words);
+    out
 }
 
 /// Subcommands.
@@ -63,6 +130,223 @@ pub enum CommandLine {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Read and write the key/value store, as `consul kv` does.
+    Kv {
+        /// KV subcommand.
+        #[command(subcommand)]
+        command: KvCommand,
+    },
+    /// List the services and nodes of the catalog.
+    Catalog {
+        /// Catalog subcommand.
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// List every service with its tags and how many instances pass, warn or fail.
+    Services(ClientArgs),
+    /// Watch a view of the catalog or the KV store and run a handler (`sh -c`) with the
+    /// JSON each time it changes, as `consul watch` does; without one, print the JSON.
+    Watch(WatchArgs),
+    /// Print a shell completion script (e.g. `source <(atoll completion bash)`).
+    Completion {
+        /// The shell to complete in.
+        shell: CompletionShell,
+    },
+}
+
+/// Shells `atoll completion` writes a script for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompletionShell {
+    /// Bash.
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
+}
+
+/// `atoll kv ...`.
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Print the value of a key (`--recurse`: every key under a prefix, as `key:value`).
+    Get(KvGetArgs),
+    /// Write a value: given, `-` for standard input, or `@FILE` for a file's content.
+    Put(KvPutArgs),
+    /// Delete a key (`--recurse`: every key under a prefix).
+    Delete(KvDeleteArgs),
+    /// Print the keys under a prefix as JSON (`key`, `flags`, base64 `value`), the format
+    /// `consul kv export` writes and `kv import` reads.
+    Export {
+        /// The prefix to export (default: every key).
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Common flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Write the keys of an export: `@FILE`, `-` for standard input (the default), or the
+    /// JSON itself.
+    Import {
+        /// Where the export is.
+        #[arg(default_value = "-", allow_hyphen_values = true)]
+        data: String,
+        /// Common flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `atoll kv get`.
+#[derive(Debug, Args)]
+pub struct KvGetArgs {
+    /// The key (or prefix, with `--recurse` or `--keys`).
+    #[arg(default_value = "")]
+    pub key: String,
+    /// Every key under the prefix, one `key:value` a line.
+    #[arg(long)]
+    pub recurse: bool,
+    /// Every field of the entry, not only its value.
+    #[arg(long)]
+    pub detailed: bool,
+    /// Only the key names under the prefix, up to the separator.
+    #[arg(long, conflicts_with = "recurse")]
+    pub keys: bool,
+    /// With `--keys`: list key names only up to this string (empty: every key).
+    #[arg(long, default_value = "/")]
+    pub separator: String,
+    /// Print values base64-encoded.
+    #[arg(long)]
+    pub base64: bool,
+    /// Common flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `atoll kv put`.
+#[derive(Debug, Args)]
+pub struct KvPutArgs {
+    /// The key.
+    pub key: String,
+    /// The value: the text itself, `-` for standard input, `@FILE` for a file (default:
+    /// empty).
+    #[arg(allow_hyphen_values = true)]
+    pub value: Option<String>,
+    /// Write only if the key's modify index is still `--modify-index` (0: only if the key
+    /// does not exist).
+    #[arg(long)]
+    pub cas: bool,
+    /// The modify index `--cas` expects.
+    #[arg(long, requires = "cas")]
+    pub modify_index: Option<u64>,
+    /// An opaque unsigned number stored with the value.
+    #[arg(long)]
+    pub flags: Option<u64>,
+    /// The value given is base64: write what it decodes to.
+    #[arg(long)]
+    pub base64: bool,
+    /// Common flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `atoll kv delete`.
+#[derive(Debug, Args)]
+pub struct KvDeleteArgs {
+    /// The key (or prefix, with `--recurse`).
+    #[arg(default_value = "")]
+    pub key: String,
+    /// Delete every key under the prefix.
+    #[arg(long, conflicts_with = "cas")]
+    pub recurse: bool,
+    /// Delete only if the key's modify index is still `--modify-index`.
+    #[arg(long, requires = "modify_index")]
+    pub cas: bool,
+    /// The modify index `--cas` expects.
+    #[arg(long, requires = "cas")]
+    pub modify_index: Option<u64>,
+    /// Common flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `atoll catalog ...`.
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// List the services (of one node with `--node`).
+    Services {
+        /// Show each service's tags.
+        #[arg(long)]
+        tags: bool,
+        /// Only the services registered on this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Common flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the nodes (those running an instance of `--service`).
+    Nodes {
+        /// Only the nodes with an instance of this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Show the nodes' tagged addresses and metadata too.
+        #[arg(long)]
+        detailed: bool,
+        /// Common flags.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// What `atoll watch` watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WatchKind {
+    /// One KV key (`--key`).
+    Key,
+    /// Every KV key under a prefix (`--prefix`).
+    Keyprefix,
+    /// The catalog's services and their tags.
+    Services,
+    /// The instances of one service with their health (`--service`).
+    Service,
+    /// The catalog's nodes.
+    Nodes,
+    /// Health checks (of one service with `--service`, else all).
+    Checks,
+}
+
+/// `atoll watch --type TYPE [...] [HANDLER...]`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// What to watch.
+    #[arg(long = "type", value_enum)]
+    pub kind: WatchKind,
+    /// The key, for `--type key`.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// The prefix, for `--type keyprefix`.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// The service, for `--type service` (and `checks`).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// With `--type service`: only instances of this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// With `--type service`: only instances whose checks all pass.
+    #[arg(long)]
+    pub passingonly: bool,
+    /// With `--type checks`: only checks in this state (`any`, `passing`, `warning`,
+    /// `critical`), instead of `--service`.
+    #[arg(long, conflicts_with = "service")]
+    pub state: Option<String>,
+    /// A command run by `sh -c` with the JSON on standard input at each change (its words
+    /// are joined by spaces); without one the JSON is printed.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub handler: Vec<String>,
+    /// Common flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Seconds a command follows a deployment before giving up.
@@ -179,8 +463,15 @@ pub struct LockArgs {
 /// Flags of commands that talk to a running agent.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// HTTP address of the agent.
-    #[arg(long, default_value = "127.0.0.1:8500", env = "ATOLL_HTTP_ADDR")]
+    /// HTTP address of the agent, `HOST:PORT` or `http://HOST:PORT` (default: ATOLL_HTTP_ADDR,
+    /// else CONSUL_HTTP_ADDR, else 127.0.0.1:8500).
+    #[arg(
+        long,
+        env = "ATOLL_HTTP_ADDR",
+        default_value_t = default_http_addr(),
+        hide_default_value = true,
+        value_parser = agent_address,
+    )]
     pub http_addr: String,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -188,6 +479,59 @@ pub struct ClientArgs {
     /// The datacenter every request is for (`?dc=`); set by the commands that take `--dc`.
     #[arg(skip)]
     pub dc: Option<String>,
+}
+
+/// The agent's address when neither `--http-addr` nor ATOLL_HTTP_ADDR gives one: Consul's
+/// CONSUL_HTTP_ADDR, so a shell set up for `consul` works unchanged, else the local agent.
+fn default_http_addr() -> String {
+    std::env::var(CONSUL_HTTP_ADDR_ENV)
+        .ok()
+        .filter(|a| !a.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_string())
+}
+
+/// Consul's variable for the agent's address.
+const CONSUL_HTTP_ADDR_ENV: &str = "CONSUL_HTTP_ADDR";
+/// The local agent's HTTP address.
+const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
+
+/// What an agent's address may look like, and where it comes from.
+const ADDRESS_FORMS: &str = "give the agent's address (--http-addr, ATOLL_HTTP_ADDR or \
+     CONSUL_HTTP_ADDR) as HOST:PORT or http://HOST:PORT";
+
+/// An agent's address as `HOST:PORT`, from `HOST:PORT`, `HOST` (port 8500) or
+/// `http://HOST:PORT`.
+fn agent_address(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let bare = match text.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(format!(
+                "{text:?}: the scheme {scheme}:// is not supported; {ADDRESS_FORMS}"
+            ))
+        }
+        None => text,
+    };
+    let bare = bare.strip_suffix('/').unwrap_or(bare);
+    if bare.is_empty() || bare.contains(['/', '?', '#', '@', ' ']) {
+        return Err(format!("{text:?} is not an address; {ADDRESS_FORMS}"));
+    }
+    // A port is what follows the last colon outside brackets (`[::1]:8500`).
+    let has_port = match bare.rsplit_once(':') {
+        Some((host, port)) => {
+            !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!host.contains(':') || host.ends_with(']'))
+        }
+        None => false,
+    };
+    if has_port {
+        Ok(bare.to_string())
+    } else if bare.contains(':') && !bare.starts_with('[') {
+        Ok(format!("[{bare}]:8500"))
+    } else {
+        Ok(format!("{bare}:8500"))
+    }
 }
 
 /// Flags of `atoll app` commands: the agent, and the datacenter the app lives in.
@@ -764,7 +1108,85 @@ impl DevArgs {
 mod tests {
     use std::io::Write;
 
-    use super::cluster_secret;
+    use super::{agent_address, cluster_secret};
+
+    fn rewritten(args: &[&str]) -> Vec<String> {
+        super::with_double_dashes(args.iter().map(|a| a.into()).collect())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn consul_single_dash_flags_are_read_before_the_arguments() {
+        assert_eq!(
+            rewritten(&[
+                "atoll",
+                "kv",
+                "get",
+                "-recurse",
+                "-separator",
+                "-recurse",
+                "a"
+            ]),
+            [
+                "atoll",
+                "kv",
+                "get",
+                "--recurse",
+                "--separator",
+                "-recurse",
+                "a"
+            ]
+        );
+        assert_eq!(
+            rewritten(&[
+                "atoll",
+                "kv",
+                "put",
+                "-cas",
+                "-modify-index=4",
+                "k",
+                "-flags"
+            ]),
+            [
+                "atoll",
+                "kv",
+                "put",
+                "--cas",
+                "--modify-index=4",
+                "k",
+                "-flags"
+            ]
+        );
+        assert_eq!(
+            rewritten(&["atoll", "watch", "-type", "key", "-key", "k", "cat", "-key"]),
+            ["atoll", "watch", "--type", "key", "--key", "k", "cat", "-key"]
+        );
+        assert_eq!(
+            rewritten(&["atoll", "lock", "-n", "2", "-name", "x", "p", "--", "-json"]),
+            ["atoll", "lock", "-n", "2", "--name", "x", "p", "--", "-json"]
+        );
+        assert_eq!(
+            rewritten(&["atoll", "kv", "put", "k", "-"]),
+            ["atoll", "kv", "put", "k", "-"]
+        );
+    }
+
+    #[test]
+    fn agent_addresses_take_consul_forms() {
+        assert_eq!(agent_address("127.0.0.1:8501").unwrap(), "127.0.0.1:8501");
+        assert_eq!(
+            agent_address("http://127.0.0.1:8501/").unwrap(),
+            "127.0.0.1:8501"
+        );
+        assert_eq!(agent_address("localhost").unwrap(), "localhost:8500");
+        assert_eq!(agent_address("[::1]:8501").unwrap(), "[::1]:8501");
+        assert_eq!(agent_address("::1").unwrap(), "[::1]:8500");
+        for bad in ["", "https://127.0.0.1:8501", "http://a/b", "unix:///x"] {
+            assert!(agent_address(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn no_secret_given_is_no_secret() {

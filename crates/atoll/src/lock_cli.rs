@@ -146,7 +146,7 @@ impl Agent {
 }
 
 /// A key as a URL path: each segment escaped, the slashes kept.
-fn escape(key: &str) -> String {
+pub(crate) fn escape(key: &str) -> String {
     key.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {

@@ -3,11 +3,14 @@
 #![forbid(unsafe_code)]
 
 mod app_cli;
+mod catalog_cli;
 mod cli;
 mod config;
+mod kv_cli;
 mod lock_cli;
 mod supervise;
 mod wan;
+mod watch_cli;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -42,7 +45,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 const RELAY_REFRESH: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(config::with_double_dashes(std::env::args_os().collect()));
     let log_level = match &cli.command {
         CommandLine::Dev(args) => args.node.log_level.clone(),
         CommandLine::Agent(args) => args.node.log_level.clone(),
@@ -68,6 +71,11 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             CommandLine::Lock(args) => return lock_cli::run(args).await,
+            CommandLine::Kv { command } => return kv_cli::run(command).await,
+            CommandLine::Watch(args) => return watch_cli::run(args).await,
+            CommandLine::Catalog { command } => catalog_cli::run(command).await,
+            CommandLine::Services(args) => catalog_cli::services_health(&args).await,
+            CommandLine::Completion { shell } => cli::completion(shell),
             CommandLine::Dev(args) => run_node(args.settings()?).await,
             CommandLine::Agent(args) => run_node(args.settings()?).await,
             CommandLine::Members(args) => cli::members(&args.client, args.wan).await,
