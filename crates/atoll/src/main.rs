@@ -396,6 +396,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 atoll_workload::node::NodeRunnerConfig {
                     node: settings.node.clone(),
                     address: settings.bind.to_string(),
+                    docker_address: settings.docker_address.to_string(),
                     attributes: settings.node_meta.clone(),
                     port_range: settings.port_range,
                 },
