@@ -385,7 +385,10 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                     cluster.clone(),
                     engine,
                     settings.node.clone(),
-                    settings.bind.to_string(),
+                    atoll_workload::registrator::Addresses {
+                        node: settings.bind.to_string(),
+                        engine: settings.docker_address.to_string(),
+                    },
                 ),
             );
         }
