@@ -696,3 +696,41 @@ async fn namesake_nodes_sharing_an_engine_keep_to_their_own_containers() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_container_from_before_node_ids_is_still_its_nodes() {
+    let node = unique_node("before-ids");
+    let _cleanup = ContainerCleanup::new(&node);
+    // Labels containers with the node's name only, as before nodes had ids.
+    let Some(earlier) = docker_driver(&node).await else {
+        return;
+    };
+    bounded(LIMIT, async {
+        let task_id = format!("test_upgrade.{node}-1");
+        earlier
+            .start(&docker_spec(&task_id, &["/bin/sleep", "300"], vec![]))
+            .await
+            .expect("start");
+        let upgraded = DockerDriver::connect(atoll_driver::DockerConfig {
+            node: Some(node.clone()),
+            node_id: Some("0c0c".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("connect");
+        let running = upgraded.running().await.expect("running");
+        assert_eq!(
+            running
+                .iter()
+                .map(|t| t.task_id.as_str())
+                .collect::<Vec<_>>(),
+            [task_id.as_str()]
+        );
+        upgraded
+            .stop(&task_id, Duration::from_secs(1))
+            .await
+            .expect("stop");
+        assert!(container_gone(&upgraded, &DockerDriver::container_name(&task_id)).await);
+    })
+    .await;
+}

@@ -32,7 +32,11 @@ pub(super) async fn list_managed(
         filters: Some(managed_filters(owner, task_id)),
         ..Default::default()
     };
-    docker.list_containers(Some(options)).await
+    let containers = docker.list_containers(Some(options)).await?;
+    Ok(containers
+        .into_iter()
+        .filter(|container| container.labels.as_ref().is_some_and(|l| owner.owns(l)))
+        .collect())
 }
 
 /// The ids of the running containers without `atoll.managed=true`, whichever node's.
