@@ -71,6 +71,8 @@ APT_NEEDS=(
     "openssl:openssl"
     # A private engine for the engine-restart test (tests/e2e/test_docker_engine_restart.py).
     "dockerd:docker.io"
+    # The compose deployment (tests/e2e/test_compose.py).
+    "docker-compose:docker-compose"
     # Small tmpfs data dirs for the disk-fault tests.
     "mount:mount"
 )

@@ -634,6 +634,12 @@ pub struct NodeArgs {
     /// Range dynamic host ports of tasks come from, `LOW-HIGH` (Mesos's default).
     #[arg(long, default_value = "31000-32000")]
     pub port_range: String,
+    /// Address of the Docker engine's host as other nodes reach it (default: BIND): Docker
+    /// tasks publish their ports there and the catalog advertises it for them. Set it when
+    /// the engine is not on this node's own address, as for a compute node that is itself
+    /// a container of its host's engine (the host's address on the node's network).
+    #[arg(long)]
+    pub docker_address: Option<IpAddr>,
     /// Seconds without heartbeats after which a node is marked failed.
     #[arg(long, default_value_t = 5.0)]
     pub heartbeat_ttl: f64,
@@ -780,6 +786,8 @@ pub struct NodeSettings {
     pub node_meta: BTreeMap<String, String>,
     pub heartbeat_ttl: Duration,
     pub port_range: (u16, u16),
+    /// Where Docker tasks' ports are published and reached (`--docker-address`).
+    pub docker_address: IpAddr,
     pub role: Role,
     pub autopilot: Autopilot,
     pub http_limits: HttpLimits,
@@ -836,6 +844,7 @@ impl NodeSettings {
             "DeadServerCleanupAfter": self.autopilot.dead_server_after.map(seconds),
             "AutopilotMinQuorum": self.autopilot.min_quorum,
             "PortRange": format!("{}-{}", self.port_range.0, self.port_range.1),
+            "DockerAddress": self.docker_address.to_string(),
             "HTTPHeaderTimeout": seconds(self.http_limits.header_read_timeout),
             "HTTPBodyTimeout": seconds(self.http_limits.body_read_timeout),
             "ClusterSecretSet": self.cluster_secret.is_some(),
@@ -990,6 +999,7 @@ impl NodeArgs {
             node_meta,
             heartbeat_ttl: Duration::from_secs_f64(self.heartbeat_ttl),
             port_range,
+            docker_address: self.docker_address.unwrap_or(self.bind),
             role,
             autopilot: Autopilot::default(),
             http_limits,
@@ -1292,6 +1302,27 @@ mod tests {
         ])
         .unwrap();
         assert!(client.wan.is_none());
+    }
+
+    #[test]
+    fn docker_tasks_are_reached_at_the_bind_address_unless_told_otherwise() {
+        let local = node_settings(&["atoll", "dev", "--bind", "127.0.0.9"]).unwrap();
+        assert_eq!(local.docker_address.to_string(), "127.0.0.9");
+        let elsewhere = node_settings(&[
+            "atoll",
+            "agent",
+            "--data-dir",
+            "d",
+            "--bind",
+            "172.28.0.21",
+            "--docker-address",
+            "172.28.0.1",
+            "--retry-join",
+            "172.28.0.11",
+        ])
+        .unwrap();
+        assert_eq!(elsewhere.docker_address.to_string(), "172.28.0.1");
+        assert!(node_settings(&["atoll", "dev", "--docker-address", "host"]).is_err());
     }
 
     #[test]

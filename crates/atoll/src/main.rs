@@ -393,7 +393,10 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                     cluster.clone(),
                     engine,
                     settings.node.clone(),
-                    settings.bind.to_string(),
+                    atoll_workload::registrator::Addresses {
+                        node: settings.bind.to_string(),
+                        engine: settings.docker_address.to_string(),
+                    },
                 ),
             );
         }
@@ -404,6 +407,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 atoll_workload::node::NodeRunnerConfig {
                     node: settings.node.clone(),
                     address: settings.bind.to_string(),
+                    docker_address: settings.docker_address.to_string(),
                     attributes: settings.node_meta.clone(),
                     port_range: settings.port_range,
                 },

@@ -2,8 +2,10 @@
 //! API.
 //!
 //! Containers are named `atoll-<task id>` and labelled with [`LABEL_TASK_ID`],
-//! [`LABEL_APP_ID`], [`LABEL_APP_VERSION`], [`LABEL_MANAGED`] (and [`LABEL_NODE`] when the
-//! driver is given a node name), so a restarted agent finds them with [`DockerDriver::running`].
+//! [`LABEL_APP_ID`], [`LABEL_APP_VERSION`], [`LABEL_MANAGED`] (and [`LABEL_NODE`] and
+//! [`LABEL_NODE_ID`] when the driver is given a node name and id), so a restarted agent finds
+//! them with [`DockerDriver::running`]. A driver sees only the managed containers carrying
+//! its own identity labels (`owner`), so agents sharing an engine keep to their own.
 //!
 //! One background task follows the engine's event stream. It reports the exit of managed
 //! containers as [`TaskEvent::Exited`] and then removes them (the message carries the exit
@@ -17,13 +19,15 @@
 //!
 //! The module is split along its concerns: the driver's API (here), the pure container
 //! body (`body`), image pulls (`image`), commands run in a container (`command`), the
-//! event follower (`events`) and small helpers over the engine client (`engine`).
+//! event follower (`events`), which containers are the driver's (`owner`) and small helpers
+//! over the engine client (`engine`).
 
 mod body;
 mod command;
 mod engine;
 mod events;
 mod image;
+mod owner;
 
 use crate::spec::{sanitize_task_id, DriverKind, RunningTask, TaskEvent};
 use crate::{DriverError, TaskKind, TaskSpec, EVENT_CHANNEL_CAPACITY};
@@ -38,6 +42,7 @@ use tokio::task::JoinHandle;
 use body::{container_body, invalid, validate};
 use engine::{engine_message, list_managed, list_unmanaged, remove_container, status_code};
 use events::{events_since_now, EventFollower};
+use owner::Owner;
 
 /// Label holding the task id of a container started by atoll.
 pub const LABEL_TASK_ID: &str = "atoll.task_id";
@@ -49,6 +54,9 @@ pub const LABEL_APP_VERSION: &str = "atoll.app_version";
 pub const LABEL_MANAGED: &str = "atoll.managed";
 /// Label naming the node whose agent started the container (set when configured).
 pub const LABEL_NODE: &str = "atoll.node";
+/// Label holding the id of the node whose agent started the container (set when configured):
+/// unlike its name, unique to that node among every cluster sharing the engine.
+pub const LABEL_NODE_ID: &str = "atoll.node_id";
 
 /// A container not started by atoll (one without `atoll.managed=true`) started or stopped.
 ///
@@ -79,6 +87,10 @@ pub struct DockerConfig {
     /// When set, containers are also labelled `atoll.node=<node>` and the driver only sees
     /// containers with that label, so several agents can share one engine.
     pub node: Option<String>,
+    /// When set, containers are also labelled `atoll.node_id=<id>` and the driver only sees
+    /// containers with that label: nodes of different clusters may share a name and an
+    /// engine (two compose deployments on one host), not an id.
+    pub node_id: Option<String>,
     /// Upper bound for pulling one image.
     pub pull_timeout: Duration,
 }
@@ -88,6 +100,7 @@ impl Default for DockerConfig {
         DockerConfig {
             host: None,
             node: None,
+            node_id: None,
             pull_timeout: Duration::from_secs(600),
         }
     }
@@ -103,6 +116,7 @@ pub struct DockerDriver {
 struct Inner {
     docker: Docker,
     config: DockerConfig,
+    owner: Owner,
     task_events: broadcast::Sender<TaskEvent>,
     container_events: broadcast::Sender<ContainerEvent>,
     follower: JoinHandle<()>,
@@ -128,11 +142,12 @@ impl DockerDriver {
             .await
             .map_err(|e| DriverError::docker("asking the engine for its API version", e))?;
 
+        let owner = Owner::of(&config);
         let (task_events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let (container_events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         let mut follower = EventFollower::new(
             docker.clone(),
-            config.node.clone(),
+            owner.clone(),
             task_events.clone(),
             container_events.clone(),
         );
@@ -148,6 +163,7 @@ impl DockerDriver {
             inner: Arc::new(Inner {
                 docker,
                 config,
+                owner,
                 task_events,
                 container_events,
                 follower,
@@ -227,7 +243,7 @@ impl DockerDriver {
         }
 
         let name = Self::container_name(&spec.task_id);
-        let body = container_body(spec, self.inner.config.node.as_deref());
+        let body = container_body(spec, &self.inner.owner);
         let options = CreateContainerOptions {
             name: Some(name.clone()),
             ..Default::default()
@@ -318,14 +334,9 @@ impl DockerDriver {
         all: bool,
         task_id: Option<&str>,
     ) -> Result<Vec<ContainerSummary>, DriverError> {
-        list_managed(
-            &self.inner.docker,
-            self.inner.config.node.as_deref(),
-            all,
-            task_id,
-        )
-        .await
-        .map_err(|e| DriverError::docker("listing containers", e))
+        list_managed(&self.inner.docker, &self.inner.owner, all, task_id)
+            .await
+            .map_err(|e| DriverError::docker("listing containers", e))
     }
 }
 

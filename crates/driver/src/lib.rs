@@ -39,7 +39,7 @@ pub mod registrator;
 mod spec;
 
 pub use docker::{ContainerEvent, DockerConfig, DockerDriver, LABEL_APP_ID, LABEL_APP_VERSION};
-pub use docker::{LABEL_MANAGED, LABEL_NODE, LABEL_TASK_ID};
+pub use docker::{LABEL_MANAGED, LABEL_NODE, LABEL_NODE_ID, LABEL_TASK_ID};
 pub use error::DriverError;
 pub use exec::ExecDriver;
 pub use spec::{

@@ -6,7 +6,8 @@ mod common;
 use atoll_driver::registrator::{ExternalContainers, ExternalEvent, PublishedPort};
 use atoll_driver::{
     CommandExit, DockerDriver, DockerNetwork, DriverError, DriverKind, PortBinding, TaskEvent,
-    TaskKind, LABEL_APP_ID, LABEL_APP_VERSION, LABEL_MANAGED, LABEL_NODE, LABEL_TASK_ID,
+    TaskKind, LABEL_APP_ID, LABEL_APP_VERSION, LABEL_MANAGED, LABEL_NODE, LABEL_NODE_ID,
+    LABEL_TASK_ID,
 };
 use common::{
     bounded, docker_cli, docker_driver, docker_spec, free_port, http_get, unique_node, wait_for,
@@ -617,6 +618,119 @@ async fn exits_missed_while_the_event_stream_is_down_are_reported_after_reconnec
             }
         }
         assert!(driver.running().await.expect("running").is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn namesake_nodes_sharing_an_engine_keep_to_their_own_containers() {
+    let node = unique_node("namesake");
+    let _cleanup = ContainerCleanup::new(&node);
+    // Only checks for the engine and builds the image.
+    if docker_driver(&node).await.is_none() {
+        return;
+    }
+    bounded(LIMIT, async {
+        // Two nodes of the same name, as in two clusters on one host, told apart by id.
+        let connect = |node_id: &str| {
+            DockerDriver::connect(atoll_driver::DockerConfig {
+                node: Some(node.clone()),
+                node_id: Some(node_id.to_string()),
+                ..Default::default()
+            })
+        };
+        let ours = connect("0a0a").await.expect("connect");
+        let theirs = connect("0b0b").await.expect("connect");
+        let (our_task, their_task) = (format!("test_own.{node}-1"), format!("test_own.{node}-2"));
+        ours.start(&docker_spec(&our_task, &["/bin/sleep", "300"], vec![]))
+            .await
+            .expect("start ours");
+        theirs
+            .start(&docker_spec(&their_task, &["/bin/sleep", "300"], vec![]))
+            .await
+            .expect("start theirs");
+        let our_container = DockerDriver::container_name(&our_task);
+        let labels = ours
+            .inspect_container(&our_container)
+            .await
+            .expect("inspect")
+            .and_then(|info| info.config)
+            .and_then(|config| config.labels)
+            .expect("labels");
+        assert_eq!(labels[LABEL_NODE_ID], "0a0a");
+
+        let ids = |tasks: Vec<atoll_driver::RunningTask>| -> Vec<String> {
+            tasks.into_iter().map(|t| t.task_id).collect()
+        };
+        let only = |task: &str| vec![task.to_string()];
+        assert_eq!(ids(ours.running().await.expect("running")), only(&our_task));
+        assert_eq!(
+            ids(theirs.running().await.expect("running")),
+            only(&their_task)
+        );
+
+        // Stopping a task it does not run leaves the other node's container alone.
+        theirs
+            .stop(&our_task, Duration::from_secs(1))
+            .await
+            .expect("stop");
+        assert!(!container_gone(&ours, &our_container).await);
+
+        // Exits are reported to the owner only: the stream carries both kills in order,
+        // so once the other node hears of its own, it has passed ours without a word.
+        let mut our_events = ours.events();
+        let mut their_events = theirs.events();
+        docker_cli(&["kill", &our_container]);
+        docker_cli(&["kill", &DockerDriver::container_name(&their_task)]);
+        next_task_event(&mut our_events, &our_task, true).await;
+        loop {
+            match their_events.recv().await {
+                Ok(event) if event.task_id() == our_task => {
+                    panic!("the namesake heard of our task: {event:?}")
+                }
+                Ok(TaskEvent::Exited { task_id, .. }) if task_id == their_task => break,
+                Ok(_) => {}
+                Err(error) => panic!("event channel failed: {error}"),
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_container_from_before_node_ids_is_still_its_nodes() {
+    let node = unique_node("before-ids");
+    let _cleanup = ContainerCleanup::new(&node);
+    // Labels containers with the node's name only, as before nodes had ids.
+    let Some(earlier) = docker_driver(&node).await else {
+        return;
+    };
+    bounded(LIMIT, async {
+        let task_id = format!("test_upgrade.{node}-1");
+        earlier
+            .start(&docker_spec(&task_id, &["/bin/sleep", "300"], vec![]))
+            .await
+            .expect("start");
+        let upgraded = DockerDriver::connect(atoll_driver::DockerConfig {
+            node: Some(node.clone()),
+            node_id: Some("0c0c".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("connect");
+        let running = upgraded.running().await.expect("running");
+        assert_eq!(
+            running
+                .iter()
+                .map(|t| t.task_id.as_str())
+                .collect::<Vec<_>>(),
+            [task_id.as_str()]
+        );
+        upgraded
+            .stop(&task_id, Duration::from_secs(1))
+            .await
+            .expect("stop");
+        assert!(container_gone(&upgraded, &DockerDriver::container_name(&task_id)).await);
     })
     .await;
 }

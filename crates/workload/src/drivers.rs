@@ -34,6 +34,29 @@ pub(crate) enum Report {
     },
 }
 
+/// The file in the data dir holding the node's id, which labels its containers.
+const NODE_ID_FILE: &str = "node-id";
+
+/// This node's id: random on its first start, then kept in the data dir, so that a
+/// restarted agent finds its containers again while a namesake node of another cluster
+/// sharing the engine (its own data dir) never takes them for its own.
+fn node_id(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let id = format!("{:032x}", rand::random::<u128>());
+    // Written whole, then renamed: a crash leaves no half-written id behind.
+    let temporary = data_dir.join(format!("{NODE_ID_FILE}.tmp"));
+    std::fs::write(&temporary, format!("{id}\n"))?;
+    std::fs::rename(&temporary, &path)?;
+    Ok(id)
+}
+
 /// The drivers this node offers: `exec` always, `docker` when an engine answers.
 #[derive(Clone)]
 pub struct Drivers {
@@ -45,7 +68,8 @@ pub struct Drivers {
 impl Drivers {
     /// Sets up the exec driver under `data_dir`, adopting the exec tasks an earlier agent
     /// left running there, and connects to the Docker engine if present (whose driver finds
-    /// its running containers by their labels).
+    /// its running containers by their labels: the node's name and its id kept in
+    /// `data_dir`, so nodes sharing an engine keep to their own containers).
     pub async fn detect(data_dir: &Path, node: &str) -> Drivers {
         let exec_driver = ExecDriver::new(data_dir.join("tasks"));
         let adopted = exec_driver.adopt().await;
@@ -53,8 +77,16 @@ impl Drivers {
             tracing::info!(count = adopted.len(), tasks = ?adopted, "re-adopted exec tasks");
         }
         let exec = Driver::Exec(exec_driver);
+        let node_id = match node_id(data_dir) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(error = %e, file = NODE_ID_FILE, "no node id for Docker labels; containers are told apart by node name only");
+                None
+            }
+        };
         let docker = match atoll_driver::DockerDriver::connect(atoll_driver::DockerConfig {
             node: Some(node.to_string()),
+            node_id,
             ..Default::default()
         })
         .await
@@ -345,6 +377,17 @@ pub(crate) fn stop_grace(app: Option<&AppSpec>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_node_id_is_kept_in_the_data_dir_and_differs_between_data_dirs() {
+        let root = std::env::temp_dir().join(format!("atoll-node-id-{}", std::process::id()));
+        let (first, second) = (root.join("first"), root.join("second"));
+        let id = node_id(&first).expect("create an id");
+        assert_eq!(id.len(), 32);
+        assert_eq!(node_id(&first).expect("read it back"), id);
+        assert_ne!(node_id(&second).expect("another data dir"), id);
+        std::fs::remove_dir_all(&root).expect("clean up");
+    }
 
     fn outcome(exit: CommandExit, output: &str) -> CommandOutcome {
         CommandOutcome {

@@ -40,10 +40,25 @@ pub struct NodeRunnerConfig {
     pub node: String,
     /// Node address (HOST, check targets).
     pub address: String,
+    /// Address of the Docker engine's host, where Docker tasks publish their ports: the node
+    /// address unless the engine runs elsewhere (a compute node in a container of its host's
+    /// engine).
+    pub docker_address: String,
     /// Attributes for constraints.
     pub attributes: BTreeMap<String, String>,
     /// Dynamic port range.
     pub port_range: (u16, u16),
+}
+
+impl NodeRunnerConfig {
+    /// Where a task of `app` is reached: a Docker task on its engine's host, an exec task
+    /// on this node.
+    pub fn task_address(&self, app: &AppSpec) -> &str {
+        match app.runtime {
+            Runtime::Docker { .. } => &self.docker_address,
+            Runtime::Exec { .. } => &self.address,
+        }
+    }
 }
 
 /// Runs the node's task runner until the process ends.
@@ -100,7 +115,8 @@ pub async fn run(cluster: ClusterHandle, config: NodeRunnerConfig, drivers: Driv
                         (mine.iter().find(|t| t.id == id), apps.get(&id))
                     {
                         busy.insert(id.clone());
-                        drivers.start(app, task, &config.address, reports_tx.clone());
+                        let host = config.task_address(app);
+                        drivers.start(app, task, host, reports_tx.clone());
                     }
                 }
                 Action::Stop { id } => {
@@ -439,7 +455,9 @@ async fn report(
     config: &NodeRunnerConfig,
 ) {
     let services = match (state, app) {
-        (TaskState::Running, Some(app)) => services_for(app, task, &config.address),
+        (TaskState::Running, Some(app)) => {
+            services_for(app, task, config.task_address(app), &config.address)
+        }
         _ => Vec::new(),
     };
     let command = Command::UpdateTask {
@@ -454,14 +472,21 @@ async fn report(
     }
 }
 
-/// The service instances (and checks) of a running task: one per port. A check guards the
-/// service of its port; a COMMAND check, which probes no port, guards the first one, and
-/// the agent runs its command in the task through the node's drivers.
+/// The service instances (and checks) of a running task at `address`: one per port. A
+/// check guards the service of its port; a COMMAND check, which probes no port, guards the
+/// first one, and the agent runs its command in the task through the node's drivers. An
+/// instance names its address only when it is not the node's (`node_address`).
 pub fn services_for(
     app: &AppSpec,
     task: &Allocation,
     address: &str,
+    node_address: &str,
 ) -> Vec<(ServiceSpec, Vec<CheckSpec>)> {
+    let service_address = if address == node_address {
+        String::new()
+    } else {
+        address.to_string()
+    };
     service_names(app)
         .into_iter()
         .filter_map(|(index, name, tags)| {
@@ -512,7 +537,7 @@ pub fn services_for(
                     id,
                     name,
                     tags,
-                    address: String::new(),
+                    address: service_address.clone(),
                     port,
                     meta,
                     enable_tag_override: false,
@@ -700,7 +725,7 @@ mod tests {
                 check(HealthProtocol::Command, 1, Some("test -f healthy")),
             ],
         );
-        let services = services_for(&app, &task(vec![31000, 31001]), "10.0.0.7");
+        let services = services_for(&app, &task(vec![31000, 31001]), "10.0.0.7", "10.0.0.7");
         assert_eq!(services.len(), 2);
         let (first, first_checks) = &services[0];
         assert_eq!(first.id, "prod_web.instance-1:0");
@@ -727,6 +752,46 @@ mod tests {
             Some("http://10.0.0.7:31001/health")
         );
         assert_eq!(second_checks[0].definition.task_command, None);
+    }
+
+    #[test]
+    fn docker_tasks_on_an_engine_elsewhere_are_advertised_and_probed_there() {
+        let config = NodeRunnerConfig {
+            node: "compute1".into(),
+            address: "172.28.0.21".into(),
+            docker_address: "172.28.0.1".into(),
+            attributes: BTreeMap::new(),
+            port_range: DEFAULT_PORT_RANGE,
+        };
+        let mut web = app(1, vec![check(HealthProtocol::Tcp, 0, None)]);
+        assert_eq!(config.task_address(&web), "172.28.0.21");
+        let exec = services_for(
+            &web,
+            &task(vec![31000]),
+            config.task_address(&web),
+            "172.28.0.21",
+        );
+        assert_eq!(
+            exec[0].0.address, "",
+            "an exec task is at its node's address"
+        );
+
+        web.runtime = Runtime::Docker {
+            image: "web:1".into(),
+            network: DockerNetwork::Bridge,
+            cmd: None,
+            args: vec![],
+            force_pull: false,
+        };
+        let host = config.task_address(&web);
+        assert_eq!(host, "172.28.0.1");
+        let docker = services_for(&web, &task(vec![31000]), host, &config.address);
+        let (service, checks) = &docker[0];
+        assert_eq!(service.address, "172.28.0.1");
+        assert_eq!(
+            checks[0].definition.tcp.as_deref(),
+            Some("172.28.0.1:31000")
+        );
     }
 
     fn placed(id: &str, state: TaskState, desired_running: bool) -> Allocation {

@@ -15,8 +15,19 @@ use tokio::sync::broadcast::error::RecvError;
 /// Metadata key naming the container a service was registered for.
 pub const CONTAINER_META: &str = "external_container_id";
 
+/// Where this node's external containers are: the node's own address, and the address of
+/// its engine's host, where they publish their ports (the same unless the node is itself a
+/// container of that host).
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    /// The node's address, which its services need not name.
+    pub node: String,
+    /// The engine's host, where ports published on every address are reached.
+    pub engine: String,
+}
+
 /// Keeps this node's external containers registered for as long as the process lives.
-pub async fn run(cluster: ClusterHandle, docker: DockerDriver, node: String, address: String) {
+pub async fn run(cluster: ClusterHandle, docker: DockerDriver, node: String, address: Addresses) {
     let mut externals = ExternalContainers::follow(&docker);
     resync(cluster.as_ref(), &mut externals, &node, &address).await;
     loop {
@@ -40,7 +51,7 @@ async fn resync(
     cluster: &dyn Cluster,
     externals: &mut ExternalContainers,
     node: &str,
-    address: &str,
+    address: &Addresses,
 ) {
     let containers = match externals.list().await {
         Ok(containers) => containers,
@@ -77,8 +88,13 @@ fn registered_for(cluster: &dyn Cluster, node: &str, container: Option<&str>) ->
     })
 }
 
-async fn register(cluster: &dyn Cluster, container: &ExternalService, node: &str, address: &str) {
-    for registration in container.registrations(node, address) {
+async fn register(
+    cluster: &dyn Cluster,
+    container: &ExternalService,
+    node: &str,
+    address: &Addresses,
+) {
+    for registration in container.registrations(node, &address.engine) {
         let mut meta: BTreeMap<String, String> = registration.meta.clone();
         meta.insert(CONTAINER_META.to_string(), container.container_id.clone());
         let command = Command::Register(Box::new(Registration {
@@ -88,7 +104,7 @@ async fn register(cluster: &dyn Cluster, container: &ExternalService, node: &str
                 id: registration.id.clone(),
                 name: registration.name.clone(),
                 tags: registration.tags.clone(),
-                address: if registration.address == address {
+                address: if registration.address == address.node {
                     String::new()
                 } else {
                     registration.address.clone()

@@ -1,7 +1,8 @@
 //! The engine's create request for a task, and the checks a spec passes first: pure, so
 //! they are tested without an engine.
 
-use super::{LABEL_APP_ID, LABEL_APP_VERSION, LABEL_MANAGED, LABEL_NODE, LABEL_TASK_ID};
+use super::owner::Owner;
+use super::{LABEL_APP_ID, LABEL_APP_VERSION, LABEL_MANAGED, LABEL_TASK_ID};
 use crate::spec::task_environment;
 use crate::{DockerNetwork, DriverError, TaskKind, TaskSpec};
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding as EnginePortBinding};
@@ -51,7 +52,7 @@ fn protocols(protocol: &str) -> Vec<&'static str> {
 }
 
 /// The engine's create request for a task (pure, so it is tested without an engine).
-pub(super) fn container_body(spec: &TaskSpec, node: Option<&str>) -> ContainerCreateBody {
+pub(super) fn container_body(spec: &TaskSpec, owner: &Owner) -> ContainerCreateBody {
     let TaskKind::Docker {
         image,
         network,
@@ -74,8 +75,8 @@ pub(super) fn container_body(spec: &TaskSpec, node: Option<&str>) -> ContainerCr
     labels.insert(LABEL_APP_ID.into(), spec.app_id.clone());
     labels.insert(LABEL_APP_VERSION.into(), spec.app_version.clone());
     labels.insert(LABEL_MANAGED.into(), "true".into());
-    if let Some(node) = node {
-        labels.insert(LABEL_NODE.into(), node.into());
+    for (key, value) in owner.labels() {
+        labels.insert(key.into(), value.into());
     }
 
     let mut exposed_ports = Vec::new();
@@ -158,6 +159,7 @@ fn publish_ip(host: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::docker::{LABEL_NODE, LABEL_NODE_ID};
     use crate::PortBinding;
     use std::time::Duration;
 
@@ -200,13 +202,19 @@ mod tests {
     #[test]
     fn bridge_container_publishes_ports_and_carries_labels_and_limits() {
         let spec = docker_spec(DockerNetwork::Bridge, None, &["serve", "--port=8080"]);
-        let body = container_body(&spec, Some("node-1"));
+        let owner = Owner::of(&crate::DockerConfig {
+            node: Some("node-1".into()),
+            node_id: Some("0f3a".into()),
+            ..Default::default()
+        });
+        let body = container_body(&spec, &owner);
         let labels = body.labels.clone().unwrap_or_default();
         assert_eq!(labels[LABEL_TASK_ID], "prod_web.instance-3-17");
         assert_eq!(labels[LABEL_APP_ID], "/prod/web");
         assert_eq!(labels[LABEL_APP_VERSION], "v1");
         assert_eq!(labels[LABEL_MANAGED], "true");
         assert_eq!(labels[LABEL_NODE], "node-1");
+        assert_eq!(labels[LABEL_NODE_ID], "0f3a");
         assert_eq!(labels["team"], "web");
         assert_eq!(
             body.exposed_ports,
@@ -256,7 +264,7 @@ mod tests {
     #[test]
     fn shell_command_overrides_the_entrypoint() {
         let spec = docker_spec(DockerNetwork::Host, Some("echo $PORT0"), &[]);
-        let body = container_body(&spec, None);
+        let body = container_body(&spec, &Owner::default());
         assert_eq!(body.entrypoint, Some(vec!["/bin/sh".into(), "-c".into()]));
         assert_eq!(body.cmd, Some(vec!["echo $PORT0".into()]));
         let host = body.host_config.unwrap_or_default();
@@ -282,7 +290,7 @@ mod tests {
         let mut spec = docker_spec(DockerNetwork::Bridge, None, &[]);
         spec.ports[0].container_port = Some(0);
         spec.ports[1].container_port = None;
-        let body = container_body(&spec, None);
+        let body = container_body(&spec, &Owner::default());
         assert_eq!(
             body.exposed_ports,
             Some(vec![

@@ -1,7 +1,8 @@
 //! Small helpers over the engine client: listing atoll's containers and the others, removing
 //! one, and reading the engine's errors.
 
-use super::{LABEL_MANAGED, LABEL_NODE, LABEL_TASK_ID};
+use super::owner::Owner;
+use super::{LABEL_MANAGED, LABEL_TASK_ID};
 use bollard::errors::Error as EngineError;
 use bollard::models::ContainerSummary;
 use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
@@ -12,11 +13,8 @@ use std::time::Duration;
 /// How long to wait for a removal someone else started.
 const REMOVAL_WAIT: Duration = Duration::from_secs(30);
 
-fn managed_filters(node: Option<&str>, task_id: Option<&str>) -> HashMap<String, Vec<String>> {
-    let mut labels = vec![format!("{LABEL_MANAGED}=true")];
-    if let Some(node) = node {
-        labels.push(format!("{LABEL_NODE}={node}"));
-    }
+fn managed_filters(owner: &Owner, task_id: Option<&str>) -> HashMap<String, Vec<String>> {
+    let mut labels = owner.filters();
     if let Some(task_id) = task_id {
         labels.push(format!("{LABEL_TASK_ID}={task_id}"));
     }
@@ -25,16 +23,20 @@ fn managed_filters(node: Option<&str>, task_id: Option<&str>) -> HashMap<String,
 
 pub(super) async fn list_managed(
     docker: &Docker,
-    node: Option<&str>,
+    owner: &Owner,
     all: bool,
     task_id: Option<&str>,
 ) -> Result<Vec<ContainerSummary>, EngineError> {
     let options = ListContainersOptions {
         all,
-        filters: Some(managed_filters(node, task_id)),
+        filters: Some(managed_filters(owner, task_id)),
         ..Default::default()
     };
-    docker.list_containers(Some(options)).await
+    let containers = docker.list_containers(Some(options)).await?;
+    Ok(containers
+        .into_iter()
+        .filter(|container| container.labels.as_ref().is_some_and(|l| owner.owns(l)))
+        .collect())
 }
 
 /// The ids of the running containers without `atoll.managed=true`, whichever node's.

@@ -2,7 +2,8 @@
 //! starts and stops as raw container events.
 
 use super::engine::{is_managed, list_managed, list_unmanaged, remove_container};
-use super::{ContainerEvent, LABEL_MANAGED, LABEL_NODE, LABEL_TASK_ID};
+use super::owner::Owner;
+use super::{ContainerEvent, LABEL_TASK_ID};
 use crate::spec::TaskEvent;
 use bollard::errors::Error as EngineError;
 use bollard::models::{ContainerStateStatusEnum, ContainerSummaryStateEnum, EventMessage};
@@ -26,7 +27,7 @@ const EXIT_OUTPUT_MAX_CHARS: usize = 300;
 /// Follows the engine's container events; the only owner of what it has seen running.
 pub(super) struct EventFollower {
     docker: Docker,
-    node: Option<String>,
+    owner: Owner,
     task_events: broadcast::Sender<TaskEvent>,
     container_events: broadcast::Sender<ContainerEvent>,
     /// Managed containers seen running: container id to task id.
@@ -41,13 +42,13 @@ impl EventFollower {
     /// A follower that has seen nothing yet; its first [`EventFollower::resync`] fills it in.
     pub(super) fn new(
         docker: Docker,
-        node: Option<String>,
+        owner: Owner,
         task_events: broadcast::Sender<TaskEvent>,
         container_events: broadcast::Sender<ContainerEvent>,
     ) -> Self {
         EventFollower {
             docker,
-            node,
+            owner,
             task_events,
             container_events,
             tasks: HashMap::new(),
@@ -104,14 +105,6 @@ impl EventFollower {
         }
     }
 
-    fn is_ours(&self, labels: &HashMap<String, String>) -> bool {
-        labels.get(LABEL_MANAGED).map(String::as_str) == Some("true")
-            && match &self.node {
-                Some(node) => labels.get(LABEL_NODE) == Some(node),
-                None => true,
-            }
-    }
-
     async fn handle(&mut self, event: EventMessage) {
         let Some(actor) = event.actor else { return };
         let (Some(id), Some(attributes)) = (actor.id, actor.attributes) else {
@@ -119,7 +112,7 @@ impl EventFollower {
         };
         let action = event.action.unwrap_or_default();
         if is_managed(Some(&attributes)) {
-            if !self.is_ours(&attributes) {
+            if !self.owner.owns(&attributes) {
                 return;
             }
             let Some(task_id) = attributes.get(LABEL_TASK_ID).cloned() else {
@@ -153,7 +146,7 @@ impl EventFollower {
     /// on the first sync, where callers read the state themselves) and removes exited
     /// managed containers.
     pub(super) async fn resync(&mut self, first_sync: bool) -> Result<(), EngineError> {
-        let containers = list_managed(&self.docker, self.node.as_deref(), true, None).await?;
+        let containers = list_managed(&self.docker, &self.owner, true, None).await?;
         let mut running = HashMap::new();
         let mut exited = Vec::new();
         for container in containers {
