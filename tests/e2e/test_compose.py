@@ -148,10 +148,10 @@ def fetch(address: str, port: int) -> str | None:
     return response.text.strip() if response.status_code == 200 else None
 
 
-def placed_on(deployment: Deployment, app_id: str, hosts: list[str]):
-    """The app's running tasks when they are on exactly `hosts` (one each, sorted), else None."""
+def placed_on(deployment: Deployment, app_id: str, nodes: list[str]):
+    """The app's running tasks when they are on exactly `nodes` (one each, sorted), else None."""
     tasks = deployment.running_tasks(app_id)
-    return tasks if sorted(t["host"] for t in tasks) == sorted(hosts) else None
+    return tasks if sorted(t["slaveId"] for t in tasks) == sorted(nodes) else None
 
 
 def answers_at(deployment: Deployment, name: str, expected: list[tuple[str, int]], marker: str):
@@ -162,18 +162,22 @@ def answers_at(deployment: Deployment, name: str, expected: list[tuple[str, int]
     return found if all(fetch(address, port) == marker for address, port in found) else None
 
 
-def apps_running_on(deployment: Deployment, hosts: list[str]) -> tuple[list[dict], list[dict]]:
-    """Waits until /hello and /web each run one task on each of `hosts` and DNS, asked from
+def apps_running_on(deployment: Deployment, nodes: list[str]) -> tuple[list[dict], list[dict]]:
+    """Waits until /hello and /web each run one task on each of `nodes` and DNS, asked from
     the host, names every instance where it answers: an exec task at its compute node, a
-    Docker task at the host's address on the network, where its port is published."""
-    where = " and ".join(hosts)
-    hello = wait_for(lambda: placed_on(deployment, "/hello", hosts), timeout=PLACE_TIMEOUT, interval=0.5,
+    Docker task at the host's address on the network, where its port is published. Marathon's
+    `host` of a task is that same address, as marathon-lb reads it."""
+    where = " and ".join(nodes)
+    hello = wait_for(lambda: placed_on(deployment, "/hello", nodes), timeout=PLACE_TIMEOUT, interval=0.5,
                      message=f"/hello running on {where}")
-    web = wait_for(lambda: placed_on(deployment, "/web", hosts), timeout=PLACE_TIMEOUT, interval=0.5,
+    web = wait_for(lambda: placed_on(deployment, "/web", nodes), timeout=PLACE_TIMEOUT, interval=0.5,
                    message=f"/web running on {where}")
+    node_address = {"compute1": deployment.address(21), "compute2": deployment.address(22)}
+    assert sorted(t["host"] for t in hello) == sorted(node_address[t["slaveId"]] for t in hello), hello
+    assert [t["host"] for t in web] == [deployment.address(1)] * len(web), web
     instances = {
         ("hello", EXEC_MARKER): [(t["host"], t["ports"][0]) for t in hello],
-        ("web", WEB_MARKER): [(deployment.address(1), t["ports"][0]) for t in web],
+        ("web", WEB_MARKER): [(t["host"], t["ports"][0]) for t in web],
     }
     for (name, marker), expected in instances.items():
         wait_for(lambda: answers_at(deployment, name, expected, marker), timeout=PLACE_TIMEOUT, interval=0.5,
@@ -187,7 +191,6 @@ def test_compose_cluster_runs_docker_and_exec_apps_across_both_compute_nodes():
     require_docker()
     busybox = require_tool("busybox", "/bin/busybox")
     deployment = Deployment(compose, binary)
-    compute1, compute2 = deployment.address(21), deployment.address(22)
     try:
         run("bash", str(BUILD_IMAGE), env=deployment.env, timeout=180)
         run("sh", str(BUILD_WEB_IMAGE), deployment.web_image, WEB_MARKER, env=dict(os.environ, BUSYBOX=busybox), timeout=180)
@@ -201,7 +204,7 @@ def test_compose_cluster_runs_docker_and_exec_apps_across_both_compute_nodes():
                  "constraints": [["hostname", "UNIQUE"]]}
         response = requests.post(deployment.url("/v2/apps"), json=probe, timeout=10)
         assert response.status_code == 201, response.text
-        wait_for(lambda: placed_on(deployment, "/probe", [compute1, compute2]), timeout=UP_TIMEOUT, interval=0.5,
+        wait_for(lambda: placed_on(deployment, "/probe", ["compute1", "compute2"]), timeout=UP_TIMEOUT, interval=0.5,
                  message="a probe task running on each compute node")
         response = requests.delete(deployment.url("/v2/apps/probe"), timeout=10)
         assert response.status_code == 200, response.text
@@ -235,21 +238,22 @@ def test_compose_cluster_runs_docker_and_exec_apps_across_both_compute_nodes():
             assert response.status_code == 201, response.text
 
         # One instance of each app on each compute node, found by DNS from the host.
-        _, web = apps_running_on(deployment, [compute1, compute2])
-        assert deployment.resolve_a("hello.service.consul") == sorted([compute1, compute2])
+        _, web = apps_running_on(deployment, ["compute1", "compute2"])
+        assert deployment.resolve_a("hello.service.consul") == \
+            sorted([deployment.address(21), deployment.address(22)])
 
         # Each Docker task is a container labelled with its own node's id.
-        web_on = {t["host"]: t["id"] for t in web}
-        for service, address in (("compute1", compute1), ("compute2", compute2)):
+        web_on = {t["slaveId"]: t["id"] for t in web}
+        for service in ("compute1", "compute2"):
             labelled = containers(f"label=atoll.node_id={deployment.node_ids[service]}", "status=running")
-            assert labelled == containers(f"label=atoll.task_id={web_on[address]}"), service
-        survivor_container = containers(f"label=atoll.task_id={web_on[compute2]}")
-        left_behind = containers(f"label=atoll.task_id={web_on[compute1]}")
+            assert labelled == containers(f"label=atoll.task_id={web_on[service]}"), service
+        survivor_container = containers(f"label=atoll.task_id={web_on['compute2']}")
+        left_behind = containers(f"label=atoll.task_id={web_on['compute1']}")
         assert len(survivor_container) == 1 and len(left_behind) == 1, (survivor_container, left_behind)
 
         # A compute node dies: its tasks are replaced on the other one.
         run("docker", "kill", deployment.container("compute1"), timeout=30)
-        apps_running_on(deployment, [compute2, compute2])
+        apps_running_on(deployment, ["compute2", "compute2"])
 
         # Back, the killed node removes the container it left behind on the shared engine
         # and leaves every one of the other node's alone.
@@ -259,7 +263,7 @@ def test_compose_cluster_runs_docker_and_exec_apps_across_both_compute_nodes():
         running_on_compute2 = containers(f"label=atoll.node_id={deployment.node_ids['compute2']}", "status=running")
         assert survivor_container[0] in running_on_compute2
         assert len(running_on_compute2) == 2, running_on_compute2
-        assert placed_on(deployment, "/web", [compute2, compute2])
+        assert placed_on(deployment, "/web", ["compute2", "compute2"])
 
         # Down: the apps first, so the nodes stop their containers, then the project.
         for app_id in ("/hello", "/web"):

@@ -840,6 +840,19 @@ impl State {
         !self.nodes.contains_key(node) || self.node_failed(node)
     }
 
+    /// The address a task is reached at on its host ports: the address its service instances
+    /// were registered at on one of those ports (a Docker task publishes them at its compute
+    /// node's Docker address, which need not be the node's), else its node's; `None` for a
+    /// task whose node is gone.
+    pub fn task_address(&self, task: &crate::workload::Allocation) -> Option<&str> {
+        task.services
+            .iter()
+            .filter_map(|id| self.service(&task.node, id))
+            .find(|s| !s.address.is_empty() && task.ports.contains(&s.port))
+            .map(|s| s.address.as_str())
+            .or_else(|| self.nodes.get(&task.node).map(|n| n.address.as_str()))
+    }
+
     /// Whether a task counts as healthy (Marathon's `healthy` and what the upgrade strategy
     /// counts): running, and each of its service instances passing. `warning` is not
     /// healthy: Marathon's health checks know only alive or not.

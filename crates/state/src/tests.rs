@@ -185,6 +185,69 @@ fn node_check_counts_against_every_service_on_node() {
 }
 
 #[test]
+fn a_task_is_reached_where_its_host_ports_were_registered() {
+    let mut state = State::default();
+    state.apply(1, &register("n1", "exec1", "web", 31_000));
+    let mut docker = ServiceSpec {
+        id: "docker1".into(),
+        name: "web".into(),
+        port: 31_001,
+        address: "172.28.0.1".into(),
+        ..Default::default()
+    };
+    state.apply(
+        2,
+        &Command::Register(Box::new(Registration {
+            node: "n1".into(),
+            skip_node_update: true,
+            service: Some(docker.clone()),
+            ..Default::default()
+        })),
+    );
+    docker.id = "inner1".into();
+    docker.address = "10.88.0.7".into();
+    docker.port = 8080;
+    state.apply(
+        3,
+        &Command::Register(Box::new(Registration {
+            node: "n1".into(),
+            skip_node_update: true,
+            service: Some(docker),
+            ..Default::default()
+        })),
+    );
+    let task = |services: &[&str], ports: &[u16], node: &str| Allocation {
+        id: "t1".into(),
+        app_id: "/web".into(),
+        app_version: "v1".into(),
+        node: node.into(),
+        ports: ports.to_vec(),
+        cpus: 0.1,
+        mem: 16.0,
+        desired_running: true,
+        state: TaskState::Running,
+        message: String::new(),
+        staged_at: String::new(),
+        started_at: None,
+        health_failures: 0,
+        services: services.iter().map(|s| s.to_string()).collect(),
+        create_index: 1,
+        modify_index: 1,
+    };
+    // An instance at the node's address (no address of its own): the node's.
+    let exec = task(&["exec1"], &[31_000], "n1");
+    assert_eq!(state.task_address(&exec), Some("10.0.0.1"));
+    // Published at another address on a host port: that address.
+    let published = task(&["docker1"], &[31_001], "n1");
+    assert_eq!(state.task_address(&published), Some("172.28.0.1"));
+    // An address on a port that is not a host port (a container's own): the node's.
+    let inner = task(&["inner1"], &[31_002], "n1");
+    assert_eq!(state.task_address(&inner), Some("10.0.0.1"));
+    // No node, no address.
+    assert_eq!(state.task_address(&task(&[], &[], "gone")), None);
+}
+
+#[test]
 fn node_down_and_task_healthy_have_one_definition() {
     let mut state = State::default();
     state.apply(1, &register("n1", "web1", "web", 80));

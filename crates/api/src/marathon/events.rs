@@ -117,11 +117,7 @@ fn diff(
         let Some(task) = state.workload.tasks.get(id) else {
             continue;
         };
-        let host = state
-            .nodes
-            .get(&task.node)
-            .map(|n| n.address.clone())
-            .unwrap_or_default();
+        let host = state.task_address(task).unwrap_or_default().to_string();
         let previous = before.tasks.get(id);
         if previous.map(|p| p.0) != Some(*state_now) {
             events.push(json!({

@@ -167,12 +167,21 @@ pub(super) fn deployment_for(
 }
 
 /// Host address of a node, for task JSON.
+/// Marathon's `host` of a node: its address, or its name once it left the catalog.
 fn host_of(state: &Tables, node: &str) -> String {
     state
         .nodes
         .get(node)
         .map(|n| n.address.clone())
         .unwrap_or_else(|| node.to_string())
+}
+
+/// Marathon's `host` of a task: where its host ports are published (see
+/// `Tables::task_address`), or its node's name once the node left the catalog.
+fn task_host(state: &Tables, task: &Allocation) -> String {
+    state
+        .task_address(task)
+        .map_or_else(|| task.node.clone(), str::to_string)
 }
 
 fn health_of(state: &Tables, task: &Allocation, app: Option<&AppSpec>) -> Vec<bool> {
@@ -188,11 +197,7 @@ fn health_of(state: &Tables, task: &Allocation, app: Option<&AppSpec>) -> Vec<bo
 
 fn render_task(state: &Tables, task: &Allocation) -> Value {
     let app = state.workload.apps.get(&task.app_id);
-    task_json(
-        task,
-        &host_of(state, &task.node),
-        &health_of(state, task, app),
-    )
+    task_json(task, &task_host(state, task), &health_of(state, task, app))
 }
 
 /// What `GET /v2/apps` always embeds, whatever `?embed=` asks (Marathon 1.x).
@@ -231,7 +236,7 @@ pub(super) fn render_app(state: &Tables, app: &AppSpec, embed: Embed) -> Value {
                 "version": f.version,
             })
         });
-    let hosts = |node: &str| host_of(state, node);
+    let hosts = |task: &Allocation| task_host(state, task);
     let healthy = |task: &Allocation| -> Option<bool> {
         if app.health_checks.is_empty() {
             None
@@ -755,8 +760,9 @@ async fn app_delete(
                     .workload
                     .tasks_of(&id)
                     .filter(|t| {
-                        host.as_deref()
-                            .is_none_or(|h| host_of(s, &t.node) == h || t.node == h)
+                        host.as_deref().is_none_or(|h| {
+                            task_host(s, t) == h || host_of(s, &t.node) == h || t.node == h
+                        })
                     })
                     .map(|t| t.id.clone())
                     .collect();

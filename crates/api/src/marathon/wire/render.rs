@@ -40,13 +40,13 @@ pub(super) struct HealthEcho {
 }
 
 /// Marathon's app JSON as `GET /v2/apps/{id}` answers it: the definition plus its status.
-/// `hosts` maps a node name to its address; `healthy` says whether a task passes its health
+/// `hosts` gives a task's host address; `healthy` says whether a task passes its health
 /// checks (`None` when the app has none); `deployments` are `{"id": ...}` objects or bare
 /// ids. Tasks are listed only with `embed_tasks`; finished ones are never counted or listed.
 pub fn app_json(
     app: &super::MarathonApp,
     tasks: &[Allocation],
-    hosts: &dyn Fn(&str) -> String,
+    hosts: &dyn Fn(&Allocation) -> String,
     healthy: &dyn Fn(&Allocation) -> Option<bool>,
     deployments: &[Value],
     last_failure: Option<Value>,
@@ -104,7 +104,7 @@ pub fn app_json(
             .iter()
             .map(|task| {
                 let health: Vec<bool> = health_of(task).into_iter().collect();
-                task_json(task, &hosts(&task.node), &health)
+                task_json(task, &hosts(task), &health)
             })
             .collect();
         out.insert("tasks".into(), Value::Array(rendered));

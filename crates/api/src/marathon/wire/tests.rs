@@ -1245,7 +1245,7 @@ fn an_echoed_answer_parses_back_to_the_same_app() {
     for body in bodies {
         let first = app(body);
         // What a client GETs, including status fields, sent back as is.
-        let answer = app_json(&first, &[], &|n| n.to_string(), &|_| None, &[], None, true);
+        let answer = app_json(&first, &[], &|t| t.node.clone(), &|_| None, &[], None, true);
         let second = app(answer);
         assert_eq!(second, first);
     }
@@ -1362,11 +1362,11 @@ fn app_json_follows_the_spec_over_a_stale_definition() {
     let mut app = base_app();
     app.instances = 7;
     app.definition["instances"] = json!(2);
-    let out = app_json(&app, &[], &|n| n.to_string(), &|_| None, &[], None, false);
+    let out = app_json(&app, &[], &|t| t.node.clone(), &|_| None, &[], None, false);
     assert_eq!(out["instances"], 7);
 
     app.definition = Value::Null;
-    let out = app_json(&app, &[], &|n| n.to_string(), &|_| None, &[], None, false);
+    let out = app_json(&app, &[], &|t| t.node.clone(), &|_| None, &[], None, false);
     assert_eq!(out["id"], "/prod/web");
     assert_eq!(out["mem"], 256);
     assert_eq!(out["portDefinitions"][1]["port"], 9100);
