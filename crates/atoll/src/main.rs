@@ -369,6 +369,10 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     };
     dns.start(tokio::runtime::Handle::current())
         .context("cannot start DNS")?;
+    supervisor.spawn("the leader counter", {
+        let consensus = consensus.clone();
+        async move { consensus.count_leader_changes().await }
+    });
     if server {
         supervisor.spawn(
             "the workload control loop",
