@@ -378,8 +378,6 @@ pub struct SchedulerMetrics {
     pub plan_duration: Histogram,
     /// Instances the plans placed.
     pub placements: Counter,
-    /// Instances the plans could not place.
-    pub unplaced: Counter,
 }
 
 impl Default for SchedulerMetrics {
@@ -387,7 +385,6 @@ impl Default for SchedulerMetrics {
         SchedulerMetrics {
             plan_duration: Histogram::new(LATENCY_BUCKETS),
             placements: Counter::new(),
-            unplaced: Counter::new(),
         }
     }
 }
@@ -408,12 +405,6 @@ impl SchedulerMetrics {
                 Kind::Counter,
             )
             .number(&[], self.placements.get() as f64),
-            Family::new(
-                "atoll_scheduler_unplaced_total",
-                "Leader only: instances a plan could not place (counted once per plan).",
-                Kind::Counter,
-            )
-            .number(&[], self.unplaced.get() as f64),
         ]
     }
 }
