@@ -7,7 +7,8 @@ use tokio::time::Instant;
 
 use crate::packet::{Transport, HEADER_LEN};
 
-/// Records that `answer` was sent for `request`, which arrived at `started`.
+/// Records that `answer` is sent for `request`, which arrived at `started`. Called just
+/// before the answer leaves, so a client that has it finds it counted.
 pub(crate) fn count(request: &[u8], answer: &[u8], transport: Transport, started: Instant) {
     let rcode = answer.get(3).map_or(0, |flags| flags & 0x0f);
     let transport = match transport {

@@ -199,8 +199,8 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: Handle) {
         }
         if let Some(entry) = cache.get(&packet[2..]) {
             let variant = &entry.variants[(counter % entry.variants.len() as u64) as usize];
-            send_with_id(&socket, &mut out, variant, [packet[0], packet[1]], peer);
             count(packet, variant, Transport::Udp, started);
+            send_with_id(&socket, &mut out, variant, [packet[0], packet[1]], peer);
             continue;
         }
         let variants = match reply_to_packet(
@@ -212,8 +212,8 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: Handle) {
         ) {
             PacketReply::Ignore => continue,
             PacketReply::FormatError(answer) => {
-                let _ = socket.send_to(&answer, peer);
                 count(packet, &answer, Transport::Udp, started);
+                let _ = socket.send_to(&answer, peer);
                 continue;
             }
             PacketReply::Forward => {
@@ -236,8 +236,8 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: Handle) {
         let Some(first) = variants.first() else {
             continue;
         };
-        let _ = socket.send_to(first, peer);
         count(packet, first, Transport::Udp, started);
+        let _ = socket.send_to(first, peer);
         if cache.len() >= CACHE_ENTRIES {
             cache.clear();
         }
@@ -275,10 +275,10 @@ impl Request {
         }
     }
 
-    /// Sends `answer` to the asker and counts it.
+    /// Counts `answer` and sends it to the asker.
     fn answer(&self, socket: &UdpSocket, answer: &[u8]) {
-        let _ = socket.send_to(answer, self.peer);
         count(&self.packet, answer, Transport::Udp, self.started);
+        let _ = socket.send_to(answer, self.peer);
     }
 }
 
@@ -562,13 +562,14 @@ async fn serve_tcp_connection(mut stream: TcpStream, shared: Arc<Shared>) {
                     answer_query(&shared, &packet, &name, Transport::Tcp).await
                 }
             };
+        // Counted before it is sent: a client that has its answer sees it counted.
+        count(&packet, &answer, Transport::Tcp, started);
         let mut framed = Vec::with_capacity(answer.len() + 2);
         framed.extend_from_slice(&(answer.len() as u16).to_be_bytes());
         framed.extend_from_slice(&answer);
         if stream.write_all(&framed).await.is_err() {
             return;
         }
-        count(&packet, &answer, Transport::Tcp, started);
     }
 }
 
