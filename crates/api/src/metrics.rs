@@ -414,6 +414,74 @@ where
 mod tests {
     use super::*;
     use atoll_metrics::Histogram;
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn answer(app: &axum::Router, method: &str, uri: &str) -> Response {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from("x"))
+            .unwrap();
+        app.clone().oneshot(request).await.unwrap()
+    }
+
+    fn route_of(response: &Response) -> Option<&str> {
+        response
+            .extensions()
+            .get::<RouteTemplate>()
+            .map(|route| route.0.as_str())
+    }
+
+    #[tokio::test]
+    async fn routed_answers_carry_their_template_and_others_none() {
+        let cluster = std::sync::Arc::new(atoll_cluster::MemoryCluster::new("n1", "dc1"));
+        let app = crate::router(crate::tests::joined_context(cluster).await);
+        let put = answer(&app, "PUT", "/v1/kv/some/secret/key").await;
+        assert_eq!(put.status(), StatusCode::OK);
+        assert_eq!(route_of(&put), Some("/v1/kv/{*key}"));
+        let missing = answer(&app, "GET", "/v1/kv/another/key").await;
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert_eq!(route_of(&missing), Some("/v1/kv/{*key}"));
+        let app_route = answer(&app, "GET", "/v2/apps/some/app").await;
+        assert_eq!(route_of(&app_route), Some("/v2/apps/{*rest}"));
+        let unknown = answer(&app, "GET", "/no/such/path").await;
+        assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+        assert_eq!(route_of(&unknown), None);
+        let wrong_method = answer(&app, "DELETE", "/v1/agent/self").await;
+        assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(route_of(&wrong_method), None);
+    }
+
+    #[tokio::test]
+    async fn both_endpoints_answer_their_formats() {
+        let cluster = std::sync::Arc::new(atoll_cluster::MemoryCluster::new("n1", "dc1"));
+        let app = crate::router(crate::tests::joined_context(cluster).await);
+        let text = answer(&app, "GET", "/metrics").await;
+        assert_eq!(text.status(), StatusCode::OK);
+        assert_eq!(text.headers()[header::CONTENT_TYPE], TEXT_CONTENT_TYPE);
+        let body = text.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(body.contains("# TYPE atoll_catalog_nodes gauge\natoll_catalog_nodes 1\n"));
+        assert!(body.contains("atoll_build_info{version=\"test\"} 1\n"));
+
+        let same = answer(&app, "GET", "/v1/agent/metrics?format=prometheus").await;
+        assert_eq!(same.headers()[header::CONTENT_TYPE], TEXT_CONTENT_TYPE);
+        let json = answer(&app, "GET", "/v1/agent/metrics").await;
+        assert_eq!(json.status(), StatusCode::OK);
+        let body = json.into_body().collect().await.unwrap().to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        for key in ["Timestamp", "Gauges", "Points", "Counters", "Samples"] {
+            assert!(value.get(key).is_some(), "{key} missing: {value}");
+        }
+        let refused = answer(&app, "GET", "/v1/agent/metrics?format=xml").await;
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        let body = refused.into_body().collect().await.unwrap().to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["field"], "format");
+    }
 
     #[test]
     fn go_time_strings_match_consuls_timestamp() {
