@@ -12,12 +12,14 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use atoll_cluster::ClusterHandle;
 use atoll_metrics::{encode_text, Family, Kind, Value, TEXT_CONTENT_TYPE};
-use atoll_state::{aggregate_status, CheckStatus, Runtime, State as StateTables, TaskState};
+use atoll_state::table::Map;
+use atoll_state::{aggregate_status, CheckStatus, Runtime, TaskState};
 use axum::extract::{MatchedPath, RawQuery, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Map};
+use serde_json::json;
 
 use crate::error::ApiError;
 use crate::query::Query;
@@ -56,11 +58,23 @@ fn text_response(families: &[Family]) -> Response {
     response
 }
 
+/// `GET /metrics` before the node has joined its cluster: its instruments, Raft and the
+/// process, without the sizes of a state it may not have yet.
+pub fn forming_metrics(cluster: &ClusterHandle, version: &str) -> Response {
+    text_response(&node_families(cluster, version))
+}
+
 /// Every family of this node, now.
 pub fn scrape(context: &ApiContext) -> Vec<Family> {
+    let mut families = node_families(context.cluster(), context.version());
+    families.extend(state_families(context.store()));
+    families
+}
+
+/// Every family but the state's sizes.
+fn node_families(cluster: &ClusterHandle, version: &str) -> Vec<Family> {
     let mut families = atoll_metrics::node().families();
-    families.extend(context.store().read(state_families));
-    families.extend(raft_families(&context.cluster().raft_stats()));
+    families.extend(raft_families(&cluster.raft_stats()));
     if let Some(figures) = atoll_metrics::process::read() {
         families.extend(atoll_metrics::process::families(&figures));
     }
@@ -70,9 +84,40 @@ pub fn scrape(context: &ApiContext) -> Vec<Family> {
             "Always 1; the version this node runs is its label.",
             Kind::Gauge,
         )
-        .number(&[("version", context.version())], 1.0),
+        .number(&[("version", version)], 1.0),
     );
     families
+}
+
+/// The sizes of the replicated state. The tables are persistent maps: they are copied (in
+/// constant time) under the store's read lock and counted after it, so a scrape of a large
+/// catalog does not hold writers back.
+fn state_families(store: &atoll_cluster::Store) -> Vec<Family> {
+    let tables = store.read(|state| Tables {
+        nodes: (*state.nodes).clone(),
+        services: (*state.services).clone(),
+        checks: (*state.checks).clone(),
+        kv_keys: state.kv.len(),
+        sessions: state.sessions.len(),
+        apps: (*state.workload.apps).clone(),
+        deployments: state.workload.deployments.len(),
+        tasks: (*state.workload.tasks).clone(),
+        queue: (*state.workload.queue).clone(),
+    });
+    table_families(&tables)
+}
+
+/// The tables a scrape counts, copied out of the state.
+struct Tables {
+    nodes: Map<String, atoll_state::Node>,
+    services: Map<String, Map<String, atoll_state::ServiceInstance>>,
+    checks: Map<String, Map<String, atoll_state::Check>>,
+    kv_keys: usize,
+    sessions: usize,
+    apps: Map<String, atoll_state::AppSpec>,
+    deployments: usize,
+    tasks: Map<String, atoll_state::Allocation>,
+    queue: Map<String, atoll_state::Unplaced>,
 }
 
 fn gauge(name: &'static str, help: &'static str, value: usize) -> Family {
@@ -80,7 +125,7 @@ fn gauge(name: &'static str, help: &'static str, value: usize) -> Family {
 }
 
 /// The sizes of the replicated state, as this node holds it.
-fn state_families(state: &StateTables) -> Vec<Family> {
+fn table_families(state: &Tables) -> Vec<Family> {
     let instances: usize = state.services.values().map(|s| s.len()).sum();
     let names: BTreeSet<&str> = state
         .services
@@ -117,10 +162,9 @@ fn state_families(state: &StateTables) -> Vec<Family> {
         health_family.push_number(&[("status", status.as_str())], node_health[slot] as f64);
     }
 
-    let workload = &state.workload;
     let mut tasks: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-    for task in workload.tasks.values() {
-        let driver = workload
+    for task in state.tasks.values() {
+        let driver = state
             .apps
             .get(&task.app_id)
             .map_or("unknown", |app| match app.runtime {
@@ -137,7 +181,7 @@ fn state_families(state: &StateTables) -> Vec<Family> {
     for ((state, driver), count) in tasks {
         task_family.push_number(&[("state", state), ("driver", driver)], count as f64);
     }
-    let queued: u64 = workload.queue.values().map(|u| u64::from(u.count)).sum();
+    let queued: u64 = state.queue.values().map(|u| u64::from(u.count)).sum();
 
     vec![
         gauge(
@@ -157,19 +201,19 @@ fn state_families(state: &StateTables) -> Vec<Family> {
         ),
         check_family,
         health_family,
-        gauge("atoll_kv_keys", "Keys in the KV store.", state.kv.len()),
-        gauge("atoll_sessions", "Open sessions.", state.sessions.len()),
-        gauge("atoll_apps", "Marathon apps.", workload.apps.len()),
+        gauge("atoll_kv_keys", "Keys in the KV store.", state.kv_keys),
+        gauge("atoll_sessions", "Open sessions.", state.sessions),
+        gauge("atoll_apps", "Marathon apps.", state.apps.len()),
         gauge(
             "atoll_deployments",
             "Deployments in progress.",
-            workload.deployments.len(),
+            state.deployments,
         ),
         task_family,
         gauge(
             "atoll_scheduler_queue_apps",
             "Apps with instances the scheduler could not place yet.",
-            workload.queue.len(),
+            state.queue.len(),
         ),
         Family::new(
             "atoll_scheduler_queue_instances",
@@ -264,7 +308,7 @@ pub fn consul_json(families: &[Family], now: SystemTime) -> serde_json::Value {
     let mut samples = Vec::new();
     for family in families {
         for series in &family.series {
-            let labels: Map<String, serde_json::Value> = series
+            let labels: serde_json::Map<String, serde_json::Value> = series
                 .labels
                 .iter()
                 .map(|(name, value)| (name.to_string(), json!(value)))
@@ -456,6 +500,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_node_that_has_not_joined_serves_its_metrics_without_the_state() {
+        let cluster = std::sync::Arc::new(atoll_cluster::MemoryCluster::new("n1", "dc1"));
+        cluster.set_leader(false);
+        let (app, _switch) = crate::ApiSwitch::new(crate::Forming {
+            cluster,
+            version: "test".into(),
+            leave: std::sync::Arc::new(tokio::sync::Notify::new()),
+        });
+        let text = answer(&app, "GET", "/metrics").await;
+        assert_eq!(text.status(), StatusCode::OK);
+        assert_eq!(text.headers()[header::CONTENT_TYPE], TEXT_CONTENT_TYPE);
+        let body = text.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            body.contains("\natoll_raft_state{state=\"Follower\"} 1\n"),
+            "{body}"
+        );
+        assert!(!body.contains("atoll_catalog_nodes"), "{body}");
+    }
+
+    #[tokio::test]
     async fn both_endpoints_answer_their_formats() {
         let cluster = std::sync::Arc::new(atoll_cluster::MemoryCluster::new("n1", "dc1"));
         let app = crate::router(crate::tests::joined_context(cluster).await);
@@ -546,7 +611,7 @@ mod tests {
                 })),
             );
         }
-        let families = state_families(&state);
+        let families = state_families(&atoll_cluster::Store::new(state, 2));
         let value = |name: &str| {
             families
                 .iter()

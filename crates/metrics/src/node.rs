@@ -158,7 +158,7 @@ impl HttpMetrics {
         );
         let mut durations = Family::new(
             "atoll_http_request_duration_seconds",
-            "Time from a request's arrival (its body read) to its answer, by method and route template; blocking queries included.",
+            "Time from a request's head arriving to its answer's head, by method and route template; reading the body and blocking queries' waits included.",
             Kind::Histogram,
         );
         let routes = self
