@@ -175,6 +175,33 @@ def test_parked_blocking_queries_are_a_gauge(atoll):
     )
 
 
+def test_workload_gauges_and_placements_follow_apps(atoll_factory):
+    from apps_util import prefixed_node
+
+    with prefixed_node(atoll_factory, "metrics-apps") as (inst, prefix):
+        before = scrape(inst)
+        placed = value(before, "atoll_scheduler_placements_total")
+        sleeper = f"/{prefix}/sleeper"
+        huge = f"/{prefix}/huge"
+        for app in (
+            {"id": sleeper, "cmd": "exec sleep 600", "instances": 2, "cpus": 0.01, "mem": 8},
+            {"id": huge, "cmd": "exec sleep 600", "instances": 1, "cpus": 0.01, "mem": 10000000},
+        ):
+            r = inst.post("/v2/apps", json=app)
+            assert r.status_code == 201, r.text
+
+        def settled():
+            now = scrape(inst)
+            running = value(now, "atoll_tasks", state="running", driver="exec")
+            return now if running >= 2 and value(now, "atoll_scheduler_queue_instances") >= 1 else None
+
+        now = wait_for(settled, timeout=30, interval=0.2, message=lambda: inst.get("/v2/tasks").text)
+        assert value(now, "atoll_apps") >= 2
+        assert value(now, "atoll_scheduler_queue_apps") >= 1
+        assert value(now, "atoll_scheduler_placements_total") >= placed + 2
+        assert value(now, "atoll_scheduler_plan_duration_seconds_count") >= 1
+
+
 def test_agent_metrics_json_and_prometheus_format(atoll):
     assert atoll.put("/v1/kv/json/shape", data=b"x").status_code == 200
     r = atoll.get("/v1/agent/metrics")
