@@ -175,6 +175,28 @@ def test_parked_blocking_queries_are_a_gauge(atoll):
     )
 
 
+def test_snapshots_are_timed_and_compact_the_log(atoll_factory):
+    inst = atoll_factory.start("snapshots", extra_args=["--snapshot-after-entries", "50"])
+    # One entry per put (sequential: concurrent writes would share entries). Raft keeps the
+    # last 256 entries behind a snapshot and purges 256 at a time, so 600 entries are enough
+    # for a purge.
+    for n in range(600):
+        assert inst.put(f"/v1/kv/snap/{n}", data=b"v").status_code == 200
+
+    def compacted():
+        now = scrape(inst)
+        snapshots = value(now, "atoll_raft_snapshot_duration_seconds_count")
+        purged = value(now, "atoll_raft_log_entries") < value(now, "atoll_raft_last_log_index")
+        return now if snapshots >= 1 and purged else None
+
+    now = wait_for(compacted, timeout=30, interval=0.2, message=lambda: str(sorted(
+        (name, v) for (name, labels), v in scrape(inst).items() if name.startswith("atoll_raft_") and not labels
+    )))
+    assert value(now, "atoll_raft_last_snapshot_index") >= 50
+    assert value(now, "atoll_raft_applied_index") >= value(now, "atoll_raft_last_snapshot_index")
+    assert value(now, "atoll_raft_applied_entries_total") >= 600
+
+
 def test_workload_gauges_and_placements_follow_apps(atoll_factory):
     from apps_util import prefixed_node
 
