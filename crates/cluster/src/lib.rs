@@ -180,10 +180,10 @@ pub struct RaftStats {
     pub applied_index: u64,
     /// Index of the last snapshot (0: none).
     pub last_snapshot_index: u64,
-    /// Entries in the log since its last compaction.
-    pub log_entries: u64,
     /// Term of the last snapshot.
     pub last_snapshot_term: u64,
+    /// Entries in the log since its last compaction.
+    pub log_entries: u64,
     /// Voters other than this node.
     pub num_peers: usize,
 }
