@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use atoll_cluster::ClusterHandle;
 use atoll_metrics::{encode_text, Family, Kind, Value, TEXT_CONTENT_TYPE};
 use atoll_state::table::Map;
-use atoll_state::{aggregate_status, CheckStatus, Runtime, TaskState};
+use atoll_state::{aggregate_status, CheckStatus, TaskState};
 use axum::extract::{MatchedPath, RawQuery, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -167,10 +167,7 @@ fn table_families(state: &Tables) -> Vec<Family> {
         let driver = state
             .apps
             .get(&task.app_id)
-            .map_or("unknown", |app| match app.runtime {
-                Runtime::Exec { .. } => "exec",
-                Runtime::Docker { .. } => "docker",
-            });
+            .map_or("unknown", atoll_workload::leader::driver_name);
         *tasks.entry((task_state(task.state), driver)).or_default() += 1;
     }
     let mut task_family = Family::new(
