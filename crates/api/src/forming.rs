@@ -7,7 +7,8 @@
 //! named leader always means the whole API works), `/v1/status/peers` lists the peers this
 //! node knows, `/v1/agent/self` and `/v1/agent/members` describe what it knows, and every
 //! other `/v1` request is a 500 "No cluster leader" that clients retry. Marathon's
-//! paths answer 503 except `/ping`. Once [`ApiSwitch::install`] is called every request
+//! paths answer 503 except `/ping`; `/metrics` answers what the node knows (without the
+//! state's sizes). Once [`ApiSwitch::install`] is called every request
 //! goes to the full API.
 
 use std::convert::Infallible;
@@ -75,6 +76,12 @@ fn forming_routes() -> Router<Forming> {
         .route("/v1/agent/members", get(members))
         .route("/v1/agent/leave", put(leave))
         .route("/ping", get(|| async { "pong" }))
+        .route(
+            "/metrics",
+            get(|State(forming): State<Forming>| async move {
+                crate::metrics::forming_metrics(&forming.cluster, &forming.version)
+            }),
+        )
         .fallback(not_yet)
 }
 

@@ -10,6 +10,7 @@ pub mod extract;
 pub mod federate;
 pub mod forming;
 pub mod marathon;
+pub mod metrics;
 pub mod query;
 pub mod relay;
 pub mod serve;
@@ -146,11 +147,18 @@ impl ApiContext {
 pub fn router(context: ApiContext) -> Router {
     let headers_of = context.clone();
     consul::routes()
+        .route(
+            "/v1/agent/metrics",
+            axum::routing::get(metrics::agent_metrics),
+        )
         // A plain map, not a middleware future of its own: parked blocking queries hold it.
         .layer(tower::util::MapResponseLayer::new(move |response| {
             consul_headers(&headers_of, response)
         }))
         .merge(marathon::routes::routes())
+        .route("/metrics", axum::routing::get(metrics::prometheus))
+        // Routes only: what no route answers is counted without a route template.
+        .route_layer(metrics::RouteLayer)
         .fallback(extract::unknown_route)
         .method_not_allowed_fallback(extract::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

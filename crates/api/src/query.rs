@@ -175,6 +175,8 @@ pub async fn blocking_until<T>(
     // Subscribed before the first read: a change between the read and the wait still wakes.
     let mut waiter = store.waiter(&watch.into());
     let deadline = Instant::now() + with_jitter(options.wait);
+    // Counted as parked from its first wait until it answers.
+    let mut parked = None;
     loop {
         waiter.mark_seen();
         let (index, value) = store.read(&mut compute);
@@ -182,6 +184,7 @@ pub async fn blocking_until<T>(
             return Ok((index.max(1), value));
         }
         drop(value);
+        parked.get_or_insert_with(|| atoll_metrics::node().http.park());
         match tokio::time::timeout_at(deadline, waiter.changed()).await {
             Ok(true) => continue,
             // Timed out (or the store is going away): answer with what is there now.

@@ -3,12 +3,15 @@
 //! their memory and file descriptors) for ever.
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use atoll_metrics::node::UNROUTED;
 use axum::body::{Body, HttpBody};
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use futures_util::future::{BoxFuture, Either};
@@ -23,6 +26,7 @@ use tokio::net::TcpListener;
 use tower::{Service, ServiceExt};
 
 use crate::error::error_for_path;
+use crate::metrics::RouteTemplate;
 use crate::BODY_LIMIT;
 
 /// How long clients may take to send their requests.
@@ -51,9 +55,11 @@ pub async fn serve(
     limits: HttpLimits,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let service = ReadBodyInTime {
-        inner: router,
-        limits,
+    let service = Measured {
+        inner: ReadBodyInTime {
+            inner: router,
+            limits,
+        },
     };
     // HTTP/1 only, as Consul and Marathon serve without TLS: detecting HTTP/2 first would
     // wait for a client's first bytes with no timeout at all.
@@ -95,6 +101,73 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Counts each request and its time (`atoll_http_requests_total`,
+/// `atoll_http_request_duration_seconds`) under the route template the router tagged its
+/// response with ([`crate::metrics::RouteTemplate`]); a response without one (unknown path,
+/// wrong method, body refused here, request for another datacenter) under
+/// [`atoll_metrics::node::UNROUTED`]. Outermost, so refusals of the body are counted too.
+#[derive(Clone)]
+struct Measured<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for Measured<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Timed<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        Timed {
+            method: request.method().clone(),
+            started: tokio::time::Instant::now(),
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's future, counted when it answers.
+    struct Timed<F> {
+        #[pin]
+        inner: F,
+        method: Method,
+        started: tokio::time::Instant,
+    }
+}
+
+impl<F> Future for Timed<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match ready!(this.inner.poll(cx)) {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let route = response
+            .extensions()
+            .get::<RouteTemplate>()
+            .map_or(UNROUTED, |route| route.0.as_str());
+        atoll_metrics::node().http.observe(
+            this.method.as_str(),
+            route,
+            response.status().as_u16(),
+            this.started.elapsed().as_secs_f64(),
+        );
+        Poll::Ready(Ok(response))
+    }
 }
 
 /// Reads the whole body before the router sees the request, within the body timeout and

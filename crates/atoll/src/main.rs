@@ -247,6 +247,11 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         },
     };
     let (supervisor, mut failures) = supervise::Supervisor::new();
+    // From the start, so that the elections of a forming cluster are counted too.
+    supervisor.spawn("the leader counter", {
+        let consensus = consensus.clone();
+        async move { consensus.count_leader_changes().await }
+    });
     if let (Some(pool), Some(wan)) = (&wan_pool, &settings.wan) {
         let mut addresses = wan.retry_join.clone();
         for peer in wan::load_peers(&data_dir) {

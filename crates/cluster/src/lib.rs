@@ -143,6 +143,7 @@ pub trait Cluster: Send + Sync + 'static {
             applied_index: applied,
             last_snapshot_index: 0,
             last_snapshot_term: 0,
+            log_entries: applied,
             num_peers: self.peers().len().saturating_sub(1),
         }
     }
@@ -181,6 +182,8 @@ pub struct RaftStats {
     pub last_snapshot_index: u64,
     /// Term of the last snapshot.
     pub last_snapshot_term: u64,
+    /// Entries in the log since its last compaction.
+    pub log_entries: u64,
     /// Voters other than this node.
     pub num_peers: usize,
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod answer;
+mod metrics;
 pub mod name;
 pub mod packet;
 pub mod query;

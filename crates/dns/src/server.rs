@@ -21,10 +21,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
+use tokio::time::Instant;
 
 use crate::answer::{
     bare_response, encode_within, format_error, query_response, udp_limit, DnsConfig,
 };
+use crate::metrics::count;
 use crate::packet::{
     reply_to_packet, unknown_datacenter_reply, PacketReply, Transport, HEADER_LEN, MAX_MESSAGE,
 };
@@ -181,6 +183,7 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: Handle) {
                 continue;
             }
         };
+        let started = Instant::now();
         let packet = &buffer[..len];
         if len < HEADER_LEN {
             // Too short to carry an id: nothing sensible to answer.
@@ -196,6 +199,7 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: Handle) {
         }
         if let Some(entry) = cache.get(&packet[2..]) {
             let variant = &entry.variants[(counter % entry.variants.len() as u64) as usize];
+            count(packet, variant, Transport::Udp, started);
             send_with_id(&socket, &mut out, variant, [packet[0], packet[1]], peer);
             continue;
         }
@@ -208,19 +212,23 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: Handle) {
         ) {
             PacketReply::Ignore => continue,
             PacketReply::FormatError(answer) => {
+                count(packet, &answer, Transport::Udp, started);
                 let _ = socket.send_to(&answer, peer);
                 continue;
             }
             PacketReply::Forward => {
-                forward_udp(&socket, &shared, &runtime, packet.to_vec(), peer, None);
+                let request = Request::new(packet, peer, started);
+                forward_udp(&socket, &shared, &runtime, request, None);
                 continue;
             }
             PacketReply::Remote(dc) => {
-                forward_udp(&socket, &shared, &runtime, packet.to_vec(), peer, Some(dc));
+                let request = Request::new(packet, peer, started);
+                forward_udp(&socket, &shared, &runtime, request, Some(dc));
                 continue;
             }
             PacketReply::Query(name) => {
-                query_udp(&socket, &shared, &runtime, packet.to_vec(), name, peer);
+                let request = Request::new(packet, peer, started);
+                query_udp(&socket, &shared, &runtime, request, name);
                 continue;
             }
             PacketReply::Answers(variants) => variants,
@@ -228,6 +236,7 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: Handle) {
         let Some(first) = variants.first() else {
             continue;
         };
+        count(packet, first, Transport::Udp, started);
         let _ = socket.send_to(first, peer);
         if cache.len() >= CACHE_ENTRIES {
             cache.clear();
@@ -250,30 +259,53 @@ fn send_with_id(
     let _ = socket.send_to(out, peer);
 }
 
+/// A UDP request answered on the runtime: its bytes, who asked and when it arrived.
+struct Request {
+    packet: Vec<u8>,
+    peer: SocketAddr,
+    started: Instant,
+}
+
+impl Request {
+    fn new(packet: &[u8], peer: SocketAddr, started: Instant) -> Self {
+        Request {
+            packet: packet.to_vec(),
+            peer,
+            started,
+        }
+    }
+
+    /// Counts `answer` and sends it to the asker.
+    fn answer(&self, socket: &UdpSocket, answer: &[u8]) {
+        count(&self.packet, answer, Transport::Udp, self.started);
+        let _ = socket.send_to(answer, self.peer);
+    }
+}
+
 /// Hands a request to the runtime: to the recursors, or (`remote`) to another datacenter.
 fn forward_udp(
     socket: &Arc<UdpSocket>,
     shared: &Arc<Shared>,
     runtime: &Handle,
-    packet: Vec<u8>,
-    peer: SocketAddr,
+    request: Request,
     remote: Option<String>,
 ) {
     let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
-        let _ = socket.send_to(&servfail(&packet), peer);
+        request.answer(socket, &servfail(&request.packet));
         return;
     };
     let reply_socket = socket.clone();
     let shared = shared.clone();
     runtime.spawn(async move {
         let _permit = permit;
+        let packet = &request.packet;
         let answer = match remote {
-            Some(dc) => ask_datacenter(&shared, &dc, &packet, Transport::Udp).await,
-            None => ask_recursors(&shared.recursors, &packet)
+            Some(dc) => ask_datacenter(&shared, &dc, packet, Transport::Udp).await,
+            None => ask_recursors(&shared.recursors, packet)
                 .await
-                .unwrap_or_else(|| servfail(&packet)),
+                .unwrap_or_else(|| servfail(packet)),
         };
-        let _ = reply_socket.send_to(&answer, peer);
+        request.answer(&reply_socket, &answer);
     });
 }
 
@@ -402,20 +434,19 @@ fn query_udp(
     socket: &Arc<UdpSocket>,
     shared: &Arc<Shared>,
     runtime: &Handle,
-    packet: Vec<u8>,
+    request: Request,
     name: String,
-    peer: SocketAddr,
 ) {
     let Ok(permit) = shared.in_flight.clone().try_acquire_owned() else {
-        let _ = socket.send_to(&servfail(&packet), peer);
+        request.answer(socket, &servfail(&request.packet));
         return;
     };
     let reply_socket = socket.clone();
     let shared = shared.clone();
     runtime.spawn(async move {
         let _permit = permit;
-        let answer = answer_query(&shared, &packet, &name, Transport::Udp).await;
-        let _ = reply_socket.send_to(&answer, peer);
+        let answer = answer_query(&shared, &request.packet, &name, Transport::Udp).await;
+        request.answer(&reply_socket, &answer);
     });
 }
 
@@ -513,6 +544,7 @@ async fn serve_tcp_connection(mut stream: TcpStream, shared: Arc<Shared>) {
             _ => return,
         }
         seed = seed.wrapping_add(1);
+        let started = Instant::now();
         let answer =
             match reply_to_packet(&packet, &shared.store, &shared.config, seed, Transport::Tcp) {
                 PacketReply::Ignore => return,
@@ -530,6 +562,8 @@ async fn serve_tcp_connection(mut stream: TcpStream, shared: Arc<Shared>) {
                     answer_query(&shared, &packet, &name, Transport::Tcp).await
                 }
             };
+        // Counted before it is sent: a client that has its answer sees it counted.
+        count(&packet, &answer, Transport::Tcp, started);
         let mut framed = Vec::with_capacity(answer.len() + 2);
         framed.extend_from_slice(&(answer.len() as u16).to_be_bytes());
         framed.extend_from_slice(&answer);

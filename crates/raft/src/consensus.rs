@@ -365,11 +365,18 @@ impl Consensus {
             });
         }
         self.check_free_space()?;
+        let proposed = Instant::now();
         let result = tokio::time::timeout_at(deadline, self.inner.raft.client_write(command))
             .await
             .map_err(|_| ClusterError::Timeout)?;
         match result {
-            Ok(response) => Ok((response.data, response.log_id.index)),
+            Ok(response) => {
+                atoll_metrics::node()
+                    .raft
+                    .commit_duration
+                    .observe_duration(proposed.elapsed());
+                Ok((response.data, response.log_id.index))
+            }
             // This node was leading when it took the entry: leadership moved since, and the
             // entry may already be in the log a later leader commits. Not safe to send again.
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
@@ -431,6 +438,29 @@ impl Consensus {
                 }
             }
             if metrics.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Counts the leaders this node comes to know (`atoll_raft_leader_changes_total`): a
+    /// new leader, or the same one in a new term. Runs for the life of the node.
+    pub async fn count_leader_changes(&self) {
+        let mut metrics = self.inner.raft.metrics();
+        let mut known: Option<(u64, u64)> = None;
+        loop {
+            let (term, leader) = {
+                let now = metrics.borrow_and_update();
+                (now.current_term, now.current_leader)
+            };
+            if let Some(leader) = leader {
+                if known != Some((term, leader)) {
+                    known = Some((term, leader));
+                    atoll_metrics::node().raft.leader_changes.inc();
+                }
+            }
+            if metrics.changed().await.is_err() {
+                // Raft has stopped: there are no more leaders to see.
                 return std::future::pending().await;
             }
         }
@@ -657,6 +687,10 @@ impl Consensus {
             applied_index: applied.map_or(0, |l| l.index),
             last_snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
             last_snapshot_term: metrics.snapshot.map_or(0, |l| l.leader_id.term),
+            log_entries: metrics
+                .last_log_index
+                .unwrap_or(0)
+                .saturating_sub(metrics.purged.map_or(0, |l| l.index)),
             num_peers: voters - usize::from(is_voter),
         }
     }

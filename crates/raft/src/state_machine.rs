@@ -291,6 +291,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .await
         .map_err(|e| self.failed(&StorageFailure(format!("snapshot task failed: {e}"))))?;
         let (set, bytes) = written.map_err(|e| self.failed(&e))?;
+        atoll_metrics::node()
+            .raft
+            .snapshot_duration
+            .observe_duration(started.elapsed());
         tracing::info!(
             index = self.meta.last_log_id.map(|l| l.index).unwrap_or(0),
             parts = set.parts,
@@ -322,6 +326,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        let started = Instant::now();
         let mut outcomes = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
@@ -337,6 +342,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.store.set_applied(index);
             outcomes.push(outcome);
         }
+        let metrics = &atoll_metrics::node().raft;
+        metrics.apply_duration.observe_duration(started.elapsed());
+        metrics.applied_entries.add(outcomes.len() as u64);
         Ok(outcomes)
     }
 

@@ -462,7 +462,12 @@ fn place(
             count: *count as u32,
         })
         .collect();
+    // Timed for the metrics only: what the plan holds never depends on the clock.
+    let planning = Instant::now();
     let plan = scheduler::plan_placements(&nodes, &placed, &app_requests);
+    let metrics = &atoll_metrics::node().scheduler;
+    metrics.plan_duration.observe_duration(planning.elapsed());
+    metrics.placements.add(plan.placements.len() as u64);
     let apps: BTreeMap<&str, &AppSpec> =
         requests.iter().map(|(a, _)| (a.id.as_str(), *a)).collect();
     let allocations = plan
