@@ -55,6 +55,14 @@ pub enum CommandLine {
     /// Run a command while holding a lock (or one of N slots of a semaphore) on a KV prefix,
     /// with the keys `consul lock` uses; exits with the command's status.
     Lock(LockArgs),
+    /// The built-in certificate authority: create a CA, then certificates it signs.
+    Tls {
+        /// TLS subcommand.
+        #[command(subcommand)]
+        command: crate::tls_cli::TlsCommand,
+    },
+    /// Print a new random 32-byte key, base64.
+    Keygen,
     /// Remove a failed node from the cluster.
     ForceLeave {
         /// The node's name.

@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod lock_cli;
 mod supervise;
+mod tls_cli;
 mod wan;
 
 use std::process::ExitCode;
@@ -87,6 +88,11 @@ fn main() -> ExitCode {
             CommandLine::Leave(args) => cli::leave(&args).await,
             CommandLine::App { command } => app_cli::run(command).await,
             CommandLine::ForceLeave { node, client } => cli::force_leave(&client, &node).await,
+            CommandLine::Tls { command } => tls_cli::run(command),
+            CommandLine::Keygen => {
+                println!("{}", tls_cli::keygen());
+                Ok(())
+            }
         }
         .map(|()| ExitCode::SUCCESS)
     });
