@@ -13,10 +13,11 @@ pub mod marathon;
 pub mod query;
 pub mod relay;
 pub mod serve;
+pub mod tls;
 
 pub use forming::{ApiSwitch, Forming};
 pub use relay::RelayFederation;
-pub use serve::{serve, HttpLimits};
+pub use serve::{serve, serve_tls, HttpLimits};
 
 use std::sync::Arc;
 

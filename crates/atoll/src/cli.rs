@@ -5,10 +5,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use crate::agent_client::AgentClient;
 use crate::config::{ClientArgs, JoinArgs};
 
 async fn request(args: &ClientArgs, method: &str, path: &str) -> anyhow::Result<Value> {
@@ -25,19 +24,19 @@ pub async fn request_with_body(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> anyhow::Result<(u16, Value)> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let agent = AgentClient::new(args)?;
     let path = match &args.dc {
         Some(dc) => for_datacenter(path, dc)?,
         None => path.to_string(),
     };
-    let url = format!("http://{}{path}", args.http_addr);
+    let url = agent.url(&path);
     let request = hyper::Request::builder()
         .method(method)
         .uri(&url)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| anyhow!("invalid address {:?}: {e}", args.http_addr))?;
-    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+    let response = tokio::time::timeout(Duration::from_secs(30), agent.client.request(request))
         .await
         .map_err(|_| anyhow!("{url}: no answer within 30s"))?
         .with_context(|| {

@@ -2,6 +2,7 @@
 //! server or client of a cluster; the other subcommands talk to a running agent.
 #![forbid(unsafe_code)]
 
+mod agent_client;
 mod app_cli;
 mod cli;
 mod config;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use atoll_agent::{Agent, AgentConfig};
+use atoll_api::tls::TlsCertificates;
 use atoll_api::{ApiContext, ApiSwitch, Forming, RelayFederation};
 use atoll_cluster::Store;
 use atoll_cluster::{Alone, ClusterHandle, Federation, Member};
@@ -106,38 +108,30 @@ fn main() -> ExitCode {
 }
 
 async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
-    // Bind every socket before anything else so a busy port fails fast, with nothing written.
-    let http = tokio::net::TcpListener::bind(settings.http_addr)
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "cannot listen for HTTP on {} (port {}): {e}",
-                settings.http_addr,
-                settings.http_addr.port()
-            )
-        })?;
-    let marathon_http = match settings.marathon_addr {
+    // The TLS files are read first: a missing or mismatched one stops the start, naming it.
+    let certificates = match &settings.https {
+        Some(https) => Some(
+            TlsCertificates::load(https.files.clone())
+                .map_err(|e| anyhow!("cannot serve HTTPS: {e}"))?,
+        ),
         None => None,
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            anyhow!(
-                "cannot listen for the Marathon API on {addr} (port {}): {e}",
-                addr.port()
-            )
-        })?),
+    };
+    // Bind every socket before anything else so a busy port fails fast, with nothing written.
+    let http = match settings.http_addr {
+        Some(addr) => Some(listen("HTTP", addr).await?),
+        None => None,
+    };
+    let https = match &settings.https {
+        Some(https) => Some(listen("HTTPS", https.addr).await?),
+        None => None,
+    };
+    let marathon_http = match settings.marathon_addr {
+        Some(addr) => Some(listen("the Marathon API", addr).await?),
+        None => None,
     };
     let rpc = match settings.role {
         Role::Dev => None,
-        _ => Some(
-            tokio::net::TcpListener::bind(settings.rpc_addr)
-                .await
-                .map_err(|e| {
-                    anyhow!(
-                        "cannot listen for RPC on {} (port {}): {e}",
-                        settings.rpc_addr,
-                        settings.rpc_addr.port()
-                    )
-                })?,
-        ),
+        _ => Some(listen("RPC", settings.rpc_addr).await?),
     };
     let dns_config = DnsConfig {
         domain: settings.domain.clone(),
@@ -200,7 +194,10 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             member: Member {
                 name: settings.node.clone(),
                 rpc_addr: settings.rpc_addr.to_string(),
-                http_addr: settings.advertised_http_addr().to_string(),
+                http_addr: settings
+                    .advertised_http_addr()
+                    .map(|addr| addr.to_string())
+                    .unwrap_or_default(),
                 server,
                 datacenter: settings.datacenter.clone(),
                 dns_addr: settings.advertised_dns_addr().to_string(),
@@ -291,12 +288,30 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         leave: leave_before_joining.clone(),
     });
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let http_server = tokio::spawn(atoll_api::serve(
-        http,
-        router.clone(),
-        settings.http_limits,
-        stop.clone(),
-    ));
+    let mut listeners = Vec::new();
+    if let Some(http) = http {
+        listeners.push(tokio::spawn(atoll_api::serve(
+            http,
+            router.clone(),
+            settings.http_limits,
+            stop.clone(),
+        )));
+    }
+    if let (Some(https), Some(certificates)) = (https, certificates) {
+        listeners.push(tokio::spawn(atoll_api::serve_tls(
+            https,
+            router.clone(),
+            settings.http_limits,
+            certificates.subscribe(),
+            stop.clone(),
+        )));
+        tokio::spawn(reload_on_hangup(certificates));
+    }
+    let http_server = tokio::spawn(async move {
+        for listener in listeners {
+            let _ = listener.await;
+        }
+    });
     if let Some(listener) = marathon_http {
         tokio::spawn(atoll_api::serve(
             listener,
@@ -454,7 +469,13 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         "{role}: node {:?} in datacenter {:?}",
         settings.node, settings.datacenter
     );
-    println!("  HTTP API: http://{}", settings.http_addr);
+    match settings.http_addr {
+        Some(addr) => println!("  HTTP API: http://{addr}"),
+        None => println!("  HTTP API: off"),
+    }
+    if let Some(https) = &settings.https {
+        println!("  HTTPS:    https://{}", https.addr);
+    }
     if let Some(addr) = settings.marathon_addr {
         println!("  Marathon: http://{addr} (same API)");
     }
@@ -498,6 +519,16 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Binds a TCP listener; the error names what it was for and the port.
+async fn listen(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow!(
+            "cannot listen for {what} on {addr} (port {}): {e}",
+            addr.port()
+        )
+    })
+}
+
 /// A graceful leave of the WAN pool, when the node leaves its cluster.
 async fn leave_wan(pool: Option<&atoll_gossip::Pool>) {
     if let Some(pool) = pool {
@@ -524,6 +555,26 @@ async fn finish(
     tracing::info!("shutting down");
     consensus.shutdown().await;
     drop(temporary);
+}
+
+/// Reads the HTTPS listener's files again on each SIGHUP: new connections get the new
+/// certificate, open ones keep theirs, and files that fail to load change nothing.
+async fn reload_on_hangup(certificates: TlsCertificates) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => signal,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP: TLS files are not reloaded");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match certificates.reload() {
+            Ok(()) => tracing::info!("reloaded the HTTPS certificate"),
+            Err(e) => {
+                tracing::error!("cannot reload the HTTPS certificate, keeping the one loaded: {e}")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {
