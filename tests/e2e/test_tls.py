@@ -159,6 +159,17 @@ def test_curl_py_consul_and_the_cli_speak_https(atoll_factory, tmp_path):
     # The same state over plain HTTP: one API, two listeners.
     assert agent.inst.get_json("/v1/kv/tls/key")[0]["Key"] == "tls/key"
 
+    # The same limits as over plain HTTP: a body over 1 MiB is a 413 (curl asks with
+    # `Expect: 100-continue` and gets it before sending the body).
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (1024 * 1024 + 1))
+    out = subprocess.run(
+        [curl, "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(pki.ca), "-X", "PUT",
+         "--data-binary", f"@{big}", agent.https_url + "/v1/kv/tls/big"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.stdout == "413", (out.stdout, out.stderr)
+
     # A client that does not trust the CA refuses the server.
     assert refused(lambda: requests.get(agent.https_url + "/v1/status/leader", timeout=5))
 
@@ -364,3 +375,10 @@ def test_ca_commands_refuse_to_overwrite(tmp_path):
     assert (tmp_path / "dc1-client-consul-1-key.pem").stat().st_mode & 0o777 == 0o600
     key = atoll_cli("keygen", cwd=tmp_path).stdout.strip()
     assert len(base64.b64decode(key)) == 32
+
+
+def test_a_new_data_dir_is_private(atoll_factory, tmp_path):
+    data_dir = tmp_path / "fresh" / "data"
+    inst = atoll_factory.start("private", data_dir=data_dir)
+    assert inst.get_json("/v1/status/leader")
+    assert data_dir.stat().st_mode & 0o777 == 0o700

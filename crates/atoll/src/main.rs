@@ -182,6 +182,9 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 .context("cannot create a temporary data dir")?,
         ),
     };
+    if let Some(dir) = &settings.data_dir {
+        create_private_dir(dir)?;
+    }
     let data_dir = match (&settings.data_dir, &temporary) {
         (Some(dir), _) => dir.clone(),
         (None, Some(temp)) => temp.path().to_path_buf(),
@@ -517,6 +520,21 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     }
     finish(http_server, consensus, temporary).await;
     Ok(())
+}
+
+/// Creates the data dir, when it does not exist yet, readable by its owner only: it holds
+/// the whole replicated state, KV values and session data included. An existing one keeps
+/// the mode it has.
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the data dir {}", dir.display()))
 }
 
 /// Binds a TCP listener; the error names what it was for and the port.
