@@ -377,6 +377,19 @@ def test_ca_commands_refuse_to_overwrite(tmp_path):
     assert len(base64.b64decode(key)) == 32
 
 
+def test_a_client_that_never_finishes_its_handshake_is_disconnected(atoll_factory, tmp_path):
+    pki = Pki(tmp_path / "pki")
+    agent = TlsAgent(atoll_factory, pki, "silent", extra=("--http-header-timeout", "1"))
+    with socket.create_connection(("127.0.0.1", agent.https_port), timeout=10) as silent:
+        # Half a ClientHello's record header, then nothing.
+        silent.sendall(b"\x16\x03")
+        # The server closes it after the header timeout (1 s); recv gives up after 10 s.
+        assert silent.recv(1024) == b""
+    # Others are still served.
+    _, serial = presented_certificate(agent.https_port, client_context(pki.ca))
+    assert serial
+
+
 def test_a_new_data_dir_is_private(atoll_factory, tmp_path):
     data_dir = tmp_path / "fresh" / "data"
     inst = atoll_factory.start("private", data_dir=data_dir)
