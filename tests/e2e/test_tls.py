@@ -297,6 +297,14 @@ def test_a_bad_file_on_reload_keeps_the_old_certificate(atoll_factory, tmp_path)
     after, _ = presented_certificate(agent.https_port, context)
     assert after == before
     assert agent.inst.running()
+    # `PUT /v1/agent/reload` (consul reload) reads the files too, and says what failed.
+    r = agent.inst.put("/v1/agent/reload")
+    assert r.status_code == 500 and "--tls-cert-file" in r.text, (r.status_code, r.text)
+    assert presented_certificate(agent.https_port, context)[0] == before
+    new = der_of(agent.replace_certificate())
+    r = agent.inst.put("/v1/agent/reload")
+    assert r.status_code == 200, r.text
+    assert presented_certificate(agent.https_port, context)[0] == new
 
 
 def _start_failure(tmp_path: Path, args: list[str]) -> str:

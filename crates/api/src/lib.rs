@@ -55,6 +55,8 @@ pub struct NodeFacts {
     pub bootstrap_expect: usize,
     /// The data dir, whose file system `/v1/agent/host` reports (`/` without one).
     pub data_dir: Option<std::path::PathBuf>,
+    /// Reloads the HTTPS listener's files on `PUT /v1/agent/reload` (none without HTTPS).
+    pub tls_reload: Option<tls::TlsReload>,
 }
 
 impl ApiContext {

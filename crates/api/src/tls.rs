@@ -10,7 +10,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// The TLS files of the HTTPS listener, as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,6 +195,33 @@ impl TlsCertificates {
     /// What the listener reads the current settings from.
     pub fn subscribe(&self) -> watch::Receiver<Arc<ServerConfig>> {
         self.current.subscribe()
+    }
+}
+
+/// A reload asked for through the API, answered with its outcome.
+type ReloadRequest = oneshot::Sender<Result<(), String>>;
+
+/// Asks the owner of the HTTPS settings to read the files again (`PUT /v1/agent/reload`).
+#[derive(Debug, Clone)]
+pub struct TlsReload(mpsc::Sender<ReloadRequest>);
+
+impl TlsReload {
+    /// A handle, and what its owner receives the requests on.
+    pub fn channel() -> (Self, mpsc::Receiver<ReloadRequest>) {
+        let (sender, receiver) = mpsc::channel(4);
+        (TlsReload(sender), receiver)
+    }
+
+    /// Reloads; the error says why the files were not taken (the old ones stay).
+    pub async fn reload(&self) -> Result<(), String> {
+        let (answer, outcome) = oneshot::channel();
+        self.0
+            .send(answer)
+            .await
+            .map_err(|_| "the HTTPS listener is not running".to_string())?;
+        outcome
+            .await
+            .map_err(|_| "the HTTPS listener is not running".to_string())?
     }
 }
 

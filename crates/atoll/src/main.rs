@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use atoll_agent::{Agent, AgentConfig};
-use atoll_api::tls::TlsCertificates;
+use atoll_api::tls::{TlsCertificates, TlsReload};
 use atoll_api::{ApiContext, ApiSwitch, Forming, RelayFederation};
 use atoll_cluster::Store;
 use atoll_cluster::{Alone, ClusterHandle, Federation, Member};
@@ -292,6 +292,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     });
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut listeners = Vec::new();
+    let mut tls_reload = None;
     if let Some(http) = http {
         listeners.push(tokio::spawn(atoll_api::serve(
             http,
@@ -308,7 +309,9 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             certificates.subscribe(),
             stop.clone(),
         )));
-        tokio::spawn(reload_on_hangup(certificates));
+        let (handle, requests) = TlsReload::channel();
+        tls_reload = Some(handle);
+        tokio::spawn(reload_tls(certificates, requests));
     }
     let http_server = tokio::spawn(async move {
         for listener in listeners {
@@ -449,6 +452,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 Role::Client { .. } => 0,
             },
             data_dir: Some(data_dir.clone()),
+            tls_reload,
         },
         federation,
     );
@@ -575,22 +579,37 @@ async fn finish(
     drop(temporary);
 }
 
-/// Reads the HTTPS listener's files again on each SIGHUP: new connections get the new
-/// certificate, open ones keep theirs, and files that fail to load change nothing.
-async fn reload_on_hangup(certificates: TlsCertificates) {
+/// Reads the HTTPS listener's files again on each SIGHUP and each `PUT /v1/agent/reload`:
+/// new connections get the new certificate, open ones keep theirs, and files that fail to
+/// load change nothing.
+async fn reload_tls(
+    certificates: TlsCertificates,
+    mut requests: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<Result<(), String>>>,
+) {
     let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => signal,
+        Ok(signal) => Some(signal),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGHUP: TLS files are not reloaded");
-            return;
+            tracing::warn!(error = %e, "cannot watch SIGHUP: TLS files are reloaded only through the API");
+            None
         }
     };
-    while hangups.recv().await.is_some() {
-        match certificates.reload() {
+    loop {
+        let answer = tokio::select! {
+            Some(()) = async { hangups.as_mut()?.recv().await } => None,
+            request = requests.recv() => match request {
+                Some(answer) => Some(answer),
+                None => return,
+            },
+        };
+        let outcome = certificates.reload().map_err(|e| e.to_string());
+        match &outcome {
             Ok(()) => tracing::info!("reloaded the HTTPS certificate"),
             Err(e) => {
                 tracing::error!("cannot reload the HTTPS certificate, keeping the one loaded: {e}")
             }
+        }
+        if let Some(answer) = answer {
+            let _ = answer.send(outcome);
         }
     }
 }
