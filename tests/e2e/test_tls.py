@@ -178,6 +178,13 @@ def test_curl_py_consul_and_the_cli_speak_https(atoll_factory, tmp_path):
     # CONSUL_HTTP_ADDR and CONSUL_CACERT, as Consul's CLI reads them.
     members = atoll_cli("members", cwd=tmp_path, env={"CONSUL_HTTP_ADDR": agent.https_url, "CONSUL_CACERT": str(pki.ca)})
     assert agent.inst.node in members.stdout
+    # The name checked can be another of the certificate's (Consul's -tls-server-name).
+    named = atoll_cli("members", "--http-addr", agent.https_url, "--ca-file", str(pki.ca),
+                      "--tls-server-name", "server.dc1.consul", cwd=tmp_path)
+    assert agent.inst.node in named.stdout
+    misnamed = atoll_cli("members", "--http-addr", agent.https_url, "--ca-file", str(pki.ca),
+                         "--tls-server-name", "client.dc1.consul", cwd=tmp_path, check=False)
+    assert misnamed.returncode != 0 and "client.dc1.consul" in misnamed.stderr, misnamed.stderr
     untrusted = atoll_cli("members", "--http-addr", agent.https_url, cwd=tmp_path, check=False)
     assert untrusted.returncode != 0
     assert "certificate" in untrusted.stderr, untrusted.stderr
