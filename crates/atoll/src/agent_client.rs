@@ -29,7 +29,7 @@ pub struct AgentClient {
 impl AgentClient {
     /// The client `--http-addr`, `--ca-file`, `--client-cert` and `--client-key` describe.
     pub fn new(args: &ClientArgs) -> anyhow::Result<Self> {
-        let address = args.http_addr.trim_end_matches('/');
+        let address = args.http_addr.as_str();
         let (tls, host) = match address.split_once("://") {
             Some(("https", host)) => (true, host),
             Some(("http", host)) => (false, host),
@@ -38,6 +38,7 @@ impl AgentClient {
             }
             None => (false, address),
         };
+        let host = host.trim_end_matches('/');
         if host.is_empty() {
             bail!("--http-addr {address:?} names no host");
         }
@@ -89,5 +90,59 @@ impl AgentClient {
     /// The URL of `path` (which starts with `/`).
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(http_addr: &str) -> ClientArgs {
+        ClientArgs {
+            http_addr: http_addr.to_string(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            tls_server_name: None,
+            json: false,
+            dc: None,
+        }
+    }
+
+    fn error(args: &ClientArgs) -> String {
+        match AgentClient::new(args) {
+            Ok(client) => panic!("accepted, base {}", client.base),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_scheme_of_the_address_picks_http_or_https() {
+        assert_eq!(
+            AgentClient::new(&args("127.0.0.1:8500")).unwrap().base,
+            "http://127.0.0.1:8500"
+        );
+        assert_eq!(
+            AgentClient::new(&args("http://127.0.0.1:8500/"))
+                .unwrap()
+                .url("/v1/status/leader"),
+            "http://127.0.0.1:8500/v1/status/leader"
+        );
+        let mut https = args("https://localhost:8501");
+        https.ca_file = Some(std::path::PathBuf::from("/nonexistent/ca.pem"));
+        let message = error(&https);
+        assert!(
+            message.starts_with("--ca-file /nonexistent/ca.pem"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_addresses_and_half_identities_are_refused_by_name() {
+        assert!(error(&args("ftp://127.0.0.1:21")).contains("unknown scheme"));
+        assert!(error(&args("https://")).contains("names no host"));
+        let mut half = args("https://127.0.0.1:8501");
+        half.client_cert = Some("cert.pem".into());
+        assert!(error(&half).contains("--client-cert and --client-key go together"));
     }
 }
