@@ -60,7 +60,7 @@ class Phase:
             self.first_error_detail = detail
 
 
-async def worker(phase: Phase, host: str, port: int, deadline: float) -> None:
+async def worker(phase: Phase, host: str, port: int, deadline: float, tls=None) -> None:
     reader = writer = None
     try:
         while time.monotonic() < deadline:
@@ -69,7 +69,8 @@ async def worker(phase: Phase, host: str, port: int, deadline: float) -> None:
                 return
             if writer is None:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, port), timeout=10)
+                    asyncio.open_connection(host, port, ssl=tls,
+                                            server_hostname="localhost" if tls else None), timeout=10)
             request = phase.make_request(i)
             t = time.perf_counter()
             try:
@@ -95,10 +96,12 @@ async def worker(phase: Phase, host: str, port: int, deadline: float) -> None:
 
 
 async def run_phase(phase: Phase, host: str, port: int, concurrency: int,
-                    max_seconds: float) -> float:
+                    max_seconds: float, tls=None) -> float:
+    """Runs the phase over `concurrency` keep-alive connections (TLS with the
+    `ssl.SSLContext` `tls`, for the name localhost)."""
     deadline = time.monotonic() + max_seconds
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker(phase, host, port, deadline) for _ in range(concurrency)))
+    await asyncio.gather(*(worker(phase, host, port, deadline, tls) for _ in range(concurrency)))
     return time.perf_counter() - t0
 
 

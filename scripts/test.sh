@@ -69,6 +69,8 @@ APT_NEEDS=(
     "g++:g++"
     # A self-signed certificate for the HTTPS check test (tests/e2e/test_check_types.py).
     "openssl:openssl"
+    # An HTTPS client with client certificates (tests/e2e/test_tls.py).
+    "curl:curl"
     # A private engine for the engine-restart test (tests/e2e/test_docker_engine_restart.py).
     "dockerd:docker.io"
     # The compose deployment (tests/e2e/test_compose.py).

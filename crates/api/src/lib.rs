@@ -14,10 +14,11 @@ pub mod metrics;
 pub mod query;
 pub mod relay;
 pub mod serve;
+pub mod tls;
 
 pub use forming::{ApiSwitch, Forming};
 pub use relay::RelayFederation;
-pub use serve::{serve, HttpLimits};
+pub use serve::{serve, serve_tls, HttpLimits};
 
 use std::sync::Arc;
 
@@ -55,6 +56,8 @@ pub struct NodeFacts {
     pub bootstrap_expect: usize,
     /// The data dir, whose file system `/v1/agent/host` reports (`/` without one).
     pub data_dir: Option<std::path::PathBuf>,
+    /// Reloads the HTTPS listener's files on `PUT /v1/agent/reload` (none without HTTPS).
+    pub tls_reload: Option<tls::TlsReload>,
 }
 
 impl ApiContext {

@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +23,9 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 
 use crate::error::error_for_path;
@@ -53,6 +56,29 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    serve_connections(listener, router, limits, None, stop).await
+}
+
+/// Serves `router` over TLS on `listener`: each connection is handshaken with the settings
+/// `tls` holds when it arrives (so a reload applies to new connections only), within the
+/// head's time limit, then served as over plain HTTP.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    tls: tokio::sync::watch::Receiver<Arc<ServerConfig>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    serve_connections(listener, router, limits, Some(tls), stop).await
+}
+
+async fn serve_connections(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    tls: Option<tokio::sync::watch::Receiver<Arc<ServerConfig>>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let service = Measured {
@@ -87,17 +113,46 @@ pub async fn serve(
             _ = &mut stopped => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = service
-            .clone()
-            .map_request(|request: Request<Incoming>| request.map(Body::new));
-        let connection =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-        // The connection future is the task: an `async` block awaiting it would hold it twice.
-        tokio::spawn(graceful.watch(connection).map(|ended| {
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
+        let service = TowerToHyperService::new(
+            service
+                .clone()
+                .map_request(|request: Request<Incoming>| request.map(Body::new)),
+        );
+        match &tls {
+            None => {
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                // The connection future is the task: an `async` block awaiting it would
+                // hold it twice.
+                tokio::spawn(graceful.watch(connection).map(ended));
             }
-        }));
+            Some(tls) => {
+                let acceptor = TlsAcceptor::from(tls.borrow().clone());
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    // A client that never finishes its handshake is a client that never
+                    // sends its head.
+                    let stream = match tokio::time::timeout(
+                        limits.header_read_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake not finished in time");
+                            return;
+                        }
+                    };
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    ended(watcher.watch(connection).await);
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;
@@ -167,6 +222,12 @@ where
             this.started.elapsed().as_secs_f64(),
         );
         Poll::Ready(Ok(response))
+    }
+}
+
+fn ended(result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
     }
 }
 

@@ -5,16 +5,50 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use crate::agent_client::AgentClient;
 use crate::config::{ClientArgs, CompletionShell, JoinArgs};
 
 async fn request(args: &ClientArgs, method: &str, path: &str) -> anyhow::Result<Value> {
     request_with_body(args, method, path, None)
         .await
         .map(|(_, value)| value)
+}
+
+/// One exchange with the agent: the answer's status, headers and whole body, or an error
+/// saying the agent could not be reached (within `timeout`).
+async fn exchange(
+    args: &ClientArgs,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> anyhow::Result<(hyper::StatusCode, hyper::HeaderMap, Bytes, String)> {
+    let agent = AgentClient::new(args)?;
+    let url = agent.url(path);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(&url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| anyhow!("invalid address {:?}: {e}", args.http_addr))?;
+    let response = tokio::time::timeout(timeout, agent.client.request(request))
+        .await
+        .map_err(|_| anyhow!("{url}: no answer within {}s", timeout.as_secs()))?
+        .with_context(|| {
+            format!(
+                "cannot reach the agent at {} (is it running? {ADDRESS_HINT})",
+                args.http_addr
+            )
+        })?;
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .context("reading the answer")?
+        .to_bytes();
+    Ok((parts.status, parts.headers, body, url))
 }
 
 /// Sends a request (with an optional JSON body); answers the status and the JSON body, or an
@@ -25,34 +59,11 @@ pub async fn request_with_body(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> anyhow::Result<(u16, Value)> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let path = match &args.dc {
         Some(dc) => for_datacenter(path, dc)?,
         None => path.to_string(),
     };
-    let url = format!("http://{}{path}", args.http_addr);
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(&url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| anyhow!("invalid address {:?}: {e}", args.http_addr))?;
-    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
-        .await
-        .map_err(|_| anyhow!("{url}: no answer within 30s"))?
-        .with_context(|| {
-            format!(
-                "cannot reach the agent at {} (is it running? {ADDRESS_HINT})",
-                args.http_addr
-            )
-        })?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .context("reading the answer")?
-        .to_bytes();
+    let (status, _, body, _) = exchange(args, method, &path, body, Duration::from_secs(30)).await?;
     if !status.is_success() {
         let text = String::from_utf8_lossy(&body);
         let parsed = serde_json::from_slice::<Value>(&body).ok();
@@ -117,43 +128,18 @@ pub struct Indexed {
 
 /// A GET of a Consul endpoint that reports `X-Consul-Index`, waiting at most `timeout` (a
 /// blocking query asks `?index=&wait=` and waits for as long); a 404 is an answer without
-/// a body, other 4xx/5xx are [`HttpFailure`]s. It connects as [`request_with_body`] does
-/// (whatever connection options that gains belong here too), but keeps the index header
-/// that function drops.
+/// a body, other 4xx/5xx are [`HttpFailure`]s.
 pub async fn get_indexed(
     args: &ClientArgs,
     path: &str,
     timeout: Duration,
 ) -> anyhow::Result<Indexed> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let url = format!("http://{}{path}", args.http_addr);
-    let request = hyper::Request::builder()
-        .method("GET")
-        .uri(&url)
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| anyhow!("invalid address {:?}: {e}", args.http_addr))?;
-    let response = tokio::time::timeout(timeout, client.request(request))
-        .await
-        .map_err(|_| anyhow!("{url}: no answer within {}s", timeout.as_secs()))?
-        .with_context(|| {
-            format!(
-                "cannot reach the agent at {} (is it running? {ADDRESS_HINT})",
-                args.http_addr
-            )
-        })?;
-    let status = response.status();
-    let index = response
-        .headers()
+    let (status, headers, body, url) = exchange(args, "GET", path, None, timeout).await?;
+    let index = headers
         .get("x-consul-index")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .context("reading the answer")?
-        .to_bytes();
     if status == hyper::StatusCode::NOT_FOUND {
         return Ok(Indexed { index, body: None });
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use atoll_agent::Autopilot;
+use atoll_api::tls::TlsFiles;
 use atoll_api::HttpLimits;
 use atoll_raft::ClusterSecret;
 use clap::{Args, Parser, Subcommand};
@@ -122,6 +123,14 @@ pub enum CommandLine {
     /// Run a command while holding a lock (or one of N slots of a semaphore) on a KV prefix,
     /// with the keys `consul lock` uses; exits with the command's status.
     Lock(LockArgs),
+    /// The built-in certificate authority: create a CA, then certificates it signs.
+    Tls {
+        /// TLS subcommand.
+        #[command(subcommand)]
+        command: crate::tls_cli::TlsCommand,
+    },
+    /// Print a new random 32-byte key, base64.
+    Keygen,
     /// Remove a failed node from the cluster.
     ForceLeave {
         /// The node's name.
@@ -463,8 +472,8 @@ pub struct LockArgs {
 /// Flags of commands that talk to a running agent.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// HTTP address of the agent, `HOST:PORT` or `http://HOST:PORT` (default: ATOLL_HTTP_ADDR,
-    /// else CONSUL_HTTP_ADDR, else 127.0.0.1:8500).
+    /// Address of the agent's API: `HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT`
+    /// (default: ATOLL_HTTP_ADDR, else CONSUL_HTTP_ADDR, else 127.0.0.1:8500).
     #[arg(
         long,
         env = "ATOLL_HTTP_ADDR",
@@ -473,6 +482,20 @@ pub struct ClientArgs {
         value_parser = agent_address,
     )]
     pub http_addr: String,
+    /// CA certificate (PEM) the agent's HTTPS certificate is checked against (default: the
+    /// system's roots).
+    #[arg(long, env = "CONSUL_CACERT", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for an agent that verifies incoming connections.
+    #[arg(long, env = "CONSUL_CLIENT_CERT", value_name = "PATH")]
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --client-cert.
+    #[arg(long, env = "CONSUL_CLIENT_KEY", value_name = "PATH")]
+    pub client_key: Option<PathBuf>,
+    /// The name the agent's HTTPS certificate must be valid for (default: the host of
+    /// --http-addr), e.g. server.dc1.consul.
+    #[arg(long, env = "CONSUL_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -497,20 +520,22 @@ const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8500";
 
 /// What an agent's address may look like, and where it comes from.
 const ADDRESS_FORMS: &str = "give the agent's address (--http-addr, ATOLL_HTTP_ADDR or \
-     CONSUL_HTTP_ADDR) as HOST:PORT or http://HOST:PORT";
+     CONSUL_HTTP_ADDR) as HOST:PORT, http://HOST:PORT or https://HOST:PORT";
 
-/// An agent's address as `HOST:PORT`, from `HOST:PORT`, `HOST` (port 8500) or
-/// `http://HOST:PORT`.
+/// An agent's address as `HOST:PORT` (plain HTTP) or `https://HOST:PORT`, from `HOST:PORT`,
+/// `HOST`, `http://HOST[:PORT]` or `https://HOST[:PORT]`; the port is Consul's, 8500 for
+/// HTTP and 8501 for HTTPS, when none is given.
 fn agent_address(text: &str) -> Result<String, String> {
     let text = text.trim();
-    let bare = match text.split_once("://") {
-        Some(("http", rest)) => rest,
+    let (https, bare) = match text.split_once("://") {
+        Some(("http", rest)) => (false, rest),
+        Some(("https", rest)) => (true, rest),
         Some((scheme, _)) => {
             return Err(format!(
                 "{text:?}: the scheme {scheme}:// is not supported; {ADDRESS_FORMS}"
             ))
         }
-        None => text,
+        None => (false, text),
     };
     let bare = bare.strip_suffix('/').unwrap_or(bare);
     if bare.is_empty() || bare.contains(['/', '?', '#', '@', ' ']) {
@@ -525,13 +550,19 @@ fn agent_address(text: &str) -> Result<String, String> {
         }
         None => false,
     };
-    if has_port {
-        Ok(bare.to_string())
+    let port = if https { 8501 } else { 8500 };
+    let address = if has_port {
+        bare.to_string()
     } else if bare.contains(':') && !bare.starts_with('[') {
-        Ok(format!("[{bare}]:8500"))
+        format!("[{bare}]:{port}")
     } else {
-        Ok(format!("{bare}:8500"))
-    }
+        format!("{bare}:{port}")
+    };
+    Ok(if https {
+        format!("https://{address}")
+    } else {
+        address
+    })
 }
 
 /// Flags of `atoll app` commands: the agent, and the datacenter the app lives in.
@@ -590,9 +621,27 @@ pub struct NodeArgs {
     /// Address this node listens on and advertises.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: IpAddr,
-    /// HTTP API address (default: BIND:8500).
+    /// HTTP API address (default: BIND:8500); `off` serves no plain HTTP (with
+    /// --https-addr, on `atoll dev` and client nodes: servers take requests other nodes
+    /// forward to them on it).
     #[arg(long)]
-    pub http_addr: Option<SocketAddr>,
+    pub http_addr: Option<Listen>,
+    /// HTTPS API address (Consul's convention: BIND:8501); off unless given. Needs
+    /// --tls-cert-file and --tls-key-file.
+    #[arg(long)]
+    pub https_addr: Option<SocketAddr>,
+    /// The HTTPS listener's certificate chain (PEM, leaf first); read again on SIGHUP.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of --tls-cert-file (PEM); read again on SIGHUP.
+    #[arg(long, value_name = "PATH")]
+    pub tls_key_file: Option<PathBuf>,
+    /// The CA (PEM) client certificates are checked against with --verify-incoming.
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Require, on HTTPS, a client certificate signed by --tls-ca-file.
+    #[arg(long)]
+    pub verify_incoming: bool,
     /// DNS address, UDP and TCP (default: BIND:8600).
     #[arg(long)]
     pub dns_addr: Option<SocketAddr>,
@@ -657,6 +706,28 @@ pub struct NodeArgs {
     /// Log level (also `ATOLL_LOG`).
     #[arg(long, default_value = "info,openraft=warn")]
     pub log_level: String,
+}
+
+/// A listener's address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// No listener.
+    Off,
+    /// Listen here.
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(Listen::Off);
+        }
+        text.parse()
+            .map(Listen::At)
+            .map_err(|_| format!("{text:?} is not IP:PORT or off"))
+    }
 }
 
 /// Flags of the WAN gossip pool the servers of every datacenter share.
@@ -769,7 +840,10 @@ pub const CLUSTER_SECRET_ENV: &str = "ATOLL_CLUSTER_SECRET";
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
     pub data_dir: Option<PathBuf>,
-    pub http_addr: SocketAddr,
+    /// The plain HTTP listener (`None`: `--http-addr off`).
+    pub http_addr: Option<SocketAddr>,
+    /// The HTTPS listener and its files (`--https-addr`).
+    pub https: Option<HttpsSettings>,
     pub marathon_addr: Option<SocketAddr>,
     pub dns_addr: SocketAddr,
     pub rpc_addr: SocketAddr,
@@ -800,9 +874,10 @@ pub struct NodeSettings {
 }
 
 impl NodeSettings {
-    /// The HTTP address other nodes are told (a wildcard listener is reached at `--bind`).
-    pub fn advertised_http_addr(&self) -> SocketAddr {
-        advertised(self.http_addr, self.bind)
+    /// The HTTP address other nodes are told (a wildcard listener is reached at `--bind`);
+    /// none when plain HTTP is off.
+    pub fn advertised_http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr.map(|addr| advertised(addr, self.bind))
     }
 
     /// The DNS address other nodes are told (a wildcard listener is reached at `--bind`).
@@ -827,7 +902,12 @@ impl NodeSettings {
             "DataDir": data_dir.display().to_string(),
             "BindAddr": self.bind.to_string(),
             "AdvertiseAddrLAN": self.bind.to_string(),
-            "HTTPAddrs": [format!("tcp://{}", self.http_addr)],
+            "HTTPAddrs": self.http_addr.iter().map(|a| format!("tcp://{a}")).collect::<Vec<_>>(),
+            "HTTPSAddrs": self.https.iter().map(|h| format!("tcp://{}", h.addr)).collect::<Vec<_>>(),
+            "CertFile": self.https.as_ref().map(|h| h.files.cert_file.display().to_string()),
+            "KeyFile": self.https.as_ref().map(|h| h.files.key_file.display().to_string()),
+            "CAFile": self.https.as_ref().and_then(|h| h.files.ca_file.as_ref()).map(|f| f.display().to_string()),
+            "VerifyIncoming": self.https.as_ref().is_some_and(|h| h.files.verify_incoming),
             "MarathonAddr": self.marathon_addr.map(|a| a.to_string()),
             "DNSAddrs": [format!("udp://{}", self.dns_addr), format!("tcp://{}", self.dns_addr)],
             "RPCAdvertiseAddr": format!("tcp://{}", self.rpc_addr),
@@ -854,6 +934,15 @@ impl NodeSettings {
             "ACLsEnabled": false,
         })
     }
+}
+
+/// The HTTPS listener of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsSettings {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its certificate, key and CA.
+    pub files: TlsFiles,
 }
 
 /// What a node runs.
@@ -979,9 +1068,23 @@ impl NodeArgs {
         if self.data_dir.is_none() && role != Role::Dev {
             bail!("--data-dir is required for `atoll agent`");
         }
+        let https = self.https_settings()?;
+        let http_addr = match self.http_addr {
+            None => Some(SocketAddr::new(self.bind, 8500)),
+            Some(Listen::At(addr)) => Some(addr),
+            Some(Listen::Off) if https.is_none() => {
+                bail!("--http-addr off needs --https-addr: the node would serve no API")
+            }
+            Some(Listen::Off) if matches!(role, Role::Server { .. }) => bail!(
+                "--http-addr off is for `atoll dev` and client nodes: other nodes forward \
+                 requests to a server over plain HTTP"
+            ),
+            Some(Listen::Off) => None,
+        };
         Ok(NodeSettings {
             data_dir: self.data_dir.clone(),
-            http_addr: self.http_addr.unwrap_or(SocketAddr::new(self.bind, 8500)),
+            http_addr,
+            https,
             marathon_addr: self.marathon_addr,
             dns_addr: self.dns_addr.unwrap_or(SocketAddr::new(self.bind, 8600)),
             rpc_addr: SocketAddr::new(self.bind, rpc_port),
@@ -1006,6 +1109,43 @@ impl NodeArgs {
             cluster_secret: None,
             wan: None,
         })
+    }
+}
+
+impl NodeArgs {
+    /// The HTTPS listener's settings; the files themselves are read when the node starts.
+    fn https_settings(&self) -> anyhow::Result<Option<HttpsSettings>> {
+        let Some(addr) = self.https_addr else {
+            for (given, flag) in [
+                (self.tls_cert_file.is_some(), "--tls-cert-file"),
+                (self.tls_key_file.is_some(), "--tls-key-file"),
+                (self.tls_ca_file.is_some(), "--tls-ca-file"),
+                (self.verify_incoming, "--verify-incoming"),
+            ] {
+                if given {
+                    bail!(
+                        "{flag} applies to the HTTPS listener: add --https-addr (e.g. {}:8501)",
+                        self.bind
+                    );
+                }
+            }
+            return Ok(None);
+        };
+        let (Some(cert_file), Some(key_file)) = (&self.tls_cert_file, &self.tls_key_file) else {
+            bail!("--https-addr needs --tls-cert-file and --tls-key-file");
+        };
+        if self.verify_incoming && self.tls_ca_file.is_none() {
+            bail!("--verify-incoming needs --tls-ca-file, the CA client certificates must be signed by");
+        }
+        Ok(Some(HttpsSettings {
+            addr,
+            files: TlsFiles {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                ca_file: self.tls_ca_file.clone(),
+                verify_incoming: self.verify_incoming,
+            },
+        }))
     }
 }
 
@@ -1193,7 +1333,15 @@ mod tests {
         assert_eq!(agent_address("localhost").unwrap(), "localhost:8500");
         assert_eq!(agent_address("[::1]:8501").unwrap(), "[::1]:8501");
         assert_eq!(agent_address("::1").unwrap(), "[::1]:8500");
-        for bad in ["", "https://127.0.0.1:8501", "http://a/b", "unix:///x"] {
+        assert_eq!(
+            agent_address("https://127.0.0.1:8501/").unwrap(),
+            "https://127.0.0.1:8501"
+        );
+        assert_eq!(
+            agent_address("https://localhost").unwrap(),
+            "https://localhost:8501"
+        );
+        for bad in ["", "https://", "http://a/b", "unix:///x"] {
             assert!(agent_address(bad).is_err(), "{bad:?}");
         }
     }
@@ -1304,6 +1452,96 @@ mod tests {
         assert!(client.wan.is_none());
     }
 
+    /// Each command line is refused with an error naming its flag.
+    fn refused_by_name(cases: &[(Vec<&str>, &str)]) {
+        for (args, flag) in cases {
+            let error = node_settings(args).unwrap_err().to_string();
+            assert!(error.contains(flag), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn plain_http_turns_off_only_beside_https_and_not_on_servers() {
+        let https = [
+            "--https-addr",
+            "127.0.0.1:8501",
+            "--tls-cert-file",
+            "c.pem",
+            "--tls-key-file",
+            "k.pem",
+        ];
+        let dev =
+            node_settings(&[&["atoll", "dev", "--http-addr", "off"][..], &https].concat()).unwrap();
+        assert_eq!(dev.http_addr, None);
+        assert_eq!(dev.advertised_http_addr(), None);
+        assert_eq!(
+            dev.https.expect("HTTPS on").addr,
+            "127.0.0.1:8501".parse().unwrap()
+        );
+        let error = node_settings(&["atoll", "dev", "--http-addr", "off"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--https-addr"), "{error}");
+        let server = [
+            "atoll",
+            "agent",
+            "--server",
+            "--bootstrap-expect",
+            "1",
+            "--data-dir",
+            "d",
+            "--http-addr",
+            "off",
+        ];
+        let error = node_settings(&[&server[..], &https].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--http-addr off"), "{error}");
+        let client = [
+            "atoll",
+            "agent",
+            "--data-dir",
+            "d",
+            "--retry-join",
+            "127.0.0.2",
+            "--http-addr",
+            "OFF",
+        ];
+        assert!(node_settings(&[&client[..], &https].concat())
+            .unwrap()
+            .http_addr
+            .is_none());
+    }
+
+    #[test]
+    fn tls_flags_need_https_and_each_other() {
+        refused_by_name(&[
+            (
+                vec!["atoll", "dev", "--tls-cert-file", "c.pem"],
+                "--https-addr",
+            ),
+            (vec!["atoll", "dev", "--verify-incoming"], "--https-addr"),
+            (
+                vec!["atoll", "dev", "--https-addr", "127.0.0.1:8501"],
+                "--tls-cert-file",
+            ),
+            (
+                vec![
+                    "atoll",
+                    "dev",
+                    "--https-addr",
+                    "127.0.0.1:8501",
+                    "--tls-cert-file",
+                    "c.pem",
+                    "--tls-key-file",
+                    "k.pem",
+                    "--verify-incoming",
+                ],
+                "--tls-ca-file",
+            ),
+        ]);
+    }
+
     #[test]
     fn docker_tasks_are_reached_at_the_bind_address_unless_told_otherwise() {
         let local = node_settings(&["atoll", "dev", "--bind", "127.0.0.9"]).unwrap();
@@ -1327,7 +1565,7 @@ mod tests {
 
     #[test]
     fn bad_wan_flags_are_refused_by_name() {
-        for (args, flag) in [
+        refused_by_name(&[
             (
                 vec!["atoll", "dev", "--retry-join-wan", "nowhere:x"],
                 "--retry-join-wan",
@@ -1360,9 +1598,6 @@ mod tests {
                 ],
                 "--retry-join-wan",
             ),
-        ] {
-            let error = node_settings(&args).unwrap_err().to_string();
-            assert!(error.contains(flag), "{args:?}: {error}");
-        }
+        ]);
     }
 }

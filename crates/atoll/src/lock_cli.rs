@@ -22,12 +22,10 @@ use anyhow::{anyhow, bail, Context};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use crate::agent_client::AgentClient;
 use crate::config::LockArgs;
 
 /// `consul lock`'s flags on the key of a lock (`api.LockFlagValue`).
@@ -54,26 +52,27 @@ struct Answer {
 #[derive(Clone)]
 struct Agent {
     address: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: AgentClient,
 }
 
 impl Agent {
     async fn call(&self, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<Answer> {
-        let url = format!("http://{}{path}", self.address);
+        let url = self.client.url(path);
         let request = hyper::Request::builder()
             .method(method)
             .uri(&url)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| anyhow!("invalid address {:?}: {e}", self.address))?;
-        let response = tokio::time::timeout(Duration::from_secs(60), self.client.request(request))
-            .await
-            .map_err(|_| anyhow!("{url}: no answer within 60s"))?
-            .with_context(|| {
-                format!(
-                    "cannot reach the agent at {} (is it running? see --http-addr)",
-                    self.address
-                )
-            })?;
+        let response =
+            tokio::time::timeout(Duration::from_secs(60), self.client.client.request(request))
+                .await
+                .map_err(|_| anyhow!("{url}: no answer within 60s"))?
+                .with_context(|| {
+                    format!(
+                        "cannot reach the agent at {} (is it running? see --http-addr)",
+                        self.address
+                    )
+                })?;
         let status = response.status().as_u16();
         let index = response
             .headers()
@@ -201,7 +200,7 @@ pub async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
     let plan = plan(&args)?;
     let agent = Agent {
         address: args.client.http_addr.clone(),
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        client: AgentClient::new(&args.client)?,
     };
     let behavior = if plan.limit == 1 { "release" } else { "delete" };
     let created = agent

@@ -2,6 +2,7 @@
 //! server or client of a cluster; the other subcommands talk to a running agent.
 #![forbid(unsafe_code)]
 
+mod agent_client;
 mod app_cli;
 mod catalog_cli;
 mod cli;
@@ -9,6 +10,7 @@ mod config;
 mod kv_cli;
 mod lock_cli;
 mod supervise;
+mod tls_cli;
 mod wan;
 mod watch_cli;
 
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use atoll_agent::{Agent, AgentConfig};
+use atoll_api::tls::{TlsCertificates, TlsReload};
 use atoll_api::{ApiContext, ApiSwitch, Forming, RelayFederation};
 use atoll_cluster::Store;
 use atoll_cluster::{Alone, ClusterHandle, Federation, Member};
@@ -95,6 +98,11 @@ fn main() -> ExitCode {
             CommandLine::Leave(args) => cli::leave(&args).await,
             CommandLine::App { command } => app_cli::run(command).await,
             CommandLine::ForceLeave { node, client } => cli::force_leave(&client, &node).await,
+            CommandLine::Tls { command } => tls_cli::run(command),
+            CommandLine::Keygen => {
+                println!("{}", tls_cli::keygen());
+                Ok(())
+            }
         }
         .map(|()| ExitCode::SUCCESS)
     });
@@ -108,38 +116,30 @@ fn main() -> ExitCode {
 }
 
 async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
-    // Bind every socket before anything else so a busy port fails fast, with nothing written.
-    let http = tokio::net::TcpListener::bind(settings.http_addr)
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "cannot listen for HTTP on {} (port {}): {e}",
-                settings.http_addr,
-                settings.http_addr.port()
-            )
-        })?;
-    let marathon_http = match settings.marathon_addr {
+    // The TLS files are read first: a missing or mismatched one stops the start, naming it.
+    let certificates = match &settings.https {
+        Some(https) => Some(
+            TlsCertificates::load(https.files.clone())
+                .map_err(|e| anyhow!("cannot serve HTTPS: {e}"))?,
+        ),
         None => None,
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            anyhow!(
-                "cannot listen for the Marathon API on {addr} (port {}): {e}",
-                addr.port()
-            )
-        })?),
+    };
+    // Bind every socket before anything else so a busy port fails fast, with nothing written.
+    let http = match settings.http_addr {
+        Some(addr) => Some(listen("HTTP", addr).await?),
+        None => None,
+    };
+    let https = match &settings.https {
+        Some(https) => Some(listen("HTTPS", https.addr).await?),
+        None => None,
+    };
+    let marathon_http = match settings.marathon_addr {
+        Some(addr) => Some(listen("the Marathon API", addr).await?),
+        None => None,
     };
     let rpc = match settings.role {
         Role::Dev => None,
-        _ => Some(
-            tokio::net::TcpListener::bind(settings.rpc_addr)
-                .await
-                .map_err(|e| {
-                    anyhow!(
-                        "cannot listen for RPC on {} (port {}): {e}",
-                        settings.rpc_addr,
-                        settings.rpc_addr.port()
-                    )
-                })?,
-        ),
+        _ => Some(listen("RPC", settings.rpc_addr).await?),
     };
     let dns_config = DnsConfig {
         domain: settings.domain.clone(),
@@ -190,6 +190,9 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 .context("cannot create a temporary data dir")?,
         ),
     };
+    if let Some(dir) = &settings.data_dir {
+        create_private_dir(dir)?;
+    }
     let data_dir = match (&settings.data_dir, &temporary) {
         (Some(dir), _) => dir.clone(),
         (None, Some(temp)) => temp.path().to_path_buf(),
@@ -202,7 +205,10 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             member: Member {
                 name: settings.node.clone(),
                 rpc_addr: settings.rpc_addr.to_string(),
-                http_addr: settings.advertised_http_addr().to_string(),
+                http_addr: settings
+                    .advertised_http_addr()
+                    .map(|addr| addr.to_string())
+                    .unwrap_or_default(),
                 server,
                 datacenter: settings.datacenter.clone(),
                 dns_addr: settings.advertised_dns_addr().to_string(),
@@ -298,12 +304,33 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         leave: leave_before_joining.clone(),
     });
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let http_server = tokio::spawn(atoll_api::serve(
-        http,
-        router.clone(),
-        settings.http_limits,
-        stop.clone(),
-    ));
+    let mut listeners = Vec::new();
+    let mut tls_reload = None;
+    if let Some(http) = http {
+        listeners.push(tokio::spawn(atoll_api::serve(
+            http,
+            router.clone(),
+            settings.http_limits,
+            stop.clone(),
+        )));
+    }
+    if let (Some(https), Some(certificates)) = (https, certificates) {
+        listeners.push(tokio::spawn(atoll_api::serve_tls(
+            https,
+            router.clone(),
+            settings.http_limits,
+            certificates.subscribe(),
+            stop.clone(),
+        )));
+        let (handle, requests) = TlsReload::channel();
+        tls_reload = Some(handle);
+        tokio::spawn(reload_tls(certificates, requests));
+    }
+    let http_server = tokio::spawn(async move {
+        for listener in listeners {
+            let _ = listener.await;
+        }
+    });
     if let Some(listener) = marathon_http {
         tokio::spawn(atoll_api::serve(
             listener,
@@ -442,6 +469,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 Role::Client { .. } => 0,
             },
             data_dir: Some(data_dir.clone()),
+            tls_reload,
         },
         federation,
     );
@@ -465,7 +493,13 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         "{role}: node {:?} in datacenter {:?}",
         settings.node, settings.datacenter
     );
-    println!("  HTTP API: http://{}", settings.http_addr);
+    match settings.http_addr {
+        Some(addr) => println!("  HTTP API: http://{addr}"),
+        None => println!("  HTTP API: off"),
+    }
+    if let Some(https) = &settings.https {
+        println!("  HTTPS:    https://{}", https.addr);
+    }
     if let Some(addr) = settings.marathon_addr {
         println!("  Marathon: http://{addr} (same API)");
     }
@@ -509,6 +543,31 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Creates the data dir, when it does not exist yet, readable by its owner only: it holds
+/// the whole replicated state, KV values and session data included. An existing one keeps
+/// the mode it has.
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the data dir {}", dir.display()))
+}
+
+/// Binds a TCP listener; the error names what it was for and the port.
+async fn listen(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow!(
+            "cannot listen for {what} on {addr} (port {}): {e}",
+            addr.port()
+        )
+    })
+}
+
 /// A graceful leave of the WAN pool, when the node leaves its cluster.
 async fn leave_wan(pool: Option<&atoll_gossip::Pool>) {
     if let Some(pool) = pool {
@@ -535,6 +594,41 @@ async fn finish(
     tracing::info!("shutting down");
     consensus.shutdown().await;
     drop(temporary);
+}
+
+/// Reads the HTTPS listener's files again on each SIGHUP and each `PUT /v1/agent/reload`:
+/// new connections get the new certificate, open ones keep theirs, and files that fail to
+/// load change nothing.
+async fn reload_tls(
+    certificates: TlsCertificates,
+    mut requests: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<Result<(), String>>>,
+) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP: TLS files are reloaded only through the API");
+            None
+        }
+    };
+    loop {
+        let answer = tokio::select! {
+            Some(()) = async { hangups.as_mut()?.recv().await } => None,
+            request = requests.recv() => match request {
+                Some(answer) => Some(answer),
+                None => return,
+            },
+        };
+        let outcome = certificates.reload().map_err(|e| e.to_string());
+        match &outcome {
+            Ok(()) => tracing::info!("reloaded the HTTPS certificate"),
+            Err(e) => {
+                tracing::error!("cannot reload the HTTPS certificate, keeping the one loaded: {e}")
+            }
+        }
+        if let Some(answer) = answer {
+            let _ = answer.send(outcome);
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -46,10 +46,15 @@ pub async fn start(settings: &NodeSettings, wan: &WanSettings) -> anyhow::Result
         ("build", version.to_string()),
         ("segment", String::new()),
         ("acls", "0".to_string()),
-        ("http", settings.advertised_http_addr().to_string()),
         ("dns", settings.advertised_dns_addr().to_string()),
     ]
     .into_iter()
+    // Without plain HTTP, other datacenters cannot relay requests here.
+    .chain(
+        settings
+            .advertised_http_addr()
+            .map(|addr| ("http", addr.to_string())),
+    )
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     Pool::start(PoolConfig {

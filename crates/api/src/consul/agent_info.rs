@@ -8,7 +8,7 @@ use crate::extract::Path;
 use atoll_agent::SERVER_SERVICE;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::agent::{empty_ok, node_uuid, own_member_json};
@@ -175,10 +175,20 @@ pub async fn version(State(context): State<ApiContext>) -> Response {
     )
 }
 
-/// `PUT /v1/agent/reload`. Every setting of a node comes from its command line and none is
-/// read from a file, so there is nothing to read again: the answer is Consul's for an agent
-/// started without configuration files, an empty 200.
+/// `PUT /v1/agent/reload`. Every setting of a node comes from its command line; the only
+/// files it reads are the HTTPS listener's, which are read again (as on SIGHUP): a file that
+/// does not load is a 500 naming it, and the listener keeps what it had. Otherwise the answer
+/// is Consul's, an empty 200.
 pub async fn reload(State(context): State<ApiContext>) -> Response {
+    if let Some(tls) = &context.facts().tls_reload {
+        if let Err(e) = tls.reload().await {
+            return ApiError::plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("Failed reloading: {e}"),
+            )
+            .into_response();
+        }
+    }
     empty_ok(&context)
 }
 

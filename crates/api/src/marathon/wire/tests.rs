@@ -1297,7 +1297,7 @@ fn app_json_counts_tasks_by_state_and_health() {
     let out = app_json(
         &app,
         &tasks,
-        &|node| format!("10.0.0.{}", node.len()),
+        &|task| format!("10.0.0.{}", task.node.len()),
         &healthy,
         &[json!({ "id": "d-1" }), json!("d-2")],
         Some(failure.clone()),

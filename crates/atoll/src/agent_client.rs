@@ -1,0 +1,148 @@
+//! How the command-line tools reach an agent: plain HTTP, or HTTPS when the address says
+//! `https://`, trusting `--ca-file` (else the system's roots) and presenting
+//! `--client-cert`/`--client-key` to an agent that verifies incoming connections.
+
+use anyhow::{anyhow, bail};
+use atoll_api::tls::{crypto_provider, read_certificates, read_private_key, read_roots};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::{ConfigBuilderExt, FixedServerNameResolver, HttpsConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::ServerName;
+
+use crate::config::ClientArgs;
+
+/// The HTTP client of the command-line tools.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// An agent's base URL (`http://HOST:PORT` or `https://HOST:PORT`) and a client for it.
+#[derive(Clone)]
+pub struct AgentClient {
+    /// What paths are appended to.
+    pub base: String,
+    /// Speaks TLS when `base` is `https://`.
+    pub client: HttpClient,
+}
+
+impl AgentClient {
+    /// The client `--http-addr`, `--ca-file`, `--client-cert` and `--client-key` describe.
+    pub fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+        let address = args.http_addr.as_str();
+        let (tls, host) = match address.split_once("://") {
+            Some(("https", host)) => (true, host),
+            Some(("http", host)) => (false, host),
+            Some((scheme, _)) => {
+                bail!("--http-addr {address:?}: unknown scheme {scheme:?} (use http or https)")
+            }
+            None => (false, address),
+        };
+        let host = host.trim_end_matches('/');
+        if host.is_empty() {
+            bail!("--http-addr {address:?} names no host");
+        }
+        let identity = match (&args.client_cert, &args.client_key) {
+            (Some(cert), Some(key)) => Some((
+                read_certificates("--client-cert", cert)?,
+                read_private_key("--client-key", key)?,
+            )),
+            (None, None) => None,
+            _ => bail!("--client-cert and --client-key go together"),
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| anyhow!("cannot set up TLS: {e}"))?;
+        let builder = match &args.ca_file {
+            Some(ca_file) => builder.with_root_certificates(read_roots("--ca-file", ca_file)?),
+            None if tls => builder
+                .with_native_roots()
+                .map_err(|e| anyhow!("cannot read the system's root certificates: {e}"))?,
+            // Plain HTTP: the TLS settings are never used.
+            None => builder.with_root_certificates(rustls::RootCertStore::empty()),
+        };
+        let config = match identity {
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| anyhow!("--client-cert and --client-key cannot be used: {e}"))?,
+            None => builder.with_no_client_auth(),
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http();
+        let connector = match &args.tls_server_name {
+            Some(name) => {
+                let name = ServerName::try_from(name.clone())
+                    .map_err(|e| anyhow!("--tls-server-name {name:?}: {e}"))?;
+                connector
+                    .with_server_name_resolver(FixedServerNameResolver::new(name))
+                    .enable_http1()
+                    .build()
+            }
+            None => connector.enable_http1().build(),
+        };
+        Ok(AgentClient {
+            base: format!("{}://{host}", if tls { "https" } else { "http" }),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        })
+    }
+
+    /// The URL of `path` (which starts with `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(http_addr: &str) -> ClientArgs {
+        ClientArgs {
+            http_addr: http_addr.to_string(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            tls_server_name: None,
+            json: false,
+            dc: None,
+        }
+    }
+
+    fn error(args: &ClientArgs) -> String {
+        match AgentClient::new(args) {
+            Ok(client) => panic!("accepted, base {}", client.base),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_scheme_of_the_address_picks_http_or_https() {
+        assert_eq!(
+            AgentClient::new(&args("127.0.0.1:8500")).unwrap().base,
+            "http://127.0.0.1:8500"
+        );
+        assert_eq!(
+            AgentClient::new(&args("http://127.0.0.1:8500/"))
+                .unwrap()
+                .url("/v1/status/leader"),
+            "http://127.0.0.1:8500/v1/status/leader"
+        );
+        let mut https = args("https://localhost:8501");
+        https.ca_file = Some(std::path::PathBuf::from("/nonexistent/ca.pem"));
+        let message = error(&https);
+        assert!(
+            message.starts_with("--ca-file /nonexistent/ca.pem"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_addresses_and_half_identities_are_refused_by_name() {
+        assert!(error(&args("ftp://127.0.0.1:21")).contains("unknown scheme"));
+        assert!(error(&args("https://")).contains("names no host"));
+        let mut half = args("https://127.0.0.1:8501");
+        half.client_cert = Some("cert.pem".into());
+        assert!(error(&half).contains("--client-cert and --client-key go together"));
+    }
+}
