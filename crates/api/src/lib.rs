@@ -15,6 +15,7 @@ pub mod query;
 pub mod relay;
 pub mod serve;
 pub mod tls;
+pub mod ui;
 
 pub use forming::{ApiSwitch, Forming};
 pub use relay::RelayFederation;
@@ -159,6 +160,7 @@ pub fn router(context: ApiContext) -> Router {
             consul_headers(&headers_of, response)
         }))
         .merge(marathon::routes::routes())
+        .merge(ui::routes())
         .route("/metrics", axum::routing::get(metrics::prometheus))
         // Routes only: what no route answers is counted without a route template.
         .route_layer(metrics::RouteLayer)

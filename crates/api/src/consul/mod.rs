@@ -16,6 +16,7 @@ pub mod prepared;
 mod session;
 mod status;
 pub mod txn;
+mod ui_summary;
 mod wan;
 pub mod wire;
 
@@ -98,6 +99,11 @@ pub fn routes() -> Router<ApiContext> {
             get(kv::get).put(kv::put).delete(kv::delete),
         )
         .route("/v1/txn", put(txn::apply))
+        .route("/v1/internal/ui/services", get(ui_summary::services))
+        .route(
+            "/v1/internal/ui/compute-nodes",
+            get(ui_summary::compute_nodes),
+        )
         .route("/v1/session/create", put(session::create))
         .route("/v1/session/destroy/{id}", put(session::destroy))
         .route("/v1/session/renew/{id}", put(session::renew))

@@ -1,0 +1,180 @@
+//! `/v1/internal/ui/*`: the summaries the web UI reads, one request for a whole page
+//! instead of one per service or node. `services` has the shape of Consul's endpoint of the
+//! same name; `compute-nodes` is atoll's own (Consul has no compute nodes).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use atoll_state::{CheckStatus, State, Table};
+use axum::extract::{RawQuery, State as Context};
+use axum::response::Response;
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::query::{blocking, json_with_index, Query, ReadOptions};
+use crate::ApiContext;
+
+/// One service of `GET /v1/internal/ui/services`.
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceSummary {
+    name: String,
+    datacenter: String,
+    /// Every tag of any instance, sorted.
+    tags: Vec<String>,
+    /// The nodes the instances are on, sorted.
+    nodes: Vec<String>,
+    instance_count: usize,
+    /// Counted as Consul counts them: each instance's own checks and its node's.
+    checks_passing: usize,
+    checks_warning: usize,
+    checks_critical: usize,
+    kind: String,
+    external_sources: Vec<String>,
+}
+
+/// One compute node of `GET /v1/internal/ui/compute-nodes`: what it offers and what the
+/// tasks placed on it hold.
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ComputeSummary {
+    node: String,
+    cpus: f64,
+    cpus_used: f64,
+    mem: f64,
+    mem_used: f64,
+    /// The dynamic port range, inclusive.
+    port_range: [u16; 2],
+    ports_total: usize,
+    /// Host ports of its tasks and ports in the range held by something else.
+    ports_used: usize,
+    ports_free: usize,
+    tasks: usize,
+    drivers: Vec<String>,
+    attributes: BTreeMap<String, String>,
+}
+
+/// The services of the datacenter with their instance and check counts, by name.
+pub fn service_summaries(state: &State, datacenter: &str) -> Vec<ServiceSummary> {
+    let mut by_name: BTreeMap<&str, ServiceSummary> = BTreeMap::new();
+    let mut tags: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut nodes: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for instance in state.services.values().flat_map(|s| s.values()) {
+        let summary = by_name
+            .entry(&instance.name)
+            .or_insert_with(|| ServiceSummary {
+                name: instance.name.clone(),
+                datacenter: datacenter.to_string(),
+                tags: Vec::new(),
+                nodes: Vec::new(),
+                instance_count: 0,
+                checks_passing: 0,
+                checks_warning: 0,
+                checks_critical: 0,
+                kind: String::new(),
+                external_sources: Vec::new(),
+            });
+        summary.instance_count += 1;
+        for check in state.checks_for_instance(instance) {
+            match check.status {
+                CheckStatus::Passing => summary.checks_passing += 1,
+                CheckStatus::Warning => summary.checks_warning += 1,
+                CheckStatus::Critical => summary.checks_critical += 1,
+            }
+        }
+        tags.entry(&instance.name)
+            .or_default()
+            .extend(instance.tags.iter().map(String::as_str));
+        nodes
+            .entry(&instance.name)
+            .or_default()
+            .insert(&instance.node);
+    }
+    by_name
+        .into_iter()
+        .map(|(name, mut summary)| {
+            summary.tags = owned(tags.remove(name));
+            summary.nodes = owned(nodes.remove(name));
+            summary
+        })
+        .collect()
+}
+
+fn owned(names: Option<BTreeSet<&str>>) -> Vec<String> {
+    names
+        .unwrap_or_default()
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every compute node with its capacity and what is placed on it, by name.
+pub fn compute_summaries(state: &State) -> Vec<ComputeSummary> {
+    state
+        .workload
+        .compute
+        .values()
+        .map(|node| {
+            let (low, high) = node.port_range;
+            let range = low..=high;
+            let mut cpus_used = 0.0;
+            let mut mem_used = 0.0;
+            let mut tasks = 0;
+            let mut held: BTreeSet<u16> = BTreeSet::new();
+            for task in state.workload.tasks_on(&node.node) {
+                cpus_used += task.cpus;
+                mem_used += task.mem;
+                tasks += 1;
+                held.extend(task.ports.iter().copied());
+            }
+            held.extend(node.busy_ports.iter().copied());
+            let ports_total = range.clone().count();
+            let ports_used = held.iter().filter(|port| range.contains(port)).count();
+            ComputeSummary {
+                node: node.node.clone(),
+                cpus: node.cpus,
+                cpus_used,
+                mem: node.mem,
+                mem_used,
+                port_range: [low, high],
+                ports_total,
+                ports_used,
+                ports_free: ports_total - ports_used,
+                tasks,
+                drivers: node.drivers.clone(),
+                attributes: node.attributes.clone(),
+            }
+        })
+        .collect()
+}
+
+/// `GET /v1/internal/ui/services` (blocking on the catalog).
+pub async fn services(
+    Context(context): Context<ApiContext>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref());
+    let options = ReadOptions::parse(&query, &context)?;
+    let datacenter = context.datacenter().to_string();
+    let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
+        (
+            state.indexes.catalog(),
+            service_summaries(state, &datacenter),
+        )
+    })
+    .await?;
+    Ok(json_with_index(index, &body))
+}
+
+/// `GET /v1/internal/ui/compute-nodes` (blocking on the workload tables).
+pub async fn compute_nodes(
+    Context(context): Context<ApiContext>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = Query::parse(raw.as_deref());
+    let options = ReadOptions::parse(&query, &context)?;
+    let (index, body) = blocking(&context, &options, Table::Workload, |state| {
+        (state.indexes.workload, compute_summaries(state))
+    })
+    .await?;
+    Ok(json_with_index(index, &body))
+}
