@@ -77,6 +77,9 @@ APT_NEEDS=(
     "docker-compose:docker-compose"
     # Small tmpfs data dirs for the disk-fault tests.
     "mount:mount"
+    # The web UI in a real browser (tests/e2e/ui_util.py).
+    "chromium:chromium"
+    "chromedriver:chromium-driver"
 )
 
 install_debian_packages() {
@@ -110,7 +113,7 @@ install_debian_packages() {
 
 # ---------------------------------------------------------------------------
 # Python packages (distribution names, as pip knows them)
-PIP_NEEDS=(py-consul dnspython pytest requests marathon)
+PIP_NEEDS=(py-consul dnspython pytest requests marathon selenium)
 
 install_python_packages() {
     have_cmd python3 || {
@@ -138,7 +141,7 @@ install_python_packages() {
     fi
     # The old python-consul also provides the "consul" module; make sure the
     # one we import is py-consul.
-    python3 -c 'import importlib.metadata as m; m.version("py-consul"); m.version("marathon"); import consul, dns.message, pytest, requests' ||
+    python3 -c 'import importlib.metadata as m; m.version("py-consul"); m.version("marathon"); import consul, dns.message, pytest, requests, selenium' ||
         missing "Python packages still not importable: ${want[*]}"
 }
 
