@@ -1,8 +1,9 @@
 """The Marathon pages of the web UI in headless Chromium, against `atoll dev`.
 
 Every page loads without a console error and is screenshotted (tests/e2e/artifacts/ui/);
-an app is deployed, scaled, has a task killed and is destroyed from the UI; Marathon's
-422 details are shown in place with their field paths; an app no node can take shows the
+an app is deployed, scaled, has a task killed and is destroyed from the UI, and another
+is edited as JSON and restarted; Marathon's 422 details are shown in place with their field
+paths; an app no node can take shows the
 queue's reasons on its page and on the queue page; the events page shows events live.
 """
 
@@ -84,7 +85,7 @@ def test_every_marathon_page_loads_without_console_errors(inst, browser):
 
     # The app's row links to its page, which shows its task on this node.
     open_page(browser, inst.base_url, "/apps")
-    wait_element(browser, f'tr[data-row="{app_id}"] a', WAIT).click()
+    click(browser, f'tr[data-row="{app_id}"] a', WAIT)
     page_ready(browser, "app")
     wait_text(browser, '[data-page="app"] tbody tr[data-row]', "running", WAIT)
     wait_element(browser, f'[data-page="app"] tbody tr[data-row] a[href="#/nodes/{inst.node}"]', WAIT)
@@ -185,8 +186,8 @@ def test_unplaceable_app_shows_its_queue_reason(inst, browser):
 
     open_page(browser, inst.base_url, "/queue")
     page_ready(browser, "queue")
-    row = wait_text(browser, f'[data-page="queue"] tr[data-row="{app_id}"]', reasons[0], WAIT)
-    assert "100000 CPUs" in row.text
+    wait_text(browser, f'[data-page="queue"] tr[data-row="{app_id}"]', reasons[0], WAIT)
+    wait_text(browser, f'[data-page="queue"] tr[data-row="{app_id}"]', "100000 CPUs", WAIT)
     screenshot(browser, "marathon_queue_waiting")
     assert_no_console_errors(browser)
 
@@ -194,6 +195,8 @@ def test_unplaceable_app_shows_its_queue_reason(inst, browser):
 def test_events_page_shows_events_live_and_filters_them(inst, browser):
     open_page(browser, inst.base_url, "/events")
     page_ready(browser, "events")
+    # The stream's first event says the page listens: nothing after it can be missed.
+    wait_element(browser, '[data-page="events"] tr[data-event="event_stream_attached"]', WAIT)
     app_id = f"/{inst.prefix}/live"
     post_app(inst, sleeper(app_id))
 
@@ -221,8 +224,12 @@ def test_deployments_page_shows_progress_and_cancels(inst, browser):
 
     open_page(browser, inst.base_url, "/deployments")
     page_ready(browser, "deployments")
-    row = wait_text(browser, '[data-page="deployments"] tbody tr[data-row]', app_id, WAIT)
-    deployment_id = row.get_attribute("data-row")
+    deployment_id = wait_for(
+        lambda: next((d["id"] for d in requests.get(inst.url("/v2/deployments"), timeout=5).json() if app_id in d["affectedApps"]), None),
+        timeout=WAIT,
+        message=f"the deployment of {app_id}",
+    )
+    wait_text(browser, f'tr[data-row="{deployment_id}"]', app_id, WAIT)
     wait_text(browser, f'tr[data-row="{deployment_id}"]', "1 / 2", WAIT)
     screenshot(browser, "marathon_deployments")
 
@@ -236,3 +243,47 @@ def test_deployments_page_shows_progress_and_cancels(inst, browser):
         message=f"{app_id} to be rolled back",
     )
     assert_no_console_errors(browser)
+
+
+def test_app_edited_as_json_and_restarted_from_the_ui(inst, browser):
+    app_id = f"/{inst.prefix}/edit"
+    post_app(inst, sleeper(app_id))
+    wait_running(inst, app_id, 1, want_healthy=False, timeout=WAIT)
+    open_page(browser, inst.base_url, f"/apps/{app_id.lstrip('/')}")
+    page_ready(browser, "app")
+    wait_text(browser, ".m-instances", "1 / 1 running", WAIT)
+
+    # The editor holds the definition without the running app's status.
+    click(browser, '[data-action="edit"]')
+    editor = wait_element(browser, '.m-editor textarea[data-field="definition"]', WAIT)
+    definition = json.loads(editor.get_attribute("value"))
+    assert definition["id"] == app_id and definition["cmd"] == "sleep 1000"
+    assert "tasks" not in definition and "tasksRunning" not in definition and "deployments" not in definition
+
+    # A refused definition: the field paths show in the editor, the app is unchanged.
+    fill(browser, '.m-editor textarea[data-field="definition"]', json.dumps({**definition, "mem": -8}))
+    click(browser, '[data-action="save"]')
+    wait_element(browser, '.m-editor .m-problems li[data-path="/mem"]', WAIT)
+    screenshot(browser, "marathon_edit_error")
+    assert requests.get(inst.url(f"/v2/apps{app_id}"), timeout=5).json()["app"]["mem"] == 8
+
+    fill(browser, '.m-editor textarea[data-field="definition"]', json.dumps({**definition, "cmd": "sleep 2000"}))
+    click(browser, '[data-action="save"]')
+    wait_text(browser, '[data-page="app"] dl.facts', "sleep 2000", WAIT)
+    wait_gone(browser, ".m-editor:not([hidden])", WAIT)
+    edited = requests.get(inst.url(f"/v2/apps{app_id}"), timeout=5).json()["app"]
+    assert edited["cmd"] == "sleep 2000"
+    wait_running(inst, app_id, 1, want_healthy=False, timeout=WAIT, version=edited["version"])
+
+    # Restart: a new version, its task replacing the old one.
+    click(browser, '[data-action="restart"]')
+    confirm(browser)
+    restarted = wait_for(
+        lambda: (a := requests.get(inst.url(f"/v2/apps{app_id}"), timeout=5).json()["app"])["version"] != edited["version"] and a,
+        timeout=WAIT,
+        message="a new version after the restart",
+    )
+    wait_running(inst, app_id, 1, want_healthy=False, timeout=WAIT, version=restarted["version"])
+    wait_text(browser, '[data-page="app"] dl.facts', restarted["version"], WAIT)
+    # The browser reports the refused edit itself; nothing else may be in the console.
+    assert_no_console_errors(browser, allow=[r"status of 422"])

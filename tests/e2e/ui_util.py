@@ -172,14 +172,20 @@ def wait_text(driver, css: str, text: str | re.Pattern, timeout: float = DEFAULT
 
 
 def click(driver, css: str, timeout: float = DEFAULT_WAIT) -> None:
-    """Click the first visible element matching `css` once it is enabled."""
-    element = wait_until(
-        driver,
-        lambda d: next((e for e in d.find_elements(By.CSS_SELECTOR, css) if e.is_displayed() and e.is_enabled()), None),
-        timeout,
-        f"a clickable element {css!r}",
-    )
-    element.click()
+    """Click the first visible, enabled element matching `css`.
+
+    A page that re-renders may replace the element between finding and clicking it; the
+    click is then tried again on the new one, until the deadline.
+    """
+
+    def find_and_click(d):
+        for element in d.find_elements(By.CSS_SELECTOR, css):
+            if element.is_displayed() and element.is_enabled():
+                element.click()
+                return True
+        return False
+
+    wait_until(driver, find_and_click, timeout, f"a clickable element {css!r}")
 
 
 def fill(driver, css: str, value: str, timeout: float = DEFAULT_WAIT) -> None:

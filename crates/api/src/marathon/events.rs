@@ -3,7 +3,8 @@
 //! One feed task per node turns changes of the workload tables into Marathon events
 //! (`status_update_event`, `deployment_info`, `deployment_success`,
 //! `health_status_changed_event`, `api_post_event`, `subscribe_event`,
-//! `unsubscribe_event`) and broadcasts them to every stream.
+//! `unsubscribe_event`) and broadcasts them to every stream. Each stream starts with
+//! its own `event_stream_attached`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -228,6 +229,17 @@ pub async fn feed(context: ApiContext) {
     }
 }
 
+/// The first event of every stream, as Marathon sends it to a client that attaches: a
+/// client that reads state and then listens learns from it that nothing after this point
+/// is missed, and when it attached again after losing the stream.
+fn attached() -> Value {
+    json!({
+        "eventType": "event_stream_attached",
+        "timestamp": now_rfc3339(),
+        "remoteAddress": null,
+    })
+}
+
 /// `GET /v2/events`.
 pub async fn stream(
     State(context): State<ApiContext>,
@@ -239,17 +251,20 @@ pub async fn stream(
         .into_iter()
         .map(str::to_string)
         .collect();
-    let events = BroadcastStream::new(context.events().subscribe()).filter_map(move |item| {
-        let event = item.ok()?;
-        let kind = event
-            .get("eventType")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        if !wanted.is_empty() && !wanted.contains(&kind) {
-            return None;
-        }
-        Some(Ok(Event::default().event(kind).data(event.to_string())))
-    });
+    // Subscribed before the attached event is made, so nothing sent after it is missed.
+    let bus = BroadcastStream::new(context.events().subscribe()).filter_map(|item| item.ok());
+    let events = tokio_stream::once(attached())
+        .chain(bus)
+        .filter_map(move |event| {
+            let kind = event
+                .get("eventType")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if !wanted.is_empty() && !wanted.contains(&kind) {
+                return None;
+            }
+            Some(Ok(Event::default().event(kind).data(event.to_string())))
+        });
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

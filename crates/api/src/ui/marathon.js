@@ -8,8 +8,11 @@
     return;
   }
 
-  // Marathon events after which the app, deployment and queue pages are out of date.
+  // Marathon events after which the app, deployment and queue pages are out of date. The
+  // stream's first event (`event_stream_attached`, also after a reconnection) is one: what
+  // changed between a page's first read and the stream's start is read again.
   const WORKLOAD_EVENTS = new Set([
+    'event_stream_attached',
     'status_update_event',
     'health_status_changed_event',
     'deployment_info',
@@ -880,6 +883,8 @@
         return [mono(event.id || (event.plan && event.plan.id) || '')];
       case 'api_post_event':
         return ['new version of ', mono(event.uri || '')];
+      case 'event_stream_attached':
+        return ['this page is following the event stream'];
       case 'subscribe_event':
       case 'unsubscribe_event':
         return [mono(event.callbackUrl || '')];
