@@ -400,7 +400,7 @@
         facts.replaceChildren(h('dl', { class: 'facts' },
           h('dt', { text: 'Address' }), h('dd', {}, mono(node.Address)),
           h('dt', { text: 'Datacenter' }), h('dd', { text: node.Datacenter || atoll.datacenter || '' }),
-          h('dt', { text: 'ID' }), h('dd', {}, mono(node.ID || '')),
+          node.ID ? [h('dt', { text: 'ID' }), h('dd', {}, mono(node.ID))] : null,
           h('dt', { text: 'Meta' }), h('dd', {}, meta.length ? tags(meta.map(([k, v]) => k + '=' + v)) : h('span', { class: 'muted', text: 'none' }))));
         services.update(Object.values(answer.Services || {}));
       }, { allow404: true });
