@@ -150,6 +150,32 @@ def test_a_service_appears_live_and_goes_when_deregistered(atoll, browser):
     assert_no_console_errors(browser)
 
 
+def test_an_instance_of_a_task_links_to_its_app(atoll, browser):
+    app_id = "/uilinks/web"
+    r = atoll.post("/v2/apps", json={
+        "id": app_id, "cmd": "sleep 600", "cpus": 0.1, "mem": 16, "instances": 1,
+        "portDefinitions": [{"port": 0}],
+    })
+    assert r.status_code == 201, r.text
+    try:
+        # The task's instance is registered as `web-uilinks` (the app id's segments reversed).
+        open_page(browser, atoll.base_url, "/services/web-uilinks")
+        row = wait_text(browser, '[data-page="service"] tbody tr[data-row]', app_id, timeout=20)
+        task_id = atoll.get_json(f"/v2/apps{app_id}/tasks")["tasks"][0]["id"]
+        assert task_id in row.text
+        screenshot(browser, "consul-service-of-an-app")
+        row.find_element("css selector", 'a[href="#/apps/uilinks/web"]').click()
+        wait_until(browser, lambda d: d.current_url.endswith("#/apps/uilinks/web"), message="the app's page")
+        assert_no_console_errors(browser)
+    finally:
+        atoll.delete(f"/v2/apps{app_id}", params={"force": "true"})
+        wait_until(
+            browser,
+            lambda d: not atoll.get_json("/v2/tasks")["tasks"],
+            message="the app's task stopped",
+        )
+
+
 def test_a_kv_key_is_created_edited_and_a_conflict_shown_in_place(atoll, browser):
     open_page(browser, atoll.base_url, "/kv/")
     wait_element(browser, page_root("kv"))

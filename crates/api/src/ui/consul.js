@@ -74,7 +74,8 @@
     const meta = (service && service.Meta) || {};
     if (!meta.marathon_app_id) return null;
     const id = meta.marathon_app_id.replace(/^\/+/, '');
-    return link('/apps/' + enc(id), '/' + id);
+    return h('span', {}, link('/apps/' + enc(id), '/' + id),
+      meta.marathon_task_id ? h('div', { class: 'mono muted', title: 'task', text: meta.marathon_task_id }) : null);
   }
 
   function computeColumns() {
@@ -322,9 +323,14 @@
       const list = table([
         { title: 'Node', value: (n) => link('/nodes/' + enc(n.Node), n.Node), sort: (n) => n.Node },
         { title: 'Address', value: (n) => mono(n.Address) },
-        { title: 'Health', value: (n) => badge(worst(checksOf(n.Node))), sort: (n) => worst(checksOf(n.Node)) },
         {
-          title: 'Checks',
+          // The node's own checks (liveness first); its services' checks are counted beside.
+          title: 'Node health',
+          value: (n) => badge(worst(checksOf(n.Node).filter((c) => !c.ServiceID))),
+          sort: (n) => worst(checksOf(n.Node).filter((c) => !c.ServiceID)),
+        },
+        {
+          title: 'All checks',
           value: (n) => {
             const counts = countStatuses(checksOf(n.Node));
             return healthCounts(counts.passing, counts.warning, counts.critical);
@@ -384,7 +390,8 @@
         },
         { title: 'Output', value: (c) => (c.Output ? h('pre', { class: 'output', text: c.Output }) : '') },
       ], [], { key: (c) => c.CheckID, empty: 'No checks on this node.' });
-      view.append(crumbs(link('/nodes', 'Nodes'), name), heading(name), facts,
+      const title = heading(name);
+      view.append(crumbs(link('/nodes', 'Nodes'), name), title, facts,
         h('h2', { text: 'Compute' }), computeBox,
         h('h2', { text: 'Services' }), services,
         h('h2', { text: 'Checks' }), checks);
@@ -404,7 +411,13 @@
           h('dt', { text: 'Meta' }), h('dd', {}, meta.length ? tags(meta.map(([k, v]) => k + '=' + v)) : h('span', { class: 'muted', text: 'none' }))));
         services.update(Object.values(answer.Services || {}));
       }, { allow404: true });
-      atoll.watch('/v1/health/node/' + encodeURIComponent(name), (list) => checks.update(list || []));
+      const health = h('span', { class: 'sub' });
+      title.appendChild(health);
+      atoll.watch('/v1/health/node/' + encodeURIComponent(name), (list) => {
+        const own = (list || []).filter((c) => !c.ServiceID);
+        health.replaceChildren(own.length ? badge(worst(own)) : '');
+        checks.update(list || []);
+      });
       const computeTable = table(computeColumns().slice(1), [], {
         key: (c) => c.Node,
         empty: 'This node does not run tasks.',
