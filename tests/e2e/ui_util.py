@@ -4,9 +4,9 @@ A test module imports the `browser` fixture (and the helpers it needs) from here
 
     from ui_util import browser, open_page, wait_text, console_errors, screenshot
 
-One Chromium per test module (starting it takes a second or two); before each test the
-browser's console log is drained and the page is blank, so `console_errors` only reports
-what the test itself caused. Every wait is bounded.
+One Chromium per test module (starting it takes a second or two). Loading the UI from
+another address (each test's own `atoll dev`) first drains the console log, so
+`console_errors` reports what the test itself caused. Every wait is bounded.
 
 Prerequisites: Debian's `chromium` and `chromium-driver` and the `selenium` package.
 Under CI=true a missing one fails the test instead of skipping it (conftest.require).
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pytest
 
@@ -75,24 +75,13 @@ def start_browser() -> "webdriver.Chrome":
 
 
 @pytest.fixture(scope="module")
-def _browser_for_module():
+def browser():
+    """One headless Chromium for the test module (starting one takes a second or two)."""
     driver = start_browser()
     try:
         yield driver
     finally:
         driver.quit()
-
-
-@pytest.fixture
-def browser(_browser_for_module):
-    """The module's browser, on a blank page with an empty console log."""
-    driver = _browser_for_module
-    try:
-        driver.get("about:blank")
-    except WebDriverException:
-        pass
-    console_errors(driver)  # drain what earlier tests left
-    yield driver
 
 
 # ---------------------------------------------------------------------------
@@ -107,7 +96,8 @@ def open_page(driver, base_url: str, hash_path: str = "/", timeout: float = DEFA
     """Load `/ui/#<hash_path>` from `base_url` and wait until the document is complete.
 
     When the UI is already loaded from the same base URL only the hash changes (no
-    reload), as a user following a link would see it.
+    reload), as a user following a link would see it. Otherwise the browser's console log
+    is drained first: what an earlier page logged is not this page's.
     """
     if not hash_path.startswith("/"):
         hash_path = "/" + hash_path
@@ -116,6 +106,8 @@ def open_page(driver, base_url: str, hash_path: str = "/", timeout: float = DEFA
     if current.startswith(f"{base_url.rstrip('/')}/ui/"):
         driver.execute_script("window.location.hash = arguments[0];", hash_path)
     else:
+        driver.get("about:blank")
+        console_errors(driver)
         driver.get(target)
     WebDriverWait(driver, _bounded(timeout)).until(
         lambda d: d.execute_script("return document.readyState") == "complete"
@@ -217,8 +209,14 @@ def console_errors(driver) -> list[str]:
     return [entry.get("message", "") for entry in entries if entry.get("level") == "SEVERE"]
 
 
-def assert_no_console_errors(driver) -> None:
-    errors = console_errors(driver)
+def assert_no_console_errors(driver, allow: Iterable[str] = ()) -> None:
+    """Fail on any SEVERE console entry, except those matching one of the `allow` regexes.
+
+    `allow` is for what the test itself provoked and expects, such as the line Chromium
+    logs for a request the server refused with 422.
+    """
+    patterns = [re.compile(a) for a in allow]
+    errors = [e for e in console_errors(driver) if not any(p.search(e) for p in patterns)]
     assert not errors, "browser console errors:\n" + "\n".join(errors)
 
 

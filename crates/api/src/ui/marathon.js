@@ -268,7 +268,7 @@
       '.m-problems{margin:6px 0 0 18px;padding:0}',
       '.m-json{width:100%;min-height:320px;font-family:var(--mono,monospace);font-size:13px;box-sizing:border-box;padding:8px;border:1px solid var(--line,#ccc);border-radius:4px;resize:vertical}',
       '.m-actions{display:flex;gap:8px;align-items:center;flex-wrap:wrap}',
-      '.m-actions input[type=number]{width:80px;margin-left:6px}',
+      '.m-actions input[type=number]{width:80px;margin-left:6px;padding:5px 8px;border:1px solid #cfd4dc;border-radius:4px;font:inherit}',
       '.m-reasons{margin:0 0 0 18px;padding:0}',
       '.m-reasons li{margin:2px 0}',
       '.m-note{border-left:4px solid var(--accent,#2f6fdf);background:#eef4ff;padding:8px 12px;border-radius:4px;margin:0 0 12px}',
@@ -495,11 +495,13 @@
       const { actions, errorBox, body } = pageRoot(view, id, null);
       view.insertBefore(el('div', { class: 'crumbs' }, atoll.link('/apps', 'Apps'), ' / ', id), view.firstChild);
 
+      // Runs an action, then shows the app as it is now (unless the action left the page).
       const act = async (work) => {
         clear(errorBox);
         try {
-          await work();
-          await refresh();
+          if ((await work()) !== 'left') {
+            await refresh();
+          }
         } catch (err) {
           showError(errorBox, err);
         }
@@ -526,6 +528,7 @@
           }
           await withForce('DELETE', appPath(id));
           atoll.go('/apps');
+          return 'left';
         });
       const kill = (task) =>
         act(async () => {
@@ -766,7 +769,7 @@
               el(
                 'span',
                 {},
-                progress((d.currentStep || 1) - 1, d.totalSteps || 1, 'step ' + (d.currentStep || 1) + ' of ' + (d.totalSteps || 1)),
+                el('span', { class: 'm-step', text: 'step ' + (d.currentStep || 1) + ' of ' + (d.totalSteps || 1) }),
                 el('div', { class: 'muted', text: (d.currentActions || []).map((a) => a.action + ' ' + a.app).join(', ') })
               ),
             sort: (d) => d.currentStep || 0,
