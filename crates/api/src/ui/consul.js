@@ -128,14 +128,26 @@
         h('h2', { text: 'Checks not passing' }), problemsBox,
         h('h2', { text: 'Datacenters' }), datacentersBox);
 
-      const state = { checks: null, services: null, nodes: null };
+      const state = { checks: null, services: null, nodes: null, compute: null };
 
       function drawCards() {
         cards.replaceChildren();
         if (state.services) {
-          const withProblems = state.services.filter((s) => s.ChecksCritical > 0).length;
-          cards.appendChild(card('Services', link('/services', String(state.services.length)),
-            withProblems ? badge('critical', withProblems + ' with critical checks') : badge('passing', 'all healthy')));
+          const critical = state.services.filter((s) => s.ChecksCritical > 0).length;
+          const warning = state.services.filter((s) => !s.ChecksCritical && s.ChecksWarning > 0).length;
+          cards.appendChild(card('Services', link('/services', String(state.services.length)), [
+            critical ? badge('critical', critical + ' critical') : null,
+            warning ? badge('warning', warning + ' warning') : null,
+            critical || warning ? null : badge('passing', 'all passing'),
+          ]));
+        }
+        if (state.compute) {
+          const sum = (f) => state.compute.reduce((total, c) => total + f(c), 0);
+          const fmt = atoll.fmt;
+          cards.appendChild(card('Compute nodes', String(state.compute.length), [
+            h('span', { text: fmt.number(sum((c) => c.Cpus - c.CpusUsed)) + ' of ' + fmt.number(sum((c) => c.Cpus)) + ' cpus free' }),
+            h('span', { text: fmt.mem(sum((c) => c.Mem - c.MemUsed)) + ' of ' + fmt.mem(sum((c) => c.Mem)) + ' free' }),
+          ]));
         }
         if (state.nodes) {
           cards.appendChild(card('Nodes', link('/nodes', String(state.nodes.length))));
@@ -225,7 +237,11 @@
         drawCards();
         drawDatacenters();
       });
-      atoll.watch('/v1/internal/ui/compute-nodes', (compute) => computeTable.update(compute || []));
+      atoll.watch('/v1/internal/ui/compute-nodes', (compute) => {
+        state.compute = compute || [];
+        computeTable.update(state.compute);
+        drawCards();
+      });
     },
   });
 
