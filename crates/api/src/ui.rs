@@ -94,6 +94,18 @@ mod tests {
     }
 
     #[test]
+    fn every_script_the_page_loads_is_embedded() {
+        let page = file("index.html").unwrap_or_default();
+        let mut loaded = 0;
+        for piece in page.split("src=\"assets/").skip(1) {
+            let name = piece.split('"').next().unwrap_or_default();
+            loaded += 1;
+            assert!(file(name).is_some(), "{name} is loaded by the page");
+        }
+        assert!(loaded >= 2, "the page loads its scripts from assets/");
+    }
+
+    #[test]
     fn content_types_follow_the_extension() {
         assert_eq!(content_type("core.js"), "text/javascript; charset=utf-8");
         assert_eq!(content_type("style.css"), "text/css; charset=utf-8");

@@ -178,3 +178,134 @@ pub async fn compute_nodes(
     .await?;
     Ok(json_with_index(index, &body))
 }
+
+#[cfg(test)]
+mod tests {
+    use atoll_state::{Allocation, Check, CheckDefinition, ComputeNode, ServiceInstance};
+
+    use super::*;
+
+    fn instance(node: &str, id: &str, name: &str, tags: &[&str]) -> ServiceInstance {
+        ServiceInstance {
+            node: node.into(),
+            id: id.into(),
+            name: name.into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            address: String::new(),
+            port: 80,
+            meta: BTreeMap::new(),
+            enable_tag_override: false,
+            tagged_addresses: BTreeMap::new(),
+            create_index: 1,
+            modify_index: 1,
+        }
+    }
+
+    fn check(node: &str, id: &str, service_id: &str, status: CheckStatus) -> Check {
+        Check {
+            node: node.into(),
+            check_id: id.into(),
+            name: id.into(),
+            status,
+            notes: String::new(),
+            output: String::new(),
+            service_id: service_id.into(),
+            service_name: String::new(),
+            service_tags: Vec::new(),
+            definition: CheckDefinition::default(),
+            create_index: 1,
+            modify_index: 1,
+        }
+    }
+
+    fn task(id: &str, node: &str, cpus: f64, mem: f64, ports: &[u16]) -> Allocation {
+        // Through the row's serialized form: only what the summary reads is spelled out.
+        serde_json::from_value(serde_json::json!({
+            "id": id, "app_id": "/web", "app_version": "v1", "node": node, "ports": ports,
+            "cpus": cpus, "mem": mem, "desired_running": true, "state": "Running",
+            "message": "", "staged_at": "", "started_at": null, "health_failures": 0,
+            "services": [], "create_index": 1, "modify_index": 1,
+        }))
+        .expect("a task row")
+    }
+
+    #[test]
+    fn services_count_instances_nodes_tags_and_checks_with_the_nodes_own() {
+        let mut state = State::default();
+        for (node, id, tags) in [("n1", "web-1", ["a", "b"]), ("n2", "web-2", ["b", "c"])] {
+            state
+                .services
+                .insert(node.into(), id.into(), instance(node, id, "web", &tags));
+        }
+        state.services.insert(
+            "n1".into(),
+            "db-1".into(),
+            instance("n1", "db-1", "db", &[]),
+        );
+        let checks = [
+            check("n1", "serfHealth", "", CheckStatus::Passing),
+            check("n2", "serfHealth", "", CheckStatus::Critical),
+            check("n1", "web-1-probe", "web-1", CheckStatus::Warning),
+            check("n2", "web-2-probe", "web-2", CheckStatus::Passing),
+        ];
+        for c in checks {
+            state.checks.insert(c.node.clone(), c.check_id.clone(), c);
+        }
+
+        let summaries = service_summaries(&state, "dc1");
+        let names: Vec<&str> = summaries.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["db", "web"]);
+        let web = &summaries[1];
+        assert_eq!(web.instance_count, 2);
+        assert_eq!(web.nodes, ["n1", "n2"]);
+        assert_eq!(web.tags, ["a", "b", "c"]);
+        // n1: its serfHealth (passing) and web-1's warning; n2: critical serfHealth, passing probe.
+        assert_eq!(
+            (web.checks_passing, web.checks_warning, web.checks_critical),
+            (2, 1, 1)
+        );
+        let db = &summaries[0];
+        assert_eq!(
+            (db.instance_count, db.checks_passing, db.checks_critical),
+            (1, 1, 0)
+        );
+        assert_eq!(db.datacenter, "dc1");
+    }
+
+    #[test]
+    fn compute_nodes_report_what_their_tasks_and_others_hold() {
+        let mut state = State::default();
+        state.workload.compute.insert(
+            "n1".into(),
+            ComputeNode {
+                node: "n1".into(),
+                cpus: 4.0,
+                mem: 2048.0,
+                port_range: (31000, 31009),
+                attributes: BTreeMap::new(),
+                drivers: vec!["exec".into()],
+                busy_ports: vec![31005],
+            },
+        );
+        state
+            .workload
+            .tasks
+            .insert("t1".into(), task("t1", "n1", 1.5, 512.0, &[31000, 31001]));
+        // A port outside the dynamic range (asked for explicitly) is not counted in it.
+        state
+            .workload
+            .tasks
+            .insert("t2".into(), task("t2", "n1", 0.5, 128.0, &[8080]));
+        state
+            .workload
+            .tasks
+            .insert("t3".into(), task("t3", "n2", 1.0, 64.0, &[31002]));
+
+        let summaries = compute_summaries(&state);
+        assert_eq!(summaries.len(), 1);
+        let n1 = &summaries[0];
+        assert_eq!((n1.cpus_used, n1.mem_used, n1.tasks), (2.0, 640.0, 2));
+        assert_eq!(n1.port_range, [31000, 31009]);
+        assert_eq!((n1.ports_total, n1.ports_used, n1.ports_free), (10, 3, 7));
+    }
+}

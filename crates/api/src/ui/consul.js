@@ -74,7 +74,8 @@
     const meta = (service && service.Meta) || {};
     if (!meta.marathon_app_id) return null;
     const id = meta.marathon_app_id.replace(/^\/+/, '');
-    return link('/apps/' + enc(id), '/' + id);
+    return h('span', {}, link('/apps/' + enc(id), '/' + id),
+      meta.marathon_task_id ? h('div', { class: 'mono muted', title: 'task', text: meta.marathon_task_id }) : null);
   }
 
   function computeColumns() {
@@ -127,14 +128,26 @@
         h('h2', { text: 'Checks not passing' }), problemsBox,
         h('h2', { text: 'Datacenters' }), datacentersBox);
 
-      const state = { checks: null, services: null, nodes: null };
+      const state = { checks: null, services: null, nodes: null, compute: null };
 
       function drawCards() {
         cards.replaceChildren();
         if (state.services) {
-          const withProblems = state.services.filter((s) => s.ChecksCritical > 0).length;
-          cards.appendChild(card('Services', link('/services', String(state.services.length)),
-            withProblems ? badge('critical', withProblems + ' with critical checks') : badge('passing', 'all healthy')));
+          const critical = state.services.filter((s) => s.ChecksCritical > 0).length;
+          const warning = state.services.filter((s) => !s.ChecksCritical && s.ChecksWarning > 0).length;
+          cards.appendChild(card('Services', link('/services', String(state.services.length)), [
+            critical ? badge('critical', critical + ' critical') : null,
+            warning ? badge('warning', warning + ' warning') : null,
+            critical || warning ? null : badge('passing', 'all passing'),
+          ]));
+        }
+        if (state.compute) {
+          const sum = (f) => state.compute.reduce((total, c) => total + f(c), 0);
+          const fmt = atoll.fmt;
+          cards.appendChild(card('Compute nodes', String(state.compute.length), [
+            h('span', { text: fmt.number(sum((c) => c.Cpus - c.CpusUsed)) + ' of ' + fmt.number(sum((c) => c.Cpus)) + ' cpus free' }),
+            h('span', { text: fmt.mem(sum((c) => c.Mem - c.MemUsed)) + ' of ' + fmt.mem(sum((c) => c.Mem)) + ' free' }),
+          ]));
         }
         if (state.nodes) {
           cards.appendChild(card('Nodes', link('/nodes', String(state.nodes.length))));
@@ -224,7 +237,11 @@
         drawCards();
         drawDatacenters();
       });
-      atoll.watch('/v1/internal/ui/compute-nodes', (compute) => computeTable.update(compute || []));
+      atoll.watch('/v1/internal/ui/compute-nodes', (compute) => {
+        state.compute = compute || [];
+        computeTable.update(state.compute);
+        drawCards();
+      });
     },
   });
 
@@ -322,9 +339,14 @@
       const list = table([
         { title: 'Node', value: (n) => link('/nodes/' + enc(n.Node), n.Node), sort: (n) => n.Node },
         { title: 'Address', value: (n) => mono(n.Address) },
-        { title: 'Health', value: (n) => badge(worst(checksOf(n.Node))), sort: (n) => worst(checksOf(n.Node)) },
         {
-          title: 'Checks',
+          // The node's own checks (liveness first); its services' checks are counted beside.
+          title: 'Node health',
+          value: (n) => badge(worst(checksOf(n.Node).filter((c) => !c.ServiceID))),
+          sort: (n) => worst(checksOf(n.Node).filter((c) => !c.ServiceID)),
+        },
+        {
+          title: 'All checks',
           value: (n) => {
             const counts = countStatuses(checksOf(n.Node));
             return healthCounts(counts.passing, counts.warning, counts.critical);
@@ -384,7 +406,8 @@
         },
         { title: 'Output', value: (c) => (c.Output ? h('pre', { class: 'output', text: c.Output }) : '') },
       ], [], { key: (c) => c.CheckID, empty: 'No checks on this node.' });
-      view.append(crumbs(link('/nodes', 'Nodes'), name), heading(name), facts,
+      const title = heading(name);
+      view.append(crumbs(link('/nodes', 'Nodes'), name), title, facts,
         h('h2', { text: 'Compute' }), computeBox,
         h('h2', { text: 'Services' }), services,
         h('h2', { text: 'Checks' }), checks);
@@ -400,11 +423,17 @@
         facts.replaceChildren(h('dl', { class: 'facts' },
           h('dt', { text: 'Address' }), h('dd', {}, mono(node.Address)),
           h('dt', { text: 'Datacenter' }), h('dd', { text: node.Datacenter || atoll.datacenter || '' }),
-          h('dt', { text: 'ID' }), h('dd', {}, mono(node.ID || '')),
+          node.ID ? [h('dt', { text: 'ID' }), h('dd', {}, mono(node.ID))] : null,
           h('dt', { text: 'Meta' }), h('dd', {}, meta.length ? tags(meta.map(([k, v]) => k + '=' + v)) : h('span', { class: 'muted', text: 'none' }))));
         services.update(Object.values(answer.Services || {}));
       }, { allow404: true });
-      atoll.watch('/v1/health/node/' + encodeURIComponent(name), (list) => checks.update(list || []));
+      const health = h('span', { class: 'sub' });
+      title.appendChild(health);
+      atoll.watch('/v1/health/node/' + encodeURIComponent(name), (list) => {
+        const own = (list || []).filter((c) => !c.ServiceID);
+        health.replaceChildren(own.length ? badge(worst(own)) : '');
+        checks.update(list || []);
+      });
       const computeTable = table(computeColumns().slice(1), [], {
         key: (c) => c.Node,
         empty: 'This node does not run tasks.',

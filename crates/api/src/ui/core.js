@@ -148,6 +148,9 @@
           failures += 1;
           box.hidden = false;
           box.textContent = error.message + ' (retrying in ' + delay / 1000 + ' s)';
+          // The next read does not block: the server may have restarted with a lower index,
+          // which a blocking query on the old one would wait out.
+          index = 0;
           await sleep(delay, signal);
           continue;
         }
