@@ -1,5 +1,6 @@
 """Marathon API depth, through the `marathon` client and its models: `/v2/info`, HTTP callback
-event subscriptions, `/v2/apps` filters and embeds, version rollback, `DELETE /v2/leader`.
+event subscriptions, the event stream's first event, `/v2/apps` filters and embeds, version
+rollback, `DELETE /v2/leader`.
 
 Apps are process-driver apps (`cmd`), under a unique id prefix per test; every process they
 start is removed at the end. Event subscribers are small HTTP servers on 127.0.0.1 run by the
@@ -193,6 +194,45 @@ def test_event_subscriptions_survive_a_restart_and_are_refused_without_a_url(env
     r = inst.post("/v2/eventSubscriptions", params={"callbackUrl": "ftp://example/x"})
     assert r.status_code == 422 and "callbackUrl" in r.json()["message"], r.text
     assert marathon_client(inst).list_event_subscriptions() == [url]
+
+
+def _first_event(inst, after_open=None, **params) -> tuple[str, dict]:
+    """The first event of a new `/v2/events` stream: its SSE name and its data.
+
+    `after_open` runs once the stream's headers arrived: the stream is subscribed by then.
+    """
+    with inst.get("/v2/events", params=params, headers={"Accept": "text/event-stream"}, stream=True, timeout=(5, 15)) as stream:
+        assert stream.status_code == 200, stream.text
+        if after_open is not None:
+            after_open()
+        name = None
+        # Each read waits at most the read timeout; the first event is a few lines in.
+        for count, raw in enumerate(stream.iter_lines(chunk_size=None)):
+            line = raw.decode() if isinstance(raw, bytes) else raw
+            if line.startswith("event:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                return name or "", json.loads(line.split(":", 1)[1])
+            assert count < 20, "no event in the first lines of the stream"
+    raise AssertionError("the stream ended before its first event")
+
+
+def test_an_event_stream_starts_with_event_stream_attached(env):
+    inst, prefix = env
+    name, event = _first_event(inst)
+    assert name == "event_stream_attached" and event["eventType"] == "event_stream_attached", event
+    assert event["timestamp"], event
+
+    # A stream asking for other types does not get it: its first event is the one it asked for.
+    app_id = f"/{prefix}/attached"
+
+    def create():
+        app = {"id": app_id, "cmd": "exec sleep 600", "instances": 1, "cpus": 0.05, "mem": 16}
+        r = inst.post("/v2/apps", json=app, timeout=10)
+        assert r.status_code == 201, r.text
+
+    name, event = _first_event(inst, after_open=create, event_type="api_post_event")
+    assert name == "api_post_event" and event["appDefinition"]["id"] == app_id, event
 
 
 # ---------------------------------------------------------------------------
