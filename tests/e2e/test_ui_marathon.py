@@ -203,6 +203,8 @@ def test_events_page_shows_events_live_and_filters_them(inst, browser):
     # Without a reload: the API's change arrives over the event stream.
     wait_text(browser, '[data-page="events"] tr[data-event="api_post_event"]', app_id, WAIT)
     wait_text(browser, '[data-page="events"] tr[data-event="status_update_event"]', "running", WAIT)
+    # The end of the deployment names only the deployment; the page shows its app.
+    wait_text(browser, '[data-page="events"] tr[data-event="deployment_success"]', app_id, WAIT)
     screenshot(browser, "marathon_events_live")
 
     fill(browser, 'input[data-field="filter"]', "status_update_event")

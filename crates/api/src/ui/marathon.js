@@ -893,7 +893,16 @@
     }
   }
 
-  function eventApp(event) {
+  // The app an event is about; a deployment's end names only the deployment, whose app the
+  // page learnt from its start (`deployments`: deployment id → app id).
+  function eventApp(event, deployments) {
+    const plan = event.plan && event.plan.id;
+    if (event.eventType === 'deployment_success' || event.eventType === 'deployment_failed') {
+      const id = event.id || plan;
+      const app = deployments.get(id) || '';
+      deployments.delete(id);
+      return app;
+    }
     if (event.appId) {
       return event.appId;
     }
@@ -901,7 +910,11 @@
       return event.appDefinition.id;
     }
     const actions = event.currentStep && event.currentStep.actions;
-    return Array.isArray(actions) && actions.length && actions[0].app ? actions[0].app : '';
+    const app = Array.isArray(actions) && actions.length && actions[0].app ? actions[0].app : '';
+    if (plan && app) {
+      deployments.set(plan, app);
+    }
+    return app;
   }
 
   atoll.page('/events', {
@@ -914,6 +927,7 @@
       const { actions, body } = pageRoot(view, 'Events', 'live, newest first');
       actions.append(filter, count);
       const entries = [];
+      const deployments = new Map();
       let sequence = 0;
       const tbody = el('tbody', {});
       const empty = el('tr', { class: 'empty' }, el('td', { colspan: '4', text: 'Waiting for events: deploy, scale or kill something.' }));
@@ -947,7 +961,7 @@
 
       const add = (event) => {
         const at = event.timestamp ? new Date(Date.parse(event.timestamp)) : new Date();
-        const app = eventApp(event);
+        const app = eventApp(event, deployments);
         sequence += 1;
         const row = el(
           'tr',
