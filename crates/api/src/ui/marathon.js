@@ -623,11 +623,11 @@
               return;
             }
             const app = answer.json.app;
-            const firstLoad = current === null;
-            current = app;
-            if (firstLoad || document.activeElement !== scaleInput) {
+            // The count shown follows the app unless the user changed it since it was shown.
+            if (current === null || scaleInput.value === String(current.instances)) {
               scaleInput.value = String(app.instances);
             }
+            current = app;
             const waiting = queue.get(app.id);
             const mine = (deployments.json || []).filter((d) => (d.affectedApps || []).includes(app.id));
             summary.replaceChildren(
