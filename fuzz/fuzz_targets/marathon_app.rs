@@ -61,7 +61,7 @@ fn accepted(app: &MarathonApp, version: &str) {
     let rendered = app_json(
         app,
         &[],
-        &|node| node.to_string(),
+        &|task| task.node.clone(),
         &|_| None,
         &[],
         None,
