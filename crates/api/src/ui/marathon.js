@@ -470,7 +470,7 @@
       'div',
       { class: 'm-note m-waiting', 'data-queue': item.app.id },
       el('strong', { text: item.count + (item.count === 1 ? ' instance waits' : ' instances wait') + ' to be placed' }),
-      item.since ? el('span', {}, ' (since ', ago(item.since), ')') : null,
+      item.since ? el('span', {}, ' (queued ', ago(item.since), ')') : null,
       reasons.length ? el('ul', { class: 'm-reasons' }, reasons.map((r) => el('li', { class: 'queue-reason', text: r }))) : null
     );
   }
