@@ -24,10 +24,12 @@ fn catalog() -> &'static State {
 /// Decodes `bytes` as a `T`; if that works, the record must survive being stored again.
 fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(bytes: &[u8]) -> Option<T> {
     let value: T = decode(bytes).ok()?;
-    let again: T = decode(&encode(&value).expect("a decoded record encodes"))
-        .expect("a re-encoded record decodes");
+    let encoded = encode(&value).expect("a decoded record encodes");
+    let again: T = decode(&encoded).expect("a re-encoded record decodes");
+    // A command's float read as NaN (a resource figure) is never equal to itself, so such a
+    // record differs from its copy as a value; it must still encode to the same bytes.
     assert!(
-        again == value,
+        again == value || encode(&again).ok().as_ref() == Some(&encoded),
         "record changed on re-encoding: {value:?} -> {again:?}"
     );
     Some(value)
