@@ -2,6 +2,7 @@
 //! written through Raft.
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod consul;
 pub mod decode;
 pub mod error;
@@ -59,6 +60,8 @@ pub struct NodeFacts {
     pub data_dir: Option<std::path::PathBuf>,
     /// Reloads the HTTPS listener's files on `PUT /v1/agent/reload` (none without HTTPS).
     pub tls_reload: Option<tls::TlsReload>,
+    /// Whether ACLs are on, the default policy and the agent's tokens.
+    pub acl: Arc<atoll_acl::AclSettings>,
 }
 
 impl ApiContext {
@@ -138,6 +141,11 @@ impl ApiContext {
     /// This node's datacenter.
     pub fn datacenter(&self) -> &str {
         &self.inner.agent.config().datacenter
+    }
+
+    /// The node's ACL settings.
+    pub fn acl(&self) -> &atoll_acl::AclSettings {
+        &self.inner.facts.acl
     }
 
     /// atoll's version.

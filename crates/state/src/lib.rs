@@ -5,6 +5,7 @@
 //! same state on every server.
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod change;
 pub mod command;
 pub mod groups;

@@ -1,0 +1,51 @@
+//! A node's ACL settings: whether ACLs are on, the default policy and the agent's tokens.
+
+use parking_lot::RwLock;
+
+use crate::DefaultPolicy;
+
+/// The agent's own tokens (Consul's `acl.tokens`), changed at run time through
+/// `PUT /v1/agent/token/:type`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentTokens {
+    /// Used for requests that carry no token, and for DNS (`default`).
+    pub default: Option<String>,
+    /// Used by the agent for its own writes (`agent`).
+    pub agent: Option<String>,
+}
+
+/// A node's ACL settings.
+#[derive(Debug, Default)]
+pub struct AclSettings {
+    /// `--acl-enabled`: without it every request is allowed and the ACL endpoints answer 401.
+    pub enabled: bool,
+    /// `--acl-default-policy`.
+    pub default_policy: DefaultPolicy,
+    tokens: RwLock<AgentTokens>,
+}
+
+impl AclSettings {
+    /// ACLs off.
+    pub fn disabled() -> Self {
+        Self::default()
+    }
+
+    /// ACLs on, with this default policy and these agent tokens.
+    pub fn enabled(default_policy: DefaultPolicy, tokens: AgentTokens) -> Self {
+        AclSettings {
+            enabled: true,
+            default_policy,
+            tokens: RwLock::new(tokens),
+        }
+    }
+
+    /// The agent's tokens now.
+    pub fn tokens(&self) -> AgentTokens {
+        self.tokens.read().clone()
+    }
+
+    /// Replaces the agent's tokens.
+    pub fn set_tokens(&self, tokens: AgentTokens) {
+        *self.tokens.write() = tokens;
+    }
+}

@@ -1,0 +1,163 @@
+//! The caller's permissions: the token a request carries, resolved before its handler runs.
+//!
+//! The token comes from `?token=`, then `X-Consul-Token`, then `Authorization: Bearer`;
+//! without one the agent's default token applies, then the anonymous token
+//! (`State::acl_authorizer`). Handlers take an [`Authz`] and ask it: [`Authz::require`] for
+//! what must be allowed (403 `Permission denied`), [`Authz::allows`] to leave out of a listing
+//! what the caller may not see.
+
+use std::sync::Arc;
+
+use atoll_acl::{Access, Authorizer, Resource};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::error::{error_for_path, ApiError};
+use crate::ApiContext;
+
+/// Consul's body for a request its token does not allow.
+pub const PERMISSION_DENIED: &str = "Permission denied";
+
+/// What the caller of a request may do.
+#[derive(Debug, Clone)]
+pub struct Authz {
+    authorizer: Arc<Authorizer>,
+    secret: Option<String>,
+}
+
+impl Authz {
+    /// A caller allowed everything (ACLs off).
+    pub fn allow_all() -> Self {
+        Self::from_authorizer(Authorizer::allow_all())
+    }
+
+    /// A caller with these permissions.
+    pub fn from_authorizer(authorizer: Authorizer) -> Self {
+        Authz {
+            authorizer: Arc::new(authorizer),
+            secret: None,
+        }
+    }
+
+    /// The token's secret the request carried, if it carried one.
+    pub fn secret(&self) -> Option<&str> {
+        self.secret.as_deref()
+    }
+
+    /// The caller's merged rules.
+    pub fn authorizer(&self) -> &Authorizer {
+        &self.authorizer
+    }
+
+    /// Whether the caller may do `access` to `resource`.
+    pub fn allows(&self, resource: Resource<'_>, access: Access) -> bool {
+        self.authorizer.allows(resource, access)
+    }
+
+    /// `Ok` when the caller may do `access` to `resource`, else Consul's 403.
+    pub fn require(&self, resource: Resource<'_>, access: Access) -> Result<(), ApiError> {
+        if self.allows(resource, access) {
+            Ok(())
+        } else {
+            Err(ApiError::plain(StatusCode::FORBIDDEN, PERMISSION_DENIED))
+        }
+    }
+
+    /// Resolves the token a request carries (`query`: its raw query string).
+    pub fn resolve(
+        context: &ApiContext,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Self, AclNotFoundResponse> {
+        let secret = request_token(headers, query);
+        let settings = context.acl();
+        let authorizer = context
+            .store()
+            .read(|state| state.acl_authorizer(settings, secret.as_deref()))
+            .map_err(|_| AclNotFoundResponse { marathon: false })?;
+        Ok(Authz {
+            authorizer: Arc::new(authorizer),
+            secret,
+        })
+    }
+}
+
+/// The token a request carries: `?token=`, then `X-Consul-Token`, then
+/// `Authorization: Bearer` (the scheme in any case). Empty values count as none.
+pub fn request_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    let from_query = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(name, _)| name == "token")
+            .map(|(_, value)| value.into_owned())
+    });
+    let from_header = headers
+        .get("x-consul-token")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string());
+    let from_bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| rest.trim().to_string())
+        });
+    [from_query, from_header, from_bearer]
+        .into_iter()
+        .flatten()
+        .find(|t| !t.is_empty())
+}
+
+/// The answer to a request whose token names no token: 403 `ACL not found`.
+#[derive(Debug)]
+pub struct AclNotFoundResponse {
+    marathon: bool,
+}
+
+impl IntoResponse for AclNotFoundResponse {
+    fn into_response(self) -> Response {
+        if self.marathon {
+            return error_for_path("/v2", StatusCode::FORBIDDEN, "ACL not found", None);
+        }
+        ApiError::plain(StatusCode::FORBIDDEN, "ACL not found").into_response()
+    }
+}
+
+impl FromRequestParts<ApiContext> for Authz {
+    type Rejection = AclNotFoundResponse;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        context: &ApiContext,
+    ) -> Result<Self, Self::Rejection> {
+        let marathon = crate::error::is_marathon_path(parts.uri.path());
+        Authz::resolve(context, &parts.headers, parts.uri.query())
+            .map_err(|_| AclNotFoundResponse { marathon })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_comes_from_the_query_then_the_header_then_bearer() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-consul-token", "h".parse().unwrap());
+        headers.insert("authorization", "BEARER b".parse().unwrap());
+        assert_eq!(
+            request_token(&headers, Some("a=1&token=q%2Dx")).as_deref(),
+            Some("q-x")
+        );
+        assert_eq!(
+            request_token(&headers, Some("token=")).as_deref(),
+            Some("h")
+        );
+        headers.remove("x-consul-token");
+        assert_eq!(request_token(&headers, None).as_deref(), Some("b"));
+        assert_eq!(request_token(&HeaderMap::new(), None), None);
+    }
+}
