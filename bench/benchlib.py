@@ -80,11 +80,12 @@ class Atoll:
     """An atoll to benchmark: the one in ATOLL_HTTP, or `atoll dev` started here.
 
     ATOLL_HTTP is host:port or http://host:port; ATOLL_PID (optional) names
-    its process so memory can be read from /proc. ATOLL_ARGS adds flags to
-    the `atoll dev` started here.
+    its process so memory can be read from /proc. `args`, then ATOLL_ARGS,
+    add flags to the `atoll dev` started here.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, args: tuple[str, ...] = ()) -> None:
+        self.args = list(args)
         self.proc: subprocess.Popen | None = None
         self.pid: int | None = None
         self.host = "127.0.0.1"
@@ -114,7 +115,7 @@ class Atoll:
         self.proc = subprocess.Popen(
             [binary, "dev", "--http-addr", f"127.0.0.1:{self.port}",
              "--dns-addr", f"127.0.0.1:{dns_port}", "--node", "bench", "--serf-wan-port", "0",
-             *shlex.split(os.environ.get("ATOLL_ARGS", ""))],
+             *self.args, *shlex.split(os.environ.get("ATOLL_ARGS", ""))],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
         )
         self.pid = self.proc.pid

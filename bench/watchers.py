@@ -294,7 +294,8 @@ def rss_line(atoll: Atoll, label: str, base: int | None, watchers: int) -> int |
 
 async def main_async(args) -> int:
     run_deadline = time.monotonic() + args.max_seconds
-    with Atoll() as atoll:
+    # Thousands of watchers come from each source address: no per-client limit.
+    with Atoll(args=("--http-max-conns-per-client", "0")) as atoll:
         host, port = atoll.host, atoll.port
         print(f"atoll at {atoll.base_url}" + (f" (pid {atoll.pid})" if atoll.pid else ""))
         if args.watch == "service":

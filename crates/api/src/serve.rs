@@ -1,9 +1,11 @@
 //! The HTTP server: hyper under the API's router, with limits on how long a client may
 //! take to send a request, so that slow or silent clients cannot hold connections (and
-//! their memory and file descriptors) for ever.
+//! their memory and file descriptors) for ever, on how large a request's head may be, and on
+//! how many connections one client address may hold open.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -40,6 +42,11 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// From the end of the head until the whole body has arrived; a 408 after.
     pub body_read_timeout: Duration,
+    /// The most connections one client address may hold open at once (Consul's
+    /// `http_max_conns_per_client`); one more is answered 429 and closed. 0: no limit.
+    /// Every blocking query holds its connection (HTTP/1 serves one request of a connection
+    /// at a time), so this also bounds the blocking queries of one client.
+    pub max_conns_per_client: usize,
 }
 
 impl Default for HttpLimits {
@@ -47,8 +54,81 @@ impl Default for HttpLimits {
         HttpLimits {
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(60),
+            max_conns_per_client: 200,
         }
     }
+}
+
+/// The largest request head (request line and headers) read: a larger one is answered 431.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Consul's answer to a client over its connection limit.
+const TOO_MANY_CONNECTIONS: &str =
+    "Your IP is issuing too many concurrent connections, please rate limit your calls\n";
+
+/// How many connections each client address holds open.
+#[derive(Default)]
+struct ClientConnections {
+    open: parking_lot::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection; counted until dropped.
+struct ConnectionSlot {
+    table: Arc<ClientConnections>,
+    client: IpAddr,
+}
+
+impl ClientConnections {
+    /// A slot for one more connection of `client`, unless it holds `max` already (0: no
+    /// limit).
+    fn admit(self: &Arc<Self>, client: IpAddr, max: usize) -> Option<ConnectionSlot> {
+        let mut open = self.open.lock();
+        let count = open.entry(client).or_insert(0);
+        if max != 0 && *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionSlot {
+            table: self.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock();
+        if let Some(count) = open.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// Answers a connection over its client's limit with a 429 and closes it, after reading what
+/// the client sent for a moment (closing with unread bytes would reset the connection before
+/// the client reads the answer).
+async fn refuse_connection<S>(mut stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{TOO_MANY_CONNECTIONS}",
+        TOO_MANY_CONNECTIONS.len()
+    );
+    let sent = async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.flush().await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), sent).await;
 }
 
 /// Serves `router` on `listener` until `stop` turns true, then lets open connections finish.
@@ -92,14 +172,16 @@ async fn serve_connections(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
+    let clients = Arc::new(ClientConnections::default());
     let graceful = GracefulShutdown::new();
     let stopped = async move {
         let _ = stop.wait_for(|stop| *stop).await;
     };
     tokio::pin!(stopped);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -113,17 +195,27 @@ async fn serve_connections(
             _ = &mut stopped => break,
         };
         let _ = stream.set_nodelay(true);
+        let slot = clients.admit(peer.ip(), limits.max_conns_per_client);
+        if slot.is_none() {
+            tracing::debug!(client = %peer.ip(), "too many connections from one client: 429");
+        }
         let service = TowerToHyperService::new(
             service
                 .clone()
                 .map_request(|request: Request<Incoming>| request.map(Body::new)),
         );
         match &tls {
+            None if slot.is_none() => {
+                tokio::spawn(refuse_connection(stream));
+            }
             None => {
                 let connection = builder.serve_connection(TokioIo::new(stream), service);
                 // The connection future is the task: an `async` block awaiting it would
                 // hold it twice.
-                tokio::spawn(graceful.watch(connection).map(ended));
+                tokio::spawn(graceful.watch(connection).map(move |result| {
+                    drop(slot);
+                    ended(result)
+                }));
             }
             Some(tls) => {
                 let acceptor = TlsAcceptor::from(tls.borrow().clone());
@@ -148,8 +240,13 @@ async fn serve_connections(
                             return;
                         }
                     };
+                    let Some(slot) = slot else {
+                        refuse_connection(stream).await;
+                        return;
+                    };
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
                     ended(watcher.watch(connection).await);
+                    drop(slot);
                 });
             }
         }

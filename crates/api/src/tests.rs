@@ -405,12 +405,97 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: Duration)
     }
 }
 
+/// Sends one request on a new connection and reads the answer's status line.
+async fn status_line(stream: &mut tokio::net::TcpStream, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn a_client_over_its_connection_limit_gets_a_429_until_one_closes() {
+    let limits = crate::HttpLimits {
+        max_conns_per_client: 2,
+        ..Default::default()
+    };
+    let addr = served(limits).await;
+    let get = b"GET /v1/status/leader HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(status_line(&mut first, get).await, "HTTP/1.1 200 OK");
+    assert_eq!(status_line(&mut second, get).await, "HTTP/1.1 200 OK");
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let refused = read_until_closed(&mut third, Duration::from_secs(5))
+        .await
+        .expect("the refused connection is closed");
+    assert!(
+        refused.starts_with("HTTP/1.1 429 Too Many Requests"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("too many concurrent connections"),
+        "{refused}"
+    );
+    // The two admitted connections are still served; once one closes, a new one is admitted.
+    assert_eq!(status_line(&mut first, get).await, "HTTP/1.1 200 OK");
+    drop(second);
+    let mut fourth = None;
+    for _ in 0..50 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if status_line(&mut stream, get).await == "HTTP/1.1 200 OK" {
+            fourth = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        fourth.is_some(),
+        "a connection is admitted once another closed"
+    );
+}
+
+#[tokio::test]
+async fn a_request_head_over_the_limit_ends_its_connection_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let addr = served(crate::HttpLimits::default()).await;
+    let head = |size: usize| {
+        let mut request = b"GET /v1/status/leader HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+        request.extend(std::iter::repeat_n(b'a', size));
+        request.extend_from_slice(b"\r\n\r\n");
+        request
+    };
+    // Just under the limit: served.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let under = head(crate::serve::MAX_HEAD_BYTES - 1024);
+    assert_eq!(status_line(&mut stream, &under).await, "HTTP/1.1 200 OK");
+    // Over it: the server stops reading and closes (with a 431 when the client reads it
+    // before the reset of the unread rest), long before the header timeout.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = stream
+        .write_all(&head(crate::serve::MAX_HEAD_BYTES * 4))
+        .await;
+    let answer = read_until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("the connection is closed, not left reading the head");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "a head over the limit: {answer:?}"
+    );
+}
+
 #[tokio::test]
 async fn slow_clients_are_dropped_after_the_timeouts() {
     use tokio::io::AsyncWriteExt;
     let limits = crate::HttpLimits {
         header_read_timeout: Duration::from_millis(300),
         body_read_timeout: Duration::from_millis(300),
+        max_conns_per_client: 0,
     };
     let addr = served(limits).await;
     // Silent, and half a head: closed once the header timeout passes.

@@ -699,6 +699,10 @@ pub struct NodeArgs {
     /// Seconds a client may take to send a request's body, once its head is in; a 408 after.
     #[arg(long, default_value_t = 60.0)]
     pub http_body_timeout: f64,
+    /// The most HTTP connections one client address may hold open (Consul's
+    /// `http_max_conns_per_client`); one more is answered 429. 0: no limit.
+    #[arg(long, default_value_t = 200)]
+    pub http_max_conns_per_client: usize,
     /// Let the agent API register script and Docker checks, which run commands chosen by
     /// whoever can reach the API (Consul's `enable_script_checks`); refused without it.
     #[arg(long)]
@@ -926,6 +930,7 @@ impl NodeSettings {
             "PortRange": format!("{}-{}", self.port_range.0, self.port_range.1),
             "DockerAddress": self.docker_address.to_string(),
             "HTTPHeaderTimeout": seconds(self.http_limits.header_read_timeout),
+            "HTTPMaxConnsPerClient": self.http_limits.max_conns_per_client,
             "HTTPBodyTimeout": seconds(self.http_limits.body_read_timeout),
             "ClusterSecretSet": self.cluster_secret.is_some(),
             "SerfBindAddrWAN": self.wan.as_ref().map(|w| w.addr.to_string()),
@@ -1064,6 +1069,7 @@ impl NodeArgs {
                 self.http_header_timeout,
             )?,
             body_read_timeout: positive_seconds("--http-body-timeout", self.http_body_timeout)?,
+            max_conns_per_client: self.http_max_conns_per_client,
         };
         if self.data_dir.is_none() && role != Role::Dev {
             bail!("--data-dir is required for `atoll agent`");
