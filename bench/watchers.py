@@ -354,7 +354,7 @@ async def drive(args, atoll: Atoll, clients: Procs, path: str, cur: int,
           flush=True)
     await asyncio.sleep(args.settle)
     early = sum(c["done"] for c in await clients.ask("count", timeout=30))
-    rss_hold = rss_line(atoll, f"with {total - early} parked watchers", rss_idle, total)
+    rss_line(atoll, f"with {total - early} parked watchers", rss_idle, total)
     if atoll.pid:
         print(f"  VmHWM {fmt_mb(proc_status_kb(atoll.pid, 'VmHWM'))},"
               f" {proc_status_kb(atoll.pid, 'Threads')} threads")

@@ -265,7 +265,7 @@ def test_event_fire_refuses_bad_input(atoll):
 def test_events_are_kept_to_the_last_256(atoll):
     session = requests.Session()
     for i in range(260):
-        resp = session.put(atoll.url(f"/v1/event/fire/bulk"), data=str(i).encode())
+        resp = session.put(atoll.url("/v1/event/fire/bulk"), data=str(i).encode())
         assert resp.status_code == 200
     events = atoll.get_json("/v1/event/list")
     assert len(events) == 256

@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import pytest
 import requests
 
 from apps_util import app_tasks, best_effort_remove_apps, exec_site_definition, kill_task_processes, \

@@ -17,7 +17,8 @@ import dns.query
 import pytest
 import requests
 
-from conftest import GiveUp, free_port, require_tool, wait_for
+from conftest import require_tool, wait_for
+from prometheus_util import running_prometheus
 
 DEADLINE = 60.0
 TEXT_TYPE = "text/plain; version=0.0.4"
@@ -274,52 +275,14 @@ def test_agent_metrics_json_and_prometheus_format(atoll):
 
 @pytest.fixture
 def prometheus_scraping(atoll, tmp_path):
-    exe = require_tool("prometheus", "/usr/bin/prometheus")
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n"
-        "  scrape_interval: 1s\n"
-        "  scrape_timeout: 1s\n"
-        "scrape_configs:\n"
+    with running_prometheus(
+        tmp_path,
         "  - job_name: atoll-metrics\n"
         "    metrics_path: /metrics\n"
         "    static_configs:\n"
-        f"      - targets: ['{atoll.http_addr}']\n"
-    )
-    log_path = tmp_path / "prometheus.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [
-            exe,
-            f"--config.file={config}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-        ],
-        stdout=log,
-        stderr=log,
-        stdin=subprocess.DEVNULL,
-        cwd=tmp_path,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def ready():
-        if proc.poll() is not None:
-            raise GiveUp(f"prometheus exited {proc.returncode}: {log_path.read_text(errors='replace')[-2000:]}")
-        return requests.get(f"{base}/-/ready", timeout=2).status_code == 200
-
-    try:
-        wait_for(ready, timeout=DEADLINE, interval=0.2, message="prometheus /-/ready")
-        yield base, log_path
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+        f"      - targets: ['{atoll.http_addr}']\n",
+    ) as running:
+        yield running
 
 
 def test_prometheus_scrapes_the_node(atoll, prometheus_scraping):

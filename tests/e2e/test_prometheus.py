@@ -11,14 +11,13 @@ sequence from Python so the protocol is covered everywhere.
 from __future__ import annotations
 
 import http.server
-import os
-import subprocess
 import threading
 
 import pytest
 import requests
 
-from conftest import GiveUp, free_port, require_tool, wait_for
+from conftest import GiveUp, free_port, wait_for
+from prometheus_util import prometheus_binary, running_prometheus
 
 # What a Consul client sees: runs against a cluster's client node too (ATOLL_E2E_TARGET=cluster).
 pytestmark = pytest.mark.client_api
@@ -64,77 +63,29 @@ class _MetricsServer:
 CONSUL_SD_MISSING = "field consul_sd_configs not found"
 
 
-def _prometheus_binary():
-    configured = os.environ.get("PROMETHEUS_BIN")
-    if configured:
-        return configured
-    return require_tool("prometheus", "/usr/bin/prometheus")
-
-
 @pytest.fixture
 def prometheus(atoll, tmp_path):
-    exe = _prometheus_binary()
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n"
-        "  scrape_interval: 1s\n"
-        "  scrape_timeout: 1s\n"
-        "  evaluation_interval: 1s\n"
-        "scrape_configs:\n"
-        "  - job_name: atoll-sd\n"
-        "    consul_sd_configs:\n"
-        f"      - server: '{atoll.http_addr}'\n"
-        "        refresh_interval: 1s\n"
-    )
-    log_path = tmp_path / "prometheus.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [
-            exe,
-            f"--config.file={config}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            "--log.level=info",
-        ],
-        stdout=log,
-        stderr=log,
-        stdin=subprocess.DEVNULL,
-        cwd=tmp_path,
-    )
-    base = f"http://127.0.0.1:{port}"
-
-    def ready():
-        if proc.poll() is not None:
-            raise GiveUp(f"prometheus exited {proc.returncode}")
-        return requests.get(f"{base}/-/ready", timeout=2).status_code == 200
-
     try:
-        try:
-            wait_for(ready, timeout=DEADLINE, interval=0.2, message="prometheus /-/ready")
-        except GiveUp:
-            text = log_path.read_text(errors="replace")
-            if CONSUL_SD_MISSING in text:
-                # Not a missing install but a missing capability: Debian's
-                # prometheus packages (bookworm and trixie alike) are built
-                # without Consul service discovery. No install step can fix
-                # that, so this is skipped even under CI; the protocol test
-                # below covers the same requests in every environment.
-                pytest.skip(
-                    f"{exe} is built without consul_sd_configs (Debian disables Consul SD); "
-                    "set PROMETHEUS_BIN to a Prometheus build that has it"
-                )
-            raise AssertionError(f"prometheus exited {proc.returncode}:\n{text[-3000:]}")
-        yield base, log_path
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+        with running_prometheus(
+            tmp_path,
+            "  - job_name: atoll-sd\n"
+            "    consul_sd_configs:\n"
+            f"      - server: '{atoll.http_addr}'\n"
+            "        refresh_interval: 1s\n",
+        ) as running:
+            yield running
+            return
+    except GiveUp as e:
+        if CONSUL_SD_MISSING not in str(e):
+            raise AssertionError(str(e)) from None
+    # Not a missing install but a missing capability: Debian's prometheus packages
+    # (bookworm and trixie alike) are built without Consul service discovery. No install
+    # step can fix that, so this is skipped even under CI; the protocol test below covers
+    # the same requests in every environment.
+    pytest.skip(
+        f"{prometheus_binary()} is built without consul_sd_configs (Debian disables Consul "
+        "SD); set PROMETHEUS_BIN to a Prometheus build that has it"
+    )
 
 
 def _targets(base):

@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import requests
 
 from conftest import Atoll, consul, free_port, require, require_binary, require_tool, wait_for
