@@ -73,6 +73,13 @@ def test_catalog_datacenters_and_nodes(atoll):
     assert sorted(n["Node"] for n in nodes) == atoll.node_names, nodes
     (mine,) = [n for n in nodes if n["Node"] == atoll.node]
     assert mine["Address"] == atoll.node_address
+    # The node's ID is the one its agent reports, in the catalog and in service rows alike.
+    node_id = atoll.consul.agent.self()["Config"]["NodeID"]
+    assert mine["ID"] == node_id, mine
+    ids = {n["Node"]: n["ID"] for n in nodes}
+    assert len(set(ids.values())) == len(ids), ids
+    _, rows = atoll.consul.catalog.service("consul")
+    assert rows and all(r["ID"] == ids[r["Node"]] for r in rows), (rows, ids)
     for node in nodes:
         assert node["Datacenter"] == "dc1"
         assert isinstance(node["TaggedAddresses"], dict)

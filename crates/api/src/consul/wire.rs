@@ -10,8 +10,9 @@ use serde::Serialize;
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct NodeJson<'a> {
+    /// The node's id, derived from its name as the agent reports it (`/v1/agent/self`).
     #[serde(rename = "ID")]
-    id: &'a str,
+    id: String,
     node: &'a str,
     address: &'a str,
     datacenter: &'a str,
@@ -43,7 +44,7 @@ impl<'a> NodeJson<'a> {
             tagged_addresses.entry(tag).or_insert(&node.address);
         }
         NodeJson {
-            id: "",
+            id: atoll_cluster::node_uuid(&node.name),
             node: &node.name,
             address: &node.address,
             datacenter: &node.datacenter,
@@ -148,7 +149,7 @@ impl<'a> ServiceJson<'a> {
 #[serde(rename_all = "PascalCase")]
 pub struct CatalogServiceJson<'a> {
     #[serde(rename = "ID")]
-    id: &'a str,
+    id: String,
     node: &'a str,
     address: &'a str,
     datacenter: &'a str,
@@ -174,7 +175,7 @@ impl<'a> CatalogServiceJson<'a> {
     pub fn new(node: &'a Node, service: &'a ServiceInstance) -> Self {
         let node_json = NodeJson::new(node);
         CatalogServiceJson {
-            id: "",
+            id: node_json.id.clone(),
             node: &node.name,
             address: &node.address,
             datacenter: &node.datacenter,
