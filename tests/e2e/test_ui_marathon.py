@@ -96,7 +96,8 @@ def test_app_deployed_scaled_killed_and_destroyed_from_the_ui(inst, browser):
     app_id = f"/{inst.prefix}/api"
     open_page(browser, inst.base_url, "/deploy")
     page_ready(browser, "deploy")
-    fill(browser, 'textarea[data-field="definition"]', json.dumps(sleeper(app_id), indent=2))
+    definition = sleeper(app_id, portDefinitions=[{"port": 0}])
+    fill(browser, 'textarea[data-field="definition"]', json.dumps(definition, indent=2))
     click(browser, '[data-action="deploy"]')
 
     # The UI goes to the new app's page, which follows it until its task runs.
@@ -104,6 +105,10 @@ def test_app_deployed_scaled_killed_and_destroyed_from_the_ui(inst, browser):
     assert browser.find_element(By.CSS_SELECTOR, '[data-page="app"]').get_attribute("data-app") == app_id
     wait_text(browser, ".m-instances", "1 / 1 running", WAIT)
     assert len(wait_running(inst, app_id, 1, want_healthy=False, timeout=WAIT)) == 1
+    # Its definition links the catalog service its task registered (named by the server:
+    # the id's segments reversed).
+    service = f"api-{inst.prefix}"
+    wait_element(browser, f'[data-page="app"] a[href="#/services/{service}"]', WAIT)
 
     fill(browser, 'input[data-field="instances"]', "3")
     click(browser, '[data-action="scale"]')

@@ -35,7 +35,7 @@ pub use txn::{CatalogVerb, KvVerb, TxnError, TxnKv, TxnOp, TxnOutcome, TxnResult
 pub use workload::{
     Allocation, AppSpec, ComputeNode, Constraint, ConstraintOperator, Deployment, DeploymentAction,
     DockerNetwork, GroupSpec, HealthCheckSpec, HealthProtocol, PortSpec, Runtime, TaskFailure,
-    TaskState, Unplaced, UpgradeStrategy, FIT_EPSILON, STOP_APPLICATION,
+    TaskState, Unplaced, UpgradeStrategy, APP_ID_META, FIT_EPSILON, STOP_APPLICATION, TASK_ID_META,
 };
 pub use workload_apply::{WorkloadTables, VERSIONS_KEPT};
 

@@ -5,6 +5,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The service meta key naming the app a task's catalog instance belongs to.
+pub const APP_ID_META: &str = "marathon_app_id";
+/// The service meta key naming the task a catalog instance belongs to.
+pub const TASK_ID_META: &str = "marathon_task_id";
+
 /// How an app's instances run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Runtime {

@@ -493,8 +493,8 @@ pub fn services_for(
             let port = *task.ports.get(index)?;
             let id = format!("{}:{}", task.id, index);
             let mut meta = BTreeMap::new();
-            meta.insert("marathon_app_id".to_string(), app.id.clone());
-            meta.insert("marathon_task_id".to_string(), task.id.clone());
+            meta.insert(atoll_state::APP_ID_META.to_string(), app.id.clone());
+            meta.insert(atoll_state::TASK_ID_META.to_string(), task.id.clone());
             let checks = app
                 .health_checks
                 .iter()

@@ -30,6 +30,8 @@ pub struct ServiceSummary {
     checks_critical: usize,
     kind: String,
     external_sources: Vec<String>,
+    /// The Marathon apps whose tasks registered instances of it, sorted (atoll's own).
+    apps: Vec<String>,
 }
 
 /// One compute node of `GET /v1/internal/ui/compute-nodes`: what it offers and what the
@@ -58,6 +60,7 @@ pub fn service_summaries(state: &State, datacenter: &str) -> Vec<ServiceSummary>
     let mut by_name: BTreeMap<&str, ServiceSummary> = BTreeMap::new();
     let mut tags: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     let mut nodes: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut apps: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for instance in state.services.values().flat_map(|s| s.values()) {
         let summary = by_name
             .entry(&instance.name)
@@ -72,6 +75,7 @@ pub fn service_summaries(state: &State, datacenter: &str) -> Vec<ServiceSummary>
                 checks_critical: 0,
                 kind: String::new(),
                 external_sources: Vec::new(),
+                apps: Vec::new(),
             });
         summary.instance_count += 1;
         for check in state.checks_for_instance(instance) {
@@ -88,12 +92,16 @@ pub fn service_summaries(state: &State, datacenter: &str) -> Vec<ServiceSummary>
             .entry(&instance.name)
             .or_default()
             .insert(&instance.node);
+        if let Some(app) = instance.meta.get(atoll_state::APP_ID_META) {
+            apps.entry(&instance.name).or_default().insert(app);
+        }
     }
     by_name
         .into_iter()
         .map(|(name, mut summary)| {
             summary.tags = owned(tags.remove(name));
             summary.nodes = owned(nodes.remove(name));
+            summary.apps = owned(apps.remove(name));
             summary
         })
         .collect()

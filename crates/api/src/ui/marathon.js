@@ -90,16 +90,10 @@
     return Array.isArray(app.healthChecks) && app.healthChecks.length > 0;
   }
 
-  // The catalog services an app's tasks register, one per port, named as atoll names them:
-  // the SERVICE_NAME label or the id's segments reversed and joined with `-`.
-  function serviceNames(app) {
-    const labels = app.labels || {};
-    const label = (key) => (typeof labels[key] === 'string' && labels[key].trim()) || null;
-    const base = label('SERVICE_NAME') || bareId(app.id).split('/').filter(Boolean).reverse().join('-');
-    const container = app.container || {};
-    const mappings = container.portMappings || (container.docker && container.docker.portMappings) || [];
-    const ports = (app.portDefinitions && app.portDefinitions.length ? app.portDefinitions : mappings) || [];
-    return ports.map((_, index) => label('SERVICE_' + index + '_NAME') || (index === 0 ? base : base + '-' + index));
+  // The catalog services the app's tasks registered, from the services summary (the server
+  // names them; the summary says which app each instance belongs to).
+  function servicesOf(app, summaries) {
+    return (summaries || []).filter((s) => (s.Apps || []).includes(app.id)).map((s) => s.Name);
   }
 
   // What an app is doing, as one word for a badge.
@@ -399,7 +393,7 @@
     ];
   }
 
-  function factsOf(app) {
+  function factsOf(app, services) {
     const container = app.container || {};
     const docker = container.docker || null;
     const facts = [];
@@ -421,7 +415,6 @@
     if (ports.length || mappings.length) {
       facts.push(['Ports', mono(ports.concat(mappings).join(', '))]);
     }
-    const services = serviceNames(app);
     if (services.length) {
       facts.push(['Services', el('span', {}, services.map((name, i) => [i ? ', ' : null, atoll.link('/services/' + encodeURIComponent(name), name)]))]);
     }
@@ -614,10 +607,11 @@
         (event) => !event.appId || event.appId === id,
         async (stale) => {
           try {
-            const [answer, queue, deployments] = await Promise.all([
+            const [answer, queue, deployments, summaries] = await Promise.all([
               atoll.api('GET', appPath(id)),
               fetchQueue(),
               atoll.api('GET', '/v2/deployments'),
+              atoll.api('GET', '/v1/internal/ui/services'),
             ]);
             if (stale()) {
               return;
@@ -644,7 +638,7 @@
             );
             const rows = (app.tasks || []).slice().sort((a, b) => String(a.id).localeCompare(String(b.id)));
             tasksBox.replaceChildren(atoll.table(taskColumns(app, kill), rows, { filter: rows.length > 5, empty: 'No tasks.', key: (t) => t.id }));
-            facts.replaceChildren(factsOf(app));
+            facts.replaceChildren(factsOf(app, servicesOf(app, summaries.json)));
             if (!editing) {
               clear(errorBox);
             }
