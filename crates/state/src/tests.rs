@@ -216,7 +216,23 @@ fn a_task_is_reached_where_its_host_ports_were_registered() {
             ..Default::default()
         })),
     );
-    let task = |services: &[&str], ports: &[u16], node: &str| Allocation {
+    let task = |services: &[&str], ports: &[u16], node: &str| running_task(node, services, ports);
+    // An instance at the node's address (no address of its own): the node's.
+    let exec = task(&["exec1"], &[31_000], "n1");
+    assert_eq!(state.task_address(&exec), Some("10.0.0.1"));
+    // Published at another address on a host port: that address.
+    let published = task(&["docker1"], &[31_001], "n1");
+    assert_eq!(state.task_address(&published), Some("172.28.0.1"));
+    // An address on a port that is not a host port (a container's own): the node's.
+    let inner = task(&["inner1"], &[31_002], "n1");
+    assert_eq!(state.task_address(&inner), Some("10.0.0.1"));
+    // No node, no address.
+    assert_eq!(state.task_address(&task(&[], &[], "gone")), None);
+}
+
+/// A running task `t1` of `/web` on `node`, registered as `services`, holding `ports`.
+fn running_task(node: &str, services: &[&str], ports: &[u16]) -> Allocation {
+    Allocation {
         id: "t1".into(),
         app_id: "/web".into(),
         app_version: "v1".into(),
@@ -233,18 +249,7 @@ fn a_task_is_reached_where_its_host_ports_were_registered() {
         services: services.iter().map(|s| s.to_string()).collect(),
         create_index: 1,
         modify_index: 1,
-    };
-    // An instance at the node's address (no address of its own): the node's.
-    let exec = task(&["exec1"], &[31_000], "n1");
-    assert_eq!(state.task_address(&exec), Some("10.0.0.1"));
-    // Published at another address on a host port: that address.
-    let published = task(&["docker1"], &[31_001], "n1");
-    assert_eq!(state.task_address(&published), Some("172.28.0.1"));
-    // An address on a port that is not a host port (a container's own): the node's.
-    let inner = task(&["inner1"], &[31_002], "n1");
-    assert_eq!(state.task_address(&inner), Some("10.0.0.1"));
-    // No node, no address.
-    assert_eq!(state.task_address(&task(&[], &[], "gone")), None);
+    }
 }
 
 #[test]
@@ -270,24 +275,7 @@ fn node_down_and_task_healthy_have_one_definition() {
         status,
         output: String::new(),
     };
-    let mut task = Allocation {
-        id: "t1".into(),
-        app_id: "/web".into(),
-        app_version: "v1".into(),
-        node: "n1".into(),
-        ports: vec![],
-        cpus: 0.1,
-        mem: 16.0,
-        desired_running: true,
-        state: TaskState::Running,
-        message: String::new(),
-        staged_at: String::new(),
-        started_at: None,
-        health_failures: 0,
-        services: vec!["web1".into()],
-        create_index: 1,
-        modify_index: 1,
-    };
+    let mut task = running_task("n1", &["web1"], &[]);
 
     // A node absent from the catalog is down; present without a liveness check, it is up.
     assert!(state.node_down("n2") && !state.node_failed("n2"));
