@@ -63,6 +63,7 @@ pub async fn start(settings: &NodeSettings, wan: &WanSettings) -> anyhow::Result
         tags,
         profile: Profile::wan(),
         default_port: DEFAULT_WAN_PORT,
+        encryption: None,
     })
     .await
     .map_err(|e| anyhow!("WAN gossip (--serf-wan-port {}): {e}", wan.addr.port()))
