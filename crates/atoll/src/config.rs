@@ -745,6 +745,18 @@ pub struct WanArgs {
     /// Seconds between attempts to join the `--retry-join-wan` addresses.
     #[arg(long, default_value_t = 30.0)]
     pub retry_interval_wan: f64,
+    /// Gossip encryption key (base64 of 16 or 32 bytes, as `atoll keygen` prints one):
+    /// the WAN pool's traffic is sealed with AES-GCM. Read at the first start only: after
+    /// it, the keyring file in the data dir (serf/remote.keyring) is used.
+    #[arg(long, value_name = "KEY")]
+    pub encrypt: Option<String>,
+    /// Refuse unencrypted gossip (false only while turning encryption on in a running
+    /// pool).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub encrypt_verify_incoming: bool,
+    /// Send gossip encrypted (false only while turning encryption on in a running pool).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub encrypt_verify_outgoing: bool,
 }
 
 impl WanArgs {
@@ -762,6 +774,15 @@ impl WanArgs {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let retry_interval = positive_seconds("--retry-interval-wan", self.retry_interval_wan)?;
+        let encrypt = self
+            .encrypt
+            .as_deref()
+            .map(|key| {
+                atoll_gossip::Key::parse(key)
+                    .map(|key| key.bytes().to_vec())
+                    .map_err(|e| anyhow!("--encrypt: {e}"))
+            })
+            .transpose()?;
         if self.serf_wan_port == 0 {
             if !retry_join.is_empty() {
                 bail!("--retry-join-wan needs WAN gossip, which --serf-wan-port 0 turns off");
@@ -772,6 +793,9 @@ impl WanArgs {
             addr: SocketAddr::new(bind, self.serf_wan_port),
             retry_join,
             retry_interval,
+            encrypt,
+            encrypt_verify_incoming: self.encrypt_verify_incoming,
+            encrypt_verify_outgoing: self.encrypt_verify_outgoing,
         }))
     }
 }
@@ -785,6 +809,12 @@ pub struct WanSettings {
     pub retry_join: Vec<String>,
     /// `--retry-interval-wan`.
     pub retry_interval: Duration,
+    /// `--encrypt`, decoded.
+    pub encrypt: Option<Vec<u8>>,
+    /// `--encrypt-verify-incoming`.
+    pub encrypt_verify_incoming: bool,
+    /// `--encrypt-verify-outgoing`.
+    pub encrypt_verify_outgoing: bool,
 }
 
 /// Flags of `atoll dev`.
