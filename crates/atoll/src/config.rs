@@ -106,6 +106,9 @@ pub enum CommandLine {
     Members(MembersArgs),
     /// Join the WAN pool (`--wan`) through the given addresses.
     Join(JoinArgs),
+    /// List, install, use or remove the gossip encryption keys of every server (the WAN
+    /// pool's keyring), as `consul keyring`.
+    Keyring(KeyringArgs),
     /// Operator commands.
     Operator {
         /// Operator subcommand.
@@ -592,6 +595,30 @@ pub struct MembersArgs {
     /// List the WAN pool: the servers of every datacenter.
     #[arg(long)]
     pub wan: bool,
+    /// Common flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `atoll keyring --list | --install KEY | --use KEY | --remove KEY`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("operation").required(true).args(["list", "install", "use_key", "remove"])))]
+pub struct KeyringArgs {
+    /// List the keys installed on the servers, with how many hold each.
+    #[arg(long)]
+    pub list: bool,
+    /// Install a new key (base64) on every server.
+    #[arg(long, value_name = "KEY")]
+    pub install: Option<String>,
+    /// Make an installed key the one every server encrypts with.
+    #[arg(long = "use", value_name = "KEY")]
+    pub use_key: Option<String>,
+    /// Remove a key (not the one in use) from every server.
+    #[arg(long, value_name = "KEY")]
+    pub remove: Option<String>,
+    /// With --list: only the keys of the agent asked.
+    #[arg(long)]
+    pub local_only: bool,
     /// Common flags.
     #[command(flatten)]
     pub client: ClientArgs,

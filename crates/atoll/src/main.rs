@@ -83,6 +83,7 @@ fn main() -> ExitCode {
             CommandLine::Agent(args) => run_node(args.settings()?).await,
             CommandLine::Members(args) => cli::members(&args.client, args.wan).await,
             CommandLine::Join(args) => cli::join(&args).await,
+            CommandLine::Keyring(args) => cli::keyring(&args).await,
             CommandLine::Operator {
                 command:
                     OperatorCommand::Raft {
