@@ -380,6 +380,15 @@ impl Crypto {
         }
     }
 
+    /// [`Crypto::seal`], but sealed whenever there is a keyring, `verify_outgoing` or not
+    /// (keyring operations are never sent plain).
+    pub(crate) fn seal_always(&self, transport: Transport, plain: Vec<u8>) -> Vec<u8> {
+        match &self.0 {
+            Some(shared) => Crypto::keyring(shared).seal(transport, &plain),
+            None => plain,
+        }
+    }
+
     /// The content of what came off the wire, or why it is refused (counted).
     pub(crate) fn open(&self, transport: Transport, data: Vec<u8>) -> Result<Vec<u8>, Refusal> {
         let sealed = data.first() == Some(&SEALED);

@@ -616,16 +616,28 @@ async fn accept(
         tokio::spawn(async move {
             let _slot = slot;
             let served = async {
-                match wire::read_frame(&mut stream, &crypto).await? {
-                    Frame::Exchange(theirs) => {
+                match wire::read_frame_sealed(&mut stream, &crypto).await? {
+                    (Frame::Exchange(theirs), _) => {
                         let ours = snapshot(&tx).await?;
                         wire::write_frame(&mut stream, &crypto, &Frame::Exchange(Box::new(ours)))
                             .await?;
                         io::Result::Ok(Some(theirs))
                     }
-                    Frame::KeyringRequest(request) => {
-                        let outcome = apply_keyring_op(&crypto, &request.op);
-                        tracing::info!(op = ?request.op, ok = outcome.is_ok(), "keyring operation from {from}");
+                    (Frame::KeyringRequest(request), sealed) => {
+                        // Only a holder of an installed key may look at or change the
+                        // keyring, even while plain traffic is let in.
+                        let outcome = if sealed {
+                            apply_keyring_op(&crypto, &request.op)
+                        } else if crypto.enabled() {
+                            Err("keyring requests must be encrypted".to_string())
+                        } else {
+                            Err(NOT_ENABLED.to_string())
+                        };
+                        tracing::info!(
+                            op = request.op.kind(),
+                            ok = outcome.is_ok(),
+                            "keyring operation from {from}"
+                        );
                         let (keys, error) = match outcome {
                             Ok(keys) => (keys, None),
                             Err(error) => (Vec::new(), Some(error)),
@@ -640,7 +652,7 @@ async fn accept(
                             .await?;
                         Ok(None)
                     }
-                    Frame::KeyringAnswer(_) => Err(io::Error::new(
+                    (Frame::KeyringAnswer(_), _) => Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "an unasked keyring answer",
                     )),

@@ -16,7 +16,7 @@ use atoll_cluster::Coordinate;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::keyring::{Crypto, Transport};
+use crate::keyring::{Crypto, Transport, SEALED};
 use crate::NodeId;
 
 /// A foca packet follows.
@@ -101,6 +101,18 @@ pub enum KeyringOp {
     Use(String),
     /// Remove this key, which must not be the primary.
     Remove(String),
+}
+
+impl KeyringOp {
+    /// The operation's name, for a log line (never the key).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KeyringOp::List => "list",
+            KeyringOp::Install(_) => "install",
+            KeyringOp::Use(_) => "use",
+            KeyringOp::Remove(_) => "remove",
+        }
+    }
 }
 
 /// A keyring operation sent to a member.
@@ -213,7 +225,11 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     crypto: &Crypto,
     frame: &Frame,
 ) -> io::Result<()> {
-    let body = crypto.seal(Transport::Frame, encode_frame(frame)?);
+    let body = match frame {
+        Frame::Exchange(_) => crypto.seal(Transport::Frame, encode_frame(frame)?),
+        // Only sealed keyring operations are obeyed, even during a rolling enable.
+        _ => crypto.seal_always(Transport::Frame, encode_frame(frame)?),
+    };
     let length = u32::try_from(body.len()).map_err(|_| invalid("state too large".into()))?;
     out.write_all(&length.to_be_bytes()).await?;
     out.write_all(&body).await?;
@@ -223,6 +239,17 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 /// Reads one frame; one that is not sealed with an installed key (or not sealed when the
 /// pool requires it) is an error.
 pub async fn read_frame<R: AsyncRead + Unpin>(input: &mut R, crypto: &Crypto) -> io::Result<Frame> {
+    read_frame_sealed(input, crypto)
+        .await
+        .map(|(frame, _)| frame)
+}
+
+/// [`read_frame`], also telling whether the frame came sealed (it may not, only while
+/// `verify_incoming` is off).
+pub async fn read_frame_sealed<R: AsyncRead + Unpin>(
+    input: &mut R,
+    crypto: &Crypto,
+) -> io::Result<(Frame, bool)> {
     let mut length = [0u8; 4];
     input.read_exact(&mut length).await?;
     let length = u32::from_be_bytes(length) as usize;
@@ -233,10 +260,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(input: &mut R, crypto: &Crypto) ->
     }
     let mut body = vec![0u8; length];
     input.read_exact(&mut body).await?;
+    let sealed = body.first() == Some(&SEALED);
     let body = crypto
         .open(Transport::Frame, body)
         .map_err(|refusal| invalid(format!("frame refused: {}", refusal.text())))?;
-    decode_frame(&body)
+    decode_frame(&body).map(|frame| (frame, sealed))
 }
 
 #[cfg(test)]
@@ -280,6 +308,58 @@ mod tests {
         assert!(round_trip(&Crypto::default(), &crypto(1), &request)
             .await
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_rolling_enable_accepts_plain_frames_and_says_so() {
+        let rolling = |outgoing| {
+            Crypto::new(Some(Encryption {
+                keyring: Keyring::new(Key::from_bytes(&[1; 32]).expect("key")),
+                verify_incoming: false,
+                verify_outgoing: outgoing,
+                file: None,
+            }))
+        };
+        let request = Frame::KeyringRequest(KeyringRequest {
+            version: KEYRING_VERSION,
+            op: KeyringOp::List,
+        });
+        // Keyring operations are sealed even when verify_outgoing is off.
+        for (from, sealed) in [
+            (Crypto::default(), false),
+            (rolling(false), true),
+            (crypto(1), true),
+        ] {
+            let mut buffer = Vec::new();
+            write_frame(&mut buffer, &from, &request)
+                .await
+                .expect("written");
+            let (_, was_sealed) = read_frame_sealed(&mut buffer.as_slice(), &rolling(true))
+                .await
+                .expect("accepted");
+            assert_eq!(was_sealed, sealed);
+        }
+        let exchange = Frame::Exchange(Box::new(Exchange {
+            version: EXCHANGE_VERSION,
+            from: NodeId {
+                name: "a".into(),
+                addr: "127.0.0.1:1".parse().expect("address"),
+                started: 1,
+                bump: 0,
+                tags: Default::default(),
+            },
+            members: Vec::new(),
+            left: Vec::new(),
+            coordinates: Vec::new(),
+        }));
+        let mut buffer = Vec::new();
+        write_frame(&mut buffer, &rolling(false), &exchange)
+            .await
+            .expect("written");
+        let (_, was_sealed) = read_frame_sealed(&mut buffer.as_slice(), &rolling(true))
+            .await
+            .expect("accepted");
+        assert!(!was_sealed, "state goes plain with verify_outgoing off");
     }
 
     #[test]
