@@ -169,3 +169,45 @@ async fn a_rotation_reaches_every_member_and_nobody_is_lost() {
         )]
     );
 }
+
+fn rolling(incoming: bool, outgoing: bool) -> Option<Encryption> {
+    Some(Encryption {
+        keyring: Keyring::new(key(1)),
+        verify_incoming: incoming,
+        verify_outgoing: outgoing,
+        file: None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_enable_keeps_the_pool_whole_at_every_step() {
+    // Step 1: keys installed, nothing verified: plain members still gossip with them.
+    let plain = start("plain", "127.0.79.1:0", None).await;
+    let a = start("a", "127.0.79.2:0", rolling(false, false)).await;
+    a.join(&[plain.local_addr().to_string()])
+        .await
+        .expect("plain state exchanges pass");
+    // Step 2: one member sends sealed; the others (holding the key) open it.
+    let b = start("b", "127.0.79.3:0", rolling(false, true)).await;
+    b.join(&[a.local_addr().to_string()])
+        .await
+        .expect("a opens sealed state and b takes a's plain answer");
+    eventually(Duration::from_secs(5), "a and b see each other", || {
+        alive(&a).contains(&"b".to_string()) && alive(&b).contains(&"a".to_string())
+    })
+    .await;
+    // Keyring operations stay sealed, so they work across a and b.
+    let replies = a.keyring(KeyringOp::List, false).await.expect("encrypted");
+    let named: Vec<(String, bool)> = replies
+        .iter()
+        .map(|r| (r.member.name.clone(), r.outcome.is_ok()))
+        .collect();
+    assert!(named.contains(&("b".to_string(), true)), "{named:?}");
+    assert!(named.contains(&("plain".to_string(), false)), "{named:?}");
+    // Step 3: a member verifying incoming traffic refuses the plain one.
+    let c = start("c", "127.0.79.4:0", rolling(true, true)).await;
+    assert!(plain.join(&[c.local_addr().to_string()]).await.is_err());
+    c.join(&[b.local_addr().to_string()])
+        .await
+        .expect("b answers sealed");
+}
