@@ -88,6 +88,8 @@ def test_an_encrypted_wan_pool_refuses_outsiders_and_rotates_its_key(new_cluster
     west = new_cluster("krwest")
     w1, w2 = west.add_servers(2, datacenter="west", extra_args=["--encrypt", K1])
     w1.extra_args += ["--retry-join-wan", e1.ip, "--retry-interval-wan", "1"]
+    # A compute node holds no key: it sends keyring requests on to its servers.
+    wc = west.add_client("c1", datacenter="west")
     east.start()
     west.start()
     servers = [e1, w1, w2]
@@ -119,6 +121,8 @@ def test_an_encrypted_wan_pool_refuses_outsiders_and_rotates_its_key(new_cluster
     refused = [line for line in metrics.splitlines() if line.startswith("atoll_gossip_refused_messages_total")]
     assert refused and float(refused[0].split()[-1]) > 0, refused
 
+    wait_for(lambda: keyring(wc) == keyring(w1), timeout=30,
+             message=lambda: "the compute node answering its servers' keyring listing\n" + wc.logs())
     listing = keyring(e1)
     assert [(e["WAN"], e["Datacenter"]) for e in listing] == [(True, "east"), (False, "east"), (False, "west")]
     assert listing[0]["Keys"] == {K1: 3} and listing[0]["PrimaryKeys"] == {K1: 3}
@@ -133,11 +137,11 @@ def test_an_encrypted_wan_pool_refuses_outsiders_and_rotates_its_key(new_cluster
         for node in servers:
             wan = keyring(node)[0]
             assert wan["Keys"] == {K1: 3, K2: 3} and wan["PrimaryKeys"] == {K1: 3}, (node.name, wan)
-        out = run_cli("keyring", "--list", "--http-addr", e1.http_addr)
+        out = run_cli("keyring", "--list", "--http-addr", wc.http_addr)
         assert out.returncode == 0, out.stderr
         assert "WAN:" in out.stdout and f"{K2} [3/3]" in out.stdout and "east (LAN):" in out.stdout, out.stdout
-        # 2. Use K2.
-        r = e1.put("/v1/operator/keyring", json={"Key": K2}, timeout=15)
+        # 2. Use K2 (asked of the compute node).
+        r = wc.put("/v1/operator/keyring", json={"Key": K2}, timeout=15)
         assert r.status_code == 200, r.text
         assert keyring(w2)[0]["PrimaryKeys"] == {K2: 3}
         # Consul's refusals: a key not installed, the primary, a malformed key.

@@ -152,6 +152,12 @@ pub trait Federation: Send + Sync + 'static {
     /// refused with Consul's `Must be a server to join WAN cluster`.
     fn join_wan<'a>(&'a self, addresses: &'a [String]) -> Pending<'a, usize>;
 
+    /// The servers of this datacenter that a compute node sends the requests only servers
+    /// answer to (the keyring's); empty on a server.
+    fn local_servers(&self) -> Vec<Relay> {
+        Vec::new()
+    }
+
     /// Runs a keyring operation on this member and every live member of the WAN pool (on
     /// this one only with `local_only`); answers each member's outcome, this one first.
     /// Refused on a node outside the WAN pool and on a pool that does not encrypt.

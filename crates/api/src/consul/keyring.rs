@@ -4,14 +4,15 @@
 //!
 //! Only servers gossip, in the WAN pool: the answer has the WAN entry and, in Consul's
 //! shape, one LAN entry per datacenter made of the WAN answers of that datacenter's
-//! servers (compute nodes hold no key).
+//! servers. Compute nodes hold no key: they send keyring requests on to a server of their
+//! datacenter, as Consul's clients do.
 
 use std::collections::BTreeMap;
 
 use atoll_acl::{Access, Global, Resource};
 use atoll_cluster::{KeyringAnswer, KeyringOperation};
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine;
@@ -22,6 +23,7 @@ use super::agent::empty_ok;
 use crate::acl::Authz;
 use crate::decode::decode_body;
 use crate::error::ApiError;
+use crate::federate::forward_to_servers;
 use crate::query::{json_with_index, local_query, Query};
 use crate::ApiContext;
 
@@ -174,14 +176,39 @@ async fn run(
     }
 }
 
+/// What the handlers share: the caller's right, then either the request sent on to a
+/// server (on a compute node, which holds no key, as a Consul client forwards it) or its
+/// query and body.
+async fn accept(
+    context: &ApiContext,
+    authz: &Authz,
+    access: Access,
+    request: Request,
+) -> Result<Result<(Query, Bytes), Response>, ApiError> {
+    authz.require(Resource::Global(Global::Keyring), access)?;
+    let (parts, body) = request.into_parts();
+    // The server already read the body in full, within its limit.
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
+    if context.federation().wan_members().is_none() {
+        let request = Request::from_parts(parts, body);
+        return Ok(Err(forward_to_servers(context, request).await));
+    }
+    let query = local_query(parts.uri.query(), context)?;
+    Ok(Ok((query, body)))
+}
+
 /// `GET /v1/operator/keyring` (`?local-only`: this server's keys only).
 pub async fn list(
     State(context): State<ApiContext>,
     authz: Authz,
-    RawQuery(raw): RawQuery,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    authz.require(Resource::Global(Global::Keyring), Access::Read)?;
-    let query = local_query(raw.as_deref(), &context)?;
+    let (query, _) = match accept(&context, &authz, Access::Read, request).await? {
+        Ok(accepted) => accepted,
+        Err(forwarded) => return Ok(forwarded),
+    };
     let local_only = options(&query, true)?;
     let answers = run(&context, KeyringOperation::List, local_only).await?;
     Ok(json_with_index(
@@ -193,14 +220,15 @@ pub async fn list(
 async fn change(
     context: ApiContext,
     authz: Authz,
-    raw: Option<String>,
-    body: &[u8],
+    request: Request,
     operation: fn(String) -> KeyringOperation,
 ) -> Result<Response, ApiError> {
-    authz.require(Resource::Global(Global::Keyring), Access::Write)?;
-    let query = local_query(raw.as_deref(), &context)?;
+    let (query, body) = match accept(&context, &authz, Access::Write, request).await? {
+        Ok(accepted) => accepted,
+        Err(forwarded) => return Ok(forwarded),
+    };
     options(&query, false)?;
-    let key = key_of(body)?;
+    let key = key_of(&body)?;
     run(&context, operation(key), false).await?;
     Ok(empty_ok(&context))
 }
@@ -209,30 +237,27 @@ async fn change(
 pub async fn install(
     State(context): State<ApiContext>,
     authz: Authz,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    change(context, authz, raw, &body, KeyringOperation::Install).await
+    change(context, authz, request, KeyringOperation::Install).await
 }
 
 /// `PUT /v1/operator/keyring` `{"Key": K}`: every member encrypts with K (installed).
 pub async fn use_key(
     State(context): State<ApiContext>,
     authz: Authz,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    change(context, authz, raw, &body, KeyringOperation::Use).await
+    change(context, authz, request, KeyringOperation::Use).await
 }
 
 /// `DELETE /v1/operator/keyring` `{"Key": K}`: every member removes K (not its primary).
 pub async fn remove(
     State(context): State<ApiContext>,
     authz: Authz,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    change(context, authz, raw, &body, KeyringOperation::Remove).await
+    change(context, authz, request, KeyringOperation::Remove).await
 }
 
 #[cfg(test)]
