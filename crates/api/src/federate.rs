@@ -306,18 +306,61 @@ pub async fn forward(context: &ApiContext, dc: &str, request: Request<Bytes>) ->
     }
 }
 
+/// Consul's answer when a client agent knows no server to send a request to.
+pub const NO_KNOWN_SERVERS: &str = "No known Consul servers";
+
+/// Sends a request only servers answer (the gossip keyring's), made to a compute node, to a
+/// server of its own datacenter, and answers with what comes back.
+pub async fn forward_to_servers(context: &ApiContext, request: Request<Bytes>) -> Response {
+    let path = request.uri().path().to_string();
+    let relays = context.federation().local_servers();
+    let hops = hops_of(&request);
+    let answer = if relays.is_empty() || hops >= MAX_HOPS {
+        Err(failure(
+            &path,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            NO_KNOWN_SERVERS,
+        ))
+    } else {
+        send(context.forwarder(), &relays, request, hops + 1)
+            .await
+            .map_err(|unanswered| refusal_for(&path, context.datacenter(), unanswered))
+    };
+    match answer {
+        Ok(answer) => answer,
+        Err(refusal) => crate::consul_headers(context, refusal),
+    }
+}
+
+/// How many nodes forwarded a request already.
+fn hops_of(request: &Request<Bytes>) -> u32 {
+    request
+        .headers()
+        .get(HOPS_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u32>().ok())
+        .unwrap_or(0)
+}
+
+/// The answer when no relay answered a request for `dc`.
+fn refusal_for(path: &str, dc: &str, unanswered: Unanswered) -> Response {
+    match unanswered {
+        Unanswered::NoServer => failure(path, StatusCode::INTERNAL_SERVER_ERROR, NO_SERVER),
+        Unanswered::Failed(relay, reason) => failure(
+            path,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rpc error forwarding to datacenter {dc} through {relay}: {reason}"),
+        ),
+    }
+}
+
 async fn forward_or_refuse(
     context: &ApiContext,
     dc: &str,
     request: Request<Bytes>,
 ) -> Result<Response, Response> {
     let path = request.uri().path().to_string();
-    let hops = request
-        .headers()
-        .get(HOPS_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u32>().ok())
-        .unwrap_or(0);
+    let hops = hops_of(&request);
     let relays = match context.federation().route(dc) {
         // The layer serves a datacenter routed here itself; a caller that did not ask first
         // gets Consul's answer for a datacenter it cannot forward to.
@@ -339,14 +382,7 @@ async fn forward_or_refuse(
     }
     send(context.forwarder(), &relays, request, hops + 1)
         .await
-        .map_err(|unanswered| match unanswered {
-            Unanswered::NoServer => failure(&path, StatusCode::INTERNAL_SERVER_ERROR, NO_SERVER),
-            Unanswered::Failed(relay, reason) => failure(
-                &path,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("rpc error forwarding to datacenter {dc} through {relay}: {reason}"),
-            ),
-        })
+        .map_err(|unanswered| refusal_for(&path, dc, unanswered))
 }
 
 /// Why no answer came back.

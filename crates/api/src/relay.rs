@@ -170,6 +170,10 @@ impl Federation for RelayFederation {
         None
     }
 
+    fn local_servers(&self) -> Vec<Relay> {
+        self.known().servers
+    }
+
     fn wan_coordinates(&self) -> Vec<DatacenterCoordinates> {
         Vec::new()
     }

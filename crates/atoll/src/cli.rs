@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
 use crate::agent_client::AgentClient;
-use crate::config::{ClientArgs, CompletionShell, JoinArgs};
+use crate::config::{ClientArgs, CompletionShell, JoinArgs, KeyringArgs};
 
 async fn request(args: &ClientArgs, method: &str, path: &str) -> anyhow::Result<Value> {
     request_with_body(args, method, path, None)
@@ -367,6 +367,70 @@ pub async fn join(args: &JoinArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `atoll keyring`: lists, installs, uses or removes a gossip key on every server, through
+/// `/v1/operator/keyring`, printing as `consul keyring` does.
+pub async fn keyring(args: &KeyringArgs) -> anyhow::Result<()> {
+    let change = [
+        (
+            "POST",
+            &args.install,
+            "Installing new gossip encryption key...",
+        ),
+        (
+            "PUT",
+            &args.use_key,
+            "Changing primary gossip encryption key...",
+        ),
+        ("DELETE", &args.remove, "Removing gossip encryption key..."),
+    ]
+    .into_iter()
+    .find_map(|(method, key, says)| key.as_ref().map(|key| (method, key, says)));
+    if let Some((method, key, says)) = change {
+        if args.local_only {
+            bail!("--local-only only applies to --list");
+        }
+        println!("==> {says}");
+        let body = serde_json::to_vec(&serde_json::json!({ "Key": key }))?;
+        request_with_body(&args.client, method, "/v1/operator/keyring", Some(body)).await?;
+        return Ok(());
+    }
+    println!("==> Gathering installed encryption keys...");
+    let path = if args.local_only {
+        "/v1/operator/keyring?local-only=true"
+    } else {
+        "/v1/operator/keyring"
+    };
+    let entries = request(&args.client, "GET", path).await?;
+    print!("{}", keyring_listing(&entries));
+    Ok(())
+}
+
+/// The listing of `atoll keyring --list`: each pool, then each key with how many of the
+/// pool's members hold it.
+fn keyring_listing(entries: &Value) -> String {
+    let mut out = String::new();
+    for entry in entries.as_array().into_iter().flatten() {
+        let pool = if entry.get("WAN").and_then(Value::as_bool) == Some(true) {
+            "WAN".to_string()
+        } else {
+            format!("{} (LAN)", text(entry, "Datacenter"))
+        };
+        let nodes = entry.get("NumNodes").and_then(Value::as_u64).unwrap_or(0);
+        out.push_str(&format!("\n{pool}:\n"));
+        let keys = entry.get("Keys").and_then(Value::as_object);
+        let primary = entry.get("PrimaryKeys").and_then(Value::as_object);
+        for (key, count) in keys.into_iter().flatten() {
+            let is_primary = primary.is_some_and(|p| p.contains_key(key));
+            out.push_str(&format!(
+                "  {key} [{}/{nodes}]{}\n",
+                count.as_u64().unwrap_or(0),
+                if is_primary { " (primary)" } else { "" }
+            ));
+        }
+    }
+    out
+}
+
 /// `text` percent-encoded for one path segment (an address may hold `[`, `]` and `%`).
 fn path_segment(text: &str) -> String {
     text.bytes()
@@ -537,6 +601,20 @@ mod tests {
         assert_ne!(red, "3");
         assert_eq!(visible_width(&red), 1);
         assert_eq!(paint("3", Colour::Red, false), "3");
+    }
+
+    #[test]
+    fn keyrings_are_listed_by_pool() {
+        let entries = serde_json::json!([
+            {"WAN": true, "Datacenter": "dc1", "Keys": {"K1": 2, "K2": 1},
+             "PrimaryKeys": {"K1": 2}, "NumNodes": 2},
+            {"WAN": false, "Datacenter": "dc1", "Keys": {"K1": 1},
+             "PrimaryKeys": {"K1": 1}, "NumNodes": 1},
+        ]);
+        assert_eq!(
+            keyring_listing(&entries),
+            "\nWAN:\n  K1 [2/2] (primary)\n  K2 [1/2]\n\ndc1 (LAN):\n  K1 [1/1] (primary)\n"
+        );
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub enum CommandLine {
     Members(MembersArgs),
     /// Join the WAN pool (`--wan`) through the given addresses.
     Join(JoinArgs),
+    /// List, install, use or remove the gossip encryption keys of every server (the WAN
+    /// pool's keyring), as `consul keyring`.
+    Keyring(KeyringArgs),
     /// Operator commands.
     Operator {
         /// Operator subcommand.
@@ -597,6 +600,30 @@ pub struct MembersArgs {
     pub client: ClientArgs,
 }
 
+/// `atoll keyring --list | --install KEY | --use KEY | --remove KEY`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("operation").required(true).args(["list", "install", "use_key", "remove"])))]
+pub struct KeyringArgs {
+    /// List the keys installed on the servers, with how many hold each.
+    #[arg(long)]
+    pub list: bool,
+    /// Install a new key (base64) on every server.
+    #[arg(long, value_name = "KEY")]
+    pub install: Option<String>,
+    /// Make an installed key the one every server encrypts with.
+    #[arg(long = "use", value_name = "KEY")]
+    pub use_key: Option<String>,
+    /// Remove a key (not the one in use) from every server.
+    #[arg(long, value_name = "KEY")]
+    pub remove: Option<String>,
+    /// With --list: only the keys of the agent asked.
+    #[arg(long)]
+    pub local_only: bool,
+    /// Common flags.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
 /// `atoll join [--wan] ADDR...`.
 #[derive(Debug, Args)]
 pub struct JoinArgs {
@@ -749,6 +776,18 @@ pub struct WanArgs {
     /// Seconds between attempts to join the `--retry-join-wan` addresses.
     #[arg(long, default_value_t = 30.0)]
     pub retry_interval_wan: f64,
+    /// Gossip encryption key (base64 of 16 or 32 bytes, as `atoll keygen` prints one):
+    /// the WAN pool's traffic is sealed with AES-GCM. Read at the first start only: after
+    /// it, the keyring file in the data dir (serf/remote.keyring) is used.
+    #[arg(long, value_name = "KEY")]
+    pub encrypt: Option<String>,
+    /// Refuse unencrypted gossip (false only while turning encryption on in a running
+    /// pool).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub encrypt_verify_incoming: bool,
+    /// Send gossip encrypted (false only while turning encryption on in a running pool).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub encrypt_verify_outgoing: bool,
 }
 
 impl WanArgs {
@@ -766,6 +805,15 @@ impl WanArgs {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let retry_interval = positive_seconds("--retry-interval-wan", self.retry_interval_wan)?;
+        let encrypt = self
+            .encrypt
+            .as_deref()
+            .map(|key| {
+                atoll_gossip::Key::parse(key)
+                    .map(|key| key.bytes().to_vec())
+                    .map_err(|e| anyhow!("--encrypt: {e}"))
+            })
+            .transpose()?;
         if self.serf_wan_port == 0 {
             if !retry_join.is_empty() {
                 bail!("--retry-join-wan needs WAN gossip, which --serf-wan-port 0 turns off");
@@ -776,6 +824,9 @@ impl WanArgs {
             addr: SocketAddr::new(bind, self.serf_wan_port),
             retry_join,
             retry_interval,
+            encrypt,
+            encrypt_verify_incoming: self.encrypt_verify_incoming,
+            encrypt_verify_outgoing: self.encrypt_verify_outgoing,
         }))
     }
 }
@@ -789,6 +840,12 @@ pub struct WanSettings {
     pub retry_join: Vec<String>,
     /// `--retry-interval-wan`.
     pub retry_interval: Duration,
+    /// `--encrypt`, decoded.
+    pub encrypt: Option<Vec<u8>>,
+    /// `--encrypt-verify-incoming`.
+    pub encrypt_verify_incoming: bool,
+    /// `--encrypt-verify-outgoing`.
+    pub encrypt_verify_outgoing: bool,
 }
 
 /// Flags of `atoll dev`.

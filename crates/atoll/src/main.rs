@@ -83,6 +83,7 @@ fn main() -> ExitCode {
             CommandLine::Agent(args) => run_node(args.settings()?).await,
             CommandLine::Members(args) => cli::members(&args.client, args.wan).await,
             CommandLine::Join(args) => cli::join(&args).await,
+            CommandLine::Keyring(args) => cli::keyring(&args).await,
             CommandLine::Operator {
                 command:
                     OperatorCommand::Raft {
@@ -152,9 +153,30 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     let store = Store::default();
     // DNS is bound before the API exists; prepared queries reach the API once it does.
     let dns_queries = atoll_api::consul::prepared::DnsQueries::new();
-    // Servers gossip with the servers of every datacenter (`--serf-wan-port 0`: alone).
+    let temporary = match &settings.data_dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("atoll-dev-")
+                .tempdir()
+                .context("cannot create a temporary data dir")?,
+        ),
+    };
+    if let Some(dir) = &settings.data_dir {
+        create_private_dir(dir)?;
+    }
+    let data_dir = match (&settings.data_dir, &temporary) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(temp)) => temp.path().to_path_buf(),
+        (None, None) => unreachable!("a temporary dir exists whenever no data dir was given"),
+    };
+    // Servers gossip with the servers of every datacenter (`--serf-wan-port 0`: alone),
+    // encrypted under the keyring of the data dir (or `--encrypt` at the first start).
     let wan_pool = match &settings.wan {
-        Some(wan) => Some(wan::start(&settings, wan).await?),
+        Some(wan) => {
+            let encryption = wan::encryption(wan, &data_dir)?;
+            Some(wan::start(&settings, wan, encryption).await?)
+        }
         None => None,
     };
     // Where requests for other datacenters go: a server sends them to the servers of that
@@ -181,23 +203,6 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         federation.clone(),
     )
     .map_err(|e| anyhow!("{e} (port {})", settings.dns_addr.port()))?;
-    let temporary = match &settings.data_dir {
-        Some(_) => None,
-        None => Some(
-            tempfile::Builder::new()
-                .prefix("atoll-dev-")
-                .tempdir()
-                .context("cannot create a temporary data dir")?,
-        ),
-    };
-    if let Some(dir) = &settings.data_dir {
-        create_private_dir(dir)?;
-    }
-    let data_dir = match (&settings.data_dir, &temporary) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(temp)) => temp.path().to_path_buf(),
-        (None, None) => unreachable!("a temporary dir exists whenever no data dir was given"),
-    };
     let server = !matches!(settings.role, Role::Client { .. });
     let consensus = Consensus::start(
         ConsensusConfig {

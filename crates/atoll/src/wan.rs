@@ -1,6 +1,7 @@
 //! The WAN gossip pool of a server: started with the node, joined to the `--retry-join-wan`
 //! addresses and to the peers a previous run knew (kept in the data dir), and to the other
 //! servers of its own datacenter, which it finds in the catalog (Consul's flood join).
+//! With a gossip key, the pool's traffic is encrypted under the keyring kept in the data dir.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use atoll_cluster::{node_uuid, ClusterHandle, MemberStatus};
-use atoll_gossip::{Pool, PoolConfig, Profile};
+use atoll_gossip::{Encryption, Key, Keyring, Pool, PoolConfig, Profile};
 use serde_json::json;
 
 use crate::config::{NodeSettings, WanSettings, DEFAULT_WAN_PORT};
@@ -26,13 +27,59 @@ const PERSIST_EVERY: Duration = Duration::from_secs(5);
 /// How often the local servers found in the catalog are compared with the pool.
 const FLOOD_EVERY: Duration = Duration::from_secs(10);
 
+/// The WAN pool's keyring in the data dir (Consul's `serf/remote.keyring`).
+pub const KEYRING_FILE: &str = "serf/remote.keyring";
+
+/// The gossip key the node was started with (`--encrypt`), decoded.
+fn configured_key(wan: &WanSettings) -> Option<&[u8]> {
+    wan.encrypt.as_deref()
+}
+
+/// How the WAN pool encrypts: with the keyring file of the data dir when there is one (it
+/// wins over `--encrypt`, as Consul's does: rotations survive restarts), else with the
+/// `--encrypt` key, which then starts the file; `None` without either.
+pub fn encryption(wan: &WanSettings, data_dir: &Path) -> anyhow::Result<Option<Encryption>> {
+    let file = data_dir.join(KEYRING_FILE);
+    let configured = configured_key(wan)
+        .map(Key::from_bytes)
+        .transpose()
+        .map_err(|e| anyhow!("--encrypt: {e}"))?;
+    let keyring = match (Keyring::load(&file)?, configured) {
+        (Some(stored), configured) => {
+            if configured.is_some_and(|key| !stored.keys().contains(&key)) {
+                tracing::warn!(
+                    file = %file.display(),
+                    "the keyring file exists: --encrypt is ignored (the keyring file is used)"
+                );
+            }
+            stored
+        }
+        (None, Some(key)) => {
+            let keyring = Keyring::new(key);
+            keyring.save(&file)?;
+            keyring
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Encryption {
+        keyring,
+        verify_incoming: wan.encrypt_verify_incoming,
+        verify_outgoing: wan.encrypt_verify_outgoing,
+        file: Some(file),
+    }))
+}
+
 /// The member name of a server in the WAN pool.
 pub fn member_name(settings: &NodeSettings) -> String {
     format!("{}.{}", settings.node, settings.datacenter)
 }
 
 /// Binds the pool's sockets and starts it; a busy port is an error naming it.
-pub async fn start(settings: &NodeSettings, wan: &WanSettings) -> anyhow::Result<Pool> {
+pub async fn start(
+    settings: &NodeSettings,
+    wan: &WanSettings,
+    encryption: Option<Encryption>,
+) -> anyhow::Result<Pool> {
     let version = env!("CARGO_PKG_VERSION");
     let tags: BTreeMap<String, String> = [
         ("role", "consul".to_string()),
@@ -63,6 +110,7 @@ pub async fn start(settings: &NodeSettings, wan: &WanSettings) -> anyhow::Result
         tags,
         profile: Profile::wan(),
         default_port: DEFAULT_WAN_PORT,
+        encryption,
     })
     .await
     .map_err(|e| anyhow!("WAN gossip (--serf-wan-port {}): {e}", wan.addr.port()))
@@ -244,6 +292,36 @@ mod tests {
             parse_peers(r#"{"version":1,"peers":["127.0.0.1:1"]}"#).unwrap(),
             ["127.0.0.1:1"]
         );
+    }
+
+    fn wan(encrypt: Option<u8>) -> WanSettings {
+        WanSettings {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            retry_join: Vec::new(),
+            retry_interval: Duration::from_secs(1),
+            encrypt: encrypt.map(|byte| vec![byte; 32]),
+            encrypt_verify_incoming: true,
+            encrypt_verify_outgoing: true,
+        }
+    }
+
+    #[test]
+    fn the_keyring_file_wins_over_the_flag_after_the_first_start() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(encryption(&wan(None), dir.path()).unwrap().is_none());
+        let first = encryption(&wan(Some(1)), dir.path()).unwrap().unwrap();
+        let k1 = Key::from_bytes(&[1; 32]).unwrap();
+        assert_eq!(first.keyring, Keyring::new(k1.clone()));
+        assert!(dir.path().join(KEYRING_FILE).exists());
+        // A rotation stored in the file outlives the flag.
+        let k2 = Key::from_bytes(&[2; 32]).unwrap();
+        Keyring::new(k2.clone())
+            .save(&dir.path().join(KEYRING_FILE))
+            .unwrap();
+        for flag in [None, Some(1)] {
+            let again = encryption(&wan(flag), dir.path()).unwrap().unwrap();
+            assert_eq!(again.keyring, Keyring::new(k2.clone()));
+        }
     }
 
     #[test]

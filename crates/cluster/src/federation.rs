@@ -90,6 +90,35 @@ pub struct PoolMember {
     pub status: MemberStatus,
 }
 
+/// An operation on the gossip keyring of every WAN member (Consul's `consul keyring`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyringOperation {
+    /// List each member's keys.
+    List,
+    /// Install this key (base64) beside the others.
+    Install(String),
+    /// Make this installed key (base64) the one that encrypts.
+    Use(String),
+    /// Remove this key (base64), which must not be the one that encrypts.
+    Remove(String),
+}
+
+/// One WAN member's answer to a [`KeyringOperation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyringAnswer {
+    /// The member (`NODE.DC`).
+    pub name: String,
+    /// Its datacenter.
+    pub datacenter: String,
+    /// Its keys after the operation, the primary first (base64); or why it failed or did
+    /// not answer.
+    pub outcome: Result<Vec<String>, String>,
+}
+
+/// The refusal of a keyring operation on a node outside the WAN pool.
+pub const KEYRING_NEEDS_WAN: &str =
+    "keyring operations need a server whose WAN gossip is on (the keyring is the WAN pool's)";
+
 /// The coordinates of one datacenter's servers in the WAN pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatacenterCoordinates {
@@ -122,6 +151,24 @@ pub trait Federation: Send + Sync + 'static {
     /// `HOST:PORT`); returns how many were contacted. A node that is not a server is
     /// refused with Consul's `Must be a server to join WAN cluster`.
     fn join_wan<'a>(&'a self, addresses: &'a [String]) -> Pending<'a, usize>;
+
+    /// The servers of this datacenter that a compute node sends the requests only servers
+    /// answer to (the keyring's); empty on a server.
+    fn local_servers(&self) -> Vec<Relay> {
+        Vec::new()
+    }
+
+    /// Runs a keyring operation on this member and every live member of the WAN pool (on
+    /// this one only with `local_only`); answers each member's outcome, this one first.
+    /// Refused on a node outside the WAN pool and on a pool that does not encrypt.
+    fn keyring(
+        &self,
+        operation: KeyringOperation,
+        local_only: bool,
+    ) -> Pending<'_, Vec<KeyringAnswer>> {
+        let _ = (operation, local_only);
+        Box::pin(async { Err(ClusterError::Refused(KEYRING_NEEDS_WAN.to_string())) })
+    }
 }
 
 /// A datacenter on its own: no WAN pool, no other datacenter.

@@ -18,7 +18,8 @@ pub use coordinate::{
     Coordinate, Vivaldi, VivaldiConfig, VivaldiError, DIMENSIONS, MAX_RTT_SECONDS,
 };
 pub use federation::{
-    Alone, DatacenterCoordinates, Federation, MemberStatus, PoolMember, Relay, Route,
+    Alone, DatacenterCoordinates, Federation, KeyringAnswer, KeyringOperation, MemberStatus,
+    PoolMember, Relay, Route, KEYRING_NEEDS_WAN,
 };
 pub use member::{node_uuid, Member};
 pub use memory::MemoryCluster;

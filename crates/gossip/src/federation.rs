@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use atoll_cluster::{
-    ClusterError, Coordinate, DatacenterCoordinates, Federation, MemberStatus, Pending, PoolMember,
-    Relay, Route,
+    ClusterError, Coordinate, DatacenterCoordinates, Federation, KeyringAnswer, KeyringOperation,
+    MemberStatus, Pending, PoolMember, Relay, Route,
 };
 
-use crate::Pool;
+use crate::{KeyringOp, Pool};
 
 /// The tag naming a member's datacenter.
 pub const TAG_DC: &str = "dc";
@@ -97,6 +97,44 @@ impl Federation for GossipFederation {
                 .join(addresses)
                 .await
                 .map_err(|e| ClusterError::Refused(e.to_string()))
+        })
+    }
+
+    fn keyring(
+        &self,
+        operation: KeyringOperation,
+        local_only: bool,
+    ) -> Pending<'_, Vec<KeyringAnswer>> {
+        let op = match operation {
+            KeyringOperation::List => KeyringOp::List,
+            KeyringOperation::Install(key) => KeyringOp::Install(key),
+            KeyringOperation::Use(key) => KeyringOp::Use(key),
+            KeyringOperation::Remove(key) => KeyringOp::Remove(key),
+        };
+        Box::pin(async move {
+            let replies = self
+                .pool
+                .keyring(op, local_only)
+                .await
+                .map_err(|e| ClusterError::Refused(e.to_string()))?;
+            Ok(replies
+                .into_iter()
+                .map(|reply| {
+                    let member = PoolMember {
+                        name: reply.member.name,
+                        addr: reply.member.addr,
+                        tags: reply.member.tags,
+                        status: MemberStatus::Alive,
+                    };
+                    KeyringAnswer {
+                        datacenter: member_datacenter(&member)
+                            .unwrap_or(&self.datacenter)
+                            .to_string(),
+                        name: member.name,
+                        outcome: reply.outcome,
+                    }
+                })
+                .collect())
         })
     }
 }

@@ -7,11 +7,14 @@
 
 pub mod federation;
 mod identity;
+pub mod keyring;
 mod pool;
 mod profile;
 mod wire;
 
 pub use federation::GossipFederation;
 pub use identity::NodeId;
-pub use pool::{GossipError, Pool, PoolConfig, View};
+pub use keyring::{Encryption, Key, Keyring, KeyringError};
+pub use pool::{GossipError, KeyringReply, Pool, PoolConfig, View};
 pub use profile::Profile;
+pub use wire::KeyringOp;

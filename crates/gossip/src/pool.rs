@@ -16,7 +16,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::wire::{self, Exchange, Leave, Ping, Pong};
+use crate::keyring::{Crypto, Encryption, Key, Transport, NOT_ENABLED};
+use crate::wire::{
+    self, Exchange, Frame, KeyringAnswer, KeyringOp, KeyringRequest, Leave, Ping, Pong,
+};
 use crate::{NodeId, Profile};
 
 /// What a pool is started with.
@@ -33,6 +36,8 @@ pub struct PoolConfig {
     pub profile: Profile,
     /// The port [`Pool::join`] uses for an address given without one.
     pub default_port: u16,
+    /// How the traffic is encrypted (`None`: it is not).
+    pub encryption: Option<Encryption>,
 }
 
 /// Why a pool could not start or join.
@@ -56,6 +61,19 @@ pub enum GossipError {
     /// No address given could be joined.
     #[error("{0}")]
     Join(String),
+    /// A keyring operation on a pool that does not encrypt.
+    #[error("{NOT_ENABLED}")]
+    NotEncrypted,
+}
+
+/// One member's answer to a keyring operation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyringReply {
+    /// The member.
+    pub member: NodeId,
+    /// Its keys after the operation (primary first, base64), or why it failed (or did not
+    /// answer).
+    pub outcome: Result<Vec<String>, String>,
 }
 
 /// What a pool knows, published after every change.
@@ -129,6 +147,7 @@ struct Inner {
     local: SocketAddr,
     default_port: u16,
     exchange_timeout: Duration,
+    crypto: Crypto,
     tasks: tasks::Tasks,
 }
 
@@ -216,9 +235,11 @@ impl Pool {
             peer_coordinates: BTreeMap::new(),
         }));
         let (tx, rx) = mpsc::channel(4096);
+        let crypto = Crypto::new(config.encryption.clone());
         let owner = Owner {
             foca,
             socket: udp.clone(),
+            crypto: crypto.clone(),
             tx: tx.clone(),
             vivaldi,
             peer_coordinates: BTreeMap::new(),
@@ -232,8 +253,14 @@ impl Pool {
         let timeout = config.profile.exchange_timeout;
         let tasks = vec![
             tokio::spawn(owner.run(rx)),
-            tokio::spawn(receive(udp, tx.clone())),
-            tokio::spawn(accept(tcp, tx.clone(), timeout)),
+            tokio::spawn(receive(udp, tx.clone(), crypto.clone())),
+            tokio::spawn(accept(
+                tcp,
+                tx.clone(),
+                timeout,
+                crypto.clone(),
+                config.name.clone(),
+            )),
         ];
         Ok(Pool {
             inner: Arc::new(Inner {
@@ -242,6 +269,7 @@ impl Pool {
                 local,
                 default_port: config.default_port,
                 exchange_timeout: timeout,
+                crypto,
                 tasks: tasks::Tasks::new(tasks),
             }),
         })
@@ -298,7 +326,8 @@ impl Pool {
         for addr in targets {
             let tx = self.inner.tx.clone();
             let timeout = self.inner.exchange_timeout;
-            exchanges.spawn(async move { (addr, exchange_with(addr, tx, timeout).await) });
+            let crypto = self.inner.crypto.clone();
+            exchanges.spawn(async move { (addr, exchange_with(addr, tx, timeout, crypto).await) });
         }
         let mut joined = 0;
         while let Some(done) = exchanges.join_next().await {
@@ -329,6 +358,62 @@ impl Pool {
             .await
             .map_err(|_| GossipError::Stopped)?;
         done.await.map_err(|_| GossipError::Stopped)
+    }
+
+    /// Whether the pool's traffic is encrypted.
+    pub fn encrypted(&self) -> bool {
+        self.inner.crypto.enabled()
+    }
+
+    /// Runs a keyring operation (`List`, `Install`, `Use`, `Remove` of a base64 key) here
+    /// and on every live member (only here with `local_only`), each member over a TCP frame
+    /// sealed with this member's primary key after the local change; answers each member's
+    /// outcome, this one first. A member that does not answer in time is reported so.
+    pub async fn keyring(
+        &self,
+        op: KeyringOp,
+        local_only: bool,
+    ) -> Result<Vec<KeyringReply>, GossipError> {
+        if !self.inner.crypto.enabled() {
+            return Err(GossipError::NotEncrypted);
+        }
+        let view = self.view();
+        let mut replies = vec![KeyringReply {
+            member: view.local.clone(),
+            outcome: apply_keyring_op(&self.inner.crypto, &op),
+        }];
+        if local_only {
+            return Ok(replies);
+        }
+        let mut asked = JoinSet::new();
+        for (member, status) in &view.members {
+            if *status != MemberStatus::Alive {
+                continue;
+            }
+            let member = member.clone();
+            let request = KeyringRequest {
+                version: wire::KEYRING_VERSION,
+                op: op.clone(),
+            };
+            let crypto = self.inner.crypto.clone();
+            let timeout = self.inner.exchange_timeout;
+            asked.spawn(async move {
+                let outcome =
+                    tokio::time::timeout(timeout, ask_keyring(member.addr, &crypto, request))
+                        .await
+                        .unwrap_or_else(|_| Err("no answer in time".to_string()));
+                KeyringReply { member, outcome }
+            });
+        }
+        let mut others = Vec::new();
+        while let Some(done) = asked.join_next().await {
+            if let Ok(reply) = done {
+                others.push(reply);
+            }
+        }
+        others.sort_by(|a, b| a.member.name.cmp(&b.member.name));
+        replies.extend(others);
+        Ok(replies)
     }
 
     /// Stops the pool at once, without telling anyone (as if the process died).
@@ -387,17 +472,68 @@ async fn resolve(address: &str, default_port: u16) -> io::Result<SocketAddr> {
     found.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address found"))
 }
 
+/// Applies a keyring operation to this member's keyring (and its file).
+fn apply_keyring_op(crypto: &Crypto, op: &KeyringOp) -> Result<Vec<String>, String> {
+    let parse = |key: &str| Key::parse(key).map_err(|e| e.to_string());
+    match op {
+        KeyringOp::List => crypto.keys().ok_or_else(|| NOT_ENABLED.to_string()),
+        KeyringOp::Install(key) => {
+            let key = parse(key)?;
+            crypto.change(|ring| {
+                ring.install(key);
+                Ok(())
+            })
+        }
+        KeyringOp::Use(key) => {
+            let key = parse(key)?;
+            crypto.change(|ring| ring.use_key(&key))
+        }
+        KeyringOp::Remove(key) => {
+            let key = parse(key)?;
+            crypto.change(|ring| ring.remove(&key))
+        }
+    }
+}
+
+/// Sends a keyring operation to the member at `addr`; its keys after it, or why not.
+async fn ask_keyring(
+    addr: SocketAddr,
+    crypto: &Crypto,
+    request: KeyringRequest,
+) -> Result<Vec<String>, String> {
+    let asked = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        wire::write_frame(&mut stream, crypto, &Frame::KeyringRequest(request)).await?;
+        wire::read_frame(&mut stream, crypto).await
+    };
+    match asked.await {
+        Ok(Frame::KeyringAnswer(answer)) => match answer.error {
+            Some(error) => Err(error),
+            None => Ok(answer.keys),
+        },
+        Ok(_) => Err("answered something else than a keyring answer".to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Sends this pool's state to `addr` and applies the state it answers with.
 async fn exchange_with(
     addr: SocketAddr,
     tx: mpsc::Sender<Input>,
     timeout: Duration,
+    crypto: Crypto,
 ) -> io::Result<()> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         let ours = snapshot(&tx).await?;
-        wire::write_exchange(&mut stream, &ours).await?;
-        wire::read_exchange(&mut stream).await
+        wire::write_frame(&mut stream, &crypto, &Frame::Exchange(Box::new(ours))).await?;
+        match wire::read_frame(&mut stream, &crypto).await? {
+            Frame::Exchange(theirs) => Ok(*theirs),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "answered something else than its state",
+            )),
+        }
     };
     let theirs = tokio::time::timeout(timeout, exchange)
         .await
@@ -420,14 +556,21 @@ async fn snapshot(tx: &mpsc::Sender<Input>) -> io::Result<Exchange> {
         .map_err(|_| io::Error::other("the gossip pool is stopped"))
 }
 
-/// Feeds datagrams to the owner; drops them when it is too far behind (as a lossy network
-/// would).
-async fn receive(socket: Arc<UdpSocket>, tx: mpsc::Sender<Input>) {
+/// Feeds datagrams to the owner, opened when the pool encrypts (dropping those no key
+/// opens); drops them when it is too far behind (as a lossy network would).
+async fn receive(socket: Arc<UdpSocket>, tx: mpsc::Sender<Input>, crypto: Crypto) {
     let mut buf = vec![0u8; 65536];
     loop {
         match socket.recv_from(&mut buf).await {
             Ok((n, from)) => {
                 let packet = buf.get(..n).unwrap_or_default().to_vec();
+                let packet = match crypto.open(Transport::Datagram, packet) {
+                    Ok(packet) => packet,
+                    Err(refusal) => {
+                        tracing::debug!(peer = %from, "gossip datagram dropped: {}", refusal.text());
+                        continue;
+                    }
+                };
                 match tx.try_send(Input::Datagram(packet, from)) {
                     Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
                     Err(mpsc::error::TrySendError::Closed(_)) => return,
@@ -446,7 +589,13 @@ async fn receive(socket: Arc<UdpSocket>, tx: mpsc::Sender<Input>) {
 /// State exchanges served at once; a connection beyond waits for a slot before it is read.
 const MAX_EXCHANGES: usize = 16;
 
-async fn accept(listener: TcpListener, tx: mpsc::Sender<Input>, timeout: Duration) {
+async fn accept(
+    listener: TcpListener,
+    tx: mpsc::Sender<Input>,
+    timeout: Duration,
+    crypto: Crypto,
+    name: String,
+) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_EXCHANGES));
     loop {
         // Each exchange may hold a large message in memory: bound how many run at once.
@@ -462,18 +611,58 @@ async fn accept(listener: TcpListener, tx: mpsc::Sender<Input>, timeout: Duratio
             }
         };
         let tx = tx.clone();
+        let crypto = crypto.clone();
+        let name = name.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let served = async {
-                let theirs = wire::read_exchange(&mut stream).await?;
-                let ours = snapshot(&tx).await?;
-                wire::write_exchange(&mut stream, &ours).await?;
-                io::Result::Ok(theirs)
+                match wire::read_frame_sealed(&mut stream, &crypto).await? {
+                    (Frame::Exchange(theirs), _) => {
+                        let ours = snapshot(&tx).await?;
+                        wire::write_frame(&mut stream, &crypto, &Frame::Exchange(Box::new(ours)))
+                            .await?;
+                        io::Result::Ok(Some(theirs))
+                    }
+                    (Frame::KeyringRequest(request), sealed) => {
+                        // Only a holder of an installed key may look at or change the
+                        // keyring, even while plain traffic is let in.
+                        let outcome = if sealed {
+                            apply_keyring_op(&crypto, &request.op)
+                        } else if crypto.enabled() {
+                            Err("keyring requests must be encrypted".to_string())
+                        } else {
+                            Err(NOT_ENABLED.to_string())
+                        };
+                        tracing::info!(
+                            op = request.op.kind(),
+                            ok = outcome.is_ok(),
+                            "keyring operation from {from}"
+                        );
+                        let (keys, error) = match outcome {
+                            Ok(keys) => (keys, None),
+                            Err(error) => (Vec::new(), Some(error)),
+                        };
+                        let answer = KeyringAnswer {
+                            version: wire::KEYRING_VERSION,
+                            name,
+                            keys,
+                            error,
+                        };
+                        wire::write_frame(&mut stream, &crypto, &Frame::KeyringAnswer(answer))
+                            .await?;
+                        Ok(None)
+                    }
+                    (Frame::KeyringAnswer(_), _) => Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "an unasked keyring answer",
+                    )),
+                }
             };
             match tokio::time::timeout(timeout, served).await {
-                Ok(Ok(theirs)) => {
-                    let _ = tx.send(Input::Apply(Box::new(theirs), None)).await;
+                Ok(Ok(Some(theirs))) => {
+                    let _ = tx.send(Input::Apply(theirs, None)).await;
                 }
+                Ok(Ok(None)) => {}
                 Ok(Err(e)) => tracing::debug!(peer = %from, error = %e, "gossip state exchange"),
                 Err(_) => tracing::debug!(peer = %from, "gossip state exchange timed out"),
             }
@@ -484,6 +673,7 @@ async fn accept(listener: TcpListener, tx: mpsc::Sender<Input>, timeout: Duratio
 /// foca's way out: datagrams, timers and notifications.
 struct Io<'a> {
     socket: &'a UdpSocket,
+    crypto: &'a Crypto,
     tx: &'a mpsc::Sender<Input>,
 }
 
@@ -515,7 +705,7 @@ impl Runtime<NodeId> for Io<'_> {
         let mut packet = Vec::with_capacity(data.len() + 1);
         packet.push(wire::FOCA);
         packet.extend_from_slice(data);
-        send(self.socket, &packet, to.addr);
+        send(self.socket, self.crypto, packet, to.addr);
     }
 
     fn submit_after(&mut self, event: Timer<NodeId>, after: Duration) {
@@ -527,8 +717,9 @@ impl Runtime<NodeId> for Io<'_> {
     }
 }
 
-fn send(socket: &UdpSocket, packet: &[u8], to: SocketAddr) {
-    if let Err(e) = socket.try_send_to(packet, to) {
+fn send(socket: &UdpSocket, crypto: &Crypto, packet: Vec<u8>, to: SocketAddr) {
+    let packet = crypto.seal(Transport::Datagram, packet);
+    if let Err(e) = socket.try_send_to(&packet, to) {
         tracing::trace!(peer = %to, error = %e, "gossip send");
     }
 }
@@ -536,6 +727,7 @@ fn send(socket: &UdpSocket, packet: &[u8], to: SocketAddr) {
 struct Owner {
     foca: Swim,
     socket: Arc<UdpSocket>,
+    crypto: Crypto,
     tx: mpsc::Sender<Input>,
     vivaldi: Vivaldi,
     peer_coordinates: BTreeMap<String, Coordinate>,
@@ -577,6 +769,7 @@ impl Owner {
             Input::Timer(timer) => {
                 let io = Io {
                     socket: &self.socket,
+                    crypto: &self.crypto,
                     tx: &self.tx,
                 };
                 if let Err(e) = self.foca.handle_timer(timer, io) {
@@ -614,6 +807,7 @@ impl Owner {
             wire::FOCA => {
                 let io = Io {
                     socket: &self.socket,
+                    crypto: &self.crypto,
                     tx: &self.tx,
                 };
                 if let Err(e) = self.foca.handle_data(body, io) {
@@ -634,7 +828,7 @@ impl Owner {
                     coordinate: self.vivaldi.coordinate().clone(),
                 };
                 if let Some(packet) = wire::datagram(wire::PONG, &pong) {
-                    send(&self.socket, &packet, from);
+                    send(&self.socket, &self.crypto, packet, from);
                 }
             }
             wire::PONG => {
@@ -700,7 +894,7 @@ impl Owner {
         };
         if let Some(packet) = wire::datagram(wire::PING, &ping) {
             self.pings.insert(self.next_seq, (target.name.clone(), now));
-            send(&self.socket, &packet, target.addr);
+            send(&self.socket, &self.crypto, packet, target.addr);
         }
     }
 
@@ -715,8 +909,9 @@ impl Owner {
         };
         let tx = self.tx.clone();
         let timeout = self.profile.exchange_timeout;
+        let crypto = self.crypto.clone();
         tokio::spawn(async move {
-            if let Err(e) = exchange_with(target, tx, timeout).await {
+            if let Err(e) = exchange_with(target, tx, timeout, crypto).await {
                 tracing::debug!(peer = %target, error = %e, "gossip state exchange");
             }
         });
@@ -779,6 +974,7 @@ impl Owner {
         }
         let io = Io {
             socket: &self.socket,
+            crypto: &self.crypto,
             tx: &self.tx,
         };
         if let Err(e) = self.foca.apply_many(updates.into_iter(), true, io) {
@@ -800,12 +996,13 @@ impl Owner {
             // Twice: one lost datagram should not turn a leave into a failure.
             for _ in 0..2 {
                 for addr in &targets {
-                    send(&self.socket, &packet, *addr);
+                    send(&self.socket, &self.crypto, packet.clone(), *addr);
                 }
             }
         }
         let io = Io {
             socket: &self.socket,
+            crypto: &self.crypto,
             tx: &self.tx,
         };
         if let Err(e) = self.foca.leave_cluster(io) {

@@ -22,6 +22,7 @@ async fn server(node: &str, dc: &str, ip: &str, http: u16) -> Pool {
         tags,
         profile: Profile::fast(),
         default_port: 8302,
+        encryption: None,
     })
     .await
     .expect("pool starts")

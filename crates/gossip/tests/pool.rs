@@ -16,6 +16,7 @@ async fn start(name: &str, bind: &str) -> Pool {
         tags,
         profile: Profile::fast(),
         default_port: 8302,
+        encryption: None,
     })
     .await
     .expect("pool starts")

@@ -30,6 +30,8 @@ pub struct NodeMetrics {
     pub raft: RaftMetrics,
     /// The scheduler's plans.
     pub scheduler: SchedulerMetrics,
+    /// The gossip pools' traffic.
+    pub gossip: GossipMetrics,
 }
 
 impl NodeMetrics {
@@ -39,6 +41,7 @@ impl NodeMetrics {
         families.extend(self.dns.families());
         families.extend(self.raft.families());
         families.extend(self.scheduler.families());
+        families.extend(self.gossip.families());
         families
     }
 }
@@ -406,6 +409,25 @@ impl SchedulerMetrics {
             )
             .number(&[], self.placements.get() as f64),
         ]
+    }
+}
+
+/// The gossip pools' traffic.
+#[derive(Debug, Default)]
+pub struct GossipMetrics {
+    /// Datagrams and TCP frames refused: sealed with no installed key, or plain while the
+    /// pool requires encryption.
+    pub refused: Counter,
+}
+
+impl GossipMetrics {
+    fn families(&self) -> Vec<Family> {
+        vec![Family::new(
+            "atoll_gossip_refused_messages_total",
+            "Gossip datagrams and TCP frames dropped because no installed key opens them or because they are not encrypted while encryption is required.",
+            Kind::Counter,
+        )
+        .number(&[], self.refused.get() as f64)]
     }
 }
 

@@ -7,6 +7,7 @@ mod event;
 pub mod filter;
 mod health;
 pub mod input;
+mod keyring;
 mod kv;
 mod listing;
 mod maintenance;
@@ -118,6 +119,13 @@ pub fn routes() -> Router<ApiContext> {
         )
         .route("/v1/operator/raft/peer", delete(operator::remove_peer))
         .route("/v1/operator/raft/storage", get(operator::storage))
+        .route(
+            "/v1/operator/keyring",
+            get(keyring::list)
+                .post(keyring::install)
+                .put(keyring::use_key)
+                .delete(keyring::remove),
+        )
         .route("/v1/query", get(prepared::list).post(prepared::create))
         .route(
             "/v1/query/{id}",
