@@ -12,9 +12,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::agent::{empty_ok, node_uuid, own_member_json};
+use crate::acl::Authz;
 use crate::error::ApiError;
 use crate::query::json_with_index;
 use crate::ApiContext;
+use atoll_acl::Segment;
 
 /// The commit the binary was built from and when, when the build set them.
 const BUILD_SHA: &str = match option_env!("ATOLL_BUILD_SHA") {
@@ -46,8 +48,12 @@ fn text(value: impl ToString) -> Value {
     Value::String(value.to_string())
 }
 
-/// `GET /v1/agent/self`.
-pub async fn self_info(State(context): State<ApiContext>) -> Response {
+/// `GET /v1/agent/self`: `agent:read` on this node.
+pub async fn self_info(
+    State(context): State<ApiContext>,
+    authz: Authz,
+) -> Result<Response, ApiError> {
+    authz.require_read(Segment::Agent, context.node())?;
     let cluster = context.cluster();
     let server = cluster.member().server;
     let node = context.node();
@@ -159,7 +165,7 @@ pub async fn self_info(State(context): State<ApiContext>) -> Response {
         "Meta": meta,
         "xDS": Value::Null,
     });
-    json_with_index(context.store().applied(), &body)
+    Ok(json_with_index(context.store().applied(), &body))
 }
 
 /// `GET /v1/agent/version`.
@@ -178,8 +184,11 @@ pub async fn version(State(context): State<ApiContext>) -> Response {
 /// `PUT /v1/agent/reload`. Every setting of a node comes from its command line; the only
 /// files it reads are the HTTPS listener's, which are read again (as on SIGHUP): a file that
 /// does not load is a 500 naming it, and the listener keeps what it had. Otherwise the answer
-/// is Consul's, an empty 200.
-pub async fn reload(State(context): State<ApiContext>) -> Response {
+/// is Consul's, an empty 200. Needs `agent:write` on this node.
+pub async fn reload(State(context): State<ApiContext>, authz: Authz) -> Response {
+    if let Err(denied) = authz.require_write(Segment::Agent, context.node()) {
+        return denied.into_response();
+    }
     if let Some(tls) = &context.facts().tls_reload {
         if let Err(e) = tls.reload().await {
             return ApiError::plain(
@@ -200,7 +209,11 @@ pub async fn token(Path(_kind): Path<String>) -> ApiError {
 
 /// `GET /v1/agent/host`: the host's memory, CPUs, system and the disk of the data dir, read
 /// from `/proc` (Consul's shape, as its host-information library names the fields).
-pub async fn host(State(context): State<ApiContext>) -> Response {
+/// Needs `agent:read` on this node.
+pub async fn host(State(context): State<ApiContext>, authz: Authz) -> Response {
+    if let Err(denied) = authz.require_read(Segment::Agent, context.node()) {
+        return denied.into_response();
+    }
     let data_dir = context
         .facts()
         .data_dir

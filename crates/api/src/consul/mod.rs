@@ -17,6 +17,7 @@ mod session;
 mod status;
 pub mod txn;
 mod ui_summary;
+mod vet;
 mod wan;
 pub mod wire;
 
