@@ -496,12 +496,28 @@ pub struct ClientArgs {
     /// --http-addr), e.g. server.dc1.consul.
     #[arg(long, env = "CONSUL_TLS_SERVER_NAME")]
     pub tls_server_name: Option<String>,
+    /// The ACL token every request carries, as `X-Consul-Token` (default: ATOLL_HTTP_TOKEN,
+    /// else CONSUL_HTTP_TOKEN; none: the agent's default token applies).
+    #[arg(
+        long,
+        env = "ATOLL_HTTP_TOKEN",
+        default_value_t = default_http_token(),
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub token: String,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
     /// The datacenter every request is for (`?dc=`); set by the commands that take `--dc`.
     #[arg(skip)]
     pub dc: Option<String>,
+}
+
+/// The token when neither `--token` nor ATOLL_HTTP_TOKEN gives one: Consul's
+/// CONSUL_HTTP_TOKEN, else none (empty).
+fn default_http_token() -> String {
+    std::env::var("CONSUL_HTTP_TOKEN").unwrap_or_default()
 }
 
 /// The agent's address when neither `--http-addr` nor ATOLL_HTTP_ADDR gives one: Consul's
