@@ -470,7 +470,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             },
             data_dir: Some(data_dir.clone()),
             tls_reload,
-            acl: Default::default(),
+            acl: std::sync::Arc::new(settings.acl.settings()),
         },
         federation,
     );
