@@ -173,7 +173,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         (None, None) => Arc::new(Alone::new(settings.datacenter.clone(), true)),
     };
     // ACLs: the API and DNS share them (DNS answers with the agent's default token).
-    let acl_settings: Arc<atoll_acl::AclSettings> = Default::default();
+    let acl_settings = Arc::new(settings.acl.settings());
     let dns = DnsServer::bind(
         settings.dns_addr,
         dns_config,

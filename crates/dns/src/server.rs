@@ -100,12 +100,12 @@ impl Shared {
         )
     }
 
-    /// What a cached answer depends on besides the catalog: with ACLs on, the ACL tables
-    /// (every applied entry, as a bound above their index) and the default token.
-    fn acl_stamp(&self) -> Option<(u64, Option<String>)> {
+    /// What a cached answer depends on besides the catalog: with ACLs on, the ACL tables'
+    /// index (`acl_index`) and the default token.
+    fn acl_stamp(&self, acl_index: u64) -> Option<(u64, Option<String>)> {
         self.acl
             .enabled
-            .then(|| (self.store.applied(), self.acl.tokens().default))
+            .then(|| (acl_index, self.acl.tokens().default))
     }
 }
 
@@ -211,7 +211,8 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: Handle) {
     let mut cache: HashMap<Vec<u8>, CacheEntry> = HashMap::new();
     let mut catalog = shared.store.watch(Table::Catalog);
     let mut cached_at = *catalog.borrow_and_update();
-    let mut cached_acl = shared.acl_stamp();
+    let acl_table = shared.store.watch(Table::Acl);
+    let mut cached_acl = shared.acl_stamp(*acl_table.borrow());
     let mut counter: u64 = rand::random();
     loop {
         let (len, peer) = match socket.recv_from(&mut buffer) {
@@ -236,7 +237,7 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: Handle) {
             }
         }
         if shared.acl.enabled {
-            let stamp = shared.acl_stamp();
+            let stamp = shared.acl_stamp(*acl_table.borrow());
             if stamp != cached_acl {
                 cache.clear();
                 cached_acl = stamp;

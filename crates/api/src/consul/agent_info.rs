@@ -201,10 +201,49 @@ pub async fn reload(State(context): State<ApiContext>, authz: Authz) -> Response
     empty_ok(&context)
 }
 
-/// `PUT /v1/agent/token/:type`: ACLs are not enabled, and Consul then answers every token
-/// update with 401 and this plain text.
-pub async fn token(Path(_kind): Path<String>) -> ApiError {
-    ApiError::plain(StatusCode::UNAUTHORIZED, "ACL support disabled")
+/// The body of `PUT /v1/agent/token/:type`.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct TokenBody {
+    token: String,
+}
+
+/// `PUT /v1/agent/token/:type` `{"Token": ...}`: sets the agent's `default` or `agent`
+/// token (also by Consul's older names `acl_token` and `acl_agent_token`); needs `acl:write`.
+/// An empty token clears it. With ACLs off, Consul's 401 and plain text.
+pub async fn token(
+    State(context): State<ApiContext>,
+    authz: crate::acl::Authz,
+    Path(kind): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let settings = context.acl();
+    if !settings.enabled {
+        return Err(ApiError::plain(
+            StatusCode::UNAUTHORIZED,
+            "ACL support disabled",
+        ));
+    }
+    authz.require(
+        atoll_acl::Resource::Global(atoll_acl::Global::Acl),
+        atoll_acl::Access::Write,
+    )?;
+    let body: TokenBody = crate::decode::decode_body(&body)?;
+    let value = Some(body.token).filter(|t| !t.is_empty());
+    let mut tokens = settings.tokens();
+    match kind.as_str() {
+        "default" | "acl_token" => tokens.default = value,
+        "agent" | "acl_agent_token" => tokens.agent = value,
+        other => {
+            return Err(ApiError::field(
+                "type",
+                format!("Token {other:?} is unknown"),
+            ))
+        }
+    }
+    settings.set_tokens(tokens);
+    tracing::info!("the agent's {kind} token was updated");
+    Ok(empty_ok(&context))
 }
 
 /// `GET /v1/agent/host`: the host's memory, CPUs, system and the disk of the data dir, read
