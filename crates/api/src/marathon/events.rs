@@ -296,3 +296,24 @@ pub async fn stream(
         });
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_names_the_apps_of_its_task_definition_or_plan() {
+        let status = json!({ "eventType": "status_update_event", "appId": "/prod/web" });
+        assert_eq!(apps_of(&status), ["/prod/web"]);
+        let posted = json!({ "eventType": "api_post_event", "appDefinition": { "id": "/dev/x" } });
+        assert_eq!(apps_of(&posted), ["/dev/x"]);
+        let action = |app: &str| json!({ "action": "ScaleApplication", "app": app });
+        let plan = json!({
+            "eventType": "deployment_info",
+            "plan": { "steps": [{ "actions": [action("/a"), action("/b")] }] },
+            "currentStep": { "actions": [action("/a")] },
+        });
+        assert_eq!(apps_of(&plan), ["/a", "/b", "/a"]);
+        assert!(apps_of(&attached()).is_empty());
+    }
+}
