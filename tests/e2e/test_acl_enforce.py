@@ -363,3 +363,25 @@ def test_the_cli_sends_its_token_from_the_flag_or_the_environment(acl):
     got = subprocess.run([exe, "kv", "get", "cli/a", "--http-addr", inst.http_addr, "--token", secret],
                          capture_output=True, timeout=30, env=env, stdin=subprocess.DEVNULL)
     assert got.returncode == 0 and got.stdout.strip() == b"v", got
+
+
+def test_marathon_event_stream_drops_events_of_apps_the_token_may_not_read(acl):
+    import requests
+
+    inst = acl.inst
+    prod = acl.token('app_prefix "/prod/" { policy = "read" }')
+    app = lambda app_id: {"id": app_id, "cmd": "sleep 600", "instances": 0, "cpus": 0.01, "mem": 8}  # noqa: E731
+    seen: list[str] = []
+    with requests.get(inst.url("/v2/events"), headers={"Authorization": f"token={prod}"},
+                      stream=True, timeout=10) as stream:
+        assert stream.status_code == 200
+        # Events come in order: the first app's are dropped, the second's arrive.
+        acl.as_root("post", "/v2/apps", json=app("/dev/hidden"))
+        acl.as_root("post", "/v2/apps", json=app("/prod/shown"))
+        for count, line in enumerate(stream.iter_lines(decode_unicode=True)):
+            assert count < 500, f"no event of /prod/shown among {seen}"
+            if line and line.startswith("data:"):
+                seen.append(line)
+                if "/prod/shown" in line:
+                    break
+    assert not any("/dev/hidden" in line for line in seen), seen
