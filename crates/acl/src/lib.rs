@@ -7,9 +7,11 @@
 #![forbid(unsafe_code)]
 
 mod authorizer;
+pub mod rules;
 mod settings;
 
 pub use authorizer::Authorizer;
+pub use rules::RulesError;
 pub use settings::{AclSettings, AgentTokens};
 
 use serde::{Deserialize, Serialize};

@@ -6,7 +6,7 @@ use crate::DefaultPolicy;
 
 /// The agent's own tokens (Consul's `acl.tokens`), changed at run time through
 /// `PUT /v1/agent/token/:type`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct AgentTokens {
     /// Used for requests that carry no token, and for DNS (`default`).
     pub default: Option<String>,
@@ -22,6 +22,17 @@ pub struct AclSettings {
     /// `--acl-default-policy`.
     pub default_policy: DefaultPolicy,
     tokens: RwLock<AgentTokens>,
+}
+
+/// Whether each token is set, never the tokens themselves.
+impl std::fmt::Debug for AgentTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |token: &Option<String>| token.as_ref().map(|_| "<hidden>");
+        f.debug_struct("AgentTokens")
+            .field("default", &shown(&self.default))
+            .field("agent", &shown(&self.agent))
+            .finish()
+    }
 }
 
 impl AclSettings {

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use atoll_acl::{Access, Authorizer, Resource};
+use atoll_acl::{Access, Authorizer, Resource, Segment};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
@@ -61,8 +61,44 @@ impl Authz {
         if self.allows(resource, access) {
             Ok(())
         } else {
-            Err(ApiError::plain(StatusCode::FORBIDDEN, PERMISSION_DENIED))
+            Err(self.denied())
         }
+    }
+
+    /// Consul's 403 `Permission denied`.
+    pub fn denied(&self) -> ApiError {
+        ApiError::plain(StatusCode::FORBIDDEN, PERMISSION_DENIED)
+    }
+
+    /// Whether the caller may read the named resource.
+    pub fn reads(&self, segment: Segment, name: &str) -> bool {
+        self.allows(Resource::Named(segment, name), Access::Read)
+    }
+
+    /// Whether the caller may read a catalog node.
+    pub fn reads_node(&self, node: &str) -> bool {
+        self.reads(Segment::Node, node)
+    }
+
+    /// Whether the caller may see an instance of `service` on `node`: Consul asks for
+    /// `service:read` on its service and `node:read` on its node.
+    pub fn reads_instance(&self, service: &str, node: &str) -> bool {
+        self.reads(Segment::Service, service) && self.reads_node(node)
+    }
+
+    /// `Ok` when the caller may read the named resource, else 403.
+    pub fn require_read(&self, segment: Segment, name: &str) -> Result<(), ApiError> {
+        self.require(Resource::Named(segment, name), Access::Read)
+    }
+
+    /// `Ok` when the caller may write the named resource, else 403.
+    pub fn require_write(&self, segment: Segment, name: &str) -> Result<(), ApiError> {
+        self.require(Resource::Named(segment, name), Access::Write)
+    }
+
+    /// Whether the caller may read the Marathon app (or group) `id`.
+    pub fn reads_app(&self, id: &str) -> bool {
+        self.reads(Segment::App, id)
     }
 
     /// Resolves the token a request carries (`query`: its raw query string).
@@ -73,6 +109,13 @@ impl Authz {
     ) -> Result<Self, AclNotFoundResponse> {
         let secret = request_token(headers, query);
         let settings = context.acl();
+        #[cfg(test)]
+        if let Some(authorizer) = secret.as_deref().and_then(test_tokens::get) {
+            return Ok(Authz {
+                authorizer: Arc::new(authorizer),
+                secret,
+            });
+        }
         let authorizer = context
             .store()
             .read(|state| state.acl_authorizer(settings, secret.as_deref()))
@@ -85,7 +128,8 @@ impl Authz {
 }
 
 /// The token a request carries: `?token=`, then `X-Consul-Token`, then
-/// `Authorization: Bearer` (the scheme in any case). Empty values count as none.
+/// `Authorization: Bearer` (the scheme in any case) or DC/OS's `Authorization: token=SECRET`.
+/// Empty values count as none.
 pub fn request_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     let from_query = query.and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
@@ -100,7 +144,11 @@ pub fn request_token(headers: &HeaderMap, query: Option<&str>) -> Option<String>
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
-            let (scheme, rest) = v.trim().split_once(' ')?;
+            let v = v.trim();
+            if let Some(secret) = v.strip_prefix("token=") {
+                return Some(secret.trim().to_string());
+            }
+            let (scheme, rest) = v.split_once(' ')?;
             scheme
                 .eq_ignore_ascii_case("bearer")
                 .then(|| rest.trim().to_string())
@@ -139,6 +187,30 @@ impl FromRequestParts<ApiContext> for Authz {
     }
 }
 
+/// Tokens installed by unit tests, resolved before the state is asked (the state's tables
+/// are not needed to test what a rule allows). Per thread: a `#[tokio::test]` runs its
+/// requests on its own thread.
+#[cfg(test)]
+pub(crate) mod test_tokens {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use atoll_acl::Authorizer;
+
+    thread_local! {
+        static TOKENS: RefCell<HashMap<String, Authorizer>> = RefCell::new(HashMap::new());
+    }
+
+    /// Makes `secret` resolve to `authorizer` on this thread.
+    pub(crate) fn install(secret: &str, authorizer: Authorizer) {
+        TOKENS.with(|t| t.borrow_mut().insert(secret.to_string(), authorizer));
+    }
+
+    pub(super) fn get(secret: &str) -> Option<Authorizer> {
+        TOKENS.with(|t| t.borrow().get(secret).cloned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +230,8 @@ mod tests {
         );
         headers.remove("x-consul-token");
         assert_eq!(request_token(&headers, None).as_deref(), Some("b"));
+        headers.insert("authorization", "token=dcos".parse().unwrap());
+        assert_eq!(request_token(&headers, None).as_deref(), Some("dcos"));
         assert_eq!(request_token(&HeaderMap::new(), None), None);
     }
 }

@@ -591,6 +591,15 @@ mod tests {
         listener: tokio::net::TcpListener,
         federation: Arc<dyn Federation>,
     ) {
+        start_with_facts(dc, listener, federation, NodeFacts::default()).await;
+    }
+
+    async fn start_with_facts(
+        dc: &str,
+        listener: tokio::net::TcpListener,
+        federation: Arc<dyn Federation>,
+        facts: NodeFacts,
+    ) {
         let cluster = Arc::new(MemoryCluster::new("n1", dc));
         cluster.set_leader(true);
         let (agent, loops) = Agent::start(
@@ -610,7 +619,7 @@ mod tests {
         .await
         .unwrap();
         loops.spawn();
-        let context = ApiContext::federated(agent, "test", NodeFacts::default(), federation);
+        let context = ApiContext::federated(agent, "test", facts, federation);
         let (stop, stopped) = tokio::sync::watch::channel(false);
         // The server lives as long as the test's runtime.
         std::mem::forget(stop);
@@ -682,6 +691,50 @@ mod tests {
             parts.headers,
             String::from_utf8(body.to_vec()).unwrap(),
         )
+    }
+
+    #[tokio::test]
+    async fn the_token_travels_with_a_request_and_is_checked_in_the_other_datacenter() {
+        use atoll_acl::{AclSettings, AgentTokens, Authorizer, DefaultPolicy};
+        let (l1, a1) = listener().await;
+        let (l2, a2) = listener().await;
+        let routes = |dc: &str, to: SocketAddr| {
+            Arc::new(Fixed {
+                datacenter: dc.into(),
+                routes: HashMap::from([(
+                    if dc == "dc1" { "dc2" } else { "dc1" }.to_string(),
+                    Route::Via(vec![relay("s1", to)]),
+                )]),
+            })
+        };
+        // dc1 has no ACLs; dc2 denies by default and knows the token.
+        start_with("dc1", l1, routes("dc1", a2)).await;
+        let facts = NodeFacts {
+            acl: Arc::new(AclSettings::enabled(
+                DefaultPolicy::Deny,
+                AgentTokens::default(),
+            )),
+            ..NodeFacts::default()
+        };
+        start_with_facts("dc2", l2, routes("dc2", a1), facts).await;
+        crate::acl::test_tokens::install("dc2-token", Authorizer::management());
+
+        let (status, _, body) = call(a1, "PUT", "/v1/kv/k?dc=dc2", "v").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::FORBIDDEN, "Permission denied")
+        );
+        let (status, _, _) = call(a1, "PUT", "/v1/kv/k?dc=dc2&token=dc2-token", "v").await;
+        assert_eq!(status, StatusCode::OK);
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let request = hyper::Request::builder()
+            .uri(format!("http://{a1}/v1/kv/k?dc=dc2&raw"))
+            .header("x-consul-token", "dc2-token")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
     }
 
     #[tokio::test]

@@ -201,3 +201,6 @@ pub(crate) fn consul_headers(context: &ApiContext, mut response: Response) -> Re
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod acl_tests;

@@ -21,20 +21,28 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::acl::Authz;
 use crate::error::ApiError;
 use crate::query::Query;
 use crate::ApiContext;
+use atoll_acl::Segment;
 
-/// `GET /metrics`.
-pub async fn prometheus(State(context): State<ApiContext>) -> Response {
+/// `GET /metrics`: `agent:read` on this node.
+pub async fn prometheus(State(context): State<ApiContext>, authz: Authz) -> Response {
+    if let Err(denied) = authz.require_read(Segment::Agent, context.node()) {
+        return denied.into_response();
+    }
     text_response(&scrape(&context))
 }
 
 /// `GET /v1/agent/metrics`: Consul's JSON, or with `?format=prometheus` the text format.
+/// Needs `agent:read` on this node.
 pub async fn agent_metrics(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    authz.require_read(Segment::Agent, context.node())?;
     let query = Query::parse(raw.as_deref());
     let families = scrape(&context);
     match query.get("format") {

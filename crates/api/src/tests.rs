@@ -20,6 +20,14 @@ fn unjoined() -> Arc<MemoryCluster> {
 
 /// The API context of server `n1` of `dc1` over `cluster`, which is made to lead first.
 pub(crate) async fn joined_context(cluster: Arc<MemoryCluster>) -> ApiContext {
+    joined_context_with(cluster, crate::NodeFacts::default()).await
+}
+
+/// [`joined_context`] with what the node was started with.
+pub(crate) async fn joined_context_with(
+    cluster: Arc<MemoryCluster>,
+    facts: crate::NodeFacts,
+) -> ApiContext {
     cluster.set_leader(true);
     let (agent, loops) = Agent::start(
         cluster,
@@ -38,9 +46,13 @@ pub(crate) async fn joined_context(cluster: Arc<MemoryCluster>) -> ApiContext {
     .await
     .unwrap();
     loops.spawn();
-    let context = ApiContext::new(agent, "test");
+    let context = ApiContext::with_facts(agent, "test", facts);
     tokio::spawn(crate::marathon::events::feed(context.clone()));
     context
+}
+
+pub(crate) fn unjoined_cluster() -> Arc<MemoryCluster> {
+    unjoined()
 }
 
 async fn api() -> (Router, ApiContext) {

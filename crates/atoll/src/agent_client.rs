@@ -24,6 +24,8 @@ pub struct AgentClient {
     pub base: String,
     /// Speaks TLS when `base` is `https://`.
     pub client: HttpClient,
+    /// The ACL token every request carries (`--token`), if any.
+    pub token: Option<String>,
 }
 
 impl AgentClient {
@@ -84,7 +86,17 @@ impl AgentClient {
         Ok(AgentClient {
             base: format!("{}://{host}", if tls { "https" } else { "http" }),
             client: Client::builder(TokioExecutor::new()).build(connector),
+            token: Some(args.token.trim().to_string()).filter(|t| !t.is_empty()),
         })
+    }
+
+    /// A request to `url` carrying the token (`X-Consul-Token`) when there is one.
+    pub fn request(&self, method: &str, url: &str) -> hyper::http::request::Builder {
+        let builder = hyper::Request::builder().method(method).uri(url);
+        match &self.token {
+            Some(token) => builder.header("x-consul-token", token),
+            None => builder,
+        }
     }
 
     /// The URL of `path` (which starts with `/`).
@@ -104,6 +116,7 @@ mod tests {
             client_cert: None,
             client_key: None,
             tls_server_name: None,
+            token: String::new(),
             json: false,
             dc: None,
         }

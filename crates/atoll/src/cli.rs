@@ -27,9 +27,8 @@ async fn exchange(
 ) -> anyhow::Result<(hyper::StatusCode, hyper::HeaderMap, Bytes, String)> {
     let agent = AgentClient::new(args)?;
     let url = agent.url(path);
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(&url)
+    let request = agent
+        .request(method, &url)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| anyhow!("invalid address {:?}: {e}", args.http_addr))?;

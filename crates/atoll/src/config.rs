@@ -499,12 +499,28 @@ pub struct ClientArgs {
     /// --http-addr), e.g. server.dc1.consul.
     #[arg(long, env = "CONSUL_TLS_SERVER_NAME")]
     pub tls_server_name: Option<String>,
+    /// The ACL token every request carries, as `X-Consul-Token` (default: ATOLL_HTTP_TOKEN,
+    /// else CONSUL_HTTP_TOKEN; none: the agent's default token applies).
+    #[arg(
+        long,
+        env = "ATOLL_HTTP_TOKEN",
+        default_value_t = default_http_token(),
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub token: String,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
     /// The datacenter every request is for (`?dc=`); set by the commands that take `--dc`.
     #[arg(skip)]
     pub dc: Option<String>,
+}
+
+/// The token when neither `--token` nor ATOLL_HTTP_TOKEN gives one: Consul's
+/// CONSUL_HTTP_TOKEN, else none (empty).
+fn default_http_token() -> String {
+    std::env::var("CONSUL_HTTP_TOKEN").unwrap_or_default()
 }
 
 /// The agent's address when neither `--http-addr` nor ATOLL_HTTP_ADDR gives one: Consul's
@@ -737,6 +753,80 @@ pub struct NodeArgs {
     /// Log level (also `ATOLL_LOG`).
     #[arg(long, default_value = "info,openraft=warn")]
     pub log_level: String,
+    /// Turn ACLs on (Consul's `acl.enabled`): requests are allowed by their token's
+    /// policies, and `/v1/acl/*` manages tokens and policies (also ATOLL_ACL_ENABLED).
+    #[arg(long, env = "ATOLL_ACL_ENABLED")]
+    pub acl_enabled: bool,
+    /// What is allowed where no rule of a token decides, with --acl-enabled (also
+    /// ATOLL_ACL_DEFAULT_POLICY).
+    #[arg(long, env = "ATOLL_ACL_DEFAULT_POLICY", value_enum, default_value_t = AclDefault::Allow)]
+    pub acl_default_policy: AclDefault,
+    /// The token of requests that carry none, and of DNS (Consul's `acl.tokens.default`;
+    /// also ATOLL_ACL_DEFAULT_TOKEN).
+    #[arg(
+        long,
+        env = "ATOLL_ACL_DEFAULT_TOKEN",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub acl_default_token: Option<TokenArg>,
+    /// The agent's own token (Consul's `acl.tokens.agent`; also ATOLL_ACL_AGENT_TOKEN).
+    #[arg(
+        long,
+        env = "ATOLL_ACL_AGENT_TOKEN",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub acl_agent_token: Option<TokenArg>,
+}
+
+/// `--acl-default-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AclDefault {
+    /// Everything no rule denies is allowed.
+    Allow,
+    /// Everything no rule allows is denied.
+    Deny,
+}
+
+/// A token given on the command line: its Debug output does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenArg(pub String);
+
+impl std::fmt::Debug for TokenArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<hidden>")
+    }
+}
+
+impl std::str::FromStr for TokenArg {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(TokenArg(text.to_string()))
+    }
+}
+
+/// A node's ACL flags.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AclFlags {
+    /// `--acl-enabled`.
+    pub enabled: bool,
+    /// `--acl-default-policy`.
+    pub default_policy: atoll_acl::DefaultPolicy,
+    /// `--acl-default-token` and `--acl-agent-token`.
+    pub tokens: atoll_acl::AgentTokens,
+}
+
+impl AclFlags {
+    /// The node's ACL settings, which the API shares and `PUT /v1/agent/token` changes.
+    pub fn settings(&self) -> atoll_acl::AclSettings {
+        if self.enabled {
+            atoll_acl::AclSettings::enabled(self.default_policy, self.tokens.clone())
+        } else {
+            atoll_acl::AclSettings::disabled()
+        }
+    }
 }
 
 /// A listener's address, or `off`.
@@ -932,6 +1022,8 @@ pub struct NodeSettings {
     pub cluster_secret: Option<ClusterSecret>,
     /// The WAN gossip pool of a server (`None` on clients and with `--serf-wan-port 0`).
     pub wan: Option<WanSettings>,
+    /// `--acl-*`.
+    pub acl: AclFlags,
 }
 
 impl NodeSettings {
@@ -993,7 +1085,16 @@ impl NodeSettings {
             "SerfBindAddrWAN": self.wan.as_ref().map(|w| w.addr.to_string()),
             "RetryJoinWAN": self.wan.as_ref().map(|w| w.retry_join.clone()).unwrap_or_default(),
             "RetryJoinIntervalWAN": self.wan.as_ref().map(|w| seconds(w.retry_interval)),
-            "ACLsEnabled": false,
+            "ACLsEnabled": self.acl.enabled,
+            "ACLDefaultPolicy": match self.acl.default_policy {
+                atoll_acl::DefaultPolicy::Allow => "allow",
+                atoll_acl::DefaultPolicy::Deny => "deny",
+            },
+            // Whether each agent token is set; never the tokens.
+            "ACLTokens": {
+                "ACLDefaultTokenSet": self.acl.tokens.default.is_some(),
+                "ACLAgentTokenSet": self.acl.tokens.agent.is_some(),
+            },
         })
     }
 }
@@ -1171,6 +1272,25 @@ impl NodeArgs {
             http_limits,
             cluster_secret: None,
             wan: None,
+            acl: AclFlags {
+                enabled: self.acl_enabled,
+                default_policy: match self.acl_default_policy {
+                    AclDefault::Allow => atoll_acl::DefaultPolicy::Allow,
+                    AclDefault::Deny => atoll_acl::DefaultPolicy::Deny,
+                },
+                tokens: atoll_acl::AgentTokens {
+                    default: self
+                        .acl_default_token
+                        .as_ref()
+                        .map(|t| t.0.clone())
+                        .filter(|t| !t.is_empty()),
+                    agent: self
+                        .acl_agent_token
+                        .as_ref()
+                        .map(|t| t.0.clone())
+                        .filter(|t| !t.is_empty()),
+                },
+            },
         })
     }
 }

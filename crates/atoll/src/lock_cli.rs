@@ -58,9 +58,9 @@ struct Agent {
 impl Agent {
     async fn call(&self, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<Answer> {
         let url = self.client.url(path);
-        let request = hyper::Request::builder()
-            .method(method)
-            .uri(&url)
+        let request = self
+            .client
+            .request(method, &url)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| anyhow!("invalid address {:?}: {e}", self.address))?;
         let response =

@@ -194,6 +194,8 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         )),
         (None, None) => Arc::new(Alone::new(settings.datacenter.clone(), true)),
     };
+    // ACLs: the API and DNS share them (DNS answers with the agent's default token).
+    let acl_settings = Arc::new(settings.acl.settings());
     let dns = DnsServer::bind(
         settings.dns_addr,
         dns_config,
@@ -202,7 +204,8 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         dns_queries.clone(),
         federation.clone(),
     )
-    .map_err(|e| anyhow!("{e} (port {})", settings.dns_addr.port()))?;
+    .map_err(|e| anyhow!("{e} (port {})", settings.dns_addr.port()))?
+    .with_acl(acl_settings.clone());
     let server = !matches!(settings.role, Role::Client { .. });
     let consensus = Consensus::start(
         ConsensusConfig {
@@ -475,7 +478,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             },
             data_dir: Some(data_dir.clone()),
             tls_reload,
-            acl: Default::default(),
+            acl: acl_settings.clone(),
         },
         federation,
     );

@@ -55,6 +55,7 @@ fn table_index(state: &State, table: Table) -> u64 {
         Table::Workload => state.indexes.workload,
         Table::Events => state.indexes.events,
         Table::Queries => state.indexes.queries,
+        Table::Acl => state.indexes.acl,
     }
 }
 

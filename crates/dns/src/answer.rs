@@ -1,5 +1,6 @@
 //! Building answers: a pure function of the request, the state and the configuration.
 
+use atoll_acl::{Access, Authorizer, Resource, Segment};
 use std::net::IpAddr;
 
 use atoll_state::{aggregate_status, CheckStatus, ServiceInstance, State};
@@ -66,8 +67,24 @@ fn reply(request: &Message, code: ResponseCode, config: &DnsConfig) -> Message {
     response
 }
 
-/// Answers a request from `state`. `seed` shuffles the order of answers (load spreading).
+/// Answers a request from `state` as if ACLs were off. `seed` shuffles the order of
+/// answers (load spreading).
 pub fn resolve(request: &Message, state: &State, config: &DnsConfig, seed: u64) -> Resolution {
+    resolve_for(request, state, config, seed, &Authorizer::allow_all())
+}
+
+/// Answers a request from `state` for a caller with the permissions of `authz` (the
+/// agent's default token): a node it may not read (`node:read`), or a service instance
+/// whose service or node it may not read, is answered as if it did not exist.
+pub fn resolve_for(
+    request: &Message,
+    state: &State,
+    config: &DnsConfig,
+    seed: u64,
+    authz: &Authorizer,
+) -> Resolution {
+    let reads =
+        |segment: Segment, name: &str| authz.allows(Resource::Named(segment, name), Access::Read);
     if request.metadata.message_type != MessageType::Query
         || request.metadata.op_code != OpCode::Query
     {
@@ -117,6 +134,7 @@ pub fn resolve(request: &Message, state: &State, config: &DnsConfig, seed: u64) 
                         .is_none_or(|t| s.tags.iter().any(|x| x.eq_ignore_ascii_case(t)))
                 })
                 .filter(|s| healthy(state, s, config.only_passing))
+                .filter(|s| reads(Segment::Service, &s.name) && reads(Segment::Node, &s.node))
                 .collect();
             if instances.is_empty() {
                 nxdomain(&mut response, config, state);
@@ -145,7 +163,11 @@ pub fn resolve(request: &Message, state: &State, config: &DnsConfig, seed: u64) 
             }
         }
         Lookup::Query { name, .. } => return Resolution::Query { name },
-        Lookup::Node { name, .. } => match state.nodes.get(&name) {
+        Lookup::Node { name, .. } => match state
+            .nodes
+            .get(&name)
+            .filter(|n| reads(Segment::Node, &n.name))
+        {
             None => nxdomain(&mut response, config, state),
             Some(node) => {
                 if let Some(ip) = node

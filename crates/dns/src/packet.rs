@@ -2,11 +2,12 @@
 //! packet and sending a reply, as a pure function of the packet, the state and the
 //! configuration (no sockets, no clock), so it can be tested and fuzzed on its own.
 
+use atoll_acl::{AclSettings, Authorizer};
 use atoll_cluster::Store;
 use hickory_proto::op::Message;
 
 use crate::answer::{
-    encode_within, format_error, resolve, udp_limit, unknown_datacenter, DnsConfig, Resolution,
+    encode_within, format_error, resolve_for, udp_limit, unknown_datacenter, DnsConfig, Resolution,
 };
 
 /// Largest message accepted or sent (and the limit of TCP answers).
@@ -46,14 +47,36 @@ pub enum PacketReply {
     Answers(Vec<Vec<u8>>),
 }
 
-/// Answers one request packet from the state in `store`, read once for all variants.
-/// `seed` picks the shuffle of the first variant; later variants use the next seeds.
+/// Answers one request packet from the state in `store` as if ACLs were off (see
+/// [`reply_to_packet_for`]).
 pub fn reply_to_packet(
     packet: &[u8],
     store: &Store,
     config: &DnsConfig,
     seed: u64,
     transport: Transport,
+) -> PacketReply {
+    reply_to_packet_for(
+        packet,
+        store,
+        config,
+        seed,
+        transport,
+        &AclSettings::disabled(),
+    )
+}
+
+/// Answers one request packet from the state in `store`, read once for all variants, with
+/// the permissions of the agent's default token under `acl` (anonymous without one; a
+/// default token that names no token is allowed nothing), resolved under the same read.
+/// `seed` picks the shuffle of the first variant; later variants use the next seeds.
+pub fn reply_to_packet_for(
+    packet: &[u8],
+    store: &Store,
+    config: &DnsConfig,
+    seed: u64,
+    transport: Transport,
+    acl: &AclSettings,
 ) -> PacketReply {
     if packet.len() < HEADER_LEN {
         return PacketReply::Ignore;
@@ -67,9 +90,12 @@ pub fn reply_to_packet(
         Transport::Tcp => (MAX_MESSAGE, 1),
     };
     store.read(|state| {
+        let authz = state
+            .acl_authorizer(acl, None)
+            .unwrap_or_else(|_| Authorizer::deny_all());
         let mut encoded = Vec::new();
         for variant in 0..variants {
-            match resolve(&request, state, config, seed.wrapping_add(variant)) {
+            match resolve_for(&request, state, config, seed.wrapping_add(variant), &authz) {
                 Resolution::Forward => return PacketReply::Forward,
                 Resolution::Remote(dc) => return PacketReply::Remote(dc),
                 Resolution::Query { name } => return PacketReply::Query(name),

@@ -2,7 +2,10 @@
 //! `SO_REUSEPORT` socket and its own answer cache; TCP by a tokio task per connection.
 //!
 //! The cache is keyed by the request bytes after the id, so a hit needs no parsing, and it
-//! is emptied whenever the catalog's index moves, so it never serves a stale answer.
+//! is emptied whenever the catalog's index moves, so it never serves a stale answer. With
+//! ACLs on, answers are computed with the agent's default token, and the cache is also
+//! emptied when that token is replaced or the ACL tables change, so no answer computed
+//! under other permissions is served.
 //!
 //! A name in another datacenter is sent, over the transport it came in on, to a relay of
 //! the federation's route (a server of that datacenter, or of this one on a compute node)
@@ -14,6 +17,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
+use atoll_acl::AclSettings;
 use atoll_cluster::{Federation, Route, Store};
 use atoll_state::Table;
 use hickory_proto::op::{Message, ResponseCode};
@@ -28,7 +32,7 @@ use crate::answer::{
 };
 use crate::metrics::count;
 use crate::packet::{
-    reply_to_packet, unknown_datacenter_reply, PacketReply, Transport, HEADER_LEN, MAX_MESSAGE,
+    reply_to_packet_for, unknown_datacenter_reply, PacketReply, Transport, HEADER_LEN, MAX_MESSAGE,
 };
 use crate::query::PreparedQueries;
 
@@ -80,6 +84,29 @@ struct Shared {
     /// Requests handed to the runtime (other datacenters, prepared queries) that may be in
     /// flight at once; a request beyond gets SERVFAIL at once.
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// Whether ACLs are on and the agent's default token, which DNS answers with.
+    acl: Arc<AclSettings>,
+}
+
+impl Shared {
+    fn reply(&self, packet: &[u8], seed: u64, transport: Transport) -> PacketReply {
+        reply_to_packet_for(
+            packet,
+            &self.store,
+            &self.config,
+            seed,
+            transport,
+            &self.acl,
+        )
+    }
+
+    /// What a cached answer depends on besides the catalog: with ACLs on, the ACL tables'
+    /// index (`acl_index`) and the default token.
+    fn acl_stamp(&self, acl_index: u64) -> Option<(u64, Option<String>)> {
+        self.acl
+            .enabled
+            .then(|| (acl_index, self.acl.tokens().default))
+    }
 }
 
 impl DnsServer {
@@ -126,8 +153,18 @@ impl DnsServer {
                 federation,
                 own: address,
                 in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+                acl: Arc::new(AclSettings::disabled()),
             }),
         })
+    }
+
+    /// Answers with the permissions of the agent's default token under these ACL settings
+    /// (without this, as if ACLs were off).
+    pub fn with_acl(mut self, acl: Arc<AclSettings>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.acl = acl;
+        }
+        self
     }
 
     /// The bound address.
@@ -174,6 +211,8 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: Handle) {
     let mut cache: HashMap<Vec<u8>, CacheEntry> = HashMap::new();
     let mut catalog = shared.store.watch(Table::Catalog);
     let mut cached_at = *catalog.borrow_and_update();
+    let acl_table = shared.store.watch(Table::Acl);
+    let mut cached_acl = shared.acl_stamp(*acl_table.borrow());
     let mut counter: u64 = rand::random();
     loop {
         let (len, peer) = match socket.recv_from(&mut buffer) {
@@ -197,19 +236,20 @@ fn serve_udp(socket: UdpSocket, shared: Arc<Shared>, runtime: Handle) {
                 cached_at = index;
             }
         }
+        if shared.acl.enabled {
+            let stamp = shared.acl_stamp(*acl_table.borrow());
+            if stamp != cached_acl {
+                cache.clear();
+                cached_acl = stamp;
+            }
+        }
         if let Some(entry) = cache.get(&packet[2..]) {
             let variant = &entry.variants[(counter % entry.variants.len() as u64) as usize];
             count(packet, variant, Transport::Udp, started);
             send_with_id(&socket, &mut out, variant, [packet[0], packet[1]], peer);
             continue;
         }
-        let variants = match reply_to_packet(
-            packet,
-            &shared.store,
-            &shared.config,
-            counter,
-            Transport::Udp,
-        ) {
+        let variants = match shared.reply(packet, counter, Transport::Udp) {
             PacketReply::Ignore => continue,
             PacketReply::FormatError(answer) => {
                 count(packet, &answer, Transport::Udp, started);
@@ -545,23 +585,16 @@ async fn serve_tcp_connection(mut stream: TcpStream, shared: Arc<Shared>) {
         }
         seed = seed.wrapping_add(1);
         let started = Instant::now();
-        let answer =
-            match reply_to_packet(&packet, &shared.store, &shared.config, seed, Transport::Tcp) {
-                PacketReply::Ignore => return,
-                PacketReply::FormatError(answer) => answer,
-                PacketReply::Answers(mut answers) => {
-                    answers.pop().unwrap_or_else(|| servfail(&packet))
-                }
-                PacketReply::Forward => ask_recursors(&shared.recursors, &packet)
-                    .await
-                    .unwrap_or_else(|| servfail(&packet)),
-                PacketReply::Remote(dc) => {
-                    ask_datacenter(&shared, &dc, &packet, Transport::Tcp).await
-                }
-                PacketReply::Query(name) => {
-                    answer_query(&shared, &packet, &name, Transport::Tcp).await
-                }
-            };
+        let answer = match shared.reply(&packet, seed, Transport::Tcp) {
+            PacketReply::Ignore => return,
+            PacketReply::FormatError(answer) => answer,
+            PacketReply::Answers(mut answers) => answers.pop().unwrap_or_else(|| servfail(&packet)),
+            PacketReply::Forward => ask_recursors(&shared.recursors, &packet)
+                .await
+                .unwrap_or_else(|| servfail(&packet)),
+            PacketReply::Remote(dc) => ask_datacenter(&shared, &dc, &packet, Transport::Tcp).await,
+            PacketReply::Query(name) => answer_query(&shared, &packet, &name, Transport::Tcp).await,
+        };
         // Counted before it is sent: a client that has its answer sees it counted.
         count(&packet, &answer, Transport::Tcp, started);
         let mut framed = Vec::with_capacity(answer.len() + 2);

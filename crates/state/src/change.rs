@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::acl::{AclPolicy, AclToken};
 use crate::model::{Check, KvEntry, Node, ServiceInstance, Session, UserEvent};
 use crate::prepared::PreparedQuery;
 use crate::table::RowChange;
@@ -27,16 +28,19 @@ pub enum Table {
     Events,
     /// Prepared queries.
     Queries,
+    /// ACL tokens, policies and the bootstrap marker.
+    Acl,
 }
 
 impl Table {
     /// Every table, in the order of [`Table::slot`].
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::Catalog,
         Table::Kv,
         Table::Workload,
         Table::Events,
         Table::Queries,
+        Table::Acl,
     ];
 
     /// Position of the table in [`Table::ALL`].
@@ -97,6 +101,17 @@ pub enum Change {
     Event(RowChange<u64, UserEvent>),
     /// A prepared query, keyed by its id.
     Query(RowChange<String, PreparedQuery>),
+    /// An ACL token, keyed by its AccessorID.
+    AclToken(RowChange<String, AclToken>),
+    /// An ACL policy, keyed by its ID.
+    AclPolicy(RowChange<String, AclPolicy>),
+    /// The index of the entry that bootstrapped ACLs (0: never).
+    AclBootstrapped {
+        /// Before the entry.
+        old: u64,
+        /// After the entry.
+        new: u64,
+    },
 }
 
 impl Change {
@@ -122,6 +137,9 @@ impl Change {
             | Change::Group(_) => Table::Workload,
             Change::Event(_) => Table::Events,
             Change::Query(_) => Table::Queries,
+            Change::AclToken(_) | Change::AclPolicy(_) | Change::AclBootstrapped { .. } => {
+                Table::Acl
+            }
         }
     }
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::acl::{AclBootstrap, AclPolicy, AclToken};
 use crate::model::{CheckDefinition, CheckStatus, ServiceAddress, Session, UserEvent};
 use crate::prepared::PreparedQuery;
 use crate::txn::{TxnOp, TxnOutcome};
@@ -209,6 +210,36 @@ pub enum Command {
     /// Remove a prepared query; an unknown id is refused.
     QueryDelete {
         /// The query.
+        id: String,
+    },
+    /// Bootstrap ACLs: the first management token. Refused with [`Rejection::Conflict`]
+    /// once done, unless the command carries the reset index of the last bootstrap.
+    AclBootstrap(Box<AclBootstrap>),
+    /// Create (`create`) or update an ACL token. Its policies, given by ID or by name,
+    /// must exist; an update may not change the SecretID, Local or the expiration.
+    AclTokenSet {
+        /// The token (AccessorID and SecretID chosen by the proposer on create).
+        token: Box<AclToken>,
+        /// Create: refused when the AccessorID is taken. Update: refused when it is not.
+        create: bool,
+    },
+    /// Delete an ACL token (not the anonymous one); an unknown AccessorID is a no-op.
+    AclTokenDelete {
+        /// The token's AccessorID.
+        accessor_id: String,
+    },
+    /// Create (`create`) or update an ACL policy; `apply` parses its rules (refusing rules
+    /// that do not parse) and stores them with the text.
+    AclPolicySet {
+        /// The policy.
+        policy: Box<AclPolicy>,
+        /// Create: refused when the ID is taken. Update: refused when it is not.
+        create: bool,
+    },
+    /// Delete an ACL policy (not the builtin global-management one); an unknown ID is a
+    /// no-op.
+    AclPolicyDelete {
+        /// The policy's ID.
         id: String,
     },
 }

@@ -40,4 +40,6 @@ pub use workload::{
 pub use workload_apply::{WorkloadTables, VERSIONS_KEPT};
 
 #[cfg(test)]
+mod acl_tests;
+#[cfg(test)]
 mod tests;

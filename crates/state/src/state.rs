@@ -40,6 +40,9 @@ pub struct TableIndexes {
     /// Prepared queries.
     #[serde(default)]
     pub queries: u64,
+    /// ACL tokens, policies and the bootstrap marker.
+    #[serde(default)]
+    pub acl: u64,
 }
 
 impl TableIndexes {
@@ -81,6 +84,18 @@ pub struct State {
     /// Prepared queries by id.
     #[serde(default)]
     pub queries: Rows<String, PreparedQuery>,
+    /// ACL tokens by AccessorID.
+    #[serde(default)]
+    pub acl_tokens: Rows<String, crate::acl::AclToken>,
+    /// ACL policies by ID.
+    #[serde(default)]
+    pub acl_policies: Rows<String, crate::acl::AclPolicy>,
+    /// Index of the entry that bootstrapped ACLs (0: never).
+    #[serde(default)]
+    pub acl_bootstrap_index: u64,
+    /// Derived: the AccessorID of each token's SecretID. Rebuilt on restore.
+    #[serde(skip)]
+    pub(crate) acl_secrets: HashMap<String, String>,
     /// Derived: (node, id) of every instance of a service name. Rebuilt on restore.
     #[serde(skip)]
     pub(crate) by_name: HashMap<String, BTreeSet<(String, String)>>,
@@ -120,6 +135,7 @@ impl State {
                 .or_default()
                 .insert(id.clone());
         }
+        self.rebuild_acl_secrets();
         self.held_keys.clear();
         for (key, entry) in &self.kv {
             if let Some(session) = &entry.session {
@@ -135,12 +151,19 @@ impl State {
     /// changed; the table indexes move exactly for the tables whose rows changed.
     pub fn apply(&mut self, index: u64, command: &Command) -> (Outcome, Vec<Change>) {
         let reaped = self.kv_reaped_index;
+        let bootstrapped = self.acl_bootstrap_index;
         let outcome = self.apply_command(index, command);
         let mut changes = self.drain_changes();
         if self.kv_reaped_index != reaped {
             changes.push(Change::KvReaped {
                 old: reaped,
                 new: self.kv_reaped_index,
+            });
+        }
+        if self.acl_bootstrap_index != bootstrapped {
+            changes.push(Change::AclBootstrapped {
+                old: bootstrapped,
+                new: self.acl_bootstrap_index,
             });
         }
         for change in &changes {
@@ -203,6 +226,11 @@ impl State {
             Command::QueryCreate(query) => self.create_query(index, query),
             Command::QueryUpdate(query) => self.update_query(index, query),
             Command::QueryDelete { id } => self.delete_query(id),
+            Command::AclBootstrap(bootstrap) => self.acl_bootstrap(index, bootstrap),
+            Command::AclTokenSet { token, create } => self.acl_token_set(index, token, *create),
+            Command::AclTokenDelete { accessor_id } => self.acl_token_delete(index, accessor_id),
+            Command::AclPolicySet { policy, create } => self.acl_policy_set(index, policy, *create),
+            Command::AclPolicyDelete { id } => self.acl_policy_delete(index, id),
         }
     }
 
@@ -242,6 +270,8 @@ impl State {
         changes.extend(self.sessions.drain().into_iter().map(Change::Session));
         changes.extend(self.events.drain().into_iter().map(Change::Event));
         changes.extend(self.queries.drain().into_iter().map(Change::Query));
+        changes.extend(self.acl_tokens.drain().into_iter().map(Change::AclToken));
+        changes.extend(self.acl_policies.drain().into_iter().map(Change::AclPolicy));
         self.workload.drain_into(&mut changes);
         changes
     }
@@ -257,6 +287,9 @@ impl State {
             Change::Session(_) => indexes.sessions = index,
             Change::Event(_) => indexes.events = index,
             Change::Query(_) => indexes.queries = index,
+            Change::AclToken(_) | Change::AclPolicy(_) | Change::AclBootstrapped { .. } => {
+                indexes.acl = index
+            }
             // These accompany a change of the rows above.
             Change::ServiceIndex(_) | Change::KvTombstone(_) | Change::KvReaped { .. } => {}
             Change::App(_)
@@ -315,6 +348,12 @@ impl State {
                 Change::KvReaped { new, .. } => self.kv_reaped_index = new,
                 Change::Event(row) => self.events.put_row(row.key, row.new),
                 Change::Query(row) => self.queries.put_row(row.key, row.new),
+                Change::AclToken(row) => {
+                    self.index_acl_secret(row.old.as_ref(), row.new.as_ref());
+                    self.acl_tokens.put_row(row.key, row.new)
+                }
+                Change::AclPolicy(row) => self.acl_policies.put_row(row.key, row.new),
+                Change::AclBootstrapped { new, .. } => self.acl_bootstrap_index = new,
                 other => self.workload.replay(other),
             }
             self.bump_index(index, change);

@@ -466,6 +466,7 @@ fn arb_single() -> impl Strategy<Value = Command> {
                     _ => Command::QueryDelete { id: id.into() },
                 }
             }),
+        crate::acl_tests::arb_acl_command(),
     ]
 }
 

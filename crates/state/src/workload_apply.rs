@@ -141,7 +141,10 @@ impl WorkloadTables {
             | Change::KvReaped { .. }
             | Change::Session(_)
             | Change::Event(_)
-            | Change::Query(_) => {}
+            | Change::Query(_)
+            | Change::AclToken(_)
+            | Change::AclPolicy(_)
+            | Change::AclBootstrapped { .. } => {}
         }
     }
 }

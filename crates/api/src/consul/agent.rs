@@ -17,14 +17,17 @@ use serde_json::json;
 
 use super::input::{parse_check_registration, parse_check_update, parse_service_registration};
 use super::listing::Listing;
+use super::vet;
 use super::wire::shapes::{CHECK, SERVICE};
 use super::wire::{CheckJson, ServiceJson};
+use crate::acl::Authz;
 use crate::error::ApiError;
 use crate::execute::write;
 use crate::query::{
     blocking, blocking_until, json_with_index, local_query, set_index, Query, ReadOptions,
 };
 use crate::ApiContext;
+use atoll_acl::{Access, Segment};
 
 /// Port Consul's LAN gossip uses, reported in member listings.
 const SERF_LAN_PORT: u16 = 8301;
@@ -100,27 +103,31 @@ pub(crate) fn own_member_json(context: &ApiContext) -> serde_json::Value {
     member_json(context, cluster.node_id(), cluster.member())
 }
 
-/// `GET /v1/agent/members` (`?wan=1`: the WAN pool).
+/// `GET /v1/agent/members` (`?wan=1`: the WAN pool); members whose node the caller may not
+/// read (`node:read`) are left out.
 pub async fn members(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
     if super::wan::wants_wan(&query) {
-        return super::wan::wan_members(&context, &query);
+        return super::wan::wan_members(&context, &authz, &query);
     }
     let members: Vec<_> = context
         .cluster()
         .members()
         .iter()
+        .filter(|(_, member, _)| authz.reads_node(&member.name))
         .map(|(id, member, _)| member_json(&context, *id, member))
         .collect();
     Ok(json_with_index(context.store().applied(), &members))
 }
 
-/// `GET /v1/agent/services` (`?filter=`).
+/// `GET /v1/agent/services` (`?filter=`): those the caller may read.
 pub async fn services(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
@@ -131,7 +138,7 @@ pub async fn services(
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
         let services: BTreeMap<&str, ServiceJson> = state
             .services_on_node(&node)
-            .filter(|s| s.id != SERVER_SERVICE)
+            .filter(|s| s.id != SERVER_SERVICE && authz.reads(Segment::Service, &s.name))
             .map(|s| (s.id.as_str(), ServiceJson::new(s, &datacenter)))
             .collect();
         (state.indexes.catalog(), listing.answer(services))
@@ -155,9 +162,10 @@ fn agent_service_value(service: &ServiceInstance, datacenter: &str) -> (u64, ser
 }
 
 /// `GET /v1/agent/service/:id`; `?hash=H` blocks while the service's `ContentHash` is `H`
-/// (up to `?wait=`), as Consul's hash-based blocking does.
+/// (up to `?wait=`), as Consul's hash-based blocking does. Needs `service:read`.
 pub async fn service(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -174,6 +182,7 @@ pub async fn service(
     let Some(name) = name else {
         return Err(ApiError::not_found(format!("unknown service ID: {id}")));
     };
+    authz.require_read(Segment::Service, &name)?;
     options.min_index = match query.get("hash") {
         Some(text) => Some(u64::from_str_radix(text, 16).map_err(|_| {
             ApiError::field(
@@ -204,9 +213,10 @@ pub async fn service(
     Ok(response)
 }
 
-/// `GET /v1/agent/checks` (`?filter=`).
+/// `GET /v1/agent/checks` (`?filter=`): those the caller may read.
 pub async fn checks(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
@@ -217,7 +227,7 @@ pub async fn checks(
         let checks: BTreeMap<&str, CheckJson> = state
             .checks_on_node(&node)
             // The node-level check belongs to the catalog, not to the agent's own checks.
-            .filter(|c| c.check_id != NODE_HEALTH_CHECK_ID)
+            .filter(|c| c.check_id != NODE_HEALTH_CHECK_ID && vet::reads_check(&authz, c))
             .map(|c| (c.check_id.as_str(), CheckJson::new(c)))
             .collect();
         (state.indexes.catalog(), listing.answer(checks))
@@ -256,9 +266,10 @@ fn allow_scripts(context: &ApiContext, checks: &[CheckSpec]) -> Result<(), ApiEr
     ))
 }
 
-/// `PUT /v1/agent/service/register`.
+/// `PUT /v1/agent/service/register`: `service:write` on the service.
 pub async fn register_service(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -271,13 +282,39 @@ pub async fn register_service(
         replace_service_checks: query.flag("replace-existing-checks"),
         ..local_registration(&context)
     };
-    write(&context, Command::Register(Box::new(registration))).await?;
-    Ok(empty_ok(&context))
+    vet_and_register(&context, &authz, registration).await
 }
 
-/// `PUT /v1/agent/service/deregister/:id`.
+/// Writes a registration of the local agent once the caller's token allows it.
+async fn vet_and_register(
+    context: &ApiContext,
+    authz: &Authz,
+    registration: Registration,
+) -> Result<Response, ApiError> {
+    context
+        .store()
+        .read(|state| vet::registration(authz, state, &registration))?;
+    write(context, Command::Register(Box::new(registration))).await?;
+    Ok(empty_ok(context))
+}
+
+/// Checks the caller may remove this node's service or check, then writes the removal.
+async fn vet_and_deregister(
+    context: &ApiContext,
+    authz: &Authz,
+    deregistration: Deregistration,
+) -> Result<Response, ApiError> {
+    context
+        .store()
+        .read(|state| vet::deregistration(authz, state, &deregistration))?;
+    write(context, Command::Deregister(deregistration)).await?;
+    Ok(empty_ok(context))
+}
+
+/// `PUT /v1/agent/service/deregister/:id`: `service:write` on its service.
 pub async fn deregister_service(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let exists = context
@@ -288,18 +325,19 @@ pub async fn deregister_service(
             "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
         )));
     }
-    let command = Command::Deregister(Deregistration {
+    let deregistration = Deregistration {
         node: context.node().to_string(),
         service_id: Some(id),
         check_id: None,
-    });
-    write(&context, command).await?;
-    Ok(empty_ok(&context))
+    };
+    vet_and_deregister(&context, &authz, deregistration).await
 }
 
-/// `PUT /v1/agent/check/register`.
+/// `PUT /v1/agent/check/register`: `service:write` on the service it guards, `node:write`
+/// on this node for a node-level check.
 pub async fn register_check(
     State(context): State<ApiContext>,
+    authz: Authz,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let spec = parse_check_registration(&body)?;
@@ -319,13 +357,13 @@ pub async fn register_check(
         checks: vec![spec],
         ..local_registration(&context)
     };
-    write(&context, Command::Register(Box::new(registration))).await?;
-    Ok(empty_ok(&context))
+    vet_and_register(&context, &authz, registration).await
 }
 
-/// `PUT /v1/agent/check/deregister/:id`.
+/// `PUT /v1/agent/check/deregister/:id`: what the check's service (or node) needs.
 pub async fn deregister_check(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let exists = context
@@ -334,21 +372,36 @@ pub async fn deregister_check(
     if !exists {
         return Err(ApiError::not_found(format!("Unknown check ID {id:?}")));
     }
-    let command = Command::Deregister(Deregistration {
+    let deregistration = Deregistration {
         node: context.node().to_string(),
         service_id: None,
         check_id: Some(id),
-    });
-    write(&context, command).await?;
-    Ok(empty_ok(&context))
+    };
+    vet_and_deregister(&context, &authz, deregistration).await
+}
+
+/// An update of a check of this node needs `service:write` on its service (`node:write`
+/// on this node for a node-level check). An unknown check is left to the agent's 404.
+fn may_update_check(context: &ApiContext, authz: &Authz, id: &str) -> Result<(), ApiError> {
+    context.store().read(|state| {
+        match state
+            .checks_on_node(context.node())
+            .find(|c| c.check_id == id)
+        {
+            Some(check) => authz.require(vet::check_of(check), Access::Write),
+            None => Ok(()),
+        }
+    })
 }
 
 async fn set_ttl(
     context: ApiContext,
+    authz: Authz,
     id: String,
     status: CheckStatus,
     raw: Option<String>,
 ) -> Result<Response, ApiError> {
+    may_update_check(&context, &authz, &id)?;
     let query = Query::parse(raw.as_deref());
     let note = query.get("note").unwrap_or_default().to_string();
     context.agent().update_ttl(&id, status, note).await?;
@@ -358,36 +411,41 @@ async fn set_ttl(
 /// `PUT /v1/agent/check/pass/:id`.
 pub async fn pass(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    set_ttl(context, id, CheckStatus::Passing, raw).await
+    set_ttl(context, authz, id, CheckStatus::Passing, raw).await
 }
 
 /// `PUT /v1/agent/check/warn/:id`.
 pub async fn warn(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    set_ttl(context, id, CheckStatus::Warning, raw).await
+    set_ttl(context, authz, id, CheckStatus::Warning, raw).await
 }
 
 /// `PUT /v1/agent/check/fail/:id`.
 pub async fn fail(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    set_ttl(context, id, CheckStatus::Critical, raw).await
+    set_ttl(context, authz, id, CheckStatus::Critical, raw).await
 }
 
 /// `PUT /v1/agent/check/update/:id` with `{"Status", "Output"}`.
 pub async fn update(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    may_update_check(&context, &authz, &id)?;
     let (status, output) = parse_check_update(&body)?;
     context.agent().update_ttl(&id, status, output).await?;
     Ok(empty_ok(&context))

@@ -12,9 +12,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::agent::{empty_ok, node_uuid, own_member_json};
+use crate::acl::Authz;
 use crate::error::ApiError;
 use crate::query::json_with_index;
 use crate::ApiContext;
+use atoll_acl::Segment;
 
 /// The commit the binary was built from and when, when the build set them.
 const BUILD_SHA: &str = match option_env!("ATOLL_BUILD_SHA") {
@@ -46,8 +48,12 @@ fn text(value: impl ToString) -> Value {
     Value::String(value.to_string())
 }
 
-/// `GET /v1/agent/self`.
-pub async fn self_info(State(context): State<ApiContext>) -> Response {
+/// `GET /v1/agent/self`: `agent:read` on this node.
+pub async fn self_info(
+    State(context): State<ApiContext>,
+    authz: Authz,
+) -> Result<Response, ApiError> {
+    authz.require_read(Segment::Agent, context.node())?;
     let cluster = context.cluster();
     let server = cluster.member().server;
     let node = context.node();
@@ -159,7 +165,7 @@ pub async fn self_info(State(context): State<ApiContext>) -> Response {
         "Meta": meta,
         "xDS": Value::Null,
     });
-    json_with_index(context.store().applied(), &body)
+    Ok(json_with_index(context.store().applied(), &body))
 }
 
 /// `GET /v1/agent/version`.
@@ -178,8 +184,11 @@ pub async fn version(State(context): State<ApiContext>) -> Response {
 /// `PUT /v1/agent/reload`. Every setting of a node comes from its command line; the only
 /// files it reads are the HTTPS listener's, which are read again (as on SIGHUP): a file that
 /// does not load is a 500 naming it, and the listener keeps what it had. Otherwise the answer
-/// is Consul's, an empty 200.
-pub async fn reload(State(context): State<ApiContext>) -> Response {
+/// is Consul's, an empty 200. Needs `agent:write` on this node.
+pub async fn reload(State(context): State<ApiContext>, authz: Authz) -> Response {
+    if let Err(denied) = authz.require_write(Segment::Agent, context.node()) {
+        return denied.into_response();
+    }
     if let Some(tls) = &context.facts().tls_reload {
         if let Err(e) = tls.reload().await {
             return ApiError::plain(
@@ -192,15 +201,58 @@ pub async fn reload(State(context): State<ApiContext>) -> Response {
     empty_ok(&context)
 }
 
-/// `PUT /v1/agent/token/:type`: ACLs are not enabled, and Consul then answers every token
-/// update with 401 and this plain text.
-pub async fn token(Path(_kind): Path<String>) -> ApiError {
-    ApiError::plain(StatusCode::UNAUTHORIZED, "ACL support disabled")
+/// The body of `PUT /v1/agent/token/:type`.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct TokenBody {
+    token: String,
+}
+
+/// `PUT /v1/agent/token/:type` `{"Token": ...}`: sets the agent's `default` or `agent`
+/// token (also by Consul's older names `acl_token` and `acl_agent_token`); needs `acl:write`.
+/// An empty token clears it. With ACLs off, Consul's 401 and plain text.
+pub async fn token(
+    State(context): State<ApiContext>,
+    authz: crate::acl::Authz,
+    Path(kind): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let settings = context.acl();
+    if !settings.enabled {
+        return Err(ApiError::plain(
+            StatusCode::UNAUTHORIZED,
+            "ACL support disabled",
+        ));
+    }
+    authz.require(
+        atoll_acl::Resource::Global(atoll_acl::Global::Acl),
+        atoll_acl::Access::Write,
+    )?;
+    let body: TokenBody = crate::decode::decode_body(&body)?;
+    let value = Some(body.token).filter(|t| !t.is_empty());
+    let mut tokens = settings.tokens();
+    match kind.as_str() {
+        "default" | "acl_token" => tokens.default = value,
+        "agent" | "acl_agent_token" => tokens.agent = value,
+        other => {
+            return Err(ApiError::field(
+                "type",
+                format!("Token {other:?} is unknown"),
+            ))
+        }
+    }
+    settings.set_tokens(tokens);
+    tracing::info!("the agent's {kind} token was updated");
+    Ok(empty_ok(&context))
 }
 
 /// `GET /v1/agent/host`: the host's memory, CPUs, system and the disk of the data dir, read
 /// from `/proc` (Consul's shape, as its host-information library names the fields).
-pub async fn host(State(context): State<ApiContext>) -> Response {
+/// Needs `agent:read` on this node.
+pub async fn host(State(context): State<ApiContext>, authz: Authz) -> Response {
+    if let Err(denied) = authz.require_read(Segment::Agent, context.node()) {
+        return denied.into_response();
+    }
     let data_dir = context
         .facts()
         .data_dir

@@ -14,17 +14,23 @@ use super::input::{parse_catalog_deregistration, parse_catalog_registration};
 use super::listing::{node_matches, node_meta_filter, Listing};
 use super::wire::shapes::{CATALOG_SERVICE, NODE, SERVICE};
 use super::wire::{CatalogServiceJson, NodeJson, ServiceJson};
+use crate::acl::Authz;
 use crate::error::ApiError;
 use crate::execute::write_in;
 use crate::query::{blocking, json_with_index, Query, ReadOptions};
 use crate::ApiContext;
+use atoll_acl::Segment;
 
-/// `PUT /v1/catalog/register`.
+/// `PUT /v1/catalog/register`: `node:write` on the node, `service:write` on the service.
 pub async fn register(
     State(context): State<ApiContext>,
+    authz: Authz,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let registration = parse_catalog_registration(&body, context.datacenter())?;
+    context
+        .store()
+        .read(|state| super::vet::registration(&authz, state, &registration))?;
     let datacenter = registration.datacenter.clone();
     write_in(
         &context,
@@ -35,12 +41,16 @@ pub async fn register(
     Ok(json_with_index(context.store().applied(), &true))
 }
 
-/// `PUT /v1/catalog/deregister`.
+/// `PUT /v1/catalog/deregister`: what removing the node, service or check needs.
 pub async fn deregister(
     State(context): State<ApiContext>,
+    authz: Authz,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (deregistration, datacenter) = parse_catalog_deregistration(&body)?;
+    context
+        .store()
+        .read(|state| super::vet::deregistration(&authz, state, &deregistration))?;
     write_in(
         &context,
         datacenter.as_deref(),
@@ -60,6 +70,7 @@ pub(crate) fn has_tags(service: &ServiceInstance, tags: &[&str]) -> bool {
 /// `GET /v1/catalog/nodes` (`?node-meta=`, `?near=`, `?filter=`).
 pub async fn nodes(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
@@ -69,7 +80,7 @@ pub async fn nodes(
         let nodes: Vec<NodeJson> = state
             .nodes
             .values()
-            .filter(|n| listing.node_matches(state, &n.name))
+            .filter(|n| listing.node_matches(state, &n.name) && authz.reads_node(&n.name))
             .map(NodeJson::new)
             .collect();
         let nodes = listing.nearest(nodes, NodeJson::name);
@@ -79,16 +90,17 @@ pub async fn nodes(
     Ok(json_with_index(index, &body))
 }
 
-/// `GET /v1/catalog/services`.
+/// `GET /v1/catalog/services`: the services the caller may read (`service:read`).
 pub async fn services(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
     let options = ReadOptions::parse(&query, &context)?;
     let filter = node_meta_filter(&query)?;
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
-        let names = if filter.is_empty() {
+        let mut names = if filter.is_empty() {
             state.service_names()
         } else {
             let mut names: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
@@ -104,6 +116,7 @@ pub async fn services(
             }
             names
         };
+        names.retain(|name, _| authz.reads(Segment::Service, name));
         (
             state.indexes.services,
             serde_json::to_value(names).unwrap_or_default(),
@@ -116,6 +129,7 @@ pub async fn services(
 /// `GET /v1/catalog/service/:name` (`?tag=` repeatable, `?node-meta=`, `?near=`, `?filter=`).
 pub async fn service(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -127,7 +141,11 @@ pub async fn service(
         let instances: Vec<&ServiceInstance> = state
             .instances_of(&name)
             .into_iter()
-            .filter(|s| has_tags(s, &tags) && listing.node_matches(state, &s.node))
+            .filter(|s| {
+                has_tags(s, &tags)
+                    && listing.node_matches(state, &s.node)
+                    && authz.reads_instance(&s.name, &s.node)
+            })
             .collect();
         let rows: Vec<CatalogServiceJson> = listing
             .nearest(instances, |s| &s.node)
@@ -147,9 +165,11 @@ pub async fn service(
 
 /// Answers a read of one node from what `render` makes of its row (if known) and its
 /// services (`?filter=` is handed to `render`, which applies it to the services), blocking
-/// on the catalog.
+/// on the catalog. A node the caller may not read is answered as unknown, and its services
+/// the caller may not read are left out.
 async fn read_node(
     context: ApiContext,
+    authz: Authz,
     node: String,
     raw: Option<String>,
     render: impl Fn(Option<NodeJson>, &Listing, Vec<ServiceJson>) -> serde_json::Value,
@@ -160,12 +180,18 @@ async fn read_node(
     let listing = Listing::filter_only(&query, &SERVICE)?;
     let datacenter = context.datacenter().to_string();
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
+        let visible = authz.reads_node(&node);
         let services = state
             .services_on_node(&node)
+            .filter(|s| visible && authz.reads(Segment::Service, &s.name))
             .map(|s| ServiceJson::new(s, &datacenter))
             .collect();
         let body = render(
-            state.nodes.get(&node).map(NodeJson::new),
+            state
+                .nodes
+                .get(&node)
+                .filter(|_| visible)
+                .map(NodeJson::new),
             &listing,
             services,
         );
@@ -179,17 +205,24 @@ async fn read_node(
 /// (`?filter=` applies to the services).
 pub async fn node(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(node): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    read_node(context, node, raw, |node, listing, services| match node {
-        None => serde_json::Value::Null,
-        Some(node) => {
-            let services: BTreeMap<&str, &ServiceJson> =
-                services.iter().map(|s| (s.id(), s)).collect();
-            json!({ "Node": node, "Services": listing.answer(services) })
-        }
-    })
+    read_node(
+        context,
+        authz,
+        node,
+        raw,
+        |node, listing, services| match node {
+            None => serde_json::Value::Null,
+            Some(node) => {
+                let services: BTreeMap<&str, &ServiceJson> =
+                    services.iter().map(|s| (s.id(), s)).collect();
+                json!({ "Node": node, "Services": listing.answer(services) })
+            }
+        },
+    )
     .await
 }
 
@@ -197,11 +230,13 @@ pub async fn node(
 /// services (`{"Node": null, "Services": []}` for an unknown node).
 pub async fn node_services(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(node): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     read_node(
         context,
+        authz,
         node,
         raw,
         |node, listing, services| json!({ "Node": node, "Services": listing.answer(services) }),

@@ -11,11 +11,13 @@ use axum::response::Response;
 use base64::Engine;
 use serde::Serialize;
 
+use crate::acl::Authz;
 use crate::error::ApiError;
 use crate::execute::new_id;
 use crate::execute::write;
 use crate::query::{blocking_until, json_with_index, local_query, Query, ReadOptions};
 use crate::ApiContext;
+use atoll_acl::Segment;
 
 /// Consul's limit on a user event (name and payload), from Serf's.
 const MAX_EVENT_BYTES: usize = 512;
@@ -102,6 +104,7 @@ fn list_index(last_id: Option<&str>) -> u64 {
 /// `PUT /v1/event/fire/:name` (body: the payload; `?node=`, `?service=`, `?tag=`: regexes).
 pub async fn fire(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
     body: Bytes,
@@ -110,6 +113,7 @@ pub async fn fire(
     if name.is_empty() {
         return Err(ApiError::field("name", "Missing name"));
     }
+    authz.require_write(Segment::Event, &name)?;
     let filter = |field: &str| -> Result<String, ApiError> {
         let text = query.get(field).unwrap_or_default();
         if !text.is_empty() {
@@ -160,6 +164,7 @@ pub async fn fire(
 /// `GET /v1/event/list` (`?name=`; blocking with `?index=` and `?wait=`).
 pub async fn list(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
@@ -178,6 +183,7 @@ pub async fn list(
                 .values()
                 .filter(|e| name.is_empty() || e.name == name)
                 .filter(|e| processed_by(state, &node, e))
+                .filter(|e| authz.reads(Segment::Event, &e.name))
                 .map(EventJson::new)
                 .collect();
             let index = list_index(events.last().map(|e| e.id));

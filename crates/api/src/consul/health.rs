@@ -8,8 +8,10 @@ use axum::response::Response;
 
 use super::catalog::has_tags;
 use super::listing::Listing;
+use super::vet::reads_check;
 use super::wire::shapes::{CHECK, HEALTH_ENTRY};
 use super::wire::{CheckJson, HealthEntryJson, NodeJson, ServiceJson};
+use crate::acl::Authz;
 use crate::error::ApiError;
 use crate::query::{blocking, json_with_index, Query, ReadOptions};
 use crate::ApiContext;
@@ -18,6 +20,7 @@ use crate::ApiContext;
 /// `?filter=`).
 pub async fn service(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -31,7 +34,10 @@ pub async fn service(
         let mut entries = Vec::new();
         let instances = listing.nearest(state.instances_of(&name), |s| &s.node);
         for instance in instances {
-            if !has_tags(instance, &tags) || !listing.node_matches(state, &instance.node) {
+            if !has_tags(instance, &tags)
+                || !listing.node_matches(state, &instance.node)
+                || !authz.reads_instance(&instance.name, &instance.node)
+            {
                 continue;
             }
             let Some(node) = state.nodes.get(&instance.node) else {
@@ -44,7 +50,11 @@ pub async fn service(
             entries.push(HealthEntryJson {
                 node: NodeJson::new(node),
                 service: ServiceJson::new(instance, &datacenter),
-                checks: checks.into_iter().map(CheckJson::new).collect(),
+                checks: checks
+                    .into_iter()
+                    .filter(|c| reads_check(&authz, c))
+                    .map(CheckJson::new)
+                    .collect(),
             });
         }
         (state.service_index(&name), listing.answer(entries))
@@ -56,6 +66,7 @@ pub async fn service(
 /// `GET /v1/health/checks/:service` (`?node-meta=`, `?near=`, `?filter=`).
 pub async fn service_checks(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -66,7 +77,10 @@ pub async fn service_checks(
         let checks: Vec<CheckJson> = state
             .instances_of(&name)
             .into_iter()
-            .filter(|instance| listing.node_matches(state, &instance.node))
+            .filter(|instance| {
+                listing.node_matches(state, &instance.node)
+                    && authz.reads_instance(&instance.name, &instance.node)
+            })
             .flat_map(|instance| {
                 state
                     .checks_on_node(&instance.node)
@@ -84,6 +98,7 @@ pub async fn service_checks(
 /// `GET /v1/health/node/:node` (`?filter=`).
 pub async fn node(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(node): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -91,7 +106,11 @@ pub async fn node(
     let options = ReadOptions::parse(&query, &context)?;
     let listing = Listing::filter_only(&query, &CHECK)?;
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
-        let checks: Vec<CheckJson> = state.checks_on_node(&node).map(CheckJson::new).collect();
+        let checks: Vec<CheckJson> = state
+            .checks_on_node(&node)
+            .filter(|c| reads_check(&authz, c))
+            .map(CheckJson::new)
+            .collect();
         (state.indexes.checks, listing.answer(checks))
     })
     .await?;
@@ -102,6 +121,7 @@ pub async fn node(
 /// `?near=`, `?filter=`).
 pub async fn state(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(wanted): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -123,7 +143,7 @@ pub async fn state(
         let checks: Vec<CheckJson> = state
             .all_checks()
             .filter(|c| filter.is_none_or(|f| c.status == f))
-            .filter(|c| listing.node_matches(state, &c.node))
+            .filter(|c| listing.node_matches(state, &c.node) && reads_check(&authz, c))
             .map(CheckJson::new)
             .collect();
         let checks = listing.nearest(checks, CheckJson::node);

@@ -12,10 +12,12 @@ use axum::response::{IntoResponse, Response};
 
 use super::input::{kv_delete_command, kv_set_command};
 use super::wire::KvJson;
+use crate::acl::Authz;
 use crate::error::ApiError;
 use crate::execute::write;
 use crate::query::{blocking, json_with_index, local_query, set_index, Query, ReadOptions};
 use crate::ApiContext;
+use atoll_acl::{Access, Segment};
 
 enum KvRead {
     Entries(serde_json::Value),
@@ -25,20 +27,32 @@ enum KvRead {
 }
 
 /// `GET /v1/kv/` (the root).
-pub async fn get_root(state: State<ApiContext>, raw: RawQuery) -> Result<Response, ApiError> {
-    read(state.0, String::new(), raw.0).await
+pub async fn get_root(
+    state: State<ApiContext>,
+    authz: Authz,
+    raw: RawQuery,
+) -> Result<Response, ApiError> {
+    read(state.0, authz, String::new(), raw.0).await
 }
 
 /// `GET /v1/kv/:key`.
 pub async fn get(
     state: State<ApiContext>,
+    authz: Authz,
     Path(key): Path<String>,
     raw: RawQuery,
 ) -> Result<Response, ApiError> {
-    read(state.0, key, raw.0).await
+    read(state.0, authz, key, raw.0).await
 }
 
-async fn read(context: ApiContext, key: String, raw: Option<String>) -> Result<Response, ApiError> {
+/// A read of one key needs `key:read` on it (403); a listing leaves out the keys the
+/// caller may not read.
+async fn read(
+    context: ApiContext,
+    authz: Authz,
+    key: String,
+    raw: Option<String>,
+) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
     let options = ReadOptions::parse(&query, &context)?;
     let recurse = query.flag("recurse");
@@ -49,6 +63,10 @@ async fn read(context: ApiContext, key: String, raw: Option<String>) -> Result<R
     if exact && key.is_empty() {
         return Err(ApiError::field("key", "Missing key name"));
     }
+    if exact {
+        authz.require_read(Segment::Key, &key)?;
+    }
+    let readable = |key: &str| authz.reads(Segment::Key, key);
     let watch = if exact {
         Watch::Key(key.clone())
     } else {
@@ -67,7 +85,7 @@ async fn read(context: ApiContext, key: String, raw: Option<String>) -> Result<R
         };
         let result = if keys {
             let mut listed = BTreeSet::new();
-            for entry in state.kv_prefix(&key) {
+            for entry in state.kv_prefix(&key).filter(|e| readable(&e.key)) {
                 let rest = &entry.key[key.len()..];
                 match (!separator.is_empty())
                     .then(|| rest.find(&separator))
@@ -83,7 +101,11 @@ async fn read(context: ApiContext, key: String, raw: Option<String>) -> Result<R
                 KvRead::Keys(listed.into_iter().collect())
             }
         } else if recurse {
-            let entries: Vec<KvJson> = state.kv_prefix(&key).map(KvJson::new).collect();
+            let entries: Vec<KvJson> = state
+                .kv_prefix(&key)
+                .filter(|e| readable(&e.key))
+                .map(KvJson::new)
+                .collect();
             if entries.is_empty() {
                 KvRead::Missing
             } else {
@@ -125,13 +147,16 @@ pub async fn put_root() -> Result<Response, ApiError> {
 
 /// `PUT /v1/kv/:key` (`?flags=`, `?cas=`, `?acquire=`, `?release=`); answers `true` or
 /// `false`.
+/// Needs `key:write` on the key, also to acquire or release a lock (as Consul).
 pub async fn put(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(key): Path<String>,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let query = local_query(raw.as_deref(), &context)?;
+    authz.require_write(Segment::Key, &key)?;
     let command = kv_set_command(key, &query, &body)?;
     if let Command::KvAcquire { key, .. } = &command {
         // Lock delay is checked before proposing, as Consul's leader does.
@@ -148,25 +173,43 @@ pub async fn put(
 }
 
 /// `DELETE /v1/kv/` (only meaningful with `?recurse`).
-pub async fn delete_root(state: State<ApiContext>, raw: RawQuery) -> Result<Response, ApiError> {
-    delete_key(state.0, String::new(), raw.0).await
+pub async fn delete_root(
+    state: State<ApiContext>,
+    authz: Authz,
+    raw: RawQuery,
+) -> Result<Response, ApiError> {
+    delete_key(state.0, authz, String::new(), raw.0).await
 }
 
 /// `DELETE /v1/kv/:key` (`?recurse`, `?cas=`); answers `true` or `false`.
 pub async fn delete(
     state: State<ApiContext>,
+    authz: Authz,
     Path(key): Path<String>,
     raw: RawQuery,
 ) -> Result<Response, ApiError> {
-    delete_key(state.0, key, raw.0).await
+    delete_key(state.0, authz, key, raw.0).await
 }
 
+/// A key needs `key:write`; a recursive delete needs it on everything under the prefix
+/// (no rule below the prefix may grant less).
 async fn delete_key(
     context: ApiContext,
+    authz: Authz,
     key: String,
     raw: Option<String>,
 ) -> Result<Response, ApiError> {
     let query = local_query(raw.as_deref(), &context)?;
+    if query.flag("recurse") {
+        if !authz
+            .authorizer()
+            .allows_all_under(Segment::Key, &key, Access::Write)
+        {
+            return Err(authz.denied());
+        }
+    } else {
+        authz.require_write(Segment::Key, &key)?;
+    }
     let command = kv_delete_command(key, &query)?;
     let outcome = write(&context, command).await?;
     Ok(json_with_index(

@@ -21,10 +21,12 @@ use super::wire::{
     is_maintenance_check, CheckJson, ServiceJson, NODE_MAINTENANCE_CHECK_ID,
     SERVICE_MAINTENANCE_PREFIX,
 };
+use crate::acl::Authz;
 use crate::error::ApiError;
 use crate::execute::write;
 use crate::query::{local_query, set_index, Query};
 use crate::ApiContext;
+use atoll_acl::Segment;
 
 const NODE_DEFAULT_REASON: &str =
     "Maintenance mode is enabled for this node, but no reason was provided. This is a default message.";
@@ -85,12 +87,15 @@ fn maintenance_check(check_id: String, name: &str, notes: String, service_id: &s
     }
 }
 
-/// `PUT /v1/agent/maintenance?enable=true|false&reason=`.
+/// `PUT /v1/agent/maintenance?enable=true|false&reason=`: `node:write` on this node (as
+/// Consul).
 pub async fn node(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = local_query(raw.as_deref(), &context)?;
+    authz.require_write(Segment::Node, context.node())?;
     let (enable, reason) = parse_toggle(&query)?;
     let notes = if reason.is_empty() {
         NODE_DEFAULT_REASON.to_string()
@@ -106,24 +111,28 @@ pub async fn node(
     toggle(&context, enable, check).await
 }
 
-/// `PUT /v1/agent/service/maintenance/:service_id?enable=true|false&reason=`.
+/// `PUT /v1/agent/service/maintenance/:service_id?enable=true|false&reason=`:
+/// `service:write` on its service.
 pub async fn service(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = local_query(raw.as_deref(), &context)?;
     let (enable, reason) = parse_toggle(&query)?;
-    let exists = context.store().read(|s| {
+    let name = context.store().read(|s| {
         s.service(context.node(), &id)
-            .is_some_and(|s| s.id != SERVER_SERVICE)
+            .filter(|s| s.id != SERVER_SERVICE)
+            .map(|s| s.name.clone())
     });
-    if !exists {
+    let Some(name) = name else {
         return Err(ApiError::plain(
             StatusCode::NOT_FOUND,
             format!("No service registered with ID {id:?}"),
         ));
-    }
+    };
+    authz.require_write(Segment::Service, &name)?;
     let notes = if reason.is_empty() {
         SERVICE_DEFAULT_REASON.to_string()
     } else {
@@ -220,9 +229,10 @@ fn wants_text(query: &Query) -> bool {
     query.get("format") == Some("text")
 }
 
-/// `GET /v1/agent/health/service/id/:id` (`?format=text`).
+/// `GET /v1/agent/health/service/id/:id` (`?format=text`): `service:read` on its service.
 pub async fn health_by_id(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
@@ -232,14 +242,18 @@ pub async fn health_by_id(
         let service = state
             .service(context.node(), &id)
             .filter(|s| s.id != SERVER_SERVICE)?;
+        if !authz.reads(Segment::Service, &service.name) {
+            return Some(Err(()));
+        }
         let health = health_of(state, service, &datacenter);
-        Some((
+        Some(Ok((
             health.aggregated_status,
             serde_json::to_value(health).unwrap_or_default(),
-        ))
+        )))
     });
     match found {
-        Some((status, body)) => answer(&context, status_code(status), text, status, body),
+        Some(Err(())) => authz.denied().into_response(),
+        Some(Ok((status, body))) => answer(&context, status_code(status), text, status, body),
         None => {
             let reason = format!("ServiceId {id} not found");
             let body = serde_json::json!({
@@ -253,12 +267,16 @@ pub async fn health_by_id(
 }
 
 /// `GET /v1/agent/health/service/name/:name` (`?format=text`): every local instance of the
-/// service, with the worst status's code.
+/// service, with the worst status's code. Needs `service:read` on it.
 pub async fn health_by_name(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
+    if let Err(denied) = authz.require_read(Segment::Service, &name) {
+        return denied.into_response();
+    }
     let text = wants_text(&Query::parse(raw.as_deref()));
     let datacenter = context.datacenter().to_string();
     let (code, status, body) = context.store().read(|state| {

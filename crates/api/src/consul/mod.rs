@@ -1,5 +1,6 @@
 //! Consul-compatible endpoints, grouped as Consul groups them.
 
+pub mod acl;
 pub(crate) mod agent;
 mod agent_info;
 mod catalog;
@@ -18,6 +19,7 @@ mod session;
 mod status;
 pub mod txn;
 mod ui_summary;
+mod vet;
 mod wan;
 pub mod wire;
 
@@ -139,6 +141,26 @@ pub fn routes() -> Router<ApiContext> {
             prepared::EXECUTE_REMOTE_PATH,
             axum::routing::post(prepared::execute_remote),
         )
+        .route("/v1/acl/bootstrap", put(acl::bootstrap))
+        .route("/v1/acl/token", put(acl::create_token))
+        .route("/v1/acl/token/self", get(acl::token_self))
+        .route(
+            "/v1/acl/token/{id}",
+            get(acl::read_token)
+                .put(acl::update_token)
+                .delete(acl::delete_token),
+        )
+        .route("/v1/acl/token/{id}/clone", put(acl::clone_token))
+        .route("/v1/acl/tokens", get(acl::list_tokens))
+        .route("/v1/acl/policy", put(acl::create_policy))
+        .route(
+            "/v1/acl/policy/{id}",
+            get(acl::read_policy)
+                .put(acl::update_policy)
+                .delete(acl::delete_policy),
+        )
+        .route("/v1/acl/policy/name/{name}", get(acl::read_policy_named))
+        .route("/v1/acl/policies", get(acl::list_policies))
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
 }

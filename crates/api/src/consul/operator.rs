@@ -7,13 +7,19 @@ use axum::response::Response;
 use serde_json::json;
 
 use super::agent::empty_ok;
+use crate::acl::Authz;
 use crate::error::ApiError;
 use crate::execute::write;
 use crate::query::{json_with_index, Query};
 use crate::ApiContext;
+use atoll_acl::{Access, Global, Resource, Segment};
 
 /// `GET /v1/operator/raft/configuration`.
-pub async fn configuration(State(context): State<ApiContext>) -> Response {
+pub async fn configuration(
+    State(context): State<ApiContext>,
+    authz: Authz,
+) -> Result<Response, ApiError> {
+    authz.require(Resource::Global(Global::Operator), Access::Read)?;
     let cluster = context.cluster();
     let leader = cluster.leader_addr();
     let servers: Vec<_> = cluster
@@ -32,11 +38,18 @@ pub async fn configuration(State(context): State<ApiContext>) -> Response {
         })
         .collect();
     let index = context.store().applied();
-    json_with_index(index, &json!({ "Servers": servers, "Index": index }))
+    Ok(json_with_index(
+        index,
+        &json!({ "Servers": servers, "Index": index }),
+    ))
 }
 
 /// `GET /v1/operator/raft/storage` (atoll's own): what this node's data dir holds.
-pub async fn storage(State(context): State<ApiContext>) -> Result<Response, ApiError> {
+pub async fn storage(
+    State(context): State<ApiContext>,
+    authz: Authz,
+) -> Result<Response, ApiError> {
+    authz.require(Resource::Global(Global::Operator), Access::Read)?;
     let Some(report) = context.cluster().storage_report().await? else {
         return Err(ApiError::not_found("This node keeps no Raft storage"));
     };
@@ -61,8 +74,10 @@ pub async fn storage(State(context): State<ApiContext>) -> Result<Response, ApiE
 /// `DELETE /v1/operator/raft/peer?id=ID` or `?address=IP:PORT`.
 pub async fn remove_peer(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    authz.require(Resource::Global(Global::Operator), Access::Write)?;
     let query = Query::parse(raw.as_deref());
     let members = context.cluster().members();
     let found = match (query.get("id"), query.get("address")) {
@@ -79,7 +94,8 @@ pub async fn remove_peer(
 
 /// `PUT /v1/agent/leave`: this node leaves gracefully (its services leave the catalog, a
 /// server leaves the Raft configuration) and the agent stops.
-pub async fn leave(State(context): State<ApiContext>) -> Result<Response, ApiError> {
+pub async fn leave(State(context): State<ApiContext>, authz: Authz) -> Result<Response, ApiError> {
+    authz.require_write(Segment::Agent, context.node())?;
     context.agent().leave().await?;
     Ok(empty_ok(&context))
 }
@@ -89,9 +105,11 @@ pub async fn leave(State(context): State<ApiContext>) -> Result<Response, ApiErr
 /// node leaves the list at once, with or without `?prune` (Consul's `?prune` form).
 pub async fn force_leave(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(node): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    authz.require(Resource::Global(Global::Operator), Access::Write)?;
     let query = Query::parse(raw.as_deref());
     crate::query::check_datacenter(&query, &context)?;
     let member = context

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use atoll_acl::Segment;
 use atoll_cluster::Route;
 use atoll_dns::{PreparedQueries, QueryAnswer, QueryFailure, QueryInstance, QueryPending};
 use atoll_state::prepared::{
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::wire::{CheckJson, HealthEntryJson, NodeJson, ServiceJson};
+use crate::acl::Authz;
 use crate::decode::{decode_body, parse_duration};
 use crate::error::ApiError;
 use crate::execute::{create_with_new_id, write};
@@ -337,9 +339,12 @@ struct ExecuteRemoteRequest {
 // ---------------------------------------------------------------------------------------
 // CRUD.
 
-/// `POST /v1/query`: stores a definition, answers `{"ID": ...}`.
+/// `POST /v1/query`: stores a definition, answers `{"ID": ...}`. Needs `query:write` on
+/// its name (an unnamed query: on the empty name, which only a `query_prefix ""` rule or
+/// the default policy decides).
 pub async fn create(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -351,6 +356,7 @@ pub async fn create(
             "ID must be empty when creating a new prepared query",
         ));
     }
+    authz.require_write(Segment::Query, &definition.name)?;
     create_with_new_id(&context, "prepared query", |id| {
         definition.id = id.to_string();
         Command::QueryCreate(Box::new(definition.clone()))
@@ -358,61 +364,92 @@ pub async fn create(
     .await
 }
 
-/// `GET /v1/query`: every definition, by id (blocking).
+/// `GET /v1/query`: every definition the caller may read (`query:read` on its name), by
+/// id (blocking).
 pub async fn list(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
     let options = ReadOptions::parse(&query, &context)?;
     let (index, body) = blocking(&context, &options, Table::Queries, |state| {
-        let queries: Vec<QueryJson> = state.queries.values().map(QueryJson::new).collect();
+        let queries: Vec<QueryJson> = state
+            .queries
+            .values()
+            .filter(|q| authz.reads(Segment::Query, &q.name))
+            .map(QueryJson::new)
+            .collect();
         (state.indexes.queries, queries)
     })
     .await?;
     Ok(json_with_index(index, &body))
 }
 
-/// `GET /v1/query/:id`: a one-element array (blocking); 404 `Query not found`.
+/// `GET /v1/query/:id`: a one-element array (blocking); 404 `Query not found`, 403 without
+/// `query:read` on its name.
 pub async fn get(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
     let options = ReadOptions::parse(&query, &context)?;
     let (index, body) = blocking(&context, &options, Table::Queries, |state| {
-        let found = state.queries.get(&id).map(|q| vec![QueryJson::new(q)]);
+        let found = state.queries.get(&id).map(|q| {
+            authz
+                .reads(Segment::Query, &q.name)
+                .then(|| vec![QueryJson::new(q)])
+        });
         (state.indexes.queries, found)
     })
     .await?;
     match body {
-        Some(body) => Ok(json_with_index(index, &body)),
+        Some(None) => Err(authz.denied()),
+        Some(Some(body)) => Ok(json_with_index(index, &body)),
         None => Err(ApiError::plain(StatusCode::NOT_FOUND, NOT_FOUND)),
     }
 }
 
-/// `PUT /v1/query/:id`: replaces a definition (the id is the path's).
+/// `query:write` on the name of the stored query `id` (if it exists).
+fn may_change_query(context: &ApiContext, authz: &Authz, id: &str) -> Result<(), ApiError> {
+    let name = context
+        .store()
+        .read(|state| state.queries.get(id).map(|q| q.name.clone()));
+    match name {
+        Some(name) => authz.require_write(Segment::Query, &name),
+        None => Ok(()),
+    }
+}
+
+/// `PUT /v1/query/:id`: replaces a definition (the id is the path's). Needs `query:write` on
+/// its stored name and on its new one.
 pub async fn update(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     local_query(raw.as_deref(), &context)?;
     let (_, mut definition) = parse_definition(&body)?;
+    may_change_query(&context, &authz, &id)?;
+    authz.require_write(Segment::Query, &definition.name)?;
     definition.id = id;
     write(&context, Command::QueryUpdate(Box::new(definition))).await?;
     Ok(empty_ok(&context))
 }
 
-/// `DELETE /v1/query/:id`.
+/// `DELETE /v1/query/:id`: `query:write` on its name.
 pub async fn delete(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     local_query(raw.as_deref(), &context)?;
+    may_change_query(&context, &authz, &id)?;
     write(&context, Command::QueryDelete { id }).await?;
     Ok(empty_ok(&context))
 }
@@ -426,9 +463,11 @@ fn empty_ok(context: &ApiContext) -> Response {
 // ---------------------------------------------------------------------------------------
 // Explain and execute.
 
-/// `GET /v1/query/:id-or-name/explain`: `{"Query": rendered definition}`.
+/// `GET /v1/query/:id-or-name/explain`: `{"Query": rendered definition}`; `query:read` on
+/// the stored query's name.
 pub async fn explain(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(id_or_name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -438,10 +477,17 @@ pub async fn explain(
         context.cluster().linearize(mode).await?;
     }
     let (index, rendered) = context.store().read(|state| {
-        let rendered = resolve(&state.queries, &id_or_name).map(|q| render(q, &id_or_name));
+        let rendered = resolve(&state.queries, &id_or_name).map(|q| {
+            if authz.reads(Segment::Query, &q.name) {
+                render(q, &id_or_name)
+            } else {
+                Err(String::new())
+            }
+        });
         (state.indexes.queries, rendered)
     });
     match rendered {
+        Some(Err(why)) if why.is_empty() => Err(authz.denied()),
         None => Err(ApiError::plain(StatusCode::NOT_FOUND, NOT_FOUND)),
         Some(Err(why)) => Err(ApiError::plain(StatusCode::INTERNAL_SERVER_ERROR, why)),
         Some(Ok(rendered)) => Ok(json_with_index(
@@ -470,9 +516,11 @@ impl From<ExecuteError> for ApiError {
 }
 
 /// `GET /v1/query/:id-or-name/execute` (`?limit=`, `?near=`, `?connect`, `?stale`,
-/// `?consistent`).
+/// `?consistent`). The instances are those the caller may read (`service:read` on the
+/// service, `node:read` on the node).
 pub async fn execute(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(id_or_name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -485,7 +533,15 @@ pub async fn execute(
     if let Some(mode) = options.mode {
         context.cluster().linearize(mode).await?;
     }
-    let response = run(&context, &id_or_name, limit, near.as_deref(), connect).await?;
+    let response = run(
+        &context,
+        &authz,
+        &id_or_name,
+        limit,
+        near.as_deref(),
+        connect,
+    )
+    .await?;
     Ok(json_with_index(context.store().applied(), &response))
 }
 
@@ -497,9 +553,11 @@ fn limit_of(query: &Query) -> Result<usize, ApiError> {
 
 /// `POST /v1/internal/query/execute-remote`: runs a rendered definition in this
 /// datacenter for another's failover: selected, shuffled and limited here, never failed
-/// over again.
+/// over again. The caller's token travels with the request (`?token=`) and filters the
+/// instances here too.
 pub async fn execute_remote(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -515,6 +573,7 @@ pub async fn execute_remote(
     let response = context.store().read(|state| {
         local_response(
             state,
+            &authz,
             &definition,
             &datacenter,
             request.limit,
@@ -526,9 +585,10 @@ pub async fn execute_remote(
 }
 
 /// The instances of this datacenter a rendered query selects: shuffled, the node it is
-/// near swapped first, at most `limit` (0: all).
+/// near swapped first, at most `limit` (0: all), without those the caller may not read.
 fn local_response(
     state: &StateView,
+    authz: &Authz,
     definition: &PreparedQuery,
     datacenter: &str,
     limit: usize,
@@ -536,6 +596,7 @@ fn local_response(
     seed: u64,
 ) -> ExecuteResponse {
     let mut selected = select(state, &definition.service);
+    selected.retain(|s| authz.reads_instance(&s.instance.name, &s.instance.node));
     shuffle(&mut selected, seed);
     // No node has a coordinate yet, so the distance sort keeps the shuffled order.
     if let Some(near) = near {
@@ -569,9 +630,11 @@ fn local_response(
 /// Runs the query `id_or_name` as Consul's `PreparedQuery.Execute` does: here first, then,
 /// only when nothing was found, the failover datacenters in order until one has instances.
 /// `near` (`?near=`) overrides the query's `Near`; `_agent` is this node. `connect` asks
-/// for Connect-capable instances, whatever the query says.
+/// for Connect-capable instances, whatever the query says. `authz` leaves out the
+/// instances the caller may not read, here and in the datacenters failed over to.
 pub async fn run(
     context: &ApiContext,
+    authz: &Authz,
     id_or_name: &str,
     limit: usize,
     near: Option<&str>,
@@ -590,6 +653,7 @@ pub async fn run(
             };
             let response = local_response(
                 state,
+                authz,
                 &rendered,
                 &datacenter,
                 limit,
@@ -642,7 +706,7 @@ pub async fn run(
             }
         };
         let addresses: Vec<SocketAddr> = relays.iter().map(|relay| relay.http_addr).collect();
-        match execute_in(context.forwarder(), &addresses, &dc, &body).await {
+        match execute_in(context.forwarder(), &addresses, &dc, authz.secret(), &body).await {
             Ok(remote) => {
                 let found = !remote.nodes.is_empty();
                 response.nodes = remote.nodes;
@@ -666,9 +730,13 @@ async fn execute_in(
     forwarder: &crate::federate::Forwarder,
     relays: &[SocketAddr],
     dc: &str,
+    token: Option<&str>,
     body: &[u8],
 ) -> Result<ExecuteResponse, String> {
-    let path = format!("{EXECUTE_REMOTE_PATH}?dc={}", encode_component(dc));
+    let mut path = format!("{EXECUTE_REMOTE_PATH}?dc={}", encode_component(dc));
+    if let Some(token) = token {
+        path.push_str(&format!("&token={}", encode_component(token)));
+    }
     let ask = async {
         let mut last = format!("no server of {dc} is known");
         for relay in relays {
@@ -731,13 +799,17 @@ impl PreparedQueries for DnsQueries {
             let Some(context) = self.context.get() else {
                 return Err(QueryFailure::Failed("the API is not serving yet".into()));
             };
+            // DNS answers with the agent's default token (else the anonymous one).
+            let authz = Authz::resolve(context, &Default::default(), None)
+                .map_err(|_| QueryFailure::Failed("ACL not found".into()))?;
             // DNS reads this node's state, as Consul's DNS allows stale reads by default.
-            let response = run(context, name, 0, None, false)
-                .await
-                .map_err(|e| match e {
-                    ExecuteError::NotFound => QueryFailure::NotFound,
-                    ExecuteError::Failed(e) => QueryFailure::Failed(e.message),
-                })?;
+            let response =
+                run(context, &authz, name, 0, None, false)
+                    .await
+                    .map_err(|e| match e {
+                        ExecuteError::NotFound => QueryFailure::NotFound,
+                        ExecuteError::Failed(e) => QueryFailure::Failed(e.message),
+                    })?;
             Ok(dns_answer(&response))
         })
     }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::input::{CatalogCheckIn, CatalogServiceIn};
 use super::wire::{CheckJson, KvJson, NodeJson, ServiceJson};
+use crate::acl::Authz;
 use crate::decode::decode_body;
 use crate::error::ApiError;
 use crate::execute::write;
@@ -234,14 +235,19 @@ fn required(field: &str, value: &str, message: &str) -> Result<(), ApiError> {
 
 /// `PUT /v1/txn`: 200 with `Results` when every operation succeeded, 409 with `Errors`
 /// (each failed operation's index and Consul's text) when any failed, and then nothing was
-/// applied.
+/// applied. Every operation must be allowed by the caller's token, else 403 and nothing
+/// is applied.
 pub async fn apply(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let query = local_query(raw.as_deref(), &context)?;
     let ops = parse_txn(&body, context.datacenter())?;
+    context
+        .store()
+        .read(|state| super::vet::transaction(&authz, state, &ops))?;
     if !ops.iter().any(TxnOp::is_write) {
         // Reads alone: from this node's state, as fresh as `?stale`/`?consistent` ask.
         let options = ReadOptions::parse(&query, &context)?;

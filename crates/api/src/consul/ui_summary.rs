@@ -9,9 +9,11 @@ use axum::extract::{RawQuery, State as Context};
 use axum::response::Response;
 use serde::Serialize;
 
+use crate::acl::Authz;
 use crate::error::ApiError;
 use crate::query::{blocking, json_with_index, Query, ReadOptions};
 use crate::ApiContext;
+use atoll_acl::Segment;
 
 /// One service of `GET /v1/internal/ui/services`.
 #[derive(Debug, Serialize, PartialEq)]
@@ -155,33 +157,38 @@ pub fn compute_summaries(state: &State) -> Vec<ComputeSummary> {
         .collect()
 }
 
-/// `GET /v1/internal/ui/services` (blocking on the catalog).
+/// `GET /v1/internal/ui/services` (blocking on the catalog): the services the caller may
+/// read.
 pub async fn services(
     Context(context): Context<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
     let options = ReadOptions::parse(&query, &context)?;
     let datacenter = context.datacenter().to_string();
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
-        (
-            state.indexes.catalog(),
-            service_summaries(state, &datacenter),
-        )
+        let mut summaries = service_summaries(state, &datacenter);
+        summaries.retain(|s| authz.reads(Segment::Service, &s.name));
+        (state.indexes.catalog(), summaries)
     })
     .await?;
     Ok(json_with_index(index, &body))
 }
 
-/// `GET /v1/internal/ui/compute-nodes` (blocking on the workload tables).
+/// `GET /v1/internal/ui/compute-nodes` (blocking on the workload tables): the nodes the
+/// caller may read.
 pub async fn compute_nodes(
     Context(context): Context<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
     let options = ReadOptions::parse(&query, &context)?;
     let (index, body) = blocking(&context, &options, Table::Workload, |state| {
-        (state.indexes.workload, compute_summaries(state))
+        let mut summaries = compute_summaries(state);
+        summaries.retain(|s| authz.reads_node(&s.node));
+        (state.indexes.workload, summaries)
     })
     .await?;
     Ok(json_with_index(index, &body))

@@ -7,10 +7,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use crate::acl::Authz;
 use crate::error::ApiError;
 use crate::extract::Path;
 use crate::query::{json_with_index, set_index, Query};
 use crate::ApiContext;
+use atoll_acl::Segment;
 
 /// `GET /v1/catalog/datacenters`: this datacenter first, then the others by distance.
 pub async fn datacenters(State(context): State<ApiContext>) -> Response {
@@ -21,8 +23,9 @@ pub async fn datacenters(State(context): State<ApiContext>) -> Response {
     json_with_index(context.store().applied(), &names)
 }
 
-/// `GET /v1/coordinate/datacenters`: the WAN coordinates of each datacenter's servers.
-pub async fn coordinate_datacenters(State(context): State<ApiContext>) -> Response {
+/// `GET /v1/coordinate/datacenters`: the WAN coordinates of each datacenter's servers
+/// (those whose node the caller may read).
+pub async fn coordinate_datacenters(State(context): State<ApiContext>, authz: Authz) -> Response {
     let mut areas: Vec<Value> = context
         .federation()
         .wan_coordinates()
@@ -31,6 +34,7 @@ pub async fn coordinate_datacenters(State(context): State<ApiContext>) -> Respon
             let coordinates: Vec<Value> = dc
                 .coordinates
                 .into_iter()
+                .filter(|(node, _)| authz.reads_node(node))
                 .map(|(node, coord)| json!({ "Node": node, "Coord": coord }))
                 .collect();
             json!({ "Datacenter": dc.datacenter, "AreaID": "WAN", "Coordinates": coordinates })
@@ -73,7 +77,11 @@ pub(crate) fn pool_member_json(member: &PoolMember) -> Value {
 
 /// `GET /v1/agent/members?wan=1`: the WAN pool (empty on a node outside it, as Consul's
 /// clients answer).
-pub(crate) fn wan_members(context: &ApiContext, query: &Query) -> Result<Response, ApiError> {
+pub(crate) fn wan_members(
+    context: &ApiContext,
+    authz: &Authz,
+    query: &Query,
+) -> Result<Response, ApiError> {
     if query
         .get("segment")
         .is_some_and(|segment| !segment.is_empty() && segment != "_all")
@@ -88,19 +96,23 @@ pub(crate) fn wan_members(context: &ApiContext, query: &Query) -> Result<Respons
         .wan_members()
         .unwrap_or_default()
         .iter()
+        .filter(|member| authz.reads_node(&member.name))
         .map(pool_member_json)
         .collect();
     Ok(json_with_index(context.store().applied(), &members))
 }
 
 /// `PUT /v1/agent/join/{address}` (`?wan=1`): joins the WAN pool through that address. An
-/// empty 200 once contacted; Consul's 500 with the reason otherwise.
+/// empty 200 once contacted; Consul's 500 with the reason otherwise. Needs `agent:write` on
+/// this node.
 pub async fn join(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(address): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
+    authz.require_write(Segment::Agent, context.node())?;
     if address.trim().is_empty() {
         return Err(ApiError::field("address", "Missing address to join"));
     }

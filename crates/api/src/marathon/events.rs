@@ -19,6 +19,7 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt};
 
+use crate::acl::Authz;
 use crate::query::Query;
 use crate::ApiContext;
 
@@ -240,9 +241,33 @@ fn attached() -> Value {
     })
 }
 
-/// `GET /v2/events`.
+/// The apps an event is about: its `appId`, its `appDefinition`'s id and the apps of a
+/// deployment's plan.
+fn apps_of(event: &Value) -> Vec<&str> {
+    let mut apps: Vec<&str> = Vec::new();
+    apps.extend(event.get("appId").and_then(Value::as_str));
+    apps.extend(event.pointer("/appDefinition/id").and_then(Value::as_str));
+    fn actions(at: Option<&Value>) -> Vec<&str> {
+        at.and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.get("app").and_then(Value::as_str))
+            .collect()
+    }
+    if let Some(steps) = event.pointer("/plan/steps").and_then(Value::as_array) {
+        for step in steps {
+            apps.extend(actions(step.get("actions")));
+        }
+    }
+    apps.extend(actions(event.pointer("/currentStep/actions")));
+    apps
+}
+
+/// `GET /v2/events`: the events of the apps the caller may read (`app:read`); events about
+/// no app pass.
 pub async fn stream(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let query = Query::parse(raw.as_deref());
@@ -264,7 +289,31 @@ pub async fn stream(
             if !wanted.is_empty() && !wanted.contains(&kind) {
                 return None;
             }
+            if !apps_of(&event).iter().all(|app| authz.reads_app(app)) {
+                return None;
+            }
             Some(Ok(Event::default().event(kind).data(event.to_string())))
         });
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_names_the_apps_of_its_task_definition_or_plan() {
+        let status = json!({ "eventType": "status_update_event", "appId": "/prod/web" });
+        assert_eq!(apps_of(&status), ["/prod/web"]);
+        let posted = json!({ "eventType": "api_post_event", "appDefinition": { "id": "/dev/x" } });
+        assert_eq!(apps_of(&posted), ["/dev/x"]);
+        let action = |app: &str| json!({ "action": "ScaleApplication", "app": app });
+        let plan = json!({
+            "eventType": "deployment_info",
+            "plan": { "steps": [{ "actions": [action("/a"), action("/b")] }] },
+            "currentStep": { "actions": [action("/a")] },
+        });
+        assert_eq!(apps_of(&plan), ["/a", "/b", "/a"]);
+        assert!(apps_of(&attached()).is_empty());
+    }
 }

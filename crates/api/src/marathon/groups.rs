@@ -16,13 +16,15 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::routes::{
-    deployment_answer, deployment_for, locked_error, render_app, validation_error, write,
-    MarathonError, LIST_EMBED,
+    deployment_answer, deployment_for, locked_error, render_app, require_app, validation_error,
+    write, MarathonError, LIST_EMBED,
 };
 use super::wire::{absolute_app_id, parse_group, GroupBody, GroupRequest, MarathonApp};
+use crate::acl::Authz;
 use crate::extract::Path;
 use crate::query::Query;
 use crate::ApiContext;
+use atoll_acl::Access;
 
 type Result<T> = std::result::Result<T, MarathonError>;
 
@@ -110,25 +112,69 @@ fn render_node(state: &Tables, ids: &BTreeSet<String>, id: &str) -> Value {
     })
 }
 
-async fn read_group(context: &ApiContext, id: &str) -> Result<Response> {
+async fn read_group(context: &ApiContext, authz: &Authz, id: &str) -> Result<Response> {
     context
         .store()
         .read(|s| render_group(s, id))
-        .map(|group| Json(group).into_response())
+        .map(|mut group| {
+            without_unreadable_apps(authz, &mut group);
+            Json(group).into_response()
+        })
         .ok_or_else(|| group_missing(id))
 }
 
+/// Leaves out of a rendered group tree the apps the caller may not read (`app:read`); the
+/// groups themselves stay, so the tree keeps its shape.
+fn without_unreadable_apps(authz: &Authz, group: &mut Value) {
+    if let Some(Value::Array(apps)) = group.get_mut("apps") {
+        apps.retain(|app| app["id"].as_str().is_some_and(|id| authz.reads_app(id)));
+    }
+    if let Some(Value::Array(children)) = group.get_mut("groups") {
+        for child in children {
+            without_unreadable_apps(authz, child);
+        }
+    }
+}
+
+/// `Ok` when the caller may write the app or group `id` and every app below it.
+fn require_all_under(authz: &Authz, state: &Tables, id: &str) -> Result<()> {
+    require_app(authz, id, Access::Write)?;
+    state
+        .workload
+        .apps
+        .keys()
+        .filter(|app| groups::is_under(app, id))
+        .try_for_each(|app| require_app(authz, app, Access::Write))
+}
+
+/// `Ok` when the caller may write every group and app a group update touches, and
+/// everything below what it removes.
+fn require_update(authz: &Authz, state: &Tables, update: &GroupUpdate) -> Result<()> {
+    require_app(authz, &update.id, Access::Write)?;
+    for group in &update.groups {
+        require_app(authz, &group.id, Access::Write)?;
+    }
+    for (app, _) in &update.apps {
+        require_app(authz, &app.id, Access::Write)?;
+    }
+    for removed in &update.remove {
+        require_all_under(authz, state, removed)?;
+    }
+    Ok(())
+}
+
 /// `GET /v2/groups`: the root group.
-pub async fn get_root(State(context): State<ApiContext>) -> Result<Response> {
-    read_group(&context, ROOT_GROUP).await
+pub async fn get_root(State(context): State<ApiContext>, authz: Authz) -> Result<Response> {
+    read_group(&context, &authz, ROOT_GROUP).await
 }
 
 /// `GET /v2/groups/{id}`.
 pub async fn get_group(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(rest): Path<String>,
 ) -> Result<Response> {
-    read_group(&context, &group_id(&rest)).await
+    read_group(&context, &authz, &group_id(&rest)).await
 }
 
 /// Deployments in progress that change an app at or below group `id`.
@@ -157,10 +203,14 @@ fn refuse_if_locked(context: &ApiContext, id: &str, raw: Option<&str>) -> Result
 /// Writes a group change and answers with its version and deployment.
 async fn deploy(
     context: &ApiContext,
+    authz: &Authz,
     mut update: GroupUpdate,
     version: &str,
     status: StatusCode,
 ) -> Result<Response> {
+    context
+        .store()
+        .read(|state| require_update(authz, state, &update))?;
     let deployment = deployment_for(&update.id, version, "UpdateGroup", None);
     let deployment_id = deployment.id.clone();
     update.deployment = Some(deployment);
@@ -201,7 +251,7 @@ fn empty_update(id: &str, create: bool) -> GroupUpdate {
     }
 }
 
-async fn create(context: &ApiContext, base: &str, body: &[u8]) -> Result<Response> {
+async fn create(context: &ApiContext, authz: &Authz, base: &str, body: &[u8]) -> Result<Response> {
     let version = now_rfc3339();
     let GroupRequest::Define(group) =
         parse_group(body, base, true, &version).map_err(validation_error)?
@@ -213,21 +263,26 @@ async fn create(context: &ApiContext, base: &str, body: &[u8]) -> Result<Respons
     };
     let mut update = empty_update(&group.id, true);
     flatten(group, &version, &mut update);
-    deploy(context, update, &version, StatusCode::CREATED).await
+    deploy(context, authz, update, &version, StatusCode::CREATED).await
 }
 
 /// `POST /v2/groups`: creates a group tree (409 if the group exists).
-pub async fn post_root(State(context): State<ApiContext>, body: Bytes) -> Result<Response> {
-    create(&context, ROOT_GROUP, &body).await
+pub async fn post_root(
+    State(context): State<ApiContext>,
+    authz: Authz,
+    body: Bytes,
+) -> Result<Response> {
+    create(&context, &authz, ROOT_GROUP, &body).await
 }
 
 /// `POST /v2/groups/{id}`: creates a group; a relative body id is taken from the path's.
 pub async fn post_group(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(rest): Path<String>,
     body: Bytes,
 ) -> Result<Response> {
-    create(&context, &group_id(&rest), &body).await
+    create(&context, &authz, &group_id(&rest), &body).await
 }
 
 /// The change an update of group `body.id` makes to the current state: groups and apps
@@ -314,6 +369,7 @@ fn scaled(state: &Tables, id: &str, factor: f64) -> Vec<(atoll_state::AppSpec, V
 
 async fn update(
     context: &ApiContext,
+    authz: &Authz,
     id: &str,
     raw: Option<&str>,
     body: &[u8],
@@ -338,36 +394,44 @@ async fn update(
     } else {
         StatusCode::CREATED
     };
-    deploy(context, update, &version, status).await
+    deploy(context, authz, update, &version, status).await
 }
 
 /// `PUT /v2/groups`: changes the root group.
 pub async fn put_root(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response> {
-    update(&context, ROOT_GROUP, raw.as_deref(), &body).await
+    update(&context, &authz, ROOT_GROUP, raw.as_deref(), &body).await
 }
 
 /// `PUT /v2/groups/{id}`: changes a group (creating it if it does not exist), or scales
 /// it with `{"scaleBy": factor}`.
 pub async fn put_group(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(rest): Path<String>,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response> {
-    update(&context, &group_id(&rest), raw.as_deref(), &body).await
+    update(&context, &authz, &group_id(&rest), raw.as_deref(), &body).await
 }
 
-async fn remove(context: &ApiContext, id: &str, raw: Option<&str>) -> Result<Response> {
+async fn remove(
+    context: &ApiContext,
+    authz: &Authz,
+    id: &str,
+    raw: Option<&str>,
+) -> Result<Response> {
     let exists = context
         .store()
         .read(|s| DependencyGraph::of(&s.workload).group_exists(id));
     if !exists {
         return Err(group_missing(id));
     }
+    context.store().read(|s| require_all_under(authz, s, id))?;
     refuse_if_locked(context, id, raw)?;
     let version = now_rfc3339();
     let deployment = deployment_for(id, &version, "StopGroup", None);
@@ -386,18 +450,20 @@ async fn remove(context: &ApiContext, id: &str, raw: Option<&str>) -> Result<Res
 /// `DELETE /v2/groups`: removes every group and app.
 pub async fn delete_root(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
 ) -> Result<Response> {
-    remove(&context, ROOT_GROUP, raw.as_deref()).await
+    remove(&context, &authz, ROOT_GROUP, raw.as_deref()).await
 }
 
 /// `DELETE /v2/groups/{id}`: removes the group and every app and group below it.
 pub async fn delete_group(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(rest): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response> {
-    remove(&context, &group_id(&rest), raw.as_deref()).await
+    remove(&context, &authz, &group_id(&rest), raw.as_deref()).await
 }
 
 #[cfg(test)]

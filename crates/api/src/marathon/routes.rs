@@ -16,8 +16,10 @@ use super::selector::{Embed, LabelSelector};
 use super::wire::{
     absolute_app_id, app_json, parse_app, parse_app_put, task_json, MarathonApp, PutAppError,
 };
+use crate::acl::{Authz, PERMISSION_DENIED};
 use crate::query::Query;
 use crate::ApiContext;
+use atoll_acl::{Access, Resource, Segment};
 
 /// A Marathon-shaped error: `{"message": ...}` with a status.
 pub struct MarathonError {
@@ -33,6 +35,11 @@ impl MarathonError {
         }
     }
 
+    /// 403: the caller's token does not allow this.
+    pub(crate) fn denied() -> Self {
+        Self::new(StatusCode::FORBIDDEN, PERMISSION_DENIED)
+    }
+
     fn app_missing(id: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, format!("App '{id}' does not exist"))
     }
@@ -45,6 +52,24 @@ impl IntoResponse for MarathonError {
 }
 
 type Result<T> = std::result::Result<T, MarathonError>;
+
+/// `Ok` when the caller may do `access` to the app (or group) `id` (`app`/`app_prefix`
+/// rules), else Marathon's 403.
+pub(crate) fn require_app(authz: &Authz, id: &str, access: Access) -> Result<()> {
+    if authz.allows(Resource::Named(Segment::App, id), access) {
+        Ok(())
+    } else {
+        Err(MarathonError::denied())
+    }
+}
+
+/// `Ok` when the caller may do `access` to every app a deployment touches.
+fn require_deployment(authz: &Authz, deployment: &Deployment, access: Access) -> Result<()> {
+    deployment
+        .affected_apps()
+        .iter()
+        .try_for_each(|app| require_app(authz, app, access))
+}
 
 /// Routes of the Marathon API.
 pub fn routes() -> Router<ApiContext> {
@@ -399,7 +424,10 @@ async fn leader(State(context): State<ApiContext>) -> Result<Json<Value>> {
 
 /// `DELETE /v2/leader`: the leader gives up leadership and a new one is elected. Asked of
 /// another node, the request is sent on to the leader (a redirect keeping the method).
-async fn abdicate(State(context): State<ApiContext>) -> Result<Response> {
+async fn abdicate(State(context): State<ApiContext>, authz: Authz) -> Result<Response> {
+    if !authz.allows(Resource::Global(atoll_acl::Global::Operator), Access::Write) {
+        return Err(MarathonError::denied());
+    }
     let no_leader = || MarathonError::new(StatusCode::NOT_FOUND, "There is no leader");
     if !context.cluster().is_leader() {
         let leader = leader_http(&context).ok_or_else(no_leader)?;
@@ -426,6 +454,7 @@ fn contains_ignoring_case(text: &str, part: &str) -> bool {
 
 async fn list_apps(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>> {
     let query = Query::parse(raw.as_deref());
@@ -459,6 +488,7 @@ async fn list_apps(
                 })
             })
             .filter(|a| selector.as_ref().is_none_or(|s| s.matches(&a.labels)))
+            .filter(|a| authz.reads_app(&a.id))
             .map(|a| render_app(state, a, embed))
             .collect::<Vec<_>>()
     });
@@ -477,8 +507,13 @@ pub(super) async fn write(context: &ApiContext, command: Command) -> Result<()> 
     Ok(())
 }
 
-async fn create_app(State(context): State<ApiContext>, body: Bytes) -> Result<Response> {
+async fn create_app(
+    State(context): State<ApiContext>,
+    authz: Authz,
+    body: Bytes,
+) -> Result<Response> {
     let app = parse_app(&body, &now_rfc3339(), None).map_err(validation_error)?;
+    require_app(&authz, &app.id, Access::Write)?;
     let deployment = deployment_for(&app.id, &app.version, "StartApplication", None);
     let id = app.id.clone();
     // Whether the id is free is decided where the write is applied, so of two concurrent
@@ -509,13 +544,28 @@ async fn create_app(State(context): State<ApiContext>, body: Bytes) -> Result<Re
         .into_response())
 }
 
+/// Every read under `/v2/apps/{id}` needs `app:read` on the id.
+fn app_path_id(path: &AppPath) -> &str {
+    match path {
+        AppPath::App(id)
+        | AppPath::Versions(id)
+        | AppPath::Version(id, _)
+        | AppPath::Tasks(id)
+        | AppPath::Task(id, _)
+        | AppPath::Restart(id) => id,
+    }
+}
+
 async fn app_get(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(rest): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response> {
     let _ = raw;
-    match parse_app_path(&rest) {
+    let path = parse_app_path(&rest);
+    require_app(&authz, app_path_id(&path), Access::Read)?;
+    match path {
         AppPath::App(id) => context
             .store()
             .read(|s| {
@@ -620,6 +670,7 @@ pub(super) fn deployment_answer(status: StatusCode, version: &str, deployment: &
 
 async fn app_put(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(rest): Path<String>,
     RawQuery(raw): RawQuery,
     body: Bytes,
@@ -630,6 +681,7 @@ async fn app_put(
             "PUT is only for /v2/apps/{id}",
         ));
     };
+    require_app(&authz, &id, Access::Write)?;
     let query = Query::parse(raw.as_deref());
     let force = query.boolean("force");
     let (base, locks) = context
@@ -727,11 +779,14 @@ async fn roll_back(
 
 async fn app_delete(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(rest): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response> {
     let query = Query::parse(raw.as_deref());
-    match parse_app_path(&rest) {
+    let path = parse_app_path(&rest);
+    require_app(&authz, app_path_id(&path), Access::Write)?;
+    match path {
         AppPath::App(id) => {
             let locks = context.store().read(|s| locked_by(s, &id));
             if !locks.is_empty() && !query.boolean("force") {
@@ -834,6 +889,7 @@ async fn kill_tasks(
 
 async fn app_post(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(rest): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response> {
@@ -843,6 +899,7 @@ async fn app_post(
             "POST is only for /v2/apps and /v2/apps/{id}/restart",
         ));
     };
+    require_app(&authz, &id, Access::Write)?;
     let query = Query::parse(raw.as_deref());
     let (base, locks) = context
         .store()
@@ -881,19 +938,22 @@ async fn redeploy(
     Ok(deployment_answer(StatusCode::OK, &version, &deployment_id))
 }
 
-async fn all_tasks(State(context): State<ApiContext>) -> Json<Value> {
+async fn all_tasks(State(context): State<ApiContext>, authz: Authz) -> Json<Value> {
     let tasks = context.store().read(|s| {
         s.workload
             .tasks
             .values()
+            .filter(|t| authz.reads_app(&t.app_id))
             .map(|t| render_task(s, t))
             .collect::<Vec<_>>()
     });
     Json(json!({ "tasks": tasks }))
 }
 
+/// `POST /v2/tasks/delete`: `app:write` on the app of every task named.
 async fn delete_tasks(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response> {
@@ -911,6 +971,14 @@ async fn delete_tasks(
         .filter_map(Value::as_str)
         .map(str::to_string)
         .collect();
+    let apps: std::collections::BTreeSet<String> = context.store().read(|s| {
+        ids.iter()
+            .filter_map(|id| s.workload.tasks.get(id).map(|t| t.app_id.clone()))
+            .collect()
+    });
+    for app in &apps {
+        require_app(&authz, app, Access::Write)?;
+    }
     write(
         &context,
         Command::StopTasks {
@@ -950,11 +1018,13 @@ fn render_deployment(state: &Tables, deployment: &Deployment) -> Value {
     })
 }
 
-async fn deployments(State(context): State<ApiContext>) -> Json<Value> {
+/// `GET /v2/deployments`: those whose every app the caller may read.
+async fn deployments(State(context): State<ApiContext>, authz: Authz) -> Json<Value> {
     let list = context.store().read(|s| {
         s.workload
             .deployments
             .values()
+            .filter(|d| require_deployment(&authz, d, Access::Read).is_ok())
             .map(|d| render_deployment(s, d))
             .collect::<Vec<_>>()
     });
@@ -963,16 +1033,18 @@ async fn deployments(State(context): State<ApiContext>) -> Json<Value> {
 
 async fn deployment(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
     context
         .store()
         .read(|s| {
-            s.workload
-                .deployments
-                .get(&id)
-                .map(|d| render_deployment(s, d))
+            s.workload.deployments.get(&id).map(|d| {
+                require_deployment(&authz, d, Access::Read)?;
+                Ok::<_, MarathonError>(render_deployment(s, d))
+            })
         })
+        .transpose()?
         .map(Json)
         .ok_or_else(|| {
             MarathonError::new(
@@ -987,6 +1059,7 @@ async fn deployment(
 /// only stops tracking it. A deployment that deletes an app cannot be rolled back.
 async fn cancel_deployment(
     State(context): State<ApiContext>,
+    authz: Authz,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response> {
@@ -999,6 +1072,7 @@ async fn cancel_deployment(
             format!("DeploymentPlan {id} does not exist"),
         ));
     };
+    require_deployment(&authz, &deployment, Access::Write)?;
     let force = Query::parse(raw.as_deref()).boolean("force");
     // A deployment of several apps (a group's) is not rolled back: cancelling it stops
     // tracking it, which also releases the apps its later steps held.
@@ -1049,11 +1123,12 @@ async fn cancel_deployment(
     Ok(deployment_answer(StatusCode::OK, &version, &rollback_id))
 }
 
-async fn queue(State(context): State<ApiContext>) -> Json<Value> {
+async fn queue(State(context): State<ApiContext>, authz: Authz) -> Json<Value> {
     let items = context.store().read(|s| {
         s.workload
             .queue
             .iter()
+            .filter(|(app_id, _)| authz.reads_app(app_id))
             .filter_map(|(app_id, waiting)| {
                 let app = s.workload.apps.get(app_id)?;
                 Some(json!({

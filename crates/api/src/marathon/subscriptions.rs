@@ -30,8 +30,10 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use super::routes::MarathonError;
+use crate::acl::Authz;
 use crate::query::Query;
 use crate::ApiContext;
+use atoll_acl::{Access, Segment};
 
 /// Tries of one POST before its event is dropped.
 pub const ATTEMPTS: u32 = 6;
@@ -95,12 +97,27 @@ pub(crate) fn unsubscribed(url: &str, at: &str) -> Value {
     subscription_event("unsubscribe_event", url, at)
 }
 
+/// A callback receives the events of every app: managing callbacks needs `access` to every
+/// app (an `app_prefix ""` rule, or a management token).
+fn require_every_app(authz: &Authz, access: Access) -> Result<(), MarathonError> {
+    if authz
+        .authorizer()
+        .allows_all_under(Segment::App, "", access)
+    {
+        Ok(())
+    } else {
+        Err(MarathonError::denied())
+    }
+}
+
 /// `POST /v2/eventSubscriptions?callbackUrl=`: registers the URL; answers the
 /// `subscribe_event`.
 pub async fn subscribe(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, MarathonError> {
+    require_every_app(&authz, Access::Write)?;
     let url = callback_url(raw.as_deref())?;
     validate(&url)?;
     let at = now_rfc3339();
@@ -116,19 +133,25 @@ pub async fn subscribe(
 }
 
 /// `GET /v2/eventSubscriptions`.
-pub async fn list(State(context): State<ApiContext>) -> Json<Value> {
+pub async fn list(
+    State(context): State<ApiContext>,
+    authz: Authz,
+) -> Result<Json<Value>, MarathonError> {
+    require_every_app(&authz, Access::Read)?;
     let urls: Vec<String> = context
         .store()
         .read(|s| s.workload.subscriptions.keys().cloned().collect());
-    Json(json!({ "callbackUrls": urls }))
+    Ok(Json(json!({ "callbackUrls": urls })))
 }
 
 /// `DELETE /v2/eventSubscriptions?callbackUrl=`: removes the URL (an unknown one too, as
 /// Marathon); answers the `unsubscribe_event`.
 pub async fn unsubscribe(
     State(context): State<ApiContext>,
+    authz: Authz,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, MarathonError> {
+    require_every_app(&authz, Access::Write)?;
     let url = callback_url(raw.as_deref())?;
     crate::execute::write(
         &context,

@@ -53,12 +53,17 @@
   // ---- API -------------------------------------------------------------------------------
 
   function errorText(status, json, text) {
+    let message = '';
     if (json && typeof json === 'object') {
-      if (typeof json.error === 'string' && json.error) return json.error;
-      if (typeof json.message === 'string' && json.message) return json.message;
+      if (typeof json.error === 'string' && json.error) message = json.error;
+      else if (typeof json.message === 'string' && json.message) message = json.message;
     }
-    const trimmed = (text || '').trim();
-    return trimmed || 'HTTP ' + status;
+    message = message || (text || '').trim() || 'HTTP ' + status;
+    if (status === 403) {
+      // ACLs: the token (or its absence) does not allow this.
+      return message + ': enter an ACL token that allows it in the Token field at the top';
+    }
+    return message;
   }
 
   async function request(method, path, body, signal, allow404) {
@@ -201,7 +206,9 @@
 
   function openEvents() {
     if (eventSource) return;
-    eventSource = new EventSource('/v2/events');
+    // EventSource sends no headers: the token goes in the query.
+    const token = atoll.token();
+    eventSource = new EventSource(token ? '/v2/events?token=' + encodeURIComponent(token) : '/v2/events');
     for (const type of EVENT_TYPES) eventSource.addEventListener(type, dispatchEvent);
     eventSource.onmessage = dispatchEvent;
   }

@@ -361,3 +361,51 @@ fn an_unknown_or_empty_query_is_nxdomain_and_a_failed_one_servfail() {
     );
     assert_eq!(failed.metadata.response_code, ResponseCode::ServFail);
 }
+
+#[test]
+fn what_the_token_may_not_read_is_answered_as_missing() {
+    use atoll_acl::{DefaultPolicy, Disposition, Rule, Target};
+    // Both instances are on node n1.
+    let state = state_with(&[("a", "10.0.0.2", "v1", None), ("b", "10.0.0.3", "v1", None)]);
+    let ask_as = |authz: &Authorizer, name: &str| {
+        let request = request_for(name, RecordType::A);
+        match resolve_for(&request, &state, &config(), 1, authz) {
+            Resolution::Answer(message) => *message,
+            other => panic!("{other:?}"),
+        }
+    };
+    let code = |authz: &Authorizer, name: &str| ask_as(authz, name).metadata.response_code;
+    let rule = |target, disposition| Rule {
+        target,
+        disposition,
+    };
+    let web = || {
+        rule(
+            Target::Prefix(Segment::Service, "web".into()),
+            Disposition::Read,
+        )
+    };
+    let n1 = || rule(Target::Exact(Segment::Node, "n1".into()), Disposition::Read);
+
+    let anonymous = Authorizer::new(DefaultPolicy::Deny, []);
+    assert_eq!(
+        code(&anonymous, "web.service.consul."),
+        ResponseCode::NXDomain
+    );
+    assert_eq!(code(&anonymous, "n1.node.consul."), ResponseCode::NXDomain);
+    // A service needs its node's read too.
+    let web_only = Authorizer::new(DefaultPolicy::Deny, [web()]);
+    assert_eq!(
+        code(&web_only, "web.service.consul."),
+        ResponseCode::NXDomain
+    );
+    let both = Authorizer::new(DefaultPolicy::Deny, [web(), n1()]);
+    assert_eq!(a_records(&ask_as(&both, "web.service.consul.")).len(), 2);
+    assert_eq!(a_records(&ask_as(&both, "n1.node.consul.")), ["10.0.0.1"]);
+    let node_only = Authorizer::new(DefaultPolicy::Deny, [n1()]);
+    assert_eq!(
+        code(&node_only, "web.service.consul."),
+        ResponseCode::NXDomain
+    );
+    assert_eq!(code(&node_only, "n1.node.consul."), ResponseCode::NoError);
+}

@@ -1,0 +1,430 @@
+//! ACL tables in `apply`: bootstrap, tokens, policies, their refusals, the change feed,
+//! snapshots and the resolution of a secret.
+
+use atoll_acl::{Access, AclSettings, AgentTokens, DefaultPolicy, Global, Resource, Segment};
+use proptest::prelude::*;
+
+use crate::acl::*;
+use crate::snapshot;
+use crate::*;
+
+fn bootstrap(accessor: &str, secret: &str, reset: Option<u64>) -> Command {
+    Command::AclBootstrap(Box::new(AclBootstrap {
+        accessor_id: accessor.into(),
+        secret_id: Secret::new(secret),
+        create_time: "2026-01-01T00:00:00Z".into(),
+        reset_index: reset,
+    }))
+}
+
+fn policy(id: &str, name: &str, rules: &str, create: bool) -> Command {
+    Command::AclPolicySet {
+        policy: Box::new(AclPolicy {
+            id: id.into(),
+            name: name.into(),
+            rules: rules.into(),
+            ..Default::default()
+        }),
+        create,
+    }
+}
+
+fn link_id(id: &str) -> PolicyLink {
+    PolicyLink {
+        id: id.into(),
+        name: String::new(),
+    }
+}
+
+fn link_name(name: &str) -> PolicyLink {
+    PolicyLink {
+        id: String::new(),
+        name: name.into(),
+    }
+}
+
+fn token(accessor: &str, secret: &str, policies: Vec<PolicyLink>, create: bool) -> Command {
+    Command::AclTokenSet {
+        token: Box::new(AclToken {
+            accessor_id: accessor.into(),
+            secret_id: Secret::new(secret),
+            description: format!("token {accessor}"),
+            policies,
+            create_time: "2026-01-01T00:00:00Z".into(),
+            ..Default::default()
+        }),
+        create,
+    }
+}
+
+fn rejected(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Rejected(r) => r.to_string(),
+        other => panic!("not rejected: {other:?}"),
+    }
+}
+
+fn on(default_policy: DefaultPolicy) -> AclSettings {
+    AclSettings::enabled(default_policy, AgentTokens::default())
+}
+
+#[test]
+fn bootstrap_happens_once_unless_the_reset_index_matches() {
+    let mut state = State::default();
+    assert_eq!(
+        state.acl_policies_all().len(),
+        1,
+        "the builtin shows before"
+    );
+    assert_eq!(state.acl_tokens_all()[0].accessor_id, ANONYMOUS_ACCESSOR);
+    let (outcome, changes) = state.apply(5, &bootstrap("acc-1", "sec-1", None));
+    assert_eq!(outcome, Outcome::Done);
+    // The token, the builtin policy, the anonymous token and the marker.
+    assert_eq!(changes.len(), 4, "{changes:?}");
+    assert!(changes.iter().all(|c| c.table() == Table::Acl));
+    assert!(changes
+        .iter()
+        .any(|c| matches!(c, Change::AclBootstrapped { old: 0, new: 5 })));
+    assert_eq!(state.indexes.acl, 5);
+    assert_eq!(state.acl_bootstrap_index, 5);
+    let token = state.acl_token("acc-1").unwrap();
+    assert!(token.is_management());
+    assert_eq!(token.description, "Bootstrap Token (Global Management)");
+
+    let (outcome, changes) = state.apply(6, &bootstrap("acc-2", "sec-2", None));
+    assert_eq!(
+        rejected(&outcome),
+        "ACL bootstrap no longer allowed (reset index: 5)"
+    );
+    assert!(changes.is_empty());
+    assert_eq!(state.indexes.acl, 5);
+    let (outcome, _) = state.apply(7, &bootstrap("acc-2", "sec-2", Some(4)));
+    assert!(matches!(outcome, Outcome::Rejected(Rejection::Conflict(_))));
+    let (outcome, _) = state.apply(8, &bootstrap("acc-2", "sec-2", Some(5)));
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(state.acl_bootstrap_index, 8);
+    // The same reset index does not work twice.
+    let (outcome, _) = state.apply(9, &bootstrap("acc-3", "sec-3", Some(5)));
+    assert!(matches!(outcome, Outcome::Rejected(_)));
+}
+
+#[test]
+fn tokens_link_policies_by_id_or_name_and_refuse_unknown_ones() {
+    let mut state = State::default();
+    state.apply(
+        1,
+        &policy(
+            "p1",
+            "readers",
+            r#"key_prefix "" { policy = "read" }"#,
+            true,
+        ),
+    );
+    let (outcome, changes) = state.apply(2, &token("t1", "s1", vec![link_name("READERS")], true));
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(changes.len(), 1);
+    assert_eq!(
+        state.acl_token("t1").unwrap().policies,
+        vec![PolicyLink {
+            id: "p1".into(),
+            name: "readers".into()
+        }]
+    );
+    let before = state.clone();
+    for (command, text) in [
+        (
+            token("t2", "s2", vec![link_name("nope")], true),
+            "No such ACL policy with name \"nope\"",
+        ),
+        (
+            token("t2", "s2", vec![link_id("p9")], true),
+            "No such ACL policy with ID \"p9\"",
+        ),
+        (
+            token("t1", "s9", vec![], true),
+            "AccessorID: already in use",
+        ),
+        (token("t2", "s1", vec![], true), "SecretID: already in use"),
+        (
+            token("t2", "anonymous", vec![], true),
+            "SecretID: already in use",
+        ),
+        (token("t2", "", vec![], true), "SecretID: missing"),
+        (token("t9", "", vec![], false), "Cannot find token"),
+        (
+            token("t1", "other", vec![], false),
+            "changing a token's SecretID is not permitted",
+        ),
+    ] {
+        let (outcome, changes) = state.apply(3, &command);
+        assert!(
+            rejected(&outcome).contains(text),
+            "{command:?}: {outcome:?}"
+        );
+        assert!(changes.is_empty());
+    }
+    assert_eq!(state, before);
+    // An update without the secret keeps it, and the creation.
+    let (outcome, _) = state.apply(
+        4,
+        &token("t1", "", vec![link_id(GLOBAL_MANAGEMENT_ID)], false),
+    );
+    assert_eq!(outcome, Outcome::Done);
+    let t1 = state.acl_token("t1").unwrap();
+    assert_eq!(t1.secret_id.expose(), "s1");
+    assert_eq!((t1.create_index, t1.modify_index), (2, 4));
+    assert!(t1.is_management());
+}
+
+#[test]
+fn builtins_cannot_be_deleted_and_policy_names_are_checked() {
+    let mut state = State::default();
+    let (outcome, _) = state.apply(
+        1,
+        &Command::AclTokenDelete {
+            accessor_id: ANONYMOUS_ACCESSOR.into(),
+        },
+    );
+    assert!(rejected(&outcome).contains("anonymous token"));
+    let (outcome, _) = state.apply(
+        2,
+        &Command::AclPolicyDelete {
+            id: GLOBAL_MANAGEMENT_ID.into(),
+        },
+    );
+    assert!(rejected(&outcome).contains("global-management"));
+    let (outcome, _) = state.apply(3, &policy("p1", "bad name", "", true));
+    assert!(rejected(&outcome).starts_with("Name: invalid policy name"));
+    let (outcome, _) = state.apply(3, &policy("p1", "Global-Management", "", true));
+    assert!(rejected(&outcome).contains("already exists"));
+    let (outcome, _) = state.apply(
+        3,
+        &policy("p1", "x", "key \"a\" { policy = \"nope\" }", true),
+    );
+    assert!(rejected(&outcome).starts_with("Rules: Failed to parse ACL rules: line 1"));
+    let (outcome, _) = state.apply(
+        3,
+        &policy(
+            GLOBAL_MANAGEMENT_ID,
+            GLOBAL_MANAGEMENT_NAME,
+            "acl = \"read\"",
+            false,
+        ),
+    );
+    assert!(rejected(&outcome).contains("rules of the builtin"));
+    assert_eq!(state, State::default());
+    // Deleting what is not there changes nothing and is no error.
+    let (outcome, changes) = state.apply(4, &Command::AclPolicyDelete { id: "p9".into() });
+    assert_eq!((outcome, changes.len()), (Outcome::Done, 0));
+    // A policy deleted leaves its links, which grant nothing any more.
+    state.apply(5, &policy("p1", "ops", "operator = \"write\"", true));
+    state.apply(6, &token("t1", "s1", vec![link_id("p1")], true));
+    let settings = on(DefaultPolicy::Deny);
+    let operator = Resource::Global(Global::Operator);
+    assert!(state
+        .acl_authorizer(&settings, Some("s1"))
+        .unwrap()
+        .allows(operator, Access::Write));
+    state.apply(7, &Command::AclPolicyDelete { id: "p1".into() });
+    assert!(!state
+        .acl_authorizer(&settings, Some("s1"))
+        .unwrap()
+        .allows(operator, Access::Read));
+}
+
+#[test]
+fn a_secret_resolves_to_its_policies_over_the_default() {
+    let mut state = State::default();
+    let off = AclSettings::disabled();
+    assert!(state
+        .acl_authorizer(&off, Some("whatever"))
+        .unwrap()
+        .is_management());
+    let deny = on(DefaultPolicy::Deny);
+    assert_eq!(
+        state.acl_authorizer(&deny, Some("unknown")).unwrap_err(),
+        AclNotFound
+    );
+    // Anonymous before any ACL write: no policies, the default decides.
+    let anonymous = state.acl_authorizer(&deny, None).unwrap();
+    assert!(!anonymous.allows(Resource::Named(Segment::Key, "a"), Access::Read));
+    assert!(state
+        .acl_authorizer(&on(DefaultPolicy::Allow), None)
+        .unwrap()
+        .allows(Resource::Named(Segment::Key, "a"), Access::Write));
+
+    state.apply(1, &bootstrap("root", "root-secret", None));
+    state.apply(
+        2,
+        &policy(
+            "p1",
+            "kv",
+            r#"key_prefix "app/" { policy = "write" }"#,
+            true,
+        ),
+    );
+    state.apply(3, &token("t1", "s1", vec![link_id("p1")], true));
+    assert!(state
+        .acl_authorizer(&deny, Some("root-secret"))
+        .unwrap()
+        .is_management());
+    let a = state.acl_authorizer(&deny, Some("s1")).unwrap();
+    assert!(a.allows(Resource::Named(Segment::Key, "app/x"), Access::Write));
+    assert!(!a.allows(Resource::Named(Segment::Key, "other"), Access::Read));
+    // The agent's default token stands in for a request without one.
+    let with_default = AclSettings::enabled(
+        DefaultPolicy::Deny,
+        AgentTokens {
+            default: Some("s1".into()),
+            agent: None,
+        },
+    );
+    assert!(state
+        .acl_authorizer(&with_default, None)
+        .unwrap()
+        .allows(Resource::Named(Segment::Key, "app/y"), Access::Write));
+    // The anonymous token given a policy opens what it allows.
+    state.apply(
+        4,
+        &token(ANONYMOUS_ACCESSOR, "", vec![link_name("kv")], false),
+    );
+    assert!(state
+        .acl_authorizer(&deny, None)
+        .unwrap()
+        .allows(Resource::Named(Segment::Key, "app/z"), Access::Write));
+    // A secret that differs in its last byte is not found.
+    assert!(state.acl_authorizer(&deny, Some("s2")).is_err());
+}
+
+#[test]
+fn an_expired_token_is_not_found() {
+    let mut state = State::default();
+    let mut command = token("t1", "s1", vec![], true);
+    if let Command::AclTokenSet { token, .. } = &mut command {
+        token.expiration_unix_ms = Some(1_000);
+    }
+    state.apply(1, &command);
+    let deny = on(DefaultPolicy::Deny);
+    assert!(state.acl_authorizer_at(&deny, Some("s1"), 999).is_ok());
+    assert!(state.acl_authorizer_at(&deny, Some("s1"), 1_000).is_err());
+    assert!(state.acl_token_by_secret("s1", 2_000).is_none());
+}
+
+#[test]
+fn secrets_are_hidden_from_debug_output() {
+    let command = bootstrap("acc", "very-secret-value", None);
+    let shown = format!("{command:?}");
+    assert!(!shown.contains("very-secret-value"), "{shown}");
+    assert!(shown.contains("<hidden>"));
+    let mut state = State::default();
+    state.apply(1, &command);
+    let shown = format!("{:?}", state.acl_tokens);
+    assert!(!shown.contains("very-secret-value"), "{shown}");
+}
+
+#[test]
+fn replay_and_snapshots_carry_the_acl_tables() {
+    let mut state = State::default();
+    let mut replayed = State::default();
+    let commands = [
+        bootstrap("root", "root-secret", None),
+        policy("p1", "kv", r#"key "a" { policy = "read" }"#, true),
+        token("t1", "s1", vec![link_id("p1")], true),
+        token("t1", "", vec![], false),
+        Command::AclTokenDelete {
+            accessor_id: "t1".into(),
+        },
+        token("t2", "s1", vec![link_name("kv")], true),
+        policy("p1", "kv2", "", false),
+    ];
+    for (i, command) in commands.iter().enumerate() {
+        let index = i as u64 + 1;
+        let (outcome, changes) = state.apply(index, command);
+        assert!(
+            !matches!(outcome, Outcome::Rejected(_)),
+            "{command:?}: {outcome:?}"
+        );
+        replayed.replay(index, &changes);
+        assert_eq!(replayed, state);
+    }
+    let deny = on(DefaultPolicy::Deny);
+    assert!(replayed.acl_authorizer(&deny, Some("s1")).is_ok());
+    let restored = snapshot::decode_state(&snapshot::encode_state(&state).unwrap()).unwrap();
+    assert_eq!(restored, state);
+    assert!(restored
+        .acl_authorizer(&deny, Some("root-secret"))
+        .unwrap()
+        .is_management());
+}
+
+#[test]
+fn a_snapshot_and_commands_of_the_version_before_acls_still_load() {
+    let mut state = State::default();
+    state.apply(
+        1,
+        &Command::KvSet {
+            key: "k".into(),
+            value: b"v".to_vec(),
+            flags: 0,
+            cas: None,
+        },
+    );
+    // Version 2 wrote the same MessagePack, without the ACL fields.
+    let mut value = serde_json::to_value(&state).unwrap();
+    let object = value.as_object_mut().unwrap();
+    for field in ["acl_tokens", "acl_policies", "acl_bootstrap_index"] {
+        assert!(object.remove(field).is_some(), "{field}");
+    }
+    object["indexes"].as_object_mut().unwrap().remove("acl");
+    let mut whole = vec![snapshot::FORMAT_BEFORE_ACL];
+    snapshot::encode_into(&mut whole, &value).unwrap();
+    assert_eq!(snapshot::decode_state(&whole).unwrap(), state);
+    // In parts, each part with the old version byte.
+    let parts: Vec<Vec<u8>> = snapshot::state_parts(&state)
+        .map(|part| {
+            let mut part = part.unwrap();
+            part[0] = snapshot::FORMAT_BEFORE_ACL;
+            part
+        })
+        .collect();
+    assert_eq!(snapshot::decode_state_parts(&parts).unwrap(), state);
+    let mut command = vec![snapshot::FORMAT_BEFORE_ACL];
+    let kv = Command::KvDelete {
+        key: "k".into(),
+        recurse: false,
+        cas: None,
+    };
+    snapshot::encode_into(&mut command, &kv).unwrap();
+    assert_eq!(snapshot::decode::<Command>(&command).unwrap(), kv);
+    assert_eq!(snapshot::encode(&kv).unwrap()[0], snapshot::FORMAT_VERSION);
+}
+
+/// ACL commands for the replay property test.
+pub(crate) fn arb_acl_command() -> impl Strategy<Value = Command> {
+    let accessor = prop::sample::select(vec!["t1", "t2", ANONYMOUS_ACCESSOR]);
+    let secret = prop::sample::select(vec!["s1", "s2", ""]);
+    let policy_id = prop::sample::select(vec!["p1", "p2", GLOBAL_MANAGEMENT_ID]);
+    let name = prop::sample::select(vec!["kv", "KV", "ops", GLOBAL_MANAGEMENT_NAME]);
+    prop_oneof![
+        (accessor.clone(), secret.clone(), prop::option::of(0u64..4))
+            .prop_map(|(a, s, reset)| bootstrap(a, s, reset)),
+        (accessor.clone(), secret, policy_id.clone(), any::<bool>())
+            .prop_map(|(a, s, p, create)| token(a, s, vec![link_id(p)], create)),
+        accessor.prop_map(|a| Command::AclTokenDelete {
+            accessor_id: a.into()
+        }),
+        (policy_id.clone(), name, any::<bool>(), any::<bool>()).prop_map(
+            |(id, name, good, create)| policy(
+                id,
+                name,
+                if good {
+                    "key \"a\" { policy = \"read\" }"
+                } else {
+                    "key {"
+                },
+                create
+            )
+        ),
+        policy_id.prop_map(|id| Command::AclPolicyDelete { id: id.into() }),
+    ]
+}
