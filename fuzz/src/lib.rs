@@ -205,6 +205,42 @@ fn allocation(app: &AppSpec) -> Allocation {
     }
 }
 
+/// ACL commands: a bootstrap, a policy and a token holding it.
+fn acl_commands() -> Vec<Command> {
+    use atoll_state::acl::{AclBootstrap, AclPolicy, AclToken, PolicyLink, Secret};
+    vec![
+        Command::AclBootstrap(Box::new(AclBootstrap {
+            accessor_id: "6a1f7c2e-0d3b-4e5f-8a9b-0c1d2e3f4a5b".into(),
+            secret_id: Secret::new("0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e"),
+            create_time: APP_VERSION.into(),
+            reset_index: None,
+        })),
+        Command::AclPolicySet {
+            policy: Box::new(AclPolicy {
+                id: "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f".into(),
+                name: "config-writers".into(),
+                rules: "key_prefix \"config/\" { policy = \"write\" }\nservice \"\" { policy = \"read\" }".into(),
+                ..Default::default()
+            }),
+            create: true,
+        },
+        Command::AclTokenSet {
+            token: Box::new(AclToken {
+                accessor_id: "2d3e4f5a-6b7c-4d8e-9f0a-1b2c3d4e5f6a".into(),
+                secret_id: Secret::new("3e4f5a6b-7c8d-4e9f-8a0b-1c2d3e4f5a6b"),
+                description: "config writer".into(),
+                policies: vec![PolicyLink {
+                    id: String::new(),
+                    name: "config-writers".into(),
+                }],
+                create_time: APP_VERSION.into(),
+                ..Default::default()
+            }),
+            create: true,
+        },
+    ]
+}
+
 /// One command of every kind, with plausible contents.
 pub fn sample_commands() -> Vec<Command> {
     let mut commands = catalog_commands();
@@ -231,6 +267,7 @@ pub fn sample_commands() -> Vec<Command> {
         recurse: true,
         cas: None,
     });
+    commands.extend(acl_commands());
     commands.push(Command::RegisterCompute(ComputeNode {
         node: "alpha".into(),
         cpus: 4.0,

@@ -683,3 +683,54 @@ async fn fired_events_are_listed_and_a_blocked_list_wakes_for_a_new_one() {
     assert_ne!(headers["x-consul-index"].to_str().unwrap(), index);
     assert_eq!(events[1]["ID"], second["ID"]);
 }
+
+#[tokio::test]
+async fn acl_paths_answer_401_without_acls() {
+    let (app, _) = api().await;
+    for (method, uri) in [
+        ("PUT", "/v1/acl/bootstrap"),
+        ("GET", "/v1/acl/tokens"),
+        ("GET", "/v1/acl/policy/name/global-management"),
+        ("PUT", "/v1/agent/token/default"),
+    ] {
+        let (status, _, _) = call(&app, method, uri, "{}").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+    }
+}
+
+#[tokio::test]
+async fn acl_bootstrap_then_policies_checked_and_listed() {
+    let facts = crate::NodeFacts {
+        acl: Arc::new(atoll_acl::AclSettings::enabled(
+            atoll_acl::DefaultPolicy::Deny,
+            Default::default(),
+        )),
+        ..Default::default()
+    };
+    let app = router(joined_context_with(unjoined(), facts).await);
+    let (status, _, _) = call(&app, "GET", "/v1/acl/policies", "").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "anonymous under deny");
+    let (status, _, root) = call(&app, "PUT", "/v1/acl/bootstrap", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let secret = root["SecretID"].as_str().unwrap().to_string();
+    let (status, _, _) = call(&app, "PUT", "/v1/acl/bootstrap", "").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let uri = format!("/v1/acl/policy?token={secret}");
+    let (status, _, error) = call(&app, "PUT", &uri, r#"{"Name": "x", "Rules": "key {"}"#).await;
+    assert_eq!(
+        (status, &error["field"]),
+        (StatusCode::BAD_REQUEST, &serde_json::json!("Rules"))
+    );
+    let body = r#"{"Name": "kv", "Rules": "key_prefix \"\" { policy = \"read\" }"}"#;
+    let (status, _, policy) = call(&app, "PUT", &uri, body).await;
+    assert_eq!(status, StatusCode::OK, "{policy}");
+    let (status, headers, list) =
+        call(&app, "GET", &format!("/v1/acl/policies?token={secret}"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(list[0].get("Rules").is_none());
+    let index: u64 = headers["x-consul-index"].to_str().unwrap().parse().unwrap();
+    assert_eq!(index, policy["ModifyIndex"].as_u64().unwrap());
+    let (status, _, _) = call(&app, "GET", "/v1/acl/policies?token=nope", "").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}

@@ -317,7 +317,8 @@ fn raft_seeds(dir: &Path) -> io::Result<()> {
         "snapshot-meta",
         &encode(&atoll_fuzz::sample_snapshot_meta()).map_err(io::Error::other)?,
     )?;
-    write(dir, "newer-version", b"\x02{}")?;
+    let newer = atoll_state::snapshot::FORMAT_VERSION + 1;
+    write(dir, "newer-version", &[newer, b'{', b'}'])?;
     write(dir, "empty", b"")?;
     Ok(())
 }

@@ -228,6 +228,12 @@ struct PolicyInput {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
+struct BootstrapInput {
+    bootstrapsecret: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct CloneInput {
     description: String,
 }
@@ -384,6 +390,15 @@ fn token_from(input: TokenInput) -> Result<AclToken, ApiError> {
     })
 }
 
+/// A body that may be left out (empty: every field's default).
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        decode_body(body)
+    }
+}
+
 fn require(authz: &Authz, access: Access) -> Result<(), ApiError> {
     authz.require(Resource::Global(Global::Acl), access)
 }
@@ -449,13 +464,22 @@ async fn set_token(
 // ---- Bootstrap ----
 
 /// `PUT /v1/acl/bootstrap`: the first management token; 403 once done, unless the data
-/// dir's reset file holds the reset index.
+/// dir's reset file holds the reset index. An optional body `{"BootstrapSecret": UUID}`
+/// chooses its SecretID.
 pub async fn bootstrap(
     State(context): State<ApiContext>,
     RawQuery(raw): RawQuery,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     enabled(&context)?;
     local_query(raw.as_deref(), &context)?;
+    let input: BootstrapInput = optional_body(&body)?;
+    if !input.bootstrapsecret.is_empty() && !is_uuid(&input.bootstrapsecret) {
+        return Err(ApiError::field(
+            "BootstrapSecret",
+            "Invalid BootstrapSecret: not a valid UUID",
+        ));
+    }
     let reset_file = context
         .facts()
         .data_dir
@@ -471,7 +495,11 @@ pub async fn bootstrap(
     let accessor_id = new_id();
     let command = Command::AclBootstrap(Box::new(AclBootstrap {
         accessor_id: accessor_id.clone(),
-        secret_id: Secret::new(new_id()),
+        secret_id: Secret::new(
+            Some(input.bootstrapsecret)
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(new_id),
+        ),
         create_time: now_rfc3339(),
         reset_index,
     }));
@@ -569,11 +597,7 @@ pub async fn clone_token(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     writer(&context, &authz, raw.as_deref())?;
-    let input: CloneInput = if body.iter().all(u8::is_ascii_whitespace) {
-        CloneInput::default()
-    } else {
-        decode_body(&body)?
-    };
+    let input: CloneInput = optional_body(&body)?;
     let original = context
         .store()
         .read(|state| state.acl_token(&id))
@@ -655,8 +679,9 @@ pub async fn list_tokens(
         .get("policy")
         .filter(|p| !p.is_empty())
         .map(str::to_string);
-    // atoll's tokens have no roles or auth methods: filtering by one leaves none.
-    let none = ["role", "authmethod"]
+    // atoll's tokens have no roles, auth methods or service identities: filtering by one
+    // leaves none.
+    let none = ["role", "authmethod", "servicename"]
         .iter()
         .any(|name| query.get(name).is_some_and(|v| !v.is_empty()));
     let (index, body) = read_acl(&context, &authz, raw.as_deref(), |state| {
