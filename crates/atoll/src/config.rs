@@ -1592,6 +1592,93 @@ mod tests {
     }
 
     #[test]
+    fn encrypt_keys_are_base64_of_16_24_or_32_bytes() {
+        use base64::Engine;
+        let b64 = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![9u8; n]);
+        for n in [16, 24, 32] {
+            assert_eq!(super::encrypt_key(&b64(n)).unwrap().len(), n);
+        }
+        for bad in [
+            b64(15),
+            b64(31),
+            b64(33),
+            "not base64!".to_string(),
+            String::new(),
+        ] {
+            let error = super::encrypt_key(&bad).unwrap_err().to_string();
+            assert!(error.starts_with("--encrypt"), "{error}");
+            assert!(bad.is_empty() || !error.contains(&bad), "{error}");
+        }
+        let server = [
+            "atoll",
+            "agent",
+            "--server",
+            "--bootstrap-expect",
+            "1",
+            "--data-dir",
+            "/d",
+        ];
+        let key = b64(32);
+        let settings = node_settings(&[&server[..], &["--encrypt", &key]].concat()).unwrap();
+        assert_eq!(settings.encrypt_key, Some(vec![9u8; 32]));
+        // Without a secret file, the RPC bearer comes from the key.
+        assert!(settings.cluster_secret.is_some());
+        let plain = node_settings(&server).unwrap();
+        assert!(plain.encrypt_key.is_none() && plain.cluster_secret.is_none());
+    }
+
+    #[test]
+    fn tls_files_serve_the_rpc_port_of_agents() {
+        let files = [
+            "--tls-cert-file",
+            "c.pem",
+            "--tls-key-file",
+            "k.pem",
+            "--tls-ca-file",
+            "ca.pem",
+        ];
+        let server = [
+            "atoll",
+            "agent",
+            "--server",
+            "--bootstrap-expect",
+            "1",
+            "--data-dir",
+            "/d",
+        ];
+        let tls = |flags: &[&str]| {
+            node_settings(&[&server[..], &files[..], flags].concat())
+                .unwrap()
+                .tls
+                .expect("TLS settings")
+        };
+        // Files without flags: TLS offered, asked of no one.
+        let offered = tls(&[]);
+        assert!(!offered.verify_incoming_rpc && !offered.verify_incoming_https);
+        assert!(!offered.verify_outgoing && !offered.verify_server_hostname);
+        let incoming = tls(&["--verify-incoming"]);
+        assert!(incoming.verify_incoming_rpc && incoming.verify_incoming_https);
+        let rpc_only = tls(&["--verify-incoming-rpc"]);
+        assert!(rpc_only.verify_incoming_rpc && !rpc_only.verify_incoming_https);
+        // Checking a server's name means using TLS towards it.
+        let hostname = tls(&["--verify-server-hostname"]);
+        assert!(hostname.verify_server_hostname && hostname.verify_outgoing);
+        // `atoll dev` has no RPC port: --verify-incoming is HTTPS's only.
+        let dev = node_settings(
+            &[
+                &["atoll", "dev", "--https-addr", "127.0.0.1:8501"][..],
+                &files[..],
+                &["--verify-incoming"],
+            ]
+            .concat(),
+        )
+        .unwrap()
+        .tls
+        .expect("TLS settings");
+        assert!(dev.verify_incoming_https && !dev.verify_incoming_rpc);
+    }
+
+    #[test]
     fn tls_flags_need_https_and_each_other() {
         let server = [
             "atoll",

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use atoll_tls::testing::{Ca, Leaf, TestFiles};
 use atoll_tls::{crypto_provider, read_certificates, TlsCertificates, TlsSettings};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{PrivateKeyDer, ServerName};
 use rustls::RootCertStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
