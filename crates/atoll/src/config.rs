@@ -1591,6 +1591,17 @@ mod tests {
             .is_none());
     }
 
+    /// The flags of a one-server cluster.
+    const ONE_SERVER: [&str; 7] = [
+        "atoll",
+        "agent",
+        "--server",
+        "--bootstrap-expect",
+        "1",
+        "--data-dir",
+        "/d",
+    ];
+
     #[test]
     fn encrypt_keys_are_base64_of_16_24_or_32_bytes() {
         use base64::Engine;
@@ -1609,15 +1620,7 @@ mod tests {
             assert!(error.starts_with("--encrypt"), "{error}");
             assert!(bad.is_empty() || !error.contains(&bad), "{error}");
         }
-        let server = [
-            "atoll",
-            "agent",
-            "--server",
-            "--bootstrap-expect",
-            "1",
-            "--data-dir",
-            "/d",
-        ];
+        let server = ONE_SERVER;
         let key = b64(32);
         let settings = node_settings(&[&server[..], &["--encrypt", &key]].concat()).unwrap();
         assert_eq!(settings.encrypt_key, Some(vec![9u8; 32]));
@@ -1637,15 +1640,7 @@ mod tests {
             "--tls-ca-file",
             "ca.pem",
         ];
-        let server = [
-            "atoll",
-            "agent",
-            "--server",
-            "--bootstrap-expect",
-            "1",
-            "--data-dir",
-            "/d",
-        ];
+        let server = ONE_SERVER;
         let tls = |flags: &[&str]| {
             node_settings(&[&server[..], &files[..], flags].concat())
                 .unwrap()
@@ -1680,15 +1675,7 @@ mod tests {
 
     #[test]
     fn tls_flags_need_https_and_each_other() {
-        let server = [
-            "atoll",
-            "agent",
-            "--server",
-            "--bootstrap-expect",
-            "1",
-            "--data-dir",
-            "/d",
-        ];
+        let server = ONE_SERVER;
         let with = |flags: &[&'static str]| [&server[..], flags].concat();
         refused_by_name(&[
             (
