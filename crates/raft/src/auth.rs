@@ -125,6 +125,12 @@ pub(crate) struct Throttle {
 }
 
 impl Throttle {
+    pub(crate) const fn new() -> Self {
+        Throttle {
+            logged: parking_lot::const_mutex(None),
+        }
+    }
+
     pub(crate) fn now(&self) -> bool {
         let mut logged = self.logged.lock();
         if logged.is_some_and(|at| at.elapsed() < REFUSALS_LOGGED_EVERY) {

@@ -13,7 +13,7 @@ use axum::Router;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tokio::time::Instant;
 
-use crate::auth::{require_secret, Claim, Gate, Peer};
+use crate::auth::{require_secret, Claim, Gate, Peer, Throttle};
 use crate::consensus::{Consensus, READ_TIMEOUT};
 use crate::protocol::{
     Hello, JoinRequest, APPEND_PATH, HEARTBEAT_PATH, HELLO_PATH, JOIN_PATH, READ_INDEX_PATH,
@@ -81,8 +81,14 @@ fn admit(consensus: &Consensus, peer: &Peer, claim: Claim) -> Result<(), Refused
         .rpc_tls()
         .filter(|tls| tls.verify_server_hostname)
         .map(|tls| tls.server_name.as_str());
+    // A refused node asks again several times a second.
+    static LOGGED: Throttle = Throttle::new();
     peer.admit(server_name, claim).map_err(|reason| {
-        tracing::warn!(caller = %peer.address, ?claim, "refused an RPC request: {reason}");
+        if LOGGED.now() {
+            tracing::warn!(caller = %peer.address, ?claim, "refused an RPC request (logged at most every 10 s): {reason}");
+        } else {
+            tracing::debug!(caller = %peer.address, ?claim, "refused an RPC request: {reason}");
+        }
         (StatusCode::FORBIDDEN, reason)
     })
 }
