@@ -936,7 +936,9 @@ impl NodeSettings {
             "CertFile": self.tls.as_ref().map(|t| t.files.cert_file.display().to_string()),
             "KeyFile": self.tls.as_ref().map(|t| t.files.key_file.display().to_string()),
             "CAFile": self.tls.as_ref().and_then(|t| t.files.ca_file.as_ref()).map(|f| f.display().to_string()),
-            "VerifyIncoming": self.tls.as_ref().is_some_and(|t| t.verify_incoming_https && t.verify_incoming_rpc),
+            "VerifyIncoming": self.tls.as_ref().is_some_and(|t| {
+                t.verify_incoming_https && (t.verify_incoming_rpc || self.role == Role::Dev)
+            }),
             "VerifyIncomingRPC": self.tls.as_ref().is_some_and(|t| t.verify_incoming_rpc),
             "VerifyIncomingHTTPS": self.tls.as_ref().is_some_and(|t| t.verify_incoming_https),
             "VerifyOutgoing": self.tls.as_ref().is_some_and(|t| t.verify_outgoing),
