@@ -187,8 +187,18 @@ impl Consensus {
 
     /// Says hello to `address`; `None` if it does not answer in time or refuses this node.
     async fn say_hello(&self, address: &str, me: &Hello, refusals: &mut Refusals) -> Option<Hello> {
-        match self
-            .client()
+        // Addresses come from --retry-join and the servers heard of, but also from the
+        // members, compute nodes included, whose certificates do not name a server.
+        let compute_node = self
+            .members()
+            .iter()
+            .any(|(_, member, _)| member.rpc_addr == address && !member.server);
+        let client = if compute_node {
+            self.client().to_any_node()
+        } else {
+            self.client().clone()
+        };
+        match client
             .call::<Hello, Hello>(address, HELLO_PATH, me, HELLO_TIMEOUT)
             .await
         {
