@@ -3,8 +3,9 @@ with certificates made by `atoll tls`: three servers form and serve writes; a no
 certificate of another CA, one without TLS, and one holding a client certificate but asking to
 be a server are refused and stay out, saying why; a compute node with a client certificate
 joins; certificates replaced and reloaded on SIGHUP under a write load fail no request, and the
-listener presents the new certificate to new connections. `--encrypt` authenticates RPC when no
-TLS and no secret file are given.
+listener presents the new certificate to new connections. TLS files without a --verify-* flag
+offer TLS beside plain TCP. `--encrypt` authenticates RPC when no TLS and no secret file are
+given.
 
 Every node is a real `atoll agent` process on its own loopback IP (cluster_util).
 """
@@ -237,3 +238,27 @@ def test_the_encrypt_key_authenticates_rpc(new_cluster, tmp_path):
                        "--encrypt", bad, timeout=20.0)
         assert proc.returncode != 0, proc
         assert "--encrypt" in proc.stderr and expected in proc.stderr, proc.stderr
+
+
+def test_tls_files_without_verify_flags_offer_tls_beside_plain(new_cluster, tmp_path):
+    """Consul's default: TLS offered, required of no one. Servers with files but no --verify-*
+    flag dial plain TCP, and their RPC port takes both plain and TLS connections."""
+    pki = Pki(tmp_path / "pki")
+    cluster = new_cluster("mtls-offered")
+    for server in cluster.add_servers(3):
+        server.extra_args = tls_args(pki, "server", server.workdir / "tls", verify=[])
+    cluster.start()
+    leader = assert_one_leader(cluster, voters=3)
+    cluster.write_anywhere("offered/first", "one")
+    for server in cluster.servers:
+        wait_kv(server, "offered/first", "one")
+    # Plain TCP reaches the handler (which rejects the empty body), not a refusal.
+    r = requests.post(f"http://{leader.rpc_addr}/cluster/hello", json={}, timeout=5.0)
+    assert r.status_code not in (401, 403, 404), (r.status_code, r.text)
+    # A TLS client without a certificate is let in too, and sees the server's certificate.
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.check_hostname = False
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection((leader.ip, int(leader.rpc_addr.rsplit(":", 1)[1])), timeout=5.0) as tcp:
+        with context.wrap_socket(tcp, server_hostname="server.dc1.consul") as tls:
+            assert tls.getpeercert(binary_form=True) == der_of(leader.workdir / "tls" / "node.pem")
