@@ -50,7 +50,7 @@ def test_servers_sharing_a_secret_form_and_refuse_another(new_cluster, pool, tmp
                     bootstrap_expect=3, extra_args=["--cluster-secret-file", str(bad)], wrap=pool.wrap(ip))
     try:
         stranger.spawn()
-        wait_for(lambda: "does not accept this node's cluster secret" in stranger.output(), timeout=15.0,
+        wait_for(lambda: "requires its shared key" in stranger.output(), timeout=15.0,
                  message=lambda: f"{stranger.name} to log that it was refused\n{stranger.logs()}")
         assert SECRET not in stranger.output() and OTHER_SECRET not in stranger.output()
         # The servers log that they refused someone (with the caller's address, which on loopback

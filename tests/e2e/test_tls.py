@@ -297,7 +297,7 @@ def test_a_bad_file_on_reload_keeps_the_old_certificate(atoll_factory, tmp_path)
     before, _ = presented_certificate(agent.https_port, context)
     agent.cert_file.write_text("not a certificate\n")
     agent.inst.send_signal(signal.SIGHUP)
-    wait_for(lambda: "cannot reload the HTTPS certificate" in agent.inst.stderr(), timeout=10,
+    wait_for(lambda: "cannot reload the TLS certificate" in agent.inst.stderr(), timeout=10,
              message="no error logged for the bad file")
     assert "--tls-cert-file" in agent.inst.stderr()
     after, _ = presented_certificate(agent.https_port, context)

@@ -12,6 +12,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use atoll_metrics::node::UNROUTED;
+use atoll_tls::TlsConfigs;
 use axum::body::{Body, HttpBody};
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -25,7 +26,6 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
@@ -148,7 +148,7 @@ pub async fn serve_tls(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
-    tls: tokio::sync::watch::Receiver<Arc<ServerConfig>>,
+    tls: tokio::sync::watch::Receiver<Arc<TlsConfigs>>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     serve_connections(listener, router, limits, Some(tls), stop).await
@@ -158,7 +158,7 @@ async fn serve_connections(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
-    tls: Option<tokio::sync::watch::Receiver<Arc<ServerConfig>>>,
+    tls: Option<tokio::sync::watch::Receiver<Arc<TlsConfigs>>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let service = Measured {
@@ -218,7 +218,7 @@ async fn serve_connections(
                 }));
             }
             Some(tls) => {
-                let acceptor = TlsAcceptor::from(tls.borrow().clone());
+                let acceptor = TlsAcceptor::from(Arc::clone(&tls.borrow().https));
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {

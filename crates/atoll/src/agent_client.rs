@@ -3,7 +3,7 @@
 //! `--client-cert`/`--client-key` to an agent that verifies incoming connections.
 
 use anyhow::{anyhow, bail};
-use atoll_api::tls::{crypto_provider, read_certificates, read_private_key, read_roots};
+use atoll_tls::{crypto_provider, read_certificates, read_private_key, read_roots};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_rustls::{ConfigBuilderExt, FixedServerNameResolver, HttpsConnector};

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use atoll_agent::Autopilot;
-use atoll_api::tls::TlsFiles;
 use atoll_api::HttpLimits;
 use atoll_raft::ClusterSecret;
+use atoll_tls::{TlsFiles, TlsSettings};
+use base64::Engine;
 use clap::{Args, Parser, Subcommand};
 use hickory_proto::rr::Name;
 
@@ -673,18 +674,40 @@ pub struct NodeArgs {
     /// --tls-cert-file and --tls-key-file.
     #[arg(long)]
     pub https_addr: Option<SocketAddr>,
-    /// The HTTPS listener's certificate chain (PEM, leaf first); read again on SIGHUP.
+    /// The node's certificate chain (PEM, leaf first), for HTTPS and the RPC port, both as
+    /// server and as client; read again on SIGHUP and `PUT /v1/agent/reload`.
     #[arg(long, value_name = "PATH")]
     pub tls_cert_file: Option<PathBuf>,
     /// The private key of --tls-cert-file (PEM); read again on SIGHUP.
     #[arg(long, value_name = "PATH")]
     pub tls_key_file: Option<PathBuf>,
-    /// The CA (PEM) client certificates are checked against with --verify-incoming.
+    /// The CA (PEM) peers' certificates are checked against.
     #[arg(long, value_name = "PATH")]
     pub tls_ca_file: Option<PathBuf>,
-    /// Require, on HTTPS, a client certificate signed by --tls-ca-file.
+    /// Require a client certificate signed by --tls-ca-file on HTTPS and on the RPC port
+    /// (where plain TCP is then refused).
     #[arg(long)]
     pub verify_incoming: bool,
+    /// --verify-incoming on the RPC port only.
+    #[arg(long)]
+    pub verify_incoming_rpc: bool,
+    /// --verify-incoming on HTTPS only.
+    #[arg(long)]
+    pub verify_incoming_https: bool,
+    /// RPC to other nodes uses TLS, presenting --tls-cert-file and checking the peer's
+    /// certificate against --tls-ca-file.
+    #[arg(long)]
+    pub verify_outgoing: bool,
+    /// A server's certificate must be valid for server.DC.DOMAIN: checked when dialing a
+    /// server, and asked of a peer claiming to be one (joining as a server, Raft requests).
+    /// Implies --verify-outgoing.
+    #[arg(long)]
+    pub verify_server_hostname: bool,
+    /// The cluster's key (base64 of 16 or 32 bytes, as `atoll keygen` prints): without
+    /// --cluster-secret-file, RPC requests are authenticated by a bearer derived from it
+    /// (the key itself is never sent). Also the WAN gossip pool's encryption key.
+    #[arg(long, value_name = "KEY")]
+    pub encrypt: Option<String>,
     /// DNS address, UDP and TCP (default: BIND:8600).
     #[arg(long)]
     pub dns_addr: Option<SocketAddr>,
@@ -866,11 +889,6 @@ pub struct WanArgs {
     /// Seconds between attempts to join the `--retry-join-wan` addresses.
     #[arg(long, default_value_t = 30.0)]
     pub retry_interval_wan: f64,
-    /// Gossip encryption key (base64 of 16 or 32 bytes, as `atoll keygen` prints one):
-    /// the WAN pool's traffic is sealed with AES-GCM. Read at the first start only: after
-    /// it, the keyring file in the data dir (serf/remote.keyring) is used.
-    #[arg(long, value_name = "KEY")]
-    pub encrypt: Option<String>,
     /// Refuse unencrypted gossip (false only while turning encryption on in a running
     /// pool).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -882,7 +900,12 @@ pub struct WanArgs {
 
 impl WanArgs {
     /// The WAN settings of a server binding `bind` (`None`: WAN gossip is off).
-    fn settings(&self, bind: IpAddr) -> anyhow::Result<Option<WanSettings>> {
+    /// `encrypt` is the decoded `--encrypt` key, the pool's first key.
+    fn settings(
+        &self,
+        bind: IpAddr,
+        encrypt: Option<&[u8]>,
+    ) -> anyhow::Result<Option<WanSettings>> {
         let retry_join = self
             .retry_join_wan
             .iter()
@@ -895,15 +918,7 @@ impl WanArgs {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let retry_interval = positive_seconds("--retry-interval-wan", self.retry_interval_wan)?;
-        let encrypt = self
-            .encrypt
-            .as_deref()
-            .map(|key| {
-                atoll_gossip::Key::parse(key)
-                    .map(|key| key.bytes().to_vec())
-                    .map_err(|e| anyhow!("--encrypt: {e}"))
-            })
-            .transpose()?;
+        let encrypt = encrypt.map(<[u8]>::to_vec);
         if self.serf_wan_port == 0 {
             if !retry_join.is_empty() {
                 bail!("--retry-join-wan needs WAN gossip, which --serf-wan-port 0 turns off");
@@ -979,7 +994,8 @@ pub struct AgentArgs {
     pub min_quorum: usize,
     /// File holding the secret every node of the cluster shares: each RPC request carries
     /// it and the RPC listener refuses (401) a request without it. Instead of a file, the
-    /// environment variable ATOLL_CLUSTER_SECRET may hold the secret itself.
+    /// environment variable ATOLL_CLUSTER_SECRET may hold the secret itself. Without
+    /// either, a secret derived from --encrypt is used, if given.
     #[arg(long, value_name = "PATH")]
     pub cluster_secret_file: Option<PathBuf>,
 }
@@ -993,8 +1009,13 @@ pub struct NodeSettings {
     pub data_dir: Option<PathBuf>,
     /// The plain HTTP listener (`None`: `--http-addr off`).
     pub http_addr: Option<SocketAddr>,
-    /// The HTTPS listener and its files (`--https-addr`).
-    pub https: Option<HttpsSettings>,
+    /// The HTTPS listener (`--https-addr`).
+    pub https_addr: Option<SocketAddr>,
+    /// The TLS files and what is asked of peers (`--tls-*`, `--verify-*`), for HTTPS and
+    /// the RPC port.
+    pub tls: Option<TlsSettings>,
+    /// The cluster's key from `--encrypt` (16 or 32 bytes), if given.
+    pub encrypt_key: Option<Vec<u8>>,
     pub marathon_addr: Option<SocketAddr>,
     pub dns_addr: SocketAddr,
     pub rpc_addr: SocketAddr,
@@ -1050,17 +1071,27 @@ impl NodeSettings {
             Role::Client { retry_join } => ("client", retry_join.clone(), 0),
         };
         let seconds = |d: Duration| format!("{}s", d.as_secs_f64());
-        serde_json::json!({
+        // Two objects: one `json!` of every field exceeds the macro recursion limit.
+        let mut config = serde_json::json!({
             "Mode": mode,
             "DataDir": data_dir.display().to_string(),
             "BindAddr": self.bind.to_string(),
             "AdvertiseAddrLAN": self.bind.to_string(),
             "HTTPAddrs": self.http_addr.iter().map(|a| format!("tcp://{a}")).collect::<Vec<_>>(),
-            "HTTPSAddrs": self.https.iter().map(|h| format!("tcp://{}", h.addr)).collect::<Vec<_>>(),
-            "CertFile": self.https.as_ref().map(|h| h.files.cert_file.display().to_string()),
-            "KeyFile": self.https.as_ref().map(|h| h.files.key_file.display().to_string()),
-            "CAFile": self.https.as_ref().and_then(|h| h.files.ca_file.as_ref()).map(|f| f.display().to_string()),
-            "VerifyIncoming": self.https.as_ref().is_some_and(|h| h.files.verify_incoming),
+            "HTTPSAddrs": self.https_addr.iter().map(|a| format!("tcp://{a}")).collect::<Vec<_>>(),
+            "CertFile": self.tls.as_ref().map(|t| t.files.cert_file.display().to_string()),
+            "KeyFile": self.tls.as_ref().map(|t| t.files.key_file.display().to_string()),
+            "CAFile": self.tls.as_ref().and_then(|t| t.files.ca_file.as_ref()).map(|f| f.display().to_string()),
+            "VerifyIncoming": self.tls.as_ref().is_some_and(|t| {
+                t.verify_incoming_https && (t.verify_incoming_rpc || self.role == Role::Dev)
+            }),
+            "VerifyIncomingRPC": self.tls.as_ref().is_some_and(|t| t.verify_incoming_rpc),
+            "VerifyIncomingHTTPS": self.tls.as_ref().is_some_and(|t| t.verify_incoming_https),
+            "VerifyOutgoing": self.tls.as_ref().is_some_and(|t| t.verify_outgoing),
+            "VerifyServerHostname": self.tls.as_ref().is_some_and(|t| t.verify_server_hostname),
+            "EncryptKeySet": self.encrypt_key.is_some(),
+        });
+        let rest = serde_json::json!({
             "MarathonAddr": self.marathon_addr.map(|a| a.to_string()),
             "DNSAddrs": [format!("udp://{}", self.dns_addr), format!("tcp://{}", self.dns_addr)],
             "RPCAdvertiseAddr": format!("tcp://{}", self.rpc_addr),
@@ -1095,17 +1126,12 @@ impl NodeSettings {
                 "ACLDefaultTokenSet": self.acl.tokens.default.is_some(),
                 "ACLAgentTokenSet": self.acl.tokens.agent.is_some(),
             },
-        })
+        });
+        if let (Some(config), serde_json::Value::Object(rest)) = (config.as_object_mut(), rest) {
+            config.extend(rest);
+        }
+        config
     }
-}
-
-/// The HTTPS listener of a node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpsSettings {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// Its certificate, key and CA.
-    pub files: TlsFiles,
 }
 
 /// What a node runs.
@@ -1232,11 +1258,12 @@ impl NodeArgs {
         if self.data_dir.is_none() && role != Role::Dev {
             bail!("--data-dir is required for `atoll agent`");
         }
-        let https = self.https_settings()?;
+        let tls = self.tls_settings(&role)?;
+        let encrypt_key = self.encrypt.as_deref().map(encrypt_key).transpose()?;
         let http_addr = match self.http_addr {
             None => Some(SocketAddr::new(self.bind, 8500)),
             Some(Listen::At(addr)) => Some(addr),
-            Some(Listen::Off) if https.is_none() => {
+            Some(Listen::Off) if self.https_addr.is_none() => {
                 bail!("--http-addr off needs --https-addr: the node would serve no API")
             }
             Some(Listen::Off) if matches!(role, Role::Server { .. }) => bail!(
@@ -1248,7 +1275,9 @@ impl NodeArgs {
         Ok(NodeSettings {
             data_dir: self.data_dir.clone(),
             http_addr,
-            https,
+            https_addr: self.https_addr,
+            tls,
+            encrypt_key,
             marathon_addr: self.marathon_addr,
             dns_addr: self.dns_addr.unwrap_or(SocketAddr::new(self.bind, 8600)),
             rpc_addr: SocketAddr::new(self.bind, rpc_port),
@@ -1296,40 +1325,90 @@ impl NodeArgs {
 }
 
 impl NodeArgs {
-    /// The HTTPS listener's settings; the files themselves are read when the node starts.
-    fn https_settings(&self) -> anyhow::Result<Option<HttpsSettings>> {
-        let Some(addr) = self.https_addr else {
-            for (given, flag) in [
-                (self.tls_cert_file.is_some(), "--tls-cert-file"),
-                (self.tls_key_file.is_some(), "--tls-key-file"),
-                (self.tls_ca_file.is_some(), "--tls-ca-file"),
-                (self.verify_incoming, "--verify-incoming"),
-            ] {
-                if given {
+    /// The TLS files and what is asked of peers; the files themselves are read when the
+    /// node starts. Consul's defaults: with files but no `--verify-*` flag, TLS is offered
+    /// (HTTPS, and on the RPC port beside plain TCP) but asked of no one.
+    fn tls_settings(&self, role: &Role) -> anyhow::Result<Option<TlsSettings>> {
+        let rpc = *role != Role::Dev;
+        let given = [
+            (self.tls_cert_file.is_some(), "--tls-cert-file"),
+            (self.tls_key_file.is_some(), "--tls-key-file"),
+            (self.tls_ca_file.is_some(), "--tls-ca-file"),
+            (self.verify_incoming, "--verify-incoming"),
+            (self.verify_incoming_https, "--verify-incoming-https"),
+            (self.verify_incoming_rpc, "--verify-incoming-rpc"),
+            (self.verify_outgoing, "--verify-outgoing"),
+            (self.verify_server_hostname, "--verify-server-hostname"),
+        ];
+        if !rpc {
+            // `atoll dev` has no RPC port: the files are for HTTPS only.
+            for (flag_given, flag) in &given[5..] {
+                if *flag_given {
+                    bail!("{flag} applies to the RPC port, which `atoll dev` does not have");
+                }
+            }
+            if self.https_addr.is_none() {
+                if let Some((_, flag)) = given.iter().find(|(flag_given, _)| *flag_given) {
                     bail!(
                         "{flag} applies to the HTTPS listener: add --https-addr (e.g. {}:8501)",
                         self.bind
                     );
                 }
             }
-            return Ok(None);
-        };
-        let (Some(cert_file), Some(key_file)) = (&self.tls_cert_file, &self.tls_key_file) else {
-            bail!("--https-addr needs --tls-cert-file and --tls-key-file");
-        };
-        if self.verify_incoming && self.tls_ca_file.is_none() {
-            bail!("--verify-incoming needs --tls-ca-file, the CA client certificates must be signed by");
         }
-        Ok(Some(HttpsSettings {
-            addr,
+        if self.verify_incoming_https && self.https_addr.is_none() {
+            bail!(
+                "--verify-incoming-https applies to the HTTPS listener: add --https-addr (e.g. {}:8501)",
+                self.bind
+            );
+        }
+        let (cert_file, key_file) = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert_file), Some(key_file)) => (cert_file.clone(), key_file.clone()),
+            (None, None) if self.https_addr.is_some() => {
+                bail!("--https-addr needs --tls-cert-file and --tls-key-file")
+            }
+            (None, None) => {
+                if let Some((_, flag)) = given.iter().find(|(flag_given, _)| *flag_given) {
+                    bail!("{flag} needs --tls-cert-file and --tls-key-file");
+                }
+                return Ok(None);
+            }
+            (Some(_), None) => bail!("--tls-cert-file needs --tls-key-file, its private key"),
+            (None, Some(_)) => bail!("--tls-key-file needs --tls-cert-file, its certificate"),
+        };
+        if self.tls_ca_file.is_none() {
+            if let Some((_, flag)) = given[3..].iter().find(|(flag_given, _)| *flag_given) {
+                bail!("{flag} needs --tls-ca-file, the CA peers' certificates must be signed by");
+            }
+        }
+        Ok(Some(TlsSettings {
             files: TlsFiles {
-                cert_file: cert_file.clone(),
-                key_file: key_file.clone(),
+                cert_file,
+                key_file,
                 ca_file: self.tls_ca_file.clone(),
-                verify_incoming: self.verify_incoming,
             },
+            verify_incoming_https: self.verify_incoming || self.verify_incoming_https,
+            verify_incoming_rpc: rpc && (self.verify_incoming || self.verify_incoming_rpc),
+            verify_outgoing: self.verify_outgoing || self.verify_server_hostname,
+            verify_server_hostname: self.verify_server_hostname,
         }))
     }
+}
+
+/// The cluster key of `--encrypt`: base64 (standard alphabet, padded) of 16 or 32 bytes, as
+/// Consul's gossip keys (the WAN pool seals with AES-128 or AES-256-GCM; 24-byte AES-192
+/// keys, which Consul also takes, are refused). The error never repeats the key.
+pub fn encrypt_key(text: &str) -> anyhow::Result<Vec<u8>> {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| anyhow!("--encrypt: the key is not base64 (make one with `atoll keygen`)"))?;
+    if ![16, 32].contains(&key.len()) {
+        bail!(
+            "--encrypt: the key is {} bytes; it must be 16 or 32 (make one with `atoll keygen`)",
+            key.len()
+        );
+    }
+    Ok(key)
 }
 
 /// A timeout flag: a positive number of seconds a `Duration` can hold.
@@ -1387,9 +1466,12 @@ impl AgentArgs {
         settings.cluster_secret = cluster_secret(
             self.cluster_secret_file.as_deref(),
             std::env::var_os(CLUSTER_SECRET_ENV),
-        )?;
+        )?
+        .or_else(|| settings.encrypt_key.as_deref().map(ClusterSecret::from_key));
         if self.server {
-            settings.wan = self.wan.settings(settings.bind)?;
+            settings.wan = self
+                .wan
+                .settings(settings.bind, settings.encrypt_key.as_deref())?;
         } else if !self.wan.retry_join_wan.is_empty() {
             bail!("--retry-join-wan only applies to servers (add --server)");
         }
@@ -1432,7 +1514,9 @@ impl DevArgs {
     /// Validates the flags.
     pub fn settings(&self) -> anyhow::Result<NodeSettings> {
         let mut settings = self.node.settings(Role::Dev, DEFAULT_RPC_PORT)?;
-        settings.wan = self.wan.settings(settings.bind)?;
+        settings.wan = self
+            .wan
+            .settings(settings.bind, settings.encrypt_key.as_deref())?;
         Ok(settings)
     }
 }
@@ -1658,7 +1742,7 @@ mod tests {
         assert_eq!(dev.http_addr, None);
         assert_eq!(dev.advertised_http_addr(), None);
         assert_eq!(
-            dev.https.expect("HTTPS on").addr,
+            dev.https_addr.expect("HTTPS on"),
             "127.0.0.1:8501".parse().unwrap()
         );
         let error = node_settings(&["atoll", "dev", "--http-addr", "off"])
@@ -1696,9 +1780,127 @@ mod tests {
             .is_none());
     }
 
+    /// The flags of a one-server cluster.
+    const ONE_SERVER: [&str; 7] = [
+        "atoll",
+        "agent",
+        "--server",
+        "--bootstrap-expect",
+        "1",
+        "--data-dir",
+        "/d",
+    ];
+
+    #[test]
+    fn encrypt_keys_are_base64_of_16_or_32_bytes() {
+        use base64::Engine;
+        let b64 = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![9u8; n]);
+        for n in [16, 32] {
+            assert_eq!(super::encrypt_key(&b64(n)).unwrap().len(), n);
+        }
+        for bad in [
+            b64(15),
+            b64(24),
+            b64(31),
+            b64(33),
+            "not base64!".to_string(),
+            String::new(),
+        ] {
+            let error = super::encrypt_key(&bad).unwrap_err().to_string();
+            assert!(error.starts_with("--encrypt"), "{error}");
+            assert!(bad.is_empty() || !error.contains(&bad), "{error}");
+        }
+        let server = ONE_SERVER;
+        let key = b64(32);
+        let settings = node_settings(&[&server[..], &["--encrypt", &key]].concat()).unwrap();
+        assert_eq!(settings.encrypt_key, Some(vec![9u8; 32]));
+        // Without a secret file, the RPC bearer comes from the key.
+        assert!(settings.cluster_secret.is_some());
+        let plain = node_settings(&server).unwrap();
+        assert!(plain.encrypt_key.is_none() && plain.cluster_secret.is_none());
+    }
+
+    #[test]
+    fn tls_files_serve_the_rpc_port_of_agents() {
+        let files = [
+            "--tls-cert-file",
+            "c.pem",
+            "--tls-key-file",
+            "k.pem",
+            "--tls-ca-file",
+            "ca.pem",
+        ];
+        let server = ONE_SERVER;
+        let tls = |flags: &[&str]| {
+            node_settings(&[&server[..], &files[..], flags].concat())
+                .unwrap()
+                .tls
+                .expect("TLS settings")
+        };
+        // Files without flags: TLS offered, asked of no one.
+        let offered = tls(&[]);
+        assert!(!offered.verify_incoming_rpc && !offered.verify_incoming_https);
+        assert!(!offered.verify_outgoing && !offered.verify_server_hostname);
+        let incoming = tls(&["--verify-incoming"]);
+        assert!(incoming.verify_incoming_rpc && incoming.verify_incoming_https);
+        let rpc_only = tls(&["--verify-incoming-rpc"]);
+        assert!(rpc_only.verify_incoming_rpc && !rpc_only.verify_incoming_https);
+        // Checking a server's name means using TLS towards it.
+        let hostname = tls(&["--verify-server-hostname"]);
+        assert!(hostname.verify_server_hostname && hostname.verify_outgoing);
+        // `atoll dev` has no RPC port: --verify-incoming is HTTPS's only.
+        let dev = node_settings(
+            &[
+                &["atoll", "dev", "--https-addr", "127.0.0.1:8501"][..],
+                &files[..],
+                &["--verify-incoming"],
+            ]
+            .concat(),
+        )
+        .unwrap()
+        .tls
+        .expect("TLS settings");
+        assert!(dev.verify_incoming_https && !dev.verify_incoming_rpc);
+    }
+
     #[test]
     fn tls_flags_need_https_and_each_other() {
+        let server = ONE_SERVER;
+        let with = |flags: &[&'static str]| [&server[..], flags].concat();
         refused_by_name(&[
+            (
+                vec!["atoll", "dev", "--verify-outgoing"],
+                "--verify-outgoing",
+            ),
+            (
+                vec!["atoll", "dev", "--verify-server-hostname"],
+                "--verify-server-hostname",
+            ),
+            (with(&["--verify-outgoing"]), "--tls-cert-file"),
+            (
+                with(&["--tls-cert-file", "c.pem", "--verify-outgoing"]),
+                "--tls-key-file",
+            ),
+            (
+                with(&[
+                    "--tls-cert-file",
+                    "c.pem",
+                    "--tls-key-file",
+                    "k.pem",
+                    "--verify-server-hostname",
+                ]),
+                "--tls-ca-file",
+            ),
+            (
+                with(&[
+                    "--tls-cert-file",
+                    "c.pem",
+                    "--tls-key-file",
+                    "k.pem",
+                    "--verify-incoming-https",
+                ]),
+                "--https-addr",
+            ),
             (
                 vec!["atoll", "dev", "--tls-cert-file", "c.pem"],
                 "--https-addr",

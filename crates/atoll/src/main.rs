@@ -20,13 +20,14 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use atoll_agent::{Agent, AgentConfig};
-use atoll_api::tls::{TlsCertificates, TlsReload};
+use atoll_api::tls::TlsReload;
 use atoll_api::{ApiContext, ApiSwitch, Forming, RelayFederation};
 use atoll_cluster::Store;
 use atoll_cluster::{Alone, ClusterHandle, Federation, Member};
 use atoll_dns::{DnsConfig, DnsServer};
 use atoll_gossip::GossipFederation;
 use atoll_raft::{Consensus, ConsensusConfig, JoinPlan};
+use atoll_tls::TlsCertificates;
 use clap::Parser;
 
 use crate::config::{Cli, CommandLine, NodeSettings, OperatorCommand, RaftCommand, Role};
@@ -118,11 +119,10 @@ fn main() -> ExitCode {
 
 async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     // The TLS files are read first: a missing or mismatched one stops the start, naming it.
-    let certificates = match &settings.https {
-        Some(https) => Some(
-            TlsCertificates::load(https.files.clone())
-                .map_err(|e| anyhow!("cannot serve HTTPS: {e}"))?,
-        ),
+    let certificates = match &settings.tls {
+        Some(tls) => {
+            Some(TlsCertificates::load(tls.clone()).map_err(|e| anyhow!("cannot use TLS: {e}"))?)
+        }
         None => None,
     };
     // Bind every socket before anything else so a busy port fails fast, with nothing written.
@@ -130,8 +130,8 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         Some(addr) => Some(listen("HTTP", addr).await?),
         None => None,
     };
-    let https = match &settings.https {
-        Some(https) => Some(listen("HTTPS", https.addr).await?),
+    let https = match settings.https_addr {
+        Some(addr) => Some(listen("HTTPS", addr).await?),
         None => None,
     };
     let marathon_http = match settings.marathon_addr {
@@ -224,6 +224,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             snapshot_after_entries: settings.snapshot_after_entries,
             disk_reserve_bytes: settings.disk_reserve_bytes,
             cluster_secret: settings.cluster_secret.clone(),
+            rpc_tls: rpc_tls(&settings, certificates.as_ref()),
         },
         store,
     )
@@ -287,20 +288,10 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         );
     }
     if let Some(rpc) = rpc {
-        let router = consensus.rpc_router(plan.bootstrap_expect);
+        let consensus = consensus.clone();
+        let bootstrap_expect = plan.bootstrap_expect;
         supervisor.spawn("the RPC listener", async move {
-            // The caller's address is for the log line of a refused request.
-            let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            // Answers go out at once: with Nagle's algorithm a small answer could wait for the
-            // peer's delayed ACK, 40 ms on Linux, stalling a forwarded write or an append.
-            let rpc = axum::serve::ListenerExt::tap_io(rpc, |tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "TCP_NODELAY on an RPC connection");
-                }
-            });
-            if let Err(e) = axum::serve(rpc, service).await {
-                tracing::error!(error = %e, "RPC listener failed");
-            }
+            consensus.serve_rpc(rpc, bootstrap_expect).await
         });
     }
     // Serve HTTP from now on: until the node has joined, the forming API answers as Consul
@@ -322,14 +313,16 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             stop.clone(),
         )));
     }
-    if let (Some(https), Some(certificates)) = (https, certificates) {
-        listeners.push(tokio::spawn(atoll_api::serve_tls(
-            https,
-            router.clone(),
-            settings.http_limits,
-            certificates.subscribe(),
-            stop.clone(),
-        )));
+    if let Some(certificates) = certificates {
+        if let Some(https) = https {
+            listeners.push(tokio::spawn(atoll_api::serve_tls(
+                https,
+                router.clone(),
+                settings.http_limits,
+                certificates.subscribe(),
+                stop.clone(),
+            )));
+        }
         let (handle, requests) = TlsReload::channel();
         tls_reload = Some(handle);
         tokio::spawn(reload_tls(certificates, requests));
@@ -506,8 +499,8 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         Some(addr) => println!("  HTTP API: http://{addr}"),
         None => println!("  HTTP API: off"),
     }
-    if let Some(https) = &settings.https {
-        println!("  HTTPS:    https://{}", https.addr);
+    if let Some(addr) = settings.https_addr {
+        println!("  HTTPS:    https://{addr}");
     }
     if let Some(addr) = settings.marathon_addr {
         println!("  Marathon: http://{addr} (same API)");
@@ -605,9 +598,33 @@ async fn finish(
     drop(temporary);
 }
 
-/// Reads the HTTPS listener's files again on each SIGHUP and each `PUT /v1/agent/reload`:
-/// new connections get the new certificate, open ones keep theirs, and files that fail to
-/// load change nothing.
+/// The RPC port's TLS (not on `atoll dev`, which has no RPC port): the node's certificates
+/// and what its flags ask of peers.
+fn rpc_tls(
+    settings: &NodeSettings,
+    certificates: Option<&TlsCertificates>,
+) -> Option<atoll_raft::RpcTls> {
+    let (Some(tls), Some(certificates)) = (&settings.tls, certificates) else {
+        return None;
+    };
+    if settings.role == Role::Dev {
+        return None;
+    }
+    let domain = settings.domain.to_ascii();
+    Some(atoll_raft::RpcTls {
+        certificates: certificates.subscribe(),
+        verify_incoming: tls.verify_incoming_rpc,
+        verify_outgoing: tls.verify_outgoing,
+        verify_server_hostname: tls.verify_server_hostname,
+        server_name: atoll_tls::role_name(atoll_tls::Role::Server, &settings.datacenter, &domain),
+        client_name: atoll_tls::role_name(atoll_tls::Role::Client, &settings.datacenter, &domain),
+    })
+}
+
+/// Reads the node's TLS files again on each SIGHUP and each `PUT /v1/agent/reload`, for
+/// HTTPS and the RPC port at once: new connections get the new certificate, open ones keep
+/// theirs (a persistent RPC connection until it breaks or idles out), and files that fail
+/// to load change nothing.
 async fn reload_tls(
     certificates: TlsCertificates,
     mut requests: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<Result<(), String>>>,
@@ -629,9 +646,9 @@ async fn reload_tls(
         };
         let outcome = certificates.reload().map_err(|e| e.to_string());
         match &outcome {
-            Ok(()) => tracing::info!("reloaded the HTTPS certificate"),
+            Ok(()) => tracing::info!("reloaded the TLS certificate"),
             Err(e) => {
-                tracing::error!("cannot reload the HTTPS certificate, keeping the one loaded: {e}")
+                tracing::error!("cannot reload the TLS certificate, keeping the one loaded: {e}")
             }
         }
         if let Some(answer) = answer {

@@ -65,6 +65,7 @@ async fn main() {
         snapshot_after_entries: 64,
         disk_reserve_bytes: 0,
         cluster_secret: None,
+        rpc_tls: None,
     };
     let consensus = Consensus::start(config, Default::default())
         .await

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::consensus::Consensus;
 use crate::protocol::{Hello, JoinRequest, HELLO_PATH, JOIN_PATH};
+use crate::transport::TransportError;
 use atoll_cluster::{ClusterError, Member};
 
 /// Pause between rounds of hellos.
@@ -186,8 +187,18 @@ impl Consensus {
 
     /// Says hello to `address`; `None` if it does not answer in time or refuses this node.
     async fn say_hello(&self, address: &str, me: &Hello, refusals: &mut Refusals) -> Option<Hello> {
-        match self
-            .client()
+        // Addresses come from --retry-join and the servers heard of, but also from the
+        // members, compute nodes included, whose certificates do not name a server.
+        let compute_node = self
+            .members()
+            .iter()
+            .any(|(_, member, _)| member.rpc_addr == address && !member.server);
+        let client = if compute_node {
+            self.client().to_any_node()
+        } else {
+            self.client().clone()
+        };
+        match client
             .call::<Hello, Hello>(address, HELLO_PATH, me, HELLO_TIMEOUT)
             .await
         {
@@ -195,8 +206,8 @@ impl Consensus {
                 refusals.answered(address);
                 Some(hello)
             }
-            Err(e) if e.unauthorized() => {
-                refusals.refused(address, "hello");
+            Err(e) if e.refused() => {
+                refusals.refused(address, "hello", &e);
                 None
             }
             Err(_) => None,
@@ -249,8 +260,8 @@ impl Consensus {
                     tracing::debug!(error = %e, "join not possible yet");
                     return false;
                 }
-                Err(e) if e.unauthorized() => {
-                    refusals.refused(&target, "join request");
+                Err(e) if e.refused() => {
+                    refusals.refused(&target, "join request", &e);
                     return false;
                 }
                 Err(e) => {
@@ -263,7 +274,8 @@ impl Consensus {
     }
 }
 
-/// The peers that refused this node's cluster secret, so that each refusal is logged once
+/// The peers that refused this node (its cluster key, its certificate or its claim to be a
+/// server) or whose certificate this node refused, so that each refusal is logged once
 /// (hellos go out several times a second) and again only after the peer let it in.
 #[derive(Default)]
 struct Refusals {
@@ -271,12 +283,12 @@ struct Refusals {
 }
 
 impl Refusals {
-    fn refused(&mut self, address: &str, what: &str) {
+    fn refused(&mut self, address: &str, what: &str, error: &TransportError) {
         if self.refused_by.insert(address.to_string()) {
             tracing::error!(
                 peer = %address,
-                "{what} refused: the peer does not accept this node's cluster secret; every node \
-                 of a cluster needs the same --cluster-secret-file (this node stays out until it has it)"
+                "{what}: {} (this node stays out of that peer's cluster until this is fixed)",
+                error.failure
             );
         }
     }

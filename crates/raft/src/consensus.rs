@@ -18,7 +18,7 @@ use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::auth::ClusterSecret;
+use crate::auth::{ClusterSecret, RpcTls};
 use crate::group::{Propose, Wanted, WriteGroup};
 use crate::log_store::{LogStore, LogWriter};
 use crate::network::Network;
@@ -85,6 +85,8 @@ pub struct ConsensusConfig {
     pub disk_reserve_bytes: u64,
     /// The secret every RPC request between the cluster's nodes carries, if any.
     pub cluster_secret: Option<ClusterSecret>,
+    /// The RPC port's TLS, when the node has TLS files.
+    pub rpc_tls: Option<RpcTls>,
 }
 
 impl From<StorageFailure> for ClusterError {
@@ -113,6 +115,8 @@ struct Inner {
     client: RpcClient,
     /// What the RPC listener asks of callers, if the cluster has a secret.
     secret: Option<Arc<ClusterSecret>>,
+    /// The RPC port's TLS, if any.
+    tls: Option<RpcTls>,
     /// Where the database lives, and the free space writes need there.
     data_dir: PathBuf,
     disk_reserve_bytes: u64,
@@ -182,7 +186,7 @@ impl Consensus {
                 .map_err(|e| ClusterError::Stopped(e.to_string()))?,
         );
         let secret = config.cluster_secret.map(Arc::new);
-        let client = RpcClient::new(secret.clone());
+        let client = RpcClient::new(secret.clone(), config.rpc_tls.as_ref());
         let network = Network {
             client: client.clone(),
         };
@@ -210,6 +214,7 @@ impl Consensus {
                 member: config.member,
                 client,
                 secret,
+                tls: config.rpc_tls,
                 data_dir: config.data_dir,
                 disk_reserve_bytes: config.disk_reserve_bytes,
                 liveness: Mutex::new(HashMap::new()),
@@ -609,6 +614,11 @@ impl Consensus {
     /// What the RPC listener asks of callers, if the cluster has a secret.
     pub(crate) fn cluster_secret(&self) -> Option<&Arc<ClusterSecret>> {
         self.inner.secret.as_ref()
+    }
+
+    /// The RPC port's TLS, if the node has TLS files.
+    pub(crate) fn rpc_tls(&self) -> Option<&RpcTls> {
+        self.inner.tls.as_ref()
     }
 
     /// Hands an append from the leader to Raft, noting that the leader reached this node.

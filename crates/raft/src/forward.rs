@@ -74,9 +74,10 @@ impl Consensus {
 }
 
 /// A leader this node cannot get an answer from is, to its callers, no leader; one that
-/// refuses this node's cluster secret is also worth a line in the log.
+/// refuses this node's credentials (or whose certificate this node refuses) is also worth a
+/// line in the log.
 fn unreached(e: TransportError) -> ClusterError {
-    if e.unauthorized() {
+    if e.refused() {
         tracing::warn!(error = %e, "the leader refused a forwarded request");
     }
     ClusterError::NoLeader

@@ -8,6 +8,7 @@ mod cluster;
 mod consensus;
 mod forward;
 mod group;
+mod listener;
 mod log_store;
 mod network;
 mod protocol;
@@ -17,7 +18,7 @@ mod storage;
 mod transport;
 mod wire;
 
-pub use auth::ClusterSecret;
+pub use auth::{ClusterSecret, RpcTls};
 pub use cluster::JoinPlan;
 pub use consensus::{Consensus, ConsensusConfig};
 

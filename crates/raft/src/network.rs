@@ -1,4 +1,4 @@
-//! The Raft network: openraft's RPCs as JSON over HTTP to each peer's RPC listener.
+//! The Raft network: openraft's RPCs as MessagePack over HTTP/2 to each peer's RPC listener.
 
 use std::time::Duration;
 
@@ -37,8 +37,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+        // A server's certificate is checked for the server name; a compute node's is not.
         PeerClient {
-            client: self.client.clone(),
+            client: if node.server {
+                self.client.clone()
+            } else {
+                self.client.to_any_node()
+            },
             target,
             address: node.rpc_addr.clone(),
         }

@@ -8,11 +8,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::post;
+use axum::Extension;
 use axum::Router;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use tokio::time::Instant;
 
-use crate::auth::{require_secret, Gate};
+use crate::auth::{require_secret, Claim, Gate, Peer, Throttle};
 use crate::consensus::{Consensus, READ_TIMEOUT};
 use crate::protocol::{
     Hello, JoinRequest, APPEND_PATH, HEARTBEAT_PATH, HELLO_PATH, JOIN_PATH, READ_INDEX_PATH,
@@ -70,6 +71,34 @@ impl Consensus {
 
 type RpcState = State<(Consensus, usize)>;
 
+/// A request refused for what the peer claims to be (403, saying why).
+type Refused = (StatusCode, String);
+
+/// Refuses `claim` unless the peer proved it (see [`Peer::admit`]); logged, as the peer is
+/// misconfigured or an impostor.
+fn admit(consensus: &Consensus, peer: &Peer, claim: Claim) -> Result<(), Refused> {
+    let server_name = consensus
+        .rpc_tls()
+        .filter(|tls| tls.verify_server_hostname)
+        .map(|tls| tls.server_name.as_str());
+    // A refused node asks again several times a second.
+    static LOGGED: Throttle = Throttle::new();
+    peer.admit(server_name, claim).map_err(|reason| {
+        if LOGGED.now() {
+            tracing::warn!(caller = %peer.address, ?claim, "refused an RPC request (logged at most every 10 s): {reason}");
+        } else {
+            tracing::debug!(caller = %peer.address, ?claim, "refused an RPC request: {reason}");
+        }
+        (StatusCode::FORBIDDEN, reason)
+    })
+}
+
+/// The peer the listener noted, or an unknown one (the router used without the listener).
+fn peer_of(peer: Option<Extension<Peer>>) -> Peer {
+    peer.map(|Extension(peer)| peer)
+        .unwrap_or_else(Peer::unknown)
+}
+
 /// A Raft message for another Raft id than this node's: answered 409, which the sender
 /// takes as that node being unreachable.
 type Misaddressed = (StatusCode, String);
@@ -89,27 +118,33 @@ fn addressed_to_me(consensus: &Consensus, to: NodeId) -> Result<(), Misaddressed
 
 async fn append(
     State((consensus, _)): RpcState,
+    peer: Option<Extension<Peer>>,
     Path(to): Path<NodeId>,
     Message(request, format): Message<AppendEntriesRequest<TypeConfig>>,
 ) -> Result<Response, Misaddressed> {
+    admit(&consensus, &peer_of(peer), Claim::RaftRpc)?;
     addressed_to_me(&consensus, to)?;
     Ok(format.reply(&consensus.receive_append(request).await))
 }
 
 async fn vote(
     State((consensus, _)): RpcState,
+    peer: Option<Extension<Peer>>,
     Path(to): Path<NodeId>,
     Message(request, format): Message<VoteRequest<NodeId>>,
 ) -> Result<Response, Misaddressed> {
+    admit(&consensus, &peer_of(peer), Claim::RaftRpc)?;
     addressed_to_me(&consensus, to)?;
     Ok(format.reply(&consensus.receive_vote(request).await))
 }
 
 async fn snapshot(
     State((consensus, _)): RpcState,
+    peer: Option<Extension<Peer>>,
     Path(to): Path<NodeId>,
     Message(request, format): Message<InstallSnapshotRequest<TypeConfig>>,
 ) -> Result<Response, Misaddressed> {
+    admit(&consensus, &peer_of(peer), Claim::RaftRpc)?;
     addressed_to_me(&consensus, to)?;
     Ok(format.reply(&consensus.receive_snapshot(request).await))
 }
@@ -151,15 +186,25 @@ async fn remove(State((consensus, _)): RpcState, Message(id, format): Message<No
 
 async fn join(
     State((consensus, _)): RpcState,
+    peer: Option<Extension<Peer>>,
     Message(request, format): Message<JoinRequest>,
-) -> Response {
-    format.reply(&consensus.add_member(request.id, request.member).await)
+) -> Result<Response, Refused> {
+    if request.member.server {
+        admit(&consensus, &peer_of(peer), Claim::ServerMember)?;
+    }
+    Ok(format.reply(&consensus.add_member(request.id, request.member).await))
 }
 
 async fn hello(
     State((consensus, expect)): RpcState,
+    caller: Option<Extension<Peer>>,
     Message(peer, format): Message<Hello>,
 ) -> Result<Response, (StatusCode, String)> {
+    // A node saying it is a server counts towards bootstrapping and is told the cluster:
+    // with --verify-server-hostname it must prove it first.
+    if peer.member.server {
+        admit(&consensus, &peer_of(caller), Claim::ServerMember)?;
+    }
     // Only servers that would form the same cluster count towards bootstrapping: one with
     // another datacenter or another --bootstrap-expect is refused by its own side.
     if peer.member.server

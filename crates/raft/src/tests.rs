@@ -17,6 +17,7 @@ pub(crate) fn config(dir: &std::path::Path, snapshot_after_entries: u64) -> Cons
         snapshot_after_entries,
         disk_reserve_bytes: 0,
         cluster_secret: None,
+        rpc_tls: None,
     }
 }
 

@@ -1,20 +1,29 @@
 //! Messages between nodes (MessagePack, `wire.rs`) over HTTP/2: the client side used by the
 //! Raft network and by request forwarding. One connection per peer carries every request to
 //! it at once (appends, votes, forwarded writes and reads), kept open between requests.
+//! With `--verify-outgoing` each connection is TLS, made with the node's current TLS
+//! settings when it is opened (`RpcConnector`): a reload applies to new connections, and
+//! one already open goes on until it breaks or idles out.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::StatusCode;
+use hyper::{StatusCode, Uri};
+use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::net::TcpStream;
 
-use crate::auth::ClusterSecret;
+use crate::auth::{ClusterSecret, RpcTls};
 
 /// Largest RPC answer accepted (snapshots travel in chunks below this).
 const MAX_RESPONSE: usize = 64 * 1024 * 1024;
@@ -35,10 +44,18 @@ pub enum Failure {
     /// No connection could be made: the request never reached the peer.
     #[error("cannot connect: {0}")]
     Connect(String),
-    /// The peer does not take this node's cluster secret (or this node has none and it
-    /// wants one): it refused the request without acting on it.
-    #[error("refused: the peer does not accept this node's cluster secret (every node needs the same --cluster-secret-file)")]
-    Unauthorized,
+    /// The peer does not take this node's credentials (its cluster key, or a connection
+    /// without TLS): it refused the request without acting on it, saying why.
+    #[error("refused: {0}")]
+    Unauthorized(String),
+    /// The peer took the credentials but not what this node claims to be (a server whose
+    /// certificate is not a server's): refused without acting on it, saying why.
+    #[error("refused: {0}")]
+    Forbidden(String),
+    /// The TLS handshake failed: the peer's certificate is not of the cluster's CA or not
+    /// valid for the role asked of it, or the peer refused this node's. Nothing was sent.
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     /// No whole answer arrived in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -66,12 +83,22 @@ impl TransportError {
     /// Whether the request certainly had no effect on the peer: it never reached it, or
     /// the peer refused it before acting on it. Otherwise the peer may have acted on it.
     pub fn not_sent(&self) -> bool {
-        matches!(self.failure, Failure::Connect(_) | Failure::Unauthorized)
+        matches!(
+            self.failure,
+            Failure::Connect(_)
+                | Failure::Unauthorized(_)
+                | Failure::Forbidden(_)
+                | Failure::Tls(_)
+        )
     }
 
-    /// Whether the peer refused this node's credentials.
-    pub fn unauthorized(&self) -> bool {
-        matches!(self.failure, Failure::Unauthorized)
+    /// Whether the peer refused this node (its key, its certificate or its claim), or this
+    /// node refused the peer's certificate: a misconfiguration worth a line in the log.
+    pub fn refused(&self) -> bool {
+        matches!(
+            self.failure,
+            Failure::Unauthorized(_) | Failure::Forbidden(_) | Failure::Tls(_)
+        )
     }
 
     /// Whether the peer gave no whole answer in time.
@@ -83,27 +110,61 @@ impl TransportError {
 /// Shared HTTP client for all peers.
 #[derive(Clone)]
 pub struct RpcClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// Connections to servers: with TLS, their certificate must name a server when
+    /// `--verify-server-hostname` is on.
+    servers: Client<RpcConnector, Full<Bytes>>,
+    /// Connections to other nodes (compute nodes the leader replicates to); the same pool
+    /// as `servers` without TLS.
+    nodes: Client<RpcConnector, Full<Bytes>>,
+    /// Whether this handle calls servers.
+    to_server: bool,
     /// What every request carries to be let in, if the cluster has a secret.
     secret: Option<Arc<ClusterSecret>>,
 }
 
 impl RpcClient {
-    /// A client whose requests carry `secret`, if any.
-    pub fn new(secret: Option<Arc<ClusterSecret>>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_millis(500)));
-        RpcClient {
-            client: Client::builder(TokioExecutor::new())
+    /// A client whose requests carry `secret`, if any, over TLS when `tls` says
+    /// `--verify-outgoing`. It calls servers; [`RpcClient::to_any_node`] calls others.
+    pub(crate) fn new(secret: Option<Arc<ClusterSecret>>, tls: Option<&RpcTls>) -> Self {
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(Duration::from_millis(500)));
+        let client = |tls: Option<OutgoingTls>| {
+            Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .timer(TokioTimer::new())
                 .pool_timer(TokioTimer::new())
                 .http2_only(true)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .http2_keep_alive_timeout(Duration::from_secs(5))
-                .build(connector),
+                .build(RpcConnector {
+                    tcp: tcp.clone(),
+                    tls,
+                })
+        };
+        let (servers, nodes) = match tls.filter(|tls| tls.verify_outgoing) {
+            Some(tls) => (
+                client(Some(OutgoingTls::new(tls, true))),
+                client(Some(OutgoingTls::new(tls, false))),
+            ),
+            None => {
+                let plain = client(None);
+                (plain.clone(), plain)
+            }
+        };
+        RpcClient {
+            servers,
+            nodes,
+            to_server: true,
             secret,
+        }
+    }
+
+    /// The same client, for calls to a node that need not be a server.
+    pub(crate) fn to_any_node(&self) -> Self {
+        RpcClient {
+            to_server: false,
+            ..self.clone()
         }
     }
 
@@ -138,26 +199,35 @@ impl RpcClient {
             secret.authorize(request.headers_mut());
         }
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
-                fail(if e.is_connect() {
-                    Failure::Connect(e.to_string())
-                } else {
-                    Failure::Exchange(e.to_string())
+            let client = if self.to_server {
+                &self.servers
+            } else {
+                &self.nodes
+            };
+            let response = client.request(request).await.map_err(|e| {
+                fail(match handshake_failure(&e) {
+                    Some(failure) => Failure::Tls(failure.0.clone()),
+                    None if e.is_connect() => Failure::Connect(e.to_string()),
+                    None => Failure::Exchange(e.to_string()),
                 })
             })?;
             let status = response.status();
-            if status == StatusCode::UNAUTHORIZED {
-                return Err(fail(Failure::Unauthorized));
-            }
             let bytes = Limited::new(response.into_body(), MAX_RESPONSE)
                 .collect()
                 .await
                 .map_err(|e| fail(Failure::Exchange(e.to_string())))?
                 .to_bytes();
+            let text = || String::from_utf8_lossy(&bytes).into_owned();
+            if status == StatusCode::UNAUTHORIZED {
+                return Err(fail(Failure::Unauthorized(text())));
+            }
+            if status == StatusCode::FORBIDDEN {
+                return Err(fail(Failure::Forbidden(text())));
+            }
             if !status.is_success() {
                 return Err(fail(Failure::Status {
                     status,
-                    body: String::from_utf8_lossy(&bytes).into_owned(),
+                    body: text(),
                 }));
             }
             crate::wire::decode(&bytes)
@@ -166,5 +236,105 @@ impl RpcClient {
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| fail(Failure::Timeout(timeout)))?
+    }
+}
+
+/// A failed TLS handshake, as the connector reports it inside hyper's connect error.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake failed: {0}")]
+struct HandshakeFailure(String);
+
+/// The handshake failure somewhere in `error`'s sources, if that is what it is.
+fn handshake_failure<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a HandshakeFailure> {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if let Some(failure) = error.downcast_ref::<HandshakeFailure>() {
+            return Some(failure);
+        }
+        source = error.source();
+    }
+    None
+}
+
+/// What a TLS connection is made with: the node's current TLS settings, and the name the
+/// peer's certificate is checked for.
+#[derive(Clone)]
+struct OutgoingTls {
+    certificates: tokio::sync::watch::Receiver<Arc<atoll_tls::TlsConfigs>>,
+    /// Whether the peer is a server (its certificate is then checked for `server.DC.DOMAIN`
+    /// when `--verify-server-hostname` is on).
+    to_server: bool,
+    /// The name sent and checked: `server.DC.DOMAIN`, or `client.DC.DOMAIN` for other
+    /// nodes (whose names are not checked).
+    name: ServerName<'static>,
+}
+
+impl OutgoingTls {
+    fn new(tls: &RpcTls, to_server: bool) -> Self {
+        let name = if to_server {
+            &tls.server_name
+        } else {
+            &tls.client_name
+        };
+        OutgoingTls {
+            certificates: tls.certificates.clone(),
+            to_server,
+            name: ServerName::try_from(name.clone())
+                .unwrap_or_else(|_| ServerName::try_from("server.invalid").expect("a valid name")),
+        }
+    }
+}
+
+/// Opens the TCP connection to a peer and, when the node uses TLS for RPC, handshakes it.
+#[derive(Clone)]
+struct RpcConnector {
+    tcp: HttpConnector,
+    tls: Option<OutgoingTls>,
+}
+
+type Connecting = Pin<
+    Box<
+        dyn Future<
+                Output = Result<
+                    MaybeHttpsStream<TokioIo<TcpStream>>,
+                    Box<dyn std::error::Error + Send + Sync>,
+                >,
+            > + Send,
+    >,
+>;
+
+impl tower_service::Service<Uri> for RpcConnector {
+    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.tcp.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.tcp.call(uri);
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let tcp = connecting.await?;
+            let Some(tls) = tls else {
+                return Ok(MaybeHttpsStream::Http(tcp));
+            };
+            // The settings current now: a reload applies from the next connection on.
+            let configs = Arc::clone(&tls.certificates.borrow());
+            let config = if tls.to_server {
+                configs.rpc_to_server.clone()
+            } else {
+                configs.rpc_to_node.clone()
+            }
+            .ok_or_else(|| HandshakeFailure("--verify-outgoing needs --tls-ca-file".to_string()))?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(tls.name, TokioIo::new(tcp))
+                .await
+                .map_err(|e| HandshakeFailure(e.to_string()))?;
+            Ok(MaybeHttpsStream::Https(TokioIo::new(stream)))
+        })
     }
 }

@@ -1,121 +1,31 @@
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
-use rustls::pki_types::ServerName;
+use atoll_tls::testing::{Ca, Leaf, TestFiles};
+use atoll_tls::{crypto_provider, read_certificates, TlsCertificates, TlsSettings};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{PrivateKeyDer, ServerName};
+use rustls::RootCertStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::*;
 use crate::serve::{serve_tls, HttpLimits};
 
-struct Ca {
-    cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
+fn leaf(ca: &Ca) -> Leaf {
+    ca.leaf(&["localhost"])
 }
 
-fn ca() -> Ca {
-    let key = KeyPair::generate().expect("a key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let cert = params.self_signed(&key).expect("a CA");
-    Ca {
-        cert_pem: cert.pem(),
-        issuer: Issuer::new(params, key),
-    }
-}
-
-/// A certificate for localhost signed by `ca`: its PEM and its key's PEM.
-fn leaf(ca: &Ca) -> (String, String) {
-    let key = KeyPair::generate().expect("a key");
-    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = params.signed_by(&key, &ca.issuer).expect("a certificate");
-    (cert.pem(), key.serialize_pem())
-}
-
-struct Dir {
-    dir: tempfile::TempDir,
-    files: TlsFiles,
-}
-
-/// A directory with a CA, a server certificate and its key.
-fn files(ca: &Ca, verify_incoming: bool) -> Dir {
-    let dir = tempfile::tempdir().expect("a temporary dir");
-    let files = TlsFiles {
-        cert_file: dir.path().join("server.pem"),
-        key_file: dir.path().join("server-key.pem"),
-        ca_file: Some(dir.path().join("ca.pem")),
-        verify_incoming,
-    };
-    let (cert, key) = leaf(ca);
-    std::fs::write(&files.cert_file, cert).expect("write");
-    std::fs::write(&files.key_file, key).expect("write");
-    std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).expect("write");
-    Dir { dir, files }
-}
-
-#[test]
-fn good_files_load() {
-    let ca = ca();
-    let dir = files(&ca, true);
-    assert!(TlsCertificates::load(dir.files.clone()).is_ok());
-}
-
-#[test]
-fn a_missing_file_names_its_flag() {
-    let ca = ca();
-    let dir = files(&ca, false);
-    std::fs::remove_file(&dir.files.key_file).expect("remove");
-    let error = server_config(&dir.files).expect_err("no key");
-    assert!(error.to_string().starts_with("--tls-key-file "), "{error}");
-}
-
-#[test]
-fn a_file_without_pem_names_its_flag() {
-    let ca = ca();
-    let dir = files(&ca, false);
-    std::fs::write(&dir.files.cert_file, "not a certificate").expect("write");
-    let error = server_config(&dir.files).expect_err("no certificate");
-    assert!(error.to_string().starts_with("--tls-cert-file "), "{error}");
-}
-
-#[test]
-fn a_key_of_another_certificate_is_a_mismatch() {
-    let ca = ca();
-    let dir = files(&ca, false);
-    let (_, other_key) = leaf(&ca);
-    std::fs::write(&dir.files.key_file, other_key).expect("write");
-    let error = server_config(&dir.files).expect_err("a mismatch");
-    assert!(matches!(error, TlsError::Mismatch { .. }), "{error}");
-}
-
-#[test]
-fn verify_incoming_needs_a_ca() {
-    let ca = ca();
-    let mut dir = files(&ca, true);
-    dir.files.ca_file = None;
-    let error = server_config(&dir.files).expect_err("no CA");
-    assert!(error.to_string().contains("--tls-ca-file"), "{error}");
-}
-
-#[test]
-fn a_failed_reload_keeps_the_loaded_settings() {
-    let ca = ca();
-    let dir = files(&ca, false);
-    let certificates = TlsCertificates::load(dir.files.clone()).expect("load");
-    let current = certificates.subscribe();
-    let before = current.borrow().clone();
-    std::fs::write(&dir.files.cert_file, "garbage").expect("write");
-    assert!(certificates.reload().is_err());
-    assert!(Arc::ptr_eq(&before, &current.borrow()));
-    let (cert, key) = leaf(&ca);
-    std::fs::write(&dir.files.cert_file, cert).expect("write");
-    std::fs::write(&dir.files.key_file, key).expect("write");
-    certificates.reload().expect("reload");
-    assert!(!Arc::ptr_eq(&before, &current.borrow()));
+/// The HTTPS listener's files, requiring client certificates when `verify_incoming`.
+fn load(files: &TestFiles, verify_incoming: bool) -> TlsCertificates {
+    TlsCertificates::load(TlsSettings {
+        files: files.files.clone(),
+        verify_incoming_https: verify_incoming,
+        verify_incoming_rpc: false,
+        verify_outgoing: false,
+        verify_server_hostname: false,
+    })
+    .expect("load")
 }
 
 /// Starts an HTTPS listener answering 200 on every path.
@@ -135,21 +45,19 @@ async fn listener(certificates: &TlsCertificates) -> SocketAddr {
 }
 
 /// A client trusting `ca`, with a client certificate when given.
-fn client(ca: &Ca, identity: Option<(String, String)>) -> tokio_rustls::TlsConnector {
+fn client(ca: &Ca, identity: Option<Leaf>) -> tokio_rustls::TlsConnector {
     let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("pem"))
-        .expect("a root");
+    roots.add(ca.der()).expect("a root");
     let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(roots);
     let config = match identity {
         None => builder.with_no_client_auth(),
-        Some((cert, key)) => builder
+        Some(leaf) => builder
             .with_client_auth_cert(
-                vec![CertificateDer::from_pem_slice(cert.as_bytes()).expect("pem")],
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("pem"),
+                vec![leaf.der()],
+                PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("pem"),
             )
             .expect("a client certificate"),
     };
@@ -187,17 +95,15 @@ fn der_of(path: &Path) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_reload_changes_the_certificate_of_new_connections() {
-    let ca = ca();
-    let dir = files(&ca, false);
-    let certificates = TlsCertificates::load(dir.files.clone()).expect("load");
+    let ca = Ca::new();
+    let dir = TestFiles::new(&ca, &leaf(&ca));
+    let certificates = load(&dir, false);
     let address = listener(&certificates).await;
     let connector = client(&ca, None);
     let (first, answer) = get(&connector, address).await.expect("a first request");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(first, der_of(&dir.files.cert_file));
-    let (cert, key) = leaf(&ca);
-    std::fs::write(dir.dir.path().join("server.pem"), cert).expect("write");
-    std::fs::write(dir.dir.path().join("server-key.pem"), key).expect("write");
+    dir.write_leaf(&leaf(&ca));
     certificates.reload().expect("reload");
     let (second, answer) = get(&connector, address).await.expect("a second request");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -207,9 +113,9 @@ async fn a_reload_changes_the_certificate_of_new_connections() {
 
 #[tokio::test]
 async fn verify_incoming_refuses_clients_without_a_certificate_of_the_ca() {
-    let ca = ca();
-    let dir = files(&ca, true);
-    let certificates = TlsCertificates::load(dir.files.clone()).expect("load");
+    let ca = Ca::new();
+    let dir = TestFiles::new(&ca, &leaf(&ca));
+    let certificates = load(&dir, true);
     let address = listener(&certificates).await;
     let (_, answer) = get(&client(&ca, Some(leaf(&ca))), address)
         .await
@@ -222,7 +128,7 @@ async fn verify_incoming_refuses_clients_without_a_certificate_of_the_ca() {
         Err(_) => true,
     };
     assert!(refused(get(&client(&ca, None), address).await));
-    let of_another_ca = leaf(&self::ca());
+    let of_another_ca = leaf(&Ca::new());
     assert!(refused(
         get(&client(&ca, Some(of_another_ca)), address).await
     ));
