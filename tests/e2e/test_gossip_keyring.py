@@ -88,8 +88,9 @@ def test_an_encrypted_wan_pool_refuses_outsiders_and_rotates_its_key(new_cluster
     west = new_cluster("krwest")
     w1, w2 = west.add_servers(2, datacenter="west", extra_args=["--encrypt", K1])
     w1.extra_args += ["--retry-join-wan", e1.ip, "--retry-interval-wan", "1"]
-    # A compute node holds no key: it sends keyring requests on to its servers.
-    wc = west.add_client("c1", datacenter="west")
+    # A compute node is in no gossip pool: it takes the cluster's key for its RPC requests
+    # only, and sends keyring requests on to its servers.
+    wc = west.add_client("c1", datacenter="west", extra_args=["--encrypt", K1])
     east.start()
     west.start()
     servers = [e1, w1, w2]
