@@ -328,6 +328,9 @@ def test_marathon_with_and_without_an_app_rule(acl):
     assert ids == ["/prod/web"]
     assert status(inst, "get", "/v2/apps/dev/x", prod) == 403
     assert status(inst, "delete", "/v2/apps/dev/x", prod) == 403
+    # An app with a deployment in progress refuses a change (409): wait for its creation's.
+    wait_for(lambda: inst.get_json("/v2/apps/prod/web", headers=dcos)["app"]["deployments"] == [],
+             timeout=20, message="/prod/web's first deployment to finish")
     assert status(inst, "put", "/v2/apps/prod/web", prod, json={"instances": 0, "cmd": "sleep 601"}) in (200, 201)
     assert status(inst, "delete", "/v2/groups/dev", prod) == 403
     text = inst.get("/v2/groups", headers=dcos).text

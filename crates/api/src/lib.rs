@@ -47,6 +47,7 @@ struct ContextInner {
     facts: NodeFacts,
     federation: Arc<dyn Federation>,
     forwarder: federate::Forwarder,
+    acl_cache: acl::AuthorizerCache,
 }
 
 /// What the node was started with, as `/v1/agent/self` and `/v1/agent/host` report it.
@@ -94,6 +95,7 @@ impl ApiContext {
                 facts,
                 federation,
                 forwarder: federate::Forwarder::default(),
+                acl_cache: acl::AuthorizerCache::default(),
             }),
         }
     }
@@ -146,6 +148,11 @@ impl ApiContext {
     /// The node's ACL settings.
     pub fn acl(&self) -> &atoll_acl::AclSettings {
         &self.inner.facts.acl
+    }
+
+    /// The authorizers of recently seen tokens.
+    pub(crate) fn acl_cache(&self) -> &acl::AuthorizerCache {
+        &self.inner.acl_cache
     }
 
     /// atoll's version.

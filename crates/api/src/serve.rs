@@ -219,7 +219,10 @@ async fn serve_connections(
             }
             Some(tls) => {
                 let acceptor = TlsAcceptor::from(Arc::clone(&tls.borrow().https));
-                let builder = builder.clone();
+                let mut builder = builder.clone();
+                // One buffer per response: over TLS, each separate write of a vectored one
+                // would be a record of its own, sealed and sent apart.
+                builder.writev(false);
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     // A client that never finishes its handshake is a client that never
