@@ -889,6 +889,11 @@ pub struct WanArgs {
     /// Seconds between attempts to join the `--retry-join-wan` addresses.
     #[arg(long, default_value_t = 30.0)]
     pub retry_interval_wan: f64,
+    /// Address the servers of other datacenters are told to reach this one's WAN gossip at
+    /// (UDP and TCP), when it is not BIND: a NAT or a relay in between (Consul's
+    /// `advertise_addr_wan`). `IP` (on the `--serf-wan-port`) or `IP:PORT`.
+    #[arg(long = "advertise-wan", value_name = "IP[:PORT]")]
+    pub advertise_wan: Option<String>,
     /// Refuse unencrypted gossip (false only while turning encryption on in a running
     /// pool).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -923,10 +928,29 @@ impl WanArgs {
             if !retry_join.is_empty() {
                 bail!("--retry-join-wan needs WAN gossip, which --serf-wan-port 0 turns off");
             }
+            if self.advertise_wan.is_some() {
+                bail!("--advertise-wan needs WAN gossip, which --serf-wan-port 0 turns off");
+            }
             return Ok(None);
         }
+        let advertise = self
+            .advertise_wan
+            .as_deref()
+            .map(|a| {
+                parse_addr(a, self.serf_wan_port)
+                    .ok()
+                    .filter(|addr| !addr.ip().is_unspecified() && addr.port() != 0)
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "--advertise-wan {a:?} is not an address others can reach \
+                             (IP or IP:PORT, not a wildcard, not port 0)"
+                        )
+                    })
+            })
+            .transpose()?;
         Ok(Some(WanSettings {
             addr: SocketAddr::new(bind, self.serf_wan_port),
+            advertise,
             retry_join,
             retry_interval,
             encrypt,
@@ -939,8 +963,10 @@ impl WanArgs {
 /// Validated WAN gossip settings of a server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WanSettings {
-    /// Where the pool listens (UDP and TCP) and what it advertises.
+    /// Where the pool listens (UDP and TCP), and what it advertises without `advertise`.
     pub addr: SocketAddr,
+    /// `--advertise-wan`: the address the other members are told instead of `addr`.
+    pub advertise: Option<SocketAddr>,
     /// `--retry-join-wan` addresses (`IP:PORT`).
     pub retry_join: Vec<String>,
     /// `--retry-interval-wan`.
@@ -1077,6 +1103,7 @@ impl NodeSettings {
             "DataDir": data_dir.display().to_string(),
             "BindAddr": self.bind.to_string(),
             "AdvertiseAddrLAN": self.bind.to_string(),
+            "AdvertiseAddrWAN": self.wan.as_ref().and_then(|w| w.advertise).map_or(self.bind, |a| a.ip()).to_string(),
             "HTTPAddrs": self.http_addr.iter().map(|a| format!("tcp://{a}")).collect::<Vec<_>>(),
             "HTTPSAddrs": self.https_addr.iter().map(|a| format!("tcp://{a}")).collect::<Vec<_>>(),
             "CertFile": self.tls.as_ref().map(|t| t.files.cert_file.display().to_string()),
@@ -1114,6 +1141,7 @@ impl NodeSettings {
             "HTTPBodyTimeout": seconds(self.http_limits.body_read_timeout),
             "ClusterSecretSet": self.cluster_secret.is_some(),
             "SerfBindAddrWAN": self.wan.as_ref().map(|w| w.addr.to_string()),
+            "SerfAdvertiseAddrWAN": self.wan.as_ref().map(|w| w.advertise.unwrap_or(w.addr).to_string()),
             "RetryJoinWAN": self.wan.as_ref().map(|w| w.retry_join.clone()).unwrap_or_default(),
             "RetryJoinIntervalWAN": self.wan.as_ref().map(|w| seconds(w.retry_interval)),
             "ACLsEnabled": self.acl.enabled,
@@ -1474,6 +1502,8 @@ impl AgentArgs {
                 .settings(settings.bind, settings.encrypt_key.as_deref())?;
         } else if !self.wan.retry_join_wan.is_empty() {
             bail!("--retry-join-wan only applies to servers (add --server)");
+        } else if self.wan.advertise_wan.is_some() {
+            bail!("--advertise-wan only applies to servers (add --server)");
         }
         Ok(settings)
     }
@@ -1691,6 +1721,7 @@ mod tests {
         assert_eq!(wan.addr, "127.0.0.9:8302".parse().unwrap());
         assert_eq!(wan.retry_join, ["127.0.0.10:8302", "127.0.0.11:9302"]);
         assert_eq!(wan.retry_interval, std::time::Duration::from_secs(5));
+        assert_eq!(wan.advertise, None);
         let dev = node_settings(&[
             "atoll",
             "dev",
@@ -1701,6 +1732,32 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(dev.wan.expect("on").addr, "127.0.0.1:9000".parse().unwrap());
+    }
+
+    #[test]
+    fn the_wan_address_advertised_takes_the_wan_port_unless_given() {
+        let advertised = |args: &[&str]| {
+            let mut all = vec!["atoll", "dev", "--bind", "127.0.0.9"];
+            all.extend_from_slice(args);
+            node_settings(&all).unwrap().wan.expect("on").advertise
+        };
+        assert_eq!(
+            advertised(&["--advertise-wan", "192.0.2.7"]),
+            Some("192.0.2.7:8302".parse().unwrap())
+        );
+        assert_eq!(
+            advertised(&["--serf-wan-port", "9302", "--advertise-wan", "192.0.2.7"]),
+            Some("192.0.2.7:9302".parse().unwrap())
+        );
+        assert_eq!(
+            advertised(&["--advertise-wan", "192.0.2.7:7000"]),
+            Some("192.0.2.7:7000".parse().unwrap())
+        );
+        let dev = node_settings(&["atoll", "dev", "--advertise-wan", "192.0.2.7"]).unwrap();
+        let config = dev.debug_config(std::path::Path::new("d"));
+        assert_eq!(config["AdvertiseAddrWAN"], "192.0.2.7");
+        assert_eq!(config["SerfAdvertiseAddrWAN"], "192.0.2.7:8302");
+        assert_eq!(config["SerfBindAddrWAN"], "127.0.0.1:8302");
     }
 
     #[test]
@@ -1982,6 +2039,42 @@ mod tests {
                     "127.0.0.3",
                 ],
                 "--retry-join-wan",
+            ),
+            (
+                vec!["atoll", "dev", "--advertise-wan", "nowhere"],
+                "--advertise-wan",
+            ),
+            (
+                vec!["atoll", "dev", "--advertise-wan", "0.0.0.0"],
+                "--advertise-wan",
+            ),
+            (
+                vec!["atoll", "dev", "--advertise-wan", "127.0.0.2:0"],
+                "--advertise-wan",
+            ),
+            (
+                vec![
+                    "atoll",
+                    "dev",
+                    "--serf-wan-port",
+                    "0",
+                    "--advertise-wan",
+                    "127.0.0.2",
+                ],
+                "--advertise-wan",
+            ),
+            (
+                vec![
+                    "atoll",
+                    "agent",
+                    "--data-dir",
+                    "d",
+                    "--retry-join",
+                    "127.0.0.2",
+                    "--advertise-wan",
+                    "127.0.0.3",
+                ],
+                "--advertise-wan",
             ),
         ]);
     }

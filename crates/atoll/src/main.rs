@@ -284,7 +284,12 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         );
         supervisor.spawn(
             "the WAN join of local servers",
-            wan::flood_join(pool.clone(), cluster.clone(), settings.node.clone()),
+            wan::flood_join(
+                pool.clone(),
+                cluster.clone(),
+                settings.node.clone(),
+                settings.datacenter.clone(),
+            ),
         );
     }
     if let Some(rpc) = rpc {
@@ -513,7 +518,15 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         println!("  RPC:      {}", settings.rpc_addr);
     }
     if let Some(pool) = &wan_pool {
-        println!("  WAN:      {} (udp, tcp)", pool.local_addr());
+        if pool.advertised_addr() == pool.local_addr() {
+            println!("  WAN:      {} (udp, tcp)", pool.local_addr());
+        } else {
+            println!(
+                "  WAN:      {} (udp, tcp), advertised as {}",
+                pool.local_addr(),
+                pool.advertised_addr()
+            );
+        }
     }
     match &temporary {
         Some(_) => println!(

@@ -107,6 +107,7 @@ pub async fn start(
     Pool::start(PoolConfig {
         name: member_name(settings),
         bind: wan.addr,
+        advertise: wan.advertise,
         tags,
         profile: Profile::wan(),
         default_port: DEFAULT_WAN_PORT,
@@ -214,8 +215,9 @@ pub async fn retry_join(pool: Pool, addresses: Vec<String>, interval: Duration) 
 }
 
 /// WAN-joins the servers of this datacenter (catalog nodes with the `consul` service and its
-/// `wan_join_port` meta) that the pool does not hold alive.
-pub async fn flood_join(pool: Pool, cluster: ClusterHandle, node: String) {
+/// `wan_join_port` meta) that the pool does not hold alive, under their name (`NODE.DC`) or
+/// at that address (a server advertising another WAN address is known by its name).
+pub async fn flood_join(pool: Pool, cluster: ClusterHandle, node: String, datacenter: String) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     loop {
         let servers = cluster.store().read(|state| {
@@ -236,20 +238,20 @@ pub async fn flood_join(pool: Pool, cluster: ClusterHandle, node: String) {
                         instance.address.clone()
                     };
                     let ip: std::net::IpAddr = address.parse().ok()?;
-                    Some(SocketAddr::new(ip, port))
+                    let name = format!("{}.{datacenter}", instance.node);
+                    Some((name, SocketAddr::new(ip, port)))
                 })
                 .collect::<Vec<_>>()
         });
         let view = pool.view();
         let missing: Vec<String> = servers
             .into_iter()
-            .filter(|addr| {
-                !view
-                    .members
-                    .iter()
-                    .any(|(id, status)| id.addr == *addr && *status == MemberStatus::Alive)
+            .filter(|(name, addr)| {
+                !view.members.iter().any(|(id, status)| {
+                    (id.addr == *addr || id.name == *name) && *status == MemberStatus::Alive
+                })
             })
-            .map(|addr| addr.to_string())
+            .map(|(_, addr)| addr.to_string())
             .collect();
         if !missing.is_empty() {
             match pool.join(&missing).await {
@@ -297,6 +299,7 @@ mod tests {
     fn wan(encrypt: Option<u8>) -> WanSettings {
         WanSettings {
             addr: "127.0.0.1:0".parse().unwrap(),
+            advertise: None,
             retry_join: Vec::new(),
             retry_interval: Duration::from_secs(1),
             encrypt: encrypt.map(|byte| vec![byte; 32]),

@@ -27,9 +27,13 @@ use crate::{NodeId, Profile};
 pub struct PoolConfig {
     /// This member's name (`NODE.DC` in the WAN pool).
     pub name: String,
-    /// Where to listen (UDP and TCP on the same port; port 0 picks a free one). The address
-    /// bound is the one other members are told, so it must not be a wildcard.
+    /// Where to listen (UDP and TCP on the same port; port 0 picks a free one). Unless
+    /// `advertise` is given, the address bound is the one other members are told, so it
+    /// must not be a wildcard.
     pub bind: SocketAddr,
+    /// The address other members are told to reach this one at (UDP and TCP), when it is
+    /// not the one bound: a NAT or a relay in between (`None`: the address bound).
+    pub advertise: Option<SocketAddr>,
     /// This member's tags.
     pub tags: BTreeMap<String, String>,
     /// Timings.
@@ -214,7 +218,7 @@ impl Pool {
         let udp = Arc::new(udp);
         let identity = NodeId {
             name: config.name.clone(),
-            addr: local,
+            addr: config.advertise.unwrap_or(local),
             started: now_micros(),
             bump: 0,
             tags: config.tags.clone(),
@@ -278,6 +282,12 @@ impl Pool {
     /// The address the pool listens on (UDP and TCP).
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local
+    }
+
+    /// The address other members are told to reach this one at: the advertised address, or
+    /// the one the pool listens on.
+    pub fn advertised_addr(&self) -> SocketAddr {
+        self.inner.view.borrow().local.addr
     }
 
     /// What the pool knows now.

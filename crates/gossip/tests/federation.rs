@@ -19,6 +19,7 @@ async fn server(node: &str, dc: &str, ip: &str, http: u16) -> Pool {
     Pool::start(PoolConfig {
         name: format!("{node}.{dc}"),
         bind: format!("{ip}:0").parse().expect("address"),
+        advertise: None,
         tags,
         profile: Profile::fast(),
         default_port: 8302,

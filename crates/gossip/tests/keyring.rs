@@ -24,6 +24,7 @@ async fn start(name: &str, bind: &str, encryption: Option<Encryption>) -> Pool {
     Pool::start(PoolConfig {
         name: name.to_string(),
         bind: bind.parse().expect("address"),
+        advertise: None,
         tags: BTreeMap::new(),
         profile: Profile::fast(),
         default_port: 8302,

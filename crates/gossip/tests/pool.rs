@@ -8,11 +8,16 @@ use atoll_cluster::MemberStatus;
 use atoll_gossip::{Pool, PoolConfig, Profile};
 
 async fn start(name: &str, bind: &str) -> Pool {
+    start_advertising(name, bind, None).await
+}
+
+async fn start_advertising(name: &str, bind: &str, advertise: Option<&str>) -> Pool {
     let mut tags = BTreeMap::new();
     tags.insert("dc".to_string(), "dc1".to_string());
     Pool::start(PoolConfig {
         name: name.to_string(),
         bind: bind.parse().expect("address"),
+        advertise: advertise.map(|a| a.parse().expect("address")),
         tags,
         profile: Profile::fast(),
         default_port: 8302,
@@ -95,6 +100,31 @@ async fn joins_spread_to_every_member() {
     let mut expected: Vec<SocketAddr> = pools[1..].iter().map(Pool::local_addr).collect();
     expected.sort();
     assert_eq!(peers, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_told_the_advertised_address() {
+    let relayed = start_advertising("relayed.dc1", "127.0.64.1:0", Some("127.0.64.9:7302")).await;
+    assert_eq!(
+        relayed.advertised_addr(),
+        "127.0.64.9:7302".parse::<SocketAddr>().unwrap()
+    );
+    assert_ne!(relayed.local_addr(), relayed.advertised_addr());
+    let plain = start("plain.dc1", "127.0.64.2:0").await;
+    assert_eq!(plain.advertised_addr(), plain.local_addr());
+    // A join reaches the address bound; the state exchanged names the advertised one.
+    plain
+        .join(&[relayed.local_addr().to_string()])
+        .await
+        .expect("join");
+    let seen = plain.members();
+    let member = seen
+        .iter()
+        .find(|m| m.name == "relayed.dc1")
+        .expect("relayed known");
+    assert_eq!(member.addr, relayed.advertised_addr());
+    assert_eq!(plain.known_peers(), [relayed.advertised_addr()]);
+    assert_eq!(relayed.members()[0].addr, relayed.advertised_addr());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
