@@ -1706,6 +1706,35 @@ mod tests {
     }
 
     #[test]
+    fn the_primary_datacenter_defaults_to_the_nodes_own() {
+        let own =
+            node_settings(&["atoll", "dev", "--datacenter", "east", "--acl-enabled"]).unwrap();
+        assert_eq!(own.acl.primary_datacenter, "east");
+        assert!(!own.acl.settings().replicates_into("east"));
+        let secondary = node_settings(&[
+            "atoll",
+            "dev",
+            "--datacenter",
+            "east",
+            "--acl-enabled",
+            "--primary-datacenter",
+            "west",
+            "--acl-replication-token",
+            "r",
+        ])
+        .unwrap();
+        assert_eq!(secondary.acl.tokens.replication.as_deref(), Some("r"));
+        assert!(secondary.acl.settings().replicates_into("east"));
+        let config = secondary.debug_config(std::path::Path::new("d"));
+        assert_eq!(config["PrimaryDatacenter"], "west");
+        assert_eq!(config["ACLTokens"]["ACLReplicationTokenSet"], true);
+        let error = node_settings(&["atoll", "dev", "--primary-datacenter", "West"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--primary-datacenter"), "{error}");
+    }
+
+    #[test]
     fn servers_gossip_on_the_wan_port_by_default() {
         let settings = node_settings(&[
             "atoll",
