@@ -778,6 +778,29 @@ mod tests {
         )
     }
 
+    #[test]
+    fn acl_writes_are_told_apart_and_local_bodies_found() {
+        for (method, path, write) in [
+            (Method::PUT, "/v1/acl/policy", true),
+            (Method::DELETE, "/v1/acl/policy/p1", true),
+            (Method::PUT, "/v1/acl/token", true),
+            (Method::PUT, "/v1/acl/token/t1/clone", true),
+            (Method::GET, "/v1/acl/token/t1", false),
+            (Method::GET, "/v1/acl/policies", false),
+            (Method::PUT, "/v1/acl/bootstrap", false),
+            (Method::PUT, "/v1/acl/tokens", false),
+            (Method::PUT, "/v1/kv/acl/token", false),
+        ] {
+            assert_eq!(is_acl_write(&method, path), write, "{method} {path}");
+        }
+        assert!(body_says_local(br#"{"Local": true}"#));
+        assert!(body_says_local(br#"{"local": true, "Description": "x"}"#));
+        assert!(!body_says_local(br#"{"Local": false}"#));
+        assert!(!body_says_local(br#"{"Local": "true"}"#));
+        assert!(!body_says_local(b"not json"));
+        assert!(!body_says_local(b""));
+    }
+
     #[tokio::test]
     async fn the_token_travels_with_a_request_and_is_checked_in_the_other_datacenter() {
         use atoll_acl::{AclSettings, AgentTokens, Authorizer, DefaultPolicy};

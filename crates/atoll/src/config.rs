@@ -813,7 +813,7 @@ pub struct NodeArgs {
     pub acl_replication_token: Option<TokenArg>,
     /// The datacenter that holds the ACL policies and global tokens, which every other
     /// datacenter replicates (Consul's `primary_datacenter`; default: this node's own).
-    /// Every server of a federation must name the same one (also ATOLL_PRIMARY_DATACENTER).
+    /// Every agent of a federation must name the same one (also ATOLL_PRIMARY_DATACENTER).
     #[arg(long, env = "ATOLL_PRIMARY_DATACENTER", value_name = "DC")]
     pub primary_datacenter: Option<String>,
 }
