@@ -12,6 +12,9 @@ pub struct AgentTokens {
     pub default: Option<String>,
     /// Used by the agent for its own writes (`agent`).
     pub agent: Option<String>,
+    /// Used by the leader of a secondary datacenter to read the primary's policies and
+    /// global tokens (`replication`); needs `acl = "write"` there.
+    pub replication: Option<String>,
 }
 
 /// A node's ACL settings.
@@ -21,6 +24,9 @@ pub struct AclSettings {
     pub enabled: bool,
     /// `--acl-default-policy`.
     pub default_policy: DefaultPolicy,
+    /// `--primary-datacenter`: the datacenter whose policies and global tokens every other
+    /// one replicates (empty: the node's own, so it is the primary).
+    pub primary_datacenter: String,
     tokens: RwLock<AgentTokens>,
 }
 
@@ -31,6 +37,7 @@ impl std::fmt::Debug for AgentTokens {
         f.debug_struct("AgentTokens")
             .field("default", &shown(&self.default))
             .field("agent", &shown(&self.agent))
+            .field("replication", &shown(&self.replication))
             .finish()
     }
 }
@@ -46,8 +53,21 @@ impl AclSettings {
         AclSettings {
             enabled: true,
             default_policy,
+            primary_datacenter: String::new(),
             tokens: RwLock::new(tokens),
         }
+    }
+
+    /// The same settings with `dc` as the primary datacenter (empty: the node's own).
+    pub fn with_primary_datacenter(mut self, dc: impl Into<String>) -> Self {
+        self.primary_datacenter = dc.into();
+        self
+    }
+
+    /// Whether ACLs are on and `own` is not the primary datacenter: policies and global
+    /// tokens then come from the primary.
+    pub fn replicates_into(&self, own: &str) -> bool {
+        self.enabled && !self.primary_datacenter.is_empty() && self.primary_datacenter != own
     }
 
     /// The agent's tokens now.

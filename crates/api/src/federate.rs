@@ -174,6 +174,53 @@ fn body_datacenter(body: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Whether a request writes ACL policies or tokens (the bootstrap aside, which a secondary
+/// refuses itself).
+fn is_acl_write(method: &Method, path: &str) -> bool {
+    matches!(*method, Method::PUT | Method::POST | Method::DELETE)
+        && (path == "/v1/acl/policy"
+            || path.starts_with("/v1/acl/policy/")
+            || path == "/v1/acl/token"
+            || path.starts_with("/v1/acl/token/"))
+}
+
+/// Where an ACL write made in a secondary datacenter is carried out: the primary for
+/// policies and global tokens (as Consul forwards them there), here (`None`) for local
+/// tokens: a new token whose body says `Local`, or a change to (or clone of) a token this
+/// datacenter holds as local.
+fn acl_write_target(
+    context: &ApiContext,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Option<String> {
+    let primary = context.acl().primary_datacenter.clone();
+    let Some(rest) = path.strip_prefix("/v1/acl/token") else {
+        return Some(primary);
+    };
+    let local = match rest.trim_start_matches('/').split('/').next() {
+        Some("") | None => *method == Method::PUT && body_says_local(body),
+        Some(accessor_id) => context.store().read(|state| {
+            state
+                .acl_tokens
+                .get(accessor_id)
+                .is_some_and(|token| token.local)
+        }),
+    };
+    (!local).then_some(primary)
+}
+
+/// Whether a token's JSON body sets `Local` (any case, underscores ignored).
+fn body_says_local(body: &[u8]) -> bool {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice::<serde_json::Value>(body)
+    else {
+        return false;
+    };
+    fields
+        .iter()
+        .any(|(key, value)| normalize_name(key) == "local" && value.as_bool() == Some(true))
+}
+
 /// Puts [`Forwarding`] before the router's handlers.
 #[derive(Clone)]
 pub struct ForwardLayer {
@@ -227,7 +274,11 @@ where
             .is_some_and(|dc| dc != own && self.context.federation().route(dc) != Route::Local);
         let look_in_body =
             named.is_none() && names_datacenter_in_body(request.method(), request.uri().path());
-        if !foreign && !look_in_body {
+        // In a secondary datacenter, policies and global tokens are written in the primary.
+        let acl_write = !foreign
+            && self.context.acl().replicates_into(own)
+            && is_acl_write(request.method(), request.uri().path());
+        if !foreign && !look_in_body && !acl_write {
             return Either::Left(self.inner.call(request));
         }
         let inner = self.inner.clone();
@@ -243,11 +294,15 @@ where
                     return Ok(failure(&path, StatusCode::BAD_REQUEST, e.to_string()));
                 }
             };
-            let dc = match named {
-                Some(dc) => Some(dc),
-                None => body_datacenter(&body).filter(|dc| {
-                    dc != context.datacenter() && context.federation().route(dc) != Route::Local
-                }),
+            let dc = if acl_write {
+                acl_write_target(&context, &parts.method, parts.uri.path(), &body)
+            } else {
+                match named {
+                    Some(dc) => Some(dc),
+                    None => body_datacenter(&body).filter(|dc| {
+                        dc != context.datacenter() && context.federation().route(dc) != Route::Local
+                    }),
+                }
             };
             match dc {
                 Some(dc) => Ok(forward(&context, &dc, Request::from_parts(parts, body)).await),
@@ -303,6 +358,36 @@ pub async fn forward(context: &ApiContext, dc: &str, request: Request<Bytes>) ->
         Ok(answer) => answer,
         Err(refusal) if is_marathon_path(&path) => refusal,
         Err(refusal) => crate::consul_headers(context, refusal),
+    }
+}
+
+/// Sends a `GET` for `path_and_query` with `token` to the datacenter `dc` (as a request
+/// naming it would go) and reads the whole answer: its status and body, or this node's
+/// refusal (`No path to datacenter`, an unreachable one) as a 500 and its text.
+pub async fn fetch(
+    context: &ApiContext,
+    dc: &str,
+    path_and_query: &str,
+    token: Option<&str>,
+) -> (StatusCode, Bytes) {
+    let mut request = Request::new(Bytes::new());
+    *request.method_mut() = Method::GET;
+    match path_and_query.parse::<Uri>() {
+        Ok(uri) => *request.uri_mut() = uri,
+        Err(e) => return (StatusCode::BAD_REQUEST, Bytes::from(e.to_string())),
+    }
+    if let Some(value) = token.and_then(|token| HeaderValue::from_str(token).ok()) {
+        request
+            .headers_mut()
+            .insert(HeaderName::from_static("x-consul-token"), value);
+    }
+    let answer = forward_or_refuse(context, dc, request)
+        .await
+        .unwrap_or_else(|refusal| refusal);
+    let status = answer.status();
+    match answer.into_body().collect().await {
+        Ok(collected) => (status, collected.to_bytes()),
+        Err(e) => (StatusCode::BAD_GATEWAY, Bytes::from(e.to_string())),
     }
 }
 
@@ -691,6 +776,29 @@ mod tests {
             parts.headers,
             String::from_utf8(body.to_vec()).unwrap(),
         )
+    }
+
+    #[test]
+    fn acl_writes_are_told_apart_and_local_bodies_found() {
+        for (method, path, write) in [
+            (Method::PUT, "/v1/acl/policy", true),
+            (Method::DELETE, "/v1/acl/policy/p1", true),
+            (Method::PUT, "/v1/acl/token", true),
+            (Method::PUT, "/v1/acl/token/t1/clone", true),
+            (Method::GET, "/v1/acl/token/t1", false),
+            (Method::GET, "/v1/acl/policies", false),
+            (Method::PUT, "/v1/acl/bootstrap", false),
+            (Method::PUT, "/v1/acl/tokens", false),
+            (Method::PUT, "/v1/kv/acl/token", false),
+        ] {
+            assert_eq!(is_acl_write(&method, path), write, "{method} {path}");
+        }
+        assert!(body_says_local(br#"{"Local": true}"#));
+        assert!(body_says_local(br#"{"local": true, "Description": "x"}"#));
+        assert!(!body_says_local(br#"{"Local": false}"#));
+        assert!(!body_says_local(br#"{"Local": "true"}"#));
+        assert!(!body_says_local(b"not json"));
+        assert!(!body_says_local(b""));
     }
 
     #[tokio::test]

@@ -48,6 +48,8 @@ struct ContextInner {
     federation: Arc<dyn Federation>,
     forwarder: federate::Forwarder,
     acl_cache: acl::AuthorizerCache,
+    /// Written by the ACL replication loop alone; read by `/v1/acl/replication`.
+    acl_replication: tokio::sync::watch::Sender<consul::acl_replication::ReplicationStatus>,
 }
 
 /// What the node was started with, as `/v1/agent/self` and `/v1/agent/host` report it.
@@ -96,6 +98,7 @@ impl ApiContext {
                 federation,
                 forwarder: federate::Forwarder::default(),
                 acl_cache: acl::AuthorizerCache::default(),
+                acl_replication: tokio::sync::watch::Sender::new(Default::default()),
             }),
         }
     }
@@ -153,6 +156,13 @@ impl ApiContext {
     /// The authorizers of recently seen tokens.
     pub(crate) fn acl_cache(&self) -> &acl::AuthorizerCache {
         &self.inner.acl_cache
+    }
+
+    /// How ACL replication from the primary datacenter goes on this node.
+    pub(crate) fn acl_replication(
+        &self,
+    ) -> &tokio::sync::watch::Sender<consul::acl_replication::ReplicationStatus> {
+        &self.inner.acl_replication
     }
 
     /// atoll's version.

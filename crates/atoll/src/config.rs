@@ -801,6 +801,21 @@ pub struct NodeArgs {
         value_name = "SECRET"
     )]
     pub acl_agent_token: Option<TokenArg>,
+    /// The token the leader of a secondary datacenter reads the primary's policies and
+    /// global tokens with (Consul's `acl.tokens.replication`; it needs `acl = "write"` in
+    /// the primary; also ATOLL_ACL_REPLICATION_TOKEN).
+    #[arg(
+        long,
+        env = "ATOLL_ACL_REPLICATION_TOKEN",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
+    pub acl_replication_token: Option<TokenArg>,
+    /// The datacenter that holds the ACL policies and global tokens, which every other
+    /// datacenter replicates (Consul's `primary_datacenter`; default: this node's own).
+    /// Every agent of a federation must name the same one (also ATOLL_PRIMARY_DATACENTER).
+    #[arg(long, env = "ATOLL_PRIMARY_DATACENTER", value_name = "DC")]
+    pub primary_datacenter: Option<String>,
 }
 
 /// `--acl-default-policy`.
@@ -837,18 +852,21 @@ pub struct AclFlags {
     pub enabled: bool,
     /// `--acl-default-policy`.
     pub default_policy: atoll_acl::DefaultPolicy,
-    /// `--acl-default-token` and `--acl-agent-token`.
+    /// `--acl-default-token`, `--acl-agent-token` and `--acl-replication-token`.
     pub tokens: atoll_acl::AgentTokens,
+    /// `--primary-datacenter`, else the node's own datacenter.
+    pub primary_datacenter: String,
 }
 
 impl AclFlags {
     /// The node's ACL settings, which the API shares and `PUT /v1/agent/token` changes.
     pub fn settings(&self) -> atoll_acl::AclSettings {
-        if self.enabled {
+        let settings = if self.enabled {
             atoll_acl::AclSettings::enabled(self.default_policy, self.tokens.clone())
         } else {
             atoll_acl::AclSettings::disabled()
-        }
+        };
+        settings.with_primary_datacenter(self.primary_datacenter.clone())
     }
 }
 
@@ -1153,7 +1171,9 @@ impl NodeSettings {
             "ACLTokens": {
                 "ACLDefaultTokenSet": self.acl.tokens.default.is_some(),
                 "ACLAgentTokenSet": self.acl.tokens.agent.is_some(),
+                "ACLReplicationTokenSet": self.acl.tokens.replication.is_some(),
             },
+            "PrimaryDatacenter": self.acl.primary_datacenter,
         });
         if let (Some(config), serde_json::Value::Object(rest)) = (config.as_object_mut(), rest) {
             config.extend(rest);
@@ -1225,6 +1245,18 @@ impl NodeArgs {
             bail!(
                 "--datacenter {:?} is not a valid name: use lowercase letters, digits, '-' or '_'",
                 self.datacenter
+            );
+        }
+        let primary_datacenter = self
+            .primary_datacenter
+            .clone()
+            .filter(|dc| !dc.is_empty())
+            .unwrap_or_else(|| self.datacenter.clone());
+        if !valid_label(&primary_datacenter)
+            || primary_datacenter.chars().any(|c| c.is_ascii_uppercase())
+        {
+            bail!(
+                "--primary-datacenter {primary_datacenter:?} is not a valid name: use lowercase letters, digits, '-' or '_'"
             );
         }
         let domain_text = if self.domain.ends_with('.') {
@@ -1346,7 +1378,13 @@ impl NodeArgs {
                         .as_ref()
                         .map(|t| t.0.clone())
                         .filter(|t| !t.is_empty()),
+                    replication: self
+                        .acl_replication_token
+                        .as_ref()
+                        .map(|t| t.0.clone())
+                        .filter(|t| !t.is_empty()),
                 },
+                primary_datacenter,
             },
         })
     }
@@ -1695,6 +1733,35 @@ mod tests {
             super::CommandLine::Dev(dev) => dev.settings(),
             other => panic!("not a node: {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_primary_datacenter_defaults_to_the_nodes_own() {
+        let own =
+            node_settings(&["atoll", "dev", "--datacenter", "east", "--acl-enabled"]).unwrap();
+        assert_eq!(own.acl.primary_datacenter, "east");
+        assert!(!own.acl.settings().replicates_into("east"));
+        let secondary = node_settings(&[
+            "atoll",
+            "dev",
+            "--datacenter",
+            "east",
+            "--acl-enabled",
+            "--primary-datacenter",
+            "west",
+            "--acl-replication-token",
+            "r",
+        ])
+        .unwrap();
+        assert_eq!(secondary.acl.tokens.replication.as_deref(), Some("r"));
+        assert!(secondary.acl.settings().replicates_into("east"));
+        let config = secondary.debug_config(std::path::Path::new("d"));
+        assert_eq!(config["PrimaryDatacenter"], "west");
+        assert_eq!(config["ACLTokens"]["ACLReplicationTokenSet"], true);
+        let error = node_settings(&["atoll", "dev", "--primary-datacenter", "West"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--primary-datacenter"), "{error}");
     }
 
     #[test]

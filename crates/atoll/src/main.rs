@@ -489,6 +489,12 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         "the Marathon event subscribers",
         atoll_api::marathon::subscriptions::deliver(api.clone()),
     );
+    if server && acl_settings.replicates_into(&settings.datacenter) {
+        supervisor.spawn(
+            "the ACL replication",
+            atoll_api::consul::acl_replication::replicate(api.clone()),
+        );
+    }
     api_switch.install(atoll_api::router(api));
 
     let role = match settings.role {

@@ -179,6 +179,51 @@ pub struct AclBootstrap {
     pub reset_index: Option<u64>,
 }
 
+/// What replication from the primary datacenter changes here: the policies and global
+/// tokens the primary holds that differ from this datacenter's (written as the primary has
+/// them) and the ones it no longer holds (deleted). Local tokens are never in it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AclReplication {
+    /// Policies created or changed in the primary.
+    pub policies: Vec<AclPolicy>,
+    /// IDs of policies the primary no longer holds.
+    pub policy_deletes: Vec<String>,
+    /// Global tokens created or changed in the primary (secrets included).
+    pub tokens: Vec<AclToken>,
+    /// AccessorIDs of global tokens the primary no longer holds.
+    pub token_deletes: Vec<String>,
+}
+
+impl AclReplication {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+            && self.policy_deletes.is_empty()
+            && self.tokens.is_empty()
+            && self.token_deletes.is_empty()
+    }
+}
+
+/// Whether two policies hold the same thing, whatever their indexes.
+fn same_policy(a: &AclPolicy, b: &AclPolicy) -> bool {
+    a.id == b.id
+        && a.name == b.name
+        && a.description == b.description
+        && a.rules == b.rules
+        && a.datacenters == b.datacenters
+}
+
+/// Whether two tokens hold the same thing, whatever their indexes.
+fn same_token(a: &AclToken, b: &AclToken) -> bool {
+    a.accessor_id == b.accessor_id
+        && a.secret_id == b.secret_id
+        && a.description == b.description
+        && a.policies == b.policies
+        && a.local == b.local
+        && a.create_time == b.create_time
+        && a.expiration_unix_ms == b.expiration_unix_ms
+}
+
 /// Whether a policy name is valid: Consul's `[A-Za-z0-9_-]{1,128}`.
 pub fn valid_policy_name(name: &str) -> bool {
     !name.is_empty()
@@ -330,10 +375,15 @@ impl State {
         self.acl_tokens.insert(token.accessor_id.clone(), token);
     }
 
-    /// Keeps the secret index for a token row replayed or loaded.
+    /// Keeps the secret index for a token row replayed or loaded. The rows of one entry are
+    /// replayed in key order, so a secret that moved to another token in that entry may be
+    /// indexed for its new holder before its old holder's row is replayed: only an entry
+    /// still naming the old holder is removed.
     pub(crate) fn index_acl_secret(&mut self, old: Option<&AclToken>, new: Option<&AclToken>) {
         if let Some(old) = old {
-            self.acl_secrets.remove(old.secret_id.expose());
+            if self.acl_secrets.get(old.secret_id.expose()) == Some(&old.accessor_id) {
+                self.acl_secrets.remove(old.secret_id.expose());
+            }
         }
         if let Some(new) = new {
             self.acl_secrets
@@ -580,6 +630,149 @@ impl State {
         if self.acl_policies.contains_key(id) {
             self.seed_acl_builtins(index);
             self.acl_policies.remove(id);
+        }
+        Outcome::Done
+    }
+}
+
+impl State {
+    /// The difference between the primary datacenter's policies and global tokens
+    /// (`policies`, `tokens`: everything it holds, as its replication endpoint lists them)
+    /// and this datacenter's. Local tokens here are left alone, and local tokens upstream
+    /// (which the primary does not send) are ignored.
+    pub fn acl_replication_diff(
+        &self,
+        policies: &[AclPolicy],
+        tokens: &[AclToken],
+    ) -> AclReplication {
+        let mut diff = AclReplication::default();
+        let upstream_policies: std::collections::BTreeSet<&str> =
+            policies.iter().map(|p| p.id.as_str()).collect();
+        for policy in policies {
+            let here = self.acl_policy(&policy.id);
+            if !here.is_some_and(|here| same_policy(&here, policy)) {
+                diff.policies.push(AclPolicy {
+                    parsed: Vec::new(),
+                    create_index: 0,
+                    modify_index: 0,
+                    ..policy.clone()
+                });
+            }
+        }
+        diff.policy_deletes = self
+            .acl_policies
+            .keys()
+            .filter(|id| id.as_str() != GLOBAL_MANAGEMENT_ID)
+            .filter(|id| !upstream_policies.contains(id.as_str()))
+            .cloned()
+            .collect();
+        let global: Vec<&AclToken> = tokens.iter().filter(|t| !t.local).collect();
+        let upstream_tokens: std::collections::BTreeSet<&str> =
+            global.iter().map(|t| t.accessor_id.as_str()).collect();
+        for token in global {
+            match self.acl_token(&token.accessor_id) {
+                Some(here) if here.local => {}
+                Some(here) if same_token(&here, token) => {}
+                _ => diff.tokens.push(AclToken {
+                    create_index: 0,
+                    modify_index: 0,
+                    ..token.clone()
+                }),
+            }
+        }
+        diff.token_deletes = self
+            .acl_tokens
+            .values()
+            .filter(|t| !t.local && t.accessor_id != ANONYMOUS_ACCESSOR)
+            .filter(|t| !upstream_tokens.contains(t.accessor_id.as_str()))
+            .map(|t| t.accessor_id.clone())
+            .collect();
+        diff
+    }
+
+    /// Writes what replication from the primary found: deletions first, then the rows as
+    /// the primary holds them. Upstream is authoritative for policies and global tokens: a
+    /// policy here whose name a replicated one takes, or a global token holding a replicated
+    /// token's secret, goes. Local tokens are never changed nor removed; a replicated token
+    /// that would collide with one (same AccessorID or SecretID) is skipped, as is a policy
+    /// whose rules do not parse (neither comes from a primary running this release).
+    pub(crate) fn acl_replicate(&mut self, index: u64, replication: &AclReplication) -> Outcome {
+        if replication.is_empty() {
+            return Outcome::Done;
+        }
+        for id in &replication.policy_deletes {
+            if id != GLOBAL_MANAGEMENT_ID {
+                self.acl_policies.remove(id);
+            }
+        }
+        for accessor_id in &replication.token_deletes {
+            let global = self
+                .acl_tokens
+                .get(accessor_id)
+                .is_some_and(|t| !t.local && t.accessor_id != ANONYMOUS_ACCESSOR);
+            if global {
+                if let Some(old) = self.acl_tokens.remove(accessor_id) {
+                    self.acl_secrets.remove(old.secret_id.expose());
+                }
+            }
+        }
+        for policy in &replication.policies {
+            let Ok(parsed) = atoll_acl::rules::parse(&policy.rules) else {
+                continue;
+            };
+            if policy.id.is_empty() || !valid_policy_name(&policy.name) {
+                continue;
+            }
+            let taken: Vec<String> = self
+                .acl_policies
+                .values()
+                .filter(|p| p.id != policy.id && p.name.eq_ignore_ascii_case(&policy.name))
+                .map(|p| p.id.clone())
+                .collect();
+            for id in taken {
+                self.acl_policies.remove(&id);
+            }
+            let create_index = self
+                .acl_policies
+                .get(&policy.id)
+                .map_or(index, |p| p.create_index);
+            let stored = AclPolicy {
+                parsed,
+                create_index,
+                modify_index: index,
+                ..policy.clone()
+            };
+            self.acl_policies.insert(stored.id.clone(), stored);
+        }
+        for token in &replication.tokens {
+            if token.local || token.accessor_id.is_empty() || token.secret_id.is_empty() {
+                continue;
+            }
+            let existing = self.acl_tokens.get(&token.accessor_id).cloned();
+            if existing.as_ref().is_some_and(|t| t.local) {
+                continue;
+            }
+            let holder = self
+                .acl_secrets
+                .get(token.secret_id.expose())
+                .filter(|holder| **holder != token.accessor_id)
+                .and_then(|holder| self.acl_tokens.get(holder))
+                .map(|t| (t.accessor_id.clone(), t.local));
+            match holder {
+                Some((_, true)) => continue,
+                Some((other, false)) => {
+                    if let Some(old) = self.acl_tokens.remove(&other) {
+                        self.acl_secrets.remove(old.secret_id.expose());
+                    }
+                }
+                None => {}
+            }
+            let stored = AclToken {
+                create_index: existing.map_or(index, |t| t.create_index),
+                modify_index: index,
+                ..token.clone()
+            };
+            self.put_acl_token(stored);
         }
         Outcome::Done
     }

@@ -276,7 +276,7 @@ fn a_secret_resolves_to_its_policies_over_the_default() {
         DefaultPolicy::Deny,
         AgentTokens {
             default: Some("s1".into()),
-            agent: None,
+            ..AgentTokens::default()
         },
     );
     assert!(state
@@ -425,6 +425,261 @@ pub(crate) fn arb_acl_command() -> impl Strategy<Value = Command> {
                 create
             )
         ),
-        policy_id.prop_map(|id| Command::AclPolicyDelete { id: id.into() }),
+        policy_id
+            .clone()
+            .prop_map(|id| Command::AclPolicyDelete { id: id.into() }),
+        (
+            policy_id,
+            prop::sample::select(vec!["t1", "t2", "t3"]),
+            prop::sample::select(vec!["s1", "s2", "s3"]),
+            any::<bool>(),
+        )
+            .prop_map(|(p, a, s, delete)| {
+                let mut replication = AclReplication::default();
+                if delete {
+                    replication.policy_deletes.push(p.into());
+                    replication.token_deletes.push(a.into());
+                } else {
+                    replication.policies.push(AclPolicy {
+                        id: p.into(),
+                        name: format!("replicated-{p}"),
+                        rules: "key \"r\" { policy = \"write\" }".into(),
+                        ..Default::default()
+                    });
+                    replication.tokens.push(AclToken {
+                        accessor_id: a.into(),
+                        secret_id: Secret::new(s),
+                        policies: vec![link_id(p)],
+                        ..Default::default()
+                    });
+                }
+                Command::AclReplicate(Box::new(replication))
+            }),
     ]
+}
+
+/// A global token as the primary lists it.
+fn global_token(accessor: &str, secret: &str, policy: &str) -> AclToken {
+    AclToken {
+        accessor_id: accessor.into(),
+        secret_id: Secret::new(secret),
+        description: format!("token {accessor}"),
+        policies: vec![PolicyLink {
+            id: policy.into(),
+            name: String::new(),
+        }],
+        create_time: "2026-01-01T00:00:00Z".into(),
+        ..Default::default()
+    }
+}
+
+/// Applies the difference between `primary`'s policies and global tokens and `secondary`'s
+/// to `secondary`, as the replication loop does; the difference it wrote.
+fn replicate(primary: &State, secondary: &mut State, index: u64) -> AclReplication {
+    let tokens: Vec<AclToken> = primary
+        .acl_tokens_all()
+        .into_iter()
+        .filter(|t| !t.local)
+        .collect();
+    let diff = secondary.acl_replication_diff(&primary.acl_policies_all(), &tokens);
+    if !diff.is_empty() {
+        let (outcome, _) = secondary.apply(index, &Command::AclReplicate(Box::new(diff.clone())));
+        assert_eq!(outcome, Outcome::Done);
+    }
+    diff
+}
+
+#[test]
+fn replication_writes_the_primarys_policies_and_global_tokens_and_keeps_local_tokens() {
+    let mut primary = State::default();
+    primary.apply(1, &bootstrap("boot", "boot-secret", None));
+    primary.apply(
+        2,
+        &policy(
+            "p1",
+            "kv-read",
+            r#"key_prefix "" { policy = "read" }"#,
+            true,
+        ),
+    );
+    primary.apply(3, &token("g1", "g1-secret", vec![link_id("p1")], true));
+    let mut local_upstream = global_token("l1", "l1-secret", "p1");
+    local_upstream.local = true;
+    primary.apply(
+        4,
+        &Command::AclTokenSet {
+            token: Box::new(local_upstream),
+            create: true,
+        },
+    );
+
+    let mut secondary = State::default();
+    let mut local = global_token("here", "here-secret", GLOBAL_MANAGEMENT_ID);
+    local.local = true;
+    secondary.apply(
+        1,
+        &Command::AclTokenSet {
+            token: Box::new(local),
+            create: true,
+        },
+    );
+    let before_local = secondary.acl_token("here").unwrap();
+
+    let diff = replicate(&primary, &mut secondary, 10);
+    assert_eq!(diff.policies.len(), 1, "{diff:?}");
+    assert_eq!(
+        diff.tokens
+            .iter()
+            .map(|t| t.accessor_id.as_str())
+            .collect::<Vec<_>>(),
+        ["boot", "g1"],
+        "the primary's local token stays there; the anonymous one is the same"
+    );
+    assert_eq!(secondary.indexes.acl, 10);
+    let settings = on(DefaultPolicy::Deny);
+    let reader = secondary
+        .acl_authorizer(&settings, Some("g1-secret"))
+        .unwrap();
+    assert!(reader.allows(Resource::Named(Segment::Key, "a"), Access::Read));
+    assert!(!reader.allows(Resource::Named(Segment::Key, "a"), Access::Write));
+    assert!(secondary
+        .acl_authorizer(&settings, Some("boot-secret"))
+        .unwrap()
+        .allows(Resource::Global(Global::Acl), Access::Write));
+    assert!(secondary
+        .acl_authorizer(&settings, Some("l1-secret"))
+        .is_err());
+    assert_eq!(secondary.acl_token("here").unwrap(), before_local);
+
+    // Nothing changed upstream: nothing to write, twice over.
+    assert!(replicate(&primary, &mut secondary, 11).is_empty());
+    assert_eq!(secondary.indexes.acl, 10);
+
+    // Changed and deleted upstream: the same here; the local token stays.
+    primary.apply(
+        5,
+        &policy(
+            "p1",
+            "kv-read",
+            r#"key_prefix "" { policy = "write" }"#,
+            false,
+        ),
+    );
+    primary.apply(
+        6,
+        &Command::AclTokenDelete {
+            accessor_id: "g1".into(),
+        },
+    );
+    let diff = replicate(&primary, &mut secondary, 12);
+    assert_eq!(
+        (diff.policies.len(), diff.token_deletes.len()),
+        (1, 1),
+        "{diff:?}"
+    );
+    assert!(secondary
+        .acl_authorizer(&settings, Some("g1-secret"))
+        .is_err());
+    assert_eq!(
+        secondary.acl_policy("p1").unwrap().rules,
+        primary.acl_policy("p1").unwrap().rules
+    );
+    assert_eq!(secondary.acl_token("here").unwrap(), before_local);
+    primary.apply(7, &Command::AclPolicyDelete { id: "p1".into() });
+    let diff = replicate(&primary, &mut secondary, 13);
+    assert_eq!(diff.policy_deletes, ["p1"]);
+    assert!(secondary.acl_policy("p1").is_none());
+    assert!(replicate(&primary, &mut secondary, 14).is_empty());
+}
+
+#[test]
+fn replication_never_touches_a_local_token_and_upstream_wins_over_a_global_one() {
+    let mut secondary = State::default();
+    let mut local = global_token("here", "shared-secret", GLOBAL_MANAGEMENT_ID);
+    local.local = true;
+    secondary.apply(
+        1,
+        &Command::AclTokenSet {
+            token: Box::new(local.clone()),
+            create: true,
+        },
+    );
+    secondary.apply(2, &policy("old", "kv", "", true));
+    secondary.apply(
+        3,
+        &token("stale", "stale-secret", vec![link_id("old")], true),
+    );
+    let replication = AclReplication {
+        policies: vec![AclPolicy {
+            id: "new".into(),
+            name: "KV".into(),
+            ..Default::default()
+        }],
+        policy_deletes: vec![GLOBAL_MANAGEMENT_ID.into()],
+        tokens: vec![
+            // Same AccessorID as the local token; then same secret.
+            global_token("here", "other", "new"),
+            global_token("up", "shared-secret", "new"),
+            // Takes the stale global token's secret: upstream wins.
+            global_token("up2", "stale-secret", "new"),
+            AclToken {
+                local: true,
+                ..global_token("sneaky", "sneaky-secret", "new")
+            },
+        ],
+        token_deletes: vec!["here".into(), ANONYMOUS_ACCESSOR.into()],
+    };
+    let (outcome, _) = secondary.apply(4, &Command::AclReplicate(Box::new(replication)));
+    assert_eq!(outcome, Outcome::Done);
+    let kept = secondary.acl_token("here").unwrap();
+    assert!(kept.local && kept.secret_id.matches("shared-secret"));
+    assert!(secondary.acl_token("up").is_none());
+    assert!(secondary.acl_token("sneaky").is_none());
+    assert!(secondary.acl_token("stale").is_none());
+    assert_eq!(secondary.acl_token("up2").unwrap().create_index, 4);
+    // The name is the replicated policy's now; the builtin stays.
+    assert!(secondary.acl_policy("old").is_none());
+    assert_eq!(secondary.acl_policy_named("kv").unwrap().id, "new");
+    assert!(secondary.acl_policy(GLOBAL_MANAGEMENT_ID).is_some());
+    assert!(secondary.acl_token(ANONYMOUS_ACCESSOR).is_some());
+    // The secret index follows.
+    let settings = on(DefaultPolicy::Deny);
+    assert!(secondary
+        .acl_authorizer(&settings, Some("stale-secret"))
+        .is_ok());
+    assert!(secondary
+        .acl_authorizer(&settings, Some("shared-secret"))
+        .is_ok());
+    let mut reloaded = snapshot::decode_state(&snapshot::encode(&secondary).unwrap()).unwrap();
+    reloaded.rebuild_acl_secrets();
+    assert_eq!(reloaded, secondary);
+}
+
+#[test]
+fn records_of_the_version_before_replication_still_load() {
+    let mut state = State::default();
+    state.apply(1, &bootstrap("boot", "boot-secret", None));
+    state.apply(2, &policy("p1", "kv-read", "", true));
+    let mut whole = snapshot::encode(&state).unwrap();
+    whole[0] = snapshot::FORMAT_BEFORE_REPLICATION;
+    assert_eq!(snapshot::decode_state(&whole).unwrap(), state);
+    let parts: Vec<Vec<u8>> = snapshot::state_parts(&state)
+        .map(|part| {
+            let mut part = part.unwrap();
+            part[0] = snapshot::FORMAT_BEFORE_REPLICATION;
+            part
+        })
+        .collect();
+    assert_eq!(snapshot::decode_state_parts(&parts).unwrap(), state);
+    let command = token("t1", "s1", vec![link_id("p1")], true);
+    let mut old = snapshot::encode(&command).unwrap();
+    old[0] = snapshot::FORMAT_BEFORE_REPLICATION;
+    assert_eq!(snapshot::decode::<Command>(&old).unwrap(), command);
+    let replicate = Command::AclReplicate(Box::new(AclReplication {
+        token_deletes: vec!["t1".into()],
+        ..Default::default()
+    }));
+    let new = snapshot::encode(&replicate).unwrap();
+    assert_eq!(new[0], snapshot::FORMAT_VERSION);
+    assert_eq!(snapshot::decode::<Command>(&new).unwrap(), replicate);
 }

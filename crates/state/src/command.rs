@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::acl::{AclBootstrap, AclPolicy, AclToken};
+use crate::acl::{AclBootstrap, AclPolicy, AclReplication, AclToken};
 use crate::model::{CheckDefinition, CheckStatus, ServiceAddress, Session, UserEvent};
 use crate::prepared::PreparedQuery;
 use crate::txn::{TxnOp, TxnOutcome};
@@ -242,6 +242,10 @@ pub enum Command {
         /// The policy's ID.
         id: String,
     },
+    /// Replication from the primary datacenter, written by the leader of another one: the
+    /// policies and global tokens that changed or went upstream, in one entry. Local tokens
+    /// are never touched.
+    AclReplicate(Box<AclReplication>),
 }
 
 /// A change to a group tree.

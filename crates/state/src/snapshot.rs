@@ -11,8 +11,13 @@ use crate::table::{Grouped, Rows};
 /// field added later (with a serde default) still reads what an earlier release wrote.
 /// Version 3 is version 2's encoding with the ACL tables and commands: a release that knows
 /// only version 2 would read such a snapshot and silently drop the tokens and policies, so
-/// the new number makes it refuse the record (and the data dir) instead.
-pub const FORMAT_VERSION: u8 = 3;
+/// the new number makes it refuse the record (and the data dir) instead. Version 4 is
+/// version 3's encoding with `Command::AclReplicate`, which a release knowing only version 3
+/// could not decode: it refuses the data dir at start rather than stopping at that entry.
+pub const FORMAT_VERSION: u8 = 4;
+
+/// MessagePack with the ACL tables, before ACL replication. Still read; no longer written.
+pub const FORMAT_BEFORE_REPLICATION: u8 = 3;
 
 /// MessagePack before the ACL tables. Still read; no longer written.
 pub const FORMAT_BEFORE_ACL: u8 = 2;
@@ -87,7 +92,9 @@ pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Dec
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     match bytes.split_first() {
         None => Err(DecodeError::Empty),
-        Some((&FORMAT_VERSION | &FORMAT_BEFORE_ACL, body)) => decode_body(body),
+        Some((&FORMAT_VERSION | &FORMAT_BEFORE_REPLICATION | &FORMAT_BEFORE_ACL, body)) => {
+            decode_body(body)
+        }
         Some((&FORMAT_JSON, body)) => Ok(serde_json::from_slice(body)?),
         Some((&version, _)) => Err(DecodeError::UnknownVersion(version)),
     }

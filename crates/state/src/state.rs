@@ -231,6 +231,7 @@ impl State {
             Command::AclTokenDelete { accessor_id } => self.acl_token_delete(index, accessor_id),
             Command::AclPolicySet { policy, create } => self.acl_policy_set(index, policy, *create),
             Command::AclPolicyDelete { id } => self.acl_policy_delete(index, id),
+            Command::AclReplicate(replication) => self.acl_replicate(index, replication),
         }
     }
 

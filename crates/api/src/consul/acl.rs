@@ -4,7 +4,10 @@
 //! (a token's SecretID shows as `<hidden>` without `acl:write`), writes `acl:write`;
 //! `GET /v1/acl/token/self` and the bootstrap need nothing. Tokens and policies are
 //! validated here (400 naming the field), written through Raft, and checked again by
-//! `apply` against the state (unknown policies, names taken, the builtins).
+//! `apply` against the state (unknown policies, names taken, the builtins). In a secondary
+//! datacenter the bootstrap is refused, and writes of policies and global tokens are sent
+//! to the primary before they reach these handlers (`federate.rs`); what the primary holds
+//! comes back through replication (`acl_replication.rs`).
 
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -473,6 +476,20 @@ pub async fn bootstrap(
 ) -> Result<Response, ApiError> {
     enabled(&context)?;
     local_query(raw.as_deref(), &context)?;
+    let settings = context.acl();
+    if settings.replicates_into(context.datacenter()) {
+        // Its tokens come from the primary: a management token made here would be deleted
+        // by the next replication round.
+        return Err(ApiError::plain(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "ACL bootstrap is done in the primary datacenter {:?}, not in {:?}: bootstrap there (or add ?dc={})",
+                settings.primary_datacenter,
+                context.datacenter(),
+                settings.primary_datacenter
+            ),
+        ));
+    }
     let input: BootstrapInput = optional_body(&body)?;
     if !input.bootstrapsecret.is_empty() && !is_uuid(&input.bootstrapsecret) {
         return Err(ApiError::field(

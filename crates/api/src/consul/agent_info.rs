@@ -208,8 +208,9 @@ struct TokenBody {
     token: String,
 }
 
-/// `PUT /v1/agent/token/:type` `{"Token": ...}`: sets the agent's `default` or `agent`
-/// token (also by Consul's older names `acl_token` and `acl_agent_token`); needs `acl:write`.
+/// `PUT /v1/agent/token/:type` `{"Token": ...}`: sets the agent's `default`, `agent` or
+/// `replication` token (also by Consul's older names `acl_token`, `acl_agent_token` and
+/// `acl_replication_token`); needs `acl:write`.
 /// An empty token clears it. With ACLs off, Consul's 401 and plain text.
 pub async fn token(
     State(context): State<ApiContext>,
@@ -234,6 +235,7 @@ pub async fn token(
     match kind.as_str() {
         "default" | "acl_token" => tokens.default = value,
         "agent" | "acl_agent_token" => tokens.agent = value,
+        "replication" | "acl_replication_token" => tokens.replication = value,
         other => {
             return Err(ApiError::field(
                 "type",

@@ -1,6 +1,7 @@
 //! Consul-compatible endpoints, grouped as Consul groups them.
 
 pub mod acl;
+pub mod acl_replication;
 pub(crate) mod agent;
 mod agent_info;
 mod catalog;
@@ -161,6 +162,11 @@ pub fn routes() -> Router<ApiContext> {
         )
         .route("/v1/acl/policy/name/{name}", get(acl::read_policy_named))
         .route("/v1/acl/policies", get(acl::list_policies))
+        .route("/v1/acl/replication", get(acl_replication::status))
+        .route(
+            acl_replication::REPLICATE_PATH,
+            get(acl_replication::replication_data),
+        )
         .route("/v1/status/leader", get(status::leader))
         .route("/v1/status/peers", get(status::peers))
 }
