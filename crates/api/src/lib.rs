@@ -47,7 +47,7 @@ struct ContextInner {
     facts: NodeFacts,
     federation: Arc<dyn Federation>,
     forwarder: federate::Forwarder,
-    acl_cache: acl::AuthorizerCache,
+    acl_cache: atoll_state::AuthorizerCache,
 }
 
 /// What the node was started with, as `/v1/agent/self` and `/v1/agent/host` report it.
@@ -95,7 +95,7 @@ impl ApiContext {
                 facts,
                 federation,
                 forwarder: federate::Forwarder::default(),
-                acl_cache: acl::AuthorizerCache::default(),
+                acl_cache: atoll_state::AuthorizerCache::default(),
             }),
         }
     }
@@ -151,7 +151,7 @@ impl ApiContext {
     }
 
     /// The authorizers of recently seen tokens.
-    pub(crate) fn acl_cache(&self) -> &acl::AuthorizerCache {
+    pub(crate) fn acl_cache(&self) -> &atoll_state::AuthorizerCache {
         &self.inner.acl_cache
     }
 
