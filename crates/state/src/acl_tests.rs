@@ -487,7 +487,12 @@ fn a_changed_token_or_policy_is_resolved_afresh() {
     // Its policy's rules change.
     state.apply(
         5,
-        &policy("p2", "web", r#"key_prefix "db/" { policy = "write" }"#, false),
+        &policy(
+            "p2",
+            "web",
+            r#"key_prefix "db/" { policy = "write" }"#,
+            false,
+        ),
     );
     let changed = cache.authorizer(&state, &deny, Some("s1"), 0).unwrap();
     assert!(!writes_key(&changed, "web/x") && writes_key(&changed, "db/x"));
@@ -524,7 +529,10 @@ fn requests_without_a_token_follow_the_default_token_and_the_anonymous_one() {
     let anonymous = cache.authorizer(&state, &settings, None, 0).unwrap();
     assert!(!writes_key(&anonymous, "app/x"));
     let again = cache.authorizer(&state, &settings, Some(""), 0).unwrap();
-    assert!(std::sync::Arc::ptr_eq(&anonymous, &again), "not from the cache");
+    assert!(
+        std::sync::Arc::ptr_eq(&anonymous, &again),
+        "not from the cache"
+    );
     // The default token set at run time stands in at once.
     settings.set_tokens(AgentTokens {
         default: Some("s1".into()),
