@@ -7,6 +7,8 @@ and the requests carrying a token whose only rule is `key_prefix "bench/" { poli
 The load comes from ApacheBench (`ab`, C, keep-alive), so the client's own TLS and HTTP costs
 stay small next to the server's. Phases are interleaved (plain, ACL, TLS; ROUNDS times) so
 every configuration sees the same machine; the figure of each is its median over the rounds.
+Besides the rate, the server's CPU time per request (every thread's run time, so the client's
+share of the cores does not count) and ab's own.
 
 Environment / flags: N (--count, requests per phase, default 20000), K (--concurrency, 16),
 ROUNDS (--rounds, 3), ATOLL_BIN. Needs `ab` (Debian: apache2-utils).
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -60,9 +63,28 @@ def bench_token(base: str) -> str:
 
 
 def cpu_seconds(pid: int) -> float:
-    """The user and system CPU time process `pid` has used."""
+    """The CPU time process `pid` has used: the sum of its threads' run time in
+    /proc/PID/task/*/schedstat (nanoseconds), else its user and system time in clock ticks
+    (1/100 s: a phase of 30,000 reads at 15 us each is 45 ticks, too coarse)."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a thread that ended meanwhile
+        if total:
+            return total / 1e9
+    except FileNotFoundError:
+        pass
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """User and system CPU time of the ended child processes (ab) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def ab(url: str, count: int, concurrency: int, token: str | None, body: Path | None) -> float:
@@ -113,17 +135,21 @@ def main() -> int:
                   f" connections, {args.rounds} rounds, ab as the client\n")
             figures: dict[tuple[str, str], list[float]] = {}
             cpu: dict[tuple[str, str], list[float]] = {}
+            client: dict[tuple[str, str], list[float]] = {}
             for _ in range(args.rounds):
                 for what, path, payload in (("KV writes", "/v1/kv/bench/key", body),
                                             ("KV reads", "/v1/kv/bench/key", None)):
                     for name, (base, tok, pid) in targets.items():
-                        before = cpu_seconds(pid)
+                        before, client_before = cpu_seconds(pid), children_cpu_seconds()
                         figures.setdefault((what, name), []).append(
                             ab(base + path, args.count, args.concurrency, tok, payload))
                         cpu.setdefault((what, name), []).append(
                             (cpu_seconds(pid) - before) / args.count * 1e6)
-            # Two figures: the rate (client and server share the cores, so the client's own
-            # TLS work lowers it too) and the server's CPU time per request (its cost alone).
+                        client.setdefault((what, name), []).append(
+                            (children_cpu_seconds() - client_before) / args.count * 1e6)
+            # Three figures: the rate (client and server share the cores, so the client's own
+            # TLS work lowers it too), the server's CPU time per request (its cost alone) and
+            # ab's (the client's share of the cores).
             for what in ("KV writes", "KV reads"):
                 base_rate = statistics.median(figures[(what, "plain HTTP")])
                 base_cpu = statistics.median(cpu[(what, "plain HTTP")])
@@ -133,7 +159,9 @@ def main() -> int:
                     used = statistics.median(cpu[(what, name)])
                     line = (f"{what:<10} {name:<26} {rate:>9,.0f}/s (runs: "
                             f"{', '.join(f'{r:,.0f}' for r in rates)}); server CPU"
-                            f" {used:5.1f} us/request")
+                            f" {used:5.1f} us/request (runs: "
+                            f"{', '.join(f'{c:.1f}' for c in cpu[(what, name)])}), ab"
+                            f" {statistics.median(client[(what, name)]):4.1f} us")
                     if name != "plain HTTP":
                         line += (f"   cost: rate {(1 - rate / base_rate) * 100:+.1f}%,"
                                  f" server CPU {(used / base_cpu - 1) * 100:+.1f}%")

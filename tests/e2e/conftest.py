@@ -199,6 +199,19 @@ def free_port(udp_too: bool = False, exclude: Iterable[int] = ()) -> int:
     raise RuntimeError("could not find a free loopback port")
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Ends a helper process a test started (a DNS upstream, prometheus): SIGTERM, then
+    SIGKILL if it has not exited within `timeout` seconds; reaps it either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 # ---------------------------------------------------------------------------
 # the process wrapper
 

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import requests
 
-from conftest import GiveUp, free_port, require_tool, wait_for
+from conftest import GiveUp, free_port, require_tool, stop_process, wait_for
 
 READY_TIMEOUT = 60.0
 
@@ -54,10 +54,4 @@ def running_prometheus(directory: Path, scrape_configs: str) -> Iterator[tuple[s
             wait_for(ready, timeout=READY_TIMEOUT, interval=0.2, message="prometheus /-/ready")
             yield base, log_path
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)

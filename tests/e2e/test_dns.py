@@ -18,7 +18,7 @@ import dns.rdatatype
 import dns.resolver
 import pytest
 
-from conftest import free_port, require_tool, wait_for
+from conftest import free_port, require_tool, stop_process, wait_for
 
 # What a Consul client sees: runs against a cluster's client node too (ATOLL_E2E_TARGET=cluster).
 pytestmark = pytest.mark.client_api
@@ -470,12 +470,7 @@ def test_recursor_forwards_names_outside_the_domain(atoll_factory, tmp_path):
         r = query(inst, f"{inst.node}.node.consul")
         assert addresses(r) == [inst.node_address]
     finally:
-        upstream.terminate()
-        try:
-            upstream.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            upstream.kill()
-            upstream.wait()
+        stop_process(upstream, timeout=10)
 
 
 def test_names_outside_the_domain_without_recursor(atoll):

@@ -75,6 +75,11 @@ impl AclSettings {
         self.tokens.read().clone()
     }
 
+    /// The agent's default token now.
+    pub fn default_token(&self) -> Option<String> {
+        self.tokens.read().default.clone()
+    }
+
     /// Replaces the agent's tokens.
     pub fn set_tokens(&self, tokens: AgentTokens) {
         *self.tokens.write() = tokens;

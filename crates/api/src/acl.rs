@@ -126,68 +126,15 @@ impl Authz {
             });
         }
         let now = atoll_state::acl::now_unix_ms();
-        let cache = context.acl_cache();
         let authorizer = context
             .store()
             .read(|state| {
-                // Only a token the request names is cached: the default token can change.
-                let Some(named) = secret.as_deref().filter(|s| !s.is_empty()) else {
-                    return state.acl_authorizer_at(settings, None, now).map(Arc::new);
-                };
-                let index = state.indexes.acl;
-                if let Some(hit) = cache.get(named, index, now) {
-                    return Ok(hit);
-                }
-                let resolved = Arc::new(state.acl_authorizer_at(settings, Some(named), now)?);
-                let expires = state
-                    .acl_token_by_secret(named, now)
-                    .and_then(|token| token.expiration_unix_ms);
-                cache.put(named, index, expires, resolved.clone());
-                Ok(resolved)
+                context
+                    .acl_cache()
+                    .authorizer(state, settings, secret.as_deref(), now)
             })
             .map_err(|_: atoll_state::acl::AclNotFound| AclNotFoundResponse { marathon: false })?;
         Ok(Authz { authorizer, secret })
-    }
-}
-
-/// How many tokens' authorizers [`AuthorizerCache`] keeps; it starts afresh when full.
-const CACHED_TOKENS: usize = 1024;
-
-/// The authorizers of the tokens requests named recently, each valid while the ACL tables
-/// keep the index it was resolved at and its token has not expired: resolving a token
-/// (finding it, merging its policies' rules) costs more than the request it guards.
-#[derive(Default)]
-pub struct AuthorizerCache {
-    entries: parking_lot::Mutex<std::collections::HashMap<String, CachedAuthorizer>>,
-}
-
-struct CachedAuthorizer {
-    acl_index: u64,
-    expires_unix_ms: Option<u64>,
-    authorizer: Arc<Authorizer>,
-}
-
-impl AuthorizerCache {
-    fn get(&self, secret: &str, acl_index: u64, now_ms: u64) -> Option<Arc<Authorizer>> {
-        let entries = self.entries.lock();
-        let cached = entries.get(secret)?;
-        (cached.acl_index == acl_index && cached.expires_unix_ms.is_none_or(|at| now_ms < at))
-            .then(|| cached.authorizer.clone())
-    }
-
-    fn put(&self, secret: &str, acl_index: u64, expires: Option<u64>, authorizer: Arc<Authorizer>) {
-        let mut entries = self.entries.lock();
-        if entries.len() >= CACHED_TOKENS && !entries.contains_key(secret) {
-            entries.clear();
-        }
-        entries.insert(
-            secret.to_string(),
-            CachedAuthorizer {
-                acl_index,
-                expires_unix_ms: expires,
-                authorizer,
-            },
-        );
     }
 }
 

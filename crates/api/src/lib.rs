@@ -47,7 +47,7 @@ struct ContextInner {
     facts: NodeFacts,
     federation: Arc<dyn Federation>,
     forwarder: federate::Forwarder,
-    acl_cache: acl::AuthorizerCache,
+    acl_cache: atoll_state::AuthorizerCache,
     /// Written by the ACL replication loop alone; read by `/v1/acl/replication`.
     acl_replication: tokio::sync::watch::Sender<consul::acl_replication::ReplicationStatus>,
 }
@@ -97,7 +97,7 @@ impl ApiContext {
                 facts,
                 federation,
                 forwarder: federate::Forwarder::default(),
-                acl_cache: acl::AuthorizerCache::default(),
+                acl_cache: atoll_state::AuthorizerCache::default(),
                 acl_replication: tokio::sync::watch::Sender::new(Default::default()),
             }),
         }
@@ -154,7 +154,7 @@ impl ApiContext {
     }
 
     /// The authorizers of recently seen tokens.
-    pub(crate) fn acl_cache(&self) -> &acl::AuthorizerCache {
+    pub(crate) fn acl_cache(&self) -> &atoll_state::AuthorizerCache {
         &self.inner.acl_cache
     }
 

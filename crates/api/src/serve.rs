@@ -219,10 +219,10 @@ async fn serve_connections(
             }
             Some(tls) => {
                 let acceptor = TlsAcceptor::from(Arc::clone(&tls.borrow().https));
-                let mut builder = builder.clone();
-                // One buffer per response: over TLS, each separate write of a vectored one
-                // would be a record of its own, sealed and sent apart.
-                builder.writev(false);
+                // Vectored writes as over plain HTTP: rustls seals a response's head and body,
+                // handed over together, into one record (one write to the socket), and hyper
+                // need not first copy the body behind the head.
+                let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     // A client that never finishes its handshake is a client that never

@@ -544,8 +544,9 @@ const ADDRESS_FORMS: &str = "give the agent's address (--http-addr, ATOLL_HTTP_A
 
 /// An agent's address as `HOST:PORT` (plain HTTP) or `https://HOST:PORT`, from `HOST:PORT`,
 /// `HOST`, `http://HOST[:PORT]` or `https://HOST[:PORT]`; the port is Consul's, 8500 for
-/// HTTP and 8501 for HTTPS, when none is given.
-fn agent_address(text: &str) -> Result<String, String> {
+/// HTTP and 8501 for HTTPS, when none is given. The one parser of agent addresses: the
+/// client takes its result as it is.
+pub(crate) fn agent_address(text: &str) -> Result<String, String> {
     let text = text.trim();
     let (https, bare) = match text.split_once("://") {
         Some(("http", rest)) => (false, rest),

@@ -2,8 +2,11 @@
 //! packet and sending a reply, as a pure function of the packet, the state and the
 //! configuration (no sockets, no clock), so it can be tested and fuzzed on its own.
 
+use std::sync::Arc;
+
 use atoll_acl::{AclSettings, Authorizer};
 use atoll_cluster::Store;
+use atoll_state::AuthorizerCache;
 use hickory_proto::op::Message;
 
 use crate::answer::{
@@ -63,12 +66,14 @@ pub fn reply_to_packet(
         seed,
         transport,
         &AclSettings::disabled(),
+        &AuthorizerCache::default(),
     )
 }
 
 /// Answers one request packet from the state in `store`, read once for all variants, with
 /// the permissions of the agent's default token under `acl` (anonymous without one; a
-/// default token that names no token is allowed nothing), resolved under the same read.
+/// default token that names no token is allowed nothing), resolved under the same read
+/// through `authorizers` (which keeps it while the ACL tables and the default token stay).
 /// `seed` picks the shuffle of the first variant; later variants use the next seeds.
 pub fn reply_to_packet_for(
     packet: &[u8],
@@ -77,6 +82,7 @@ pub fn reply_to_packet_for(
     seed: u64,
     transport: Transport,
     acl: &AclSettings,
+    authorizers: &AuthorizerCache,
 ) -> PacketReply {
     if packet.len() < HEADER_LEN {
         return PacketReply::Ignore;
@@ -90,9 +96,9 @@ pub fn reply_to_packet_for(
         Transport::Tcp => (MAX_MESSAGE, 1),
     };
     store.read(|state| {
-        let authz = state
-            .acl_authorizer(acl, None)
-            .unwrap_or_else(|_| Authorizer::deny_all());
+        let authz = authorizers
+            .authorizer(state, acl, None, atoll_state::acl::now_unix_ms())
+            .unwrap_or_else(|_| Arc::new(Authorizer::deny_all()));
         let mut encoded = Vec::new();
         for variant in 0..variants {
             match resolve_for(&request, state, config, seed.wrapping_add(variant), &authz) {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use atoll_acl::AclSettings;
 use atoll_cluster::{Federation, Route, Store};
-use atoll_state::Table;
+use atoll_state::{AuthorizerCache, Table};
 use hickory_proto::op::{Message, ResponseCode};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -86,6 +86,8 @@ struct Shared {
     in_flight: Arc<tokio::sync::Semaphore>,
     /// Whether ACLs are on and the agent's default token, which DNS answers with.
     acl: Arc<AclSettings>,
+    /// The default token's authorizer, resolved again only when it or the ACL tables change.
+    authorizers: AuthorizerCache,
 }
 
 impl Shared {
@@ -97,6 +99,7 @@ impl Shared {
             seed,
             transport,
             &self.acl,
+            &self.authorizers,
         )
     }
 
@@ -154,6 +157,7 @@ impl DnsServer {
                 own: address,
                 in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
                 acl: Arc::new(AclSettings::disabled()),
+                authorizers: AuthorizerCache::default(),
             }),
         })
     }

@@ -32,6 +32,15 @@ pub const GLOBAL_MANAGEMENT_ID: &str = "00000000-0000-0000-0000-000000000001";
 /// The name of the builtin policy that allows everything.
 pub const GLOBAL_MANAGEMENT_NAME: &str = "global-management";
 
+/// The secret a request or query is resolved with: the one it carries, else the agent's
+/// default token, else the anonymous token's (empty ones count as none).
+pub fn effective_secret<'a>(carried: Option<&'a str>, default: Option<&'a str>) -> &'a str {
+    carried
+        .filter(|s| !s.is_empty())
+        .or(default.filter(|s| !s.is_empty()))
+        .unwrap_or(ANONYMOUS_SECRET)
+}
+
 /// A secret that names no token (Consul's `ACL not found`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("ACL not found")]
@@ -324,23 +333,26 @@ impl State {
         if !settings.enabled {
             return Ok(Authorizer::allow_all());
         }
-        let default = settings.tokens().default;
-        let secret = secret
-            .filter(|s| !s.is_empty())
-            .or(default.as_deref().filter(|s| !s.is_empty()))
-            .unwrap_or(ANONYMOUS_SECRET);
+        let default = settings.default_token();
+        let secret = effective_secret(secret, default.as_deref());
         let token = self
             .acl_token_by_secret(secret, now_ms)
             .ok_or(AclNotFound)?;
+        Ok(self.acl_token_authorizer(settings, &token))
+    }
+
+    /// What `token` may do: everything for a management token, else its policies' rules
+    /// over the default policy.
+    pub fn acl_token_authorizer(&self, settings: &AclSettings, token: &AclToken) -> Authorizer {
         if token.is_management() {
-            return Ok(Authorizer::management());
+            return Authorizer::management();
         }
         let rules = token
             .policies
             .iter()
             .filter_map(|link| self.acl_policies.get(&link.id))
             .flat_map(|policy| policy.parsed.iter().cloned());
-        Ok(Authorizer::new(settings.default_policy, rules))
+        Authorizer::new(settings.default_policy, rules)
     }
 
     /// Writes the builtin policy and the anonymous token if they are not stored yet.

@@ -683,3 +683,140 @@ fn records_of_the_version_before_replication_still_load() {
     assert_eq!(new[0], snapshot::FORMAT_VERSION);
     assert_eq!(snapshot::decode::<Command>(&new).unwrap(), replicate);
 }
+
+fn with_default_token(secret: Option<&str>) -> AclSettings {
+    AclSettings::enabled(
+        DefaultPolicy::Deny,
+        AgentTokens {
+            default: secret.map(str::to_string),
+            agent: None,
+        },
+    )
+}
+
+fn writes_key(authorizer: &atoll_acl::Authorizer, key: &str) -> bool {
+    authorizer.allows(Resource::Named(Segment::Key, key), Access::Write)
+}
+
+/// Two tokens (`s1` writes `app/`, `s2` writes `web/`) and their policies, at index 3.
+fn two_tokens() -> State {
+    let mut state = State::default();
+    let rule = |prefix: &str| format!(r#"key_prefix "{prefix}" {{ policy = "write" }}"#);
+    state.apply(1, &policy("p1", "app", &rule("app/"), true));
+    state.apply(1, &policy("p2", "web", &rule("web/"), true));
+    state.apply(2, &token("t1", "s1", vec![link_id("p1")], true));
+    state.apply(3, &token("t2", "s2", vec![link_id("p2")], true));
+    state
+}
+
+#[test]
+fn the_cache_answers_again_while_the_acl_tables_keep_their_index() {
+    let state = two_tokens();
+    let cache = AuthorizerCache::default();
+    let deny = on(DefaultPolicy::Deny);
+    let first = cache.authorizer(&state, &deny, Some("s1"), 0).unwrap();
+    let again = cache.authorizer(&state, &deny, Some("s1"), 0).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, &again), "not from the cache");
+    assert!(writes_key(&again, "app/x") && !writes_key(&again, "web/x"));
+    assert!(cache.authorizer(&state, &deny, Some("nope"), 0).is_err());
+    // ACLs off: everything, nothing cached.
+    let off = AclSettings::disabled();
+    let all = cache.authorizer(&state, &off, Some("nope"), 0).unwrap();
+    assert!(writes_key(&all, "anything"));
+    assert_eq!(cache.len(), 1);
+}
+
+#[test]
+fn a_changed_token_or_policy_is_resolved_afresh() {
+    let mut state = two_tokens();
+    let cache = AuthorizerCache::default();
+    let deny = on(DefaultPolicy::Deny);
+    assert!(writes_key(
+        &cache.authorizer(&state, &deny, Some("s1"), 0).unwrap(),
+        "app/x"
+    ));
+    // The token now links the other policy.
+    state.apply(4, &token("t1", "s1", vec![link_id("p2")], false));
+    let changed = cache.authorizer(&state, &deny, Some("s1"), 0).unwrap();
+    assert!(!writes_key(&changed, "app/x") && writes_key(&changed, "web/x"));
+    // Its policy's rules change.
+    state.apply(
+        5,
+        &policy(
+            "p2",
+            "web",
+            r#"key_prefix "db/" { policy = "write" }"#,
+            false,
+        ),
+    );
+    let changed = cache.authorizer(&state, &deny, Some("s1"), 0).unwrap();
+    assert!(!writes_key(&changed, "web/x") && writes_key(&changed, "db/x"));
+    // The token is deleted.
+    state.apply(
+        6,
+        &Command::AclTokenDelete {
+            accessor_id: "t1".into(),
+        },
+    );
+    assert!(cache.authorizer(&state, &deny, Some("s1"), 0).is_err());
+}
+
+#[test]
+fn a_cached_token_expires() {
+    let mut state = State::default();
+    let mut command = token("t1", "s1", vec![], true);
+    if let Command::AclTokenSet { token, .. } = &mut command {
+        token.expiration_unix_ms = Some(1_000);
+    }
+    state.apply(1, &command);
+    let cache = AuthorizerCache::default();
+    let deny = on(DefaultPolicy::Deny);
+    assert!(cache.authorizer(&state, &deny, Some("s1"), 999).is_ok());
+    assert!(cache.authorizer(&state, &deny, Some("s1"), 1_000).is_err());
+}
+
+#[test]
+fn requests_without_a_token_follow_the_default_token_and_the_anonymous_one() {
+    let mut state = two_tokens();
+    let cache = AuthorizerCache::default();
+    // No default token: the anonymous token, allowed nothing under deny.
+    let settings = with_default_token(None);
+    let anonymous = cache.authorizer(&state, &settings, None, 0).unwrap();
+    assert!(!writes_key(&anonymous, "app/x"));
+    let again = cache.authorizer(&state, &settings, Some(""), 0).unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&anonymous, &again),
+        "not from the cache"
+    );
+    // The default token set at run time stands in at once.
+    settings.set_tokens(AgentTokens {
+        default: Some("s1".into()),
+        agent: None,
+    });
+    assert!(writes_key(
+        &cache.authorizer(&state, &settings, None, 0).unwrap(),
+        "app/x"
+    ));
+    settings.set_tokens(AgentTokens {
+        default: Some("s2".into()),
+        agent: None,
+    });
+    let second = cache.authorizer(&state, &settings, None, 0).unwrap();
+    assert!(!writes_key(&second, "app/x") && writes_key(&second, "web/x"));
+    // A default token that names no token is not found.
+    settings.set_tokens(AgentTokens {
+        default: Some("gone".into()),
+        agent: None,
+    });
+    assert!(cache.authorizer(&state, &settings, None, 0).is_err());
+    // The anonymous token given a policy: its cached authorizer is replaced.
+    settings.set_tokens(AgentTokens::default());
+    state.apply(
+        4,
+        &token(ANONYMOUS_ACCESSOR, "", vec![link_name("app")], false),
+    );
+    assert!(writes_key(
+        &cache.authorizer(&state, &settings, None, 0).unwrap(),
+        "app/x"
+    ));
+}

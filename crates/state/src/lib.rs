@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acl;
+pub mod acl_cache;
 pub mod change;
 pub mod command;
 pub mod groups;
@@ -19,6 +20,7 @@ mod txn;
 pub mod workload;
 mod workload_apply;
 
+pub use acl_cache::AuthorizerCache;
 pub use change::{Change, Table};
 pub use command::{
     CheckSpec, Command, Deregistration, GroupUpdate, Outcome, Registration, Rejection, ServiceSpec,
