@@ -908,21 +908,53 @@ impl Owner {
         }
     }
 
-    /// Exchanges the full state with a random live member (anti-entropy).
+    /// Exchanges the full state with a random live member (anti-entropy), or, when none is
+    /// alive, with a random failed one.
+    ///
+    /// foca contacts failed members again only while it has a live one: two members that
+    /// declared each other failed (a cut between two lone servers) would otherwise stay
+    /// apart after the link heals. The first exchange tells each that the other holds it
+    /// failed, so each takes a renewed identity; when this member's identity changed
+    /// during an exchange, a second exchange at once makes the renewed identities known.
     fn push_pull(&mut self) {
         if self.we_left {
             return;
         }
         let live: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
-        let Some(&target) = live.choose(&mut rand::thread_rng()) else {
-            return;
+        let target = match live.choose(&mut rand::thread_rng()) {
+            Some(&target) => target,
+            None => {
+                let failed: Vec<SocketAddr> = self
+                    .foca
+                    .iter_membership_state()
+                    .filter(|m| m.state() == State::Down)
+                    .map(|m| m.id())
+                    .filter(|id| {
+                        id.name != self.foca.identity().name
+                            && self.left.get(&id.name) != Some(&id.started)
+                    })
+                    .map(|id| id.addr)
+                    .collect();
+                match failed.choose(&mut rand::thread_rng()) {
+                    Some(&target) => target,
+                    None => return,
+                }
+            }
         };
         let tx = self.tx.clone();
         let timeout = self.profile.exchange_timeout;
         let crypto = self.crypto.clone();
+        let view = self.view.subscribe();
         tokio::spawn(async move {
-            if let Err(e) = exchange_with(target, tx, timeout, crypto).await {
+            let before = view.borrow().local.bump;
+            if let Err(e) = exchange_with(target, tx.clone(), timeout, crypto.clone()).await {
                 tracing::debug!(peer = %target, error = %e, "gossip state exchange");
+                return;
+            }
+            if view.borrow().local.bump != before {
+                if let Err(e) = exchange_with(target, tx, timeout, crypto).await {
+                    tracing::debug!(peer = %target, error = %e, "gossip state exchange");
+                }
             }
         });
     }
