@@ -63,6 +63,9 @@ pub struct AgentConfig {
     /// Whether script and Docker checks may be registered and are run
     /// (`--enable-script-checks`, Consul's `enable_script_checks`).
     pub enable_script_checks: bool,
+    /// The node's LAN gossip pool (`None`: it runs none). A server's leader judges node
+    /// health from it; a compute node in it sends no heartbeats.
+    pub lan: Option<Arc<dyn atoll_cluster::LanPool>>,
 }
 
 /// Errors of agent operations.
@@ -189,16 +192,19 @@ impl Agent {
             critical_since: HashMap::new(),
             generation: 0,
         };
-        let mut loops: Vec<Loop> = vec![
-            ("the check runner", Box::pin(runner.run(resets))),
-            (
+        let mut loops: Vec<Loop> = vec![("the check runner", Box::pin(runner.run(resets)))];
+        // Servers keep heartbeating: the leader's dead-server cleanup counts their silence.
+        // A compute node in the LAN pool is judged by the pool alone, so the leader's work
+        // does not grow with the number of compute nodes.
+        if config.lan.is_none() || config.server_port.is_some() {
+            loops.push((
                 "the heartbeats",
                 Box::pin(crate::liveness::send_heartbeats(
                     cluster.clone(),
                     config.node.clone(),
                 )),
-            ),
-        ];
+            ));
+        }
         let (sessions, session_loop) = crate::sessions::Sessions::new(cluster.clone());
         loops.push(("the session timers", session_loop));
         if config.server_port.is_some() {
@@ -208,8 +214,15 @@ impl Agent {
                     cluster.clone(),
                     config.heartbeat_ttl,
                     config.autopilot.clone(),
+                    config.lan.clone(),
                 )),
             ));
+            if let Some(lan) = &config.lan {
+                loops.push((
+                    "the LAN pool watch",
+                    Box::pin(crate::liveness::watch_pool(cluster.clone(), lan.clone())),
+                ));
+            }
         }
         let agent = Agent {
             cluster,
@@ -642,6 +655,7 @@ mod tests {
             heartbeat_ttl: Duration::from_secs(5),
             autopilot: Default::default(),
             enable_script_checks: true,
+            lan: None,
         };
         let (agent, loops) = Agent::start(cluster, config, tasks).await.expect("agent");
         loops.spawn();
@@ -734,6 +748,7 @@ mod tests {
             heartbeat_ttl: Duration::from_secs(5),
             autopilot: Default::default(),
             enable_script_checks: false,
+            lan: None,
         };
         let meta: BTreeMap<String, String> =
             [(WAN_JOIN_PORT_META.to_string(), "8302".to_string())].into();
