@@ -1,9 +1,9 @@
 //! Node liveness. With a LAN gossip pool (the default), the leader follows its pool's view:
 //! a member the pool declares failed gets its `serfHealth` critical, one alive again gets it
-//! passing, all the changes seen at once in one Raft entry. Nodes the pool does not judge
-//! (nodes running without a LAN pool, `--serf-lan-port 0`) heartbeat to the leader, which
-//! marks their `serfHealth` critical when the heartbeats stop for the TTL, and passing again
-//! when they resume. Because `serfHealth` counts against every service on the node, its
+//! passing, all the changes seen at once in one Raft entry. Every node also heartbeats to
+//! the leader, which judges by them the nodes its pool does not know (nodes running without
+//! a LAN pool, `--serf-lan-port 0`, or not heard of yet): it marks their `serfHealth`
+//! critical when the heartbeats stop for the TTL, and passing again when they resume. Because `serfHealth` counts against every service on the node, its
 //! instances leave DNS in the same Raft entry.
 //!
 //! The leader also cleans up dead servers (Consul's autopilot): a voter whose heartbeats
@@ -64,27 +64,16 @@ pub(crate) async fn send_heartbeats(cluster: ClusterHandle, node: String) {
     }
 }
 
-/// The nodes whose health the LAN pool decides: those it knows, and those the membership
-/// says run a pool (the leader waits for its pool to learn of them rather than judge them
-/// by heartbeats they do not send).
-fn judged_by_pool(cluster: &dyn Cluster, lan: Option<&Arc<dyn LanPool>>) -> BTreeSet<String> {
+/// The nodes whose health the LAN pool decides: those the leader's pool knows. The others
+/// (no pool, or one the leader's pool has not heard of yet, such as a node that died right
+/// after it started) are judged by their heartbeats.
+fn judged_by_pool(lan: Option<&Arc<dyn LanPool>>) -> BTreeSet<String> {
     let Some(lan) = lan else {
         return BTreeSet::new();
     };
-    let mut nodes: BTreeSet<String> = lan
-        .members()
-        .borrow()
-        .iter()
-        .map(|member| member.name.clone())
-        .collect();
-    nodes.extend(
-        cluster
-            .members()
-            .into_iter()
-            .filter(|(_, member, _)| !member.lan_addr.is_empty())
-            .map(|(_, member, _)| member.name),
-    );
-    nodes
+    let members = lan.members();
+    let members = members.borrow();
+    members.iter().map(|member| member.name.clone()).collect()
 }
 
 /// Leader only: keeps each `serfHealth` check equal to what the LAN pool says of its node,
@@ -177,7 +166,7 @@ pub(crate) async fn watch_heartbeats(
         let since = *leading_since.get_or_insert_with(Instant::now);
         let liveness = cluster.liveness();
         let now = Instant::now();
-        let pooled = judged_by_pool(cluster.as_ref(), lan.as_ref());
+        let pooled = judged_by_pool(lan.as_ref());
         let nodes: Vec<(String, CheckStatus)> = cluster.store().read(|state| {
             state
                 .all_checks()

@@ -63,8 +63,8 @@ pub struct AgentConfig {
     /// Whether script and Docker checks may be registered and are run
     /// (`--enable-script-checks`, Consul's `enable_script_checks`).
     pub enable_script_checks: bool,
-    /// The node's LAN gossip pool (`None`: it runs none). A server's leader judges node
-    /// health from it; a compute node in it sends no heartbeats.
+    /// The node's LAN gossip pool (`None`: it runs none). A server's leader judges the
+    /// health of the nodes it knows from it.
     pub lan: Option<Arc<dyn atoll_cluster::LanPool>>,
 }
 
@@ -192,19 +192,18 @@ impl Agent {
             critical_since: HashMap::new(),
             generation: 0,
         };
-        let mut loops: Vec<Loop> = vec![("the check runner", Box::pin(runner.run(resets)))];
-        // Servers keep heartbeating: the leader's dead-server cleanup counts their silence.
-        // A compute node in the LAN pool is judged by the pool alone, so the leader's work
-        // does not grow with the number of compute nodes.
-        if config.lan.is_none() || config.server_port.is_some() {
-            loops.push((
+        // Heartbeats go on beside the LAN pool: the leader's dead-server cleanup counts a
+        // server's silence by them, and they judge a node the leader's pool does not know.
+        let mut loops: Vec<Loop> = vec![
+            ("the check runner", Box::pin(runner.run(resets))),
+            (
                 "the heartbeats",
                 Box::pin(crate::liveness::send_heartbeats(
                     cluster.clone(),
                     config.node.clone(),
                 )),
-            ));
-        }
+            ),
+        ];
         let (sessions, session_loop) = crate::sessions::Sessions::new(cluster.clone());
         loops.push(("the session timers", session_loop));
         if config.server_port.is_some() {
