@@ -131,6 +131,17 @@ class Node:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process stays, silent (its kernel still accepts connections)."""
+        if self.running():
+            assert self.proc is not None
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.running():
+            assert self.proc is not None
+            os.kill(self.proc.pid, signal.SIGCONT)
+
     def log_tail(self, lines: int = 15) -> str:
         path = self.dir / f"run-{max(self.starts, 1)}.log"
         try:

@@ -400,6 +400,7 @@ fn member(name: &str, port: u16, server: bool) -> Member {
         server,
         datacenter: DATACENTER.into(),
         dns_addr: format!("127.0.0.1:{}", port + 300),
+ lan_addr: String::new(),
     }
 }
 

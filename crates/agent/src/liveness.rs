@@ -1,7 +1,10 @@
-//! Node liveness: every node heartbeats to the leader; the leader marks a node's
-//! `serfHealth` critical when its heartbeats stop for the TTL, and passing again when they
-//! resume. Because `serfHealth` counts against every service on the node, its instances
-//! leave DNS in the same Raft entry.
+//! Node liveness. With a LAN gossip pool (the default), the leader follows its pool's view:
+//! a member the pool declares failed gets its `serfHealth` critical, one alive again gets it
+//! passing, all the changes seen at once in one Raft entry. Every node also heartbeats to
+//! the leader, which judges by them the nodes its pool does not know (nodes running without
+//! a LAN pool, `--serf-lan-port 0`, or not heard of yet): it marks their `serfHealth`
+//! critical when the heartbeats stop for the TTL, and passing again when they resume. Because `serfHealth` counts against every service on the node, its
+//! instances leave DNS in the same Raft entry.
 //!
 //! The leader also cleans up dead servers (Consul's autopilot): a voter whose heartbeats
 //! have been missing for [`Autopilot::dead_server_after`] is removed from the Raft
@@ -11,9 +14,10 @@
 
 use std::time::Duration;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
-use atoll_cluster::{Cluster, ClusterHandle};
+use atoll_cluster::{Cluster, ClusterHandle, LanPool, MemberStatus};
 use atoll_state::{CheckStatus, Command, NODE_HEALTH_CHECK_ID};
 use tokio::time::Instant;
 
@@ -21,6 +25,14 @@ use tokio::time::Instant;
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 /// How often the leader checks heartbeats.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// How often the leader compares the pool's view with the catalog even when the view did
+/// not change (after it became leader, after a failed write).
+const POOL_RECHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// What `serfHealth` says of a live node.
+const ALIVE_OUTPUT: &str = "Agent alive and reachable";
+/// What `serfHealth` says of a failed node.
+const FAILED_OUTPUT: &str = "Agent not live or unreachable";
 
 /// When the leader removes dead servers from the Raft configuration, as Consul's autopilot
 /// does with `cleanup_dead_servers`.
@@ -52,7 +64,96 @@ pub(crate) async fn send_heartbeats(cluster: ClusterHandle, node: String) {
     }
 }
 
-pub(crate) async fn watch_heartbeats(cluster: ClusterHandle, ttl: Duration, autopilot: Autopilot) {
+/// The nodes whose health the LAN pool decides: those the leader's pool knows. The others
+/// (no pool, or one the leader's pool has not heard of yet, such as a node that died right
+/// after it started) are judged by their heartbeats.
+fn judged_by_pool(lan: Option<&Arc<dyn LanPool>>) -> BTreeSet<String> {
+    let Some(lan) = lan else {
+        return BTreeSet::new();
+    };
+    let members = lan.members();
+    let members = members.borrow();
+    members.iter().map(|member| member.name.clone()).collect()
+}
+
+/// Leader only: keeps each `serfHealth` check equal to what the LAN pool says of its node,
+/// as soon as the pool's view changes.
+pub(crate) async fn watch_pool(cluster: ClusterHandle, lan: Arc<dyn LanPool>) {
+    let mut members = lan.members();
+    let mut open = true;
+    let mut recheck = tokio::time::interval(POOL_RECHECK_EVERY);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = members.changed(), if open => open = changed.is_ok(),
+            _ = recheck.tick() => {}
+        }
+        if !cluster.is_leader() {
+            continue;
+        }
+        let statuses = atoll_cluster::statuses(&members.borrow_and_update());
+        let checks: Vec<(String, CheckStatus)> = cluster.store().read(|state| {
+            state
+                .all_checks()
+                .filter(|c| c.check_id == NODE_HEALTH_CHECK_ID)
+                .map(|c| (c.node.clone(), c.status))
+                .collect()
+        });
+        let mut updates = pool_health_updates(&checks, &statuses);
+        if updates.is_empty() {
+            continue;
+        }
+        for update in &updates {
+            if let Command::UpdateCheck { node, status, .. } = update {
+                if *status == CheckStatus::Critical {
+                    tracing::warn!(%node, "the LAN pool failed the node; marking it failed");
+                } else {
+                    tracing::info!(%node, "the LAN pool holds the node alive again");
+                }
+            }
+        }
+        let command = if updates.len() == 1 {
+            updates.remove(0)
+        } else {
+            Command::Batch(updates)
+        };
+        if let Err(e) = cluster.write(command).await {
+            tracing::warn!(error = %e, "could not record node health from the LAN pool");
+        }
+    }
+}
+
+/// The `serfHealth` updates that make each node's check (`checks`: node and status) agree
+/// with its pool state: failed → critical, alive → passing. Members that left (their
+/// leave deregisters them) and nodes the pool does not know are left alone.
+pub(crate) fn pool_health_updates(
+    checks: &[(String, CheckStatus)],
+    pool: &BTreeMap<String, MemberStatus>,
+) -> Vec<Command> {
+    checks
+        .iter()
+        .filter_map(|(node, status)| {
+            let (wanted, output) = match pool.get(node)? {
+                MemberStatus::Alive => (CheckStatus::Passing, ALIVE_OUTPUT),
+                MemberStatus::Failed => (CheckStatus::Critical, FAILED_OUTPUT),
+                MemberStatus::Left | MemberStatus::Leaving => return None,
+            };
+            (wanted != *status).then(|| Command::UpdateCheck {
+                node: node.clone(),
+                check_id: NODE_HEALTH_CHECK_ID.to_string(),
+                status: wanted,
+                output: output.to_string(),
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn watch_heartbeats(
+    cluster: ClusterHandle,
+    ttl: Duration,
+    autopilot: Autopilot,
+    lan: Option<Arc<dyn LanPool>>,
+) {
     let mut ticker = tokio::time::interval(CHECK_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leading_since: Option<Instant> = None;
@@ -65,10 +166,12 @@ pub(crate) async fn watch_heartbeats(cluster: ClusterHandle, ttl: Duration, auto
         let since = *leading_since.get_or_insert_with(Instant::now);
         let liveness = cluster.liveness();
         let now = Instant::now();
+        let pooled = judged_by_pool(lan.as_ref());
         let nodes: Vec<(String, CheckStatus)> = cluster.store().read(|state| {
             state
                 .all_checks()
                 .filter(|c| c.check_id == NODE_HEALTH_CHECK_ID)
+                .filter(|c| !pooled.contains(&c.node))
                 .map(|c| (c.node.clone(), c.status))
                 .collect()
         });
@@ -81,9 +184,9 @@ pub(crate) async fn watch_heartbeats(cluster: ClusterHandle, ttl: Duration, auto
                 None => false,
             };
             let (wanted, output) = if alive {
-                (CheckStatus::Passing, "Agent alive and reachable")
+                (CheckStatus::Passing, ALIVE_OUTPUT)
             } else {
-                (CheckStatus::Critical, "Agent not live or unreachable")
+                (CheckStatus::Critical, FAILED_OUTPUT)
             };
             if wanted == status {
                 continue;
@@ -200,6 +303,69 @@ mod tests {
         assert_eq!(dead_server_to_remove(&secs(&[31]), DEAD, 0), None);
         // Five voters, two dead: allowed.
         assert!(dead_server_to_remove(&secs(&[31, 0, 45, 0]), DEAD, 0).is_some());
+    }
+
+    fn update_of(command: &Command) -> (&str, CheckStatus) {
+        match command {
+            Command::UpdateCheck {
+                node,
+                check_id,
+                status,
+                ..
+            } => {
+                assert_eq!(check_id, NODE_HEALTH_CHECK_ID);
+                (node.as_str(), *status)
+            }
+            other => panic!("not a check update: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_pool_view_decides_node_health_in_one_pass() {
+        let checks = vec![
+            ("alive-passing".to_string(), CheckStatus::Passing),
+            ("failed-passing".to_string(), CheckStatus::Passing),
+            ("failed-critical".to_string(), CheckStatus::Critical),
+            ("back".to_string(), CheckStatus::Critical),
+            ("left".to_string(), CheckStatus::Passing),
+            ("unknown".to_string(), CheckStatus::Critical),
+            ("also-failed".to_string(), CheckStatus::Warning),
+        ];
+        let pool: BTreeMap<String, MemberStatus> = [
+            ("alive-passing", MemberStatus::Alive),
+            ("failed-passing", MemberStatus::Failed),
+            ("failed-critical", MemberStatus::Failed),
+            ("back", MemberStatus::Alive),
+            ("left", MemberStatus::Left),
+            ("also-failed", MemberStatus::Failed),
+            ("not-in-catalog", MemberStatus::Failed),
+        ]
+        .into_iter()
+        .map(|(name, status)| (name.to_string(), status))
+        .collect();
+        let updates = pool_health_updates(&checks, &pool);
+        let updates: Vec<(&str, CheckStatus)> = updates.iter().map(update_of).collect();
+        assert_eq!(
+            updates,
+            [
+                ("failed-passing", CheckStatus::Critical),
+                ("back", CheckStatus::Passing),
+                ("also-failed", CheckStatus::Critical),
+            ]
+        );
+        // Nothing to do once the catalog agrees.
+        let agreed: Vec<(String, CheckStatus)> = checks
+            .iter()
+            .map(|(node, status)| {
+                let status = match pool.get(node) {
+                    Some(MemberStatus::Alive) => CheckStatus::Passing,
+                    Some(MemberStatus::Failed) => CheckStatus::Critical,
+                    _ => *status,
+                };
+                (node.clone(), status)
+            })
+            .collect();
+        assert!(pool_health_updates(&agreed, &pool).is_empty());
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub struct AgentConfig {
     /// Whether script and Docker checks may be registered and are run
     /// (`--enable-script-checks`, Consul's `enable_script_checks`).
     pub enable_script_checks: bool,
+    /// The node's LAN gossip pool (`None`: it runs none). A server's leader judges the
+    /// health of the nodes it knows from it.
+    pub lan: Option<Arc<dyn atoll_cluster::LanPool>>,
 }
 
 /// Errors of agent operations.
@@ -189,6 +192,8 @@ impl Agent {
             critical_since: HashMap::new(),
             generation: 0,
         };
+        // Heartbeats go on beside the LAN pool: the leader's dead-server cleanup counts a
+        // server's silence by them, and they judge a node the leader's pool does not know.
         let mut loops: Vec<Loop> = vec![
             ("the check runner", Box::pin(runner.run(resets))),
             (
@@ -208,8 +213,15 @@ impl Agent {
                     cluster.clone(),
                     config.heartbeat_ttl,
                     config.autopilot.clone(),
+                    config.lan.clone(),
                 )),
             ));
+            if let Some(lan) = &config.lan {
+                loops.push((
+                    "the LAN pool watch",
+                    Box::pin(crate::liveness::watch_pool(cluster.clone(), lan.clone())),
+                ));
+            }
         }
         let agent = Agent {
             cluster,
@@ -642,6 +654,7 @@ mod tests {
             heartbeat_ttl: Duration::from_secs(5),
             autopilot: Default::default(),
             enable_script_checks: true,
+            lan: None,
         };
         let (agent, loops) = Agent::start(cluster, config, tasks).await.expect("agent");
         loops.spawn();
@@ -734,6 +747,7 @@ mod tests {
             heartbeat_ttl: Duration::from_secs(5),
             autopilot: Default::default(),
             enable_script_checks: false,
+            lan: None,
         };
         let meta: BTreeMap<String, String> =
             [(WAN_JOIN_PORT_META.to_string(), "8302".to_string())].into();

@@ -698,6 +698,7 @@ mod tests {
                 heartbeat_ttl: Duration::from_secs(5),
                 autopilot: Default::default(),
                 enable_script_checks: false,
+                lan: None,
             },
             None,
         )

@@ -65,6 +65,9 @@ pub struct NodeFacts {
     pub tls_reload: Option<tls::TlsReload>,
     /// Whether ACLs are on, the default policy and the agent's tokens.
     pub acl: Arc<atoll_acl::AclSettings>,
+    /// The node's LAN gossip pool: `/v1/agent/members` lists it, coordinates come from it
+    /// (`None`: the node runs none; members are then the Raft membership).
+    pub lan: Option<Arc<dyn atoll_cluster::LanPool>>,
 }
 
 impl ApiContext {
@@ -116,6 +119,11 @@ impl ApiContext {
     /// What the node was started with.
     pub fn facts(&self) -> &NodeFacts {
         &self.inner.facts
+    }
+
+    /// The node's LAN gossip pool, if it runs one.
+    pub fn lan(&self) -> Option<&Arc<dyn atoll_cluster::LanPool>> {
+        self.inner.facts.lan.as_ref()
     }
 
     /// Marathon's event bus.

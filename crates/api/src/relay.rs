@@ -199,6 +199,7 @@ mod tests {
             server,
             datacenter: datacenter.into(),
             dns_addr: dns_addr.into(),
+            lan_addr: String::new(),
         }
     }
 

@@ -40,6 +40,7 @@ pub(crate) async fn joined_context_with(
             heartbeat_ttl: Duration::from_secs(5),
             autopilot: Default::default(),
             enable_script_checks: false,
+            lan: None,
         },
         None,
     )

@@ -20,6 +20,8 @@ pub const DEFAULT_RPC_PORT: u16 = 8300;
 
 /// The WAN gossip port (UDP and TCP), as Consul's `serf_wan`.
 pub const DEFAULT_WAN_PORT: u16 = 8302;
+/// The LAN gossip port (UDP and TCP), as Consul's `serf_lan`.
+pub const DEFAULT_LAN_PORT: u16 = 8301;
 
 /// atoll: containers and service discovery in one binary.
 #[derive(Debug, Parser)]
@@ -756,9 +758,18 @@ pub struct NodeArgs {
     /// a container of its host's engine (the host's address on the node's network).
     #[arg(long)]
     pub docker_address: Option<IpAddr>,
-    /// Seconds without heartbeats after which a node is marked failed.
+    /// Seconds without heartbeats after which a node is marked failed; applies only to
+    /// nodes that run no LAN gossip pool (`--serf-lan-port 0`), which heartbeat to the
+    /// leader instead.
     #[arg(long, default_value_t = 5.0)]
     pub heartbeat_ttl: f64,
+    /// Port of the datacenter's LAN gossip pool on BIND (UDP and TCP; every node): node
+    /// failures are detected through it, and its round trips give the nodes' coordinates.
+    /// 0 turns it off: the node then heartbeats to the leader (`--heartbeat-ttl`). Default
+    /// 8301; on `atoll dev`, a free port (dev nodes often share 127.0.0.1, and the others
+    /// learn the port from the Raft membership). Given twice, the last one counts.
+    #[arg(long, overrides_with = "serf_lan_port")]
+    pub serf_lan_port: Option<u16>,
     /// Seconds a client may take to send a request's head (also how long an idle
     /// kept-alive connection stays open); the connection is closed after.
     #[arg(long, default_value_t = 30.0)]
@@ -998,6 +1009,28 @@ pub struct WanSettings {
     pub encrypt_verify_outgoing: bool,
 }
 
+/// Validated LAN gossip settings of a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LanSettings {
+    /// Where the pool listens (UDP and TCP) and what it advertises.
+    pub addr: SocketAddr,
+    /// `--encrypt-verify-incoming`.
+    pub encrypt_verify_incoming: bool,
+    /// `--encrypt-verify-outgoing`.
+    pub encrypt_verify_outgoing: bool,
+}
+
+impl WanArgs {
+    /// The encryption flags, which the LAN pool shares with the WAN pool.
+    fn lan_settings(&self, lan: Option<LanSettings>) -> Option<LanSettings> {
+        lan.map(|lan| LanSettings {
+            encrypt_verify_incoming: self.encrypt_verify_incoming,
+            encrypt_verify_outgoing: self.encrypt_verify_outgoing,
+            ..lan
+        })
+    }
+}
+
 /// Flags of `atoll dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
@@ -1088,6 +1121,8 @@ pub struct NodeSettings {
     pub cluster_secret: Option<ClusterSecret>,
     /// The WAN gossip pool of a server (`None` on clients and with `--serf-wan-port 0`).
     pub wan: Option<WanSettings>,
+    /// The LAN gossip pool (`None` with `--serf-lan-port 0`).
+    pub lan: Option<LanSettings>,
     /// `--acl-*`.
     pub acl: AclFlags,
 }
@@ -1161,6 +1196,7 @@ impl NodeSettings {
             "ClusterSecretSet": self.cluster_secret.is_some(),
             "SerfBindAddrWAN": self.wan.as_ref().map(|w| w.addr.to_string()),
             "SerfAdvertiseAddrWAN": self.wan.as_ref().map(|w| w.advertise.unwrap_or(w.addr).to_string()),
+            "SerfBindAddrLAN": self.lan.as_ref().map(|l| l.addr.to_string()),
             "RetryJoinWAN": self.wan.as_ref().map(|w| w.retry_join.clone()).unwrap_or_default(),
             "RetryJoinIntervalWAN": self.wan.as_ref().map(|w| seconds(w.retry_interval)),
             "ACLsEnabled": self.acl.enabled,
@@ -1333,6 +1369,17 @@ impl NodeArgs {
             ),
             Some(Listen::Off) => None,
         };
+        let lan = match self.serf_lan_port {
+            Some(0) => None,
+            Some(port) => Some(port),
+            None if role == Role::Dev => Some(0),
+            None => Some(DEFAULT_LAN_PORT),
+        }
+        .map(|port| LanSettings {
+            addr: SocketAddr::new(self.bind, port),
+            encrypt_verify_incoming: true,
+            encrypt_verify_outgoing: true,
+        });
         Ok(NodeSettings {
             data_dir: self.data_dir.clone(),
             http_addr,
@@ -1362,6 +1409,7 @@ impl NodeArgs {
             http_limits,
             cluster_secret: None,
             wan: None,
+            lan,
             acl: AclFlags {
                 enabled: self.acl_enabled,
                 default_policy: match self.acl_default_policy {
@@ -1535,6 +1583,7 @@ impl AgentArgs {
             std::env::var_os(CLUSTER_SECRET_ENV),
         )?
         .or_else(|| settings.encrypt_key.as_deref().map(ClusterSecret::from_key));
+        settings.lan = self.wan.lan_settings(settings.lan.take());
         if self.server {
             settings.wan = self
                 .wan
@@ -1583,6 +1632,7 @@ impl DevArgs {
     /// Validates the flags.
     pub fn settings(&self) -> anyhow::Result<NodeSettings> {
         let mut settings = self.node.settings(Role::Dev, DEFAULT_RPC_PORT)?;
+        settings.lan = self.wan.lan_settings(settings.lan.take());
         settings.wan = self
             .wan
             .settings(settings.bind, settings.encrypt_key.as_deref())?;
@@ -1826,6 +1876,34 @@ mod tests {
         assert_eq!(config["AdvertiseAddrWAN"], "192.0.2.7");
         assert_eq!(config["SerfAdvertiseAddrWAN"], "192.0.2.7:8302");
         assert_eq!(config["SerfBindAddrWAN"], "127.0.0.1:8302");
+    }
+
+    #[test]
+    fn every_node_gossips_on_the_lan_port_unless_it_is_zero() {
+        let client = node_settings(&[
+            "atoll",
+            "agent",
+            "--data-dir",
+            "d",
+            "--bind",
+            "127.0.0.9",
+            "--retry-join",
+            "127.0.0.10",
+            "--encrypt-verify-incoming",
+            "false",
+        ])
+        .unwrap();
+        let lan = client.lan.expect("LAN gossip on");
+        assert_eq!(lan.addr, "127.0.0.9:8301".parse().unwrap());
+        assert!(!lan.encrypt_verify_incoming);
+        assert!(lan.encrypt_verify_outgoing);
+        let dev = node_settings(&["atoll", "dev", "--serf-lan-port", "9301"]).unwrap();
+        assert_eq!(dev.lan.expect("on").addr, "127.0.0.1:9301".parse().unwrap());
+        // A dev node takes a free port unless told one.
+        let dev = node_settings(&["atoll", "dev"]).unwrap();
+        assert_eq!(dev.lan.expect("on").addr, "127.0.0.1:0".parse().unwrap());
+        let off = node_settings(&["atoll", "dev", "--serf-lan-port", "0"]).unwrap();
+        assert!(off.lan.is_none());
     }
 
     #[test]

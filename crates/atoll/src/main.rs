@@ -8,6 +8,7 @@ mod catalog_cli;
 mod cli;
 mod config;
 mod kv_cli;
+mod lan;
 mod lock_cli;
 mod supervise;
 mod tls_cli;
@@ -25,7 +26,7 @@ use atoll_api::{ApiContext, ApiSwitch, Forming, RelayFederation};
 use atoll_cluster::Store;
 use atoll_cluster::{Alone, ClusterHandle, Federation, Member};
 use atoll_dns::{DnsConfig, DnsServer};
-use atoll_gossip::GossipFederation;
+use atoll_gossip::{GossipFederation, GossipLan};
 use atoll_raft::{Consensus, ConsensusConfig, JoinPlan};
 use atoll_tls::TlsCertificates;
 use clap::Parser;
@@ -179,6 +180,20 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Every node gossips with the others of its datacenter (`--serf-lan-port 0`: it
+    // heartbeats instead), encrypted under `serf/local.keyring` (or `--encrypt` at the first
+    // start).
+    let server = !matches!(settings.role, Role::Client { .. });
+    let lan_pool = match &settings.lan {
+        Some(lan) => {
+            let encryption = lan::encryption(&settings, lan, &data_dir)?;
+            Some(lan::start(&settings, lan, server, encryption).await?)
+        }
+        None => None,
+    };
+    let lan_view: Option<Arc<dyn atoll_cluster::LanPool>> = lan_pool
+        .clone()
+        .map(|pool| Arc::new(GossipLan::new(pool)) as Arc<dyn atoll_cluster::LanPool>);
     // Where requests for other datacenters go: a server sends them to the servers of that
     // datacenter (from the WAN pool); a compute node relays through the servers of its own
     // (learnt from the membership once joined, below).
@@ -206,7 +221,6 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow!("{e} (port {})", settings.dns_addr.port()))?
     .with_acl(acl_settings.clone());
-    let server = !matches!(settings.role, Role::Client { .. });
     let consensus = Consensus::start(
         ConsensusConfig {
             data_dir: data_dir.clone(),
@@ -220,6 +234,10 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 server,
                 datacenter: settings.datacenter.clone(),
                 dns_addr: settings.advertised_dns_addr().to_string(),
+                lan_addr: lan_pool
+                    .as_ref()
+                    .map(|pool| pool.local_addr().to_string())
+                    .unwrap_or_default(),
             },
             snapshot_after_entries: settings.snapshot_after_entries,
             disk_reserve_bytes: settings.disk_reserve_bytes,
@@ -267,6 +285,12 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         let consensus = consensus.clone();
         async move { consensus.count_leader_changes().await }
     });
+    if let Some(pool) = &lan_pool {
+        supervisor.spawn(
+            "the LAN join of the servers",
+            lan::join_servers(pool.clone(), cluster.clone()),
+        );
+    }
     if let (Some(pool), Some(wan)) = (&wan_pool, &settings.wan) {
         let mut addresses = wan.retry_join.clone();
         for peer in wan::load_peers(&data_dir) {
@@ -392,6 +416,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 heartbeat_ttl: settings.heartbeat_ttl,
                 autopilot: settings.autopilot.clone(),
                 enable_script_checks: settings.enable_script_checks,
+                lan: lan_view.clone(),
             },
             server_meta,
             task_commands,
@@ -407,7 +432,8 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             return Ok(());
         }
         _ = leave_before_joining.notified() => {
-            leave_wan(wan_pool.as_ref()).await;
+            leave_pool("LAN", lan_pool.as_ref()).await;
+            leave_pool("WAN", wan_pool.as_ref()).await;
             let _ = stop_tx.send(true);
             finish(http_server, consensus, temporary).await;
             return Ok(());
@@ -477,6 +503,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             data_dir: Some(data_dir.clone()),
             tls_reload,
             acl: acl_settings.clone(),
+            lan: lan_view,
         },
         federation,
     );
@@ -523,6 +550,9 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     if settings.role != Role::Dev {
         println!("  RPC:      {}", settings.rpc_addr);
     }
+    if let Some(pool) = &lan_pool {
+        println!("  LAN:      {} (udp, tcp)", pool.local_addr());
+    }
     if let Some(pool) = &wan_pool {
         if pool.advertised_addr() == pool.local_addr() {
             println!("  WAN:      {} (udp, tcp)", pool.local_addr());
@@ -553,7 +583,8 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             std::process::exit(EXIT_TASK_FAILED);
         }
         _ = agent.stopped() => {
-            leave_wan(wan_pool.as_ref()).await;
+            leave_pool("LAN", lan_pool.as_ref()).await;
+            leave_pool("WAN", wan_pool.as_ref()).await;
             if let Some(drivers) = &drain_with {
                 atoll_workload::node::drain(cluster.as_ref(), drivers, &settings.node).await;
             }
@@ -589,12 +620,12 @@ async fn listen(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<tokio:
     })
 }
 
-/// A graceful leave of the WAN pool, when the node leaves its cluster.
-async fn leave_wan(pool: Option<&atoll_gossip::Pool>) {
+/// A graceful leave of a gossip pool (`LAN` or `WAN`), when the node leaves its cluster.
+async fn leave_pool(which: &str, pool: Option<&atoll_gossip::Pool>) {
     if let Some(pool) = pool {
         match pool.leave().await {
-            Ok(()) => tracing::info!("left the WAN pool"),
-            Err(e) => tracing::warn!(error = %e, "cannot leave the WAN pool"),
+            Ok(()) => tracing::info!("left the {which} pool"),
+            Err(e) => tracing::warn!(error = %e, "cannot leave the {which} pool"),
         }
     }
 }

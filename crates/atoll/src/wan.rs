@@ -39,8 +39,23 @@ fn configured_key(wan: &WanSettings) -> Option<&[u8]> {
 /// wins over `--encrypt`, as Consul's does: rotations survive restarts), else with the
 /// `--encrypt` key, which then starts the file; `None` without either.
 pub fn encryption(wan: &WanSettings, data_dir: &Path) -> anyhow::Result<Option<Encryption>> {
-    let file = data_dir.join(KEYRING_FILE);
-    let configured = configured_key(wan)
+    keyring_encryption(
+        configured_key(wan),
+        data_dir.join(KEYRING_FILE),
+        wan.encrypt_verify_incoming,
+        wan.encrypt_verify_outgoing,
+    )
+}
+
+/// How a pool encrypts, from its keyring `file` (which wins) or the `--encrypt` key
+/// (which starts the file); `None` without either.
+pub fn keyring_encryption(
+    configured: Option<&[u8]>,
+    file: PathBuf,
+    verify_incoming: bool,
+    verify_outgoing: bool,
+) -> anyhow::Result<Option<Encryption>> {
+    let configured = configured
         .map(Key::from_bytes)
         .transpose()
         .map_err(|e| anyhow!("--encrypt: {e}"))?;
@@ -63,8 +78,8 @@ pub fn encryption(wan: &WanSettings, data_dir: &Path) -> anyhow::Result<Option<E
     };
     Ok(Some(Encryption {
         keyring,
-        verify_incoming: wan.encrypt_verify_incoming,
-        verify_outgoing: wan.encrypt_verify_outgoing,
+        verify_incoming,
+        verify_outgoing,
         file: Some(file),
     }))
 }
@@ -112,6 +127,7 @@ pub async fn start(
         profile: Profile::wan(),
         default_port: DEFAULT_WAN_PORT,
         encryption,
+        datacenter: None,
     })
     .await
     .map_err(|e| anyhow!("WAN gossip (--serf-wan-port {}): {e}", wan.addr.port()))

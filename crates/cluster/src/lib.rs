@@ -9,6 +9,7 @@
 
 mod coordinate;
 mod federation;
+mod lan;
 mod member;
 mod memory;
 mod store;
@@ -21,6 +22,7 @@ pub use federation::{
     Alone, DatacenterCoordinates, Federation, KeyringAnswer, KeyringOperation, MemberStatus,
     PoolMember, Relay, Route, KEYRING_NEEDS_WAN,
 };
+pub use lan::{statuses, LanMembers, LanPool};
 pub use member::{node_uuid, Member};
 pub use memory::MemoryCluster;
 pub use store::{Applied, Store};

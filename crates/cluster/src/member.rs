@@ -19,6 +19,10 @@ pub struct Member {
     /// with a default, so that those still decode.
     #[serde(default)]
     pub dns_addr: String,
+    /// `IP:PORT` of its LAN gossip pool (UDP and TCP); empty when it runs none or in
+    /// entries written before it was recorded. Last, with a default, so that those decode.
+    #[serde(default)]
+    pub lan_addr: String,
 }
 
 /// A node's id as Consul shows it (a UUID, version 4 layout), derived from its name so that
@@ -76,6 +80,7 @@ mod tests {
             server: true,
             datacenter: "dc1".into(),
             dns_addr: String::new(),
+            lan_addr: String::new(),
         };
         // MessagePack with field names (format version 2) and JSON (version 1).
         let packed = rmp_serde::to_vec_named(&previous).unwrap();
@@ -85,6 +90,48 @@ mod tests {
         // And the new field travels.
         let current = Member {
             dns_addr: "10.0.0.1:8600".into(),
+            ..expected
+        };
+        let packed = rmp_serde::to_vec_named(&current).unwrap();
+        assert_eq!(rmp_serde::from_slice::<Member>(&packed).unwrap(), current);
+    }
+
+    /// The member as releases before `lan_addr` wrote it.
+    #[derive(Serialize)]
+    struct WithDns {
+        name: String,
+        rpc_addr: String,
+        http_addr: String,
+        server: bool,
+        datacenter: String,
+        dns_addr: String,
+    }
+
+    #[test]
+    fn a_member_written_before_lan_addr_still_decodes() {
+        let previous = WithDns {
+            name: "n1".into(),
+            rpc_addr: "10.0.0.1:8300".into(),
+            http_addr: "10.0.0.1:8500".into(),
+            server: false,
+            datacenter: "dc1".into(),
+            dns_addr: "10.0.0.1:8600".into(),
+        };
+        let expected = Member {
+            name: "n1".into(),
+            rpc_addr: "10.0.0.1:8300".into(),
+            http_addr: "10.0.0.1:8500".into(),
+            server: false,
+            datacenter: "dc1".into(),
+            dns_addr: "10.0.0.1:8600".into(),
+            lan_addr: String::new(),
+        };
+        let packed = rmp_serde::to_vec_named(&previous).unwrap();
+        assert_eq!(rmp_serde::from_slice::<Member>(&packed).unwrap(), expected);
+        let json = serde_json::to_vec(&previous).unwrap();
+        assert_eq!(serde_json::from_slice::<Member>(&json).unwrap(), expected);
+        let current = Member {
+            lan_addr: "10.0.0.1:8301".into(),
             ..expected
         };
         let packed = rmp_serde::to_vec_named(&current).unwrap();

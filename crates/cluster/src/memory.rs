@@ -32,6 +32,7 @@ impl MemoryCluster {
                 server: true,
                 datacenter: datacenter.to_string(),
                 dns_addr: "127.0.0.1:8600".to_string(),
+                lan_addr: String::new(),
             },
             writes: Mutex::new(()),
             leading: AtomicBool::new(true),

@@ -42,6 +42,27 @@ pub struct PoolConfig {
     pub default_port: u16,
     /// How the traffic is encrypted (`None`: it is not).
     pub encryption: Option<Encryption>,
+    /// Only members whose `dc` tag is this one are accepted (a LAN pool: one datacenter);
+    /// `None` accepts any (the WAN pool).
+    pub datacenter: Option<String>,
+}
+
+/// Which members a pool accepts: those of its datacenter, or any.
+#[derive(Debug, Clone, Default)]
+struct Admission(Option<String>);
+
+impl Admission {
+    /// Why `member` is refused, if it is.
+    fn refusal(&self, member: &NodeId) -> Option<String> {
+        let wanted = self.0.as_deref()?;
+        let theirs = member.tags.get("dc").map_or("", String::as_str);
+        (theirs != wanted).then(|| {
+            format!(
+                "member {:?} is in datacenter {theirs:?}, this pool is {wanted:?}",
+                member.name
+            )
+        })
+    }
 }
 
 /// Why a pool could not start or join.
@@ -152,6 +173,7 @@ struct Inner {
     default_port: u16,
     exchange_timeout: Duration,
     crypto: Crypto,
+    admission: Admission,
     tasks: tasks::Tasks,
 }
 
@@ -201,6 +223,8 @@ enum Input {
     /// A peer's state, and who waits for it to be applied.
     Apply(Box<Exchange>, Option<oneshot::Sender<()>>),
     Leave(oneshot::Sender<()>),
+    /// The member's gossip port refused a connection after a probe went unanswered.
+    Refused(NodeId),
 }
 
 type Swim = Foca<NodeId, PostcardCodec, rand09::rngs::SmallRng, NoCustomBroadcast>;
@@ -240,6 +264,7 @@ impl Pool {
         }));
         let (tx, rx) = mpsc::channel(4096);
         let crypto = Crypto::new(config.encryption.clone());
+        let admission = Admission(config.datacenter.clone());
         let owner = Owner {
             foca,
             socket: udp.clone(),
@@ -253,6 +278,8 @@ impl Pool {
             we_left: false,
             view: view_tx,
             profile: config.profile.clone(),
+            admission: admission.clone(),
+            heard: HashMap::new(),
         };
         let timeout = config.profile.exchange_timeout;
         let tasks = vec![
@@ -264,6 +291,7 @@ impl Pool {
                 timeout,
                 crypto.clone(),
                 config.name.clone(),
+                admission.clone(),
             )),
         ];
         Ok(Pool {
@@ -274,6 +302,7 @@ impl Pool {
                 default_port: config.default_port,
                 exchange_timeout: timeout,
                 crypto,
+                admission,
                 tasks: tasks::Tasks::new(tasks),
             }),
         })
@@ -337,7 +366,13 @@ impl Pool {
             let tx = self.inner.tx.clone();
             let timeout = self.inner.exchange_timeout;
             let crypto = self.inner.crypto.clone();
-            exchanges.spawn(async move { (addr, exchange_with(addr, tx, timeout, crypto).await) });
+            let admission = self.inner.admission.clone();
+            exchanges.spawn(async move {
+                (
+                    addr,
+                    exchange_with(addr, tx, timeout, crypto, admission).await,
+                )
+            });
         }
         let mut joined = 0;
         while let Some(done) = exchanges.join_next().await {
@@ -430,6 +465,11 @@ impl Pool {
     pub fn shutdown(&self) {
         self.inner.tasks.abort();
     }
+}
+
+/// Whether a connection attempt failed because nothing listens there.
+fn refused(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::ConnectionRefused
 }
 
 fn now_micros() -> u64 {
@@ -532,6 +572,7 @@ async fn exchange_with(
     tx: mpsc::Sender<Input>,
     timeout: Duration,
     crypto: Crypto,
+    admission: Admission,
 ) -> io::Result<()> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
@@ -548,6 +589,9 @@ async fn exchange_with(
     let theirs = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))??;
+    if let Some(refusal) = admission.refusal(&theirs.from) {
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, refusal));
+    }
     let (applied, done) = oneshot::channel();
     tx.send(Input::Apply(Box::new(theirs), Some(applied)))
         .await
@@ -605,6 +649,7 @@ async fn accept(
     timeout: Duration,
     crypto: Crypto,
     name: String,
+    admission: Admission,
 ) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_EXCHANGES));
     loop {
@@ -623,14 +668,21 @@ async fn accept(
         let tx = tx.clone();
         let crypto = crypto.clone();
         let name = name.clone();
+        let admission = admission.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let served = async {
                 match wire::read_frame_sealed(&mut stream, &crypto).await? {
                     (Frame::Exchange(theirs), _) => {
+                        // A member of another datacenter still gets this side's state, so
+                        // that it refuses the join itself, naming why.
                         let ours = snapshot(&tx).await?;
                         wire::write_frame(&mut stream, &crypto, &Frame::Exchange(Box::new(ours)))
                             .await?;
+                        if let Some(refusal) = admission.refusal(&theirs.from) {
+                            tracing::warn!(peer = %from, "gossip join refused: {refusal}");
+                            return io::Result::Ok(None);
+                        }
                         io::Result::Ok(Some(theirs))
                     }
                     (Frame::KeyringRequest(request), sealed) => {
@@ -749,6 +801,10 @@ struct Owner {
     we_left: bool,
     view: watch::Sender<Arc<View>>,
     profile: Profile,
+    admission: Admission,
+    /// When a datagram last came from each address (an unanswered probe is told from an
+    /// answered one by it).
+    heard: HashMap<SocketAddr, Instant>,
 }
 
 impl Owner {
@@ -777,6 +833,9 @@ impl Owner {
         match input {
             Input::Datagram(packet, from) => self.datagram(&packet, from),
             Input::Timer(timer) => {
+                if let Timer::SendIndirectProbe { probed_id, .. } = &timer {
+                    self.check_refused(probed_id);
+                }
                 let io = Io {
                     socket: &self.socket,
                     crypto: &self.crypto,
@@ -802,6 +861,59 @@ impl Owner {
                 self.publish();
                 let _ = reply.send(());
             }
+            Input::Refused(member) => self.fail_refused(member),
+        }
+    }
+
+    /// A direct probe of `member` is due an answer: when none came, and the pool fails
+    /// members whose port refuses connections, tries a TCP connection to its gossip port.
+    fn check_refused(&mut self, member: &NodeId) {
+        if !self.profile.fail_on_refused_connect || self.we_left {
+            return;
+        }
+        let answered = self
+            .heard
+            .get(&member.addr)
+            .is_some_and(|heard| heard.elapsed() < self.profile.probe_rtt);
+        if answered {
+            return;
+        }
+        let tx = self.tx.clone();
+        let member = member.clone();
+        let timeout = self.profile.probe_rtt.max(Duration::from_millis(50));
+        tokio::spawn(async move {
+            let attempt = tokio::time::timeout(timeout, TcpStream::connect(member.addr)).await;
+            if let Ok(Err(e)) = attempt {
+                if refused(&e) {
+                    let _ = tx.send(Input::Refused(member)).await;
+                }
+            }
+        });
+    }
+
+    /// Fails `member` (this very identity, if it is still active): nothing listens on its
+    /// gossip port, so its process is gone. The others hear it at once.
+    fn fail_refused(&mut self, member: NodeId) {
+        let Some(incarnation) = self
+            .foca
+            .iter_members()
+            .find(|known| *known.id() == member)
+            .map(Member::incarnation)
+        else {
+            return;
+        };
+        tracing::info!(member = %member.name, "gossip port refuses connections: member failed");
+        let mut io = Io {
+            socket: &self.socket,
+            crypto: &self.crypto,
+            tx: &self.tx,
+        };
+        let down = Member::new(member, incarnation, State::Down);
+        if let Err(e) = self.foca.apply_many(std::iter::once(down), true, &mut io) {
+            tracing::debug!(error = %e, "failing a refused member");
+        }
+        if let Err(e) = self.foca.gossip(&mut io) {
+            tracing::debug!(error = %e, "gossiping a failed member");
         }
     }
 
@@ -813,6 +925,7 @@ impl Owner {
         let Some((&kind, body)) = packet.split_first() else {
             return;
         };
+        self.heard.insert(from, Instant::now());
         match kind {
             wire::FOCA => {
                 let io = Io {
@@ -944,15 +1057,24 @@ impl Owner {
         let tx = self.tx.clone();
         let timeout = self.profile.exchange_timeout;
         let crypto = self.crypto.clone();
+        let admission = self.admission.clone();
         let view = self.view.subscribe();
         tokio::spawn(async move {
             let before = view.borrow().local.bump;
-            if let Err(e) = exchange_with(target, tx.clone(), timeout, crypto.clone()).await {
+            if let Err(e) = exchange_with(
+                target,
+                tx.clone(),
+                timeout,
+                crypto.clone(),
+                admission.clone(),
+            )
+            .await
+            {
                 tracing::debug!(peer = %target, error = %e, "gossip state exchange");
                 return;
             }
             if view.borrow().local.bump != before {
-                if let Err(e) = exchange_with(target, tx, timeout, crypto).await {
+                if let Err(e) = exchange_with(target, tx, timeout, crypto, admission).await {
                     tracing::debug!(peer = %target, error = %e, "gossip state exchange");
                 }
             }
@@ -994,9 +1116,13 @@ impl Owner {
             coordinates,
             ..
         } = exchange;
-        if from.name == self.local_name() {
+        if from.name == self.local_name() || self.admission.refusal(&from).is_some() {
             return;
         }
+        let members: Vec<Member<NodeId>> = members
+            .into_iter()
+            .filter(|member| self.admission.refusal(member.id()).is_none())
+            .collect();
         for (name, started) in left {
             self.note_left(name, started);
         }
@@ -1076,6 +1202,9 @@ impl Owner {
         self.left.retain(|name, _| known.contains(name.as_str()));
         self.peer_coordinates
             .retain(|name, _| known.contains(name.as_str()));
+        let addresses: std::collections::HashSet<SocketAddr> =
+            members.iter().map(|(id, _)| id.addr).collect();
+        self.heard.retain(|addr, _| addresses.contains(addr));
         let view = View {
             local: self.foca.identity().clone(),
             left: self.we_left,

@@ -27,25 +27,38 @@ pub struct Profile {
     pub reap_after: Duration,
     /// The longest a TCP join or state exchange may take.
     pub exchange_timeout: Duration,
+    /// When a direct probe goes unanswered, try a TCP connection to the member's gossip
+    /// port: a refused one (nothing listens: the process is gone) fails the member at once,
+    /// without waiting for the suspicion to run out. A stopped or cut-off member does not
+    /// refuse (its kernel still completes the handshake, or nothing answers at all), so it
+    /// goes through the suspicion as before. For pools on one network, where a refusal
+    /// really comes from the member's host.
+    pub fail_on_refused_connect: bool,
 }
 
 /// Consul forgets failed and left members after 72 hours.
 pub const DEFAULT_REAP_AFTER: Duration = Duration::from_secs(72 * 3600);
 
 impl Profile {
-    /// Members on one network: failures are found in a few seconds.
+    /// Members on one network (a datacenter's LAN pool): a member whose process died is
+    /// failed as soon as a probe of it goes unanswered and its gossip port refuses a
+    /// connection (a few hundred milliseconds); a silent one (stopped, cut off) after a
+    /// missed probe period and a second of suspicion, about 1.5 s in all. The suspicion
+    /// is long enough for a member that was only slow (a busy machine) to refute it: it
+    /// hears of it through gossip within a couple of gossip periods.
     pub fn lan() -> Self {
         Profile {
-            probe_period: Duration::from_secs(1),
-            probe_rtt: Duration::from_millis(500),
+            probe_period: Duration::from_millis(300),
+            probe_rtt: Duration::from_millis(150),
             indirect_probes: 3,
-            suspect_to_down_after: Duration::from_secs(4),
-            gossip_period: Duration::from_millis(200),
+            suspect_to_down_after: Duration::from_millis(1000),
+            gossip_period: Duration::from_millis(100),
             gossip_fanout: 3,
-            announce_down_period: Duration::from_secs(30),
+            announce_down_period: Duration::from_secs(5),
             push_pull_period: Duration::from_secs(30),
             reap_after: DEFAULT_REAP_AFTER,
             exchange_timeout: Duration::from_secs(5),
+            fail_on_refused_connect: true,
         }
     }
 
@@ -65,6 +78,7 @@ impl Profile {
             push_pull_period: Duration::from_secs(30),
             reap_after: DEFAULT_REAP_AFTER,
             exchange_timeout: Duration::from_secs(10),
+            fail_on_refused_connect: false,
         }
     }
 
@@ -81,6 +95,7 @@ impl Profile {
             push_pull_period: Duration::from_millis(1500),
             reap_after: DEFAULT_REAP_AFTER,
             exchange_timeout: Duration::from_secs(2),
+            fail_on_refused_connect: false,
         }
     }
 
@@ -111,5 +126,36 @@ impl Profile {
             num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
         });
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lan_profile_fails_a_silent_member_within_two_seconds() {
+        let lan = Profile::lan();
+        // The longest path for a silent member: it is probed at most a period after it
+        // went silent (several members probe it, so usually sooner), that probe period
+        // runs out, then the suspicion.
+        let worst = lan.probe_period * 2 + lan.suspect_to_down_after;
+        assert!(worst < Duration::from_secs(2), "{worst:?}");
+        // A suspected member hears of it through several gossip rounds before it is failed.
+        assert!(lan.suspect_to_down_after >= lan.gossip_period * 5);
+        // The direct probe gets half the period; the indirect ones the rest.
+        assert!(lan.probe_rtt * 2 <= lan.probe_period);
+        assert!(lan.fail_on_refused_connect);
+        assert!(!Profile::wan().fail_on_refused_connect);
+    }
+
+    #[test]
+    fn foca_gets_the_timings() {
+        let lan = Profile::lan();
+        let config = lan.foca_config();
+        assert_eq!(config.probe_period, lan.probe_period);
+        assert_eq!(config.probe_rtt, lan.probe_rtt);
+        assert_eq!(config.suspect_to_down_after, lan.suspect_to_down_after);
+        assert!(config.notify_down_members);
     }
 }

@@ -24,6 +24,7 @@ async fn server(node: &str, dc: &str, ip: &str, http: u16) -> Pool {
         profile: Profile::fast(),
         default_port: 8302,
         encryption: None,
+        datacenter: None,
     })
     .await
     .expect("pool starts")

@@ -29,6 +29,7 @@ async fn start(name: &str, bind: &str, encryption: Option<Encryption>) -> Pool {
         profile: Profile::fast(),
         default_port: 8302,
         encryption,
+        datacenter: None,
     })
     .await
     .expect("pool starts")

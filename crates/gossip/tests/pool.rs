@@ -22,6 +22,7 @@ async fn start_advertising(name: &str, bind: &str, advertise: Option<&str>) -> P
         profile: Profile::fast(),
         default_port: 8302,
         encryption: None,
+        datacenter: None,
     })
     .await
     .expect("pool starts")
@@ -247,4 +248,77 @@ async fn coordinates_move_and_stay_finite() {
             assert!(distance < 1.0, "{distance}");
         }
     }
+}
+
+/// A LAN-style pool: members of `dc` only, a failed member's refused port noticed, and a
+/// suspicion so long that only the refused connection can fail a member within the test.
+async fn start_lan(name: &str, bind: &str, dc: &str) -> Pool {
+    let mut tags = BTreeMap::new();
+    tags.insert("dc".to_string(), dc.to_string());
+    Pool::start(PoolConfig {
+        name: name.to_string(),
+        bind: bind.parse().expect("address"),
+        tags,
+        profile: Profile {
+            suspect_to_down_after: Duration::from_secs(60),
+            fail_on_refused_connect: true,
+            ..Profile::fast()
+        },
+        default_port: 8301,
+        encryption: None,
+        datacenter: Some(dc.to_string()),
+        advertise: None,
+    })
+    .await
+    .expect("pool starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_port_refuses_connections_is_failed_without_suspicion() {
+    let mut pools = Vec::new();
+    for i in 1..=3 {
+        let pool = start_lan(&format!("n{i}"), &format!("127.0.66.{i}:0"), "dc1").await;
+        if let Some(first) = pools.first() {
+            let first: &Pool = first;
+            pool.join(&[first.local_addr().to_string()])
+                .await
+                .expect("join");
+        }
+        pools.push(pool);
+    }
+    let refs: Vec<&Pool> = pools.iter().collect();
+    eventually(Duration::from_secs(5), "everyone knows everyone", || {
+        all_alive(&refs, &["n1", "n2", "n3"])
+    })
+    .await;
+    // The process is gone: its sockets are closed, so a connection to its port is refused.
+    pools[2].shutdown();
+    // The suspicion alone would take a minute.
+    eventually(Duration::from_secs(5), "n3 failed by the others", || {
+        [0, 1]
+            .iter()
+            .all(|&i| status_of(&pools[i], "n3") == Some(MemberStatus::Failed))
+    })
+    .await;
+    assert_eq!(status_of(&pools[0], "n2"), Some(MemberStatus::Alive));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_another_datacenter_cannot_join() {
+    let dc1 = start_lan("a", "127.0.67.1:0", "dc1").await;
+    let dc2 = start_lan("b", "127.0.67.2:0", "dc2").await;
+    let error = dc2
+        .join(&[dc1.local_addr().to_string()])
+        .await
+        .expect_err("another datacenter");
+    assert!(error.to_string().contains("datacenter"), "{error}");
+    let error = dc1
+        .join(&[dc2.local_addr().to_string()])
+        .await
+        .expect_err("another datacenter");
+    assert!(error.to_string().contains("dc2"), "{error}");
+    // Neither took the other in, whoever asked.
+    tokio::task::yield_now().await;
+    assert_eq!(dc1.members().len(), 1);
+    assert_eq!(dc2.members().len(), 1);
 }

@@ -61,6 +61,7 @@ async fn main() {
             server: true,
             datacenter: "dc1".into(),
             dns_addr: "127.0.0.1:8600".into(),
+            lan_addr: String::new(),
         },
         snapshot_after_entries: 64,
         disk_reserve_bytes: 0,

@@ -13,6 +13,7 @@ pub(crate) fn config(dir: &std::path::Path, snapshot_after_entries: u64) -> Cons
             server: true,
             datacenter: "dc1".into(),
             dns_addr: "127.0.0.1:8600".into(),
+            lan_addr: String::new(),
         },
         snapshot_after_entries,
         disk_reserve_bytes: 0,

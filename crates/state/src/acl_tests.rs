@@ -690,6 +690,7 @@ fn with_default_token(secret: Option<&str>) -> AclSettings {
         AgentTokens {
             default: secret.map(str::to_string),
             agent: None,
+            replication: None,
         },
     )
 }
@@ -792,6 +793,7 @@ fn requests_without_a_token_follow_the_default_token_and_the_anonymous_one() {
     settings.set_tokens(AgentTokens {
         default: Some("s1".into()),
         agent: None,
+        replication: None,
     });
     assert!(writes_key(
         &cache.authorizer(&state, &settings, None, 0).unwrap(),
@@ -800,6 +802,7 @@ fn requests_without_a_token_follow_the_default_token_and_the_anonymous_one() {
     settings.set_tokens(AgentTokens {
         default: Some("s2".into()),
         agent: None,
+        replication: None,
     });
     let second = cache.authorizer(&state, &settings, None, 0).unwrap();
     assert!(!writes_key(&second, "app/x") && writes_key(&second, "web/x"));
@@ -807,6 +810,7 @@ fn requests_without_a_token_follow_the_default_token_and_the_anonymous_one() {
     settings.set_tokens(AgentTokens {
         default: Some("gone".into()),
         agent: None,
+        replication: None,
     });
     assert!(cache.authorizer(&state, &settings, None, 0).is_err());
     // The anonymous token given a policy: its cached authorizer is replaced.

@@ -99,12 +99,19 @@ fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
 }
 
 pub(crate) fn own_member_json(context: &ApiContext) -> serde_json::Value {
+    if let Some(own) = context
+        .lan()
+        .and_then(|lan| lan.members().borrow().first().cloned())
+    {
+        return super::wan::pool_member_json(&own);
+    }
     let cluster = context.cluster();
     member_json(context, cluster.node_id(), cluster.member())
 }
 
-/// `GET /v1/agent/members` (`?wan=1`: the WAN pool); members whose node the caller may not
-/// read (`node:read`) are left out.
+/// `GET /v1/agent/members` (`?wan=1`: the WAN pool): the LAN pool's members with their
+/// status (the Raft membership on a node without one); members whose node the caller may
+/// not read (`node:read`) are left out.
 pub async fn members(
     State(context): State<ApiContext>,
     authz: Authz,
@@ -114,13 +121,26 @@ pub async fn members(
     if super::wan::wants_wan(&query) {
         return super::wan::wan_members(&context, &authz, &query);
     }
-    let members: Vec<_> = context
-        .cluster()
-        .members()
-        .iter()
-        .filter(|(_, member, _)| authz.reads_node(&member.name))
-        .map(|(id, member, _)| member_json(&context, *id, member))
-        .collect();
+    // The LAN pool's members as it sees them (those that left are not listed), then the
+    // members of the Raft membership the pool has not heard of yet (a node just started),
+    // with the status their `serfHealth` gives.
+    let mut listed = std::collections::HashSet::new();
+    let mut members = Vec::new();
+    if let Some(lan) = context.lan() {
+        let pool = lan.members().borrow().clone();
+        for member in pool.iter() {
+            listed.insert(member.name.clone());
+            if member.status != atoll_cluster::MemberStatus::Left && authz.reads_node(&member.name)
+            {
+                members.push(super::wan::pool_member_json(member));
+            }
+        }
+    }
+    for (id, member, _) in context.cluster().members() {
+        if !listed.contains(&member.name) && authz.reads_node(&member.name) {
+            members.push(member_json(&context, id, &member));
+        }
+    }
     Ok(json_with_index(context.store().applied(), &members))
 }
 

@@ -158,8 +158,10 @@ pub async fn self_info(
             "Version": context.version(),
         },
         "DebugConfig": debug_config,
-        // Network coordinates are not computed.
-        "Coord": Value::Null,
+        // This node's LAN coordinate (none without a LAN pool).
+        "Coord": context
+            .lan()
+            .map_or(Value::Null, |lan| json!(lan.coordinate())),
         "Member": own_member_json(&context),
         "Stats": stats,
         "Meta": meta,

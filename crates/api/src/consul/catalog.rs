@@ -75,7 +75,7 @@ pub async fn nodes(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
     let options = ReadOptions::parse(&query, &context)?;
-    let listing = Listing::parse(&query, context.node(), &NODE)?;
+    let listing = Listing::parse(&query, &context, &NODE)?;
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
         let nodes: Vec<NodeJson> = state
             .nodes
@@ -136,7 +136,7 @@ pub async fn service(
     let query = Query::parse(raw.as_deref());
     let options = ReadOptions::parse(&query, &context)?;
     let tags = query.all("tag");
-    let listing = Listing::parse(&query, context.node(), &CATALOG_SERVICE)?;
+    let listing = Listing::parse(&query, &context, &CATALOG_SERVICE)?;
     let (index, body) = blocking(&context, &options, Watch::Service(name.clone()), |state| {
         let instances: Vec<&ServiceInstance> = state
             .instances_of(&name)

@@ -28,7 +28,7 @@ pub async fn service(
     let options = ReadOptions::parse(&query, &context)?;
     let passing_only = query.flag("passing");
     let tags = query.all("tag");
-    let listing = Listing::parse(&query, context.node(), &HEALTH_ENTRY)?;
+    let listing = Listing::parse(&query, &context, &HEALTH_ENTRY)?;
     let datacenter = context.datacenter().to_string();
     let (index, body) = blocking(&context, &options, Watch::Service(name.clone()), |state| {
         let mut entries = Vec::new();
@@ -72,7 +72,7 @@ pub async fn service_checks(
 ) -> Result<Response, ApiError> {
     let query = Query::parse(raw.as_deref());
     let options = ReadOptions::parse(&query, &context)?;
-    let listing = Listing::parse(&query, context.node(), &CHECK)?;
+    let listing = Listing::parse(&query, &context, &CHECK)?;
     let (index, body) = blocking(&context, &options, Watch::Service(name.clone()), |state| {
         let checks: Vec<CheckJson> = state
             .instances_of(&name)
@@ -138,7 +138,7 @@ pub async fn state(
     };
     let query = Query::parse(raw.as_deref());
     let options = ReadOptions::parse(&query, &context)?;
-    let listing = Listing::parse(&query, context.node(), &CHECK)?;
+    let listing = Listing::parse(&query, &context, &CHECK)?;
     let (index, body) = blocking(&context, &options, Table::Catalog, |state| {
         let checks: Vec<CheckJson> = state
             .all_checks()

@@ -7,7 +7,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::filter::{Filter, Shape};
-use super::near::{sort_by_distance, NoCoordinates};
+use std::collections::BTreeMap;
+
+use super::near::{sort_by_distance, Coordinate, Coordinates};
 use crate::error::ApiError;
 use crate::query::Query;
 
@@ -17,6 +19,14 @@ pub(crate) struct Listing {
     filter: Option<Filter>,
     node_meta: Vec<(String, String)>,
     near: Option<String>,
+    /// The coordinates known when the request came, taken only with `?near=`.
+    coordinates: BTreeMap<String, Coordinate>,
+}
+
+impl Coordinates for BTreeMap<String, Coordinate> {
+    fn coordinate(&self, node: &str) -> Option<Coordinate> {
+        self.get(node).cloned()
+    }
 }
 
 impl Listing {
@@ -35,20 +45,26 @@ impl Listing {
         })
     }
 
-    /// `?filter=`, `?node-meta=` and `?near=` (`_agent` is `agent_node`).
+    /// `?filter=`, `?node-meta=` and `?near=` (`_agent` is this node), with the
+    /// coordinates of the node's LAN pool to sort by.
     pub(crate) fn parse(
         query: &Query,
-        agent_node: &str,
+        context: &crate::ApiContext,
         shape: &'static Shape,
     ) -> Result<Self, ApiError> {
         let near = match query.get("near") {
             None | Some("") => None,
-            Some("_agent") => Some(agent_node.to_string()),
+            Some("_agent") => Some(context.node().to_string()),
             Some(node) => Some(node.to_string()),
+        };
+        let coordinates = match near {
+            Some(_) => super::coordinate::known(context),
+            None => BTreeMap::new(),
         };
         Ok(Listing {
             node_meta: node_meta_filter(query)?,
             near,
+            coordinates,
             ..Listing::filter_only(query, shape)?
         })
     }
@@ -62,7 +78,7 @@ impl Listing {
     pub(crate) fn nearest<T>(&self, rows: Vec<T>, node_of: impl Fn(&T) -> &str) -> Vec<T> {
         match &self.near {
             None => rows,
-            Some(origin) => sort_by_distance(rows, origin, &NoCoordinates, node_of),
+            Some(origin) => sort_by_distance(rows, origin, &self.coordinates, node_of),
         }
     }
 

@@ -5,6 +5,7 @@ pub mod acl_replication;
 pub(crate) mod agent;
 mod agent_info;
 mod catalog;
+mod coordinate;
 mod event;
 pub mod filter;
 mod health;
@@ -77,6 +78,8 @@ pub fn routes() -> Router<ApiContext> {
             "/v1/coordinate/datacenters",
             get(wan::coordinate_datacenters),
         )
+        .route("/v1/coordinate/nodes", get(coordinate::nodes))
+        .route("/v1/coordinate/node/{node}", get(coordinate::node))
         .route("/v1/agent/join/{address}", put(wan::join))
         .route("/v1/catalog/nodes", get(catalog::nodes))
         .route("/v1/catalog/services", get(catalog::services))

@@ -1,10 +1,9 @@
 //! `?near=NODE` (or `_agent`): answers sorted by the round-trip time estimated from Vivaldi
 //! network coordinates, nearest first.
 //!
-//! atoll does not compute network coordinates yet, so the lookup the endpoints use,
-//! [`NoCoordinates`], knows none, and an answer keeps its order, which is what Consul does when
-//! the node named by `near` has no coordinate. The sort itself is complete: once coordinates
-//! are kept, a lookup that returns them is all the endpoints need.
+//! The coordinates are those of the node's LAN gossip pool (`consul/listing.rs` takes them
+//! when a request has `?near=`); without a pool none are known, and an answer keeps its
+//! order, which is what Consul does when the node named by `near` has no coordinate.
 
 pub use atoll_cluster::Coordinate;
 
@@ -14,9 +13,11 @@ pub trait Coordinates {
     fn coordinate(&self, node: &str) -> Option<Coordinate>;
 }
 
-/// The lookup of today: no node has a coordinate.
+/// A lookup that knows no coordinate.
+#[cfg(test)]
 pub struct NoCoordinates;
 
+#[cfg(test)]
 impl Coordinates for NoCoordinates {
     fn coordinate(&self, _node: &str) -> Option<Coordinate> {
         None

@@ -68,6 +68,7 @@ async fn context_in(node: &str, dc: &str, federation: Arc<dyn Federation>) -> Ap
             heartbeat_ttl: Duration::from_secs(5),
             autopilot: Default::default(),
             enable_script_checks: false,
+            lan: None,
         },
         None,
     )
