@@ -18,7 +18,7 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 
-log() { printf '\n==> %s\n' "$*" >&2; }
+log() { printf '\n==> [%ss] %s\n' "$SECONDS" "$*" >&2; }
 warn() { printf 'warning: %s\n' "$*" >&2; }
 die() {
     printf 'error: %s\n' "$*" >&2
@@ -187,7 +187,7 @@ ATOLL_BIN="${ATOLL_BIN:-$REPO_ROOT/target/release/atoll}"
 export ATOLL_BIN
 
 log "end-to-end tests (tests/e2e)"
-ATOLL_E2E_TARGET=dev python3 -m pytest -q -p no:cacheprovider tests/e2e "$@"
+ATOLL_E2E_TARGET=dev python3 -m pytest -q -p no:cacheprovider --durations=15 tests/e2e "$@"
 
 # What a Consul client sees must not change when it talks to a client node of
 # a cluster instead of a single dev agent: the same tests, every request to
@@ -201,3 +201,4 @@ if [ "$status" -eq 5 ] && [ "$#" -gt 0 ]; then
 elif [ "$status" -ne 0 ]; then
     exit "$status"
 fi
+log "all checks passed"
