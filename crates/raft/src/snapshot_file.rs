@@ -144,8 +144,9 @@ impl PendingFile {
     }
 
     /// Syncs the file, renames it to its name and syncs the directory: from here on the file
-    /// is complete and durable. Returns its path and size.
-    pub(crate) fn finish(mut self) -> Result<(PathBuf, u64), StorageFailure> {
+    /// is complete and durable. Returns its path and size, and the file opened for reading
+    /// (open before any other writer could replace and delete it).
+    pub(crate) fn finish(mut self) -> Result<(PathBuf, u64, SnapshotFile), StorageFailure> {
         let Some(out) = self.out.take() else {
             return Err(StorageFailure("snapshot file already finished".into()));
         };
@@ -154,13 +155,13 @@ impl PendingFile {
             .map_err(|e| io_failure("write", &self.path, e.into_error()))?;
         file.sync_all()
             .map_err(|e| io_failure("sync", &self.path, e))?;
-        drop(file);
         let done = self.dir.join(&self.name);
         std::fs::rename(&self.path, &done).map_err(|e| io_failure("rename", &self.path, e))?;
         // Renamed: the temporary path no longer exists, so dropping `self` removes nothing.
         self.path = done.clone();
         sync_dir(&self.dir)?;
-        Ok((done, self.bytes))
+        let opened = SnapshotFile::reading(file, &done)?;
+        Ok((done, self.bytes, opened))
     }
 }
 
@@ -184,15 +185,20 @@ pub(crate) fn write_snapshot(
         pending.append_part(&part?)?;
     }
     let parts = pending.parts();
-    let (path, bytes) = pending.finish()?;
-    Ok(Written { path, bytes, parts })
+    let (_, bytes, opened) = pending.finish()?;
+    Ok(Written {
+        bytes,
+        parts,
+        opened,
+    })
 }
 
 /// A snapshot file written and synced.
 pub(crate) struct Written {
-    pub(crate) path: PathBuf,
     pub(crate) bytes: u64,
     pub(crate) parts: u64,
+    /// The file, opened for reading.
+    pub(crate) opened: SnapshotFile,
 }
 
 /// Deletes every file in `dir` but `keep`: temporary files of a write that a crash
@@ -348,6 +354,17 @@ impl SnapshotFile {
     pub(crate) fn open(path: &Path) -> Result<Self, StorageFailure> {
         let mut file = std::fs::File::open(path).map_err(|e| io_failure("open", path, e))?;
         read_header(&mut file, path)?;
+        Ok(SnapshotFile {
+            file: tokio::fs::File::from_std(file),
+            path: path.to_path_buf(),
+            temporary: false,
+        })
+    }
+
+    /// The complete snapshot file at `path`, open as `file`, for reading.
+    fn reading(mut file: std::fs::File, path: &Path) -> Result<Self, StorageFailure> {
+        file.seek(SeekFrom::Start(HEADER_LEN))
+            .map_err(|e| io_failure("read", path, e))?;
         Ok(SnapshotFile {
             file: tokio::fs::File::from_std(file),
             path: path.to_path_buf(),

@@ -292,22 +292,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let written = tokio::task::spawn_blocking(move || {
             let name = name_of(&meta);
             let parts = state_parts(&state).map(|part| part.map_err(StorageFailure::from));
+            // `opened` is open since before the rename: a newer snapshot committed meanwhile
+            // may delete the file, and openraft still gets the one it asked for.
             let written = snapshot_file::write_snapshot(&dir, &name, parts)?;
             // The copy is dropped here, off the runtime's threads.
             drop(state);
-            // Opened before the commit, which may delete it when a newer snapshot came
-            // first: openraft gets the file it asked for either way.
-            let opened = SnapshotFile::open(&written.path)?;
             let record = FileRecord {
                 name,
                 bytes: written.bytes,
             };
             put_in_force(&db, &dir, &meta, &record)?;
-            Ok::<_, StorageFailure>((written, opened))
+            Ok::<_, StorageFailure>(written)
         })
         .await
         .map_err(|e| self.failed(&StorageFailure(format!("snapshot task failed: {e}"))))?;
-        let (written, opened) = written.map_err(|e| self.failed(&e))?;
+        let written = written.map_err(|e| self.failed(&e))?;
         atoll_metrics::node()
             .raft
             .snapshot_duration
@@ -322,7 +321,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         );
         Ok(Snapshot {
             meta: self.meta.clone(),
-            snapshot: Box::new(opened),
+            snapshot: Box::new(written.opened),
         })
     }
 }
@@ -858,7 +857,7 @@ mod tests {
         for part in &parts {
             pending.append_part(part).unwrap();
         }
-        pending.finish().unwrap();
+        drop(pending.finish().unwrap());
         assert_eq!(snapshot_files(dir.path()).len(), 2);
         {
             let (store, _) = open(dir.path());
