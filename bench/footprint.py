@@ -30,6 +30,7 @@ import http.client
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -44,7 +45,48 @@ MAX_SECONDS = 900  # per write phase
 
 
 def dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    total = 0
+    for f in path.rglob("*"):
+        try:
+            if f.is_file():
+                total += f.stat().st_size
+        except OSError:  # a snapshot file replaced while the dir is walked
+            pass
+    return total
+
+
+def snapshot_stats(log_path: Path) -> str:
+    """What atoll's `snapshot taken` log lines say: how many, write time, size."""
+    took, size = [], []
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "no log"
+    for line in lines:
+        line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+        if "snapshot taken" not in line:
+            continue
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        try:
+            took.append(int(fields["took_ms"]))
+            size.append(int(fields["bytes"]))
+        except (KeyError, ValueError):
+            continue
+    if not took:
+        return "no snapshot logged"
+    took.sort()
+    return (f"{len(took)} snapshots, write time median {took[len(took) // 2]} ms, max {took[-1]} ms, "
+            f"last {size[-1] / 1e6:.1f} MB")
+
+
+def breakdown(target) -> str:
+    """For atoll: the database file and the snapshot files, apart."""
+    data = target.data_dir()
+    redb = data / "atoll.redb"
+    snaps = data / "snapshots"
+    redb_mb = redb.stat().st_size / 1e6 if redb.exists() else 0.0
+    snaps_mb = dir_bytes(snaps) / 1e6 if snaps.exists() else 0.0
+    return f"(atoll.redb {redb_mb:.1f}, snapshots/ {snaps_mb:.1f})"
 
 
 class Target:
@@ -252,14 +294,16 @@ def main() -> None:
                     conn.close()
                     report = json.loads(body)
                     mb = lambda key: report[key] / 1e6  # noqa: E731 - a local shorthand
-                    print(f"atoll: file {mb('FileBytes'):.1f} MB, in use {mb('AllocatedBytes'):.1f} MB, "
+                    print(f"atoll: data dir {breakdown(target)}; file {mb('FileBytes'):.1f} MB, in use {mb('AllocatedBytes'):.1f} MB, "
                           f"stored {mb('StoredBytes'):.1f} MB: log {report['LogEntries']} entries "
                           f"{mb('LogBytes'):.1f} MB, snapshot at {report['SnapshotIndex']} "
                           f"{mb('SnapshotBytes'):.1f} MB")
                     target.stop()
                     target.start()
                     took = target.wait_ready()
-                    print(f"atoll: restart until a key reads back {took:.2f} s; RSS {target.rss_mb():.0f} MB")
+                    print(f"atoll: {snapshot_stats(target.root / 'log')}")
+                    print(f"atoll: restart until a key reads back {took:.2f} s; RSS {target.rss_mb():.0f} MB; "
+                          f"data dir {dir_bytes(target.data_dir()) / 1e6:.1f} MB {breakdown(target)}")
                 if args.churn_seconds > 0:
                     churn(target, args, value)
             finally:
@@ -304,7 +348,10 @@ def churn(target: Target, args, value: bytes) -> None:
             target.maintain()
             next_maintenance += 60
         elapsed = args.churn_seconds - (stop_at - time.monotonic())
-        print(f"  {elapsed:6.0f} {dir_bytes(target.data_dir()) / 1e6:8.1f}")
+        detail = f"  {breakdown(target)}" if target.name == "atoll" else ""
+        print(f"  {elapsed:6.0f} {dir_bytes(target.data_dir()) / 1e6:8.1f}{detail}")
+    if target.name == "atoll":
+        print(f"atoll churn: {snapshot_stats(target.root / 'log')}")
 
 
 if __name__ == "__main__":

@@ -219,3 +219,75 @@ def test_second_process_cannot_share_a_data_dir(atoll_factory, tmp_path):
     assert code is not None and code != 0, "a second atoll opened a data dir that is in use"
     assert first.running()
     assert first.leader()
+
+
+def test_kill_9_while_a_snapshot_file_is_written_loses_nothing(atoll_factory):
+    """A snapshot is a file written beside the log: killed while one is being written, the
+    node restarts from the previous snapshot and the log, with every acknowledged write, and
+    removes the file it left half written."""
+    rng = random.Random(_seed() + 3)
+    inst = atoll_factory.start("crash-snap", extra_args=["--snapshot-after-entries", "30"])
+    snapshots = inst.data_dir / "snapshots"
+    # State large enough that each snapshot takes a while to write.
+    filler = base64.b64encode(b"f" * 2048).decode()
+    for batch in range(40):
+        ops = [{"KV": {"Verb": "set", "Key": f"fill/{batch:02d}/{i:02d}", "Value": filler}} for i in range(64)]
+        r = requests.put(inst.url("/v1/txn"), json=ops, timeout=30)
+        assert r.status_code == 200, r.text
+    expected: dict[str, bytes] = {}
+    caught_writing = 0
+    for rnd in range(3):
+        counter = itertools.count()
+        acked: dict[str, bytes] = {}
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def writer(rnd=rnd):
+            session = requests.Session()
+            while not stop.is_set():
+                i = next(counter)
+                if i >= MAX_WRITES:
+                    return
+                key, value = f"snapcrash/{rnd}/{i:05d}", f"v{rnd}-{i}".encode() * (1 + i % 5)
+                try:
+                    r = session.put(inst.url(f"/v1/kv/{key}"), data=value, timeout=10)
+                except requests.RequestException:
+                    return
+                if r.status_code == 200 and r.text.strip() == "true":
+                    with lock:
+                        acked[key] = value
+
+        threads = [threading.Thread(target=writer, daemon=True) for _ in range(WRITERS)]
+        for t in threads:
+            t.start()
+        # Kill at the first moment a snapshot file is being written after a random delay
+        # (or at the deadline).
+        time.sleep(rng.uniform(0.2, 1.5))
+        deadline = time.monotonic() + MAX_SECONDS
+        while time.monotonic() < deadline:
+            if any(p.name.endswith(".tmp") for p in snapshots.glob("*")):
+                caught_writing += 1
+                break
+            time.sleep(0.001)
+        os.kill(inst.pid, signal.SIGKILL)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        assert not any(t.is_alive() for t in threads), "writer threads hung after the kill"
+        inst.proc.wait(timeout=10)
+        assert acked, "no write acknowledged before the kill"
+        expected.update(acked)
+        stray = {p.name for p in snapshots.glob("*.tmp")}
+        inst.restart(kill=True)
+        items = inst.get_json("/v1/kv/snapcrash/?recurse")
+        stored = {i["Key"]: base64.b64decode(i["Value"] or "") for i in items}
+        lost = sorted(k for k in expected if k not in stored)
+        assert not lost, f"{len(lost)} acknowledged KV writes lost (e.g. {lost[:5]})"
+        changed = sorted(k for k, v in expected.items() if stored[k] != v)
+        assert not changed, f"KV values changed across the crash: {changed[:5]}"
+        assert len(inst.get_json("/v1/kv/fill/?keys")) == 40 * 64
+        # The half-written files the kill left are gone (the node may be writing new ones).
+        left = stray & {p.name for p in snapshots.glob("*")}
+        assert not left, f"files of the interrupted snapshot left behind: {sorted(left)}"
+    # The kill must have hit a snapshot write at least once, or the test proved nothing.
+    assert caught_writing >= 1, "no kill landed while a snapshot file was being written"

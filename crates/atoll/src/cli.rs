@@ -453,6 +453,7 @@ pub async fn storage(args: &ClientArgs) -> anyhow::Result<()> {
     let number = |key: &str| report.get(key).and_then(Value::as_u64).unwrap_or(0);
     let mib = |key: &str| format!("{:.1} MiB", number(key) as f64 / (1024.0 * 1024.0));
     let rows = vec![
+        vec!["Data dir".into(), mib("DataDirBytes")],
         vec!["File".into(), text(&report, "Path")],
         vec!["File size".into(), mib("FileBytes")],
         vec!["In use".into(), mib("AllocatedBytes")],
@@ -475,6 +476,7 @@ pub async fn storage(args: &ClientArgs) -> anyhow::Result<()> {
                 mib("SnapshotBytes")
             ),
         ],
+        vec!["Snapshot file".into(), text(&report, "SnapshotPath")],
     ];
     print_table(rows);
     Ok(())

@@ -214,4 +214,9 @@ pub struct StorageReport {
     pub snapshot_index: u64,
     /// Bytes of the stored snapshot.
     pub snapshot_bytes: u64,
+    /// The snapshot's file (empty while the snapshot is one an earlier release stored
+    /// inside the database).
+    pub snapshot_path: String,
+    /// Bytes of the database file and the snapshot files together.
+    pub data_dir_bytes: u64,
 }

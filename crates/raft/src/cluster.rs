@@ -155,11 +155,18 @@ impl Consensus {
             tokio::time::sleep(ORPHAN_AFTER).await;
             let own_id = self.node_id();
             let server = self.member().server;
-            let admitted = self
-                .members()
-                .into_iter()
-                .any(|(id, _, voter)| id == own_id && (voter || !server));
-            if self.is_leader() || (admitted && self.heard_from_leader_within(ORPHAN_AFTER)) {
+            let members = self.members();
+            let admitted = members
+                .iter()
+                .any(|(id, _, voter)| *id == own_id && (*voter || !server));
+            // Not in any configuration it knows yet, yet reached by a leader: it is being sent
+            // a snapshot. Asking again would change the membership, which restarts the
+            // snapshot's stream from its first chunk, so a snapshot longer to send than this
+            // period would never arrive.
+            let receiving = !members.iter().any(|(id, _, _)| *id == own_id);
+            if self.is_leader()
+                || ((admitted || receiving) && self.heard_from_leader_within(ORPHAN_AFTER))
+            {
                 continue;
             }
             let addresses = self.peer_addresses(plan);

@@ -163,7 +163,7 @@ impl Consensus {
                 id
             }
         };
-        let state_machine = StateMachine::restore(store.clone(), db.clone())?;
+        let state_machine = StateMachine::restore(store.clone(), db.clone(), &config.data_dir)?;
         let raft_config = Config {
             cluster_name: "atoll".to_string(),
             // openraft grants no vote while the leader's lease (election_timeout_max) runs,
@@ -732,11 +732,14 @@ impl Consensus {
             .upgrade()
             .ok_or_else(|| ClusterError::Stopped("the database is closed".into()))?;
         let path = self.inner.data_dir.join(storage::DB_FILE);
+        let snapshot_dir = crate::snapshot_file::directory(&self.inner.data_dir);
         let snapshot_index = self.snapshot_index().unwrap_or(0);
-        tokio::task::spawn_blocking(move || storage::report(&db, &path, snapshot_index))
-            .await
-            .map_err(|e| ClusterError::Stopped(e.to_string()))?
-            .map_err(ClusterError::from)
+        tokio::task::spawn_blocking(move || {
+            storage::report(&db, &path, &snapshot_dir, snapshot_index)
+        })
+        .await
+        .map_err(|e| ClusterError::Stopped(e.to_string()))?
+        .map_err(ClusterError::from)
     }
 
     /// Leader only: when each node last sent a heartbeat.

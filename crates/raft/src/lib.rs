@@ -13,6 +13,7 @@ mod log_store;
 mod network;
 mod protocol;
 mod rpc;
+mod snapshot_file;
 mod state_machine;
 mod storage;
 mod transport;
@@ -21,8 +22,7 @@ mod wire;
 pub use auth::{ClusterSecret, RpcTls};
 pub use cluster::JoinPlan;
 pub use consensus::{Consensus, ConsensusConfig};
-
-use std::io::Cursor;
+pub use snapshot_file::SnapshotFile;
 
 use atoll_cluster::Member;
 use atoll_state::{Command, Outcome};
@@ -35,7 +35,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -1,4 +1,5 @@
-//! The one redb file of a node: Raft log, vote, committed index and the latest snapshot.
+//! The redb file of a node: Raft log, vote, committed index and the snapshot's meta (the
+//! snapshot itself is a file of its own, `snapshot_file.rs`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Small records: vote, committed, last purged, node id, snapshot meta, format version.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-/// The state-machine snapshot body.
+/// The snapshot's meta and which file holds it; earlier releases kept its body here too.
 pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
 pub(crate) const KEY_FORMAT: &str = "format";
@@ -19,6 +20,21 @@ pub(crate) const KEY_PURGED: &str = "last_purged";
 pub(crate) const KEY_NODE_ID: &str = "node_id";
 pub(crate) const KEY_SNAPSHOT_META: &str = "snapshot_meta";
 pub(crate) const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
+
+/// The stored format marker of a data dir whose snapshots are files of their own. Above
+/// every record format (`atoll_state::snapshot::FORMAT_VERSION`, which counts up below it),
+/// so a release that kept snapshots inside redb refuses the data dir at start rather than
+/// start from its log alone.
+const SNAPSHOT_FILES_FORMAT: u8 = 16;
+
+/// The format marker this build writes: the newest of the record format and the layout.
+fn format_marker() -> u8 {
+    atoll_state::snapshot::FORMAT_VERSION.max(SNAPSHOT_FILES_FORMAT)
+}
+
+/// A file at least this large, of which less than half is in use after the snapshot moved
+/// out of it, is compacted when the node starts.
+const COMPACT_ABOVE_BYTES: u64 = 64 << 20;
 
 /// redb page cache size.
 const CACHE_BYTES: usize = 8 * 1024 * 1024;
@@ -151,13 +167,48 @@ fn prepare(mut db: Database, path: &Path) -> Result<Arc<Database>, StorageFailur
         })
         .and_then(|()| verify_records(&db).map_err(|e| damaged(path, e.0)));
     match checked {
-        Ok(()) => Ok(Arc::new(db)),
+        Ok(()) => {
+            compact_if_mostly_free(&mut db, path);
+            Ok(Arc::new(db))
+        }
         Err(e) => {
             // Dropping a database that failed its checks makes redb commit to it (and panic on
             // the way); nothing is written to a damaged file, and the node stops anyway.
             std::mem::forget(db);
             Err(e)
         }
+    }
+}
+
+/// Gives back the free room of a file that is mostly free: what a snapshot stored inside it
+/// by an earlier release, or a peak of the log, left behind. Only at start, while nothing
+/// else holds the database (redb compacts only with exclusive access); a failure leaves the
+/// file as it was and is only logged.
+fn compact_if_mostly_free(db: &mut Database, path: &Path) {
+    let Ok(file_bytes) = std::fs::metadata(path).map(|m| m.len()) else {
+        return;
+    };
+    if file_bytes < COMPACT_ABOVE_BYTES {
+        return;
+    }
+    let allocated = db.begin_write().and_then(|txn| {
+        let stats = txn.stats().map_err(redb::TransactionError::from);
+        let _ = txn.abort();
+        stats
+    });
+    let Ok(stats) = allocated else { return };
+    let allocated = stats.allocated_pages() * stats.page_size() as u64;
+    if allocated.saturating_mul(2) > file_bytes {
+        return;
+    }
+    match db.compact() {
+        Ok(_) => tracing::info!(
+            file = %path.display(),
+            before_bytes = file_bytes,
+            after_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            "database compacted"
+        ),
+        Err(e) => tracing::warn!(file = %path.display(), error = %e, "compaction failed"),
     }
 }
 
@@ -168,24 +219,19 @@ fn init_tables(db: &Database) -> Result<(), StorageFailure> {
         txn.open_table(SNAPSHOT)?;
         let mut meta = txn.open_table(META)?;
         let stored = meta.get(KEY_FORMAT)?.map(|v| v.value().to_vec());
-        // The newest format any record may be in. Records keep their own version byte, so
-        // an older file opens as it is and its records are read as they were written; the
-        // marker moves up so a release that cannot read the new records refuses the file at
-        // start instead of at the first new record.
+        // The newest format any record may be in, or the layout (snapshots in files).
+        // Records keep their own version byte, so an older file opens as it is and its
+        // records are read as they were written; the marker moves up so a release that
+        // cannot read the new records or layout refuses the file at start instead of later.
+        let marker = format_marker();
         match stored.as_deref() {
             None => {
-                meta.insert(
-                    KEY_FORMAT,
-                    [atoll_state::snapshot::FORMAT_VERSION].as_slice(),
-                )?;
+                meta.insert(KEY_FORMAT, [marker].as_slice())?;
             }
-            Some([v]) if *v < atoll_state::snapshot::FORMAT_VERSION => {
-                meta.insert(
-                    KEY_FORMAT,
-                    [atoll_state::snapshot::FORMAT_VERSION].as_slice(),
-                )?;
+            Some([v]) if *v < marker => {
+                meta.insert(KEY_FORMAT, [marker].as_slice())?;
             }
-            Some([v]) if *v == atoll_state::snapshot::FORMAT_VERSION => {}
+            Some([v]) if *v == marker => {}
             Some(other) => {
                 return Err(StorageFailure(format!(
                     "data dir was written by a newer atoll (format {other:?})"
@@ -276,12 +322,13 @@ pub(crate) fn put_meta(db: &Database, records: &[(&str, &[u8])]) -> Result<(), S
     Ok(())
 }
 
-/// What the file holds: its size, the room in use, the log and the snapshot. Opens a write
-/// transaction for the page statistics (waiting for the log writer's commit in progress) and
-/// aborts it.
+/// What the data dir holds: the database file's size, the room in use inside it, the log
+/// and the snapshot. Opens a write transaction for the page statistics (waiting for the log
+/// writer's commit in progress) and aborts it.
 pub(crate) fn report(
     db: &Database,
     path: &Path,
+    snapshot_dir: &Path,
     snapshot_index: u64,
 ) -> Result<atoll_cluster::StorageReport, StorageFailure> {
     use redb::ReadableTableMetadata;
@@ -303,8 +350,18 @@ pub(crate) fn report(
     let log_first_index = log.first()?.map(|(k, _)| k.value()).unwrap_or(0);
     let log_last_index = log.last()?.map(|(k, _)| k.value()).unwrap_or(0);
     let log_bytes = log.stats()?.stored_bytes();
-    let snapshot = txn.open_table(SNAPSHOT)?;
-    let snapshot_bytes = snapshot.stats()?.stored_bytes();
+    let in_force = crate::state_machine::snapshot_file_in_force(db)?;
+    let (snapshot_path, snapshot_bytes) = match in_force {
+        Some(record) => (
+            snapshot_dir.join(&record.name).display().to_string(),
+            record.bytes,
+        ),
+        // A snapshot an earlier release stored inside the database.
+        None => (
+            String::new(),
+            txn.open_table(SNAPSHOT)?.stats()?.stored_bytes(),
+        ),
+    };
     Ok(atoll_cluster::StorageReport {
         path: path.display().to_string(),
         file_bytes,
@@ -316,5 +373,7 @@ pub(crate) fn report(
         log_bytes,
         snapshot_index,
         snapshot_bytes,
+        snapshot_path,
+        data_dir_bytes: file_bytes + crate::snapshot_file::directory_bytes(snapshot_dir),
     })
 }

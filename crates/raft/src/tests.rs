@@ -125,7 +125,8 @@ impl
         let dir = tempfile::tempdir().unwrap();
         let db = crate::storage::open(dir.path()).unwrap();
         let machine =
-            crate::state_machine::StateMachine::restore(Default::default(), db.clone()).unwrap();
+            crate::state_machine::StateMachine::restore(Default::default(), db.clone(), dir.path())
+                .unwrap();
         Ok((dir, crate::log_store::LogStore::new(db).unwrap(), machine))
     }
 }

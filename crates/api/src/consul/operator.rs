@@ -67,6 +67,8 @@ pub async fn storage(
             "LogBytes": report.log_bytes,
             "SnapshotIndex": report.snapshot_index,
             "SnapshotBytes": report.snapshot_bytes,
+            "SnapshotPath": report.snapshot_path,
+            "DataDirBytes": report.data_dir_bytes,
         }),
     ))
 }
