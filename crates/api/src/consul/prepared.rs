@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use super::near::{sort_by_distance, Coordinates};
 use atoll_acl::Segment;
 use atoll_cluster::Route;
 use atoll_dns::{PreparedQueries, QueryAnswer, QueryFailure, QueryInstance, QueryPending};
@@ -578,14 +579,19 @@ pub async fn execute_remote(
             &datacenter,
             request.limit,
             None,
+            &BTreeMap::new(),
             rand::random(),
         )
     });
     Ok(json_with_index(context.store().applied(), &response))
 }
 
-/// The instances of this datacenter a rendered query selects: shuffled, the node it is
-/// near swapped first, at most `limit` (0: all), without those the caller may not read.
+/// The instances of this datacenter a rendered query selects: shuffled, then, when it is
+/// near a node, sorted by the estimated round trip from that node (instances on nodes
+/// without a coordinate last; nothing moves when the node has none) with the node's own
+/// instance swapped first, at most `limit` (0: all), without those the caller may not
+/// read.
+#[allow(clippy::too_many_arguments)]
 fn local_response(
     state: &StateView,
     authz: &Authz,
@@ -593,13 +599,14 @@ fn local_response(
     datacenter: &str,
     limit: usize,
     near: Option<&str>,
+    coordinates: &dyn Coordinates,
     seed: u64,
 ) -> ExecuteResponse {
     let mut selected = select(state, &definition.service);
     selected.retain(|s| authz.reads_instance(&s.instance.name, &s.instance.node));
     shuffle(&mut selected, seed);
-    // No node has a coordinate yet, so the distance sort keeps the shuffled order.
-    if let Some(near) = near {
+    if let Some(near) = near.filter(|near| !near.is_empty()) {
+        selected = sort_by_distance(selected, near, coordinates, |s| s.node.name.as_str());
         put_near_node_first(&mut selected, near, |s| s.node.name.as_str());
     }
     if limit > 0 {
@@ -651,6 +658,12 @@ pub async fn run(
                 "_ip" => String::new(),
                 other => other.to_string(),
             };
+            // The LAN pool's coordinates, taken only for a query near a node.
+            let coordinates = if near.is_empty() {
+                BTreeMap::new()
+            } else {
+                super::coordinate::known(context)
+            };
             let response = local_response(
                 state,
                 authz,
@@ -658,6 +671,7 @@ pub async fn run(
                 &datacenter,
                 limit,
                 Some(&near),
+                &coordinates,
                 rand::random(),
             );
             (rendered, response)

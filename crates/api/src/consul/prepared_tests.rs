@@ -456,3 +456,100 @@ async fn a_blocked_list_returns_when_a_query_is_created_and_not_for_a_kv_write()
     assert_eq!(status, StatusCode::OK);
     assert_eq!(listed[0]["Name"], "q");
 }
+
+/// A LAN pool that knows fixed coordinates and no members.
+#[derive(Debug)]
+struct FixedCoordinates(std::collections::BTreeMap<String, atoll_cluster::Coordinate>);
+
+impl atoll_cluster::LanPool for FixedCoordinates {
+    fn members(&self) -> tokio::sync::watch::Receiver<atoll_cluster::LanMembers> {
+        tokio::sync::watch::channel(Arc::new(Vec::new())).1
+    }
+
+    fn coordinate(&self) -> atoll_cluster::Coordinate {
+        self.0.get("n1").cloned().unwrap_or_default()
+    }
+
+    fn coordinates(&self) -> std::collections::BTreeMap<String, atoll_cluster::Coordinate> {
+        self.0.clone()
+    }
+}
+
+/// A coordinate `x` seconds along the first axis.
+fn at(x: f64) -> atoll_cluster::Coordinate {
+    let mut coordinate = atoll_cluster::Coordinate::default();
+    coordinate.vec[0] = x;
+    coordinate.height = 0.0;
+    coordinate.adjustment = 0.0;
+    coordinate
+}
+
+#[tokio::test]
+async fn a_query_near_a_node_sorts_by_the_lan_coordinates_with_that_node_first() {
+    let cluster = Arc::new(MemoryCluster::new("n1", "dc1"));
+    cluster.set_leader(true);
+    let (agent, loops) = Agent::start(
+        cluster,
+        AgentConfig {
+            node: "n1".into(),
+            address: "127.0.0.1".into(),
+            datacenter: "dc1".into(),
+            server_port: Some(8300),
+            node_meta: Default::default(),
+            heartbeat_ttl: Duration::from_secs(5),
+            autopilot: Default::default(),
+            enable_script_checks: false,
+            lan: None,
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    loops.spawn();
+    let coordinates = [("n1", 0.0), ("n2", 0.010), ("n3", 0.050), ("n4", 0.030)]
+        .into_iter()
+        .map(|(node, x)| (node.to_string(), at(x)))
+        .collect();
+    let facts = NodeFacts {
+        lan: Some(Arc::new(FixedCoordinates(coordinates))),
+        ..NodeFacts::default()
+    };
+    let app = router(ApiContext::federated(agent, "test", facts, alone("dc1")));
+    for (node, id) in [
+        ("n3", "web-3"),
+        ("n2", "web-2"),
+        ("n4", "web-4"),
+        ("n1", "web-1"),
+        ("n5", "web-5"),
+    ] {
+        register(&app, node, id, "web", &[], "passing").await;
+    }
+    create(
+        &app,
+        serde_json::json!({"Name": "web", "Service": {"Service": "web"}}),
+    )
+    .await;
+    create(
+        &app,
+        serde_json::json!({"Name": "web-near", "Service": {"Service": "web", "Near": "_agent"}}),
+    )
+    .await;
+    let order = |answer: &Value| -> Vec<String> {
+        answer["Nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["Node"]["Node"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Nearest first; n5 has no coordinate and goes last; the same through the query's own
+    // `Near` and through `?near=`, and from another origin.
+    for _ in 0..5 {
+        let (_, near) = json(&app, "GET", "/v1/query/web/execute?near=_agent", "").await;
+        assert_eq!(order(&near), ["n1", "n2", "n4", "n3", "n5"]);
+        let (_, own) = json(&app, "GET", "/v1/query/web-near/execute", "").await;
+        assert_eq!(order(&own), ["n1", "n2", "n4", "n3", "n5"]);
+        let (_, from_n3) = json(&app, "GET", "/v1/query/web/execute?near=n3", "").await;
+        assert_eq!(order(&from_n3), ["n3", "n4", "n2", "n1", "n5"]);
+    }
+}
