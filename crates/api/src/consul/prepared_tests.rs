@@ -55,6 +55,16 @@ impl Federation for FixedFederation {
 
 /// The API of server `node` of `dc`, alone in its cluster, with `federation`.
 async fn context_in(node: &str, dc: &str, federation: Arc<dyn Federation>) -> ApiContext {
+    context_with(node, dc, federation, NodeFacts::default()).await
+}
+
+/// The same, with the node's `facts` (its LAN pool, for one).
+async fn context_with(
+    node: &str,
+    dc: &str,
+    federation: Arc<dyn Federation>,
+    facts: NodeFacts,
+) -> ApiContext {
     let cluster = Arc::new(MemoryCluster::new(node, dc));
     cluster.set_leader(true);
     let (agent, loops) = Agent::start(
@@ -75,7 +85,7 @@ async fn context_in(node: &str, dc: &str, federation: Arc<dyn Federation>) -> Ap
     .await
     .unwrap();
     loops.spawn();
-    ApiContext::federated(agent, "test", NodeFacts::default(), federation)
+    ApiContext::federated(agent, "test", facts, federation)
 }
 
 fn alone(dc: &str) -> Arc<dyn Federation> {
@@ -486,26 +496,6 @@ fn at(x: f64) -> atoll_cluster::Coordinate {
 
 #[tokio::test]
 async fn a_query_near_a_node_sorts_by_the_lan_coordinates_with_that_node_first() {
-    let cluster = Arc::new(MemoryCluster::new("n1", "dc1"));
-    cluster.set_leader(true);
-    let (agent, loops) = Agent::start(
-        cluster,
-        AgentConfig {
-            node: "n1".into(),
-            address: "127.0.0.1".into(),
-            datacenter: "dc1".into(),
-            server_port: Some(8300),
-            node_meta: Default::default(),
-            heartbeat_ttl: Duration::from_secs(5),
-            autopilot: Default::default(),
-            enable_script_checks: false,
-            lan: None,
-        },
-        None,
-    )
-    .await
-    .unwrap();
-    loops.spawn();
     let coordinates = [("n1", 0.0), ("n2", 0.010), ("n3", 0.050), ("n4", 0.030)]
         .into_iter()
         .map(|(node, x)| (node.to_string(), at(x)))
@@ -514,7 +504,7 @@ async fn a_query_near_a_node_sorts_by_the_lan_coordinates_with_that_node_first()
         lan: Some(Arc::new(FixedCoordinates(coordinates))),
         ..NodeFacts::default()
     };
-    let app = router(ApiContext::federated(agent, "test", facts, alone("dc1")));
+    let app = router(context_with("n1", "dc1", alone("dc1"), facts).await);
     for (node, id) in [
         ("n3", "web-3"),
         ("n2", "web-2"),
