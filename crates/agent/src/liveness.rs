@@ -92,11 +92,14 @@ pub(crate) async fn watch_pool(cluster: ClusterHandle, lan: Arc<dyn LanPool>) {
             continue;
         }
         let statuses = atoll_cluster::statuses(&members.borrow_and_update());
+        // Only the pool's members can need an update: their own checks, looked up by key.
         let checks: Vec<(String, CheckStatus)> = cluster.store().read(|state| {
-            state
-                .all_checks()
-                .filter(|c| c.check_id == NODE_HEALTH_CHECK_ID)
-                .map(|c| (c.node.clone(), c.status))
+            statuses
+                .keys()
+                .filter_map(|node| {
+                    let check = state.check(node, NODE_HEALTH_CHECK_ID)?;
+                    Some((node.clone(), check.status))
+                })
                 .collect()
         });
         let mut updates = pool_health_updates(&checks, &statuses);
