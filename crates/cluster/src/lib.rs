@@ -33,7 +33,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use atoll_state::{Command, Outcome};
+use atoll_state::{Command, Outcome, Table};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -149,6 +149,20 @@ pub trait Cluster: Send + Sync + 'static {
             log_entries: applied,
             num_peers: self.peers().len().saturating_sub(1),
         }
+    }
+
+    /// Whether this node's store holds `table`. Servers and `atoll dev` hold every table; a
+    /// compute node holds no key/value table (keys and sessions live on the servers only, as
+    /// a Consul client agent holds none), and the API sends what needs it to a server.
+    fn holds(&self, table: Table) -> bool {
+        let _ = table;
+        true
+    }
+
+    /// The HTTP address (`host:port`) of a server that answers for the tables this node does
+    /// not hold; `None` on a node that holds every table.
+    fn server_http(&self) -> Option<String> {
+        None
     }
 
     /// The address of the current leader's RPC listener, if one is known.
