@@ -37,7 +37,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Iterator, Protocol
 
 import dns.message
 import dns.query
@@ -61,6 +61,8 @@ PROBE_HOST = 254  # the test process's own address in a datacenter's /24 while i
 
 # Serf's member states as /v1/agent/members numbers them.
 ALIVE, LEAVING, LEFT, FAILED = 1, 2, 3, 4
+
+ARTIFACTS = Path(os.environ.get("ATOLL_E2E_ARTIFACTS", Path(__file__).resolve().parents[2] / "target" / "e2e-artifacts"))
 
 
 def dc_prefix(index: int) -> str:
@@ -410,3 +412,46 @@ def dig(ip: str, *args: str, source: str | None = None) -> str:
         cmd += ["-b", source]
     proc = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=20)
     return proc.stdout
+
+
+class Federated(Protocol):
+    """What `running` needs of a federation: to copy its logs and to stop."""
+
+    def keep_logs(self, destination: Path) -> Path: ...
+
+    def close(self) -> None: ...
+
+
+def keep_logs(federation: Federated, label: str, what: str) -> None:
+    """Copy the federation's logs under ARTIFACTS/LABEL-WHAT-TIME, saying where."""
+    try:
+        kept = federation.keep_logs(ARTIFACTS / f"{label}-{what}-{time.strftime('%Y%m%dT%H%M%S')}")
+        print(f"federation logs kept in {kept}")
+    except OSError as exc:  # pragma: no cover - diagnostics only
+        print(f"could not keep the federation logs: {exc}")
+
+
+def running(federation: Federated, request, label: str, start: Callable[[], object],
+            cleanup: Callable[[], None] | None = None) -> Iterator[Federated]:
+    """The body of a module fixture: start the federation, yield it, close it.
+
+    The logs are kept when the start fails or when a test of the module failed; `cleanup`
+    runs after the close, whatever happened.
+    """
+    failed_before = request.session.testsfailed
+    try:
+        try:
+            start()
+        except BaseException:
+            keep_logs(federation, label, "start")
+            federation.close()
+            raise
+        yield federation
+        try:
+            if request.session.testsfailed > failed_before:
+                keep_logs(federation, label, "tests")
+        finally:
+            federation.close()
+    finally:
+        if cleanup is not None:
+            cleanup()

@@ -16,19 +16,14 @@ Every wait is bounded. Not marked client_api: it runs in the `dev` pass of scrip
 
 from __future__ import annotations
 
-import os
-import time
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
 
 from conftest import require_binary, wait_for
-from federation_util import FORM_TIMEOUT, Federation, session_from
+from federation_util import FORM_TIMEOUT, Federation, running, session_from
 
-ARTIFACTS = Path(os.environ.get("ATOLL_E2E_ARTIFACTS",
-                                Path(__file__).resolve().parents[2] / "target" / "e2e-artifacts"))
 
 BOOT = str(uuid.uuid4())  # the bootstrap token's SecretID, also dc2's replication token
 LAYOUT = (("dc1", 1, 0), ("dc2", 1, 0))
@@ -54,19 +49,7 @@ def fed(tmp_path_factory, request):
     for node in federation.nodes:
         node.extra_args += ["--acl-enabled", "--acl-default-policy", "deny", "--primary-datacenter", "dc1"]
     federation["dc2"].server.extra_args += ["--acl-replication-token", BOOT]
-    failed_before = request.session.testsfailed
-    try:
-        _start(federation)
-    except BaseException:
-        _keep_logs(federation, "start")
-        federation.close()
-        raise
-    yield federation
-    try:
-        if request.session.testsfailed > failed_before:
-            _keep_logs(federation, "tests")
-    finally:
-        federation.close()
+    yield from running(federation, request, "acl-federation", lambda: _start(federation))
 
 
 def _start(fed: Federation) -> None:
@@ -92,14 +75,6 @@ def _start(fed: Federation) -> None:
     dc2 = fed["dc2"].server
     wait_for(lambda: dc2.get("/v1/acl/token/self", headers=auth(BOOT)).status_code == 200, timeout=REPLICATION,
              interval=0.1, message=lambda: "the bootstrap token replicated into dc2\n" + fed.logs())
-
-
-def _keep_logs(fed: Federation, what: str) -> None:
-    try:
-        kept = fed.keep_logs(ARTIFACTS / f"acl-federation-{what}-{time.strftime('%Y%m%dT%H%M%S')}")
-        print(f"federation logs kept in {kept}")
-    except OSError as exc:  # pragma: no cover - diagnostics only
-        print(f"could not keep the federation logs: {exc}")
 
 
 def _policy(node, name: str, rules: str, token: str = BOOT) -> dict:

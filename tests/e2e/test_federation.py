@@ -34,7 +34,6 @@ import json
 import os
 import threading
 import time
-from pathlib import Path
 
 import dns.exception
 import dns.rcode
@@ -46,15 +45,13 @@ from apps_util import kill_task_processes, task_processes
 from cluster_util import run_cli
 from conftest import require, require_binary, require_tool, wait_for
 from federation_util import (ALIVE, DNS_PORT, FAILED, HTTP_PORT, RPC_PORT, WAN_PORT, Federation, dig, dns_query,
-                             session_from, wan_members)
+                             running, session_from, wan_members)
 
 try:  # py-consul
     import consul
 except ImportError:  # pragma: no cover - reported by require()
     consul = None
 
-ARTIFACTS = Path(os.environ.get("ATOLL_E2E_ARTIFACTS",
-                                Path(__file__).resolve().parents[2] / "target" / "e2e-artifacts"))
 
 FAST_FAILURE = 2.5  # seconds: an unreachable datacenter is reported within this (2 s + slack)
 FAILURE_DETECTION = 60.0  # cut -> the cut server shown failed (the WAN profile's bound, generous)
@@ -73,32 +70,13 @@ def fed(tmp_path_factory, request):
     """The three datacenters, federated, with `web` registered in each (dc1's behind a TTL check)."""
     require_binary()
     federation = Federation(tmp_path_factory.mktemp("federation"))
-    failed_before = request.session.testsfailed
-    try:
+
+    def start() -> None:
         federation.start()
         _register_services(federation)
-    except BaseException:
-        _keep_logs(federation, "start")
-        federation.close()
-        raise
-    yield federation
-    try:
-        if request.session.testsfailed > failed_before:
-            _keep_logs(federation, "tests")
-    finally:
-        try:
-            federation.close()
-        finally:
-            # Tasks outlive a killed compute node: stop what the app test may have left.
-            kill_task_processes(APP_PREFIX)
 
-
-def _keep_logs(federation: Federation, what: str) -> None:
-    try:
-        kept = federation.keep_logs(ARTIFACTS / f"federation-{what}-{time.strftime('%Y%m%dT%H%M%S')}")
-        print(f"federation logs kept in {kept}")
-    except OSError as exc:  # pragma: no cover - diagnostics only
-        print(f"could not keep the federation logs: {exc}")
+    # Tasks outlive a killed compute node: stop what the app test may have left.
+    yield from running(federation, request, "federation", start, cleanup=lambda: kill_task_processes(APP_PREFIX))
 
 
 @pytest.fixture(autouse=True)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import threading
 import time
 from pathlib import Path
@@ -42,10 +41,8 @@ from typing import Callable
 import pytest
 
 from conftest import require_binary, wait_for
-from federation_util import ALIVE, WAN_PORT, Datacenter, busy_ports, wan_members
+from federation_util import ALIVE, WAN_PORT, Datacenter, busy_ports, running, wan_members
 
-ARTIFACTS = Path(os.environ.get("ATOLL_E2E_ARTIFACTS",
-                                Path(__file__).resolve().parents[2] / "target" / "e2e-artifacts"))
 
 # Datacenter name -> index of its /24 (federation_util.dc_prefix): 127.0.41.x and so on.
 LOCAL, NEAR, FAR = "dc1", "near", "far"
@@ -334,16 +331,13 @@ class RelayedFederation:
     def logs(self, tail: int = 20) -> str:
         return "\n".join(dc.server.logs(tail=tail) for dc in self.dcs.values() if dc.server.starts)
 
-    def keep_logs(self, what: str) -> None:
-        destination = ARTIFACTS / f"federation-rtt-{what}-{time.strftime('%Y%m%dT%H%M%S')}"
-        try:
-            destination.mkdir(parents=True, exist_ok=True)
-            for dc in self.dcs.values():
-                for log in dc.server.workdir.glob("atoll-*.log"):
-                    (destination / f"{dc.server.name}-{log.name}").write_bytes(log.read_bytes())
-            print(f"federation logs kept in {destination}")
-        except OSError as exc:  # pragma: no cover - diagnostics only
-            print(f"could not keep the federation logs: {exc}")
+    def keep_logs(self, destination: Path) -> Path:
+        """Copy every server's log files under `destination`; returns it."""
+        destination.mkdir(parents=True, exist_ok=True)
+        for dc in self.dcs.values():
+            for log in dc.server.workdir.glob("atoll-*.log"):
+                (destination / f"{dc.server.name}-{log.name}").write_bytes(log.read_bytes())
+        return destination
 
     def close(self) -> None:
         try:
@@ -358,20 +352,12 @@ class RelayedFederation:
 def fed(tmp_path_factory, request):
     require_binary()
     federation = RelayedFederation(tmp_path_factory.mktemp("federation-rtt"))
-    failed_before = request.session.testsfailed
-    try:
+
+    def start() -> None:
         federation.start()
         _register_web(federation)
-    except BaseException:
-        federation.keep_logs("start")
-        federation.close()
-        raise
-    yield federation
-    try:
-        if request.session.testsfailed > failed_before:
-            federation.keep_logs("tests")
-    finally:
-        federation.close()
+
+    yield from running(federation, request, "federation-rtt", start)
 
 
 def _register_web(fed: RelayedFederation) -> None:
