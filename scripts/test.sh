@@ -4,9 +4,9 @@
 #   scripts/test.sh [extra pytest arguments]
 #
 # On a fresh Debian 12 machine it first installs what the tests need (only
-# what is missing), then runs rustfmt, clippy, the release build, the Rust
-# tests and the end-to-end suite in tests/e2e against target/e2e/atoll (the `e2e` profile:
-# the release profile without LTO and lighter optimisation, built in about half the time):
+# what is missing), then runs rustfmt, clippy, the build, the Rust
+# tests and the end-to-end suite in tests/e2e against target/e2e/atoll, all in the `e2e` profile
+# (the release profile without LTO, with lighter optimisation and debug assertions):
 # first every test against `atoll dev`, then the client tests (modules marked
 # client_api) again against a client node of a 3-server cluster.
 # Between the Rust tests and the end-to-end suite, scripts/fuzz.sh runs every fuzz
@@ -174,10 +174,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 log "cargo build --profile e2e"
 cargo build --profile e2e
 
-# The unit and property tests in the debug profile: building them there takes a quarter of
-# the time the release profile's LTO takes for a dozen test binaries, and they run as fast.
-log "cargo test --workspace"
-cargo test --workspace
+# The unit and property tests in the same profile: the dependencies are built once for both.
+log "cargo test --workspace --profile e2e"
+cargo test --workspace --profile e2e
 
 # libFuzzer targets (fuzz/): a crash fails here and names its reproducer.
 log "fuzzing (scripts/fuzz.sh, ${FUZZ_SECONDS:-30}s per target)"
