@@ -9,12 +9,17 @@
 //! its answer (status, headers, `X-Consul-Index` among them, body) becomes this one. Whoever
 //! answers there treats its own datacenter as local; a compute node's relays are the
 //! servers of its own datacenter, which forward once more.
+//!
+//! A node that holds no key/value table (a compute node) sends every request for keys or
+//! sessions ([`needs_key_table`]) to the server its cluster names the same way
+//! ([`to_key_server`]), through the same client.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use atoll_cluster::{Relay, Route};
+use atoll_cluster::{ClusterError, Relay, Route};
+use atoll_state::Table;
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri};
@@ -272,13 +277,17 @@ where
         let foreign = named
             .as_deref()
             .is_some_and(|dc| dc != own && self.context.federation().route(dc) != Route::Local);
+        // Keys and sessions live on the servers only where this node holds none.
+        let to_server = !foreign
+            && needs_key_table(request.uri().path())
+            && !self.context.cluster().holds(Table::Kv);
         let look_in_body =
             named.is_none() && names_datacenter_in_body(request.method(), request.uri().path());
         // In a secondary datacenter, policies and global tokens are written in the primary.
         let acl_write = !foreign
             && self.context.acl().replicates_into(own)
             && is_acl_write(request.method(), request.uri().path());
-        if !foreign && !look_in_body && !acl_write {
+        if !foreign && !look_in_body && !acl_write && !to_server {
             return Either::Left(self.inner.call(request));
         }
         let inner = self.inner.clone();
@@ -294,6 +303,9 @@ where
                     return Ok(failure(&path, StatusCode::BAD_REQUEST, e.to_string()));
                 }
             };
+            if to_server {
+                return Ok(to_key_server(&context, Request::from_parts(parts, body)).await);
+            }
             let dc = if acl_write {
                 acl_write_target(&context, &parts.method, parts.uri.path(), &body)
             } else {
@@ -415,6 +427,131 @@ pub async fn forward_to_servers(context: &ApiContext, request: Request<Bytes>) -
         Ok(answer) => answer,
         Err(refusal) => crate::consul_headers(context, refusal),
     }
+}
+
+/// Whether the answer to a request for `path` reads or writes keys or sessions (the
+/// key/value table), which a compute node does not hold.
+pub fn needs_key_table(path: &str) -> bool {
+    path == "/v1/kv"
+        || path.starts_with("/v1/kv/")
+        || path.starts_with("/v1/session/")
+        || path == "/v1/txn"
+        || path == "/v1/snapshot"
+}
+
+/// Sends a request that needs keys or sessions, made to a node that holds none, to the
+/// server [`Cluster::server_http`](atoll_cluster::Cluster::server_http) names, and answers
+/// with the server's answer as it is: status, headers (`X-Consul-Index` among them) and
+/// body. A blocking query waits there. No server known or none reachable: Consul's answer
+/// for no leader, within the connect budget.
+pub async fn to_key_server(context: &ApiContext, request: Request<Bytes>) -> Response {
+    let path = request.uri().path().to_string();
+    let hops = hops_of(&request);
+    let servers = match context.cluster().server_http() {
+        // A request that already came through a node goes no further (a misconfigured
+        // server naming a node that holds no keys would send it round).
+        Some(addr) if hops < MAX_HOPS => server_relays(&addr).await,
+        _ => Vec::new(),
+    };
+    let answer = if servers.is_empty() {
+        Err(Unanswered::NoServer)
+    } else {
+        let request = with_default_token(context, session_on_this_node(context.node(), request));
+        send(context.forwarder(), &servers, request, hops + 1).await
+    };
+    let refusal = match answer {
+        Ok(answer) => return answer,
+        Err(Unanswered::NoServer) => {
+            tracing::debug!(%path, server = ?context.cluster().server_http(), "no server reachable for keys and sessions");
+            failure(
+                &path,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ClusterError::NoLeader.to_string(),
+            )
+        }
+        Err(Unanswered::Failed(server, reason)) => failure(
+            &path,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "rpc error forwarding to server {server}: {reason}; the request may still be applied"
+            ),
+        ),
+    };
+    crate::consul_headers(context, refusal)
+}
+
+/// The addresses of the server `addr` (`host:port`) names: itself when it is an address,
+/// else what the name resolves to (none when it does not resolve in time).
+async fn server_relays(addr: &str) -> Vec<Relay> {
+    let relay = |http_addr| Relay {
+        name: addr.to_string(),
+        http_addr,
+        dns_addr: None,
+    };
+    if let Ok(http_addr) = addr.parse::<std::net::SocketAddr>() {
+        return vec![relay(http_addr)];
+    }
+    match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host(addr)).await {
+        Ok(Ok(found)) => found.take(2).map(relay).collect(),
+        Ok(Err(e)) => {
+            tracing::debug!(server = addr, error = %e, "cannot resolve the server");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A request that carries no token is made with the node's default token, as this node
+/// would answer it itself (and as a Consul client agent fills it in before forwarding).
+fn with_default_token(context: &ApiContext, mut request: Request<Bytes>) -> Request<Bytes> {
+    let settings = context.acl();
+    if !settings.enabled
+        || crate::acl::request_token(request.headers(), request.uri().query()).is_some()
+    {
+        return request;
+    }
+    let default = settings.default_token();
+    if let Some(value) = default.and_then(|token| HeaderValue::from_str(&token).ok()) {
+        request
+            .headers_mut()
+            .insert(HeaderName::from_static("x-consul-token"), value);
+    }
+    request
+}
+
+/// A session created through a node that holds no sessions belongs to that node, as one
+/// created through a Consul client agent does: a `PUT /v1/session/create` that names no
+/// `Node` names this one before it goes to the server (which would otherwise fill in its
+/// own name).
+fn session_on_this_node(node: &str, request: Request<Bytes>) -> Request<Bytes> {
+    if request.method() != Method::PUT || request.uri().path() != "/v1/session/create" {
+        return request;
+    }
+    let (parts, body) = request.into_parts();
+    let body = with_node(&body, node).unwrap_or(body);
+    Request::from_parts(parts, body)
+}
+
+/// `body` (a session to create, or empty) naming `node` when it names none; `None` when
+/// it names one already or is not a JSON object (the server then answers it as it is).
+pub(crate) fn with_node(body: &[u8], node: &str) -> Option<Bytes> {
+    let mut fields = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Map::new()
+    } else {
+        match serde_json::from_slice(body).ok()? {
+            serde_json::Value::Object(fields) => fields,
+            _ => return None,
+        }
+    };
+    let named = fields.iter().any(|(key, value)| {
+        normalize_name(key) == "node" && value.as_str().is_some_and(|n| !n.is_empty())
+    });
+    if named {
+        return None;
+    }
+    fields.retain(|key, _| normalize_name(key) != "node");
+    fields.insert("Node".into(), serde_json::Value::String(node.into()));
+    serde_json::to_vec(&fields).ok().map(Bytes::from)
 }
 
 /// How many nodes forwarded a request already.

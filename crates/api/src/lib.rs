@@ -229,3 +229,6 @@ mod tests;
 
 #[cfg(test)]
 mod acl_tests;
+
+#[cfg(test)]
+mod proxy_tests;

@@ -75,7 +75,8 @@ pub fn forming_metrics(cluster: &ClusterHandle, version: &str) -> Response {
 /// Every family of this node, now.
 pub fn scrape(context: &ApiContext) -> Vec<Family> {
     let mut families = node_families(context.cluster(), context.version());
-    families.extend(state_families(context.store()));
+    let holds_kv = context.cluster().holds(atoll_state::Table::Kv);
+    families.extend(state_families(context.store(), holds_kv));
     families
 }
 
@@ -99,14 +100,15 @@ fn node_families(cluster: &ClusterHandle, version: &str) -> Vec<Family> {
 
 /// The sizes of the replicated state. The tables are persistent maps: they are copied (in
 /// constant time) under the store's read lock and counted after it, so a scrape of a large
-/// catalog does not hold writers back.
-fn state_families(store: &atoll_cluster::Store) -> Vec<Family> {
+/// catalog does not hold writers back. Keys and sessions are counted only where the node
+/// holds them (a compute node holds none: a zero there would be wrong, not small).
+fn state_families(store: &atoll_cluster::Store, holds_kv: bool) -> Vec<Family> {
     let tables = store.read(|state| Tables {
         nodes: (*state.nodes).clone(),
         services: (*state.services).clone(),
         checks: (*state.checks).clone(),
-        kv_keys: state.kv.len(),
-        sessions: state.sessions.len(),
+        kv_keys: holds_kv.then(|| state.kv.len()),
+        sessions: holds_kv.then(|| state.sessions.len()),
         apps: (*state.workload.apps).clone(),
         deployments: state.workload.deployments.len(),
         tasks: (*state.workload.tasks).clone(),
@@ -120,8 +122,9 @@ struct Tables {
     nodes: Map<String, atoll_state::Node>,
     services: Map<String, Map<String, atoll_state::ServiceInstance>>,
     checks: Map<String, Map<String, atoll_state::Check>>,
-    kv_keys: usize,
-    sessions: usize,
+    /// `None` where the node holds no keys or sessions.
+    kv_keys: Option<usize>,
+    sessions: Option<usize>,
     apps: Map<String, atoll_state::AppSpec>,
     deployments: usize,
     tasks: Map<String, atoll_state::Allocation>,
@@ -188,7 +191,7 @@ fn table_families(state: &Tables) -> Vec<Family> {
     }
     let queued: u64 = state.queue.values().map(|u| u64::from(u.count)).sum();
 
-    vec![
+    let mut families = vec![
         gauge(
             "atoll_catalog_nodes",
             "Nodes in the catalog.",
@@ -206,8 +209,14 @@ fn table_families(state: &Tables) -> Vec<Family> {
         ),
         check_family,
         health_family,
-        gauge("atoll_kv_keys", "Keys in the KV store.", state.kv_keys),
-        gauge("atoll_sessions", "Open sessions.", state.sessions),
+    ];
+    if let Some(keys) = state.kv_keys {
+        families.push(gauge("atoll_kv_keys", "Keys in the KV store.", keys));
+    }
+    if let Some(sessions) = state.sessions {
+        families.push(gauge("atoll_sessions", "Open sessions.", sessions));
+    }
+    families.extend([
         gauge("atoll_apps", "Marathon apps.", state.apps.len()),
         gauge(
             "atoll_deployments",
@@ -226,7 +235,8 @@ fn table_families(state: &Tables) -> Vec<Family> {
             Kind::Gauge,
         )
         .number(&[], queued as f64),
-    ]
+    ]);
+    families
 }
 
 const STATUSES: [CheckStatus; 3] = [
@@ -616,7 +626,12 @@ mod tests {
                 })),
             );
         }
-        let families = state_families(&atoll_cluster::Store::new(state, 2));
+        let store = atoll_cluster::Store::new(state, 2);
+        let without_keys = state_families(&store, false);
+        assert!(!without_keys
+            .iter()
+            .any(|f| f.name == "atoll_kv_keys" || f.name == "atoll_sessions"));
+        let families = state_families(&store, true);
         let value = |name: &str| {
             families
                 .iter()
