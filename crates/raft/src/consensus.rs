@@ -53,6 +53,21 @@ const STEP_DOWN_SILENCE: Duration = Duration::from_millis(2000);
 /// slot, 3,600 with four). Throughput then grows with the batch, not with entries in flight.
 const WRITES_IN_FLIGHT: usize = 1;
 
+/// `ATOLL_WRITE_SLOTS`: proposals of each write group in flight at once, for measuring other
+/// settings than [`WRITES_IN_FLIGHT`] (`bench/write_path.py`); 1 to 64.
+fn writes_in_flight() -> usize {
+    std::env::var("ATOLL_WRITE_SLOTS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(WRITES_IN_FLIGHT, |slots| slots.clamp(1, 64))
+}
+
+/// `ATOLL_WRITE_GATHER=1`: a write that finds a proposal slot free first lets the runtime read
+/// requests already arrived, so that they join its batch (`group.rs`); off by default.
+fn gather_writes() -> bool {
+    std::env::var("ATOLL_WRITE_GATHER").is_ok_and(|v| v.trim() == "1")
+}
+
 /// A group's proposer calling `propose` on the node while it exists.
 fn proposer<F, Fut>(node: Weak<Inner>, propose: F) -> Propose
 where
@@ -197,6 +212,8 @@ impl Consensus {
             .await
             .map_err(|e| ClusterError::Stopped(e.to_string()))?;
         // The groups propose through the node they belong to, which they must not keep alive.
+        let slots = writes_in_flight();
+        let gather = gather_writes();
         let inner = Arc::new_cyclic(|me: &Weak<Inner>| {
             let writes = proposer(me.clone(), |consensus, command, wanted| async move {
                 consensus.write_anywhere(command, wanted).await
@@ -221,8 +238,8 @@ impl Consensus {
                 known: Mutex::new(BTreeMap::new()),
                 leader_contact: Mutex::new(None),
                 lease: Mutex::new(None),
-                writes: WriteGroup::new(WRITES_IN_FLIGHT, writes),
-                forwarded: WriteGroup::new(WRITES_IN_FLIGHT, forwarded),
+                writes: WriteGroup::new(slots, writes).gathering(gather),
+                forwarded: WriteGroup::new(slots, forwarded).gathering(gather),
             }
         });
         Ok(Consensus { inner })
@@ -544,7 +561,9 @@ impl Consensus {
 
     /// The leader as the membership records it, if one is known.
     pub fn leader_member(&self) -> Option<Member> {
-        let metrics = self.inner.raft.metrics().borrow().clone();
+        // Asked on every request (the Consul headers) and write: borrowed, not copied.
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
         let leader = metrics.current_leader?;
         metrics
             .membership_config
@@ -555,7 +574,8 @@ impl Consensus {
 
     /// Whether this node is the leader.
     pub fn is_leader(&self) -> bool {
-        let metrics = self.inner.raft.metrics().borrow().clone();
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
         metrics.current_leader == Some(self.inner.node_id) && metrics.state == ServerState::Leader
     }
 

@@ -55,6 +55,9 @@ pub(crate) struct WriteGroup {
     queue: Mutex<Vec<Waiting>>,
     slots: Arc<Semaphore>,
     propose: Propose,
+    /// Whether the write that took a free slot first yields once to the runtime, so that
+    /// requests that arrived meanwhile join its batch.
+    gather: bool,
 }
 
 impl WriteGroup {
@@ -64,7 +67,14 @@ impl WriteGroup {
             queue: Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(in_flight)),
             propose,
+            gather: false,
         }
+    }
+
+    /// The same group, gathering (see `gather`) when `gather` is true.
+    pub(crate) fn gathering(mut self, gather: bool) -> Self {
+        self.gather = gather;
+        self
     }
 
     /// Writes `command` with whatever else is queued, and returns its own outcome.
@@ -87,6 +97,11 @@ impl WriteGroup {
         let Ok(slot) = slot else {
             return Err(ClusterError::Stopped("write group closed".into()));
         };
+        if self.gather {
+            // tokio polls its I/O driver before running a yielded task again: requests
+            // already on their sockets are read and queued first.
+            tokio::task::yield_now().await;
+        }
         self.start_next(slot);
         outcome.await.unwrap_or_else(|_| Err(dropped()))
     }
