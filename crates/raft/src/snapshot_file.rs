@@ -543,3 +543,38 @@ impl AsyncSeek for SnapshotFile {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_larger_than_the_sync_step_is_synced_as_it_grows_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let part: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
+        let mut pending = PendingFile::begin(dir.path(), "1-1.snap").unwrap();
+        for _ in 0..6 {
+            pending.append_part(&part).unwrap();
+        }
+        assert!(
+            pending.synced >= 2 * SYNC_EVERY,
+            "synced {}",
+            pending.synced
+        );
+        assert!(pending.bytes - pending.synced < SYNC_EVERY);
+        let (path, bytes, _) = pending.finish().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes);
+
+        let mut file = std::fs::File::open(&path).unwrap();
+        read_header(&mut file, &path).unwrap();
+        let mut reader = std::io::BufReader::new(file);
+        let mut marker = [0u8; 1];
+        reader.read_exact(&mut marker).unwrap();
+        assert_eq!(marker[0], STATE_IN_PARTS);
+        let mut left = bytes - HEADER_LEN - 1;
+        for _ in 0..6 {
+            assert_eq!(read_part(&mut reader, &mut left).unwrap(), part);
+        }
+        assert_eq!(left, 0);
+    }
+}
