@@ -316,6 +316,15 @@ def main() -> int:
                   f" {ms(percentile(during, 50))}, p99 {ms(percentile(during, 99))},"
                   f" max {ms(during[-1]) if during else 'n/a'}; longest gap"
                   f" {ms(max(inside)) if inside else 'n/a'}")
+            print("  longest gaps (start into the run; where in a snapshot, from its start):")
+            for g in sorted(range(len(gaps)), key=gaps.__getitem__, reverse=True)[:5]:
+                where = "outside snapshots"
+                for n, (w_start, w_end) in enumerate(windows):
+                    if acks[g] < w_end and acks[g + 1] > w_start:
+                        where = (f"snapshot {n + 1} at +{ms(max(0.0, acks[g] - w_start))}"
+                                 f" of {ms(w_end - w_start)}")
+                        break
+                print(f"    {ms(gaps[g])} at {acks[g] - acks[0]:.2f} s, {where}")
         else:
             print("  (the node logged no `snapshot taken` lines; the gap above is the figure)")
         for _, line in events[:6]:

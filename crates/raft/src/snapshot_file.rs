@@ -4,7 +4,9 @@
 //! the snapshot exactly as it travels to a follower (`atoll_state::snapshot::encode_state`:
 //! a marker byte, then each part after its length; or, from a leader of an earlier release,
 //! one record holding the whole state). A snapshot is written part by part to a temporary
-//! file beside the others, synced, renamed into place and the directory synced; only then
+//! file beside the others (synced every few MiB as it grows, so that it never holds hundreds
+//! of MiB of dirty pages for the Raft log's fsyncs to queue behind), synced, renamed into
+//! place and the directory synced; only then
 //! does redb's meta name it, and only after that commit is the previous file deleted. A
 //! crash at any step thus leaves the previous snapshot in force and at most a stray file,
 //! which the next start removes.
@@ -40,6 +42,11 @@ const TEMPORARY: &str = ".tmp";
 const COMPLETE: &str = ".snap";
 /// Write buffer of the snapshot writer: parts are a few hundred KiB to a few MiB.
 const WRITE_BUFFER: usize = 1 << 20;
+/// Bytes a snapshot writer leaves unsynced at most. Hundreds of MiB of dirty pages written
+/// back at once make the Raft log's own fsyncs wait behind them (a write path stalled for a
+/// tenth of a second and more); synced every few MiB, the log's syncs interleave with the
+/// snapshot's.
+const SYNC_EVERY: u64 = 8 << 20;
 
 fn header() -> [u8; HEADER_LEN as usize] {
     let mut header = [0u8; HEADER_LEN as usize];
@@ -96,6 +103,8 @@ pub(crate) struct PendingFile {
     path: PathBuf,
     out: Option<BufWriter<std::fs::File>>,
     bytes: u64,
+    /// `bytes` when the file was last synced.
+    synced: u64,
     parts: u64,
 }
 
@@ -111,6 +120,7 @@ impl PendingFile {
             out: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
             path,
             bytes: 0,
+            synced: 0,
             parts: 0,
         };
         pending.write(&header())?;
@@ -125,6 +135,12 @@ impl PendingFile {
         out.write_all(bytes)
             .map_err(|e| io_failure("write", &self.path, e))?;
         self.bytes += bytes.len() as u64;
+        if self.bytes - self.synced >= SYNC_EVERY {
+            out.flush()
+                .and_then(|()| out.get_ref().sync_data())
+                .map_err(|e| io_failure("sync", &self.path, e))?;
+            self.synced = self.bytes;
+        }
         Ok(())
     }
 
@@ -525,5 +541,40 @@ impl AsyncSeek for SnapshotFile {
             Poll::Ready(Ok(position)) => Poll::Ready(Ok(position.saturating_sub(HEADER_LEN))),
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_larger_than_the_sync_step_is_synced_as_it_grows_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let part: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
+        let mut pending = PendingFile::begin(dir.path(), "1-1.snap").unwrap();
+        for _ in 0..6 {
+            pending.append_part(&part).unwrap();
+        }
+        assert!(
+            pending.synced >= 2 * SYNC_EVERY,
+            "synced {}",
+            pending.synced
+        );
+        assert!(pending.bytes - pending.synced < SYNC_EVERY);
+        let (path, bytes, _) = pending.finish().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes);
+
+        let mut file = std::fs::File::open(&path).unwrap();
+        read_header(&mut file, &path).unwrap();
+        let mut reader = std::io::BufReader::new(file);
+        let mut marker = [0u8; 1];
+        reader.read_exact(&mut marker).unwrap();
+        assert_eq!(marker[0], STATE_IN_PARTS);
+        let mut left = bytes - HEADER_LEN - 1;
+        for _ in 0..6 {
+            assert_eq!(read_part(&mut reader, &mut left).unwrap(), part);
+        }
+        assert_eq!(left, 0);
     }
 }

@@ -3,13 +3,14 @@
 //! state itself lives in memory; the snapshot plus the log after it rebuild it on start.
 //!
 //! A snapshot does not stop writes: on the apply task it takes a copy of the state, which
-//! costs O(1) because the tables are persistent maps that share their nodes, and openraft's
+//! costs O(1) because the tables are persistent maps that share their nodes (the derived
+//! indexes, which are not, are left out: the snapshot does not hold them), and openraft's
 //! builder task encodes that copy on a blocking thread, one part at a time
 //! (`atoll_state::snapshot::state_parts`), writing the parts to a new file as it goes, so
 //! the log's appends never wait for it and the encoded snapshot is never whole in memory.
-//! The file is synced and renamed into place; then one durable redb transaction makes it
-//! the snapshot, and only then is the previous file deleted, so a crash midway leaves the
-//! previous snapshot in force.
+//! The file is synced as it grows and at the end, and renamed into place; then one durable
+//! redb transaction makes it the snapshot, and only then is the previous file deleted, so a
+//! crash midway leaves the previous snapshot in force.
 //!
 //! Earlier releases kept the snapshot inside redb (in parts in the `snapshot` table, or
 //! before that as one record); such a snapshot still loads and is sent to followers, and
@@ -364,9 +365,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Taken here, on the apply task, so state and applied index agree; the tables are
-        // persistent maps, so the copy shares their nodes instead of copying the rows.
+        // persistent maps, so the copy shares their nodes instead of copying the rows, and the
+        // derived indexes (by service name, ...), which the snapshot does not hold, are left.
         let started = Instant::now();
-        let state = self.store.read(State::clone);
+        let state = self.store.read(State::replicated_copy);
         let copy_micros = started.elapsed().as_micros() as u64;
         self.snapshot_count += 1;
         let snapshot_id = match self.last_applied {

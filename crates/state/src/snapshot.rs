@@ -151,7 +151,7 @@ enum PartOut<'a> {
 /// part at a time ([`decode_state_parts`]).
 pub fn state_parts(state: &State) -> impl Iterator<Item = Result<Vec<u8>, EncodeError>> + '_ {
     let head = std::iter::once_with(move || {
-        let mut head = state.clone();
+        let mut head = state.replicated_copy();
         head.nodes = Rows::default();
         head.services = Grouped::default();
         head.checks = Grouped::default();
@@ -374,6 +374,24 @@ mod tests {
         let blob = encode_state(&state).unwrap();
         assert_eq!(blob[0], STATE_IN_PARTS);
         assert_eq!(decode_state(&blob).unwrap(), state);
+    }
+
+    #[test]
+    fn a_replicated_copy_snapshots_as_the_state_and_rebuilds_its_indexes() {
+        let state = large_state();
+        let mut copy = state.replicated_copy();
+        assert_eq!(
+            encode_state(&copy).unwrap(),
+            encode_state(&state).unwrap(),
+            "the same snapshot"
+        );
+        assert!(
+            copy.instances_of("web-1").is_empty(),
+            "no derived index copied"
+        );
+        copy.after_load();
+        assert_eq!(copy, state);
+        assert_eq!(copy.instances_of("web-1"), state.instances_of("web-1"));
     }
 
     #[test]

@@ -117,6 +117,53 @@ impl State {
         self.rebuild_derived();
     }
 
+    /// A copy of the replicated tables, for a snapshot: O(1) whatever the size, as the tables
+    /// share their nodes with this state. The derived indexes, which a snapshot does not hold
+    /// and whose copy would take time in proportion to the rows, are left empty (a state
+    /// decoded from the snapshot rebuilds them).
+    pub fn replicated_copy(&self) -> State {
+        // Destructured whole, so that a new field must be placed on one side or the other.
+        let State {
+            nodes,
+            services,
+            checks,
+            kv,
+            kv_tombstones,
+            kv_reaped_index,
+            indexes,
+            service_indexes,
+            workload,
+            sessions,
+            events,
+            queries,
+            acl_tokens,
+            acl_policies,
+            acl_bootstrap_index,
+            acl_secrets: _,
+            by_name: _,
+            sessions_by_node: _,
+            held_keys: _,
+        } = self;
+        State {
+            nodes: nodes.clone(),
+            services: services.clone(),
+            checks: checks.clone(),
+            kv: kv.clone(),
+            kv_tombstones: kv_tombstones.clone(),
+            kv_reaped_index: *kv_reaped_index,
+            indexes: indexes.clone(),
+            service_indexes: service_indexes.clone(),
+            workload: workload.clone(),
+            sessions: sessions.clone(),
+            events: events.clone(),
+            queries: queries.clone(),
+            acl_tokens: acl_tokens.clone(),
+            acl_policies: acl_policies.clone(),
+            acl_bootstrap_index: *acl_bootstrap_index,
+            ..State::default()
+        }
+    }
+
     /// Rebuilds derived indexes after deserialising a snapshot.
     fn rebuild_derived(&mut self) {
         self.by_name.clear();
