@@ -594,7 +594,7 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         "  DNS:      {} (udp, tcp), domain {}",
         settings.dns_addr, settings.domain
     );
-    if settings.role != Role::Dev {
+    if server && settings.role != Role::Dev {
         println!("  RPC:      {}", settings.rpc_addr);
     }
     if let Some(pool) = &lan_pool {

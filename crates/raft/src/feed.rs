@@ -567,6 +567,8 @@ impl FeedHub {
         };
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // `changed()` marks the membership seen: what it announced is sent after the entries.
+        let mut servers_changed = false;
         loop {
             let upto = *position.borrow_and_update();
             while upto > cursor {
@@ -582,13 +584,16 @@ impl FeedHub {
                 sender.send(Bytes::from(chunk)).await.map_err(gone)?;
                 cursor = reached;
             }
-            if servers.has_changed().unwrap_or(false) {
+            if std::mem::take(&mut servers_changed) {
                 let bytes = servers.borrow_and_update().clone();
                 sender.send(bytes).await.map_err(gone)?;
             }
             tokio::select! {
                 changed = position.changed() => changed.map_err(|_| "the hub stopped".to_string())?,
-                changed = servers.changed() => changed.map_err(|_| "the hub stopped".to_string())?,
+                changed = servers.changed() => {
+                    changed.map_err(|_| "the hub stopped".to_string())?;
+                    servers_changed = true;
+                }
                 _ = keepalive.tick() => {
                     let alive = control_frame(&Control::Applied { index: cursor })?;
                     sender.send(Bytes::from(alive)).await.map_err(gone)?;

@@ -97,6 +97,9 @@ struct View {
     position: Option<Resume>,
     /// Servers whose stream failed, and when.
     failed: HashMap<String, Instant>,
+    /// The server whose history the copy kept at the last stop follows: tried first, so
+    /// that the node resumes there.
+    home: Option<String>,
 }
 
 /// The copy a stopped node keeps.
@@ -106,6 +109,9 @@ struct KeptCopy {
     history: u64,
     index: u64,
     state: State,
+    /// The RPC address of the server whose history the copy follows.
+    #[serde(default)]
+    server: String,
 }
 
 impl Replica {
@@ -114,6 +120,7 @@ impl Replica {
     /// [`Replica::run`].
     pub fn start(config: ReplicaConfig, store: Store) -> Self {
         let mut position = None;
+        let mut home = None;
         let mut old_raft_id = None;
         if let Some(dir) = &config.data_dir {
             old_raft_id = retire_learner_log(dir);
@@ -123,6 +130,7 @@ impl Replica {
                     history: kept.history,
                     index: kept.index,
                 });
+                home = Some(kept.server).filter(|server| !server.is_empty());
             }
         }
         Replica {
@@ -135,6 +143,7 @@ impl Replica {
                 data_dir: config.data_dir,
                 view: Mutex::new(View {
                     position,
+                    home,
                     ..View::default()
                 }),
                 ready: watch::Sender::new(false),
@@ -184,7 +193,11 @@ impl Replica {
                 servers.push(seed.clone());
             }
         }
-        let order = server_order(&self.inner.member.name, &servers);
+        let mut order = server_order(&self.inner.member.name, &servers);
+        if let Some(home) = &view.home {
+            order.retain(|server| server != home);
+            order.insert(0, home.clone());
+        }
         let (mut fresh, failed): (Vec<String>, Vec<String>) = order.into_iter().partition(|s| {
             view.failed
                 .get(s)
@@ -192,6 +205,18 @@ impl Replica {
         });
         fresh.extend(failed);
         fresh
+    }
+
+    /// The voters' RPC addresses, as the stream told.
+    fn voters(&self) -> Vec<String> {
+        self.inner
+            .view
+            .lock()
+            .members
+            .iter()
+            .filter(|(_, member, voter)| *voter && member.server)
+            .map(|(_, member, _)| member.rpc_addr.clone())
+            .collect()
     }
 
     /// The server this node prefers now, by the voters the stream told of.
@@ -227,11 +252,17 @@ impl Replica {
                     Ok(Moved::Ended) => {
                         tracing::debug!(%server, "the server ended the feed");
                     }
+                    Err(e) if not_ready(&e) => {
+                        // Not a failure: the server has no leader yet (a forming cluster).
+                        tracing::debug!(%server, error = %e, "this server cannot feed yet");
+                        continue;
+                    }
                     Err(e) => {
                         tracing::debug!(%server, error = %e, "feed from this server failed");
                     }
                 }
                 let mut view = self.inner.view.lock();
+                view.home = None;
                 view.failed.insert(server.clone(), Instant::now());
                 if view.server.as_deref() == Some(server.as_str()) {
                     view.server = None;
@@ -272,12 +303,18 @@ impl Replica {
                     state,
                 } => {
                     self.inner.store.replace(*state, index);
-                    self.inner.view.lock().position = Some(Resume { history, index });
+                    let mut view = self.inner.view.lock();
+                    view.position = Some(Resume { history, index });
+                    view.home = Some(server.to_string());
+                    drop(view);
                     self.inner.snapshots.fetch_add(1, Ordering::Relaxed);
                     self.inner.ready.send_replace(true);
                 }
                 FeedFrame::Resumed { history, index } => {
-                    self.inner.view.lock().position = Some(Resume { history, index });
+                    let mut view = self.inner.view.lock();
+                    view.position = Some(Resume { history, index });
+                    view.home = Some(server.to_string());
+                    drop(view);
                     self.inner.resumes.fetch_add(1, Ordering::Relaxed);
                     self.inner.ready.send_replace(true);
                 }
@@ -304,9 +341,14 @@ impl Replica {
                         view.leader = leader;
                     }
                     self.retire_old_id().await;
-                    // A server that was away is back, or the servers changed: go to the
-                    // one this node belongs to.
-                    if self.preferred().is_some_and(|p| p != server) {
+                    // A node without a copy goes to the server its name hashes to before it
+                    // is sent one (it may have landed elsewhere while a cluster formed); a
+                    // node whose server left the voters moves on. Otherwise it stays: moving
+                    // would cost a copy of the state, as histories are per server.
+                    let voters = self.voters();
+                    let left = !voters.is_empty() && !voters.iter().any(|v| v == server);
+                    let unfed = resume.is_none() && !*self.inner.ready.borrow();
+                    if (left || unfed) && self.preferred().is_some_and(|p| p != server) {
                         return Ok(Moved::ToPreferred);
                     }
                 }
@@ -418,15 +460,19 @@ impl Replica {
         let Some(dir) = self.inner.data_dir.clone() else {
             return;
         };
-        let Some(position) = self.inner.view.lock().position else {
-            return;
+        let (position, server) = {
+            let view = self.inner.view.lock();
+            let Some(position) = view.position else {
+                return;
+            };
+            (position, view.server.clone().unwrap_or_default())
         };
         // The position first: the copy then holds at least every entry up to it, and
         // replaying an entry already held changes nothing.
         let store = self.inner.store.clone();
         let written = tokio::task::spawn_blocking(move || {
             let state = store.read(|state| state.without_kv());
-            save_copy(&dir, position, state)
+            save_copy(&dir, position, state, server)
         })
         .await;
         match written {
@@ -438,6 +484,17 @@ impl Replica {
             Err(e) => tracing::warn!(error = %e, "cannot keep the state's copy"),
         }
     }
+}
+
+/// Whether the server refused the stream only because it cannot feed yet (503: it knows no
+/// leader).
+fn not_ready(error: &crate::feed::FeedError) -> bool {
+    matches!(
+        error,
+        crate::feed::FeedError::Transport(e)
+            if matches!(&e.failure, crate::transport::Failure::Status { status, .. }
+                if *status == hyper::StatusCode::SERVICE_UNAVAILABLE)
+    )
 }
 
 /// Why a stream was left.
@@ -462,12 +519,13 @@ fn copy_path(dir: &Path) -> PathBuf {
     dir.join(COPY_FILE)
 }
 
-fn save_copy(dir: &Path, position: Resume, state: State) -> Result<(), String> {
+fn save_copy(dir: &Path, position: Resume, state: State, server: String) -> Result<(), String> {
     let kept = KeptCopy {
         version: COPY_VERSION,
         history: position.history,
         index: position.index,
         state,
+        server,
     };
     let bytes = atoll_state::snapshot::encode(&kept).map_err(|e| e.to_string())?;
     let path = copy_path(dir);

@@ -195,6 +195,13 @@ async fn feed(
             "only servers serve the compute nodes' feed".to_string(),
         ));
     }
+    // A server that is not part of a cluster with a leader yet has no state worth sending.
+    if consensus.leader_member().is_none() {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server knows no leader yet".to_string(),
+        ));
+    }
     if request.version > crate::feed::FEED_VERSION {
         return Err((
             StatusCode::BAD_REQUEST,
