@@ -439,7 +439,10 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                 }
             }
             NodeCluster::Compute(replica) => {
-                replica.wait_ready().await;
+                replica
+                    .wait_ready()
+                    .await
+                    .context("cannot join the cluster")?;
                 tracing::info!("holding a copy of the cluster's state");
             }
         }

@@ -74,6 +74,10 @@ pub struct FeedRequest {
     /// The feed version the node speaks.
     #[serde(default)]
     pub version: u32,
+    /// The node's datacenter: a server of another one refuses the stream (empty: not
+    /// checked).
+    #[serde(default)]
+    pub datacenter: String,
 }
 
 /// A position in a server's history: resumable on the server that gave it while its

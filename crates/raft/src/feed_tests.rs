@@ -74,6 +74,7 @@ async fn a_compute_node_holds_every_table_but_keys_and_reads_its_own_writes() {
     tokio::spawn(async move { running.run().await });
     tokio::time::timeout(Duration::from_secs(10), node.wait_ready())
         .await
+        .unwrap()
         .unwrap();
     assert!(node.store().read(|s| s.nodes.contains_key("before")));
     assert!(
@@ -133,6 +134,7 @@ async fn a_compute_node_restarted_on_its_data_dir_resumes_without_a_copy() {
     tokio::spawn(async move { running.run().await });
     tokio::time::timeout(Duration::from_secs(10), node.wait_ready())
         .await
+        .unwrap()
         .unwrap();
     until("the entry made while away", || {
         node.store().read(|s| s.nodes.contains_key("while-away"))
@@ -150,6 +152,7 @@ async fn a_compute_node_restarted_on_its_data_dir_resumes_without_a_copy() {
     tokio::spawn(async move { running.run().await });
     tokio::time::timeout(Duration::from_secs(10), node.wait_ready())
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(node.feed_stats().snapshots, 1);
     until("the copy of the other cluster", || {
@@ -184,6 +187,7 @@ async fn a_learner_era_data_dir_starts_as_a_compute_node() {
     tokio::spawn(async move { running.run().await });
     tokio::time::timeout(Duration::from_secs(10), node.wait_ready())
         .await
+        .unwrap()
         .unwrap();
     assert!(node.store().read(|s| s.nodes.contains_key("before")));
     node.write(register("mine")).await.unwrap();

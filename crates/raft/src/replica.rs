@@ -74,8 +74,9 @@ struct Inner {
     seeds: Vec<String>,
     data_dir: Option<PathBuf>,
     view: Mutex<View>,
-    /// Whether the node holds a copy (after the first snapshot or resume).
-    ready: watch::Sender<bool>,
+    /// Whether the node holds a copy (after the first snapshot or resume), or why it was
+    /// refused for good (`None`: not yet).
+    ready: watch::Sender<Option<Result<(), String>>>,
     snapshots: AtomicU64,
     resumes: AtomicU64,
     entries: AtomicU64,
@@ -146,7 +147,7 @@ impl Replica {
                     home,
                     ..View::default()
                 }),
-                ready: watch::Sender::new(false),
+                ready: watch::Sender::new(None),
                 snapshots: AtomicU64::new(0),
                 resumes: AtomicU64::new(0),
                 entries: AtomicU64::new(0),
@@ -171,10 +172,19 @@ impl Replica {
         self.inner.old_raft_id.lock()
     }
 
-    /// Waits until the node holds a copy of the state.
-    pub async fn wait_ready(&self) {
+    /// Waits until the node holds a copy of the state; fails when a server refused the
+    /// node for good (another datacenter).
+    pub async fn wait_ready(&self) -> Result<(), ClusterError> {
         let mut ready = self.inner.ready.subscribe();
-        let _ = ready.wait_for(|ready| *ready).await;
+        let outcome = ready
+            .wait_for(Option::is_some)
+            .await
+            .map(|ready| ready.clone())
+            .map_err(|_| ClusterError::Stopped("the stream stopped".to_string()))?;
+        match outcome {
+            Some(Err(reason)) => Err(ClusterError::Refused(reason)),
+            _ => Ok(()),
+        }
     }
 
     /// The servers to try, best first: by the node's rendezvous order over the voters the
@@ -252,6 +262,13 @@ impl Replica {
                     Ok(Moved::Ended) => {
                         tracing::debug!(%server, "the server ended the feed");
                     }
+                    Err(e) if refused_for_good(&e) => {
+                        tracing::error!(%server, "{e}");
+                        if self.inner.ready.borrow().is_none() {
+                            self.inner.ready.send_replace(Some(Err(e.to_string())));
+                            return;
+                        }
+                    }
                     Err(e) if not_ready(&e) => {
                         // Not a failure: the server has no leader yet (a forming cluster).
                         tracing::debug!(%server, error = %e, "this server cannot feed yet");
@@ -284,6 +301,7 @@ impl Replica {
                     node: self.inner.member.name.clone(),
                     resume,
                     version: crate::feed::FEED_VERSION,
+                    datacenter: self.inner.member.datacenter.clone(),
                 },
             )
             .await?;
@@ -308,7 +326,7 @@ impl Replica {
                     view.home = Some(server.to_string());
                     drop(view);
                     self.inner.snapshots.fetch_add(1, Ordering::Relaxed);
-                    self.inner.ready.send_replace(true);
+                    self.inner.ready.send_replace(Some(Ok(())));
                 }
                 FeedFrame::Resumed { history, index } => {
                     let mut view = self.inner.view.lock();
@@ -316,7 +334,7 @@ impl Replica {
                     view.home = Some(server.to_string());
                     drop(view);
                     self.inner.resumes.fetch_add(1, Ordering::Relaxed);
-                    self.inner.ready.send_replace(true);
+                    self.inner.ready.send_replace(Some(Ok(())));
                 }
                 FeedFrame::Entries(entries) => {
                     let count = entries.len() as u64;
@@ -347,7 +365,7 @@ impl Replica {
                     // would cost a copy of the state, as histories are per server.
                     let voters = self.voters();
                     let left = !voters.is_empty() && !voters.iter().any(|v| v == server);
-                    let unfed = resume.is_none() && !*self.inner.ready.borrow();
+                    let unfed = resume.is_none() && self.inner.ready.borrow().is_none();
                     if (left || unfed) && self.preferred().is_some_and(|p| p != server) {
                         return Ok(Moved::ToPreferred);
                     }
@@ -494,6 +512,17 @@ fn not_ready(error: &crate::feed::FeedError) -> bool {
         crate::feed::FeedError::Transport(e)
             if matches!(&e.failure, crate::transport::Failure::Status { status, .. }
                 if *status == hyper::StatusCode::SERVICE_UNAVAILABLE)
+    )
+}
+
+/// Whether the server refused the node for what it is (409: another datacenter): trying
+/// again cannot help.
+fn refused_for_good(error: &crate::feed::FeedError) -> bool {
+    matches!(
+        error,
+        crate::feed::FeedError::Transport(e)
+            if matches!(&e.failure, crate::transport::Failure::Status { status, .. }
+                if *status == hyper::StatusCode::CONFLICT)
     )
 }
 

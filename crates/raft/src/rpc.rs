@@ -195,6 +195,19 @@ async fn feed(
             "only servers serve the compute nodes' feed".to_string(),
         ));
     }
+    let datacenter = &consensus.member().datacenter;
+    if !request.datacenter.is_empty() && &request.datacenter != datacenter {
+        return Err((
+            StatusCode::CONFLICT,
+            format!(
+                "{} ({}) is in datacenter {datacenter:?}, not {:?}: a compute node streams only from \
+                 the servers of its own datacenter",
+                consensus.member().name,
+                consensus.member().rpc_addr,
+                request.datacenter
+            ),
+        ));
+    }
     // A server that is not part of a cluster with a leader yet has no state worth sending.
     if consensus.leader_member().is_none() {
         return Err((
