@@ -443,6 +443,9 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
                     .wait_ready()
                     .await
                     .context("cannot join the cluster")?;
+                if let Some(pool) = &lan_pool {
+                    lan::join_once(pool, &cluster, Duration::from_secs(2)).await;
+                }
                 tracing::info!("holding a copy of the cluster's state");
             }
         }

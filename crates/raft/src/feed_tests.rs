@@ -20,17 +20,17 @@ fn register(node: &str) -> Command {
 }
 
 /// A single server listening for RPC on a free loopback port, serving the feed.
-async fn server(dir: &std::path::Path) -> (Consensus, String) {
+async fn server(dir: &std::path::Path) -> (Consensus, String, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let mut config = config(dir, 10_000);
     config.member.rpc_addr = address.clone();
     let consensus = started(config).await;
     let rpc = consensus.clone();
-    tokio::spawn(async move { rpc.serve_rpc(listener, 1).await });
+    let listening = tokio::spawn(async move { rpc.serve_rpc(listener, 1).await });
     let feed = consensus.clone();
     tokio::spawn(async move { feed.serve_feed().await });
-    (consensus, address)
+    (consensus, address, listening)
 }
 
 fn compute(name: &str, server: &str, data_dir: Option<&std::path::Path>) -> Replica {
@@ -65,7 +65,7 @@ async fn until(what: &str, mut condition: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compute_node_holds_every_table_but_keys_and_reads_its_own_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, address) = server(dir.path()).await;
+    let (server, address, _listening) = server(dir.path()).await;
     server.write(put("secret", "v")).await.unwrap();
     server.write(register("before")).await.unwrap();
 
@@ -113,7 +113,7 @@ async fn a_compute_node_holds_every_table_but_keys_and_reads_its_own_writes() {
 async fn a_compute_node_restarted_on_its_data_dir_resumes_without_a_copy() {
     let dir = tempfile::tempdir().unwrap();
     let node_dir = tempfile::tempdir().unwrap();
-    let (server, address) = server(dir.path()).await;
+    let (server, address, listening) = server(dir.path()).await;
     server.write(register("before")).await.unwrap();
     {
         let node = compute("c1", &address, Some(node_dir.path()));
@@ -121,6 +121,7 @@ async fn a_compute_node_restarted_on_its_data_dir_resumes_without_a_copy() {
         let task = tokio::spawn(async move { running.run().await });
         tokio::time::timeout(Duration::from_secs(10), node.wait_ready())
             .await
+            .unwrap()
             .unwrap();
         node.write(register("mine")).await.unwrap();
         task.abort();
@@ -142,11 +143,12 @@ async fn a_compute_node_restarted_on_its_data_dir_resumes_without_a_copy() {
     .await;
     let stats = node.feed_stats();
     assert_eq!((stats.snapshots, stats.resumes), (0, 1), "{stats:?}");
-    // A copy kept for another history (a rebuilt cluster) is not resumed: the new server
-    // sends a whole copy.
+    // A copy kept for another history (a rebuilt cluster, its first server gone) is not
+    // resumed: the new server sends a whole copy.
     node.shutdown().await;
+    listening.abort();
     let other_dir = tempfile::tempdir().unwrap();
-    let (_other, other_address) = self::server(other_dir.path()).await;
+    let (_other, other_address, _) = self::server(other_dir.path()).await;
     let node = compute("c1", &other_address, Some(node_dir.path()));
     let running = node.clone();
     tokio::spawn(async move { running.run().await });
@@ -175,7 +177,7 @@ async fn a_learner_era_data_dir_starts_as_a_compute_node() {
     };
     assert!(node_dir.path().join(crate::storage::DB_FILE).exists());
     let dir = tempfile::tempdir().unwrap();
-    let (server, address) = server(dir.path()).await;
+    let (server, address, _listening) = server(dir.path()).await;
     server.write(register("before")).await.unwrap();
     let node = compute("c1", &address, Some(node_dir.path()));
     assert!(
