@@ -1,8 +1,10 @@
 //! Node liveness. With a LAN gossip pool (the default), the leader follows its pool's view:
 //! a member the pool declares failed gets its `serfHealth` critical, one alive again gets it
-//! passing, all the changes seen at once in one Raft entry. Every node also heartbeats to
-//! the leader, which judges by them the nodes its pool does not know (nodes running without
-//! a LAN pool, `--serf-lan-port 0`, or not heard of yet): it marks their `serfHealth`
+//! passing, all the changes seen at once in one Raft entry. Every server also heartbeats to
+//! the leader, and every server reports the compute nodes whose state streams it holds (a
+//! compute node's own `Cluster::heartbeat` sends nothing); the leader judges by them the
+//! nodes its pool does not know (nodes running without a LAN pool, `--serf-lan-port 0`, or
+//! not heard of yet): it marks their `serfHealth`
 //! critical when the heartbeats stop for the TTL, and passing again when they resume. Because `serfHealth` counts against every service on the node, its
 //! instances leave DNS in the same Raft entry.
 //!

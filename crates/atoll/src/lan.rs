@@ -118,6 +118,28 @@ fn servers_to_join(
     targets
 }
 
+/// One join of the servers the pool does not hold alive, at most `within`: a compute node
+/// makes it as soon as its stream named the servers, so that it is a pool member (listed by
+/// every node) by the time it says it is ready.
+pub async fn join_once(pool: &Pool, cluster: &ClusterHandle, within: std::time::Duration) {
+    let alive: Vec<SocketAddr> = pool
+        .view()
+        .members
+        .iter()
+        .filter(|(_, status)| *status == MemberStatus::Alive)
+        .map(|(id, _)| id.addr)
+        .collect();
+    let targets = servers_to_join(&cluster.members(), pool.local_addr(), &alive);
+    if targets.is_empty() {
+        return;
+    }
+    match tokio::time::timeout(within, pool.join(&targets)).await {
+        Ok(Ok(joined)) => tracing::debug!(joined, "joined servers' LAN pool"),
+        Ok(Err(e)) => tracing::debug!(error = %e, "LAN join of the servers"),
+        Err(_) => tracing::debug!("LAN join of the servers: no answer yet"),
+    }
+}
+
 /// Joins the servers of the datacenter (from the Raft membership) that the pool does not
 /// hold alive: every second while it holds no one, every few seconds after. So a node finds
 /// the pool once it joined the cluster, a restarted node finds it again, and a pool split

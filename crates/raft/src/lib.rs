@@ -6,12 +6,14 @@
 mod auth;
 mod cluster;
 mod consensus;
+pub mod feed;
 mod forward;
 mod group;
 mod listener;
 mod log_store;
 mod network;
 mod protocol;
+mod replica;
 mod rpc;
 mod snapshot_file;
 mod state_machine;
@@ -22,6 +24,8 @@ mod wire;
 pub use auth::{ClusterSecret, RpcTls};
 pub use cluster::JoinPlan;
 pub use consensus::{Consensus, ConsensusConfig};
+pub use feed::{FeedClient, FeedEntry, FeedError, FeedFrame, FeedRequest, FeedStream, Resume};
+pub use replica::{Replica, ReplicaConfig};
 pub use snapshot_file::SnapshotFile;
 
 use atoll_cluster::Member;
@@ -41,5 +45,7 @@ openraft::declare_raft_types!(
 
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod feed_tests;
 #[cfg(test)]
 mod tests;

@@ -137,8 +137,30 @@ pub async fn members(
         }
     }
     for (id, member, _) in context.cluster().members() {
-        if !listed.contains(&member.name) && authz.reads_node(&member.name) {
+        if listed.insert(member.name.clone()) && authz.reads_node(&member.name) {
             members.push(member_json(&context, id, &member));
+        }
+    }
+    // Compute nodes are no Raft members: those the pool does not know (no LAN pool, or not
+    // heard of yet) are listed from their catalog row and its `serfHealth`, which the
+    // leader keeps from the streams the servers hold.
+    let agents: Vec<atoll_cluster::Member> = context.store().read(|state| {
+        state
+            .nodes
+            .values()
+            .filter(|node| !listed.contains(&node.name))
+            .filter(|node| state.check(&node.name, NODE_HEALTH_CHECK_ID).is_some())
+            .map(|node| atoll_cluster::Member {
+                name: node.name.clone(),
+                rpc_addr: format!("{}:8301", node.address),
+                datacenter: node.datacenter.clone(),
+                ..Default::default()
+            })
+            .collect()
+    });
+    for member in agents {
+        if authz.reads_node(&member.name) {
+            members.push(member_json(&context, 0, &member));
         }
     }
     Ok(json_with_index(context.store().applied(), &members))
