@@ -28,7 +28,7 @@ use atoll_cluster::Store;
 use atoll_cluster::{Alone, ClusterHandle, Federation, Member};
 use atoll_dns::{DnsConfig, DnsServer};
 use atoll_gossip::{GossipFederation, GossipLan};
-use atoll_raft::{Consensus, ConsensusConfig, JoinPlan};
+use atoll_raft::{Consensus, ConsensusConfig, JoinPlan, Replica, ReplicaConfig};
 use atoll_tls::TlsCertificates;
 use clap::Parser;
 
@@ -141,9 +141,10 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         Some(addr) => Some(listen("the Marathon API", addr).await?),
         None => None,
     };
+    // Only servers listen for RPC: a compute node calls the servers and is never called.
     let rpc = match settings.role {
-        Role::Dev => None,
-        _ => Some(listen("RPC", settings.rpc_addr).await?),
+        Role::Server { .. } => Some(listen("RPC", settings.rpc_addr).await?),
+        _ => None,
     };
     let dns_config = DnsConfig {
         domain: settings.domain.clone(),
@@ -223,47 +224,69 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow!("{e} (port {})", settings.dns_addr.port()))?
     .with_acl(acl_settings.clone());
-    let consensus = Consensus::start(
-        ConsensusConfig {
-            data_dir: data_dir.clone(),
-            member: Member {
-                name: settings.node.clone(),
-                rpc_addr: settings.rpc_addr.to_string(),
-                http_addr: settings
-                    .advertised_http_addr()
-                    .map(|addr| addr.to_string())
-                    .unwrap_or_default(),
-                server,
-                datacenter: settings.datacenter.clone(),
-                dns_addr: settings.advertised_dns_addr().to_string(),
-                lan_addr: lan_pool
-                    .as_ref()
-                    .map(|pool| pool.local_addr().to_string())
-                    .unwrap_or_default(),
+    let member = Member {
+        name: settings.node.clone(),
+        rpc_addr: settings.rpc_addr.to_string(),
+        http_addr: settings
+            .advertised_http_addr()
+            .map(|addr| addr.to_string())
+            .unwrap_or_default(),
+        server,
+        datacenter: settings.datacenter.clone(),
+        dns_addr: settings.advertised_dns_addr().to_string(),
+        lan_addr: lan_pool
+            .as_ref()
+            .map(|pool| pool.local_addr().to_string())
+            .unwrap_or_default(),
+    };
+    // Servers (and `atoll dev`) hold the Raft log; a compute node holds a copy of the state
+    // streamed from one server.
+    let node = match &settings.role {
+        Role::Client { retry_join } => NodeCluster::Compute(Replica::start(
+            ReplicaConfig {
+                member,
+                servers: retry_join.clone(),
+                data_dir: Some(data_dir.clone()),
+                cluster_secret: settings.cluster_secret.clone(),
+                rpc_tls: rpc_tls(&settings, certificates.as_ref()),
             },
-            snapshot_after_entries: settings.snapshot_after_entries,
-            disk_reserve_bytes: settings.disk_reserve_bytes,
-            cluster_secret: settings.cluster_secret.clone(),
-            rpc_tls: rpc_tls(&settings, certificates.as_ref()),
-        },
-        store,
-    )
-    .await
-    .context("cannot start consensus")?;
+            store,
+        )),
+        _ => NodeCluster::Server(
+            Consensus::start(
+                ConsensusConfig {
+                    data_dir: data_dir.clone(),
+                    member,
+                    snapshot_after_entries: settings.snapshot_after_entries,
+                    disk_reserve_bytes: settings.disk_reserve_bytes,
+                    cluster_secret: settings.cluster_secret.clone(),
+                    rpc_tls: rpc_tls(&settings, certificates.as_ref()),
+                },
+                store,
+            )
+            .await
+            .context("cannot start consensus")?,
+        ),
+    };
     // Everything but the node's own start-up, membership and shutdown sees the cluster only
     // through the seam.
-    let cluster: ClusterHandle = Arc::new(consensus.clone());
+    let cluster: ClusterHandle = match &node {
+        NodeCluster::Server(consensus) => Arc::new(consensus.clone()),
+        NodeCluster::Compute(replica) => Arc::new(replica.clone()),
+    };
     // A failed write or sync of the Raft storage stops Raft; the process must not go on as if
     // what it holds were durable (as etcd and PostgreSQL treat a failed fsync). Exiting at
     // once, without the orderly shutdown that would write again, leaves the file as the last
     // successful commit left it, which the next start recovers from.
-    let watched = consensus.clone();
-    tokio::spawn(async move {
-        let message = watched.fatal_failure().await;
-        tracing::error!("{message}");
-        eprintln!("atoll: {message}");
-        std::process::exit(EXIT_STORAGE_FAILED);
-    });
+    if let NodeCluster::Server(consensus) = &node {
+        let watched = consensus.clone();
+        tokio::spawn(async move {
+            let message = watched.fatal_failure().await;
+            tracing::error!("{message}");
+            eprintln!("atoll: {message}");
+            std::process::exit(EXIT_STORAGE_FAILED);
+        });
+    }
     let plan = match &settings.role {
         Role::Dev => JoinPlan {
             retry_join: Vec::new(),
@@ -283,10 +306,12 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     };
     let (supervisor, mut failures) = supervise::Supervisor::new();
     // From the start, so that the elections of a forming cluster are counted too.
-    supervisor.spawn("the leader counter", {
-        let consensus = consensus.clone();
-        async move { consensus.count_leader_changes().await }
-    });
+    if let NodeCluster::Server(consensus) = &node {
+        supervisor.spawn("the leader counter", {
+            let consensus = consensus.clone();
+            async move { consensus.count_leader_changes().await }
+        });
+    }
     if let Some(pool) = &lan_pool {
         supervisor.spawn(
             "the LAN join of the servers",
@@ -318,12 +343,26 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             ),
         );
     }
-    if let Some(rpc) = rpc {
-        let consensus = consensus.clone();
-        let bootstrap_expect = plan.bootstrap_expect;
-        supervisor.spawn("the RPC listener", async move {
-            consensus.serve_rpc(rpc, bootstrap_expect).await
-        });
+    match (&node, rpc) {
+        (NodeCluster::Server(consensus), Some(rpc)) => {
+            let listener = consensus.clone();
+            let bootstrap_expect = plan.bootstrap_expect;
+            supervisor.spawn("the RPC listener", async move {
+                listener.serve_rpc(rpc, bootstrap_expect).await
+            });
+            let feed = consensus.clone();
+            supervisor.spawn(
+                "the compute nodes' feed",
+                async move { feed.serve_feed().await },
+            );
+        }
+        (NodeCluster::Compute(replica), _) => {
+            let replica = replica.clone();
+            supervisor.spawn("the stream of the cluster's state", async move {
+                replica.run().await
+            });
+        }
+        _ => {}
     }
     // Serve HTTP from now on: until the node has joined, the forming API answers as Consul
     // does without a leader; then the full API takes over.
@@ -387,16 +426,24 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
         .clone()
         .map(|d| Arc::new(d) as Arc<dyn atoll_agent::TaskCommands>);
     let join = async {
-        consensus
-            .find_cluster(&plan)
-            .await
-            .context("cannot join the cluster")?;
-        if settings.role != Role::Dev {
-            let member = consensus.clone();
-            let plan = plan.clone();
-            supervisor.spawn("cluster membership", async move {
-                member.stay_member(&plan).await
-            });
+        match &node {
+            NodeCluster::Server(consensus) => {
+                consensus
+                    .find_cluster(&plan)
+                    .await
+                    .context("cannot join the cluster")?;
+                if settings.role != Role::Dev {
+                    let member = consensus.clone();
+                    let plan = plan.clone();
+                    supervisor.spawn("cluster membership", async move {
+                        member.stay_member(&plan).await
+                    });
+                }
+            }
+            NodeCluster::Compute(replica) => {
+                replica.wait_ready().await;
+                tracing::info!("holding a copy of the cluster's state");
+            }
         }
         let server_meta = wan_pool
             .iter()
@@ -430,14 +477,14 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
     let (agent, agent_loops) = tokio::select! {
         joined = join => joined?,
         _ = stopping.wait_for(|stop| *stop) => {
-            finish(http_server, consensus, temporary).await;
+            finish(http_server, node, temporary).await;
             return Ok(());
         }
         _ = leave_before_joining.notified() => {
             leave_pool("LAN", lan_pool.as_ref()).await;
             leave_pool("WAN", wan_pool.as_ref()).await;
             let _ = stop_tx.send(true);
-            finish(http_server, consensus, temporary).await;
+            finish(http_server, node, temporary).await;
             return Ok(());
         }
     };
@@ -593,8 +640,16 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
         }
     }
-    finish(http_server, consensus, temporary).await;
+    finish(http_server, node, temporary).await;
     Ok(())
+}
+
+/// What holds this node's view of the cluster.
+enum NodeCluster {
+    /// A server or `atoll dev`: a Raft member with the log.
+    Server(Consensus),
+    /// A compute node: a copy of the state streamed from one server.
+    Compute(Replica),
 }
 
 /// Creates the data dir, when it does not exist yet, readable by its owner only: it holds
@@ -636,7 +691,7 @@ async fn leave_pool(which: &str, pool: Option<&atoll_gossip::Pool>) {
 /// hold them for minutes), then consensus stops and a temporary data dir is removed.
 async fn finish(
     http_server: tokio::task::JoinHandle<()>,
-    consensus: Consensus,
+    node: NodeCluster,
     temporary: Option<tempfile::TempDir>,
 ) {
     if tokio::time::timeout(SHUTDOWN_GRACE, http_server)
@@ -646,7 +701,10 @@ async fn finish(
         tracing::info!("closing connections still open");
     }
     tracing::info!("shutting down");
-    consensus.shutdown().await;
+    match node {
+        NodeCluster::Server(consensus) => consensus.shutdown().await,
+        NodeCluster::Compute(replica) => replica.shutdown().await,
+    }
     drop(temporary);
 }
 

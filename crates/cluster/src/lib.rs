@@ -165,6 +165,12 @@ pub trait Cluster: Send + Sync + 'static {
         None
     }
 
+    /// What this node's stream of the state has brought, on a compute node fed by a server;
+    /// `None` on a node that holds the Raft log.
+    fn feed_stats(&self) -> Option<FeedStats> {
+        None
+    }
+
     /// The address of the current leader's RPC listener, if one is known.
     fn leader_addr(&self) -> Option<String> {
         self.leader_member().map(|m| m.rpc_addr)
@@ -178,6 +184,19 @@ pub trait Cluster: Send + Sync + 'static {
             .map(|(_, m, _)| m.rpc_addr)
             .collect()
     }
+}
+
+/// What a compute node's stream of the state has brought since the node started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedStats {
+    /// Copies of the whole state received.
+    pub snapshots: u64,
+    /// Streams resumed from the index the node held, without a copy.
+    pub resumes: u64,
+    /// Entries received.
+    pub entries: u64,
+    /// Streams opened.
+    pub streams: u64,
 }
 
 /// Raft's figures for one node, as Consul's agent reports them.

@@ -2,6 +2,7 @@
 //! watches, keyed watches (one service, one KV key or prefix) that wake blocking queries, and
 //! the feed of changed rows.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use atoll_state::{Change, Command, Outcome, State, Table};
@@ -45,6 +46,10 @@ struct Inner {
     keyed: Arc<Mutex<Keyed>>,
     applied: watch::Sender<u64>,
     feed: broadcast::Sender<Arc<Applied>>,
+    /// The index of the last entry that changed a row (or of the last state installed),
+    /// written under the state's write lock: what a copy of the state taken under its read
+    /// lock is up to, as far as changes go.
+    last_change: AtomicU64,
 }
 
 /// The index a table's watch starts at for `state`.
@@ -76,6 +81,7 @@ impl Store {
                 keyed: Arc::default(),
                 applied: watch::Sender::new(applied),
                 feed: broadcast::Sender::new(FEED_CAPACITY),
+                last_change: AtomicU64::new(applied),
             }),
         }
     }
@@ -86,6 +92,9 @@ impl Store {
         let (outcome, changes) = {
             let mut state = self.inner.state.write();
             let result = state.apply(index, command);
+            if !result.1.is_empty() {
+                self.inner.last_change.store(index, Ordering::Release);
+            }
             // Published under the lock, so subscribers see entries in log order.
             if !result.1.is_empty() && self.inner.feed.receiver_count() > 0 {
                 let applied = Arc::new(Applied::Entry {
@@ -106,6 +115,56 @@ impl Store {
         }
         self.inner.keyed.lock().wake(index, &changes);
         outcome
+    }
+
+    /// Replays the changes of the entry at `index`, made on another copy of the state (a
+    /// compute node's copy, fed by a server), and wakes watchers and subscribers as
+    /// [`Store::apply`] does. The applied index moves too.
+    pub fn replay(&self, index: u64, changes: Vec<Change>) {
+        {
+            let mut state = self.inner.state.write();
+            state.replay(index, &changes);
+            if !changes.is_empty() {
+                self.inner.last_change.store(index, Ordering::Release);
+            }
+            if !changes.is_empty() && self.inner.feed.receiver_count() > 0 {
+                let _ = self.inner.feed.send(Arc::new(Applied::Entry {
+                    index,
+                    changes: changes.clone(),
+                }));
+            }
+        }
+        let mut woken = [false; Table::ALL.len()];
+        for change in &changes {
+            let slot = change.table().slot();
+            if !woken[slot] {
+                woken[slot] = true;
+                self.inner.tables[slot].send_replace(index);
+            }
+        }
+        self.inner.keyed.lock().wake(index, &changes);
+        self.set_applied(index);
+    }
+
+    /// The feed of changes without a copy of the state: the index of the last entry that
+    /// changed a row before the first one the receiver will get, and the receiver. For a
+    /// relay that keeps its own window of recent entries.
+    pub fn subscribe_changes(&self) -> (u64, broadcast::Receiver<Arc<Applied>>) {
+        let _state = self.inner.state.read();
+        // Under the read lock: no entry falls between the index and the feed.
+        let receiver = self.inner.feed.subscribe();
+        (self.inner.last_change.load(Ordering::Acquire), receiver)
+    }
+
+    /// A copy of the state without keys and sessions ([`State::without_kv`]) and the index
+    /// of the last entry that changed a row in it: replaying the changes of every later entry
+    /// keeps the copy equal to the state, keys and sessions aside.
+    pub fn copy_without_kv(&self) -> (State, u64) {
+        let state = self.inner.state.read();
+        (
+            state.without_kv(),
+            self.inner.last_change.load(Ordering::Acquire),
+        )
     }
 
     /// A copy of the state and the changes of every entry applied after it, in log order
@@ -143,6 +202,7 @@ impl Store {
         {
             let mut current = self.inner.state.write();
             *current = state;
+            self.inner.last_change.store(applied, Ordering::Release);
             // What subscribers hold no longer leads to this state by changes: they start over.
             let _ = self
                 .inner

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::auth::{ClusterSecret, RpcTls};
+use crate::feed::{FeedHub, FeedSource};
 use crate::group::{Propose, Wanted, WriteGroup};
 use crate::log_store::{LogStore, LogWriter};
 use crate::network::Network;
@@ -52,6 +53,9 @@ const STEP_DOWN_SILENCE: Duration = Duration::from_millis(2000);
 /// 13,100 with two, 9,000 with four; through a follower of three servers, 4,500 with one
 /// slot, 3,600 with four). Throughput then grows with the batch, not with entries in flight.
 const WRITES_IN_FLIGHT: usize = 1;
+
+/// How often a server reports the compute nodes whose streams it holds as alive.
+const LIVENESS_EVERY: Duration = Duration::from_millis(500);
 
 /// A group's proposer calling `propose` on the node while it exists.
 fn proposer<F, Fut>(node: Weak<Inner>, propose: F) -> Propose
@@ -133,6 +137,8 @@ struct Inner {
     writes: WriteGroup,
     /// Leader only: writes other nodes forwarded, proposed together.
     forwarded: WriteGroup,
+    /// The compute nodes' streams this server serves (`feed.rs`).
+    feed: FeedHub,
 }
 
 impl Consensus {
@@ -223,6 +229,7 @@ impl Consensus {
                 lease: Mutex::new(None),
                 writes: WriteGroup::new(WRITES_IN_FLIGHT, writes),
                 forwarded: WriteGroup::new(WRITES_IN_FLIGHT, forwarded),
+                feed: FeedHub::new(),
             }
         });
         Ok(Consensus { inner })
@@ -824,6 +831,80 @@ impl Consensus {
         Ok(())
     }
 
+    /// The compute nodes' streams this server serves.
+    pub(crate) fn feed(&self) -> &FeedHub {
+        &self.inner.feed
+    }
+
+    /// Runs this server's side of the compute nodes' feed for ever: the window of recent
+    /// entries, and every [`LIVENESS_EVERY`] the names of the nodes whose streams are open,
+    /// reported to the leader as alive (one request per server, whatever the number of
+    /// nodes), so that a node outside the leader's LAN pool view is judged by its stream.
+    pub async fn serve_feed(&self) {
+        let hub = self.inner.feed.clone();
+        let source: Arc<dyn FeedSource> = Arc::new(self.clone());
+        let window = tokio::spawn(async move { hub.run(source).await });
+        let mut ticker = tokio::time::interval(LIVENESS_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if window.is_finished() {
+                return;
+            }
+            let nodes = self.inner.feed.nodes();
+            if nodes.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.streams_alive(nodes).await {
+                tracing::debug!(error = %e, "could not report the streamed nodes alive");
+            }
+        }
+    }
+
+    /// Notes `nodes` alive: on the leader in its liveness table, elsewhere sent to it.
+    pub(crate) async fn streams_alive(&self, nodes: Vec<String>) -> Result<(), ClusterError> {
+        if self.is_leader() {
+            let now = Instant::now();
+            let mut liveness = self.inner.liveness.lock();
+            for node in nodes {
+                liveness.insert(node, now);
+            }
+            return Ok(());
+        }
+        let leader = self.leader_member().ok_or(ClusterError::NoLeader)?;
+        self.forward_liveness(&leader.rpc_addr, &nodes).await
+    }
+
+    /// A compute node's write, handed to this server: proposed with this server's own
+    /// writes (forwarded to the leader when this server does not lead). The node waits for
+    /// its own copy to reach the index.
+    pub(crate) async fn relay_write(
+        &self,
+        command: Command,
+    ) -> Result<(Outcome, u64), ClusterError> {
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        tokio::time::timeout_at(deadline, self.inner.writes.write(command))
+            .await
+            .map_err(|_| ClusterError::Timeout)?
+    }
+
+    /// The index a compute node's read in `mode` must see, from the leader.
+    pub(crate) async fn relay_read_index(&self, mode: ReadMode) -> Result<u64, ClusterError> {
+        let deadline = Instant::now() + READ_TIMEOUT;
+        if self.is_leader() {
+            return self.leader_read_index(mode, deadline).await;
+        }
+        let leader = self.leader_member().ok_or(ClusterError::NoLeader)?;
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.forward_read_index(&leader.rpc_addr, mode, timeout)
+            .await
+    }
+
+    /// The leader's Raft id, if one is known.
+    pub(crate) fn leader_id(&self) -> Option<u64> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
     /// Stops Raft; pending writes fail.
     pub async fn shutdown(&self) {
         if let Err(e) = self.inner.raft.shutdown().await {
@@ -904,5 +985,15 @@ impl atoll_cluster::Cluster for Consensus {
 
     fn raft_stats(&self) -> atoll_cluster::RaftStats {
         Consensus::raft_stats(self)
+    }
+}
+
+impl FeedSource for Consensus {
+    fn store(&self) -> &Store {
+        Consensus::store(self)
+    }
+
+    fn servers(&self) -> (Vec<(u64, Member, bool)>, Option<u64>) {
+        (self.members(), self.leader_id())
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::consensus::{Consensus, WRITE_TIMEOUT};
-use crate::protocol::{HEARTBEAT_PATH, READ_INDEX_PATH, REMOVE_PATH, WRITE_PATH};
+use crate::protocol::{HEARTBEAT_PATH, LIVENESS_PATH, READ_INDEX_PATH, REMOVE_PATH, WRITE_PATH};
 use crate::transport::TransportError;
 use atoll_cluster::{ClusterError, ReadMode};
 use atoll_state::{Command, Outcome};
@@ -60,6 +60,18 @@ impl Consensus {
     ) -> Result<(), ClusterError> {
         self.client()
             .call(leader, HEARTBEAT_PATH, &node, HEARTBEAT_TIMEOUT)
+            .await
+            .map_err(unreached)?
+    }
+
+    /// Passes the names of the nodes whose streams this server holds to the leader.
+    pub(crate) async fn forward_liveness(
+        &self,
+        leader: &str,
+        nodes: &[String],
+    ) -> Result<(), ClusterError> {
+        self.client()
+            .call(leader, LIVENESS_PATH, &nodes, HEARTBEAT_TIMEOUT)
             .await
             .map_err(unreached)?
     }

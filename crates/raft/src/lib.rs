@@ -6,12 +6,14 @@
 mod auth;
 mod cluster;
 mod consensus;
+pub mod feed;
 mod forward;
 mod group;
 mod listener;
 mod log_store;
 mod network;
 mod protocol;
+mod replica;
 mod rpc;
 mod snapshot_file;
 mod state_machine;
@@ -22,6 +24,8 @@ mod wire;
 pub use auth::{ClusterSecret, RpcTls};
 pub use cluster::JoinPlan;
 pub use consensus::{Consensus, ConsensusConfig};
+pub use feed::{FeedClient, FeedEntry, FeedError, FeedFrame, FeedRequest, FeedStream, Resume};
+pub use replica::{Replica, ReplicaConfig};
 pub use snapshot_file::SnapshotFile;
 
 /// The cluster protocol as a program that is not a node speaks it (the node simulator):
@@ -49,5 +53,7 @@ openraft::declare_raft_types!(
 
 #[cfg(test)]
 mod fault_tests;
+#[cfg(test)]
+mod feed_tests;
 #[cfg(test)]
 mod tests;

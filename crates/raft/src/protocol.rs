@@ -54,3 +54,16 @@ pub struct JoinRequest {
     /// The node.
     pub member: Member,
 }
+
+/// A compute node's stream of the state (`feed.rs`): [`crate::FeedRequest`] in, a stream of
+/// frames out.
+pub(crate) const FEED_PATH: &str = "/cluster/feed";
+/// A compute node's write, handed to a server that forwards it to the leader:
+/// `Command` in, `Result<(Outcome, u64), ClusterError>` out.
+pub(crate) const RELAY_WRITE_PATH: &str = "/cluster/relay/write";
+/// A compute node's read index, asked of a server that asks the leader: `ReadMode` in,
+/// `Result<u64, ClusterError>` out.
+pub(crate) const RELAY_READ_INDEX_PATH: &str = "/cluster/relay/read-index";
+/// The nodes whose streams a server holds, reported to the leader as alive:
+/// `Vec<String>` in, `Result<(), ClusterError>` out.
+pub(crate) const LIVENESS_PATH: &str = "/cluster/liveness";

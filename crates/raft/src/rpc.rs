@@ -15,9 +15,11 @@ use tokio::time::Instant;
 
 use crate::auth::{require_secret, Claim, Gate, Peer, Throttle};
 use crate::consensus::{Consensus, READ_TIMEOUT};
+use crate::feed::FeedRequest;
 use crate::protocol::{
-    Hello, JoinRequest, APPEND_PATH, HEARTBEAT_PATH, HELLO_PATH, JOIN_PATH, READ_INDEX_PATH,
-    REMOVE_PATH, SNAPSHOT_PATH, VOTE_PATH, WRITE_PATH,
+    Hello, JoinRequest, APPEND_PATH, FEED_PATH, HEARTBEAT_PATH, HELLO_PATH, JOIN_PATH,
+    LIVENESS_PATH, READ_INDEX_PATH, RELAY_READ_INDEX_PATH, RELAY_WRITE_PATH, REMOVE_PATH,
+    SNAPSHOT_PATH, VOTE_PATH, WRITE_PATH,
 };
 use crate::wire::Message;
 use crate::TypeConfig;
@@ -42,6 +44,10 @@ impl Consensus {
             .route(REMOVE_PATH, post(remove))
             .route(JOIN_PATH, post(join))
             .route(HELLO_PATH, post(hello))
+            .route(FEED_PATH, post(feed))
+            .route(RELAY_WRITE_PATH, post(relay_write))
+            .route(RELAY_READ_INDEX_PATH, post(relay_read_index))
+            .route(LIVENESS_PATH, post(liveness))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_RPC_BODY))
             .with_state((self.clone(), bootstrap_expect));
         match self.cluster_secret() {
@@ -175,6 +181,62 @@ async fn heartbeat(
         return format.reply(&Err::<(), _>(ClusterError::NoLeader));
     }
     format.reply(&consensus.heartbeat(&node).await)
+}
+
+/// A compute node's stream; only servers serve them (a compute node of an earlier release,
+/// a Raft learner, has no feed to give).
+async fn feed(
+    State((consensus, _)): RpcState,
+    Message(request, _): Message<FeedRequest>,
+) -> Result<Response, (StatusCode, String)> {
+    if !consensus.member().server {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "only servers serve the compute nodes' feed".to_string(),
+        ));
+    }
+    if request.version > crate::feed::FEED_VERSION {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!(
+                "feed version {} is newer than this server's {}: upgrade the servers first",
+                request.version,
+                crate::feed::FEED_VERSION
+            ),
+        ));
+    }
+    let body = consensus.feed().open(consensus.store(), request);
+    Ok(Response::builder()
+        .header(
+            axum::http::header::CONTENT_TYPE,
+            "application/vnd.atoll.feed",
+        )
+        .body(body)
+        .unwrap_or_default())
+}
+
+async fn relay_write(
+    State((consensus, _)): RpcState,
+    Message(command, format): Message<Command>,
+) -> Response {
+    format.reply(&consensus.relay_write(command).await)
+}
+
+async fn relay_read_index(
+    State((consensus, _)): RpcState,
+    Message(mode, format): Message<ReadMode>,
+) -> Response {
+    format.reply(&consensus.relay_read_index(mode).await)
+}
+
+async fn liveness(
+    State((consensus, _)): RpcState,
+    Message(nodes, format): Message<Vec<String>>,
+) -> Response {
+    if !consensus.is_leader() {
+        return format.reply(&Err::<(), _>(ClusterError::NoLeader));
+    }
+    format.reply(&consensus.streams_alive(nodes).await)
 }
 
 async fn remove(State((consensus, _)): RpcState, Message(id, format): Message<NodeId>) -> Response {

@@ -252,6 +252,61 @@ fn with_sources(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+impl RpcClient {
+    /// POSTs `body` to `http://{target}{path}` and returns the answer's body as it arrives
+    /// (a stream of frames), once its head came within `timeout`.
+    pub async fn open_stream<Req: Serialize>(
+        &self,
+        target: &str,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<hyper::body::Incoming, TransportError> {
+        let fail = |failure: Failure| TransportError::new(target, failure);
+        let payload = crate::wire::encode(body).map_err(|e| fail(Failure::Exchange(e)))?;
+        let mut request = hyper::Request::post(format!("http://{target}{path}"))
+            .header("content-type", crate::wire::MSGPACK)
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| fail(Failure::Exchange(e.to_string())))?;
+        if let Some(secret) = &self.secret {
+            secret.authorize(request.headers_mut());
+        }
+        let client = if self.to_server {
+            &self.servers
+        } else {
+            &self.nodes
+        };
+        let response = tokio::time::timeout(timeout, client.request(request))
+            .await
+            .map_err(|_| fail(Failure::Timeout(timeout)))?
+            .map_err(|e| {
+                fail(match handshake_failure(&e) {
+                    Some(failure) => Failure::Tls(failure.0.clone()),
+                    None if e.is_connect() => Failure::Connect(with_sources(&e)),
+                    None => Failure::Exchange(with_sources(&e)),
+                })
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response.into_body());
+        }
+        let text = tokio::time::timeout(
+            timeout,
+            Limited::new(response.into_body(), 64 * 1024).collect(),
+        )
+        .await
+        .ok()
+        .and_then(|body| body.ok())
+        .map(|body| String::from_utf8_lossy(&body.to_bytes()).into_owned())
+        .unwrap_or_default();
+        Err(fail(match status {
+            StatusCode::UNAUTHORIZED => Failure::Unauthorized(text),
+            StatusCode::FORBIDDEN => Failure::Forbidden(text),
+            status => Failure::Status { status, body: text },
+        }))
+    }
+}
+
 /// A failed TLS handshake, as the connector reports it inside hyper's connect error.
 #[derive(Debug, thiserror::Error)]
 #[error("TLS handshake failed: {0}")]

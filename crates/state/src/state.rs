@@ -108,6 +108,33 @@ pub struct State {
 }
 
 impl State {
+    /// A copy of the state without the key/value table and the sessions (what a compute
+    /// node holds: keys and sessions stay on the servers). Derived indexes of what is kept
+    /// are copied; those of keys and sessions are empty.
+    pub fn without_kv(&self) -> State {
+        State {
+            nodes: self.nodes.clone(),
+            services: self.services.clone(),
+            checks: self.checks.clone(),
+            kv: Default::default(),
+            kv_tombstones: Default::default(),
+            kv_reaped_index: 0,
+            indexes: self.indexes.clone(),
+            service_indexes: self.service_indexes.clone(),
+            workload: self.workload.clone(),
+            sessions: Default::default(),
+            events: self.events.clone(),
+            queries: self.queries.clone(),
+            acl_tokens: self.acl_tokens.clone(),
+            acl_policies: self.acl_policies.clone(),
+            acl_bootstrap_index: self.acl_bootstrap_index,
+            acl_secrets: self.acl_secrets.clone(),
+            by_name: self.by_name.clone(),
+            sessions_by_node: Default::default(),
+            held_keys: Default::default(),
+        }
+    }
+
     /// Brings a state decoded from a snapshot to this release's shape (definitions stored
     /// inside apps by older releases move to their table) and rebuilds derived indexes.
     pub fn after_load(&mut self) {

@@ -133,6 +133,16 @@ pub async fn self_info(
         });
     }
     stats["consul"] = consul;
+    // A compute node's stream of the state: copies received, resumes, entries.
+    if let Some(feed) = cluster.feed_stats() {
+        stats["feed"] = json!({
+            "snapshots": text(feed.snapshots),
+            "resumes": text(feed.resumes),
+            "entries": text(feed.entries),
+            "streams": text(feed.streams),
+            "server_http": text(cluster.server_http().unwrap_or_default()),
+        });
+    }
     let mut debug_config = context.facts().debug_config.clone();
     if !debug_config.is_object() {
         debug_config = json!({});
