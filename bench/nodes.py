@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The servers with many compute nodes, simulated by `atoll nodesim` (issue 11).
 
-    bench/nodes.py [--servers 3] [--counts 0,30,1000,5000] [--membership heartbeat]
+    bench/nodes.py [--servers 3] [--counts 0,30,1000,5000] [--membership none]
                    [--containers-nodes 1000] [--instances 10000] [--apps 10]
 
 For each node count: a fresh cluster of --servers servers on loopback
@@ -11,6 +11,12 @@ compute nodes (none for 0), all registered; then
   (a) `hey -n 5000 -c 16` KV PUTs to the leader: writes/s, the leader's CPU
       time per 1,000 writes (user + system, /proc/PID/stat), and, before the
       load, the leader's idle CPU per second with the nodes attached;
+
+  (b) at --probe-nodes nodes (1,000), --probes (20) times: a catalog node
+      registered through a server by the simulator (`POST /probe` on its
+      stats address), and the time from its acknowledgement to every simulated
+      node's view (its stream's applied index) holding it: p50, p99, max over
+      the nodes, each the median over the probes;
 
 then, on the cluster with --containers-nodes nodes (skipped with 0),
 
@@ -139,6 +145,26 @@ def writes_row(cluster: Cluster, nodes: int, writes: int, conc: int, sim: Simula
             f"simulator CPU {sim_used:5.1f} s, RSS {sim_rss}")
 
 
+def probe_row(sim: Simulator, nodes: int, probes: int) -> str:
+    p50s, p99s, maxes, short = [], [], [], 0
+    for _ in range(probes):
+        status, value = http_json(f"http://{sim.stats_addr}/probe", method="POST", body=b"", timeout=120)
+        if status != 200 or not isinstance(value, dict) or value.get("p50_ms") is None:
+            raise SystemExit(f"probe failed: {status} {value}")
+        if value["reached"] < value["nodes"]:
+            short += 1
+        p50s.append(value["p50_ms"])
+        p99s.append(value["p99_ms"])
+        maxes.append(value["max_ms"])
+        time.sleep(0.5)
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    line = (f"{nodes:>6} nodes  catalog change -> every node's view, median of {probes} probes: "
+            f"p50 {med(p50s):.1f} ms  p99 {med(p99s):.1f} ms  max {med(maxes):.1f} ms (worst max {max(maxes):.1f} ms)")
+    if short:
+        line += f"; {short} probe(s) did not reach every node within 60 s"
+    return line
+
+
 def running_total(server, apps: list[str]) -> int:
     status, value = http_json(f"{server.base_url}/v2/apps?embed=apps.counts", timeout=30)
     if status != 200 or not isinstance(value, dict):
@@ -177,7 +203,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--servers", type=int, default=3)
     parser.add_argument("--counts", default="0,30,1000,5000")
-    parser.add_argument("--membership", default="heartbeat", choices=["heartbeat", "pool", "none"])
+    parser.add_argument("--membership", default="none", choices=["heartbeat", "pool", "none"])
+    parser.add_argument("--probe-nodes", type=int, default=1000)
+    parser.add_argument("--probes", type=int, default=20)
     parser.add_argument("--writes", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--containers-nodes", type=int, default=1000)
@@ -208,6 +236,8 @@ def main() -> None:
                     print(containers_row(cluster, nodes, args.instances, args.apps, args.run_timeout), flush=True)
                 else:
                     print(writes_row(cluster, nodes, args.writes, args.concurrency, sim), flush=True)
+                    if sim and nodes == args.probe_nodes and args.probes:
+                        print(probe_row(sim, nodes, args.probes), flush=True)
             finally:
                 if sim:
                     sim.close()

@@ -106,9 +106,15 @@ def test_simulated_nodes_run_an_app_of_a_thousand_instances(new_cluster, tmp_pat
         assert hosts <= {n["Node"] for n in nodes}, "placed only on simulated nodes"
         assert len(hosts) > NODES // 2, f"spread over the nodes: {len(hosts)} used"
         # The reports registered one service instance per task, as a real node's do.
-        services = wait_for(lambda: (lambda s: s if len(s) == INSTANCES else None)(
-            follower.get_json("/v1/catalog/service/simapp?stale", timeout=30)),
-            timeout=30, message="a service instance per task")
+        seen: list = []
+
+        def one_per_task():
+            listed = follower.get_json("/v1/catalog/service/simapp?stale", timeout=30)
+            seen[:] = [len(listed)]
+            return listed if len(listed) == INSTANCES else None
+
+        services = wait_for(one_per_task, timeout=60, interval=1.0,
+                            message=lambda: f"a service instance per task: {seen}")
         assert {s["ServiceID"] for s in services} == {f"{t['id']}:0" for t in tasks}
         node_of = {f"{t['id']}:0": t["slaveId"] for t in tasks}
         assert all(s["Node"] == node_of[s["ServiceID"]] for s in services), "each on its task's node"

@@ -11,6 +11,7 @@ mod kv_cli;
 mod lan;
 mod lock_cli;
 mod nodesim;
+mod nodesim_feed;
 mod supervise;
 mod tls_cli;
 mod wan;

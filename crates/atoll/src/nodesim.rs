@@ -85,12 +85,18 @@ pub struct NodesimArgs {
     /// Each node's dynamic port range.
     #[arg(long, default_value = "31000-32000")]
     pub port_range: String,
-    /// How the nodes keep their membership: `pool` makes each one a member of the LAN pool
-    /// on its own address (port 8301) that also heartbeats to the leader every 500 ms, as a
-    /// compute node does; `heartbeat` only heartbeats, as a node run with
-    /// `--serf-lan-port 0`; `none` does neither.
-    #[arg(long, value_enum, default_value_t = Membership::Heartbeat)]
+    /// How the nodes keep their membership beside their streams: `pool` makes each one a
+    /// member of the LAN pool on its own address (port 8301), as a compute node's agent;
+    /// `heartbeat` sends the leader each node's heartbeat every 500 ms (as nodes without a
+    /// pool did before the feed); `none` leaves it to the feed.
+    #[arg(long, value_enum, default_value_t = Membership::None)]
     pub membership: Membership,
+    /// How the nodes learn the state: `feed` opens each node's own stream of the state on a
+    /// server, as a compute node does (its server chosen by the node's name); `events`
+    /// follows one server's Marathon event stream for all the nodes (a cheaper stand-in
+    /// that needs nothing of the servers but their HTTP API).
+    #[arg(long, value_enum, default_value_t = View::Feed)]
+    pub view: View,
     /// HTTP address of the server whose event stream the nodes learn their tasks from
     /// (default: a server other than the leader, from the servers' hello).
     #[arg(long)]
@@ -114,10 +120,19 @@ pub struct NodesimArgs {
     pub encrypt: Option<String>,
 }
 
+/// How the simulated nodes learn the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum View {
+    /// A stream of the state per node.
+    Feed,
+    /// One Marathon event stream for all the nodes.
+    Events,
+}
+
 /// How a simulated node keeps its membership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Membership {
-    /// A LAN pool member on the node's own loopback address, heartbeating too.
+    /// A LAN pool member on the node's own loopback address.
     Pool,
     /// Heartbeats to the leader, as a node without a pool.
     Heartbeat,
@@ -127,16 +142,21 @@ pub enum Membership {
 
 /// The simulator's counters, served by `--stats`.
 #[derive(Default)]
-struct Counters {
-    registered: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) registered: AtomicU64,
     pool_members: AtomicU64,
-    tasks_seen: AtomicU64,
-    tasks_reported: AtomicU64,
+    pub(crate) tasks_seen: AtomicU64,
+    pub(crate) tasks_reported: AtomicU64,
     writes: AtomicU64,
-    write_failures: AtomicU64,
+    pub(crate) write_failures: AtomicU64,
     event_streams: AtomicU64,
-    heartbeats: AtomicU64,
-    heartbeat_failures: AtomicU64,
+    pub(crate) heartbeats: AtomicU64,
+    pub(crate) heartbeat_failures: AtomicU64,
+    pub(crate) streams_open: AtomicU64,
+    pub(crate) stream_opens: AtomicU64,
+    pub(crate) snapshots: AtomicU64,
+    pub(crate) resumes: AtomicU64,
+    pub(crate) entries: AtomicU64,
 }
 
 impl Counters {
@@ -153,6 +173,11 @@ impl Counters {
             "event_streams": get(&self.event_streams),
             "heartbeats": get(&self.heartbeats),
             "heartbeat_failures": get(&self.heartbeat_failures),
+            "streams_open": get(&self.streams_open),
+            "stream_opens": get(&self.stream_opens),
+            "snapshots": get(&self.snapshots),
+            "resumes": get(&self.resumes),
+            "entries": get(&self.entries),
         })
     }
 }
@@ -168,7 +193,7 @@ struct Placed {
 
 /// Writes to the cluster as a compute node forwards them: to the leader, found through
 /// the servers' answers.
-struct Writer {
+pub(crate) struct Writer {
     /// Clients of separate connections, the nodes spread over them.
     clients: Vec<RpcClient>,
     servers: Vec<String>,
@@ -224,11 +249,14 @@ impl Writer {
     }
 }
 
+/// An app spec fetched once (`None`: it could not be read).
+type SpecCell = Arc<OnceCell<Option<Arc<AppSpec>>>>;
+
 /// The app specs the nodes' reports need, fetched once per version for all the nodes.
 struct Apps {
     http: HttpClient,
     base: String,
-    specs: Mutex<HashMap<(String, String), Arc<OnceCell<Option<Arc<AppSpec>>>>>>,
+    specs: Mutex<HashMap<(String, String), SpecCell>>,
 }
 
 impl Apps {
@@ -279,10 +307,10 @@ async fn get(http: &HttpClient, base: &str, path: &str) -> anyhow::Result<(u16, 
 }
 
 /// One simulated node.
-struct SimNode {
-    index: usize,
-    name: String,
-    address: Ipv4Addr,
+pub(crate) struct SimNode {
+    pub(crate) index: usize,
+    pub(crate) name: String,
+    pub(crate) address: Ipv4Addr,
 }
 
 /// Runs the simulator until interrupted.
@@ -341,26 +369,47 @@ pub async fn run(args: NodesimArgs) -> anyhow::Result<()> {
         Some(addr) => addr.clone(),
         None => pick_events_server(&http, &servers).await?,
     };
-    tracing::info!(server = %events_from, "learning placed tasks from its event stream");
+    if args.view == View::Events {
+        tracing::info!(server = %events_from, "learning placed tasks from its event stream");
+    }
     let apps = Arc::new(Apps {
         http: http.clone(),
         base: events_from.clone(),
         specs: Mutex::new(HashMap::new()),
     });
 
+    let feed = Arc::new(crate::nodesim_feed::Feed::new(
+        secret.as_deref().cloned(),
+        connections,
+        writer.servers.clone(),
+        args.nodes,
+        args.datacenter.clone(),
+        Arc::clone(&counters),
+        args.membership == Membership::Heartbeat,
+        Arc::clone(&writer),
+    ));
     if let Some(addr) = args.stats {
         let counters = Arc::clone(&counters);
         let nodes = args.nodes;
+        let probe_feed = Arc::clone(&feed);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("--stats {addr}"))?;
-        let router = axum::Router::new().route(
-            "/",
-            axum::routing::get(move || {
-                let counters = Arc::clone(&counters);
-                async move { axum::Json(counters.json(nodes)) }
-            }),
-        );
+        let router = axum::Router::new()
+            .route(
+                "/",
+                axum::routing::get(move || {
+                    let counters = Arc::clone(&counters);
+                    async move { axum::Json(counters.json(nodes)) }
+                }),
+            )
+            .route(
+                "/probe",
+                axum::routing::post(move || {
+                    let feed = Arc::clone(&probe_feed);
+                    async move { axum::Json(feed.probe().await) }
+                }),
+            );
         tokio::spawn(async move { axum::serve(listener, router).await });
     }
 
@@ -397,16 +446,24 @@ pub async fn run(args: NodesimArgs) -> anyhow::Result<()> {
             drivers: vec!["exec".to_string(), "docker".to_string()],
             busy_ports: Vec::new(),
         };
-        tokio::spawn(node_loop(
-            node,
-            args.datacenter.clone(),
-            compute,
-            rx,
-            Arc::clone(&writer),
-            Arc::clone(&apps),
-            Arc::clone(&counters),
-            args.membership != Membership::None,
-        ));
+        match args.view {
+            View::Feed => {
+                let feed = Arc::clone(&feed);
+                tokio::spawn(async move { feed.run_node(node, compute).await });
+            }
+            View::Events => {
+                tokio::spawn(node_loop(
+                    node,
+                    args.datacenter.clone(),
+                    compute,
+                    rx,
+                    Arc::clone(&writer),
+                    Arc::clone(&apps),
+                    Arc::clone(&counters),
+                    args.membership == Membership::Heartbeat,
+                ));
+            }
+        }
     }
     if !pools.is_empty() {
         tokio::spawn(keep_pools_joined(pools, lan_servers, Arc::clone(&counters)));
@@ -416,13 +473,14 @@ pub async fn run(args: NodesimArgs) -> anyhow::Result<()> {
         events_from.clone(),
         Arc::clone(&writer),
     ));
-    let inboxes = Arc::new(inboxes);
-    tokio::spawn(follow_events(
-        http,
-        events_from,
-        inboxes,
-        Arc::clone(&counters),
-    ));
+    if args.view == View::Events {
+        tokio::spawn(follow_events(
+            http,
+            events_from,
+            Arc::new(inboxes),
+            Arc::clone(&counters),
+        ));
+    }
     tokio::signal::ctrl_c().await?;
     Ok(())
 }
@@ -542,6 +600,7 @@ async fn keep_pools_joined(
 
 /// One node: registers, then reports the tasks it learns of running, those it learns
 /// together in one batch.
+#[allow(clippy::too_many_arguments)]
 async fn node_loop(
     node: SimNode,
     datacenter: String,
@@ -552,23 +611,7 @@ async fn node_loop(
     counters: Arc<Counters>,
     heartbeats: bool,
 ) {
-    let registration = Registration {
-        node: node.name.clone(),
-        address: node.address.to_string(),
-        datacenter,
-        checks: vec![CheckSpec {
-            check_id: NODE_HEALTH_CHECK_ID.to_string(),
-            name: "Serf Health Status".to_string(),
-            status: Some(CheckStatus::Passing),
-            output: "Agent alive and reachable".to_string(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let register = Command::Batch(vec![
-        Command::Register(Box::new(registration)),
-        Command::RegisterCompute(compute),
-    ]);
+    let register = registration(&node, datacenter, compute);
     loop {
         match writer.write(node.index, &register).await {
             Ok(_) => break,
@@ -630,13 +673,7 @@ async fn node_loop(
                 create_index: 0,
                 modify_index: 0,
             };
-            commands.push(Command::UpdateTask {
-                id: placed.id.clone(),
-                state: TaskState::Running,
-                message: String::new(),
-                at: atoll_workload::now_rfc3339(),
-                services: atoll_workload::node::services_for(&app, &task, &address, &address),
-            });
+            commands.push(running_report(&app, &task, &address));
         }
         let count = commands.len() as u64;
         let command = match commands.len() {
@@ -677,7 +714,12 @@ async fn track_leader(http: HttpClient, server: String, writer: Arc<Writer>) {
 }
 
 /// A node's heartbeats to the leader, every 500 ms from a random phase.
-async fn heartbeat_loop(index: usize, node: String, writer: Arc<Writer>, counters: Arc<Counters>) {
+pub(crate) async fn heartbeat_loop(
+    index: usize,
+    node: String,
+    writer: Arc<Writer>,
+    counters: Arc<Counters>,
+) {
     let phase = Duration::from_millis(rand::random::<u64>() % HEARTBEAT_EVERY.as_millis() as u64);
     tokio::time::sleep(phase).await;
     let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
@@ -704,6 +746,40 @@ async fn heartbeat_loop(index: usize, node: String, writer: Arc<Writer>, counter
                 counters.heartbeat_failures.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// What a node writes when it starts: its catalog node with `serfHealth` (the agent's
+/// registration) and its resources (the task runner's), in one entry.
+pub(crate) fn registration(node: &SimNode, datacenter: String, compute: ComputeNode) -> Command {
+    let registration = Registration {
+        node: node.name.clone(),
+        address: node.address.to_string(),
+        datacenter,
+        checks: vec![CheckSpec {
+            check_id: NODE_HEALTH_CHECK_ID.to_string(),
+            name: "Serf Health Status".to_string(),
+            status: Some(CheckStatus::Passing),
+            output: "Agent alive and reachable".to_string(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Command::Batch(vec![
+        Command::Register(Box::new(registration)),
+        Command::RegisterCompute(compute),
+    ])
+}
+
+/// The `Running` report of `task`, with the services (and checks) a real node registers
+/// for it at `address`.
+pub(crate) fn running_report(app: &AppSpec, task: &Allocation, address: &str) -> Command {
+    Command::UpdateTask {
+        id: task.id.clone(),
+        state: TaskState::Running,
+        message: String::new(),
+        at: atoll_workload::now_rfc3339(),
+        services: atoll_workload::node::services_for(app, task, address, address),
     }
 }
 
