@@ -82,18 +82,19 @@ impl Feed {
         }
     }
 
-    /// Commits `command` through `server`, as a compute node writes through its server.
+    /// Commits `command` through `server`, as a compute node writes through its server:
+    /// the index of the entry that holds it.
     async fn write(
         &self,
         node: usize,
         server: &str,
         command: &Command,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<u64, ClusterError> {
         let client = &self.clients[node % self.clients.len()];
         client
             .write(server, command, WRITE_TIMEOUT)
             .await
-            .map(|_| ())
+            .map(|(_, index)| index)
     }
 
     fn learn_spec(&self, app: &AppSpec) {
@@ -141,7 +142,7 @@ impl Feed {
         loop {
             let server = &order[attempt % order.len()];
             match self.write(node.index, server, &register).await {
-                Ok(()) => break,
+                Ok(_) => break,
                 Err(e) => {
                     self.counters.write_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(node = %node.name, %server, error = %e, "registration failed; again");
@@ -163,8 +164,11 @@ impl Feed {
         let client = self.clients[node.index % self.clients.len()].clone();
         let mut resume: Option<Resume> = None;
         let mut mine: BTreeMap<String, Allocation> = BTreeMap::new();
-        // What this node reported of each task, so that a report is sent once.
-        let mut reported: HashMap<String, TaskState> = HashMap::new();
+        // What this node reported of each task and the entry holding the report, so that a
+        // report is sent once, and again only if the task is not in that state once the
+        // node's view holds the entry (a report a batch's other command made fail).
+        let mut reported: HashMap<String, (TaskState, u64)> = HashMap::new();
+        let mut applied_here = 0u64;
         // After a failed report, none before this (the cluster is busy or has no leader).
         let mut quiet_until = Instant::now();
         let mut backoff = RETRY_PAUSE;
@@ -237,6 +241,7 @@ impl Feed {
                     FeedFrame::Servers { .. } => None,
                 };
                 if let Some(applied) = applied {
+                    applied_here = applied;
                     if let Some(resume) = resume.as_mut() {
                         resume.index = resume.index.max(applied);
                     }
@@ -244,7 +249,7 @@ impl Feed {
                 }
                 if Instant::now() >= quiet_until {
                     if self
-                        .act(&node, &server, &address, &mine, &mut reported)
+                        .act(&node, &server, &address, &mine, &mut reported, applied_here)
                         .await
                     {
                         backoff = RETRY_PAUSE;
@@ -293,7 +298,8 @@ impl Feed {
         server: &str,
         address: &str,
         mine: &BTreeMap<String, Allocation>,
-        reported: &mut HashMap<String, TaskState>,
+        reported: &mut HashMap<String, (TaskState, u64)>,
+        applied: u64,
     ) -> bool {
         reported.retain(|id, _| mine.contains_key(id));
         let mut commands = Vec::new();
@@ -306,8 +312,10 @@ impl Feed {
             } else {
                 continue;
             };
-            if reported.get(&task.id) == Some(&wanted) {
-                continue;
+            if let Some((state, index)) = reported.get(&task.id) {
+                if *state == wanted && applied < *index {
+                    continue;
+                }
             }
             let command = match wanted {
                 TaskState::Running => {
@@ -337,11 +345,11 @@ impl Feed {
             Command::Batch(commands)
         };
         match self.write(node.index, server, &command).await {
-            Ok(()) => {
+            Ok(index) => {
                 self.counters
                     .tasks_reported
                     .fetch_add(count, Ordering::Relaxed);
-                reported.extend(states);
+                reported.extend(states.into_iter().map(|(id, state)| (id, (state, index))));
                 true
             }
             Err(e) => {
