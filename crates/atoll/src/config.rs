@@ -162,6 +162,9 @@ pub enum CommandLine {
     /// Watch a view of the catalog or the KV store and run a handler (`sh -c`) with the
     /// JSON each time it changes, as `consul watch` does; without one, print the JSON.
     Watch(WatchArgs),
+    /// Simulate compute nodes against a cluster, for benchmarks (bench/README.md).
+    #[command(hide = true)]
+    Nodesim(crate::nodesim::NodesimArgs),
     /// Print a shell completion script (e.g. `source <(atoll completion bash)`).
     Completion {
         /// The shell to complete in.

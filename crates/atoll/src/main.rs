@@ -10,6 +10,8 @@ mod config;
 mod kv_cli;
 mod lan;
 mod lock_cli;
+mod nodesim;
+mod nodesim_feed;
 mod supervise;
 mod tls_cli;
 mod wan;
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
             CommandLine::App { command } => app_cli::run(command).await,
             CommandLine::ForceLeave { node, client } => cli::force_leave(&client, &node).await,
             CommandLine::Tls { command } => tls_cli::run(command),
+            CommandLine::Nodesim(args) => nodesim::run(args).await,
             CommandLine::Keygen => {
                 println!("{}", tls_cli::keygen());
                 Ok(())

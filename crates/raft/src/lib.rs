@@ -28,6 +28,14 @@ pub use feed::{FeedClient, FeedEntry, FeedError, FeedFrame, FeedRequest, FeedStr
 pub use replica::{Replica, ReplicaConfig};
 pub use snapshot_file::SnapshotFile;
 
+/// The cluster protocol as a program that is not a node speaks it (the node simulator):
+/// the RPC client, the hello through which the servers are learnt, forwarded writes and
+/// heartbeats.
+pub mod client {
+    pub use crate::protocol::{Hello, HEARTBEAT_PATH, HELLO_PATH, WRITE_PATH};
+    pub use crate::transport::{Failure, RpcClient, TransportError};
+}
+
 use atoll_cluster::Member;
 use atoll_state::{Command, Outcome};
 

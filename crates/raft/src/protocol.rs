@@ -19,15 +19,15 @@ pub(crate) const VOTE_PATH: &str = "/raft/vote";
 pub(crate) const SNAPSHOT_PATH: &str = "/raft/snapshot";
 
 /// [`Hello`] in, [`Hello`] out: how nodes find their cluster.
-pub(crate) const HELLO_PATH: &str = "/cluster/hello";
+pub const HELLO_PATH: &str = "/cluster/hello";
 /// [`JoinRequest`] in, `Result<(), ClusterError>` out.
 pub(crate) const JOIN_PATH: &str = "/cluster/join";
 /// A forwarded write: `Command` in, `Result<(Outcome, u64), ClusterError>` out.
-pub(crate) const WRITE_PATH: &str = "/cluster/write";
+pub const WRITE_PATH: &str = "/cluster/write";
 /// A read index asked of the leader: `ReadMode` in, `Result<u64, ClusterError>` out.
 pub(crate) const READ_INDEX_PATH: &str = "/cluster/read-index";
 /// A node's heartbeat forwarded to the leader: its name in, `Result<(), ClusterError>` out.
-pub(crate) const HEARTBEAT_PATH: &str = "/cluster/heartbeat";
+pub const HEARTBEAT_PATH: &str = "/cluster/heartbeat";
 /// A removal forwarded to the leader: a Raft id in, `Result<(), ClusterError>` out.
 pub(crate) const REMOVE_PATH: &str = "/cluster/remove";
 

@@ -125,7 +125,7 @@ pub struct RpcClient {
 impl RpcClient {
     /// A client whose requests carry `secret`, if any, over TLS when `tls` says
     /// `--verify-outgoing`. It calls servers; [`RpcClient::to_any_node`] calls others.
-    pub(crate) fn new(secret: Option<Arc<ClusterSecret>>, tls: Option<&RpcTls>) -> Self {
+    pub fn new(secret: Option<Arc<ClusterSecret>>, tls: Option<&RpcTls>) -> Self {
         let mut tcp = HttpConnector::new();
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(Duration::from_millis(500)));
@@ -207,8 +207,8 @@ impl RpcClient {
             let response = client.request(request).await.map_err(|e| {
                 fail(match handshake_failure(&e) {
                     Some(failure) => Failure::Tls(failure.0.clone()),
-                    None if e.is_connect() => Failure::Connect(e.to_string()),
-                    None => Failure::Exchange(e.to_string()),
+                    None if e.is_connect() => Failure::Connect(with_sources(&e)),
+                    None => Failure::Exchange(with_sources(&e)),
                 })
             })?;
             let status = response.status();
@@ -237,6 +237,19 @@ impl RpcClient {
             .await
             .map_err(|_| fail(Failure::Timeout(timeout)))?
     }
+}
+
+/// An error with its sources, `error: source: source ...` (hyper's client errors say only
+/// which step failed, the source says why).
+fn with_sources(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(error) = source {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        source = error.source();
+    }
+    text
 }
 
 impl RpcClient {
@@ -269,8 +282,8 @@ impl RpcClient {
             .map_err(|e| {
                 fail(match handshake_failure(&e) {
                     Some(failure) => Failure::Tls(failure.0.clone()),
-                    None if e.is_connect() => Failure::Connect(e.to_string()),
-                    None => Failure::Exchange(e.to_string()),
+                    None if e.is_connect() => Failure::Connect(with_sources(&e)),
+                    None => Failure::Exchange(with_sources(&e)),
                 })
             })?;
         let status = response.status();
