@@ -178,7 +178,8 @@ impl Feed {
             let request = FeedRequest {
                 node: node.name.clone(),
                 resume,
-                version: 0,
+                version: atoll_raft::feed::FEED_VERSION,
+                datacenter: self.datacenter.clone(),
             };
             let mut stream = match client.open(&server, &request).await {
                 Ok(stream) => stream,
