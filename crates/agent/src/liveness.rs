@@ -79,8 +79,12 @@ fn judged_by_pool(lan: Option<&Arc<dyn LanPool>>) -> BTreeSet<String> {
 }
 
 /// Leader only: keeps each `serfHealth` check equal to what the LAN pool says of its node,
-/// as soon as the pool's view changes.
-pub(crate) async fn watch_pool(cluster: ClusterHandle, lan: Arc<dyn LanPool>) {
+/// as soon as the pool's view changes. A compute node (a pool member that is not a Raft
+/// member) must also hold its state stream on some server: one the pool holds alive (other
+/// members still reach it) but whose stream no server has reported for `ttl` is cut off
+/// from the servers, receives no allocation and reports nothing, so it counts as failed and
+/// its tasks are placed elsewhere, as a Nomad client that lost its servers.
+pub(crate) async fn watch_pool(cluster: ClusterHandle, lan: Arc<dyn LanPool>, ttl: Duration) {
     let mut members = lan.members();
     let mut open = true;
     let mut recheck = tokio::time::interval(POOL_RECHECK_EVERY);
@@ -93,7 +97,8 @@ pub(crate) async fn watch_pool(cluster: ClusterHandle, lan: Arc<dyn LanPool>) {
         if !cluster.is_leader() {
             continue;
         }
-        let statuses = atoll_cluster::statuses(&members.borrow_and_update());
+        let mut statuses = atoll_cluster::statuses(&members.borrow_and_update());
+        cut_off_from_servers(&mut statuses, cluster.as_ref(), ttl);
         // Only the pool's members can need an update: their own checks, looked up by key.
         let checks: Vec<(String, CheckStatus)> = cluster.store().read(|state| {
             statuses
@@ -124,6 +129,32 @@ pub(crate) async fn watch_pool(cluster: ClusterHandle, lan: Arc<dyn LanPool>) {
         };
         if let Err(e) = cluster.write(command).await {
             tracing::warn!(error = %e, "could not record node health from the LAN pool");
+        }
+    }
+}
+
+/// Marks failed the compute nodes the pool holds alive whose streams no server reported for
+/// `ttl` (a node never reported is left to the pool).
+fn cut_off_from_servers(
+    statuses: &mut BTreeMap<String, MemberStatus>,
+    cluster: &dyn Cluster,
+    ttl: Duration,
+) {
+    let servers: BTreeSet<String> = cluster
+        .members()
+        .into_iter()
+        .map(|(_, member, _)| member.name)
+        .collect();
+    let liveness = cluster.liveness();
+    let now = Instant::now();
+    for (node, status) in statuses.iter_mut() {
+        if *status != MemberStatus::Alive || servers.contains(node) {
+            continue;
+        }
+        if let Some(seen) = liveness.get(node) {
+            if now.duration_since(*seen) >= ttl {
+                *status = MemberStatus::Failed;
+            }
         }
     }
 }

@@ -219,7 +219,11 @@ impl Agent {
             if let Some(lan) = &config.lan {
                 loops.push((
                     "the LAN pool watch",
-                    Box::pin(crate::liveness::watch_pool(cluster.clone(), lan.clone())),
+                    Box::pin(crate::liveness::watch_pool(
+                        cluster.clone(),
+                        lan.clone(),
+                        config.heartbeat_ttl,
+                    )),
                 ));
             }
         }

@@ -84,7 +84,20 @@ pub struct Forwarder {
 
 impl Default for Forwarder {
     fn default() -> Self {
+        Self::from_address(None)
+    }
+}
+
+impl Forwarder {
+    /// A forwarder whose connections leave from `local` when it is an address of this
+    /// machine (a node bound to one address speaks from it, so that what reaches another
+    /// node's HTTP API comes from the node's own address, as its other traffic does); from
+    /// the address the system picks otherwise.
+    pub fn from_address(local: Option<std::net::IpAddr>) -> Self {
+        let local =
+            local.filter(|ip| !ip.is_unspecified() && std::net::UdpSocket::bind((*ip, 0)).is_ok());
         let mut connector = HttpConnector::new();
+        connector.set_local_address(local);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
         // A kept-alive connection to a datacenter whose link was cut would otherwise take a
@@ -99,9 +112,7 @@ impl Default for Forwarder {
             .build(connector);
         Forwarder { client }
     }
-}
 
-impl Forwarder {
     /// Sends one request to another node's HTTP API and reads the whole answer; the caller
     /// bounds the time the exchange may take.
     pub async fn call(

@@ -92,6 +92,14 @@ impl ApiContext {
         facts: NodeFacts,
         federation: Arc<dyn Federation>,
     ) -> Self {
+        // Requests to other nodes' HTTP APIs leave from the node's own address.
+        let local = agent
+            .cluster()
+            .member()
+            .rpc_addr
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|addr| addr.ip());
         ApiContext {
             inner: Arc::new(ContextInner {
                 agent,
@@ -99,7 +107,7 @@ impl ApiContext {
                 events: marathon::events::bus(),
                 facts,
                 federation,
-                forwarder: federate::Forwarder::default(),
+                forwarder: federate::Forwarder::from_address(local),
                 acl_cache: atoll_state::AuthorizerCache::default(),
                 acl_replication: tokio::sync::watch::Sender::new(Default::default()),
             }),

@@ -76,7 +76,14 @@ impl RelayFederation {
         };
         loop {
             self.refresh(&cluster.members(), &client).await;
-            tokio::time::sleep(every).await;
+            // Until the membership names a server (a compute node learns it from its stream,
+            // after it started), look again soon rather than after a whole period.
+            let pause = if self.known().servers.is_empty() {
+                every.min(UNKNOWN_SERVERS_RETRY)
+            } else {
+                every
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -137,6 +144,9 @@ async fn ask_datacenters(
         .await
         .map_err(|_| "no answer in time".to_string())?
 }
+
+/// How soon a node that knows no server of its datacenter yet looks again.
+const UNKNOWN_SERVERS_RETRY: Duration = Duration::from_millis(200);
 
 impl Federation for RelayFederation {
     fn datacenter(&self) -> &str {

@@ -134,6 +134,11 @@ async fn connection(
     serve(stream, peer, router).await
 }
 
+/// How often an idle HTTP/2 peer connection is pinged.
+const PEER_PING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a ping may go unanswered before the connection is closed.
+const PEER_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Serves `io`, every request carrying `peer`: HTTP/2 as nodes speak it, or HTTP/1.1 (a
 /// person probing the port with curl gets an answer too).
 async fn serve<I>(io: I, peer: Peer, router: Router)
@@ -143,7 +148,14 @@ where
     let address = peer.address.clone();
     let service = TowerToHyperService::new(router.layer(axum::Extension(peer)));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http2().timer(TokioTimer::new());
+    // A peer that stops answering pings (cut off, powered off) loses its connection within
+    // seconds rather than after TCP's retransmissions give up: a compute node's state stream
+    // then ends on the server, which stops reporting the node alive.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(PEER_PING_EVERY))
+        .keep_alive_timeout(PEER_PING_TIMEOUT);
     if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
         tracing::debug!(caller = %address, error = %e, "RPC connection ended");
     }
