@@ -92,29 +92,40 @@ impl Store {
         let (outcome, changes) = {
             let mut state = self.inner.state.write();
             let result = state.apply(index, command);
-            if !result.1.is_empty() {
-                self.inner.last_change.store(index, Ordering::Release);
-            }
-            // Published under the lock, so subscribers see entries in log order.
-            if !result.1.is_empty() && self.inner.feed.receiver_count() > 0 {
-                let applied = Arc::new(Applied::Entry {
-                    index,
-                    changes: result.1.clone(),
-                });
-                let _ = self.inner.feed.send(applied);
-            }
+            self.publish(index, &result.1);
             result
         };
+        self.wake(index, &changes);
+        outcome
+    }
+
+    /// Under the state's write lock, right after the entry at `index` changed `changes`:
+    /// notes the last changing entry and sends the changes to the subscribers (under the
+    /// lock, so they see entries in log order).
+    fn publish(&self, index: u64, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        self.inner.last_change.store(index, Ordering::Release);
+        if self.inner.feed.receiver_count() > 0 {
+            let _ = self.inner.feed.send(Arc::new(Applied::Entry {
+                index,
+                changes: changes.to_vec(),
+            }));
+        }
+    }
+
+    /// Wakes the watchers of the tables and keys `changes` touched, at `index`.
+    fn wake(&self, index: u64, changes: &[Change]) {
         let mut woken = [false; Table::ALL.len()];
-        for change in &changes {
+        for change in changes {
             let slot = change.table().slot();
             if !woken[slot] {
                 woken[slot] = true;
                 self.inner.tables[slot].send_replace(index);
             }
         }
-        self.inner.keyed.lock().wake(index, &changes);
-        outcome
+        self.inner.keyed.lock().wake(index, changes);
     }
 
     /// Replays the changes of the entry at `index`, made on another copy of the state (a
@@ -124,25 +135,9 @@ impl Store {
         {
             let mut state = self.inner.state.write();
             state.replay(index, &changes);
-            if !changes.is_empty() {
-                self.inner.last_change.store(index, Ordering::Release);
-            }
-            if !changes.is_empty() && self.inner.feed.receiver_count() > 0 {
-                let _ = self.inner.feed.send(Arc::new(Applied::Entry {
-                    index,
-                    changes: changes.clone(),
-                }));
-            }
+            self.publish(index, &changes);
         }
-        let mut woken = [false; Table::ALL.len()];
-        for change in &changes {
-            let slot = change.table().slot();
-            if !woken[slot] {
-                woken[slot] = true;
-                self.inner.tables[slot].send_replace(index);
-            }
-        }
-        self.inner.keyed.lock().wake(index, &changes);
+        self.wake(index, &changes);
         self.set_applied(index);
     }
 
