@@ -24,9 +24,13 @@ def test_a_compute_node_relays_other_datacenters_through_its_servers(new_cluster
     cluster.start()
     server = cluster.servers[0]
 
-    # Known locally: the datacenter list comes from a server.
+    # Known locally: the datacenter list comes from a server. A compute node lists its own
+    # datacenter before it has learnt its servers from its stream; until it has, a request
+    # for another datacenter has nowhere to go ("no server reachable"), so wait for that too.
     wait_for(lambda: client.get_json("/v1/catalog/datacenters") == ["dc1"], timeout=15,
              message="the client to list its datacenter")
+    wait_for(lambda: client.get("/v1/catalog/services?dc=dc2").text == "No path to datacenter",
+             timeout=15, message="the client to relay through its server")
     assert client.get_json("/v1/agent/members?wan=1") == []
     joined = client.put("/v1/agent/join/127.0.0.1?wan=1")
     assert (joined.status_code, joined.text) == (500, "Must be a server to join WAN cluster")

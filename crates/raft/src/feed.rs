@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -59,6 +60,15 @@ const KEEP_WINDOW_IDLE: Duration = Duration::from_secs(120);
 const SERVERS_EVERY: Duration = Duration::from_millis(200);
 /// How long opening a stream (its answer's head) may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The pause a stream takes after each frame it sent, per stream open on the server: a
+/// server sends at most about 1 / PACE_PER_STREAM frames a second however many nodes
+/// follow it, each frame carrying every entry since the last, so its cost per write does
+/// not grow with the number of nodes (their view lags by up to the pause instead).
+const PACE_PER_STREAM: Duration = Duration::from_micros(50);
+/// The pause is never shorter than this...
+const PACE_MIN: Duration = Duration::from_millis(1);
+/// ...nor longer than this.
+const PACE_MAX: Duration = Duration::from_millis(250);
 
 const KIND_CONTROL: u8 = 0;
 const KIND_ENTRIES: u8 = 1;
@@ -284,6 +294,8 @@ struct HubInner {
     snapshot: Mutex<Option<(u64, Bytes)>>,
     /// Open streams by node name.
     streams: Mutex<BTreeMap<String, usize>>,
+    /// How many streams are open, all nodes together.
+    open: AtomicUsize,
     /// When the last stream closed (`None` while one is open).
     idle_since: Mutex<Option<Instant>>,
 }
@@ -343,6 +355,15 @@ impl Window {
     }
 }
 
+/// The pause after a frame when `open` streams share the server.
+fn pace_for(open: usize) -> Duration {
+    let open = u32::try_from(open).unwrap_or(u32::MAX);
+    PACE_PER_STREAM
+        .checked_mul(open)
+        .unwrap_or(PACE_MAX)
+        .clamp(PACE_MIN, PACE_MAX)
+}
+
 /// The index of the entry just before position `next` of `entries`.
 fn taken_last(entries: &VecDeque<(u64, Bytes)>, next: usize) -> u64 {
     entries
@@ -372,6 +393,7 @@ impl FeedHub {
                 servers: watch::Sender::new(Bytes::new()),
                 snapshot: Mutex::new(None),
                 streams: Mutex::new(BTreeMap::new()),
+                open: AtomicUsize::new(0),
                 idle_since: Mutex::new(Some(Instant::now())),
             }),
         }
@@ -380,6 +402,11 @@ impl FeedHub {
     /// The nodes whose streams are open on this server.
     pub(crate) fn nodes(&self) -> Vec<String> {
         self.inner.streams.lock().keys().cloned().collect()
+    }
+
+    /// The pause a stream takes after a frame, for the streams open now.
+    fn pace(&self) -> Duration {
+        pace_for(self.inner.open.load(Ordering::Relaxed))
     }
 
     /// Whether entries are worth encoding: a stream is open, or one closed a moment ago.
@@ -527,6 +554,7 @@ impl FeedHub {
             .lock()
             .entry(node.to_string())
             .or_default() += 1;
+        self.inner.open.fetch_add(1, Ordering::Relaxed);
         *self.inner.idle_since.lock() = None;
         OpenStream {
             hub: self.clone(),
@@ -575,6 +603,7 @@ impl FeedHub {
         let mut servers_changed = false;
         loop {
             let upto = *position.borrow_and_update();
+            let sent = upto > cursor;
             while upto > cursor {
                 let taken = self.inner.window.lock().after(cursor, upto);
                 let Some((entries, reached)) = taken else {
@@ -591,6 +620,14 @@ impl FeedHub {
             if std::mem::take(&mut servers_changed) {
                 let bytes = servers.borrow_and_update().clone();
                 sender.send(bytes).await.map_err(gone)?;
+            }
+            if sent {
+                // Whatever is applied meanwhile goes in the next frame, together.
+                tokio::select! {
+                    _ = tokio::time::sleep(self.pace()) => {}
+                    _ = sender.closed() => return Ok(()),
+                }
+                continue;
             }
             tokio::select! {
                 changed = position.changed() => changed.map_err(|_| "the hub stopped".to_string())?,
@@ -642,6 +679,7 @@ struct OpenStream {
 impl Drop for OpenStream {
     fn drop(&mut self) {
         let mut streams = self.hub.inner.streams.lock();
+        self.hub.inner.open.fetch_sub(1, Ordering::Relaxed);
         if let Some(count) = streams.get_mut(&self.node) {
             *count -= 1;
             if *count == 0 {
@@ -809,6 +847,20 @@ impl From<FeedError> for ClusterError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pause_after_a_frame_grows_with_the_streams_within_its_bounds() {
+        assert_eq!(pace_for(0), PACE_MIN);
+        assert_eq!(pace_for(1), PACE_MIN);
+        assert_eq!(pace_for(1_000), Duration::from_millis(50));
+        assert_eq!(pace_for(5_000), PACE_MAX);
+        assert_eq!(pace_for(usize::MAX), PACE_MAX);
+        // The frames a server sends a second stay about the same whatever the streams.
+        for open in [100usize, 1_000, 4_000] {
+            let frames = open as f64 / pace_for(open).as_secs_f64();
+            assert!((19_000.0..=21_000.0).contains(&frames), "{open}: {frames}");
+        }
+    }
 
     #[test]
     fn nodes_spread_over_the_servers_and_keep_theirs_when_another_goes() {
