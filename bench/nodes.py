@@ -96,7 +96,9 @@ class Simulator:
             except OSError:
                 pass
             time.sleep(0.5)
-        raise SystemExit(f"only {self.stats().get('registered')} of {self.nodes} nodes registered in {timeout:.0f}s")
+        failures = [line for line in self.log.read_text(errors="replace").splitlines() if "failed" in line]
+        raise SystemExit(f"only {self.stats().get('registered')} of {self.nodes} nodes registered in {timeout:.0f}s; "
+                         f"counters {self.stats()}; the simulator's last failures:\n" + "\n".join(failures[-20:]))
 
     def close(self) -> None:
         if self.proc.poll() is None:
