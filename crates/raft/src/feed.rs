@@ -51,8 +51,12 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 const WINDOW_ENTRIES: usize = 20_000;
 /// Bytes of encoded entries the window keeps at most.
 const WINDOW_BYTES: usize = 64 * 1024 * 1024;
-/// Bytes of entries sent in one frame at most (a lagging stream gets several).
-const FRAME_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes of entries sent in one frame at most (a lagging stream gets several). With
+/// [`QUEUED_FRAMES`], what a stream holds while its node reads slowly: a few hundred lagging
+/// streams on one server hold a few hundred MiB.
+const FRAME_BYTES: usize = 1024 * 1024;
+/// Frames queued for a stream's connection beyond the one being written.
+const QUEUED_FRAMES: usize = 2;
 /// How long the hub keeps encoding entries after its last stream closed, so that a node
 /// away for a moment resumes without a snapshot.
 const KEEP_WINDOW_IDLE: Duration = Duration::from_secs(120);
@@ -295,6 +299,9 @@ struct HubInner {
     /// The last copy of the state sent, encoded, and its index: sent again to nodes that
     /// start while the window still leads from it.
     snapshot: Mutex<Option<(u64, Bytes)>>,
+    /// Held while a copy is made: streams that start together wait for that one copy
+    /// instead of each making its own (a few hundred copies at once would hold gigabytes).
+    copying: tokio::sync::Mutex<()>,
     /// Open streams by node name.
     streams: Mutex<BTreeMap<String, usize>>,
     /// How many streams are open, all nodes together.
@@ -395,6 +402,7 @@ impl FeedHub {
                 position: watch::Sender::new(0),
                 servers: watch::Sender::new(Bytes::new()),
                 snapshot: Mutex::new(None),
+                copying: tokio::sync::Mutex::new(()),
                 streams: Mutex::new(BTreeMap::new()),
                 open: AtomicUsize::new(0),
                 idle_since: Mutex::new(Some(Instant::now())),
@@ -538,7 +546,7 @@ impl FeedHub {
 
     /// Opens a stream for `request`: the body to answer with.
     pub(crate) fn open(&self, store: &Store, request: FeedRequest) -> axum::body::Body {
-        let (sender, receiver) = mpsc::channel::<Bytes>(4);
+        let (sender, receiver) = mpsc::channel::<Bytes>(QUEUED_FRAMES);
         let hub = self.clone();
         let store = store.clone();
         tokio::spawn(async move {
@@ -647,13 +655,22 @@ impl FeedHub {
         }
     }
 
+    /// The last copy sent, while the window still leads from it.
+    fn cached_snapshot(&self) -> Option<(u64, Bytes)> {
+        let (index, bytes) = self.inner.snapshot.lock().clone()?;
+        (index >= self.inner.window.lock().base && self.wanted()).then_some((index, bytes))
+    }
+
     /// A copy of the state to start a stream with, encoded, and its index: the last one
     /// sent while the window still leads from it, else a new one.
     async fn snapshot(&self, store: &Store) -> Result<(u64, Bytes), String> {
-        if let Some((index, bytes)) = self.inner.snapshot.lock().clone() {
-            if index >= self.inner.window.lock().base && self.wanted() {
-                return Ok((index, bytes));
-            }
+        if let Some(cached) = self.cached_snapshot() {
+            return Ok(cached);
+        }
+        let _copying = self.inner.copying.lock().await;
+        // Made by another stream while this one waited.
+        if let Some(cached) = self.cached_snapshot() {
+            return Ok(cached);
         }
         let store = store.clone();
         let history = self.inner.history;
