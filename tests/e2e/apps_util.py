@@ -218,12 +218,23 @@ def task_processes(app_prefix: str) -> dict[int, str]:
     return found
 
 
-def task_process_groups(app_prefix: str) -> dict[str, set[int]]:
-    """Live processes of the tasks whose app id starts with `app_prefix` (by their environment), by task id."""
-    found: dict[str, set[int]] = {}
-    for pid, task_id in task_processes(app_prefix).items():
-        found.setdefault(task_id, set()).add(pid)
-    return found
+def task_process_groups(app_prefix: str, settle: float = 0.3) -> dict[str, set[int]]:
+    """Lasting processes of the tasks whose app id starts with `app_prefix` (by their
+    environment), by task id: those seen in two looks `settle` seconds apart. A web server
+    forks a child per request (busybox httpd does), and a health check's request must not
+    read as a new process of the task."""
+
+    def look() -> dict[str, set[int]]:
+        found: dict[str, set[int]] = {}
+        for pid, task_id in task_processes(app_prefix).items():
+            found.setdefault(task_id, set()).add(pid)
+        return found
+
+    first = look()
+    time.sleep(settle)
+    second = look()
+    lasting = {task: pids & second.get(task, set()) for task, pids in first.items()}
+    return {task: pids for task, pids in lasting.items() if pids}
 
 
 def _state(pid: int) -> str | None:
