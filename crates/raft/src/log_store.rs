@@ -34,6 +34,9 @@ type Shared = Arc<Entry<TypeConfig>>;
 const TAIL_KEEP: u64 = 1024;
 /// Most jobs written in one transaction; a larger queue is written in several.
 const MAX_GROUP: usize = 4096;
+/// How long a committed index waits for a transaction to ride along with before it is
+/// written alone.
+const HOLD_COMMITTED: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The Raft log of this node.
 #[derive(Clone)]
@@ -43,11 +46,13 @@ pub(crate) struct LogStore {
     writer: mpsc::Sender<Job>,
 }
 
-/// Appended entries by index, and the last index known durable.
+/// Appended entries by index, the last index known durable, and the committed index last
+/// saved (which the writer may still hold back, see `write_loop`).
 #[derive(Default)]
 struct Tail {
     entries: BTreeMap<u64, Shared>,
     durable: u64,
+    committed: Option<Option<LogId<NodeId>>>,
 }
 
 impl Tail {
@@ -82,6 +87,14 @@ enum Job {
     },
     /// Answered once every job before it is written and the database let go.
     Barrier(tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
+impl Job {
+    /// Whether the job may wait for a later transaction: a metadata record nobody waits for
+    /// (the committed index).
+    fn can_wait(&self) -> bool {
+        matches!(self, Job::Meta { done: None, .. })
+    }
 }
 
 /// A handle on the log writer that does not hold the database open.
@@ -230,13 +243,41 @@ fn write_loop(db: &std::sync::Weak<Database>, tail: &Mutex<Tail>, jobs: &mpsc::R
     // (a job with nobody to tell, like the committed index, may have met it), which names the
     // cause, rather than redb's later "previous I/O error".
     let mut failed: Option<String> = None;
-    while let Ok(first) = jobs.recv() {
-        let mut group = vec![first];
+    // The newest committed index not written yet: it waits for the next transaction (or an
+    // idle spell), so that it never costs a durable commit and an fsync of its own.
+    let mut held: Option<Job> = None;
+    loop {
+        let first = match &held {
+            None => jobs
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(_) => jobs.recv_timeout(HOLD_COMMITTED),
+        };
+        let (mut group, idle) = match first {
+            Ok(job) => (vec![job], false),
+            // Quiet for a while: the held index is written alone after all.
+            Err(mpsc::RecvTimeoutError::Timeout) => (held.take().into_iter().collect(), true),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Every handle is gone: the held index is written if the file is still open.
+                if let (Some(job), None, Some(db)) = (held.take(), &failed, db.upgrade()) {
+                    let _ = write_group(&db, &[job]);
+                }
+                return;
+            }
+        };
         while group.len() < MAX_GROUP {
             match jobs.try_recv() {
                 Ok(job) => group.push(job),
                 Err(_) => break,
             }
+        }
+        if !idle && group.iter().all(Job::can_wait) {
+            // Only committed indexes: keep the newest for the next transaction.
+            held = group.pop();
+            continue;
+        }
+        if let Some(job) = held.take() {
+            group.insert(0, job);
         }
         let writes = group.iter().any(|job| !matches!(job, Job::Barrier(_)));
         let result = match (&failed, db.upgrade()) {
@@ -391,6 +432,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
         let value = encode(&committed).map_err(|e| write_err(e.into()))?;
+        self.tail.lock().committed = Some(committed);
         self.send(Job::Meta {
             key: KEY_COMMITTED,
             value,
@@ -400,6 +442,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        // Saved in this run: the newest, whether or not the writer wrote it yet.
+        if let Some(committed) = self.tail.lock().committed {
+            return Ok(committed);
+        }
         Ok(self
             .meta::<Option<LogId<NodeId>>>(KEY_COMMITTED)
             .map_err(read_err)?

@@ -136,3 +136,59 @@ impl
 fn storage_passes_openraft_suite() {
     openraft::testing::Suite::test_all(SuiteBuilder).unwrap();
 }
+
+/// A log on a new database, the database, and the directory holding it.
+fn fresh_log() -> (
+    tempfile::TempDir,
+    std::sync::Arc<redb::Database>,
+    crate::log_store::LogStore,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::storage::open(dir.path()).unwrap();
+    let log = crate::log_store::LogStore::new(db.clone()).unwrap();
+    (dir, db, log)
+}
+
+/// The committed index read back from the file, as a fresh start would read it.
+fn committed_on_disk(db: &redb::Database) -> Option<Option<openraft::LogId<u64>>> {
+    crate::storage::get_meta(db, crate::storage::KEY_COMMITTED)
+        .unwrap()
+        .map(|bytes| atoll_state::snapshot::decode(&bytes).unwrap())
+}
+
+/// A committed index takes no durable commit of its own: it is written with the next
+/// transaction (here a vote's), and read back as saved before that.
+#[tokio::test]
+async fn the_committed_index_rides_along_with_the_next_write() {
+    use openraft::storage::RaftLogStorage;
+    let (_dir, db, mut log) = fresh_log();
+    let committed = Some(openraft::LogId::new(
+        openraft::CommittedLeaderId::new(3, 1),
+        42,
+    ));
+    log.save_committed(committed).await.unwrap();
+    assert_eq!(log.read_committed().await.unwrap(), committed);
+    log.save_vote(&openraft::Vote::new(3, 1)).await.unwrap();
+    assert_eq!(committed_on_disk(&db), Some(committed));
+}
+
+/// With no other write to ride along with, the committed index is still written, alone, once
+/// the writer has been idle for a while.
+#[tokio::test]
+async fn a_committed_index_alone_is_written_once_the_log_is_idle() {
+    use openraft::storage::RaftLogStorage;
+    let (_dir, db, mut log) = fresh_log();
+    let committed = Some(openraft::LogId::new(
+        openraft::CommittedLeaderId::new(2, 1),
+        7,
+    ));
+    log.save_committed(committed).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while committed_on_disk(&db) != Some(committed) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the committed index was not written within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
