@@ -305,6 +305,12 @@ async fn run_node(settings: NodeSettings) -> anyhow::Result<()> {
             bootstrap_expect: 0,
         },
     };
+    // A compute node's stream closing on this server may mean its process died: the LAN pool
+    // tries its gossip port at once (a refusal fails it) instead of at its next probe.
+    if let (NodeCluster::Server(consensus), Some(lan)) = (&node, &lan_view) {
+        let lan = lan.clone();
+        consensus.when_a_stream_closes(move |name| lan.check_gone(name));
+    }
     let (supervisor, mut failures) = supervise::Supervisor::new();
     // From the start, so that the elections of a forming cluster are counted too.
     if let NodeCluster::Server(consensus) = &node {

@@ -26,6 +26,10 @@ pub trait LanPool: Send + Sync + std::fmt::Debug + 'static {
 
     /// The last coordinate known of each member, this node's included, by node name.
     fn coordinates(&self) -> BTreeMap<String, Coordinate>;
+
+    /// A hint that the member `node` may be gone (a connection from it closed): the pool
+    /// checks it now instead of at its next probe, and fails it if its process is gone.
+    fn check_gone(&self, node: &str);
 }
 
 /// Each member's status by node name, from a pool's member list.

@@ -63,4 +63,8 @@ impl LanPool for GossipLan {
         all.insert(view.local.name.clone(), view.coordinate.clone());
         all
     }
+
+    fn check_gone(&self, node: &str) {
+        self.pool.check_gone(node);
+    }
 }

@@ -216,6 +216,13 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// How many times a member said to be gone is tried while its port still accepts: a process
+/// being killed closes its sockets one by one, and the connection that told of it may close
+/// before its gossip listener does (measured: accepted 5 ms after `kill -9`).
+const GONE_ATTEMPTS: u32 = 4;
+/// The pause between those tries.
+const GONE_RETRY: Duration = Duration::from_millis(50);
+
 enum Input {
     Datagram(Vec<u8>, SocketAddr),
     Timer(Timer<NodeId>),
@@ -225,6 +232,8 @@ enum Input {
     Leave(oneshot::Sender<()>),
     /// The member's gossip port refused a connection after a probe went unanswered.
     Refused(NodeId),
+    /// A hint that the member of this name may be gone: its gossip port is tried now.
+    Gone(String),
 }
 
 type Swim = Foca<NodeId, PostcardCodec, rand09::rngs::SmallRng, NoCustomBroadcast>;
@@ -392,6 +401,15 @@ impl Pool {
             )));
         }
         Ok(joined)
+    }
+
+    /// A hint that the member named `name` may be gone: a connection from it closed (the
+    /// stream a compute node holds on its server). With a profile that fails members whose
+    /// gossip port refuses connections, the port is tried at once rather than at the member's
+    /// next unanswered probe: a refusal fails it now. Nothing happens for a member that still
+    /// listens, one the pool does not hold alive, or when the pool is busy.
+    pub fn check_gone(&self, name: &str) {
+        let _ = self.inner.tx.try_send(Input::Gone(name.to_string()));
     }
 
     /// Leaves the pool gracefully: the members are told, and show this one as left.
@@ -862,15 +880,22 @@ impl Owner {
                 let _ = reply.send(());
             }
             Input::Refused(member) => self.fail_refused(member),
+            Input::Gone(name) => {
+                let member = self
+                    .foca
+                    .iter_members()
+                    .find(|known| known.id().name == name && known.state() != State::Down)
+                    .map(|known| known.id().clone());
+                if let Some(member) = member {
+                    self.try_port(member, GONE_ATTEMPTS);
+                }
+            }
         }
     }
 
     /// A direct probe of `member` is due an answer: when none came, and the pool fails
     /// members whose port refuses connections, tries a TCP connection to its gossip port.
     fn check_refused(&mut self, member: &NodeId) {
-        if !self.profile.fail_on_refused_connect || self.we_left {
-            return;
-        }
         let answered = self
             .heard
             .get(&member.addr)
@@ -878,14 +903,28 @@ impl Owner {
         if answered {
             return;
         }
+        self.try_port(member.clone(), 1);
+    }
+
+    /// Tries a TCP connection to `member`'s gossip port, up to `attempts` times
+    /// [`GONE_RETRY`] apart while it is accepted; a refusal fails it (`fail_refused`).
+    fn try_port(&mut self, member: NodeId, attempts: u32) {
+        if !self.profile.fail_on_refused_connect || self.we_left {
+            return;
+        }
         let tx = self.tx.clone();
-        let member = member.clone();
         let timeout = self.profile.probe_rtt.max(Duration::from_millis(50));
         tokio::spawn(async move {
-            let attempt = tokio::time::timeout(timeout, TcpStream::connect(member.addr)).await;
-            if let Ok(Err(e)) = attempt {
-                if refused(&e) {
-                    let _ = tx.send(Input::Refused(member)).await;
+            for attempt in 1..=attempts {
+                match tokio::time::timeout(timeout, TcpStream::connect(member.addr)).await {
+                    Ok(Err(e)) if refused(&e) => {
+                        let _ = tx.send(Input::Refused(member)).await;
+                        return;
+                    }
+                    // Accepted: a live process, or a dying one that has not closed its
+                    // listener yet.
+                    Ok(Ok(_)) if attempt < attempts => tokio::time::sleep(GONE_RETRY).await,
+                    _ => return,
                 }
             }
         });

@@ -303,6 +303,55 @@ async fn a_member_whose_port_refuses_connections_is_failed_without_suspicion() {
     assert_eq!(status_of(&pools[0], "n2"), Some(MemberStatus::Alive));
 }
 
+/// A hint (a compute node's stream closed on its server) fails a member whose process is gone
+/// at once, where neither a probe (every minute here) nor the suspicion would within the test;
+/// the same hint about a member that still listens changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_that_a_member_is_gone_fails_it_at_once_when_its_port_refuses() {
+    let slow = Profile {
+        probe_period: Duration::from_secs(60),
+        suspect_to_down_after: Duration::from_secs(60),
+        fail_on_refused_connect: true,
+        ..Profile::fast()
+    };
+    let mut pools = Vec::new();
+    for name in ["s1", "c1"] {
+        let pool = Pool::start(PoolConfig {
+            name: name.to_string(),
+            bind: "127.0.68.1:0".parse().expect("address"),
+            tags: BTreeMap::new(),
+            profile: slow.clone(),
+            default_port: 8301,
+            encryption: None,
+            datacenter: None,
+            advertise: None,
+        })
+        .await
+        .expect("pool starts");
+        pools.push(pool);
+    }
+    pools[1]
+        .join(&[pools[0].local_addr().to_string()])
+        .await
+        .expect("join");
+    let refs: Vec<&Pool> = pools.iter().collect();
+    eventually(Duration::from_secs(5), "both know both", || {
+        all_alive(&refs, &["s1", "c1"])
+    })
+    .await;
+    // Still listening: the hint is checked and dropped.
+    pools[0].check_gone("c1");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status_of(&pools[0], "c1"), Some(MemberStatus::Alive));
+    // Gone: its port refuses, and the hint fails it.
+    pools[1].shutdown();
+    pools[0].check_gone("c1");
+    eventually(Duration::from_secs(5), "c1 failed on the hint", || {
+        status_of(&pools[0], "c1") == Some(MemberStatus::Failed)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_of_another_datacenter_cannot_join() {
     let dc1 = start_lan("a", "127.0.67.1:0", "dc1").await;

@@ -852,6 +852,13 @@ impl Consensus {
     }
 
     /// The compute nodes' streams this server serves.
+    /// Calls `hook` with the name of a compute node whose last stream on this server closed:
+    /// the node may be gone (a killed process's connection resets at once), which the LAN
+    /// pool can check at once rather than at its next probe of that node.
+    pub fn when_a_stream_closes(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        self.inner.feed.on_closed(Arc::new(hook));
+    }
+
     pub(crate) fn feed(&self) -> &FeedHub {
         &self.inner.feed
     }

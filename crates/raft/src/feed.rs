@@ -308,7 +308,12 @@ struct HubInner {
     open: AtomicUsize,
     /// When the last stream closed (`None` while one is open).
     idle_since: Mutex<Option<Instant>>,
+    /// Told the name of a node whose last stream on this server closed.
+    on_closed: Mutex<Option<StreamClosed>>,
 }
+
+/// What a server does when a node's last stream on it closes (see [`FeedHub::on_closed`]).
+pub(crate) type StreamClosed = Arc<dyn Fn(&str) + Send + Sync>;
 
 struct Window {
     /// Every entry after this index is in `entries`.
@@ -406,8 +411,15 @@ impl FeedHub {
                 streams: Mutex::new(BTreeMap::new()),
                 open: AtomicUsize::new(0),
                 idle_since: Mutex::new(Some(Instant::now())),
+                on_closed: Mutex::new(None),
             }),
         }
+    }
+
+    /// Calls `hook` with a node's name whenever the node's last stream on this server closes
+    /// (the node went, moved to another server, or its connection broke).
+    pub(crate) fn on_closed(&self, hook: StreamClosed) {
+        *self.inner.on_closed.lock() = Some(hook);
     }
 
     /// The nodes whose streams are open on this server.
@@ -698,16 +710,24 @@ struct OpenStream {
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        let mut streams = self.hub.inner.streams.lock();
-        self.hub.inner.open.fetch_sub(1, Ordering::Relaxed);
-        if let Some(count) = streams.get_mut(&self.node) {
-            *count -= 1;
-            if *count == 0 {
-                streams.remove(&self.node);
+        let mut last = false;
+        {
+            let mut streams = self.hub.inner.streams.lock();
+            self.hub.inner.open.fetch_sub(1, Ordering::Relaxed);
+            if let Some(count) = streams.get_mut(&self.node) {
+                *count -= 1;
+                if *count == 0 {
+                    streams.remove(&self.node);
+                    last = true;
+                }
+            }
+            if streams.is_empty() {
+                *self.hub.inner.idle_since.lock() = Some(Instant::now());
             }
         }
-        if streams.is_empty() {
-            *self.hub.inner.idle_since.lock() = Some(Instant::now());
+        let hook = self.hub.inner.on_closed.lock().clone();
+        if let (true, Some(hook)) = (last, hook) {
+            hook(&self.node);
         }
     }
 }
@@ -867,6 +887,26 @@ impl From<FeedError> for ClusterError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_is_told_of_when_its_last_stream_on_the_server_closes() {
+        let hub = FeedHub::new();
+        let closed = Arc::new(Mutex::new(Vec::<String>::new()));
+        let told = closed.clone();
+        hub.on_closed(Arc::new(move |node: &str| {
+            told.lock().push(node.to_string())
+        }));
+        let first = hub.register("n1");
+        let second = hub.register("n1");
+        let other = hub.register("n2");
+        drop(first);
+        assert!(closed.lock().is_empty(), "n1 still has a stream");
+        drop(second);
+        assert_eq!(*closed.lock(), ["n1"]);
+        drop(other);
+        assert_eq!(*closed.lock(), ["n1", "n2"]);
+        assert!(hub.nodes().is_empty());
+    }
 
     #[test]
     fn the_pause_after_a_frame_grows_with_the_streams_within_its_bounds() {

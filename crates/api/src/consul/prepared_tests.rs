@@ -483,6 +483,9 @@ impl atoll_cluster::LanPool for FixedCoordinates {
     fn coordinates(&self) -> std::collections::BTreeMap<String, atoll_cluster::Coordinate> {
         self.0.clone()
     }
+
+    /// No members, so nobody to check.
+    fn check_gone(&self, _node: &str) {}
 }
 
 /// A coordinate `x` seconds along the first axis.
