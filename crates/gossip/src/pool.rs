@@ -921,9 +921,11 @@ impl Owner {
                         let _ = tx.send(Input::Refused(member)).await;
                         return;
                     }
-                    // Accepted: a live process, or a dying one that has not closed its
-                    // listener yet.
-                    Ok(Ok(_)) if attempt < attempts => tokio::time::sleep(GONE_RETRY).await,
+                    // Accepted (a live process, or a dying one that has not closed its
+                    // listener yet), or no answer in time (a busy machine, or a host cut off):
+                    // proves nothing, so tried again while attempts remain.
+                    Ok(Err(_)) => return,
+                    _ if attempt < attempts => tokio::time::sleep(GONE_RETRY).await,
                     _ => return,
                 }
             }

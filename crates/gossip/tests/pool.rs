@@ -343,8 +343,15 @@ async fn a_hint_that_a_member_is_gone_fails_it_at_once_when_its_port_refuses() {
     pools[0].check_gone("c1");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(status_of(&pools[0], "c1"), Some(MemberStatus::Alive));
-    // Gone: its port refuses, and the hint fails it.
+    // Gone: once its port refuses (the pool's tasks end soon after `shutdown`), one hint
+    // fails it.
+    let port = pools[1].local_addr();
     pools[1].shutdown();
+    eventually(Duration::from_secs(5), "c1's port refusing", || {
+        std::net::TcpStream::connect_timeout(&port, Duration::from_secs(1))
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
+    .await;
     pools[0].check_gone("c1");
     eventually(Duration::from_secs(5), "c1 failed on the hint", || {
         status_of(&pools[0], "c1") == Some(MemberStatus::Failed)
