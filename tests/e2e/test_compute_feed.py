@@ -59,7 +59,11 @@ def test_compute_nodes_are_no_raft_members_and_spread_over_the_servers(new_clust
     cluster: Cluster = new_cluster("spread")
     cluster.add_servers(3)
     clients = [cluster.add_client(f"c{i}") for i in range(1, 7)]
-    cluster.start()
+    # The servers first: a node that finds its server not yet listening takes the next one
+    # and, once fed, stays there (moving costs a full copy), so nodes started before the
+    # servers may all land on the first server up.
+    cluster.start(cluster.servers)
+    cluster.start(clients)
     leader = cluster.leader()
     for client in clients:
         wait_for(lambda c=client: feed_or_none(c) and feed(c)["snapshots"] >= 1, timeout=20.0,
