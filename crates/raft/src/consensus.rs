@@ -851,7 +851,6 @@ impl Consensus {
         Ok(())
     }
 
-    /// The compute nodes' streams this server serves.
     /// Calls `hook` with the name of a compute node whose last stream on this server closed:
     /// the node may be gone (a killed process's connection resets at once), which the LAN
     /// pool can check at once rather than at its next probe of that node.
@@ -859,6 +858,7 @@ impl Consensus {
         self.inner.feed.on_closed(Arc::new(hook));
     }
 
+    /// The compute nodes' streams this server serves.
     pub(crate) fn feed(&self) -> &FeedHub {
         &self.inner.feed
     }
